@@ -1,0 +1,150 @@
+"""The default configuration and its validation.
+
+`configs/*.py` start from `default_config()` and override only what differs (flax-examples style).
+`validate(config)` runs before any data is read or anything is compiled, and every error names the
+key and, for enumerations, the allowed values (torchrec style).
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from esmjax.embedding import optimizers as opt_lib
+from esmjax.models import layers
+from esmjax.models import multitask as mt
+
+C = ml_collections.ConfigDict
+
+
+class ConfigError(ValueError):
+  """A config value is invalid or contradicts another; the message names the key."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+  from esmjax.data import synthetic  # the embedded default dataset's knobs
+
+  c = C()
+  c.model = C()
+  c.model.name = "esmm"  # one of multitask.ModelName: esmm, esmm_ns, esm2, base, aman, ...
+  c.model.embed_dim = 18  # embedding dim per field (ESMM paper: 18)
+  c.model.hidden = (200, 80)  # tower hidden sizes; each tower ends in one logit (paper: 200-80-1)
+  c.model.activation = "relu"  # tower activation: relu, gelu, tanh, sigmoid, swish, leaky_relu
+  c.model.dropout = 0.0  # dropout after each hidden layer (train only)
+  c.model.dense_mode = "tanh"  # dense features: tanh (normalise + tanh embedding), bucket (ids), none
+  c.model.loss_weights = (1.0, 1.0, 1.0)  # ESM2 w1 (CTR), w2 (CTAVR), w3 (CTCVR)
+  c.model.aman_rate = 0.1  # AMAN: fraction of unclicked impressions sampled as CVR negatives
+  c.model.oversample_k = 5.0  # OVERSAMPLING / DNN-OS: copies of each click→buy positive
+  c.model.unbias_min_pctr = 0.01  # UNBIAS: pCTR floor of the 1/pCTR weights
+  c.model.dtype = "float32"  # activation dtype of the towers: float32 or bfloat16
+
+  c.embedding = C()
+  c.embedding.optimizer = "rowwise_adagrad"  # sgd, adagrad, rowwise_adagrad, lazy_adam, ftrl
+  c.embedding.learning_rate = 0.05  # row-wise optimizer learning rate
+  c.embedding.init_std = 0.01  # tables start ~ N(0, init_std²)
+  c.embedding.eps = 1e-8  # Adagrad / Adam denominator epsilon
+  c.embedding.initial_accumulator = 0.0  # Adagrad family / FTRL starting accumulator
+  c.embedding.beta1 = 0.9  # lazy Adam
+  c.embedding.beta2 = 0.999  # lazy Adam
+  c.embedding.l1 = 0.0  # FTRL l1
+  c.embedding.l2 = 0.0  # FTRL l2
+  c.embedding.dtype = "float32"  # table storage: float32 or bfloat16 (slots stay float32)
+
+  c.optimizer = C()
+  c.optimizer.name = "adam"  # tower optimizer (optax): adam, adamw, adagrad, sgd
+  c.optimizer.learning_rate = 1e-3  # tower learning rate
+  c.optimizer.weight_decay = 0.0  # adamw only
+  c.optimizer.grad_clip = 0.0  # global-norm clip of tower gradients; 0 = off
+
+  c.data = C()
+  c.data.train_dir = ""  # dataset directory to train on; empty = generated synthetic data
+  c.data.eval_dir = ""  # dataset directory to evaluate on; empty = the synthetic eval split
+  c.data.cache_dir = os.path.join(os.path.expanduser("~"), ".cache", "esmjax")  # synthetic cache
+  c.data.synthetic = synthetic.default_config()  # the synthetic world (used when train_dir is empty)
+  c.data.window_blocks = 8  # blocks whose rows are shuffled together
+  c.data.prefetch = 2  # batches prepared ahead in a background thread
+  c.data.train_fraction = 1.0  # use this leading fraction of the training blocks (sparsity curves)
+
+  c.train = C()
+  c.train.batch_size = 4096  # global batch (split over devices and processes)
+  c.train.num_epochs = 1.0  # epochs over the training set (ignored if num_steps > 0)
+  c.train.num_steps = -1  # exact number of steps; -1 = from num_epochs
+  c.train.seed = 0  # model init, data order and dropout
+  c.train.log_every = 50  # steps between log lines
+  c.train.eval_every = -1  # steps between evaluations; -1 = at the end only
+  c.train.eval_batch_size = 16384  # rows per evaluation step
+  c.train.max_eval_rows = -1  # evaluate on at most this many rows; -1 = all
+
+  c.mesh = C()
+  c.mesh.axis = "data"  # mesh axis of batches and table rows
+  c.mesh.num_devices = -1  # devices to use; -1 = all
+
+  c.checkpoint = C()
+  c.checkpoint.enabled = True  # write orbax checkpoints in the workdir
+  c.checkpoint.every_steps = 1000  # steps between checkpoints (and one at the end)
+  c.checkpoint.keep = 3  # last K checkpoints kept
+
+  c.distributed = C()
+  c.distributed.coordinator = ""  # host:port of process 0; empty = single process
+  c.distributed.num_processes = 1  # processes in the job
+  c.distributed.process_id = 0  # this process's index
+  return c
+
+
+def _choice(config, key: str, allowed) -> None:
+  value = config
+  for part in key.split("."):
+    value = value[part]
+  if value not in allowed:
+    raise ConfigError(f"{key}={value!r} is not allowed; allowed: {list(allowed)}")
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Checks every enumerated value and the contradictions a run cannot survive."""
+  try:
+    mt.ModelName.parse(config.model.name)
+    opt_lib.SparseOptimizer.parse(config.embedding.optimizer)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  _choice(config, "model.activation", layers.ACTIVATIONS)
+  _choice(config, "model.dense_mode", layers.DENSE_MODES)
+  _choice(config, "model.dtype", ("float32", "bfloat16"))
+  _choice(config, "embedding.dtype", ("float32", "bfloat16"))
+  _choice(config, "optimizer.name", ("adam", "adamw", "adagrad", "sgd"))
+  if not config.model.hidden or any(int(h) <= 0 for h in config.model.hidden):
+    raise ConfigError(f"model.hidden={tuple(config.model.hidden)!r}: tower sizes must be a non-empty "
+                      "list of positive ints")
+  for key in ("model.embed_dim", "train.batch_size", "train.eval_batch_size", "train.log_every",
+              "checkpoint.every_steps", "checkpoint.keep"):
+    sect, name = key.split(".")
+    if int(config[sect][name]) <= 0:
+      raise ConfigError(f"{key}={config[sect][name]!r} must be positive")
+  if not 0.0 <= config.model.dropout < 1.0:
+    raise ConfigError(f"model.dropout={config.model.dropout!r} must be in [0, 1)")
+  if not 0.0 < config.data.train_fraction <= 1.0:
+    raise ConfigError(f"data.train_fraction={config.data.train_fraction!r} must be in (0, 1]")
+  if config.train.num_steps <= 0 and config.train.num_epochs <= 0:
+    raise ConfigError("train.num_steps and train.num_epochs are both <= 0: nothing to train")
+  if len(tuple(config.model.loss_weights)) != 3:
+    raise ConfigError(f"model.loss_weights={tuple(config.model.loss_weights)!r} needs 3 values (w1, w2, w3)")
+  for key in ("data.train_dir", "data.eval_dir"):
+    path = config.data[key.split(".")[1]]
+    if path and not os.path.isdir(path):
+      raise ConfigError(f"{key}={path!r}: directory does not exist")
+  if bool(config.data.train_dir) != bool(config.data.eval_dir) and not config.data.eval_dir:
+    raise ConfigError("data.train_dir is set but data.eval_dir is empty: give both (or neither, for "
+                      "synthetic data)")
+  if config.distributed.num_processes > 1 and not config.distributed.coordinator:
+    raise ConfigError("distributed.num_processes > 1 needs distributed.coordinator (host:port)")
+  return config
+
+
+def check_devices(config: ml_collections.ConfigDict, num_devices: int, num_processes: int) -> None:
+  """Batch sizes must split evenly over devices (checked before compiling)."""
+  for key in ("train.batch_size", "train.eval_batch_size"):
+    sect, name = key.split(".")
+    v = int(config[sect][name])
+    if v % num_devices:
+      raise ConfigError(f"{key}={v} is not divisible by the {num_devices} devices "
+                        f"({num_processes} process(es)); pick a multiple of {num_devices}")

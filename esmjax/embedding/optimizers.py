@@ -1,0 +1,145 @@
+"""Sparse, row-wise optimizers for embedding tables.
+
+A step touches only the rows a batch looked up. Gradients arrive per looked-up slot ([N, D] with
+N = batch × slots); duplicates are merged first (`merge_duplicates`), then an optimizer updates the
+unique rows with gathers and scatters on donated buffers — never an O(table) pass.
+
+Semantics: each equals its dense counterpart applied to the merged gradient, restricted to touched
+rows. For SGD, Adagrad and row-wise Adagrad that is exactly the dense optimizer, since a zero
+gradient leaves a row and its slot unchanged. Lazy Adam (TF's LazyAdam) differs from dense Adam on
+purpose: untouched rows keep their moments and weights instead of decaying/moving, and the bias
+correction uses the global step. FTRL likewise updates touched rows only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+class SparseOptimizer(str, enum.Enum):
+  """Row-wise optimizers for embedding tables (the torchrec `EmbOptimType` idea)."""
+
+  SGD = "sgd"  # w -= lr·g. No slots.
+  ADAGRAD = "adagrad"  # a += g² (per element); w -= lr·g/(√a + eps). One [V, D] slot.
+  ROWWISE_ADAGRAD = "rowwise_adagrad"  # a += mean(g²) (per row); w -= lr·g/(√a + eps). One [V] slot.
+  LAZY_ADAM = "lazy_adam"  # Adam moments updated only on touched rows; bias correction by global step.
+  FTRL = "ftrl"  # FTRL-Proximal (McMahan et al. 2013), per element, with l1/l2; slots z, n [V, D].
+
+  @classmethod
+  def parse(cls, value: str, key: str = "embedding.optimizer") -> "SparseOptimizer":
+    try:
+      return cls(value)
+    except ValueError:
+      raise ValueError(f"{key}={value!r} is not a sparse optimizer; allowed: {[m.value for m in cls]}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseOptConfig:
+  kind: SparseOptimizer = SparseOptimizer.ROWWISE_ADAGRAD
+  learning_rate: float = 0.05
+  eps: float = 1e-8
+  initial_accumulator: float = 0.0  # Adagrad family
+  beta1: float = 0.9  # lazy Adam
+  beta2: float = 0.999
+  l1: float = 0.0  # FTRL
+  l2: float = 0.0
+  ftrl_beta: float = 1.0
+
+
+def init_slots(cfg: SparseOptConfig, num_rows: int, dim: int, dtype=jnp.float32) -> dict[str, jax.Array]:
+  """Optimizer slots for one table (always f32, even for bf16 tables)."""
+  del dtype
+  k = cfg.kind
+  if k == SparseOptimizer.SGD:
+    return {}
+  if k == SparseOptimizer.ADAGRAD:
+    return {"acc": jnp.full((num_rows, dim), cfg.initial_accumulator, jnp.float32)}
+  if k == SparseOptimizer.ROWWISE_ADAGRAD:
+    return {"acc": jnp.full((num_rows,), cfg.initial_accumulator, jnp.float32)}
+  if k == SparseOptimizer.LAZY_ADAM:
+    return {"m": jnp.zeros((num_rows, dim), jnp.float32), "v": jnp.zeros((num_rows, dim), jnp.float32)}
+  if k == SparseOptimizer.FTRL:
+    return {"z": jnp.zeros((num_rows, dim), jnp.float32),
+            "n": jnp.full((num_rows, dim), cfg.initial_accumulator, jnp.float32)}
+  raise ValueError(k)
+
+
+def slot_shapes(cfg: SparseOptConfig, num_rows: int, dim: int) -> dict[str, tuple[int, ...]]:
+  return {k: v.shape for k, v in jax.eval_shape(lambda: init_slots(cfg, num_rows, dim)).items()}
+
+
+def merge_duplicates(ids: jax.Array, grads: jax.Array, num_rows: int) -> tuple[jax.Array, jax.Array]:
+  """Sums the gradients of equal ids: one sort, segment boundaries, one segment-sum.
+
+  Returns (uids [N], g [N, D]): the unique ids first (in ascending order) then `num_rows`
+  (out of range, dropped by the scatters) in the unused tail; `g` aligned with `uids`.
+  Why not `jnp.unique`: it sorts again and is measured ~6× slower than one argsort here.
+  """
+  n = ids.shape[0]
+  perm = jnp.argsort(ids)
+  sids = ids[perm]
+  start = jnp.concatenate([jnp.ones((1,), bool), sids[1:] != sids[:-1]])
+  seg = jnp.cumsum(start, dtype=jnp.int32) - 1
+  g = jax.ops.segment_sum(grads[perm].astype(jnp.float32), seg, num_segments=n, indices_are_sorted=True)
+  uids = jnp.full((n,), num_rows, ids.dtype).at[seg].set(sids, mode="drop")
+  return uids, g
+
+
+def _gather(x, idx):
+  return x.at[idx].get(mode="fill", fill_value=0)
+
+
+def _scatter(x, idx, val):
+  return x.at[idx].set(val.astype(x.dtype), mode="drop")
+
+
+def apply_rows(cfg: SparseOptConfig, table: jax.Array, slots: dict[str, jax.Array], uids: jax.Array,
+               g: jax.Array, step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Updates rows `uids` (unique; out-of-range entries ignored) with merged gradients `g`.
+
+  `step` is the 0-based global step (lazy Adam's bias correction uses step + 1).
+  """
+  lr, eps, k = cfg.learning_rate, cfg.eps, cfg.kind
+  w = _gather(table, uids).astype(jnp.float32)
+  if k == SparseOptimizer.SGD:
+    return _scatter(table, uids, w - lr * g), slots
+  if k == SparseOptimizer.ADAGRAD:
+    a = _gather(slots["acc"], uids) + g * g
+    w = w - lr * g / (jnp.sqrt(a) + eps)
+    return _scatter(table, uids, w), {"acc": _scatter(slots["acc"], uids, a)}
+  if k == SparseOptimizer.ROWWISE_ADAGRAD:
+    a = _gather(slots["acc"], uids) + jnp.mean(g * g, axis=-1)
+    w = w - lr * g / (jnp.sqrt(a)[:, None] + eps)
+    return _scatter(table, uids, w), {"acc": _scatter(slots["acc"], uids, a)}
+  if k == SparseOptimizer.LAZY_ADAM:
+    b1, b2 = cfg.beta1, cfg.beta2
+    t = (step + 1).astype(jnp.float32)
+    m = b1 * _gather(slots["m"], uids) + (1 - b1) * g
+    v = b2 * _gather(slots["v"], uids) + (1 - b2) * g * g
+    mhat, vhat = m / (1 - b1 ** t), v / (1 - b2 ** t)
+    w = w - lr * mhat / (jnp.sqrt(vhat) + eps)
+    return _scatter(table, uids, w), {"m": _scatter(slots["m"], uids, m), "v": _scatter(slots["v"], uids, v)}
+  if k == SparseOptimizer.FTRL:
+    z, n = _gather(slots["z"], uids), _gather(slots["n"], uids)
+    n_new = n + g * g
+    sigma = (jnp.sqrt(n_new) - jnp.sqrt(n)) / lr
+    z = z + g - sigma * w
+    w = jnp.where(jnp.abs(z) <= cfg.l1, 0.0,
+                  -(z - jnp.sign(z) * cfg.l1) / ((cfg.ftrl_beta + jnp.sqrt(n_new)) / lr + cfg.l2))
+    return _scatter(table, uids, w), {"z": _scatter(slots["z"], uids, z), "n": _scatter(slots["n"], uids, n_new)}
+  raise ValueError(k)
+
+
+def dense_reference_update(cfg: SparseOptConfig, table: jax.Array, slots: dict[str, Any],
+                           dense_grad: jax.Array, step: jax.Array, touched: jax.Array):
+  """The same optimizer applied to a dense [V, D] gradient (tests only: O(table) by design).
+
+  `touched` [V] bool marks looked-up rows; lazy Adam and FTRL update only those, as documented.
+  """
+  uids = jnp.where(touched, jnp.arange(table.shape[0]), table.shape[0])
+  return apply_rows(cfg, table, slots, uids, dense_grad, step)

@@ -1,0 +1,267 @@
+"""Evaluation metrics (DESIGN.md §2): exact global AUC, GAUC, log-loss, calibration, and `evaluate`.
+
+Pure NumPy on host arrays: evaluation gathers the whole evaluation set's predictions first, because
+AUC is a property of the whole ranking and must never be averaged over batches.
+
+AUC is the Mann–Whitney statistic with ties counted half. After one sort by score, rows with equal
+scores form tie runs; with P_t / N_t the (weighted) positives / negatives of run t,
+
+    AUC = sum_t P_t * (N_before_t + N_t / 2) / (P * N),
+
+which is exactly the average-rank formula and costs one sort plus segment sums. GAUC sorts once by
+(group, score) so that the same sum, restarted at each group, gives every group's AUC at once.
+
+Weights are per-row and non-negative; a weight of 0 removes the row entirely (it is the mask of
+padded rows), so such rows may carry any label or score, NaN included.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+_PROB_CLIP = 1e-7  # for the log of log-loss only; evaluation, so bending gradients is not a concern
+PRED_KEYS = ("pctr", "pcvr", "pctcvr", "pctavr")
+LABEL_KEYS = ("click", "buy", "cart", "wish", "daction")  # the dataset's labels; cart/wish unused here
+TRUTH_KEYS = ("would_buy", "pcvr")
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks.
+
+
+def _vector(x, name: str, n: int | None, fn: str) -> np.ndarray:
+  a = np.asarray(x)
+  if a.ndim != 1:
+    raise ValueError(f"{fn}: `{name}` must be 1-D, got shape {a.shape}")
+  if n is not None and a.shape[0] != n:
+    raise ValueError(f"{fn}: `{name}` has {a.shape[0]} rows, expected {n} (the length of the first argument)")
+  return a
+
+
+def _prepare(fn: str, labels, values, weights, values_name: str, groups=None, probs: bool = False):
+  """Checks shapes and values; drops zero-weight rows; returns float64 (y, v, w[, g])."""
+  y = _vector(labels, "labels", None, fn)
+  n = y.shape[0]
+  v = _vector(values, values_name, n, fn)
+  g = None if groups is None else _vector(groups, "groups", n, fn)
+  if weights is None:
+    w = None
+  else:
+    w = _vector(weights, "weights", n, fn).astype(np.float64, copy=False)
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+      raise ValueError(f"{fn}: `weights` must be finite and >= 0")
+    keep = w > 0
+    if not keep.all():
+      # Masked rows go before any value check: padding may hold garbage labels or NaN scores.
+      y, v, w = y[keep], v[keep], w[keep]
+      g = None if g is None else g[keep]
+  if y.dtype != np.bool_:
+    if not np.all((y == 0) | (y == 1)):
+      bad = np.unique(y[~((y == 0) | (y == 1))])[:5]
+      raise ValueError(f"{fn}: `labels` must be 0/1, found {bad.tolist()}")
+  y = y.astype(np.float64, copy=False)
+  if v.dtype.kind not in "biuf":
+    raise ValueError(f"{fn}: `{values_name}` must be numeric, got dtype {v.dtype}")
+  v = v.astype(np.float64, copy=False)
+  if not np.all(np.isfinite(v)):
+    raise ValueError(f"{fn}: `{values_name}` has non-finite values")
+  if probs and (np.any(v < 0) or np.any(v > 1)):
+    raise ValueError(f"{fn}: `{values_name}` must lie in [0, 1]")
+  if w is None:
+    w = np.ones_like(y)
+  return (y, v, w) if groups is None else (y, v, w, g)
+
+
+def _run_starts(*sorted_keys: np.ndarray) -> np.ndarray:
+  """Bool mask of the rows that start a run of equal keys (all keys equal to the previous row's)."""
+  n = sorted_keys[0].shape[0]
+  start = np.zeros(n, dtype=bool)
+  if n:
+    start[0] = True
+  for k in sorted_keys:
+    start[1:] |= k[1:] != k[:-1]
+  return start
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics.
+
+
+def auc(labels, scores, weights=None) -> float:
+  """Exact ROC AUC over all rows, ties counted half; nan when only one class is present."""
+  y, s, w = _prepare("auc", labels, scores, weights, "scores")
+  order = np.argsort(s)  # stability is irrelevant: equal scores are summed as one tie run
+  s, pos = s[order], (w * y)[order]
+  neg = w[order] - pos
+  starts = np.flatnonzero(_run_starts(s))
+  if starts.size == 0:
+    return float("nan")
+  p_t = np.add.reduceat(pos, starts)
+  n_t = np.add.reduceat(neg, starts)
+  p, n = p_t.sum(), n_t.sum()
+  if p <= 0 or n <= 0:
+    return float("nan")
+  n_before = np.cumsum(n_t) - n_t
+  return float(np.dot(p_t, n_before + 0.5 * n_t) / (p * n))
+
+
+def gauc(labels, scores, groups, weights=None) -> float:
+  """Group AUC: per-group AUC averaged with weights = the group's (weighted) row count.
+
+  Groups whose (kept) rows are all one class are skipped; nan when no group has both classes.
+  """
+  y, s, w, g = _prepare("gauc", labels, scores, weights, "scores", groups=groups)
+  if y.size == 0:
+    return float("nan")
+  # Order by (group, score), so tie runs never cross a group boundary. Two passes (any sort by
+  # score, then a stable sort by group) measured ~1.5x faster than np.lexsort on 2 M rows.
+  order = np.argsort(s)
+  order = order[np.argsort(g[order], kind="stable")]
+  g, s, pos = g[order], s[order], (w * y)[order]
+  neg = w[order] - pos
+  group_start = _run_starts(g)
+  tie_start = group_start.copy()
+  tie_start[1:] |= s[1:] != s[:-1]
+  ties = np.flatnonzero(tie_start)
+  p_t = np.add.reduceat(pos, ties)
+  n_t = np.add.reduceat(neg, ties)
+  # Which tie runs open a group; negatives before each run counted from its group's start.
+  opens = group_start[ties]
+  first = np.flatnonzero(opens)
+  gid = np.cumsum(opens) - 1
+  n_cum = np.cumsum(n_t) - n_t
+  n_before = n_cum - n_cum[first][gid]
+  num = np.add.reduceat(p_t * (n_before + 0.5 * n_t), first)
+  p_g = np.add.reduceat(p_t, first)
+  n_g = np.add.reduceat(n_t, first)
+  ok = (p_g > 0) & (n_g > 0)
+  if not ok.any():
+    return float("nan")
+  size = p_g[ok] + n_g[ok]
+  return float(np.dot(size, num[ok] / (p_g[ok] * n_g[ok])) / size.sum())
+
+
+def logloss(labels, probs, weights=None) -> float:
+  """Weighted mean binary cross-entropy; probs clipped to [1e-7, 1 - 1e-7] for the log only."""
+  y, p, w = _prepare("logloss", labels, probs, weights, "probs", probs=True)
+  total = w.sum()
+  if total <= 0:
+    return float("nan")
+  p = np.clip(p, _PROB_CLIP, 1.0 - _PROB_CLIP)
+  ll = -(y * np.log(p) + (1.0 - y) * np.log1p(-p))
+  return float(np.dot(w, ll) / total)
+
+
+def calibration(labels, probs, weights=None) -> float:
+  """Mean prediction / mean label (1 = calibrated on average); nan if the mean label is 0."""
+  y, p, w = _prepare("calibration", labels, probs, weights, "probs", probs=True)
+  pos = np.dot(w, y)
+  if pos <= 0:
+    return float("nan")
+  return float(np.dot(w, p) / pos)
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation of DESIGN.md §2.
+
+
+def _task(out: dict, name: str, y, p, users, w) -> None:
+  out[f"{name}/auc"] = auc(y, p, w)
+  out[f"{name}/gauc"] = gauc(y, p, users, w)
+  out[f"{name}/logloss"] = logloss(y, p, w)
+  out[f"{name}/calibration"] = calibration(y, p, w)
+
+
+def evaluate(preds: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray], users,
+             weights=None, truth: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+  """All metrics of DESIGN.md §2 over one whole evaluation set.
+
+  Args:
+    preds: 1-D probabilities, keys among `PRED_KEYS` (pctr, pcvr, pctcvr, pctavr).
+    labels: 1-D 0/1 arrays; `click` and `buy` required, `daction` optional.
+    users: 1-D user keys (the GAUC groups).
+    weights: optional 1-D per-row weights; 0 masks a (padded) row out.
+    truth: optional synthetic ground truth: `would_buy` (0/1, buy-if-clicked for every impression)
+      and `pcvr` (the true conversion probability).
+
+  Returns:
+    Python floats keyed `task/metric` (tasks ctr, cvr, ctcvr, ctavr), only for what the inputs allow;
+    CVR on clicked impressions only, the others (and `cvr/entire_space_*`) on all impressions;
+    `n/*` are weighted counts.
+  """
+  fn = "evaluate"
+  for what, d, allowed in (("preds", preds, PRED_KEYS), ("labels", labels, LABEL_KEYS),
+                           ("truth", truth or {}, TRUTH_KEYS)):
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+      raise ValueError(f"{fn}: `{what}` has unknown key(s) {unknown}; allowed: {list(allowed)}")
+  for k in ("click", "buy"):
+    if k not in labels:
+      raise ValueError(f"{fn}: `labels` needs key {k!r}; got {sorted(labels)}")
+
+  u = _vector(users, "users", None, fn)
+  n = u.shape[0]
+  w = np.ones(n) if weights is None else _vector(weights, "weights", n, fn).astype(np.float64)
+  if not np.all(np.isfinite(w)) or np.any(w < 0):
+    raise ValueError(f"{fn}: `weights` must be finite and >= 0")
+  live = w > 0
+
+  def label(k: str, src: Mapping, what: str) -> np.ndarray:
+    a = _vector(src[k], f"{what}[{k!r}]", n, fn)
+    if not np.all((a[live] == 0) | (a[live] == 1)):
+      raise ValueError(f"{fn}: `{what}[{k!r}]` must be 0/1")
+    return a.astype(bool)
+
+  click = label("click", labels, "labels")
+  buy = label("buy", labels, "labels")
+  # The causal chain is impression -> click -> action -> buy; an unclicked buy is corrupt data.
+  if np.any(buy & ~click & live):
+    raise ValueError(f"{fn}: `labels['buy']` is 1 on an unclicked impression (click=0, buy=1)")
+  daction = None
+  if "daction" in labels:
+    daction = label("daction", labels, "labels")
+    if np.any(daction & ~click & live):
+      raise ValueError(f"{fn}: `labels['daction']` is 1 on an unclicked impression")
+
+  def prob(k: str, src: Mapping, what: str) -> np.ndarray:
+    # Checked here so that an error names the prediction, not the inner metric's argument.
+    a = _vector(src[k], f"{what}[{k!r}]", n, fn)
+    v = a[live]
+    if v.dtype.kind not in "biuf" or not np.all((v >= 0) & (v <= 1)):
+      raise ValueError(f"{fn}: `{what}[{k!r}]` must be probabilities in [0, 1] (NaN found or out of range)")
+    return a
+
+  p = {k: prob(k, preds, "preds") for k in preds}
+
+  out: dict[str, float] = {
+      "n/impressions": float(w.sum()),
+      "n/clicks": float(w[click].sum()),
+      "n/buys": float(w[click & buy].sum()),
+  }
+  if daction is not None:
+    out["n/dactions"] = float(w[click & daction].sum())
+
+  if "pctr" in p:
+    _task(out, "ctr", click, p["pctr"], u, w)
+  if "pcvr" in p:
+    # Selection: CVR is only observed where the user clicked, so that is its population.
+    _task(out, "cvr", buy[click], p["pcvr"][click], u[click], w[click])
+  if "pctcvr" in p:
+    _task(out, "ctcvr", click & buy, p["pctcvr"], u, w)
+  if "pctavr" in p and daction is not None:
+    _task(out, "ctavr", click & daction, p["pctavr"], u, w)
+
+  if truth and "would_buy" in truth:
+    would_buy = label("would_buy", truth, "truth")
+    if "pcvr" in p:
+      # Entire-space CVR: the whole impression space against the counterfactual buy label,
+      # the direct measure of sample selection bias.
+      out["cvr/entire_space_auc"] = auc(would_buy, p["pcvr"], w)
+      out["cvr/entire_space_logloss"] = logloss(would_buy, p["pcvr"], w)
+      out["cvr/entire_space_calibration"] = calibration(would_buy, p["pcvr"], w)
+    if "pcvr" in truth:
+      # The ceiling: the best entire-space AUC any model could reach in this world.
+      out["cvr/entire_space_oracle_auc"] = auc(would_buy, prob("pcvr", truth, "truth"), w)
+  return out

@@ -1,0 +1,136 @@
+"""Train state as data, and the pieces a run is built from (model, objective, engine, optimizer).
+
+`build(config, schema)` turns a validated config and a dataset schema into a `Components` bundle
+of static, hashable parts; everything that changes during training lives in `TrainState`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from esmjax.data import dataset as ds_lib
+from esmjax.embedding import engine as engine_lib
+from esmjax.embedding import optimizers as opt_lib
+from esmjax.models import multitask as mt
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+TOWER_OPTIMIZERS = ("adam", "adamw", "adagrad", "sgd")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: steps taken
+  params: Any  # tower (and dense-input) params: a Flax params tree
+  opt_state: Any  # optax state of the towers
+  tables: dict[str, jax.Array]  # embedding sets, [V, D] each
+  slots: dict[str, dict[str, jax.Array]]  # row-wise optimizer slots per set
+  rng: jax.Array  # base key; a step uses fold_in(rng, step)
+
+
+@dataclasses.dataclass(frozen=True)
+class Components:
+  model: nn.Module
+  objective: mt.Objective
+  engine: Any  # engine.Engine or a sharded engine with the same interface
+  tx: optax.GradientTransformation
+  layout: engine_lib.FeatureLayout
+  schema: ds_lib.Schema
+  label_index: dict[str, int]  # label name -> column of batch['labels']
+
+
+def tower_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  name, lr = cfg.name, cfg.learning_rate
+  if name == "adam":
+    tx = optax.adam(lr)
+  elif name == "adamw":
+    tx = optax.adamw(lr, weight_decay=cfg.weight_decay)
+  elif name == "adagrad":
+    tx = optax.adagrad(lr)
+  elif name == "sgd":
+    tx = optax.sgd(lr)
+  else:
+    raise ValueError(f"optimizer.name={name!r} is not a tower optimizer; allowed: {list(TOWER_OPTIMIZERS)}")
+  if cfg.get("grad_clip", 0.0):
+    tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
+  return tx
+
+
+def sparse_opt_config(cfg: ml_collections.ConfigDict) -> opt_lib.SparseOptConfig:
+  return opt_lib.SparseOptConfig(
+      kind=opt_lib.SparseOptimizer.parse(cfg.optimizer), learning_rate=cfg.learning_rate, eps=cfg.eps,
+      initial_accumulator=cfg.initial_accumulator, beta1=cfg.beta1, beta2=cfg.beta2, l1=cfg.l1, l2=cfg.l2)
+
+
+def build(config: ml_collections.ConfigDict, schema: ds_lib.Schema, *, row_multiple: int = 1,
+          engine_factory=None) -> Components:
+  name = mt.ModelName.parse(config.model.name)
+  missing = [l for l in mt.required_labels(name) if l not in schema.labels]
+  if missing:
+    raise ValueError(f"model.name={name.value!r} needs label(s) {missing}, but the dataset has only "
+                     f"{list(schema.labels)}")
+  dense_mode = config.model.dense_mode
+  layout = engine_lib.FeatureLayout.from_schema(schema, bucketise_dense=dense_mode == "bucket",
+                                                row_multiple=row_multiple)
+  dtype = DTYPES[config.model.dtype]
+  inputs = dict(
+      num_sparse=len(schema.sparse), mv_lens=tuple(f.max_len for f in schema.multi),
+      mv_pooling=tuple(f.pooling for f in schema.multi), dense_mode=dense_mode,
+      dense_mean=tuple(float(f.mean) for f in schema.dense) if dense_mode != "none" else (),
+      dense_std=tuple(float(f.std) or 1.0 for f in schema.dense) if dense_mode != "none" else ())
+  model = mt.MultiTaskModel(towers=mt.towers_of(name), inputs=inputs, hidden=tuple(config.model.hidden),
+                            activation=config.model.activation, dropout=config.model.dropout, dtype=dtype)
+  objective = mt.Objective(name, loss_weights=tuple(config.model.loss_weights),
+                           aman_rate=config.model.aman_rate, oversample_k=config.model.oversample_k,
+                           unbias_min_pctr=config.model.unbias_min_pctr)
+  make = engine_factory or engine_lib.Engine
+  engine = make(layout=layout, dim=config.model.embed_dim, table_names=mt.table_sets(name),
+                opt=sparse_opt_config(config.embedding), init_std=config.embedding.init_std,
+                param_dtype=DTYPES[config.embedding.dtype])
+  return Components(model, objective, engine, tower_optimizer(config.optimizer), layout, schema,
+                    {l: i for i, l in enumerate(schema.labels)})
+
+
+def dummy_batch(c: Components, batch_size: int) -> dict[str, jax.Array]:
+  s = c.schema
+  return {
+      "sparse": jnp.zeros((batch_size, len(s.sparse)), jnp.int32),
+      "mv_ids": jnp.zeros((batch_size, s.mv_total_len), jnp.int32),
+      "mv_w": jnp.zeros((batch_size, s.mv_total_len), jnp.float32),
+      "dense": jnp.zeros((batch_size, len(s.dense)), jnp.float32),
+      "labels": jnp.zeros((batch_size, len(s.labels)), jnp.uint8),
+  }
+
+
+def init_state(c: Components, seed: int) -> TrainState:
+  """Pure init (call under jit with out_shardings so nothing materialises unsharded)."""
+  rng = jax.random.PRNGKey(seed)
+  k_params, k_tables, k_state = jax.random.split(rng, 3)
+  tables, slots = c.engine.init(k_tables)
+  b = dummy_batch(c, 2)
+  gids = c.layout.global_ids(b["sparse"], b["mv_ids"], b["dense"])
+  emb = {n: jnp.zeros(gids.shape + (c.engine.dim,), jnp.float32) for n in tables}
+  params = c.model.init(k_params, emb, b["mv_w"], b["dense"], train=False)["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=c.tx.init(params),
+                    tables=tables, slots=slots, rng=k_state)
+
+
+def state_fingerprint(state: TrainState) -> str:
+  """A hash of every array of the state (host copy), to compare runs bit for bit."""
+  import hashlib
+
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    h.update(jax.tree_util.keystr(path).encode())
+    arr = np.asarray(jax.device_get(jax.random.key_data(leaf) if jnp.issubdtype(
+        getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key) else leaf))
+    h.update(arr.tobytes())
+  return h.hexdigest()[:16]
