@@ -31,9 +31,19 @@ def _default_workdir(config) -> str:
   return os.path.join("workdirs", f"{config.model.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
 
 
+class _QuietLibraries:
+  """Drops INFO chatter of orbax / grain / jax from the console (warnings and errors still show)."""
+
+  def filter(self, record) -> bool:
+    noisy = any(p in record.pathname for p in ("/orbax/", "/grain/", "/jax/", "/jaxlib/"))
+    return record.levelno >= 30 or not noisy
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  logging.set_verbosity(logging.INFO)
   config = _CONFIG.value
   # Imports after flag parsing: grain workers import the package, never this module's side effects.
   from esmjax import config as config_lib

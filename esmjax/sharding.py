@@ -36,7 +36,7 @@ def state_shardings(state_shape, mesh: Mesh, shard_tables: bool):
 
   def for_leaf(path, leaf):
     top = getattr(path[0], "name", None)
-    if top in ("tables", "slots") and getattr(leaf, "ndim", 0) >= 1:
+    if top in ("tables", "slots", "scratch") and getattr(leaf, "ndim", 0) >= 1:
       return rows
     return rep
 

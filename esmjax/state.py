@@ -33,6 +33,7 @@ class TrainState:
   opt_state: Any  # optax state of the towers
   tables: dict[str, jax.Array]  # embedding sets, [V, D] each
   slots: dict[str, dict[str, jax.Array]]  # row-wise optimizer slots per set
+  scratch: jax.Array  # [V] int32, all -1 between steps: the engine's duplicate-merge row map
   rng: jax.Array  # base key; a step uses fold_in(rng, step)
 
 
@@ -114,13 +115,13 @@ def init_state(c: Components, seed: int) -> TrainState:
   """Pure init (call under jit with out_shardings so nothing materialises unsharded)."""
   rng = jax.random.PRNGKey(seed)
   k_params, k_tables, k_state = jax.random.split(rng, 3)
-  tables, slots = c.engine.init(k_tables)
+  tables, slots, scratch = c.engine.init(k_tables)
   b = dummy_batch(c, 2)
   gids = c.layout.global_ids(b["sparse"], b["mv_ids"], b["dense"])
   emb = {n: jnp.zeros(gids.shape + (c.engine.dim,), jnp.float32) for n in tables}
   params = c.model.init(k_params, emb, b["mv_w"], b["dense"], train=False)["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=c.tx.init(params),
-                    tables=tables, slots=slots, rng=k_state)
+                    tables=tables, slots=slots, scratch=scratch, rng=k_state)
 
 
 def state_fingerprint(state: TrainState) -> str:

@@ -40,10 +40,10 @@ def train_step(c: Components, state: TrainState, batch) -> tuple[TrainState, dic
   (loss, parts), (g_params, g_emb) = grad_fn(state.params, emb)
   updates, opt_state = c.tx.update(g_params, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  tables, slots = c.engine.update(state.tables, state.slots, gids, g_emb, state.step)
+  tables, slots, scratch = c.engine.update(state.tables, state.slots, state.scratch, gids, g_emb, state.step)
   metrics = {"loss": loss, **{f"loss/{k}": v for k, v in parts.items()}}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state, tables=tables,
-                       slots=slots), metrics
+                       slots=slots, scratch=scratch), metrics
 
 
 def predict_step(c: Components, state: TrainState, batch) -> dict[str, jax.Array]:

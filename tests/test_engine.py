@@ -54,6 +54,20 @@ def test_merge_duplicates_sums_equal_ids():
   np.testing.assert_allclose(gs[3:], 0)
 
 
+def test_scratch_merge_equals_sort_merge_and_resets():
+  rng = np.random.default_rng(0)
+  ids = jnp.asarray(rng.zipf(1.3, 5000) % 300, jnp.int32)
+  g = jnp.asarray(rng.normal(size=(5000, 3)), jnp.float32)
+  u1, g1 = opt_lib.merge_duplicates(ids, g, 300)
+  scratch, u2, g2 = jax.jit(opt_lib.merge_with_scratch)(jnp.full((300,), -1, jnp.int32), ids, g)
+  a = {int(u): np.asarray(g1[i]) for i, u in enumerate(np.asarray(u1)) if u < 300}
+  b = {int(u): np.asarray(g2[i]) for i, u in enumerate(np.asarray(u2)) if u < 300}
+  assert a.keys() == b.keys() == set(np.asarray(ids).tolist())
+  for k in a:
+    np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-5)
+  assert np.all(np.asarray(scratch) == -1)  # reset: ready for the next step
+
+
 def test_rowwise_adagrad_hand_computed():
   cfg = opt_lib.SparseOptConfig(opt_lib.SparseOptimizer.ROWWISE_ADAGRAD, learning_rate=0.5, eps=0.0)
   table = jnp.ones((4, 2))

@@ -85,28 +85,29 @@ class Engine:
   init_std: float = 0.01
   param_dtype: Any = jnp.float32  # table storage dtype (bf16 option); slots stay f32
 
-  def init(self, rng: jax.Array) -> tuple[dict[str, jax.Array], dict[str, dict[str, jax.Array]]]:
-    """Tables ~ N(0, init_std²), a distinct stream per set (so NS towers start apart)."""
+  def init(self, rng: jax.Array):
+    """(tables, slots, scratch): tables ~ N(0, init_std²), a distinct stream per set (so the
+    towers of ESMM-NS start apart); scratch is the all -1 row map of `merge_with_scratch`."""
     tables, slots = {}, {}
     for i, name in enumerate(self.table_names):
       k = jax.random.fold_in(rng, i)
       tables[name] = (self.init_std * jax.random.normal(k, (self.layout.padded_rows, self.dim), jnp.float32)
                       ).astype(self.param_dtype)
       slots[name] = opt_lib.init_slots(self.opt, self.layout.padded_rows, self.dim)
-    return tables, slots
+    return tables, slots, jnp.full((self.layout.padded_rows,), -1, jnp.int32)
 
   def lookup(self, tables: dict[str, jax.Array], gids: jax.Array) -> dict[str, jax.Array]:
     return {n: jnp.take(t, gids, axis=0) for n, t in tables.items()}
 
-  def update(self, tables, slots, gids: jax.Array, grads: dict[str, jax.Array], step: jax.Array):
-    """Row-wise update of the touched rows of every set; one sort serves all sets."""
+  def update(self, tables, slots, scratch, gids: jax.Array, grads: dict[str, jax.Array], step: jax.Array):
+    """Row-wise update of the touched rows of every set -> (tables, slots, scratch)."""
     names = list(tables)
     flat = gids.reshape(-1)
     # The sets share ids: merge their gradients side by side in one pass, then split.
     g_all = jnp.concatenate([grads[n].reshape(flat.shape[0], -1) for n in names], axis=1)
-    uids, g_all = opt_lib.merge_duplicates(flat, g_all, self.layout.padded_rows)
+    scratch, uids, g_all = opt_lib.merge_with_scratch(scratch, flat, g_all)
     new_t, new_s = {}, {}
     for i, n in enumerate(names):
       g = g_all[:, i * self.dim:(i + 1) * self.dim]
       new_t[n], new_s[n] = opt_lib.apply_rows(self.opt, tables[n], slots[n], uids, g, step)
-    return new_t, new_s
+    return new_t, new_s, scratch

@@ -1,0 +1,1 @@
+"""Sparse embedding tables: layout, engines (single-device, sharded) and row-wise optimizers."""
