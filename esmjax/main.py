@@ -42,6 +42,8 @@ class _QuietLibraries:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  global _FLAGS_PARSED
+  _FLAGS_PARSED = True
   logging.get_absl_handler().addFilter(_QuietLibraries())
   logging.set_verbosity(logging.INFO)
   config = _CONFIG.value
@@ -82,8 +84,41 @@ def main(argv):
     sys.exit(2)
 
 
+_FLAGS_PARSED = False  # set when main() starts: errors after that are not flag-parsing errors
+
+
+def _unknown_key_message(argv) -> str | None:
+  """Names the first `--config.a.b=` override whose key does not exist, with the allowed keys."""
+  from esmjax import config as config_lib
+
+  base = config_lib.default_config()
+  for arg in argv[1:]:
+    if not arg.startswith("--config."):
+      continue
+    path = arg.split("=", 1)[0][len("--config."):].split(".")
+    node = base
+    for i, part in enumerate(path):
+      if not hasattr(node, "keys") or part not in node:
+        parent = ".".join(path[:i]) or "config"
+        allowed = sorted(node.keys()) if hasattr(node, "keys") else []
+        return (f"unknown config key {'.'.join(path[:i + 1])!r} (from {arg.split('=')[0]}); "
+                f"keys of {parent}: {allowed}")
+      node = node[part]
+  return None
+
+
 def run():
-  app.run(main)
+  try:
+    app.run(main)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    # Raised while absl parses --config.* overrides: name the key instead of a traceback.
+    if _FLAGS_PARSED:
+      raise
+    msg = _unknown_key_message(sys.argv)
+    if msg is None and not any(a.startswith("--config") for a in sys.argv):
+      raise
+    print(f"esmjax: error: {msg or f'bad --config override: {e}'}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":
