@@ -153,7 +153,7 @@ def test_parallel_ranges_match_single_process_and_resume(tmp_path):
   # An interrupted run: one range's shard never renamed (only a .tmp), its sidecar absent, no manifest.
   os.remove(two / "manifest.json")
   os.remove(two / "shard-00001.done.json")
-  os.replace(two / "shard-00001.arrayrecord", two / "shard-00001.arrayrecord.tmp")
+  os.replace(two / "shard-00001.esb", two / "shard-00001.esb.tmp")
   with pytest.raises(ds_lib.DatasetError, match="no manifest.json"):
     ds_lib.open_dataset(str(two))  # a half-written directory never looks complete
   m2 = aliccp.convert(str(sk), str(cf), str(two), workers=1, range_mb=4 / 1024, progress=False)
@@ -167,7 +167,7 @@ def test_parallel_ranges_match_single_process_and_resume(tmp_path):
   cfg.fields["210"].max_len = 4
   m3 = aliccp.convert(str(sk), str(cf), str(two), config=cfg, workers=1, progress=False)
   assert m3["num_rows"] == 300 and len(m3["shards"]) == 1
-  assert sorted(p.name for p in two.glob("shard-*.arrayrecord")) == ["shard-00000.arrayrecord"]
+  assert sorted(p.name for p in two.glob("shard-*.esb")) == ["shard-00000.esb"]
 
 
 def _write(path: Path, lines):

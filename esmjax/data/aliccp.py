@@ -842,13 +842,8 @@ def _skeleton_task(task: dict) -> dict:
 
 
 def _abort(writer: ds_lib.ShardWriter) -> None:
-  """Drops an unfinished shard: only its `.tmp` existed (ShardWriter has no abort of its own)."""
-  try:
-    writer._w.close()
-  except Exception:  # already closed or broken: the .tmp goes either way
-    pass
-  if os.path.exists(writer._tmp):
-    os.remove(writer._tmp)
+  """Drops an unfinished shard: only its `.tmp` existed."""
+  writer.abort()
 
 
 def _write_json_atomic(path: str, obj: Any) -> None:
@@ -872,7 +867,7 @@ def _fingerprint(*parts: Any) -> str:
 
 
 def _ours(name: str) -> bool:
-  return (name.startswith("shard-") and (name.endswith(".arrayrecord") or name.endswith(".done.json")
+  return (name.startswith("shard-") and (name.endswith(ds_lib.SHARD_SUFFIX) or name.endswith(".done.json")
                                          or name.endswith(".tmp"))) or name in (ds_lib.MANIFEST, ds_lib.MANIFEST + ".tmp")
 
 
@@ -1185,7 +1180,7 @@ def _convert_skeleton(job: _Job, fp: str, pool, counters) -> dict:
   done: dict[int, dict] = {}
   tasks = []
   for i, (s, e) in enumerate(ranges):
-    shard, sidecar = f"shard-{i:05d}.arrayrecord", f"shard-{i:05d}.done.json"
+    shard, sidecar = f"shard-{i:05d}{ds_lib.SHARD_SUFFIX}", f"shard-{i:05d}.done.json"
     side = _read_json(os.path.join(out_dir, sidecar))
     if side is not None and side.get("fingerprint") == fp and side.get("range") == [s, e] and (
         side["shard"]["num_rows"] == 0 or os.path.exists(os.path.join(out_dir, shard))):

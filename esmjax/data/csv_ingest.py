@@ -593,7 +593,7 @@ def ingest(config, input_paths: Sequence[str] | str, out_dir: str, *, stats_from
   # Pass 2: map and write.
   os.makedirs(out_dir, exist_ok=True)
   for name in os.listdir(out_dir):  # a previous dataset here is replaced, never mixed
-    if name in (ds_lib.MANIFEST, "vocabs.json") or (name.startswith("shard-") and ".arrayrecord" in name):
+    if name in (ds_lib.MANIFEST, "vocabs.json") or (name.startswith("shard-") and ds_lib.SHARD_SUFFIX in name):
       os.remove(os.path.join(out_dir, name))
   trunc = {m.ids.column: {"values": 0, "rows": 0} for m in cfg.multi}  # filled while writing
   state = {"sample": 0}

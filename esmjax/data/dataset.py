@@ -17,7 +17,8 @@ A block is a dict of NumPy arrays, all with the same leading row count `n`:
     truth      float32 [n, T]      optional ground truth (synthetic data), in the order of `schema.truth`
 
 Blocks are encoded by `encode_block` into one bytes record (a small JSON header and the raw arrays,
-64-byte aligned) so decoding is `np.frombuffer`: no copies, no pickle.
+64-byte aligned) so decoding is `np.frombuffer`: no copies, no pickle. Shards (`ShardWriter`) hold
+records back to back with an index footer and are read through mmap (`ShardReader`).
 """
 
 from __future__ import annotations
@@ -183,10 +184,10 @@ def encode_block(block: dict[str, np.ndarray]) -> bytes:
 
 
 def decode_block(record: bytes) -> dict[str, np.ndarray]:
-  if record[:4] != _MAGIC:
+  if bytes(record[:4]) != _MAGIC:
     raise DatasetError("record is not an esmjax block (bad magic); is this an esmjax dataset?")
   (hlen,) = struct.unpack("<I", record[4:8])
-  entries = json.loads(record[8:8 + hlen])
+  entries = json.loads(bytes(record[8:8 + hlen]))
   base = 8 + hlen
   out = {}
   for k, (dt, shape, off) in entries.items():
@@ -200,37 +201,58 @@ def decode_block(record: bytes) -> dict[str, np.ndarray]:
 # Writing.
 
 
-def _array_record_writer(path: str):
-  from array_record.python import array_record_module  # lazy: only writers need it
-
-  # group_size:1 -> each block is independently seekable (random access per block for grain).
-  return array_record_module.ArrayRecordWriter(path, "group_size:1")
+SHARD_SUFFIX = ".esb"
+_SHARD_MAGIC = b"ESBSHRD1"
+_FOOTER = struct.Struct("<QQ8s")  # index offset, block count, magic
 
 
 class ShardWriter:
   """Writes one shard atomically: to `<name>.tmp`, renamed on `close()`.
 
+  A shard is the encoded blocks back to back (64-byte aligned), then an index of (offset, length)
+  pairs, then a fixed footer. Why not ArrayRecord: its reads measured 15 ms per 3.6 MB block with
+  zstd and 5 ms uncompressed (a copy through a small buffer), the pipeline's bottleneck; an mmap'd
+  shard gives each block to `np.frombuffer` with no read, copy or decode at all.
   A crashed writer leaves only a `.tmp` file, never a shard that looks complete.
   """
 
   def __init__(self, directory: str, name: str):
     self.name, self.path = name, os.path.join(directory, name)
     self._tmp = self.path + ".tmp"
-    self._w = _array_record_writer(self._tmp)
+    self._f = open(self._tmp, "wb")
+    self._index: list[tuple[int, int]] = []
+    self._pos = 0
     self.block_sizes: list[int] = []
 
   def write(self, block: dict[str, np.ndarray]) -> None:
     n = len(block["user"])
     if n == 0:
       return
-    self._w.write(encode_block(block))
+    rec = encode_block(block)
+    self._f.write(rec)
+    pad = (-len(rec)) % _ALIGN
+    self._f.write(b"\0" * pad)
+    self._index.append((self._pos, len(rec)))
+    self._pos += len(rec) + pad
     self.block_sizes.append(int(n))
 
   def close(self) -> dict[str, Any]:
-    self._w.close()
+    index = np.asarray(self._index, np.uint64).reshape(-1, 2)
+    self._f.write(index.tobytes())
+    self._f.write(_FOOTER.pack(self._pos, len(self._index), _SHARD_MAGIC))
+    self._f.flush()
+    os.fsync(self._f.fileno())
+    self._f.close()
     os.replace(self._tmp, self.path)
     return {"path": self.name, "num_blocks": self.num_blocks, "num_rows": self.num_rows,
             "block_sizes": self.block_sizes}
+
+  def abort(self) -> None:
+    """Drops an unfinished shard (only its `.tmp` ever existed)."""
+    if not self._f.closed:
+      self._f.close()
+    if os.path.exists(self._tmp):
+      os.remove(self._tmp)
 
   @property
   def num_blocks(self) -> int:
@@ -272,7 +294,7 @@ def write_dataset(directory: str, schema: Schema, blocks: Iterable[dict[str, np.
   def emit(block):
     nonlocal writer
     if writer is None:
-      writer = ShardWriter(directory, f"shard-{len(shards):05d}.arrayrecord")
+      writer = ShardWriter(directory, f"shard-{len(shards):05d}{SHARD_SUFFIX}")
     writer.write(block)
     if writer.num_blocks >= blocks_per_shard:
       shards.append(writer.close())
@@ -299,6 +321,43 @@ def write_dataset(directory: str, schema: Schema, blocks: Iterable[dict[str, np.
 
 # ---------------------------------------------------------------------------------------------
 # Reading.
+
+
+class ShardReader:
+  """Random access to the blocks of one shard through a read-only mmap (opened lazily, per process)."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self._mm = None
+    self._index = None
+
+  def _open(self):
+    if self._mm is None:
+      import mmap
+
+      with open(self.path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < _FOOTER.size:
+          raise DatasetError(f"shard {self.path} is truncated ({size} bytes)")
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+      idx_off, count, magic = _FOOTER.unpack(mm[size - _FOOTER.size:])
+      if magic != _SHARD_MAGIC or idx_off + 16 * count + _FOOTER.size != size:
+        raise DatasetError(f"shard {self.path} is corrupt or not an esmjax shard (bad footer)")
+      self._index = np.frombuffer(mm, np.uint64, count * 2, idx_off).reshape(-1, 2)
+      self._mm = mm
+    return self._mm
+
+  def __len__(self) -> int:
+    self._open()
+    return len(self._index)
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    mm = self._open()
+    off, n = (int(x) for x in self._index[i])
+    return decode_block(memoryview(mm)[off:off + n])
+
+  def __getstate__(self):  # picklable for grain worker processes: reopen there
+    return {"path": self.path, "_mm": None, "_index": None}
 
 
 @dataclasses.dataclass(frozen=True)

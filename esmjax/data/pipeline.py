@@ -25,22 +25,17 @@ class BlockSource(grain.sources.RandomAccessDataSource if hasattr(grain, "source
 
   def __init__(self, dataset: ds_lib.Dataset):
     self._dataset = dataset
-    self._paths = dataset.shard_paths
-    self._source = None
-
-  def _open(self):
-    if self._source is None:
-      self._source = grain.sources.ArrayRecordDataSource(self._paths) if self._paths else []
-    return self._source
+    self._readers = [ds_lib.ShardReader(p) for p in dataset.shard_paths]
+    counts = [int(s["num_blocks"]) for s in dataset.manifest["shards"]]
+    self._starts = np.cumsum([0] + counts)
 
   def __len__(self) -> int:
     return self._dataset.num_blocks
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    return ds_lib.decode_block(self._open()[int(index)])
-
-  def __getstate__(self):  # picklable for grain worker processes: reopen the files there
-    return {"_dataset": self._dataset, "_paths": self._paths, "_source": None}
+    index = int(index)
+    shard = int(np.searchsorted(self._starts, index, side="right")) - 1
+    return self._readers[shard][index - int(self._starts[shard])]
 
   def __repr__(self):
     return f"BlockSource({self._dataset.directory!r}, blocks={len(self)})"
@@ -73,7 +68,7 @@ class _RebatchIterator(grain.DatasetIterator):
     self._window, self._offset = 0, 0
     self._cache: tuple[int, dict[str, np.ndarray] | None] = (-1, None)
 
-  def _load_window(self, w: int) -> dict[str, np.ndarray] | None:
+  def _load_window(self, w: int):
     if self._cache[0] == w:
       return self._cache[1]
     lo = w * self._w
@@ -81,23 +76,31 @@ class _RebatchIterator(grain.DatasetIterator):
     if lo >= hi:
       data = None
     else:
-      data = ds_lib.concat_blocks([self._blocks[i] for i in range(lo, hi)])
-      if self._shuffle:
-        perm = np.random.default_rng([self._seed, w]).permutation(len(data["user"]))
-        data = ds_lib.slice_block(data, perm)
+      blocks = [self._blocks[i] for i in range(lo, hi)]
+      data = ds_lib.concat_blocks(blocks) if len(blocks) > 1 else blocks[0]
+      # The permutation is applied lazily, one batch's rows at a time (one copy, not two).
+      perm = (np.random.default_rng([self._seed, w]).permutation(len(data["user"]))
+              if self._shuffle else None)
+      data = (data, perm)
     self._cache = (w, data)
     return data
 
   def __next__(self) -> dict[str, np.ndarray]:
     parts, need = [], self._bs
     while need:
-      data = self._load_window(self._window)
-      if data is None:
+      window = self._load_window(self._window)
+      if window is None:
         break
+      data, perm = window
       n = len(data["user"])
       take = min(need, n - self._offset)
       if take > 0:
-        parts.append(ds_lib.slice_block(data, slice(self._offset, self._offset + take)))
+        rows = slice(self._offset, self._offset + take)
+        if perm is None:
+          parts.append({k: np.array(v[rows]) for k, v in data.items()})
+        else:
+          idx = perm[rows]
+          parts.append({k: np.take(v, idx, axis=0) for k, v in data.items()})
         self._offset += take
         need -= take
       if self._offset >= n:
