@@ -1,4 +1,14 @@
-"""Where metrics go: JSON lines in the workdir (one object per line: step, split, values)."""
+"""Where metrics go: JSON lines and TensorBoard event files in the workdir (process 0 only).
+
+  <workdir>/metrics.jsonl                 one object per line: {"step", "split", "time", **values}
+  <workdir>/tensorboard/<split>/events.*  the same scalars, one TensorBoard run per split
+
+`tensorboard --logdir <workdir>/tensorboard` overlays the splits (train, eval) as runs. Tags are
+task-first (`ctr/auc`, `ctr/loss`, `cvr/entire_space_auc`, …) so TensorBoard groups each task's
+train loss and evaluation metrics on one card; the run-level scalars are `loss/total`,
+`perf/examples_per_sec` and `learning_rate/{tower,embedding}`. The event files are written by
+tensorboardX (a maintained writer), imported only when the first scalar is written.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +17,9 @@ import math
 import os
 import time
 from typing import Any, Mapping
+
+TB_DIR = "tensorboard"
+METRICS_FILE = "metrics.jsonl"
 
 
 def _plain(v: Any):
@@ -17,28 +30,96 @@ def _plain(v: Any):
   return f if math.isfinite(f) else str(f)  # JSON has no NaN/Inf; keep them readable
 
 
-class MetricWriter:
-  """Appends `{"step", "split", "time", **values}` to `<workdir>/metrics.jsonl` (process 0 only)."""
+def learning_rates(config) -> dict[str, float]:
+  """The learning rates a train record carries: the towers' (optax) and the tables' (row-wise).
 
-  def __init__(self, workdir: str, enabled: bool = True):
-    self.path = os.path.join(workdir, "metrics.jsonl")
+  Both are constant in the config today; a schedule would be evaluated here, per step.
+  """
+  if config is None:
+    return {}
+  return {"learning_rate/tower": float(config.optimizer.learning_rate),
+          "learning_rate/embedding": float(config.embedding.learning_rate)}
+
+
+def tb_tag(key: str) -> str:
+  """A metric name of the JSON lines -> its TensorBoard tag (task first, so tasks group together)."""
+  if key == "loss":
+    return "loss/total"
+  if key.startswith("loss/"):
+    return f"{key[5:]}/loss"
+  if key == "examples_per_sec":
+    return "perf/examples_per_sec"
+  return key
+
+
+class MetricWriter:
+  """Appends `{"step", "split", "time", **values}` to `<workdir>/metrics.jsonl` and writes the
+  finite numeric values as TensorBoard scalars under `<workdir>/tensorboard/<split>/`.
+
+  Only process 0 writes (`enabled=False` elsewhere). Train records also get the learning rates of
+  `config`. Event files are flushed after every `write` (writes are every `train.log_every` steps,
+  so this is cheap and a crashed or interrupted run still shows in TensorBoard) and on `close`.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True, config=None, tensorboard: bool = True):
+    self.workdir = workdir
+    self.path = os.path.join(workdir, METRICS_FILE)
     self.enabled = enabled
+    self.tensorboard = tensorboard
+    self._lrs = learning_rates(config)
+    self._tb: dict[str, Any] = {}  # split -> tensorboardX.SummaryWriter, created on first use
+    self._purge_step: int | None = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
+
+  def resume_at(self, step: int) -> None:
+    """The run resumed from a checkpoint at `step`: TensorBoard hides this workdir's events after it
+    (they are produced again), as the trainer drops the JSON lines after it."""
+    self._purge_step = int(step) + 1 if step else None
 
   def write(self, step: int, split: str, values: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
+    values = {**values, **self._lrs} if split == "train" else dict(values)
     rec = {"step": int(step), "split": split, "time": time.time(), **{k: _plain(v) for k, v in values.items()}}
     with open(self.path, "a") as f:
       f.write(json.dumps(rec) + "\n")
+    if self.tensorboard:
+      self._write_tb(int(step), split, values, rec["time"])
+
+  def _write_tb(self, step: int, split: str, values: Mapping[str, Any], walltime: float) -> None:
+    w = self._tb.get(split)
+    if w is None:
+      from tensorboardX import SummaryWriter  # lazy: protobuf is not needed by workers or tools
+
+      # tensorboardX names files by the second: the suffix keeps a writer reopened within the same
+      # second (a quick resume) from overwriting the previous file, and sorts it after it.
+      w = self._tb[split] = SummaryWriter(os.path.join(self.workdir, TB_DIR, split),
+                                          purge_step=self._purge_step, filename_suffix=f".{time.time_ns()}")
+    for k, v in values.items():
+      try:
+        f = float(v)
+      except (TypeError, ValueError):
+        continue  # strings (e.g. a model name) are not scalars
+      if not math.isfinite(f):
+        continue  # an undefined metric (AUC of one class): in the JSON lines as "nan", not plotted
+      w.add_scalar(tb_tag(k), f, step, walltime=walltime)
+    w.flush()
 
   def close(self) -> None:
-    pass
+    for w in self._tb.values():
+      w.close()
+    self._tb = {}
+
+  def __enter__(self) -> "MetricWriter":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  path = os.path.join(workdir, "metrics.jsonl")
+  path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
   with open(path) as f:
