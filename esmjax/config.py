@@ -18,6 +18,11 @@ from esmjax.models import multitask as mt
 C = ml_collections.ConfigDict
 
 
+BEST_TASKS = ("ctr", "cvr", "ctcvr", "ctavr")  # tasks of checkpoint.best_metric
+BEST_METRICS = ("auc", "gauc", "logloss", "calibration",  # ... and its metrics
+                "entire_space_auc", "entire_space_logloss")
+
+
 class ConfigError(ValueError):
   """A config value is invalid or contradicts another; the message names the key."""
 
@@ -34,6 +39,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.0  # dropout after each hidden layer (train only)
   c.model.dense_mode = "tanh"  # dense features: tanh (normalise + tanh embedding), bucket (ids), none
   c.model.loss_weights = (1.0, 1.0, 1.0)  # ESM2 w1 (CTR), w2 (CTAVR), w3 (CTCVR)
+  c.model.daction_label = "daction"  # ESM2's DAction label column: daction (cart or wish), cart, wish
   c.model.aman_rate = 0.1  # AMAN: fraction of unclicked impressions sampled as CVR negatives
   c.model.oversample_k = 5.0  # OVERSAMPLING / DNN-OS: copies of each click→buy positive
   c.model.unbias_min_pctr = 0.01  # UNBIAS: pCTR floor of the 1/pCTR weights
@@ -50,6 +56,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.embedding.l1 = 0.0  # FTRL l1
   c.embedding.l2 = 0.0  # FTRL l2
   c.embedding.dtype = "float32"  # table storage: float32 or bfloat16 (slots stay float32)
+  c.embedding.sharding = "auto"  # tables: row (rows over mesh.axis), replicated, auto (row if > 1 device)
 
   c.optimizer = C()
   c.optimizer.name = "adam"  # tower optimizer (optax): adam, adamw, adagrad, sgd
@@ -75,6 +82,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.eval_every = -1  # steps between evaluations; -1 = at the end only
   c.train.eval_batch_size = 16384  # rows per evaluation step
   c.train.max_eval_rows = -1  # evaluate on at most this many rows; -1 = all
+  c.train.inject_nan_at_step = -1  # test hook: poison that step's batch with NaN (guard tests); -1 = off
+  c.train.step_delay_s = 0.0  # test hook: sleep after each step, so tests can signal a run mid-way; 0 = off
 
   c.mesh = C()
   c.mesh.axis = "data"  # mesh axis of batches and table rows
@@ -84,6 +93,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint.enabled = True  # write orbax checkpoints in the workdir
   c.checkpoint.every_steps = 1000  # steps between checkpoints (and one at the end)
   c.checkpoint.keep = 3  # last K checkpoints kept
+  c.checkpoint.best_metric = ""  # also keep the best checkpoint by this eval metric (e.g. ctcvr/auc); "" = off
+  c.checkpoint.best_mode = "max"  # max or min: which end of best_metric is best
 
   c.distributed = C()
   c.distributed.coordinator = ""  # host:port of process 0; empty = single process
@@ -110,11 +121,17 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _choice(config, "model.activation", layers.ACTIVATIONS)
   _choice(config, "model.dense_mode", layers.DENSE_MODES)
   _choice(config, "model.dtype", ("float32", "bfloat16"))
+  _choice(config, "model.daction_label", ("daction", "cart", "wish"))
   _choice(config, "embedding.dtype", ("float32", "bfloat16"))
+  sharding = config.embedding.get("sharding", "auto")  # absent from configs saved before it existed
+  if sharding not in ("auto", "replicated", "row"):
+    raise ConfigError(f"embedding.sharding={sharding!r} is not allowed; allowed: ['auto', 'replicated', 'row']")
   _choice(config, "optimizer.name", ("adam", "adamw", "adagrad", "sgd"))
-  if not config.model.hidden or any(int(h) <= 0 for h in config.model.hidden):
-    raise ConfigError(f"model.hidden={tuple(config.model.hidden)!r}: tower sizes must be a non-empty "
-                      "list of positive ints")
+  hidden = config.model.get("hidden")
+  if (not hidden or isinstance(hidden, (str, int)) or
+      any(not isinstance(h, int) or isinstance(h, bool) or h <= 0 for h in hidden)):
+    raise ConfigError(f"model.hidden={hidden!r}: tower sizes are missing; give a non-empty list of "
+                      "positive ints, e.g. --config.model.hidden=200,80")
   for key in ("model.embed_dim", "train.batch_size", "train.eval_batch_size", "train.log_every",
               "checkpoint.every_steps", "checkpoint.keep"):
     sect, name = key.split(".")
@@ -132,9 +149,25 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     path = config.data[key.split(".")[1]]
     if path and not os.path.isdir(path):
       raise ConfigError(f"{key}={path!r}: directory does not exist")
-  if bool(config.data.train_dir) != bool(config.data.eval_dir) and not config.data.eval_dir:
-    raise ConfigError("data.train_dir is set but data.eval_dir is empty: give both (or neither, for "
-                      "synthetic data)")
+    if path and not os.path.exists(os.path.join(path, "manifest.json")):
+      raise ConfigError(f"{key}={path!r}: no manifest.json there (not an esmjax dataset, or its "
+                        "writing did not finish)")
+  if bool(config.data.train_dir) != bool(config.data.eval_dir):
+    given, empty = (("data.train_dir", "data.eval_dir") if config.data.train_dir else
+                    ("data.eval_dir", "data.train_dir"))
+    raise ConfigError(f"{given} is set but {empty} is empty: give both (or neither, for synthetic data)")
+  if config.mesh.num_devices > 0:  # -1 (all devices) is checked against the devices at start-up
+    check_devices(config, int(config.mesh.num_devices), int(config.distributed.num_processes))
+  _choice(config, "checkpoint.best_mode", ("max", "min"))
+  metric = config.checkpoint.best_metric
+  if metric and (metric.count("/") != 1 or metric.split("/")[0] not in BEST_TASKS
+                 or metric.split("/")[1] not in BEST_METRICS):
+    raise ConfigError(f"checkpoint.best_metric={metric!r} is not an eval metric; use task/metric with "
+                      f"task in {list(BEST_TASKS)} and metric in {list(BEST_METRICS)}, e.g. 'ctcvr/auc'")
+  if config.train.step_delay_s < 0:
+    raise ConfigError(f"train.step_delay_s={config.train.step_delay_s!r} must be >= 0")
+  if int(config.train.inject_nan_at_step) == 0 or int(config.train.inject_nan_at_step) < -1:
+    raise ConfigError(f"train.inject_nan_at_step={config.train.inject_nan_at_step!r}: a step >= 1, or -1 (off)")
   if config.distributed.num_processes > 1 and not config.distributed.coordinator:
     raise ConfigError("distributed.num_processes > 1 needs distributed.coordinator (host:port)")
   return config
@@ -142,6 +175,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def check_devices(config: ml_collections.ConfigDict, num_devices: int, num_processes: int) -> None:
   """Batch sizes must split evenly over devices (checked before compiling)."""
+  if num_devices <= 0:
+    raise ConfigError(f"mesh.num_devices={num_devices}: no devices to run on")
   for key in ("train.batch_size", "train.eval_batch_size"):
     sect, name = key.split(".")
     v = int(config[sect][name])

@@ -7,6 +7,7 @@ of static, hashable parts; everything that changes during training lives in `Tra
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax
@@ -20,6 +21,7 @@ import optax
 from esmjax.data import dataset as ds_lib
 from esmjax.embedding import engine as engine_lib
 from esmjax.embedding import optimizers as opt_lib
+from esmjax.embedding import sharded as sharded_lib
 from esmjax.models import multitask as mt
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -71,8 +73,32 @@ def sparse_opt_config(cfg: ml_collections.ConfigDict) -> opt_lib.SparseOptConfig
       initial_accumulator=cfg.initial_accumulator, beta1=cfg.beta1, beta2=cfg.beta2, l1=cfg.l1, l2=cfg.l2)
 
 
+EMBEDDING_SHARDINGS = ("auto", "replicated", "row")  # values of embedding.sharding
+
+
+def engine_factory_for(config: ml_collections.ConfigDict, mesh=None):
+  """The engine class that `embedding.sharding` asks for on this mesh (a callable taking the
+  `Engine` fields): 'replicated' keeps whole tables on every device; 'row' shards their rows over
+  mesh axis `mesh.axis` (`esmjax.embedding.sharded`); 'auto' is 'row' when that axis has more
+  than one device. Without a mesh (tests, tools that build components alone) only the replicated
+  engine can be built."""
+  mode = config.embedding.get("sharding", "auto")
+  if mode not in EMBEDDING_SHARDINGS:
+    raise ValueError(f"embedding.sharding={mode!r} is not allowed; allowed: {list(EMBEDDING_SHARDINGS)}")
+  if mesh is None:
+    if mode == "row":
+      raise ValueError("embedding.sharding='row' needs the run's mesh: pass mesh= to state.build")
+    return engine_lib.Engine
+  axis = config.mesh.axis
+  if mode == "replicated" or (mode == "auto" and mesh.shape[axis] == 1):
+    return engine_lib.Engine
+  return functools.partial(sharded_lib.ShardedEngine, mesh=mesh, axis=axis)
+
+
 def build(config: ml_collections.ConfigDict, schema: ds_lib.Schema, *, row_multiple: int = 1,
-          engine_factory=None) -> Components:
+          engine_factory=None, mesh=None) -> Components:
+  """Components for `config` on `schema`. `mesh` (the run's) lets `embedding.sharding` pick the
+  row-sharded engine; `row_multiple` pads the table rows to split evenly over it."""
   name = mt.ModelName.parse(config.model.name)
   missing = [l for l in mt.required_labels(name) if l not in schema.labels]
   if missing:
@@ -92,12 +118,19 @@ def build(config: ml_collections.ConfigDict, schema: ds_lib.Schema, *, row_multi
   objective = mt.Objective(name, loss_weights=tuple(config.model.loss_weights),
                            aman_rate=config.model.aman_rate, oversample_k=config.model.oversample_k,
                            unbias_min_pctr=config.model.unbias_min_pctr)
-  make = engine_factory or engine_lib.Engine
+  make = engine_factory or engine_factory_for(config, mesh)
   engine = make(layout=layout, dim=config.model.embed_dim, table_names=mt.table_sets(name),
                 opt=sparse_opt_config(config.embedding), init_std=config.embedding.init_std,
                 param_dtype=DTYPES[config.embedding.dtype])
+  label_index = {l: i for i, l in enumerate(schema.labels)}
+  if name == mt.ModelName.ESM2:
+    # The ESM2 ablation trains DAction as SCart only / Wish only: the objective reads 'daction'.
+    dl = config.model.get("daction_label", "daction")
+    if dl not in label_index:
+      raise ValueError(f"model.daction_label={dl!r}, but the dataset has only labels {list(schema.labels)}")
+    label_index["daction"] = label_index[dl]
   return Components(model, objective, engine, tower_optimizer(config.optimizer), layout, schema,
-                    {l: i for i, l in enumerate(schema.labels)})
+                    label_index)
 
 
 def dummy_batch(c: Components, batch_size: int) -> dict[str, jax.Array]:

@@ -1,0 +1,19 @@
+r"""AMAN (ESMM paper) at 10 %: BASE plus unclicked impressions sampled as CVR negatives at rate 0.1.
+
+pCTCVR = pCTR × pCVR with an independently trained CTR network (the paper's protocol).
+
+  python -m esmjax.main --config=configs/baselines/aman_10.py
+
+Same sizes and data as configs/esmm.py (paper: embedding 18, towers 200-80-1); only what differs
+is set here. Regenerated in experiments/ (esmm_table.py, sparsity_curve.py, esm2_table.py).
+"""
+
+from esmjax import config as config_lib
+
+
+def get_config():
+  config = config_lib.default_config()
+  config.model.name = "aman"
+  config.model.aman_rate = 0.1
+  config.train.num_epochs = 2.0
+  return config

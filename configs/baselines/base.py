@@ -1,0 +1,19 @@
+r"""BASE (ESMM paper): the CVR tower trained on clicked impressions only.
+
+The CTCVR task follows the paper's protocol for non-ESMM models: pCTCVR = pCTR × pCVR with an
+independently trained CTR network of the same structure (its own embedding table).
+
+  python -m esmjax.main --config=configs/baselines/base.py
+
+Same sizes and data as configs/esmm.py (paper: embedding 18, towers 200-80-1); only what differs
+is set here. Regenerated in experiments/ (esmm_table.py, sparsity_curve.py, esm2_table.py).
+"""
+
+from esmjax import config as config_lib
+
+
+def get_config():
+  config = config_lib.default_config()
+  config.model.name = "base"
+  config.train.num_epochs = 2.0
+  return config

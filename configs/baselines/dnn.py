@@ -1,0 +1,18 @@
+r"""DNN (ESM2 paper): the CVR network trained on clicked impressions (= BASE).
+
+pCTCVR = pCTR × pCVR with an independently trained CTR network of the same structure.
+
+  python -m esmjax.main --config=configs/baselines/dnn.py
+
+Same sizes and data as configs/esmm.py (paper: embedding 18, towers 200-80-1); only what differs
+is set here. Regenerated in experiments/ (esmm_table.py, sparsity_curve.py, esm2_table.py).
+"""
+
+from esmjax import config as config_lib
+
+
+def get_config():
+  config = config_lib.default_config()
+  config.model.name = "dnn"
+  config.train.num_epochs = 2.0
+  return config

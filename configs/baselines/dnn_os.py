@@ -1,0 +1,19 @@
+r"""DNN-OS (ESM2 paper): DNN with click→buy positives oversampled (copied ×5).
+
+pCTCVR = pCTR × pCVR with an independently trained CTR network of the same structure.
+
+  python -m esmjax.main --config=configs/baselines/dnn_os.py
+
+Same sizes and data as configs/esmm.py (paper: embedding 18, towers 200-80-1); only what differs
+is set here. Regenerated in experiments/ (esmm_table.py, sparsity_curve.py, esm2_table.py).
+"""
+
+from esmjax import config as config_lib
+
+
+def get_config():
+  config = config_lib.default_config()
+  config.model.name = "dnn_os"
+  config.model.oversample_k = 5.0
+  config.train.num_epochs = 2.0
+  return config

@@ -1,0 +1,16 @@
+r"""ESMM-NS (ESMM paper): ESMM whose CTR and CVR towers do not share embedding tables.
+
+  python -m esmjax.main --config=configs/baselines/esmm_ns.py
+
+Same sizes and data as configs/esmm.py (paper: embedding 18, towers 200-80-1); only what differs
+is set here. Regenerated in experiments/ (esmm_table.py, sparsity_curve.py, esm2_table.py).
+"""
+
+from esmjax import config as config_lib
+
+
+def get_config():
+  config = config_lib.default_config()
+  config.model.name = "esmm_ns"
+  config.train.num_epochs = 2.0
+  return config

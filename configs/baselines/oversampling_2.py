@@ -1,0 +1,19 @@
+r"""OVERSAMPLING (ESMM paper) ×2: BASE with each click→buy positive copied 2 times.
+
+pCTCVR = pCTR × pCVR with an independently trained CTR network (the paper's protocol).
+
+  python -m esmjax.main --config=configs/baselines/oversampling_2.py
+
+Same sizes and data as configs/esmm.py (paper: embedding 18, towers 200-80-1); only what differs
+is set here. Regenerated in experiments/ (esmm_table.py, sparsity_curve.py, esm2_table.py).
+"""
+
+from esmjax import config as config_lib
+
+
+def get_config():
+  config = config_lib.default_config()
+  config.model.name = "oversampling"
+  config.model.oversample_k = 2.0
+  config.train.num_epochs = 2.0
+  return config

@@ -1,0 +1,20 @@
+r"""UNBIAS (ESMM paper): BASE with clicked rows reweighted by 1/pCTR (pCTR floored at
+model.unbias_min_pctr), pCTR from the independently trained CTR network (stop-gradient).
+
+The paper cites rejection sampling with pCTR as rejection probability; weighting each clicked row
+by 1/pCTR is its expectation (importance weighting) without discarding rows.
+
+  python -m esmjax.main --config=configs/baselines/unbias.py
+
+Same sizes and data as configs/esmm.py (paper: embedding 18, towers 200-80-1); only what differs
+is set here. Regenerated in experiments/ (esmm_table.py, sparsity_curve.py, esm2_table.py).
+"""
+
+from esmjax import config as config_lib
+
+
+def get_config():
+  config = config_lib.default_config()
+  config.model.name = "unbias"
+  config.train.num_epochs = 2.0
+  return config
