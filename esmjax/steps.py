@@ -40,7 +40,8 @@ def train_step(c: Components, state: TrainState, batch) -> tuple[TrainState, dic
   (loss, parts), (g_params, g_emb) = grad_fn(state.params, emb)
   updates, opt_state = c.tx.update(g_params, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  tables, slots, scratch = c.engine.update(state.tables, state.slots, state.scratch, gids, g_emb, state.step)
+  tables, slots, scratch = c.engine.update(state.tables, state.slots, state.scratch, gids, g_emb, state.step,
+                                           rows=emb)
   metrics = {"loss": loss, **{f"loss/{k}": v for k, v in parts.items()}}
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state, tables=tables,
                        slots=slots, scratch=scratch), metrics

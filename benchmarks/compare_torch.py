@@ -1,0 +1,565 @@
+r"""esmjax against the same model in PyTorch: speed and quality, side by side, in one run.
+
+    python benchmarks/compare_torch.py            # full: ~50 min on the shared 2-core CPU (load ~20)
+    python benchmarks/compare_torch.py --quick    # a few minutes: one variant each, short windows, 1 seed
+
+Needs the bench extra (`pip install -e '.[bench]'`: torch==2.13.0, CPU wheel here).
+
+Speed (examples/s, peak memory): ESMM at the paper sizes (23 single-valued fields × dim 18, towers
+200-80-1, batch 4096) on pre-generated Zipf batches (benchmarks/common.py), identical for both
+frameworks, at 1e5 and 1e7 table rows. Variants:
+  jax-<opt>        esmjax's step (trainer.Run: jitted, donated) with the row-wise optimizer <opt>
+  torch-<variant>  benchmarks/torch_reference.py: eager or torch.compile; sparse (nn.Embedding /
+                   EmbeddingBag sparse=True) or dense gradients; rowwise_adagrad (custom, = esmjax's
+                   default), adagrad (torch.optim.Adagrad) or lazy_adam (torch.optim.SparseAdam)
+Every (variant, table size) runs in a fresh subprocess: the first step (compile) is timed apart,
+then a warm-up, then timed windows; the reported rate is the median over all windows of all
+rounds. Rounds and variants are interleaved (jax, torch, jax, torch, ...) so the load of this shared
+machine falls on both alike. Peak memory is the worker's peak RSS (it includes the framework's own
+~0.3–0.5 GB; the model's share is listed apart); on an accelerator, device peak bytes too.
+
+Quality (AUCs): ESMM and ESM2 on the default synthetic data (esmjax.config.default_config()),
+batch 4096, the same grain pipeline and batch order for both (seeded by --seeds), --epochs each,
+evaluated on the whole eval split by the same code (esmjax.evaluation.compute_metrics). PyTorch uses
+the optimizer that equals esmjax's default (row-wise Adagrad, sparse, eager). Different seeds give
+the run-to-run noise against which the JAX–PyTorch difference is judged.
+
+Writes benchmarks/results/compare_torch.{json,md,png} (or --out_dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+ME = Path(__file__).resolve()
+JAX_VARIANTS = ("rowwise_adagrad", "adagrad", "lazy_adam")
+TORCH_VARIANTS = ("eager-sparse-rowwise_adagrad", "eager-sparse-adagrad", "eager-sparse-lazy_adam",
+                  "eager-dense-adagrad", "compile-sparse-rowwise_adagrad")
+QUICK_JAX, QUICK_TORCH = ("rowwise_adagrad",), ("eager-sparse-rowwise_adagrad",)
+QUALITY_KEYS = ("ctr/auc", "cvr/auc", "ctcvr/auc", "ctavr/auc", "cvr/entire_space_auc", "ctr/gauc",
+                "ctcvr/logloss")
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers (each in its own process).
+
+
+def _torch_setup(threads: int):
+  import torch
+
+  dev = "cuda" if torch.cuda.is_available() else "cpu"
+  torch.set_num_threads(threads)
+  sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+  return torch, dev, sync
+
+
+def torch_throughput(spec) -> dict:
+  rss0 = common.rss_mb()
+  torch, dev, sync = _torch_setup(spec["threads"])
+  import torch_reference as tr
+
+  rss_import = common.rss_mb()
+  variant = tr.Variant.parse(spec["variant"])
+  schema = common.paper_schema(spec["rows"])
+  cfg = common.bench_config(spec.get("model", "esmm"), spec["batch"], table_optimizer=variant.table_optimizer)
+  torch.manual_seed(spec.get("seed", 0))
+  t = time.perf_counter()
+  model = tr.TorchMultiTask.from_config(cfg, schema, sparse=variant.sparse).to(dev)
+  trainer = tr.Trainer(model, cfg, variant)
+  init_s = time.perf_counter() - t
+  batches = [tr.to_torch(b, dev) for b in common.zipf_batches(schema, spec["batch"], spec.get("n_batches", 8),
+                                                               seed=spec.get("seed", 0), a=spec.get("zipf_a", common.ZIPF_A))]
+  box = {"loss": None}
+
+  def step(i):
+    box["loss"] = trainer.step(batches[i % len(batches)])
+
+  cpu = []
+  first, rates, steps_run = common.timed_windows(step, sync, spec["batch"], warmup_s=spec.get("warmup_s", 2.0),
+                                                 windows=spec.get("windows", 3), window_s=spec.get("window_s", 3.0),
+                                                 cpu_rates=cpu)
+  return {"framework": "torch", "ex_per_s": rates, "ex_per_cpu_s": cpu, "first_step_s": first, "init_s": init_s, "steps": steps_run,
+          "final_loss": float(box["loss"]), "peak_rss_mb": common.peak_rss_mb(), "rss_before_import_mb": rss0,
+          "rss_after_import_mb": rss_import, "state_mb": tr.state_bytes(trainer) / 2**20,
+          "device_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None,
+          "device": dev, "threads": torch.get_num_threads(), "torch": torch.__version__,
+          "flops_per_example": common.model_flops(spec.get("model", "esmm"), common.PAPER_FIELDS)}
+
+
+def _quality_config(spec):
+  from esmjax import config as config_lib
+
+  c = config_lib.default_config()
+  c.model.name = spec["model"]
+  c.train.batch_size = spec["batch"]
+  c.train.seed = spec["seed"]
+  c.train.max_eval_rows = spec.get("max_eval_rows", -1)
+  c.mesh.num_devices = 1
+  c.checkpoint.enabled = False
+  return config_lib.validate(c)
+
+
+def quality(spec) -> dict:
+  """Trains one framework on the default synthetic data and evaluates it with esmjax's metric code."""
+  import numpy as np
+
+  from esmjax import evaluation
+  from esmjax import trainer as trainer_lib
+  from esmjax.data import pipeline
+
+  cfg = _quality_config(spec)
+  train_ds, eval_ds = trainer_lib.resolve_datasets(cfg)
+  schema = train_ds.schema
+  bs = cfg.train.batch_size
+  total = spec["steps"] if spec.get("steps") else int(math.ceil(spec["epochs"] * train_ds.num_rows / bs))
+  pcfg = pipeline.PipelineConfig(batch_size=bs, seed=cfg.train.seed, window_blocks=cfg.data.window_blocks,
+                                 prefetch=cfg.data.prefetch)
+  it = iter(pipeline.train_iter_dataset(train_ds, pcfg))
+  window = spec.get("window_steps", 25)
+  rates, losses = [], []
+
+  if spec["framework"] == "jax":
+    import jax
+
+    from esmjax import sharding as sh
+    from esmjax import steps as steps_lib
+
+    run = trainer_lib.Run(cfg, schema, mesh=sh.make_mesh(1))
+    state = run.init_fn()
+    put = lambda b: sh.put_batch({k: b[k] for k in steps_lib.BATCH_KEYS}, run.mesh)
+
+    def train(b):
+      nonlocal state
+      state, m = run.train_step(state, put(b))
+      return m["loss"]
+
+    sync = lambda x: float(jax.device_get(x))
+    predict = None
+  else:
+    torch, dev, tsync = _torch_setup(spec["threads"])
+    import torch_reference as tr
+
+    torch.manual_seed(cfg.train.seed)
+    model = tr.TorchMultiTask.from_config(cfg, schema, sparse=True).to(dev)
+    tt = tr.Trainer(model, cfg, tr.Variant.parse(spec["variant"]))
+    train = lambda b: tt.step(tr.to_torch(b, dev))
+    sync = lambda x: float(x)
+
+    def predict(b):
+      model.eval()
+      return {k: v.cpu().numpy() for k, v in model.probabilities(tr.to_torch(b, dev)).items()}
+
+  t_start = time.perf_counter()
+  loss = train(next(it))
+  sync(loss)
+  first = time.perf_counter() - t_start
+  done, t0 = 1, time.perf_counter()
+  while done < total:
+    loss = train(next(it))
+    done += 1
+    if (done - 1) % window == 0 or done == total:
+      losses.append(sync(loss))
+      now = time.perf_counter()
+      n = (done - 1) % window or window
+      rates.append(n * bs / (now - t0))
+      t0 = now
+  train_s = time.perf_counter() - t_start
+  getattr(it, "close", lambda: None)()
+  t = time.perf_counter()
+  if predict is None:
+    metrics = run.evaluate(state, eval_ds)
+  else:
+    cols: dict[str, list] = {}
+    seen = 0
+    for b, n in pipeline.eval_batches(eval_ds, cfg.train.eval_batch_size):
+      out = {**predict(b), **{k: b[k] for k in evaluation.HOST_KEYS if k in b}}
+      for k, v in out.items():
+        cols.setdefault(k, []).append(np.asarray(v)[:n])
+      seen += n
+      if 0 < cfg.train.max_eval_rows <= seen:
+        break
+    metrics = evaluation.compute_metrics({k: np.concatenate(v) for k, v in cols.items()}, schema)
+  return {"framework": spec["framework"], "model": spec["model"], "seed": spec["seed"], "steps": done,
+          "examples": done * bs, "ex_per_s": rates, "first_step_s": first, "train_s": train_s,
+          "eval_s": time.perf_counter() - t, "final_loss": losses[-1] if losses else float("nan"),
+          "loss_curve": losses, "peak_rss_mb": common.peak_rss_mb(),
+          "metrics": {k: float(v) for k, v in metrics.items() if k in QUALITY_KEYS}}
+
+
+# ---------------------------------------------------------------------------------------------
+# The comparison.
+
+
+def torch_env() -> dict[str, str]:
+  """PyTorch workers wait passively in OpenMP: on this shared, oversubscribed machine spin-waiting
+  made 2 threads up to 5× slower than 1 thread (measured); passive waiting was PyTorch's best."""
+  return common.worker_env(devices=1, extra={"OMP_WAIT_POLICY": "PASSIVE"})
+
+
+def _interleave(a, b):
+  out = []
+  for i in range(max(len(a), len(b))):
+    out += ([a[i]] if i < len(a) else []) + ([b[i]] if i < len(b) else [])
+  return out
+
+
+def throughput_section(args, log) -> dict:
+  jv = QUICK_JAX if args.quick else JAX_VARIANTS
+  tv = QUICK_TORCH if args.quick else TORCH_VARIANTS
+  if args.torch_variants:
+    tv = tuple(args.torch_variants.split(","))
+  if args.jax_variants:
+    jv = tuple(args.jax_variants.split(","))
+  runs = _interleave([("jax", v) for v in jv], [("torch", v) for v in tv])
+  timing = dict(warmup_s=args.warmup_s, windows=args.windows, window_s=args.window_s, batch=args.batch,
+                n_batches=8, zipf_a=common.ZIPF_A)
+  out: dict[str, dict] = {}
+  for rnd in range(args.rounds):
+    for rows in args.rows:
+      for fw, v in (runs if rnd % 2 == 0 else runs[::-1]):  # alternate who goes first
+        name = f"{fw}-{v}"
+        if fw == "jax":
+          spec = {"kind": "jax", "rows": rows, "optimizer": v, **timing}
+        else:
+          spec = {"kind": "torch", "rows": rows, "variant": v, "threads": args.torch_threads, **timing}
+        r = common.run_worker(ME, spec, env=torch_env() if fw == "torch" else common.worker_env(devices=1),
+                              timeout=args.worker_timeout)
+        slot = out.setdefault(str(rows), {}).setdefault(name, {"framework": fw, "variant": v, "runs": []})
+        slot["runs"].append(r)
+        rate = common.spread(r.get("ex_per_s", []))["median"]
+        log(f"  round {rnd + 1} rows {rows:.0e} {name:<36} "
+            + (f"{rate / 1e3:8.1f} k ex/s  (first step {r['first_step_s']:.1f}s, peak RSS {r['peak_rss_mb']:.0f} MB)"
+               if "error" not in r else f"ERROR {r['error'][:300]}"))
+  for rows, variants in out.items():
+    for name, slot in variants.items():
+      ok = [r for r in slot["runs"] if "error" not in r]
+      slot["windows"] = [x for r in ok for x in r["ex_per_s"]]
+      slot["ex_per_s"] = common.spread(slot["windows"])
+      slot["ex_per_cpu_s"] = common.spread([x for r in ok for x in r.get("ex_per_cpu_s", [])])
+      slot["run_medians"] = [common.spread(r["ex_per_s"])["median"] for r in ok]
+      slot["peak_rss_mb"] = max([r["peak_rss_mb"] for r in ok] or [float("nan")])
+      slot["rss_after_import_mb"] = min([r["rss_after_import_mb"] for r in ok] or [float("nan")])
+      slot["first_step_s"] = min([r["first_step_s"] for r in ok] or [float("nan")])
+      slot["device_peak_mb"] = max([r.get("device_peak_mb") or 0 for r in ok] or [0]) or None
+      slot["errors"] = [r["error"] for r in slot["runs"] if "error" in r]
+      slot["flops_per_example"] = ok[0]["flops_per_example"] if ok else float("nan")
+      if ok and slot["framework"] == "jax":
+        slot["engine"] = ok[0].get("engine")
+  return out
+
+
+def ratios(tp: dict) -> dict:
+  """Per table size: JAX default / best PyTorch, best JAX / best PyTorch, and per optimizer."""
+  out = {}
+  for rows, variants in tp.items():
+    med = {n: s["ex_per_s"]["median"] for n, s in variants.items() if s["ex_per_s"]["n"]}
+    noise = {n: s["ex_per_s"]["rel_half_range"] for n, s in variants.items() if s["ex_per_s"]["n"]}
+    jax_ = {n: v for n, v in med.items() if n.startswith("jax-")}
+    tor = {n: v for n, v in med.items() if n.startswith("torch-")}
+    if not jax_ or not tor:
+      continue
+    best_t = max(tor, key=tor.get)
+    best_j = max(jax_, key=jax_.get)
+    default = "jax-rowwise_adagrad" if "jax-rowwise_adagrad" in jax_ else best_j
+    r = {"best_torch": best_t, "best_torch_ex_per_s": tor[best_t], "jax_default": default,
+         "jax_default_ex_per_s": jax_[default], "default_vs_best_torch": jax_[default] / tor[best_t],
+         "best_jax": best_j, "best_jax_vs_best_torch": jax_[best_j] / tor[best_t],
+         "ratio_noise": noise.get(default, 0) + noise.get(best_t, 0), "matched": {}}
+    for opt in JAX_VARIANTS:
+      j = jax_.get(f"jax-{opt}")
+      ts = {n: v for n, v in tor.items() if n.endswith(f"-{opt}")}
+      if j and ts:
+        bt = max(ts, key=ts.get)
+        r["matched"][opt] = {"jax": j, "best_torch": bt, "torch": ts[bt], "ratio": j / ts[bt]}
+    cpu = {n: s["ex_per_cpu_s"]["median"] for n, s in variants.items() if s.get("ex_per_cpu_s", {}).get("n")}
+    ct = {n: v for n, v in cpu.items() if n.startswith("torch-")}
+    if default in cpu and ct:
+      bc = max(ct, key=ct.get)
+      r["cpu_time"] = {"best_torch": bc, "default_vs_best_torch": cpu[default] / ct[bc]}
+    out[rows] = r
+  return out
+
+
+def quality_section(args, log) -> dict:
+  res: dict[str, dict] = {}
+  for model in args.models:
+    for seed in args.seeds:
+      order = [("jax", None), ("torch", "eager-sparse-rowwise_adagrad")]
+      for fw, variant in (order if seed % 2 == 0 else order[::-1]):
+        spec = {"kind": "quality", "framework": fw, "variant": variant, "model": model, "seed": seed,
+                "batch": args.batch, "epochs": args.epochs, "steps": args.quality_steps,
+                "max_eval_rows": args.max_eval_rows, "threads": args.torch_threads}
+        r = common.run_worker(ME, spec, env=torch_env() if fw == "torch" else common.worker_env(devices=1),
+                              timeout=args.worker_timeout)
+        res.setdefault(model, {}).setdefault(fw, []).append(r)
+        if "error" in r:
+          log(f"  {model} seed {seed} {fw:<5} ERROR {r['error'][:300]}")
+        else:
+          m = r["metrics"]
+          log(f"  {model} seed {seed} {fw:<5} {common.spread(r['ex_per_s'])['median'] / 1e3:6.1f} k ex/s  "
+              + "  ".join(f"{k} {m[k]:.4f}" for k in QUALITY_KEYS if k in m))
+  summary = {}
+  for model, fws in res.items():
+    s = {}
+    for fw, runs in fws.items():
+      ok = [r for r in runs if "error" not in r]
+      keys = [k for k in QUALITY_KEYS if ok and k in ok[0]["metrics"]]
+      s[fw] = {k: common.spread([r["metrics"][k] for r in ok]) for k in keys}
+      s[fw]["ex_per_s"] = common.spread([x for r in ok for x in r["ex_per_s"][1:] or r["ex_per_s"]])
+      s[fw]["peak_rss_mb"] = max([r["peak_rss_mb"] for r in ok] or [float("nan")])
+      s[fw]["per_seed"] = {r["seed"]: r["metrics"] for r in ok}
+      s[fw]["errors"] = [r["error"] for r in runs if "error" in r]
+    # Noise: the largest seed-to-seed spread of either framework; difference: of the seed means.
+    if "jax" in s and "torch" in s:
+      diff = {}
+      for k in QUALITY_KEYS:
+        if k in s["jax"] and k in s["torch"]:
+          pj = s["jax"]["per_seed"]
+          pt = s["torch"]["per_seed"]
+          mj = sum(v[k] for v in pj.values()) / len(pj)
+          mt_ = sum(v[k] for v in pt.values()) / len(pt)
+          noise = max(s["jax"][k]["max"] - s["jax"][k]["min"], s["torch"][k]["max"] - s["torch"][k]["min"])
+          diff[k] = {"jax_mean": mj, "torch_mean": mt_, "diff": mj - mt_, "seed_range": noise,
+                     "within_noise": abs(mj - mt_) <= max(noise, 1e-12)}
+      s["diff"] = diff
+    summary[model] = s
+  return {"runs": res, "summary": summary}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting.
+
+
+def _keep_previous(res: dict, path: Path, args) -> None:
+  """A --skip_speed / --skip_quality run keeps the other section of the previous results file,
+  marked with when it was measured (so one can be refreshed without redoing the other)."""
+  if not path.exists() or args.quick:
+    return
+  import json
+
+  prev = json.loads(path.read_text())
+  for key, skipped in (("quality", args.skip_quality), ("throughput", args.skip_speed)):
+    if skipped and key in prev:
+      res[key] = prev[key]
+      res.setdefault("kept_from_previous", {})[key] = prev.get("section_when", {}).get(key, prev.get("when"))
+      if key == "throughput":
+        res["ratios"], res["roofline"] = prev.get("ratios"), prev.get("roofline")
+  res["section_when"] = {k: res.get("kept_from_previous", {}).get(k, res["when"]) for k in ("quality", "throughput")
+                         if k in res}
+
+
+def markdown(res: dict) -> str:
+  a = res["args"]
+  L = [f"# esmjax vs PyTorch ({res['when']})", "",
+       f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} usable cores, "
+       f"backend {res['probe'].get('backend')}; jax {res['probe'].get('jax')}, torch {res['probe'].get('torch')} "
+       f"({a['torch_threads']} threads). Load average before/after: {res['load_before']} / {res['load_after']} "
+       "(the machine is shared: other jobs ran during the measurement).", "",
+       common.code_line(res) + f"Command: `{res['command']}`", ""]
+  for k, when in (res.get("kept_from_previous") or {}).items():
+    L += [f"The {'speed' if k == 'throughput' else k} section is kept from the run of {when} "
+          f"(this run skipped it; its load averages are in that run's JSON).", ""]
+  tp, rt = res.get("throughput"), res.get("ratios", {})
+  if tp:
+    L += ["## Speed: ESMM, 23 fields × 18, towers 200-80-1, batch "
+          f"{a['batch']}, Zipf({common.ZIPF_A}) ids, pre-generated batches", ""]
+    for rows, variants in tp.items():
+      L += [f"### {float(rows):.0e} table rows", ""]
+      rws = []
+      for name, s in sorted(variants.items(), key=lambda kv: -kv[1]["ex_per_s"]["median"]
+                            if kv[1]["ex_per_s"]["n"] else 0):
+        e = s["ex_per_s"]
+        c = s.get("ex_per_cpu_s") or {"median": float("nan")}
+        rws.append([name, e["median"], f"{e['min'] / 1e3:,.1f}–{e['max'] / 1e3:,.1f} k", f"±{100 * e['rel_half_range']:.0f} %"
+                    if e["n"] else "–", e["n"], c["median"], s["first_step_s"], s["peak_rss_mb"],
+                    s["peak_rss_mb"] - s["rss_after_import_mb"], "; ".join(x[:80] for x in s["errors"]) or ""])
+      L += [common.md_table(["variant", "ex/s (median)", "window range", "noise", "windows", "ex per CPU-s", "first step s",
+                             "peak RSS MB", "over import MB", "errors"], rws), ""]
+      if rows in rt:
+        r = rt[rows]
+        L.append(f"**JAX default (row-wise Adagrad) / best PyTorch ({r['best_torch']}): "
+                 f"{r['default_vs_best_torch']:.2f}×** (the two variants' window half-ranges add up to ±{100 * r['ratio_noise']:.0f} %); "
+                 f"best JAX ({r['best_jax']}) / best PyTorch: {r['best_jax_vs_best_torch']:.2f}×. Same optimizer: "
+                 + ", ".join(f"{k} {v['ratio']:.2f}× (vs {v['best_torch']})" for k, v in r["matched"].items()) + "."
+                 + (f" Per CPU-second (work per example, whatever share of the cores each got): JAX default / best "
+                    f"PyTorch ({r['cpu_time']['best_torch']}) {r['cpu_time']['default_vs_best_torch']:.2f}×."
+                    if r.get("cpu_time") else ""))
+        L.append("")
+    if res.get("roofline"):
+      L += [res["roofline"]["line"], ""]
+  q = res.get("quality")
+  if q:
+    L += [f"## Quality: default synthetic data, batch {a['batch']}, "
+          + (f"{a['quality_steps']} steps" if a["quality_steps"] else f"{a['epochs']} epoch(s)")
+          + f", seeds {a['seeds']}, same batches for both, evaluated by esmjax.evaluation.compute_metrics", ""]
+    for model, s in q["summary"].items():
+      if "diff" not in s:
+        continue
+      rws = []
+      for k, d in s["diff"].items():
+        rws.append([k, f"{d['jax_mean']:.4f}", f"{d['torch_mean']:.4f}", f"{d['diff']:+.4f}", f"{d['seed_range']:.4f}",
+                    "yes" if d["within_noise"] else "no"])
+      L += [f"### {model}", "", common.md_table(["metric", "JAX (seed mean)", "PyTorch (seed mean)", "JAX − PyTorch",
+                                                  "seed-to-seed range (max of the two)", "within noise"], rws), ""]
+      L.append(f"Training examples/s incl. the input pipeline (median of {s['jax']['ex_per_s']['n']}/"
+               f"{s['torch']['ex_per_s']['n']} windows): JAX {common.fmt_rate(s['jax']['ex_per_s']['median'])}, "
+               f"PyTorch (eager-sparse-rowwise_adagrad) {common.fmt_rate(s['torch']['ex_per_s']['median'])}; "
+               f"peak RSS JAX {s['jax']['peak_rss_mb']:,.0f} MB, PyTorch {s['torch']['peak_rss_mb']:,.0f} MB.")
+      L.append("")
+  L += ["## How to read this", "",
+        "- Rates are medians of timed windows (after the first step and a warm-up), pooled over rounds in which "
+        "JAX and PyTorch variants alternate; the window range and ± half-range show the noise of this shared "
+        "machine. Ratios are of medians measured in the same invocation.",
+        "- 'ex per CPU-s' divides by the CPU time of the worker process (all threads) instead of wall time: "
+        "on this oversubscribed machine it says what a step costs in work, independent of the share of the "
+        "cores the scheduler gave each process.",
+        "- Peak RSS is per worker process and includes the framework runtime; 'over import' subtracts the "
+        "RSS right after importing it (the model, optimizer state, batches and compiled code).",
+        "- PyTorch runs with torch.set_num_threads(--torch_threads) and OMP_WAIT_POLICY=PASSIVE: on this "
+        "oversubscribed machine OpenMP spin-waiting made 2 threads up to 5× slower than 1 (measured); passive "
+        "waiting was PyTorch's fastest setting. JAX runs with its defaults.",
+        "- Quality runs feed both frameworks the same batches in the same order; a difference of seed means "
+        "within the seed-to-seed range is within run-to-run noise.",
+        f"- Regenerate: `{res['command']}`."]
+  return "\n".join(L) + "\n"
+
+
+def plot(res: dict, path: Path) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  tp = res.get("throughput") or {}
+  q = (res.get("quality") or {}).get("summary", {})
+  n = len(tp) + (1 if q else 0)
+  if not n:
+    return
+  ratios = [1.0] * len(tp) + ([1.8] if q else [])
+  fig, axes = plt.subplots(1, n, figsize=(4.2 * sum(ratios), 3.8), dpi=80, gridspec_kw={"width_ratios": ratios})
+  axes = [axes] if n == 1 else list(axes)
+  for ax, (rows, variants) in zip(axes, tp.items()):
+    items = sorted(((k, s) for k, s in variants.items() if s["ex_per_s"]["n"]), key=lambda kv: -kv[1]["ex_per_s"]["median"])
+    names = [k.replace("torch-", "pt-").replace("rowwise_adagrad", "rw_adagrad") for k, _ in items]
+    med = [s["ex_per_s"]["median"] / 1e3 for _, s in items]
+    lo = [m - s["ex_per_s"]["min"] / 1e3 for m, (_, s) in zip(med, items)]
+    hi = [s["ex_per_s"]["max"] / 1e3 - m for m, (_, s) in zip(med, items)]
+    ax.barh(names, med, xerr=[lo, hi], color=["tab:blue" if k.startswith("jax") else "tab:orange" for k, _ in items])
+    ax.invert_yaxis()
+    ax.set_xlabel("k examples/s (median, window range)")
+    ax.set_title(f"ESMM train step, {float(rows):.0e} rows", fontsize=9)
+    ax.tick_params(labelsize=7)
+  if q:
+    ax = axes[-1]
+    labels, xs = [], 0
+    for model, s in q.items():
+      for k, d in s.get("diff", {}).items():
+        if not (k.endswith("/auc") or k.endswith("entire_space_auc")):
+          continue
+        for j, fw in enumerate(("jax", "torch")):
+          sp = s[fw][k]
+          ax.errorbar(xs + 0.15 * (j * 2 - 1), sp["median"], yerr=[[sp["median"] - sp["min"]], [sp["max"] - sp["median"]]],
+                      fmt="o", color="tab:blue" if fw == "jax" else "tab:orange", label=fw if not labels else None)
+        labels.append(f"{model} {k.replace('/entire_space_auc', ' entire-space').replace('/auc', '')}")
+        xs += 1
+    ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=35, ha="right")
+    ax.set_ylabel("AUC (seeds: median, range)")
+    ax.set_title("Quality, same data and metric code", fontsize=9)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--quick", action="store_true", help="~2 minutes: 1 round, 1e5/1e6 rows, JAX and PyTorch row-wise Adagrad, ESMM 20 steps, 1 seed")
+  ap.add_argument("--out_dir", default=str(common.RESULTS))
+  ap.add_argument("--rows", default="1e5,1e7", help="table sizes of the speed comparison")
+  ap.add_argument("--batch", type=int, default=4096)
+  ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of every speed variant")
+  ap.add_argument("--windows", type=int, default=3)
+  ap.add_argument("--window_s", type=float, default=3.0)
+  ap.add_argument("--warmup_s", type=float, default=2.0)
+  ap.add_argument("--torch_threads", type=int, default=common.usable_cores())
+  ap.add_argument("--torch_variants", default="", help="comma-separated torch variants (default: all)")
+  ap.add_argument("--jax_variants", default="", help="comma-separated row-wise optimizers for JAX (default: all)")
+  ap.add_argument("--models", default="esmm,esm2")
+  ap.add_argument("--seeds", default="0,1")
+  ap.add_argument("--epochs", type=float, default=1.0)
+  ap.add_argument("--quality_steps", type=int, default=0, help="train steps instead of --epochs (0: epochs)")
+  ap.add_argument("--max_eval_rows", type=int, default=-1)
+  ap.add_argument("--skip_speed", action="store_true")
+  ap.add_argument("--skip_quality", action="store_true")
+  ap.add_argument("--skip_roofline", action="store_true")
+  ap.add_argument("--worker_timeout", type=float, default=900)
+  ap.add_argument("--render_only", action="store_true", help="rewrite the .md and .png from the .json in --out_dir")
+  args = ap.parse_args(argv)
+  if args.render_only:
+    import json
+
+    res = json.loads((Path(args.out_dir) / "compare_torch.json").read_text())
+    (Path(args.out_dir) / "compare_torch.md").write_text(markdown(res))
+    plot(res, Path(args.out_dir) / "compare_torch.png")
+    return
+  if args.quick:
+    args.rounds, args.windows, args.window_s, args.warmup_s = 1, 2, 1.0, 0.5
+    args.rows = "1e5,1e6" if args.rows == "1e5,1e7" else args.rows
+    args.models, args.seeds, args.max_eval_rows = "esmm", "0", 16_384
+    args.quality_steps = args.quality_steps or 20
+  args.rows = [int(float(x)) for x in args.rows.split(",") if x]
+  args.models = [m for m in args.models.split(",") if m]
+  args.seeds = [int(s) for s in args.seeds.split(",") if s]
+  out_dir = Path(args.out_dir)
+  log = lambda s: print(s, flush=True)
+  t0 = time.time()
+  probe = common.run_worker(ME, {"kind": "probe"}, env=common.worker_env(devices=1))
+  if not probe.get("torch"):
+    sys.exit("compare_torch needs torch: pip install -e '.[bench]' (torch==2.13.0)")
+  res = {"when": common.now(), "command": "python benchmarks/compare_torch.py" + (" --quick" if args.quick else ""),
+         "machine": {"cpu": common.cpu_model(), "cores": common.usable_cores(), "mem_available_gb": common.mem_available_gb()},
+         "probe": probe, "load_before": common.load_average(), "args": vars(args), "code": common.code_version()}
+  if not args.skip_speed:
+    log("speed (examples/s, median of windows):")
+    res["throughput"] = throughput_section(args, log)
+    res["ratios"] = ratios(res["throughput"])
+    for rows, r in res["ratios"].items():
+      log(f"  {float(rows):.0e} rows: JAX default / best PyTorch ({r['best_torch']}) = {r['default_vs_best_torch']:.2f}x"
+          + (f"; per CPU-second {r['cpu_time']['default_vs_best_torch']:.2f}x" if r.get("cpu_time") else ""))
+    if not args.skip_roofline:
+      import roofline
+
+      peak = roofline.measure_peak(quick=args.quick, with_torch=not args.quick)
+      first = res["ratios"].get(str(args.rows[0]))
+      if first:
+        line = roofline.fraction_line(first["jax_default_ex_per_s"], common.model_flops("esmm", common.PAPER_FIELDS),
+                                      peak["peak_gflops"])
+        res["roofline"] = {**peak, "line": f"{line} (at {args.rows[0]:.0e} rows; peak measured after the speed runs)"}
+        log("  " + res["roofline"]["line"])
+  if not args.skip_quality:
+    log("quality (AUCs on the synthetic eval split):")
+    res["quality"] = quality_section(args, log)
+  _keep_previous(res, out_dir / "compare_torch.json", args)
+  res["load_after"] = common.load_average()
+  res["elapsed_s"] = time.time() - t0
+  common.write_json(out_dir / "compare_torch.json", res)
+  md = markdown(res)
+  (out_dir / "compare_torch.md").write_text(md)
+  plot(res, out_dir / "compare_torch.png")
+  log(md)
+  log(f"wrote {out_dir}/compare_torch.{{json,md,png}} in {res['elapsed_s']:.0f}s")
+
+
+if __name__ == "__main__":
+  if not common.worker_main({"probe": lambda s: common.jax_probe(), "jax": common.jax_throughput,
+                             "torch": torch_throughput, "quality": quality}):
+    main()

@@ -1,0 +1,180 @@
+r"""Roofline: the machine's measured matmul FLOP/s, and the fraction of it an esmjax step achieves.
+
+    python benchmarks/roofline.py [--quick] [--out_dir=benchmarks/results]
+
+The towers are the only FLOPs of the model (lookups and row updates move bytes, not FLOPs): ESMM
+at the paper sizes (23 fields × 18 = 414 inputs, towers 200-80-1, two towers) costs
+6 · (414·200 + 200·80 + 80) · 2 ≈ 1.19 MFLOP per example, forward + backward. So the machine's
+best matmul rate bounds the examples/s of any ESMM step: roofline = peak FLOP/s / FLOP per example.
+
+Measured, each in its own process: square matmuls (JAX f32 and bf16; PyTorch f32 where installed)
+at a few sizes, the best counting as the peak; the towers alone (forward, backward, Adam; no
+embeddings) in JAX; and the full esmjax step at 1e5 table rows (the same worker as the sweep).
+Writes roofline.{json,md}. `compare_torch.py` and `sweep.py` call `measure_peak` for their own
+roofline line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+
+def _time_calls(fn, sync, min_s: float) -> float:
+  """Median seconds per call of fn() over at least `min_s` seconds (after one warm-up call)."""
+  sync(fn())
+  times, t_end = [], time.perf_counter() + min_s
+  while time.perf_counter() < t_end or len(times) < 3:
+    t = time.perf_counter()
+    sync(fn())
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def jax_matmul(spec) -> dict:
+  import jax
+  import jax.numpy as jnp
+
+  out = {}
+  for dtype in spec["dtypes"]:
+    for n in spec["sizes"]:
+      k1, k2 = jax.random.split(jax.random.PRNGKey(n))
+      a = jax.random.normal(k1, (n, n), jnp.float32).astype(dtype)
+      b = jax.random.normal(k2, (n, n), jnp.float32).astype(dtype)
+      f = jax.jit(lambda x, y: x @ y)
+      s = _time_calls(lambda: f(a, b), jax.block_until_ready, spec["min_s"])
+      out[f"jax/{dtype}/{n}"] = 2 * n**3 / s
+  return {"gflops": {k: v / 1e9 for k, v in out.items()}, "backend": jax.default_backend()}
+
+
+def torch_matmul(spec) -> dict:
+  import torch
+
+  dev = "cuda" if torch.cuda.is_available() else "cpu"
+  if dev == "cpu":
+    torch.set_num_threads(common.usable_cores())
+  sync = (lambda x: torch.cuda.synchronize()) if dev == "cuda" else (lambda x: x)
+  out = {}
+  for n in spec["sizes"]:
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    s = _time_calls(lambda: a @ b, sync, spec["min_s"])
+    out[f"torch/float32/{n}"] = 2 * n**3 / s / 1e9
+  return {"gflops": out, "device": dev}
+
+
+def towers_only(spec) -> dict:
+  """The model's towers alone (no embeddings): forward, backward and Adam, in JAX."""
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from esmjax.models import layers
+
+  b, in_dim, towers = spec["batch"], spec["in_dim"], spec["towers"]
+
+  class Towers(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return [layers.Tower((200, 80), name=f"t{i}")(x) for i in range(towers)]
+
+  m = Towers()
+  x = jax.random.normal(jax.random.PRNGKey(0), (b, in_dim))
+  y = (jax.random.uniform(jax.random.PRNGKey(1), (b,)) < 0.1).astype(jnp.float32)
+  params = m.init(jax.random.PRNGKey(2), x)
+  tx = optax.adam(1e-3)
+
+  @jax.jit
+  def step(p, o, x):
+    def loss(p, x):
+      return sum(jnp.mean(jax.nn.softplus(z) - y * z) for z in m.apply(p, x))
+    l, (gp, gx) = jax.value_and_grad(loss, argnums=(0, 1))(p, x)  # gx: what the tables would get
+    u, o = tx.update(gp, o, p)
+    return optax.apply_updates(p, u), o, l + jnp.sum(gx) * 0
+
+  box = {"p": params, "o": tx.init(params), "l": None}
+
+  def run(i):
+    box["p"], box["o"], box["l"] = step(box["p"], box["o"], x)
+
+  _, rates, _ = common.timed_windows(run, lambda: jax.block_until_ready(box["l"]), b, warmup_s=1.0,
+                                     windows=spec["windows"], window_s=spec["window_s"])
+  return {"ex_per_s": rates}
+
+
+def measure_peak(quick: bool = False, with_torch: bool = True) -> dict:
+  """Matmul peak (FLOP/s) of this machine, from worker processes; {'peak_gflops', 'by'}."""
+  me = Path(__file__).resolve()
+  probe = common.run_worker(me, {"kind": "probe"}, env=common.worker_env())
+  accel = probe.get("backend") in ("gpu", "tpu", "cuda", "rocm")
+  sizes = [2048, 4096, 8192] if accel else ([1024] if quick else [1024, 2048, 4096])
+  dtypes = ["float32"] if quick and not accel else ["float32", "bfloat16"]
+  spec = {"kind": "jax_matmul", "sizes": sizes, "dtypes": dtypes, "min_s": 0.5 if quick else 1.5}
+  by = {}
+  r = common.run_worker(me, spec)
+  by.update(r.get("gflops", {}))
+  if with_torch and probe.get("torch"):
+    r = common.run_worker(me, {**spec, "kind": "torch_matmul"}, env=common.worker_env(extra={"OMP_WAIT_POLICY": "PASSIVE"}))
+    by.update(r.get("gflops", {}))
+  f32 = {k: v for k, v in by.items() if "/float32/" in k}
+  peak = max(f32.values()) if f32 else float("nan")
+  return {"peak_gflops": peak, "peak_bf16_gflops": max([v for k, v in by.items() if "bfloat16" in k] or [float("nan")]),
+          "by": by, "backend": probe.get("backend")}
+
+
+def fraction_line(ex_per_s: float, flops_per_ex: float, peak_gflops: float) -> str:
+  roof = peak_gflops * 1e9 / flops_per_ex
+  return (f"Roofline: matmul peak {peak_gflops:,.0f} GFLOP/s (f32, measured) / {flops_per_ex / 1e6:.2f} MFLOP per "
+          f"example = {roof / 1e3:,.0f} k ex/s; the esmjax step runs at {ex_per_s / 1e3:,.1f} k ex/s = "
+          f"{100 * ex_per_s / roof:.0f} % of it ({ex_per_s * flops_per_ex / 1e9:,.1f} GFLOP/s).")
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--quick", action="store_true", help="shorter timings (~30 s)")
+  ap.add_argument("--out_dir", default=str(common.RESULTS), help="where roofline.{json,md} go")
+  args = ap.parse_args(argv)
+  out_dir = Path(args.out_dir)
+  peak = measure_peak(args.quick)
+  flops = common.model_flops("esmm", common.PAPER_FIELDS)
+  w = dict(windows=3, window_s=1.5 if args.quick else 3.0)
+  me = Path(__file__).resolve()
+  tw = common.run_worker(me, {"kind": "towers", "batch": 4096, "in_dim": common.PAPER_FIELDS * common.PAPER_DIM,
+                              "towers": 2, **w})
+  st = common.run_worker(me, {"kind": "step", "rows": 100_000, "batch": 4096, "warmup_s": 1.0, **w})
+  tw_rate = common.spread(tw.get("ex_per_s", []))["median"]
+  st_rate = common.spread(st.get("ex_per_s", []))["median"]
+  roof = peak["peak_gflops"] * 1e9 / flops
+  res = {"when": common.now(), "cpu": common.cpu_model(), "cores": common.usable_cores(), **peak,
+         "esmm_flops_per_example": flops, "roofline_ex_per_s": roof,
+         "towers_only_ex_per_s": tw_rate, "towers_only_fraction": tw_rate / roof,
+         "esmm_step_1e5_ex_per_s": st_rate, "esmm_step_fraction": st_rate / roof,
+         "step_engine": st.get("engine"), "errors": [r["error"] for r in (tw, st) if "error" in r]}
+  md = [f"# Roofline ({res['when']})", "",
+        f"Machine: {res['cpu']}, {res['cores']} usable cores, backend {peak['backend']}. Shared and noisy: "
+        "medians of timed calls.", "",
+        common.md_table(["matmul", "GFLOP/s"], [[k, v] for k, v in sorted(peak["by"].items())]), "",
+        f"ESMM (23 fields × 18, towers 200-80-1 ×2): {flops / 1e6:.3f} MFLOP per example (fwd+bwd).", "",
+        common.md_table(["what", "ex/s", "fraction of roofline"], [
+            ["roofline (f32 peak / FLOP per example)", roof, 1.0],
+            ["towers alone (fwd+bwd+Adam, JAX)", tw_rate, tw_rate / roof],
+            ["esmjax step, 1e5 rows, batch 4096", st_rate, st_rate / roof]]), "",
+        fraction_line(st_rate, flops, peak["peak_gflops"]), "",
+        "Regenerate: `python benchmarks/roofline.py`."]
+  common.write_json(out_dir / "roofline.json", res)
+  (out_dir / "roofline.md").write_text("\n".join(md) + "\n")
+  print("\n".join(md))
+
+
+if __name__ == "__main__":
+  if not common.worker_main({"probe": lambda s: common.jax_probe(), "jax_matmul": jax_matmul,
+                             "torch_matmul": torch_matmul, "towers": towers_only,
+                             "step": common.jax_throughput}):
+    main()

@@ -1,0 +1,391 @@
+r"""ESMM, ESMM-NS and ESM2 in PyTorch: the same model as esmjax, written the way a PyTorch user would.
+
+    from torch_reference import TorchMultiTask, Trainer, Variant
+    model = TorchMultiTask.from_config(config, schema)        # esmjax config + dataset schema
+    trainer = Trainer(model, config, Variant.parse("eager-sparse-rowwise_adagrad"))
+    loss = trainer.step(batch)                                 # batch: esmjax NumPy block
+
+What is mirrored exactly (and checked by tests/test_torch_reference.py on copied weights):
+  * one stacked table per embedding set, with esmjax's `FeatureLayout` offsets (field f owns rows
+    offset_f : offset_f + vocab_f), initialised N(0, embedding.init_std²);
+  * single-valued (and bucketised dense) fields: one `F.embedding` over the stacked table;
+    multi-valued fields: one `F.embedding_bag(mode='sum', per_sample_weights=...)` over all bags of
+    the batch (a `mean` field's weights are divided by their sum, clamped at 1e-6, as esmjax does);
+  * dense fields as normalise + tanh embeddings tanh(x̂·u + b) per field (or bucketised ids);
+  * towers hidden-…-1 with the configured activation, Flax's default init (LeCun truncated normal
+    kernels, zero biases) so neither framework starts from a friendlier point;
+  * the log-space losses of esmjax.models.losses (log σ, stable log1mexp, logaddexp), no clipping;
+  * towers and dense-feature params trained with Adam (torch.optim.Adam, eps 1e-8 = optax's);
+  * tables trained with the configured row-wise optimizer on sparse gradients:
+      rowwise_adagrad  a custom optimizer (one accumulator per row, as torchrec/FBGEMM's
+                       EXACT_ROWWISE_ADAGRAD; PyTorch has none built in) on the coalesced gradient;
+      adagrad          torch.optim.Adagrad (element-wise; it accepts sparse gradients);
+      lazy_adam        torch.optim.SparseAdam (moments of touched rows only). PyTorch folds the bias
+                       corrections into the step size, so its eps acts as eps/√(1−β2ᵗ) in esmjax's
+                       terms (30× larger at step 1): the same optimizer, but rows with tiny early
+                       gradients move less; the test compares them with eps = 1e-12.
+Variants (`Variant`): sparse or dense [V, D] table gradients (`nn.Embedding(sparse=...)`), eager or
+`torch.compile` of the dense part (pooling, towers, loss). The embedding lookups stay eager under
+compile: inductor does not produce sparse gradients, so compiling them would force dense ones.
+
+Only the entire-space models (esmm, esmm_ns, esm2) are mirrored; the baselines are not needed for
+the comparison. Torch is an optional dependency (`pip install -e '.[bench]'`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from esmjax import state as state_lib
+from esmjax.models import multitask as mt
+
+SUPPORTED_MODELS = (mt.ModelName.ESMM, mt.ModelName.ESMM_NS, mt.ModelName.ESM2)
+TABLE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "lazy_adam")
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": lambda: nn.GELU(approximate="tanh"), "tanh": nn.Tanh,
+                "sigmoid": nn.Sigmoid, "swish": nn.SiLU, "leaky_relu": lambda: nn.LeakyReLU(0.01)}
+_LN2 = 0.6931471805599453
+_TRUNC_STD = 0.87962566103423978  # std of a unit normal truncated to [-2, 2] (Flax's correction)
+
+
+# ---------------------------------------------------------------------------------------------
+# Variants and losses.
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """How the PyTorch side is run: table optimizer, sparse or dense gradients, eager or compiled."""
+
+  table_optimizer: str = "rowwise_adagrad"  # rowwise_adagrad | adagrad | lazy_adam
+  sparse: bool = True  # nn.Embedding(sparse=True): gradients of touched rows only
+  compile: bool = False  # torch.compile the pooling + towers + loss (lookups stay eager)
+
+  def __post_init__(self):
+    if self.table_optimizer not in TABLE_OPTIMIZERS:
+      raise ValueError(f"variant table_optimizer={self.table_optimizer!r}; allowed: {list(TABLE_OPTIMIZERS)}")
+    if self.table_optimizer == "lazy_adam" and not self.sparse:
+      raise ValueError("variant lazy_adam needs sparse gradients (torch.optim.SparseAdam); dense Adam "
+                       "is a different optimizer (it decays untouched rows)")
+
+  @property
+  def name(self) -> str:
+    return f"{'compile' if self.compile else 'eager'}-{'sparse' if self.sparse else 'dense'}-{self.table_optimizer}"
+
+  @classmethod
+  def parse(cls, name: str) -> "Variant":
+    """'eager-sparse-rowwise_adagrad', 'compile-dense-adagrad', ... (see `name`)."""
+    parts = name.split("-", 2)
+    if len(parts) != 3 or parts[0] not in ("eager", "compile") or parts[1] not in ("sparse", "dense"):
+      raise ValueError(f"torch variant {name!r}: expected '{{eager|compile}}-{{sparse|dense}}-"
+                       f"{{{'|'.join(TABLE_OPTIMIZERS)}}}'")
+    return cls(parts[2], sparse=parts[1] == "sparse", compile=parts[0] == "compile")
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+  """log(1 − eˣ) for x ≤ 0 (esmjax.models.losses.log1mexp, same branches and safe dummies)."""
+  x = torch.clamp(x, max=0.0)
+  near = x > -_LN2
+  x_near = torch.where(near, x, torch.full_like(x, -1.0))
+  x_far = torch.where(near, torch.full_like(x, -1.0), x)
+  return torch.where(near, torch.log(-torch.expm1(x_near)), torch.log1p(-torch.exp(x_far)))
+
+
+def bce_from_logp(y, logp):
+  return torch.mean(-(y * logp + (1.0 - y) * log1mexp(logp)))
+
+
+def bce_from_logits(y, a):
+  return torch.mean(F.softplus(a) - y * a)
+
+
+def log_probs(name: mt.ModelName, z: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+  """{log_pctr, log_pcvr, log_pctcvr[, log_pctavr]} from tower logits (mt.Objective.log_probs)."""
+  ls = F.logsigmoid
+  if name == mt.ModelName.ESM2:
+    l1, l2 = ls(z["ctr"]), ls(z["daction"])
+    log_pcvr = torch.logaddexp(l2 + ls(z["buy_d"]), ls(-z["daction"]) + ls(z["buy_o"]))
+    return {"log_pctr": l1, "log_pcvr": log_pcvr, "log_pctcvr": l1 + log_pcvr, "log_pctavr": l1 + l2}
+  l1, l3 = ls(z["ctr"]), ls(z["cvr"])
+  return {"log_pctr": l1, "log_pcvr": l3, "log_pctcvr": l1 + l3}
+
+
+def loss_fn(name: mt.ModelName, loss_weights, z, labels: dict[str, torch.Tensor]):
+  """(total, {per-task}) exactly as mt.Objective.loss for esmm / esmm_ns / esm2."""
+  lp = log_probs(name, z)
+  click, buy = labels["click"], labels["buy"]
+  ctr = bce_from_logits(click, z["ctr"])
+  ctcvr = bce_from_logp(click * buy, lp["log_pctcvr"])
+  if name == mt.ModelName.ESM2:
+    w1, w2, w3 = loss_weights
+    ctavr = bce_from_logp(click * labels["daction"], lp["log_pctavr"])
+    return w1 * ctr + w2 * ctavr + w3 * ctcvr, {"ctr": ctr, "ctavr": ctavr, "ctcvr": ctcvr}
+  return ctr + ctcvr, {"ctr": ctr, "ctcvr": ctcvr}
+
+
+# ---------------------------------------------------------------------------------------------
+# The model.
+
+
+def _lecun_linear(fan_in: int, fan_out: int) -> nn.Linear:
+  lin = nn.Linear(fan_in, fan_out)
+  std = math.sqrt(1.0 / fan_in) / _TRUNC_STD
+  nn.init.trunc_normal_(lin.weight, std=std, a=-2 * std, b=2 * std)
+  nn.init.zeros_(lin.bias)
+  return lin
+
+
+class TorchMultiTask(nn.Module):
+  """Stacked tables + per-set field inputs + one MLP tower per head; `forward` returns logits."""
+
+  def __init__(self, c: state_lib.Components, *, sparse: bool = True, loss_weights=(1.0, 1.0, 1.0)):
+    super().__init__()
+    name = c.objective.name
+    if name not in SUPPORTED_MODELS:
+      raise ValueError(f"model.name={name.value!r} has no PyTorch reference; allowed: "
+                       f"{[m.value for m in SUPPORTED_MODELS]}")
+    self.name, self.loss_weights, self.sparse = name, tuple(loss_weights), sparse
+    lay, inp, m = c.layout, c.model.inputs, c.model
+    self.dim = c.engine.dim
+    self.num_sparse = inp["num_sparse"]
+    self.dense_mode = inp["dense_mode"]
+    self.towers = tuple(m.towers)
+    self.sets = tuple(dict.fromkeys(s for _, s in self.towers))
+    self.label_index = dict(c.label_index)
+    self.tables = nn.ModuleDict()
+    for i, s in enumerate(self.sets):
+      emb = nn.Embedding(lay.padded_rows, self.dim, sparse=sparse)
+      nn.init.normal_(emb.weight, 0.0, c.engine.init_std)
+      self.tables[s] = emb
+    # Single-valued columns: sparse fields, then bucketised dense fields (esmjax's gids order).
+    self.register_buffer("sv_offsets", torch.tensor(lay.sparse_offsets + lay.dense_offsets, dtype=torch.int64),
+                         persistent=False)
+    self.num_bucket = len(lay.dense_boundaries)
+    for i, b in enumerate(lay.dense_boundaries):
+      self.register_buffer(f"bounds_{i}", torch.tensor(b, dtype=torch.float32), persistent=False)
+    self.mv_lens = tuple(lay.mv_lens)
+    self.mv_mean = tuple(p == "mean" for p in inp["mv_pooling"])
+    self.register_buffer("mv_col_offsets", torch.tensor(
+        np.repeat(np.asarray(lay.mv_offsets, np.int64), lay.mv_lens), dtype=torch.int64), persistent=False)
+    self._bag_cache: dict[tuple[int, str], torch.Tensor] = {}
+    n_dense = len(inp["dense_mean"])
+    self.tanh_dense = self.dense_mode == "tanh" and n_dense > 0
+    if self.tanh_dense:
+      self.register_buffer("dense_mean", torch.tensor(inp["dense_mean"], dtype=torch.float32), persistent=False)
+      self.register_buffer("dense_std", torch.tensor(inp["dense_std"], dtype=torch.float32), persistent=False)
+      self.dense_u = nn.ParameterDict({s: nn.Parameter(torch.randn(n_dense, self.dim)) for s in self.sets})
+      self.dense_b = nn.ParameterDict({s: nn.Parameter(torch.zeros(n_dense, self.dim)) for s in self.sets})
+    n_fields = self.num_sparse + len(self.mv_lens) + n_dense * (self.dense_mode in ("tanh", "bucket"))
+    act = _ACTIVATIONS[m.activation]
+    self.tower = nn.ModuleDict()
+    for t, _ in self.towers:
+      layers, fan_in = [], n_fields * self.dim
+      for h in m.hidden:
+        layers += [_lecun_linear(fan_in, h), act()]
+        if m.dropout:
+          layers.append(nn.Dropout(m.dropout))
+        fan_in = h
+      layers.append(_lecun_linear(fan_in, 1))
+      self.tower[t] = nn.Sequential(*layers)
+
+  @classmethod
+  def from_config(cls, config, schema, *, sparse: bool = True) -> "TorchMultiTask":
+    return cls(state_lib.build(config, schema), sparse=sparse, loss_weights=tuple(config.model.loss_weights))
+
+  def dense_parameters(self) -> list[nn.Parameter]:
+    """Everything but the tables: what Adam trains."""
+    return [p for n, p in self.named_parameters() if not n.startswith("tables.")]
+
+  # Lookups (eager: they make the sparse gradients).
+
+  def _bag_offsets(self, b: int, device) -> torch.Tensor:
+    key = (b, str(device))
+    if key not in self._bag_cache:
+      starts = np.cumsum([0] + list(self.mv_lens))[:-1]
+      total = sum(self.mv_lens)
+      self._bag_cache[key] = torch.from_numpy(
+          (np.arange(b)[:, None] * total + starts[None, :]).reshape(-1)).to(device)
+    return self._bag_cache[key]
+
+  def _bag_weights(self, mv_w: torch.Tensor) -> torch.Tensor:
+    if not any(self.mv_mean):
+      return mv_w
+    parts, off = [], 0
+    for length, mean in zip(self.mv_lens, self.mv_mean):
+      w = mv_w[:, off:off + length]
+      parts.append(w / torch.clamp(w.sum(1, keepdim=True), min=1e-6) if mean else w)
+      off += length
+    return torch.cat(parts, 1)
+
+  def lookup(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """{set: (single-valued rows [B, Cs, D], pooled multi-valued rows [B, M, D] or None)}."""
+    cols = [batch["sparse"].long()]
+    for i in range(self.num_bucket):
+      cols.append(torch.bucketize(batch["dense"][:, i].contiguous(), getattr(self, f"bounds_{i}"), right=True)[:, None])
+    sv_ids = (torch.cat(cols, 1) if len(cols) > 1 else cols[0]) + self.sv_offsets
+    out = {}
+    b = sv_ids.shape[0]
+    if self.mv_lens:
+      mv_ids = (batch["mv_ids"].long() + self.mv_col_offsets).reshape(-1)
+      mv_w = self._bag_weights(batch["mv_w"]).reshape(-1)
+      offsets = self._bag_offsets(b, mv_ids.device)
+    for s, emb in self.tables.items():
+      sv = F.embedding(sv_ids, emb.weight, sparse=self.sparse)
+      pooled = None
+      if self.mv_lens:
+        pooled = F.embedding_bag(mv_ids, emb.weight, offsets, mode="sum", per_sample_weights=mv_w,
+                                 sparse=self.sparse).view(b, len(self.mv_lens), self.dim)
+      out[s] = (sv, pooled)
+    return out
+
+  # The dense part (pooling done; what torch.compile may take).
+
+  def head(self, rows: dict[str, tuple[torch.Tensor, torch.Tensor | None]], dense: torch.Tensor
+           ) -> dict[str, torch.Tensor]:
+    feats = {}
+    for s in self.sets:
+      sv, pooled = rows[s]
+      parts = [sv[:, :self.num_sparse]]
+      if pooled is not None:
+        parts.append(pooled)
+      if self.dense_mode == "bucket":
+        parts.append(sv[:, self.num_sparse:])
+      elif self.tanh_dense:
+        x = (dense - self.dense_mean) / self.dense_std
+        parts.append(torch.tanh(x[:, :, None] * self.dense_u[s] + self.dense_b[s]))
+      feats[s] = torch.cat(parts, 1).flatten(1)
+    return {t: self.tower[t](feats[s])[:, 0] for t, s in self.towers}
+
+  def head_loss(self, rows, dense, labels: torch.Tensor):
+    z = self.head(rows, dense)
+    lab = labels.float()
+    return loss_fn(self.name, self.loss_weights, z, {k: lab[:, i] for k, i in self.label_index.items()})
+
+  def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return self.head(self.lookup(batch), batch["dense"])
+
+  @torch.no_grad()
+  def probabilities(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{pctr, pcvr, pctcvr[, pctavr]} (esmjax.steps.predict_step's keys)."""
+    return {k[4:]: torch.exp(v) for k, v in log_probs(self.name, self.forward(batch)).items()}
+
+  @torch.no_grad()
+  def load_esmjax(self, state) -> None:
+    """Copies an esmjax TrainState's tables and tower params into this model (tests, parity)."""
+    for s in self.sets:
+      self.tables[s].weight.copy_(torch.from_numpy(np.array(state.tables[s], np.float32)))
+      if self.tanh_dense:
+        p = state.params[f"inputs_{s}"]
+        self.dense_u[s].copy_(torch.from_numpy(np.array(p["dense_u"])))
+        self.dense_b[s].copy_(torch.from_numpy(np.array(p["dense_b"])))
+    for t, _ in self.towers:
+      p = state.params[f"tower_{t}"]
+      linears = [l for l in self.tower[t] if isinstance(l, nn.Linear)]
+      for i, lin in enumerate(linears):
+        lin.weight.copy_(torch.from_numpy(np.asarray(p[f"Dense_{i}"]["kernel"]).T.copy()))
+        lin.bias.copy_(torch.from_numpy(np.array(p[f"Dense_{i}"]["bias"])))
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizers and the train step.
+
+
+class RowwiseAdagrad(torch.optim.Optimizer):
+  """a += mean(g²) per row; w -= lr·g/(√a + eps): esmjax's rowwise_adagrad (torchrec's
+  EXACT_ROWWISE_ADAGRAD). Sparse gradients are coalesced first (duplicate ids summed), so only
+  touched rows are read and written; a dense gradient updates every row (zero rows stay put)."""
+
+  def __init__(self, params, lr: float, eps: float = 1e-8, initial_accumulator: float = 0.0):
+    super().__init__(params, dict(lr=lr, eps=eps, initial_accumulator=initial_accumulator))
+
+  @torch.no_grad()
+  def step(self, closure=None):
+    for group in self.param_groups:
+      lr, eps = group["lr"], group["eps"]
+      for p in group["params"]:
+        if p.grad is None:
+          continue
+        st = self.state[p]
+        if "acc" not in st:
+          st["acc"] = torch.full((p.shape[0],), group["initial_accumulator"], dtype=torch.float32, device=p.device)
+        acc, g = st["acc"], p.grad
+        if g.is_sparse:
+          g = g.coalesce()
+          idx, v = g.indices()[0], g.values()
+          acc.index_add_(0, idx, v.pow(2).mean(1))
+          p.index_add_(0, idx, v * (-lr / (acc.index_select(0, idx).sqrt() + eps))[:, None])
+        else:
+          acc.add_(g.pow(2).mean(1))
+          p.addcdiv_(g, (acc.sqrt() + eps)[:, None], value=-lr)
+
+
+def table_optimizer(params, variant: Variant, emb_cfg) -> torch.optim.Optimizer:
+  if variant.table_optimizer == "rowwise_adagrad":
+    return RowwiseAdagrad(params, emb_cfg.learning_rate, emb_cfg.eps, emb_cfg.initial_accumulator)
+  if variant.table_optimizer == "adagrad":
+    return torch.optim.Adagrad(params, lr=emb_cfg.learning_rate, eps=emb_cfg.eps,
+                               initial_accumulator_value=emb_cfg.initial_accumulator)
+  return torch.optim.SparseAdam(params, lr=emb_cfg.learning_rate, betas=(emb_cfg.beta1, emb_cfg.beta2),
+                                eps=emb_cfg.eps)
+
+
+def tower_optimizer(params, opt_cfg) -> torch.optim.Optimizer:
+  name, lr = opt_cfg.name, opt_cfg.learning_rate
+  if name == "adam":
+    return torch.optim.Adam(params, lr=lr, eps=1e-8)
+  if name == "adamw":
+    return torch.optim.AdamW(params, lr=lr, eps=1e-8, weight_decay=opt_cfg.weight_decay)
+  if name == "sgd":
+    return torch.optim.SGD(params, lr=lr)
+  raise ValueError(f"optimizer.name={name!r} has no PyTorch mirror here; allowed: ['adam', 'adamw', 'sgd']")
+
+
+def to_torch(batch: dict[str, np.ndarray], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+  """An esmjax NumPy batch -> tensors (zero-copy on CPU)."""
+  keys = ("sparse", "mv_ids", "mv_w", "dense", "labels")
+  return {k: torch.from_numpy(np.ascontiguousarray(batch[k])).to(device) for k in keys if k in batch}
+
+
+class Trainer:
+  """One train step: lookup (eager) → head + loss (eager or compiled) → backward → two optimizers."""
+
+  def __init__(self, model: TorchMultiTask, config, variant: Variant):
+    if model.sparse != variant.sparse:
+      raise ValueError(f"model built with sparse={model.sparse} but variant {variant.name!r}")
+    self.model, self.variant = model, variant
+    self.tower_opt = tower_optimizer(model.dense_parameters(), config.optimizer)
+    self.table_opt = table_optimizer(list(model.tables.parameters()), variant, config.embedding)
+    self.grad_clip = float(config.optimizer.get("grad_clip", 0.0))
+    self.head_loss = torch.compile(model.head_loss) if variant.compile else model.head_loss
+
+  def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    self.model.train()
+    self.tower_opt.zero_grad(set_to_none=True)
+    self.table_opt.zero_grad(set_to_none=True)
+    rows = self.model.lookup(batch)
+    loss, _ = self.head_loss(rows, batch["dense"], batch["labels"])
+    loss.backward()
+    if self.grad_clip:
+      nn.utils.clip_grad_norm_(self.model.dense_parameters(), self.grad_clip)
+    self.tower_opt.step()
+    self.table_opt.step()
+    return loss.detach()
+
+
+def state_bytes(trainer: Trainer) -> int:
+  """Bytes of parameters and optimizer state (what the model itself holds)."""
+  n = sum(p.numel() * p.element_size() for p in trainer.model.parameters())
+  for opt in (trainer.tower_opt, trainer.table_opt):
+    for st in opt.state.values():
+      n += sum(v.numel() * v.element_size() for v in st.values() if isinstance(v, torch.Tensor))
+  return n
+
+
+def describe(model: TorchMultiTask) -> dict[str, Any]:
+  return {"sets": list(model.sets), "towers": [t for t, _ in model.towers],
+          "table_rows": int(model.tables[model.sets[0]].num_embeddings), "dim": model.dim}
