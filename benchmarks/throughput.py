@@ -15,6 +15,8 @@ whose peak RSS is its own:
   pipeline  1e5 rows with the full input pipeline (dataset on disk → grain → device) included
   sharded   8 fake CPU devices, row-sharded tables, 1e6 rows (what the shard_map collectives cost
             when all 8 "devices" share the same cores: a cost check, not a speed-up)
+  huge      1e5 and 1e7 rows with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, and 1e7 rows with the state
+            moved onto huge pages after init (informative: what the two knobs buy)
 
 The machine is shared, so every process measures two things in alternating timed windows: its
 point, and a reference on the same process and load — the towers alone (the same model, loss,
@@ -43,6 +45,7 @@ BATCH = 4096
 TARGET_EX_S = 100e3  # at 1e5 rows
 TARGET_RATIO = 1.3  # step time at 1e7 rows / at 1e5 rows
 TOWERS_IDLE_EX_S = 124e3  # DESIGN.md §4: the two-tower MLP alone in JAX on an idle machine of this kind
+HUGETLB = "glibc.malloc.hugetlb=1"  # glibc ≥ 2.35: malloc'd memory on transparent huge pages
 
 
 def _bytes_per_row(dim: int = common.PAPER_DIM) -> int:
@@ -116,6 +119,7 @@ def step_worker(spec) -> dict:
   import jax.numpy as jnp
   import numpy as np
 
+  from esmjax import distributed
   from esmjax import sharding as sh
   from esmjax import steps
   from esmjax import trainer
@@ -128,6 +132,7 @@ def step_worker(spec) -> dict:
   state = run.init_fn()
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t
+  advised = distributed.back_with_huge_pages(state) if spec.get("huge_pages") else 0
   rss_init = common.rss_mb()
   host = common.zipf_batches(schema, spec["batch"], spec["n_batches"], seed=0)
   batches = [sh.put_batch({k: b[k] for k in steps.BATCH_KEYS}, mesh) for b in host]
@@ -155,7 +160,7 @@ def step_worker(spec) -> dict:
   return {**res["step"], "reference": {"name": "towers alone", **res["towers"]}, "init_s": init_s,
           "final_loss": float(jax.device_get(box["m"]["loss"])), "peak_rss_mb": common.peak_rss_mb(),
           "rss_before_import_mb": rss0, "rss_after_init_mb": rss_init, "engine": type(run.c.engine).__name__,
-          "num_devices": mesh.size}
+          "num_devices": mesh.size, "huge_page_bytes_advised": advised}
 
 
 def pipeline_worker(spec) -> dict:
@@ -219,6 +224,13 @@ def points(args) -> list[dict]:
                 "n_blocks": 48, **w})
     pts.append({"name": "1e+06 rows, 8 CPU devices (row-sharded)", "kind": "step", "rows": int(1e6), "devices": 8,
                 "optimizer": "rowwise_adagrad", "n_batches": 8, **w})
+    # Huge pages (informative): the state's buffers advised after init, or the whole heap via glibc.
+    for r in (1e5, 1e7):
+      pts.append({"name": f"{r:.0e} rows, {HUGETLB}", "kind": "step", "rows": int(r), "devices": 1,
+                  "optimizer": "rowwise_adagrad", "n_batches": 8, "env": {"GLIBC_TUNABLES": HUGETLB}, **w})
+    pts.append({"name": "1e+07 rows, state on huge pages (back_with_huge_pages)", "kind": "step",
+                "rows": int(1e7), "devices": 1, "optimizer": "rowwise_adagrad", "n_batches": 8, "huge_pages": True,
+                **w})
   return pts
 
 
@@ -233,7 +245,8 @@ def run_point(p: dict, args, log) -> dict:
     row = {**p, "skipped": f"needs ~{need_gb:.1f} GB; {avail:.1f} GB available × {args.mem_fraction}"}
     log(f"  {p['name']:<42} skipped: {row['skipped']}")
     return row
-  r = common.run_worker(ME, p, env=common.worker_env(devices=p["devices"]), timeout=args.worker_timeout)
+  r = common.run_worker(ME, p, env=common.worker_env(devices=p["devices"], extra=p.get("env")),
+                        timeout=args.worker_timeout)
   row = {**p, **{k: v for k, v in r.items() if k != "spec"}}
   if "error" in r:
     log(f"  {p['name']:<42} ERROR {r['error'][:400]}")
@@ -329,6 +342,10 @@ def markdown(res: dict) -> str:
             "whatever share of the cores the scheduler gave it.",
             "- The 8-device line runs 8 fake CPU devices on the same cores; each device merges all ids of the global "
             "batch (the row-wise scheme), so it measures what the sharded engine costs, not a speed-up.",
+            f"- Huge pages: the lines with `{HUGETLB}` ran with `GLIBC_TUNABLES={HUGETLB}` in the environment (all "
+            "malloc'd memory, the step's temporaries included, on transparent huge pages); the "
+            "`back_with_huge_pages` line moved only the state's buffers there after init "
+            "(`esmjax.distributed.back_with_huge_pages`). The other lines run as `python -m esmjax.main` does.",
             ]
   return "\n".join(lines) + "\n"
 

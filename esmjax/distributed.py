@@ -1,4 +1,5 @@
-"""Process start-up: the host allocator, and JAX's distributed runtime (never at import time).
+"""Process set-up: host memory (allocator, huge pages) and JAX's distributed runtime (never at
+import time).
 
 A job of N processes runs the same command in every process, which differs only in its process
 id, given by flags or, for launchers that set the environment, by env variables:
@@ -39,9 +40,10 @@ def settings(config) -> tuple[str, int, int]:
   return coordinator, num, pid
 
 
-# glibc mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-_MALLOC_ENV = ("GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+# glibc mallopt parameter -> (value, its environment variable, its GLIBC_TUNABLES name).
+_MALLOPT = {-3: (32 << 20, "MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold"),  # M_MMAP_THRESHOLD
+            -1: (1 << 30, "MALLOC_TRIM_THRESHOLD_", "glibc.malloc.trim_threshold"),  # M_TRIM_THRESHOLD
+            -2: (64 << 20, "MALLOC_TOP_PAD_", "glibc.malloc.top_pad")}  # M_TOP_PAD
 _tuned: bool | None = None  # None: not tried yet
 
 
@@ -55,25 +57,73 @@ def tune_host_allocator() -> bool:
   the embedding engine's overhead over the towers alone went from ~35 to ~10 ms. Blocks up to
   32 MB (glibc's maximum) now come from the heap, which keeps up to 1 GB free before trimming.
 
-  glibc only (a no-op elsewhere), and skipped when the environment already sets malloc tunables.
+  glibc only (a no-op elsewhere); a parameter the environment sets (MALLOC_*_ or GLIBC_TUNABLES)
+  is left to it. Huge pages for the heap, worth another ~15 % at 1e7 table rows in our runs, can
+  only be asked for before the process starts: GLIBC_TUNABLES=glibc.malloc.hugetlb=1.
   Affects allocations made after the call; `sharding.make_mesh` calls it. Returns whether it applied.
   """
   global _tuned
   if _tuned is not None:
     return _tuned
   _tuned = False
-  if any(k in os.environ for k in _MALLOC_ENV):
-    return False
-  name = ctypes.util.find_library("c")
   try:
-    libc = ctypes.CDLL(name)
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
     mallopt = libc.mallopt
     libc.gnu_get_libc_version  # noqa: B018 (glibc's; musl and macOS lack it)
   except (OSError, AttributeError, TypeError):
     return False
-  _tuned = bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20) and mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-                and mallopt(_M_TOP_PAD, 64 << 20))
+  tunables = os.environ.get("GLIBC_TUNABLES", "")
+  applied = [bool(mallopt(param, value)) for param, (value, env, tunable) in _MALLOPT.items()
+             if env not in os.environ and tunable not in tunables]
+  _tuned = bool(applied) and all(applied)
   return _tuned
+
+
+_MADV_HUGEPAGE, _MADV_COLLAPSE = 14, 25  # linux/mman.h; MADV_COLLAPSE since Linux 6.1
+_HUGE = 2 << 20  # x86-64 / arm64 transparent huge page size
+
+
+def back_with_huge_pages(tree, min_bytes: int = 4 << 20) -> int:
+  """Moves the host memory of the big CPU arrays in `tree` (embedding tables and their slots) onto
+  transparent huge pages; returns the bytes advised. Call it on a fresh state (after init or
+  restore): donated steps then update the same buffers in place, so the pages stay huge.
+
+  Why: a step reads and writes ~30 k random rows of each table; with 4 KB pages nearly every one
+  is a TLB miss once the table outgrows the TLB's reach, and the step slows as the table grows.
+  Measured at 1e7 rows × 18 (0.7 GB): +18 % examples per CPU-second with the tables on huge pages.
+  Most systems ship THP as `madvise` (only advised memory gets huge pages), and XLA allocates the
+  tables itself, so esmjax advises them afterwards: MADV_HUGEPAGE, then MADV_COLLAPSE to rebuild
+  the already-touched pages now rather than whenever khugepaged gets to them (hours for GBs).
+
+  Linux only, best effort: a kernel without MADV_COLLAPSE (< 6.1), THP set to `never`, or no free
+  huge pages leave the memory as it was. Accelerator arrays are skipped (not host memory).
+  """
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    madvise = libc.madvise
+  except (OSError, AttributeError, TypeError):
+    return 0
+  madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+  madvise.restype = ctypes.c_int
+  done = 0
+  for leaf in jax.tree_util.tree_leaves(tree):
+    if not isinstance(leaf, jax.Array) or leaf.nbytes < min_bytes:
+      continue
+    for shard in leaf.addressable_shards:
+      if shard.device.platform != "cpu":
+        continue
+      try:
+        ptr = shard.data.unsafe_buffer_pointer()
+      except Exception:  # noqa: BLE001 (not every runtime exposes host pointers)
+        continue
+      start = -(-ptr // _HUGE) * _HUGE
+      end = (ptr + shard.data.nbytes) // _HUGE * _HUGE
+      if end - start < _HUGE:
+        continue
+      if madvise(start, end - start, _MADV_HUGEPAGE) == 0:
+        madvise(start, end - start, _MADV_COLLAPSE)  # may fail (no huge pages free): still advised
+        done += end - start
+  return done
 
 
 def maybe_initialize(config) -> None:

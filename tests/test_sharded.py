@@ -132,14 +132,18 @@ def test_every_sparse_optimizer_sharded_equals_dense_reference():
     return out
 
   out = jax.device_get(jax.jit(run_all)(ids, grads))
+  def close(a, b, kind, atol):
+    # Float rounding of sums in another order, relative to the array's scale: FTRL's z reaches ~60
+    # and some entries cancel to ~1e-2, so an absolute 1e-7 would be below f32 resolution there.
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=atol * max(1.0, float(np.abs(b).max())), err_msg=kind)
+
   for kind, (t, s, ref_t, ref_s, scr) in out.items():
     # Adam divides by |g|: where duplicates nearly cancel, the other summation order of the merge
     # moves the step by ~1e-6 (seen: 7.5e-7); the other optimizers agree to float rounding.
     atol = 2e-6 if kind == "lazy_adam" else 1e-7
     for n in ("ctr", "cvr"):
-      np.testing.assert_allclose(t[n], ref_t[n], rtol=2e-5, atol=atol, err_msg=kind)
-      jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=atol, err_msg=kind),
-                             s[n], ref_s[n])
+      close(t[n], ref_t[n], kind, atol)
+      jax.tree_util.tree_map(lambda a, b: close(a, b, kind, atol), s[n], ref_s[n])
     assert np.all(scr == -1), kind
   assert not np.allclose(out["sgd"][0]["ctr"], out["sgd"][0]["cvr"])  # two sets, two init streams
 

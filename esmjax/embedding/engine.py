@@ -93,7 +93,7 @@ def init_rows(key: jax.Array, first_row, num_rows: int, dim: int, std: float, dt
   k = min(INIT_CHUNK_ROWS, num_rows)
   if k == 0:
     return jnp.zeros((0, dim), dtype)
-  keypair = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+  keypair = jax.random.bits(key, (2,), jnp.uint32)  # a threefry key from any PRNG implementation's key
   pairs = -(-dim // 2)  # one threefry call gives two u32 words
   cols = jnp.broadcast_to(jnp.arange(pairs, dtype=jnp.uint32), (k, pairs))
   lo = jnp.nextafter(jnp.float32(-1.0), jnp.float32(0.0))
