@@ -198,10 +198,28 @@ def quality(spec) -> dict:
 # The comparison.
 
 
-def torch_env() -> dict[str, str]:
+MALLOC = {"huge": "both frameworks start as `python -m esmjax.main` does (malloc on transparent huge pages: "
+                  "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 where glibc and the kernel support it)",
+          "os": "both frameworks run with malloc as the OS gives it (4 KB pages)"}
+
+
+def malloc_env(kind: str) -> dict[str, str]:
+  """The allocator setting every worker of this run starts with, JAX and PyTorch alike: esmjax's
+  CLI turns huge-page malloc on by itself, and PyTorch gets the same so the comparison stays fair."""
+  from esmjax import distributed  # light: no JAX import
+
+  if kind == "huge" and distributed.huge_page_malloc_supported():
+    return {"GLIBC_TUNABLES": distributed.HUGETLB_TUNABLE}
+  return {"GLIBC_TUNABLES": ""}  # glibc reads an empty value as no tunables
+
+
+def worker_env(fw: str, malloc: str) -> dict[str, str]:
   """PyTorch workers wait passively in OpenMP: on this shared, oversubscribed machine spin-waiting
   made 2 threads up to 5× slower than 1 thread (measured); passive waiting was PyTorch's best."""
-  return common.worker_env(devices=1, extra={"OMP_WAIT_POLICY": "PASSIVE"})
+  extra = malloc_env(malloc)
+  if fw == "torch":
+    extra["OMP_WAIT_POLICY"] = "PASSIVE"
+  return common.worker_env(devices=1, extra=extra)
 
 
 def _interleave(a, b):
@@ -230,7 +248,7 @@ def throughput_section(args, log) -> dict:
           spec = {"kind": "jax", "rows": rows, "optimizer": v, **timing}
         else:
           spec = {"kind": "torch", "rows": rows, "variant": v, "threads": args.torch_threads, **timing}
-        r = common.run_worker(ME, spec, env=torch_env() if fw == "torch" else common.worker_env(devices=1),
+        r = common.run_worker(ME, spec, env=worker_env(fw, args.malloc),
                               timeout=args.worker_timeout)
         slot = out.setdefault(str(rows), {}).setdefault(name, {"framework": fw, "variant": v, "runs": []})
         slot["runs"].append(r)
@@ -297,7 +315,7 @@ def quality_section(args, log) -> dict:
         spec = {"kind": "quality", "framework": fw, "variant": variant, "model": model, "seed": seed,
                 "batch": args.batch, "epochs": args.epochs, "steps": args.quality_steps,
                 "max_eval_rows": args.max_eval_rows, "threads": args.torch_threads}
-        r = common.run_worker(ME, spec, env=torch_env() if fw == "torch" else common.worker_env(devices=1),
+        r = common.run_worker(ME, spec, env=worker_env(fw, args.malloc),
                               timeout=args.worker_timeout)
         res.setdefault(model, {}).setdefault(fw, []).append(r)
         if "error" in r:
@@ -426,6 +444,7 @@ def markdown(res: dict) -> str:
         "- PyTorch runs with torch.set_num_threads(--torch_threads) and OMP_WAIT_POLICY=PASSIVE: on this "
         "oversubscribed machine OpenMP spin-waiting made 2 threads up to 5× slower than 1 (measured); passive "
         "waiting was PyTorch's fastest setting. JAX runs with its defaults.",
+        f"- Allocator: {MALLOC[res['args'].get('malloc', 'os')]}.",
         "- Quality runs feed both frameworks the same batches in the same order; a difference of seed means "
         "within the seed-to-seed range is within run-to-run noise.",
         f"- Regenerate: `{res['command']}`."]
@@ -502,6 +521,8 @@ def main(argv=None):
   ap.add_argument("--skip_quality", action="store_true")
   ap.add_argument("--skip_roofline", action="store_true")
   ap.add_argument("--worker_timeout", type=float, default=900)
+  ap.add_argument("--malloc", default="huge", choices=sorted(MALLOC), help="allocator for every worker, both "
+                  "frameworks alike: huge = as `python -m esmjax.main` starts; os = the OS default")
   ap.add_argument("--render_only", action="store_true", help="rewrite the .md and .png from the .json in --out_dir")
   args = ap.parse_args(argv)
   if args.render_only:

@@ -15,8 +15,9 @@ whose peak RSS is its own:
   pipeline  1e5 rows with the full input pipeline (dataset on disk → grain → device) included
   sharded   8 fake CPU devices, row-sharded tables, 1e6 rows (what the shard_map collectives cost
             when all 8 "devices" share the same cores: a cost check, not a speed-up)
-  huge      1e5 and 1e7 rows with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, and 1e7 rows with the state
-            moved onto huge pages after init (informative: what the two knobs buy)
+  4 KB      1e5 and 1e7 rows with malloc on 4 KB pages, and 1e7 rows with only the state moved onto
+            huge pages after init (informative: what huge pages buy). Every other point starts like
+            `python -m esmjax.main`: GLIBC_TUNABLES=glibc.malloc.hugetlb=1 where supported.
 
 The machine is shared, so every process measures two things in alternating timed windows: its
 point, and a reference on the same process and load — the towers alone (the same model, loss,
@@ -24,6 +25,8 @@ gradients w.r.t. towers and rows, Adam; the embedding rows come pre-made), i.e. 
 embedding engine here; the pipeline point's reference is the same step on pre-made batches. The
 ratio of each window pair cancels the neighbours' load; medians are over windows after a warm-up.
 Targets (2-core CPU): ≥ 100 k ex/s at 1e5 rows; step time at 1e7 within 1.3× of 1e5; 1e8 trains.
+The rate target is judged on the median window; neighbours can only slow a window down, so the
+best window (reported next to it) bounds the rate with the machine to itself from below.
 Writes benchmarks/results/throughput.{json,md}.
 """
 
@@ -40,12 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
+from esmjax import distributed  # noqa: E402 (light: no JAX import in the parent)
+
 ME = Path(__file__).resolve()
 BATCH = 4096
 TARGET_EX_S = 100e3  # at 1e5 rows
 TARGET_RATIO = 1.3  # step time at 1e7 rows / at 1e5 rows
 TOWERS_IDLE_EX_S = 124e3  # DESIGN.md §4: the two-tower MLP alone in JAX on an idle machine of this kind
-HUGETLB = "glibc.malloc.hugetlb=1"  # glibc ≥ 2.35: malloc'd memory on transparent huge pages
 
 
 def _bytes_per_row(dim: int = common.PAPER_DIM) -> int:
@@ -216,21 +220,25 @@ def pipeline_worker(spec) -> dict:
 
 
 def points(args) -> list[dict]:
+  """The points, each with the environment its worker starts with. By default that is what
+  `python -m esmjax.main` gives itself (malloc on huge pages where supported:
+  `esmjax.distributed.use_huge_page_malloc`); the `4 KB-page malloc` lines show what that buys."""
   w = {"warmup_s": args.warmup_s, "windows": args.windows, "window_s": args.window_s, "batch": BATCH}
-  pts = [{"name": f"{r:.0e} rows", "kind": "step", "rows": int(r), "devices": 1, "optimizer": "rowwise_adagrad",
-          "n_batches": 8, **w} for r in args.rows]
+  huge = distributed.huge_page_malloc_supported()
+  cli_env = {"GLIBC_TUNABLES": distributed.HUGETLB_TUNABLE} if huge else {}
+  step = lambda name, rows, devices=1, env=cli_env, **kw: {
+      "name": name, "kind": "step", "rows": int(rows), "devices": devices, "optimizer": "rowwise_adagrad",
+      "n_batches": 8, "env": env, **w, **kw}
+  pts = [step(f"{r:.0e} rows", r) for r in args.rows]
   if not args.quick:
     pts.append({"name": "1e+05 rows + input pipeline", "kind": "pipeline", "rows": int(1e5), "devices": 1,
-                "n_blocks": 48, **w})
-    pts.append({"name": "1e+06 rows, 8 CPU devices (row-sharded)", "kind": "step", "rows": int(1e6), "devices": 8,
-                "optimizer": "rowwise_adagrad", "n_batches": 8, **w})
-    # Huge pages (informative): the state's buffers advised after init, or the whole heap via glibc.
-    for r in (1e5, 1e7):
-      pts.append({"name": f"{r:.0e} rows, {HUGETLB}", "kind": "step", "rows": int(r), "devices": 1,
-                  "optimizer": "rowwise_adagrad", "n_batches": 8, "env": {"GLIBC_TUNABLES": HUGETLB}, **w})
-    pts.append({"name": "1e+07 rows, state on huge pages (back_with_huge_pages)", "kind": "step",
-                "rows": int(1e7), "devices": 1, "optimizer": "rowwise_adagrad", "n_batches": 8, "huge_pages": True,
-                **w})
+                "n_blocks": 48, "env": cli_env, **w})
+    pts.append(step("1e+06 rows, 8 CPU devices (row-sharded)", 1e6, devices=8))
+    if huge:  # what huge pages buy: malloc as the OS gives it, and only the state moved after init
+      no_huge = {"GLIBC_TUNABLES": ""}  # glibc reads an empty value as no tunables
+      pts += [step(f"{r:.0e} rows, 4 KB-page malloc", r, env=no_huge) for r in (1e5, 1e7)]
+      pts.append(step("1e+07 rows, 4 KB-page malloc + back_with_huge_pages(state)", 1e7, env=no_huge,
+                      huge_pages=True))
   return pts
 
 
@@ -239,32 +247,51 @@ def _ratios(a: list[float], b: list[float]) -> list[float]:
 
 
 def run_point(p: dict, args, log) -> dict:
+  """One run of a point in a fresh worker process -> its raw result (or why it did not run)."""
   need_gb = p["rows"] * _bytes_per_row() / 2**30 + 1.0
   avail = common.mem_available_gb()
   if need_gb > args.mem_fraction * avail:
-    row = {**p, "skipped": f"needs ~{need_gb:.1f} GB; {avail:.1f} GB available × {args.mem_fraction}"}
-    log(f"  {p['name']:<42} skipped: {row['skipped']}")
-    return row
+    log(f"  {p['name']:<42} skipped: needs ~{need_gb:.1f} GB; {avail:.1f} GB available × {args.mem_fraction}")
+    return {"skipped": f"needs ~{need_gb:.1f} GB; {avail:.1f} GB available × {args.mem_fraction}"}
   r = common.run_worker(ME, p, env=common.worker_env(devices=p["devices"], extra=p.get("env")),
                         timeout=args.worker_timeout)
-  row = {**p, **{k: v for k, v in r.items() if k != "spec"}}
   if "error" in r:
     log(f"  {p['name']:<42} ERROR {r['error'][:400]}")
-    return row
-  ref = r["reference"]
-  row["rate"] = common.spread(r["ex_per_s"])
-  row["cpu_rate"] = common.spread(r["ex_per_cpu_s"])
-  row["ref_rate"] = common.spread(ref["ex_per_s"])
-  row["vs_reference"] = common.spread(_ratios(r["ex_per_s"], ref["ex_per_s"]))  # per window pair
+    return r
+  rate, ref = common.spread(r["ex_per_s"]), r["reference"]
+  log(f"  {p['name']:<42} {rate['median'] / 1e3:7.1f} k ex/s ±{100 * rate['rel_half_range']:.0f} % "
+      f"(best window {rate['max'] / 1e3:.1f} k; {common.spread(r['ex_per_cpu_s'])['median'] / 1e3:.1f} k ex/CPU-s)  "
+      f"= {100 * common.spread(_ratios(r['ex_per_s'], ref['ex_per_s']))['median']:.0f} % of {ref['name']}  "
+      f"peak RSS {r['peak_rss_mb']:.0f} MB" + (f"  init {r['init_s']:.1f} s" if "init_s" in r else ""))
+  return r
+
+
+def summarise(p: dict, runs: list[dict]) -> dict:
+  """A point's row: the windows of all its runs pooled (ratios stay within their window pairs)."""
+  ok = [r for r in runs if "ex_per_s" in r]
+  row = {**p, "runs": len(runs)}
+  if not ok:
+    bad = runs[-1]
+    return {**row, **({"skipped": bad["skipped"]} if "skipped" in bad else {"error": bad.get("error", "?")})}
+  pool = lambda key, sub=None: [x for r in ok for x in ((r[sub] if sub else r)[key])]
+  row.update({k: v for k, v in ok[-1].items() if k not in ("ex_per_s", "ex_per_cpu_s", "reference")})
+  row["reference"] = {"name": ok[0]["reference"]["name"]}
+  row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
+  if "init_s" in ok[0]:
+    row["init_s"] = min(r["init_s"] for r in ok)
+  row["rate"] = common.spread(pool("ex_per_s"))
+  row["cpu_rate"] = common.spread(pool("ex_per_cpu_s"))
+  row["ref_rate"] = common.spread(pool("ex_per_s", "reference"))
+  row["vs_reference"] = common.spread([x for r in ok for x in _ratios(r["ex_per_s"], r["reference"]["ex_per_s"])])
   row["step_ms"] = BATCH / row["rate"]["median"] * 1e3
-  log(f"  {p['name']:<42} {row['rate']['median'] / 1e3:7.1f} k ex/s ±{100 * row['rate']['rel_half_range']:.0f} % "
-      f"(best window {row['rate']['max'] / 1e3:.1f} k; {row['cpu_rate']['median'] / 1e3:.1f} k ex/CPU-s)  "
-      f"= {100 * row['vs_reference']['median']:.0f} % of {ref['name']}  peak RSS {row['peak_rss_mb']:.0f} MB"
-      + (f"  init {row['init_s']:.1f} s" if "init_s" in row else ""))
+  row["windows"] = {"ex_per_s": pool("ex_per_s"), "reference_ex_per_s": pool("ex_per_s", "reference")}
   return row
 
 
 def verdicts(rows: list[dict]) -> list[dict]:
+  """Each target: the rate on the median window (the best window, a lower bound of the rate with
+  the machine to itself, next to it); the step-time ratio load-cancelled (each size against the
+  towers alone, alongside)."""
   by = {r["name"]: r for r in rows if "rate" in r}
   out = []
   r5, r7, r8 = by.get("1e+05 rows"), by.get("1e+07 rows"), by.get("1e+08 rows")
@@ -272,13 +299,14 @@ def verdicts(rows: list[dict]) -> list[dict]:
     frac = r5["vs_reference"]["median"]
     out.append({"target": f"≥ {TARGET_EX_S / 1e3:.0f} k ex/s at 1e5 rows", "measured": r5["rate"]["median"],
                 "best_window": r5["rate"]["max"], "fraction_of_towers_alone": frac,
-                "towers_alone": r5["ref_rate"]["median"], "projected_idle": frac * TOWERS_IDLE_EX_S,
-                "met": r5["rate"]["median"] >= TARGET_EX_S})
+                "towers_alone": r5["ref_rate"]["median"], "towers_alone_best": r5["ref_rate"]["max"],
+                "projected_idle": frac * TOWERS_IDLE_EX_S, "met": r5["rate"]["median"] >= TARGET_EX_S,
+                "met_by_best_window": r5["rate"]["max"] >= TARGET_EX_S})
   if r5 and r7:
-    # Step time ratio, load cancelled: each size's rate relative to the towers alone in its own process.
     ratio = r5["vs_reference"]["median"] / r7["vs_reference"]["median"]
     out.append({"target": f"step time at 1e7 rows ≤ {TARGET_RATIO}× that at 1e5", "measured": ratio,
                 "measured_wall": r5["rate"]["median"] / r7["rate"]["median"],
+                "measured_best": r5["rate"]["max"] / r7["rate"]["max"],
                 "measured_cpu": r5["cpu_rate"]["median"] / r7["cpu_rate"]["median"], "met": ratio <= TARGET_RATIO})
   r8_row = next((r for r in rows if r["name"] == "1e+08 rows"), None)
   if r8_row is not None:
@@ -297,7 +325,8 @@ def markdown(res: dict) -> str:
       f"`{res['command']}` — {res['when']}; {m['cpu']}, {m['cores']} cores, {m['mem_available_gb']:.1f} GB "
       f"available; load average before {res['load_before']}, after {res['load_after']} (a shared machine).", "",
       "ESMM, 23 single-valued fields × dim 18, towers 200-80-1 ×2, batch 4096, row-wise Adagrad (tables) + Adam "
-      "(towers), Zipf(1.2) ids on 8 pre-generated device batches; each point in its own process, alternating "
+      "(towers), Zipf(1.2) ids on 8 pre-generated device batches; each point in its own process "
+      f"({a['repeats']} run(s) per point, round robin, windows pooled), alternating "
       f"{a['windows']} timed windows of ≥ {a['window_s']} s with a reference measured in the same process "
       f"(after {a['warmup_s']} s of warm-up each). *vs reference* is the median over window pairs of "
       "point rate / reference rate: it cancels the neighbours' load, which the raw rates do not.", "",
@@ -320,16 +349,17 @@ def markdown(res: dict) -> str:
     mark = "met" if v["met"] else "NOT met"
     if "fraction_of_towers_alone" in v:
       lines.append(
-          f"- {v['target']}: median {common.fmt_rate(v['measured'])} ex/s, best window "
-          f"{common.fmt_rate(v['best_window'])} — **{mark} on this run's machine share**. The step runs at "
-          f"{100 * v['fraction_of_towers_alone']:.0f} % of the towers alone (measured alongside, "
-          f"{common.fmt_rate(v['towers_alone'])} ex/s); DESIGN.md §4 measured the towers alone at "
-          f"{TOWERS_IDLE_EX_S / 1e3:.0f} k ex/s on an idle machine of this kind, which projects "
-          f"{common.fmt_rate(v['projected_idle'])} ex/s for the whole step there (a projection, not a measurement).")
+          f"- {v['target']}: median {common.fmt_rate(v['measured'])} ex/s under this run's load — **{mark}**; "
+          f"best window {common.fmt_rate(v['best_window'])} ex/s (a lower bound of the rate with the machine to "
+          f"itself). The step runs at "
+          f"{100 * v['fraction_of_towers_alone']:.0f} % of the towers alone measured alongside (median "
+          f"{common.fmt_rate(v['towers_alone'])}, best {common.fmt_rate(v['towers_alone_best'])} ex/s); against "
+          f"DESIGN.md §4's {TOWERS_IDLE_EX_S / 1e3:.0f} k ex/s for the towers alone on an idle machine that "
+          f"fraction projects {common.fmt_rate(v['projected_idle'])} ex/s.")
     elif "measured_wall" in v:
-      lines.append(f"- {v['target']}: {v['measured']:.2f}× (load-cancelled: each size against the towers alone in "
-                   f"its own process; raw medians {v['measured_wall']:.2f}× wall, {v['measured_cpu']:.2f}× CPU time) — "
-                   f"**{mark}**.")
+      lines.append(f"- {v['target']}: {v['measured']:.2f}× load-cancelled (each size against the towers alone in "
+                   f"its own process); best windows {v['measured_best']:.2f}×, raw medians {v['measured_wall']:.2f}× "
+                   f"wall and {v['measured_cpu']:.2f}× CPU time — **{mark}**.")
     else:
       lines.append(f"- {v['target']}: " + (
           f"{common.fmt_rate(v['measured'])} ex/s ({100 * v['vs_towers']:.0f} % of the towers alone), peak RSS "
@@ -342,10 +372,9 @@ def markdown(res: dict) -> str:
             "whatever share of the cores the scheduler gave it.",
             "- The 8-device line runs 8 fake CPU devices on the same cores; each device merges all ids of the global "
             "batch (the row-wise scheme), so it measures what the sharded engine costs, not a speed-up.",
-            f"- Huge pages: the lines with `{HUGETLB}` ran with `GLIBC_TUNABLES={HUGETLB}` in the environment (all "
-            "malloc'd memory, the step's temporaries included, on transparent huge pages); the "
-            "`back_with_huge_pages` line moved only the state's buffers there after init "
-            "(`esmjax.distributed.back_with_huge_pages`). The other lines run as `python -m esmjax.main` does.",
+            f"- Malloc: every line runs as `python -m esmjax.main` starts (`GLIBC_TUNABLES={res['cli_tunables']}`) "
+            "except the `4 KB-page malloc` lines (the environment as the OS gives it); "
+            "`back_with_huge_pages(state)` moved only the state's buffers onto huge pages after init.",
             ]
   return "\n".join(lines) + "\n"
 
@@ -354,11 +383,13 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--quick", action="store_true", help="1e5..1e7 rows only, shorter windows")
   ap.add_argument("--rows", default="", help="comma-separated table sizes (default 1e5,1e6,1e7,1e8)")
-  ap.add_argument("--windows", type=int, default=7)
-  ap.add_argument("--window_s", type=float, default=2.0)
+  ap.add_argument("--windows", type=int, default=11)
+  ap.add_argument("--window_s", type=float, default=1.5)
   ap.add_argument("--warmup_s", type=float, default=2.0)
   ap.add_argument("--mem_fraction", type=float, default=0.8, help="skip points needing more than this share of "
                   "the available memory")
+  ap.add_argument("--repeats", type=int, default=1, help="run every point this many times, round robin, and "
+                  "pool their windows (a shared machine gives each point more chances at a quiet spell)")
   ap.add_argument("--worker_timeout", type=float, default=900)
   ap.add_argument("--out_dir", default=str(common.RESULTS))
   args = ap.parse_args(argv)
@@ -370,11 +401,19 @@ def main(argv=None):
   t0 = time.time()
   cmd = "python benchmarks/throughput.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
   res = {"when": common.now(), "command": cmd, "load_before": common.load_average(),
+         "cli_tunables": distributed.HUGETLB_TUNABLE if distributed.huge_page_malloc_supported() else "",
          "machine": {"cpu": common.cpu_model(), "cores": common.usable_cores(),
                      "mem_available_gb": common.mem_available_gb()},
          "args": vars(args)}
   log(f"throughput: ESMM paper config, batch {BATCH}; {res['machine']['cores']} cores, load {res['load_before']}")
-  res["points"] = [run_point(p, args, log) for p in points(args)]
+  pts = points(args)
+  runs: list[list[dict]] = [[] for _ in pts]
+  for k in range(args.repeats):  # round robin: each point gets `repeats` chances at a quiet machine
+    if args.repeats > 1:
+      log(f"round {k + 1}/{args.repeats}")
+    for i, p in enumerate(pts):
+      runs[i].append(run_point(p, args, log))
+  res["points"] = [summarise(p, r) for p, r in zip(pts, runs)]
   res["verdicts"] = verdicts(res["points"])
   res["load_after"] = common.load_average()
   res["elapsed_s"] = time.time() - t0

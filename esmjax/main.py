@@ -142,6 +142,9 @@ def _unknown_key_message(argv) -> str | None:
 
 
 def run():
+  from esmjax import distributed  # light: restarts with huge-page malloc before JAX is imported
+
+  distributed.use_huge_page_malloc()
   try:
     app.run(main)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
