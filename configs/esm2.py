@@ -4,16 +4,16 @@ r"""ESM2 / ESM² (Wen et al., SIGIR 2020): impression → click → DAction / OA
 
 Four heads on shared embeddings (pCTR; pDAction given click; pBuy given DAction; pBuy given
 OAction); DAction = add-to-cart or wish-list; loss w1·CTR + w2·CTAVR + w3·CTCVR (weights 1, 1, 1).
-Same sizes, data and schedule as configs/esmm.py (489 steps of 4096).
+Same sizes, data and schedule as configs/esmm.py (977 steps of 1024).
 
 Expected (seed 0, 200 k eval impressions; engine revisions have moved these by up to 0.006):
 
   task        AUC     GAUC   log-loss
-  ctr       0.676    0.678    0.198
-  cvr       0.729    0.692    0.276     (clicked impressions only)
-  ctcvr     0.742    0.727    0.028
-  ctavr     0.701    0.669    0.056
-  entire-space CVR AUC (pCVR vs would-buy, all impressions): 0.703
+  ctr       0.709    0.690    0.183
+  cvr       0.756    0.699    0.265     (clicked impressions only)
+  ctcvr     0.785    0.768    0.026
+  ctavr     0.742    0.700    0.051
+  entire-space CVR AUC (pCVR vs would-buy, all impressions): 0.739
 
 Afterwards: `python -m esmjax.plot DIR`, `tensorboard --logdir DIR/tensorboard`, `--mode=export`,
 `esmjax.load(DIR)`, as for configs/esmm.py.
@@ -25,5 +25,9 @@ from esmjax import config as config_lib
 def get_config():
   config = config_lib.default_config()  # every key, with its one-line comment: esmjax/config.py
   config.model.name = "esm2"  # four heads: CTR, DAction|click, buy|DAction, buy|OAction
-  config.train.num_epochs = 2.0  # 2 × 1 M impressions at batch 4096 = 489 steps
+  # The ESMM paper's mini-batch (1,000), one epoch: 977 steps over the 1 M synthetic impressions.
+  # Batches of 4,096 for 2 epochs (489 steps) left every model less trained (ESMM's CVR AUC 0.725
+  # vs 0.751 now); the throughput benchmarks keep 4,096, where the step is most efficient.
+  config.train.batch_size = 1024
+  config.train.num_epochs = 1.0
   return config

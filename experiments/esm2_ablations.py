@@ -32,7 +32,7 @@ AXES = (  # (axis, [(label, overrides)]); the unmodified ESM2 run is every axis'
 REFERENCE = {"dropout": "0 (reference)", "hidden layers": "200-80 (reference)", "embedding dim": "18 (reference)",
              "dense features": "normalise + tanh (reference)", "DAction": "SCart or Wish (reference)"}
 QUICK_VARIANTS = {("DAction", "SCart only")}  # the smoke test exercises model.daction_label
-SEEDS_FULL = (0,)  # ablations: one seed in the full mode's time budget (pass --seeds to add more)
+SEEDS_FULL = (0, 1)  # ablations: two seeds fit the full mode's hour (pass --seeds to add more)
 COLS = (("cvr/auc", "CVR AUC"), ("ctcvr/auc", "CTCVR AUC"), ("ctcvr/gauc", "CTCVR GAUC"),
         ("cvr/entire_space_auc", "entire-space CVR AUC"))
 

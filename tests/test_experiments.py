@@ -42,6 +42,13 @@ def test_every_script_runs_in_quick_mode(tmp_path):
   for r in [*payloads["esmm_table"]["runs"]["base"], esmm_a]:
     for k in ("cvr/auc", "ctcvr/auc", "cvr/entire_space_auc", "ctr/auc"):
       assert 0.0 <= r["metrics"][k] <= 1.0
+  # The world sweep trained on another world (click_bait=1): other runs, another selection ratio,
+  # and the default world's point reuses the table's runs.
+  default_pt, bait_pt = payloads["esmm_table"]["world_sweep"]
+  assert default_pt["default"] and default_pt["runs"]["esmm"][0]["key"] == esmm_a["key"]
+  assert not bait_pt["default"] and bait_pt["value"] == 1.0
+  assert {r["key"] for r in bait_pt["runs"]["esmm"]}.isdisjoint({esmm_a["key"]})
+  assert bait_pt["world_stats_eval"]["selection_ratio"] != default_pt["world_stats_eval"]["selection_ratio"]
   # The SCart-only ablation trained another model than the reference (it read another label).
   abl = payloads["esm2_ablations"]
   scart = abl["runs"]["DAction: SCart only"][0]

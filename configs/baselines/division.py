@@ -12,5 +12,6 @@ from esmjax import config as config_lib
 def get_config():
   config = config_lib.default_config()
   config.model.name = "division"
-  config.train.num_epochs = 2.0
+  config.train.batch_size = 1024  # the schedule of configs/esmm.py: batch 1024, one epoch
+  config.train.num_epochs = 1.0
   return config
