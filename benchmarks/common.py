@@ -171,6 +171,13 @@ def timed_windows(step: Callable[[int], Any], sync: Callable[[], Any], batch_siz
 # The ESMM-paper throughput setup (both frameworks).
 
 
+def state_bytes_per_row(dtype: str = "float32", dim: int = PAPER_DIM) -> int:
+  """Bytes of train state per table row with row-wise Adagrad: the row, its f32 slot and the int32
+  duplicate-merge scratch (tables are initialised in place: measured peak RSS at 1e8 rows is the
+  state plus ~0.5 GB)."""
+  return dim * (2 if dtype == "bfloat16" else 4) + 4 + 4
+
+
 def paper_schema(table_rows: int, fields: int = PAPER_FIELDS):
   """23 single-valued fields sharing `table_rows` rows (vocab = rows / fields each), no dense."""
   from esmjax.data import dataset as ds_lib
@@ -320,8 +327,14 @@ def jax_probe() -> dict[str, Any]:
 
 
 def worker_env(devices: int | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
-  """The parent's environment, with N fake CPU devices (replacing any given count) if asked."""
+  """The parent's environment, with N fake CPU devices (replacing any given count) if asked, and
+  malloc as `python -m esmjax.main` starts it (huge pages where supported) unless the parent or
+  `extra` sets GLIBC_TUNABLES."""
+  from esmjax import distributed  # light: no JAX import in the parent
+
   env = dict(os.environ)
+  if distributed.huge_page_malloc_supported():
+    env.setdefault("GLIBC_TUNABLES", distributed.HUGETLB_TUNABLE)
   env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # accelerators: measured peaks, not 75 %
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   if devices is not None:

@@ -62,11 +62,9 @@ def grid(quick: bool, accel: bool, device_count: int, base_rows: int, base_batch
 
 
 def footprint_gb(p: dict) -> float:
-  """Rough peak bytes of a point: initialising a table draws f32 normals from u32 random bits
-  (8 B per element live at once, plus the stored copy), then the row-wise slot and the scratch row
-  map (8 B per row), the batches, and ~0.6 GB of runtime."""
-  tb = 2 if p["dtype"] == "bfloat16" else 4
-  table = p["rows"] * common.PAPER_DIM * (8 + tb) + p["rows"] * 8
+  """Rough peak bytes of a point: the train state (tables initialised in place, the row-wise slot,
+  the scratch row map), the pre-made batches, and ~0.6 GB of runtime."""
+  table = p["rows"] * common.state_bytes_per_row(p["dtype"])
   batches = 8 * p["batch"] * (common.PAPER_FIELDS * 4 + 8)
   return (table + batches) / 2**30 + 0.6
 

@@ -53,10 +53,6 @@ TARGET_RATIO = 1.3  # step time at 1e7 rows / at 1e5 rows
 TOWERS_IDLE_EX_S = 124e3  # DESIGN.md §4: the two-tower MLP alone in JAX on an idle machine of this kind
 
 
-def _bytes_per_row(dim: int = common.PAPER_DIM) -> int:
-  return dim * 4 + 4 + 4  # f32 row + row-wise Adagrad slot + duplicate-merge scratch
-
-
 # ---------------------------------------------------------------------------------------------
 # Workers (each in its own process).
 
@@ -249,7 +245,7 @@ def _ratios(a: list[float], b: list[float]) -> list[float]:
 
 def run_point(p: dict, args, log) -> dict:
   """One run of a point in a fresh worker process -> its raw result (or why it did not run)."""
-  need_gb = p["rows"] * _bytes_per_row() / 2**30 + 1.0
+  need_gb = p["rows"] * common.state_bytes_per_row() / 2**30 + 1.0
   avail = common.mem_available_gb()
   if need_gb > args.mem_fraction * avail:
     log(f"  {p['name']:<42} skipped: needs ~{need_gb:.1f} GB; {avail:.1f} GB available × {args.mem_fraction}")

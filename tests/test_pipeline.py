@@ -153,3 +153,24 @@ def test_block_order_equals_grains_chain(ds, kw, monkeypatch):
   monkeypatch.setattr(pipeline, "_grain_shuffle", lambda n, seed: np.arange(n)[::-1].copy())
   other = pipeline._BlockOrder(ds, num_epochs=4, **kw)
   assert [other[j] for j in range(len(other))] == [int(want[j]) for j in range(len(want))]
+
+
+def test_device_arrays_survive_buffer_reuse(ds):
+  # The trainer drops its numpy batch right after `device_put`, and the pipeline then reuses that
+  # memory. JAX 0.10 on CPU copies at `device_put` (or holds the numpy batch until it has); a JAX
+  # that aliased host memory without holding a reference would fail here.
+  import jax
+
+  cfg = pipeline.PipelineConfig(batch_size=100, seed=6, window_blocks=2, prefetch=0)
+  it = iter(pipeline.train_iter_dataset(ds, cfg))
+  on_device, copies = [], []
+  for _ in range(4):
+    b = next(it)
+    copies.append({k: v.copy() for k, v in b.items()})
+    on_device.append(jax.device_put({k: b[k] for k in ("sparse", "mv_ids", "mv_w", "labels")}))
+    del b
+  for _ in range(30):
+    next(it)
+  for dev, want in zip(on_device, copies):
+    for k, v in dev.items():
+      np.testing.assert_array_equal(np.asarray(v), want[k], err_msg=k)
