@@ -327,14 +327,12 @@ def jax_probe() -> dict[str, Any]:
 
 
 def worker_env(devices: int | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
-  """The parent's environment, with N fake CPU devices (replacing any given count) if asked, and
-  malloc as `python -m esmjax.main` starts it (huge pages where supported) unless the parent or
-  `extra` sets GLIBC_TUNABLES."""
+  """The parent's environment as `python -m esmjax.main` runs in it (malloc on huge pages where
+  supported: `distributed.cli_malloc_env`), with N fake CPU devices (replacing any given count) if
+  asked, then `extra` (GLIBC_TUNABLES="" there: malloc as the OS gives it)."""
   from esmjax import distributed  # light: no JAX import in the parent
 
-  env = dict(os.environ)
-  if distributed.huge_page_malloc_supported():
-    env.setdefault("GLIBC_TUNABLES", distributed.HUGETLB_TUNABLE)
+  env = distributed.cli_malloc_env(os.environ)
   env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # accelerators: measured peaks, not 75 %
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   if devices is not None:
@@ -382,6 +380,16 @@ def worker_main(handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]])
 def write_json(path: Path, data: Any) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   path.write_text(json.dumps(data, indent=1, default=float) + "\n")
+
+
+def write_results(out_dir: Path | str, name: str, res: dict[str, Any], md: str,
+                  plot: Callable[[dict[str, Any], Path], None] | None = None) -> None:
+  """<out_dir>/<name>.json and .md (and .png, drawn by `plot`): how every benchmark records a run."""
+  out_dir = Path(out_dir)
+  write_json(out_dir / f"{name}.json", res)
+  (out_dir / f"{name}.md").write_text(md)
+  if plot is not None:
+    plot(res, out_dir / f"{name}.png")
 
 
 def md_table(header: list[str], rows: list[list[Any]]) -> str:

@@ -204,13 +204,10 @@ MALLOC = {"huge": "both frameworks start as `python -m esmjax.main` does (malloc
 
 
 def malloc_env(kind: str) -> dict[str, str]:
-  """The allocator setting every worker of this run starts with, JAX and PyTorch alike: esmjax's
-  CLI turns huge-page malloc on by itself, and PyTorch gets the same so the comparison stays fair."""
-  from esmjax import distributed  # light: no JAX import
-
-  if kind == "huge" and distributed.huge_page_malloc_supported():
-    return {"GLIBC_TUNABLES": distributed.HUGETLB_TUNABLE}
-  return {"GLIBC_TUNABLES": ""}  # glibc reads an empty value as no tunables
+  """The allocator every worker of this run starts with, JAX and PyTorch alike: esmjax's CLI turns
+  huge-page malloc on by itself (`common.worker_env` starts workers that way), and PyTorch gets the
+  same so the comparison stays fair."""
+  return {} if kind == "huge" else {"GLIBC_TUNABLES": ""}  # glibc reads an empty value as no tunables
 
 
 def worker_env(fw: str, malloc: str) -> dict[str, str]:
@@ -529,8 +526,7 @@ def main(argv=None):
     import json
 
     res = json.loads((Path(args.out_dir) / "compare_torch.json").read_text())
-    (Path(args.out_dir) / "compare_torch.md").write_text(markdown(res))
-    plot(res, Path(args.out_dir) / "compare_torch.png")
+    common.write_results(args.out_dir, "compare_torch", res, markdown(res), plot)
     return
   if args.quick:
     args.rounds, args.windows, args.window_s, args.warmup_s = 1, 2, 1.0, 0.5
@@ -572,10 +568,8 @@ def main(argv=None):
   _keep_previous(res, out_dir / "compare_torch.json", args)
   res["load_after"] = common.load_average()
   res["elapsed_s"] = time.time() - t0
-  common.write_json(out_dir / "compare_torch.json", res)
   md = markdown(res)
-  (out_dir / "compare_torch.md").write_text(md)
-  plot(res, out_dir / "compare_torch.png")
+  common.write_results(out_dir, "compare_torch", res, md, plot)
   log(md)
   log(f"wrote {out_dir}/compare_torch.{{json,md,png}} in {res['elapsed_s']:.0f}s")
 

@@ -168,8 +168,7 @@ def main(argv=None):
             ["esmjax step, 1e5 rows, batch 4096", st_rate, st_rate / roof]]), "",
         fraction_line(st_rate, flops, peak["peak_gflops"]), "",
         "Regenerate: `python benchmarks/roofline.py`."]
-  common.write_json(out_dir / "roofline.json", res)
-  (out_dir / "roofline.md").write_text("\n".join(md) + "\n")
+  common.write_results(out_dir, "roofline", res, "\n".join(md) + "\n")
   print("\n".join(md))
 
 

@@ -297,10 +297,8 @@ def main(argv=None):
   res["load_after"] = common.load_average()
   res["elapsed_s"] = time.time() - t0
   out = Path(args.out_dir)
-  common.write_json(out / "sweep.json", res)
   md = markdown(res)
-  (out / "sweep.md").write_text(md)
-  plot(res, out / "sweep.png")
+  common.write_results(out, "sweep", res, md, plot)
   log(md)
   log(f"wrote {out}/sweep.{{json,md,png}} in {res['elapsed_s']:.0f}s")
 

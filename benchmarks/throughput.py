@@ -221,17 +221,15 @@ def points(args) -> list[dict]:
   `python -m esmjax.main` gives itself (malloc on huge pages where supported:
   `esmjax.distributed.use_huge_page_malloc`); the `4 KB-page malloc` lines show what that buys."""
   w = {"warmup_s": args.warmup_s, "windows": args.windows, "window_s": args.window_s, "batch": BATCH}
-  huge = distributed.huge_page_malloc_supported()
-  cli_env = {"GLIBC_TUNABLES": distributed.HUGETLB_TUNABLE} if huge else {}
-  step = lambda name, rows, devices=1, env=cli_env, **kw: {
+  step = lambda name, rows, devices=1, env=None, **kw: {
       "name": name, "kind": "step", "rows": int(rows), "devices": devices, "optimizer": "rowwise_adagrad",
       "n_batches": 8, "env": env, **w, **kw}
   pts = [step(f"{r:.0e} rows", r) for r in args.rows]
   if not args.quick:
     pts.append({"name": "1e+05 rows + input pipeline", "kind": "pipeline", "rows": int(1e5), "devices": 1,
-                "n_blocks": 48, "env": cli_env, **w})
+                "n_blocks": 48, **w})
     pts.append(step("1e+06 rows, 8 CPU devices (row-sharded)", 1e6, devices=8))
-    if huge:  # what huge pages buy: malloc as the OS gives it, and only the state moved after init
+    if distributed.huge_page_malloc_supported():  # what huge pages buy: malloc as the OS gives it, and only the state moved after init
       no_huge = {"GLIBC_TUNABLES": ""}  # glibc reads an empty value as no tunables
       pts += [step(f"{r:.0e} rows, 4 KB-page malloc", r, env=no_huge) for r in (1e5, 1e7)]
       pts.append(step("1e+07 rows, 4 KB-page malloc + back_with_huge_pages(state)", 1e7, env=no_huge,
@@ -395,8 +393,7 @@ def main(argv=None):
     out = Path(args.out_dir)
     res = json.loads((out / "throughput.json").read_text())
     res["verdicts"] = verdicts(res["points"])
-    common.write_json(out / "throughput.json", res)
-    (out / "throughput.md").write_text(markdown(res))
+    common.write_results(out, "throughput", res, markdown(res))
     return
   if args.quick:
     args.windows, args.window_s, args.warmup_s = 4, 1.0, 1.0
@@ -423,9 +420,8 @@ def main(argv=None):
   res["load_after"] = common.load_average()
   res["elapsed_s"] = time.time() - t0
   out = Path(args.out_dir)
-  common.write_json(out / "throughput.json", res)
   md = markdown(res)
-  (out / "throughput.md").write_text(md)
+  common.write_results(out, "throughput", res, md)
   log("\n" + md)
   log(f"wrote {out}/throughput.{{json,md}} in {res['elapsed_s']:.0f}s")
 

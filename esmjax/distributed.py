@@ -17,6 +17,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from typing import Mapping
 
 from absl import logging
 
@@ -106,25 +107,34 @@ def huge_page_malloc_supported() -> bool:
     return False
 
 
+def cli_malloc_env(environ: Mapping[str, str]) -> dict[str, str]:
+  """`environ` as `python -m esmjax.main` runs in it: glibc.malloc.hugetlb=1 added to
+  GLIBC_TUNABLES where `huge_page_malloc_supported()`, unless it is already there or
+  ESMJAX_HUGE_PAGE_MALLOC=0 (benchmark workers start in this environment too)."""
+  env = dict(environ)
+  tunables = env.get("GLIBC_TUNABLES", "")
+  if "glibc.malloc.hugetlb" in tunables or env.get(OPT_OUT_ENV, "1") == "0" or not huge_page_malloc_supported():
+    return env
+  env["GLIBC_TUNABLES"] = f"{tunables}:{HUGETLB_TUNABLE}" if tunables else HUGETLB_TUNABLE
+  return env
+
+
 def use_huge_page_malloc() -> None:
-  """Restarts this process (same pid, same command line: execve) with
-  GLIBC_TUNABLES=glibc.malloc.hugetlb=1 added, unless it is already there.
+  """Restarts this process (same pid, same command line: execve) in `cli_malloc_env`, unless
+  that is the environment it already has.
 
   Why: a train step's random row reads and writes, and its ~7 MB temporaries, miss the TLB on
-  4 KB pages. With malloc on transparent huge pages the ESMM paper step went from 65-81 % to
-  75-90 % of the towers-alone rate across our benchmark runs (benchmarks/results/throughput.md,
-  the `glibc.malloc.hugetlb=1` lines), ~100 k ex/s at 1e5 and 1e7 rows on 2 cores. glibc reads
-  tunables only at start-up, hence the restart; only the CLI entry point calls this, before
-  anything else is imported or printed (never a library import, never inside tests).
+  4 KB pages. With malloc on transparent huge pages the ESMM paper step runs at ~110 k ex/s at
+  1e5 rows on 2 cores instead of ~90 k (benchmarks/results/throughput.md, the `4 KB-page malloc`
+  lines against the others). glibc reads tunables only at start-up, hence the restart; only the
+  CLI entry point calls this, before anything else is imported or printed (never a library
+  import, never inside tests).
 
   A no-op where `huge_page_malloc_supported()` is false; set ESMJAX_HUGE_PAGE_MALLOC=0 to opt out.
   """
-  tunables = os.environ.get("GLIBC_TUNABLES", "")
-  if "glibc.malloc.hugetlb" in tunables or os.environ.get(OPT_OUT_ENV, "1") == "0":
+  env = cli_malloc_env(os.environ)
+  if env.get("GLIBC_TUNABLES") == os.environ.get("GLIBC_TUNABLES"):
     return
-  if not huge_page_malloc_supported():
-    return
-  env = dict(os.environ, GLIBC_TUNABLES=f"{tunables}:{HUGETLB_TUNABLE}" if tunables else HUGETLB_TUNABLE)
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(sys.executable, getattr(sys, "orig_argv", [sys.executable, *sys.argv]), env)
