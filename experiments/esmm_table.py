@@ -174,11 +174,10 @@ def world_sweep(args, res) -> list[dict]:
       point = {"knob": knob, "value": value, "default": value == float(default[knob]), "runs": {}}
       for label, name in WORLD_SWEEP_MODELS:
         for seed in seeds:
-          over = {} if point["default"] else {f"data.synthetic.{knob}": value}
-          cfg = common.experiment_config(name, args.mode, seed, args.cache_dir, **over)
           if point["default"]:
             r = next((x for x in res.get(name, []) if x["seed"] == seed), None)
           else:
+            cfg = common.experiment_config(name, args.mode, seed, args.cache_dir, **{f"data.synthetic.{knob}": value})
             r = common.run(cfg, use_cache=not args.no_cache, label=f"{label} {knob}={value:g}", args=args)
           if r is not None:
             point["runs"].setdefault(name, []).append(r)
@@ -197,10 +196,9 @@ def _world_section(args, worlds) -> list[str]:
     st = pt["world_stats_eval"]
     cells = []
     for key, _ in keys:
-      fmt = common.fmt_num if key.endswith("calibration") else common.fmt_pct
       for _, name in WORLD_SWEEP_MODELS:
         vals = common.metric_of(pt["runs"].get(name, []), key)
-        cells.append(fmt(vals, 2) if fmt is common.fmt_num else fmt(vals))
+        cells.append(common.fmt_num(vals, 2) if key.endswith("calibration") else common.fmt_pct(vals))
     rows.append([f"{pt['knob']} = {pt['value']:g}" + (" (default)" if pt["default"] else ""),
                  f"{st.get('selection_ratio', float('nan')):.3f}", *cells])
   header = ["world", "selection ratio"] + [f"{t}: {l}" for _, t in keys for l, _ in WORLD_SWEEP_MODELS]
