@@ -18,8 +18,8 @@ from esmjax.data import dataset as ds_lib
 from esmjax.data import ids as ids_lib
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-SMALL = SHARED / "data/public-samples/PaddleRec/models/multitask/esmm/data/train/small.txt"
+SAMPLES = REPO / "tests" / "data" / "public-samples"
+SMALL = SAMPLES / "PaddleRec/models/multitask/esmm/data/train/small.txt"
 USER_FIELDS = {"101", "121", "122", "124", "125", "126", "127", "128", "129", "109_14", "110_14", "127_14", "150_14"}
 
 

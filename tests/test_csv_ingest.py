@@ -17,7 +17,7 @@ from esmjax.data import dataset as ds_lib
 from esmjax.data import ids as ids_lib
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO.parent / "shared" / "data" / "public-samples"
+SAMPLES = REPO / "tests" / "data" / "public-samples"
 RECHUB = SAMPLES / "torch-rechub/examples/ranking/data"
 AITM = SAMPLES / "PaddleRec/models/multitask/aitm/data/sample_data"
 FUXI = SAMPLES / "FuxiCTR/data/tiny_mtl"

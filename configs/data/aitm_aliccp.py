@@ -1,7 +1,7 @@
 r"""PaddleRec AITM (Xi et al.) preprocessed Ali-CCP CSV -> blocked dataset.
 
     python -m esmjax.data.csv_ingest --config=configs/data/aitm_aliccp.py \
-        --input=../shared/data/public-samples/PaddleRec/models/multitask/aitm/data/sample_data/train/train.csv \
+        --input=tests/data/public-samples/PaddleRec/models/multitask/aitm/data/sample_data/train/train.csv \
         --out_dir=/tmp/aitm_train
     python -m esmjax.data.csv_ingest --config=configs/data/aitm_aliccp.py --stats_from=/tmp/aitm_train \
         --input=.../sample_data/test/test.csv --out_dir=/tmp/aitm_test

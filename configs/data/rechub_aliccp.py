@@ -1,7 +1,7 @@
 r"""torch-rechub's preprocessed Ali-CCP CSV -> blocked dataset.
 
     python -m esmjax.data.csv_ingest --config=configs/data/rechub_aliccp.py \
-        --input=../shared/data/public-samples/torch-rechub/examples/ranking/data/ali-ccp/ali_ccp_train_sample.csv \
+        --input=tests/data/public-samples/torch-rechub/examples/ranking/data/ali-ccp/ali_ccp_train_sample.csv \
         --out_dir=/tmp/rechub_train
     python -m esmjax.data.csv_ingest --config=configs/data/rechub_aliccp.py --stats_from=/tmp/rechub_train \
         --input=.../ali_ccp_test_sample.csv --out_dir=/tmp/rechub_test
