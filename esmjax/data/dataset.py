@@ -32,101 +32,14 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-PAD = 0
-OOV = 1
+from esmjax.schema import (  # noqa: F401  (re-exported: the dataset's schema types)
+    LABELS, OOV, PAD, DatasetError, DenseField, MultiField, Schema, SparseField)
+
 FORMAT = "esmjax-blocks"
 VERSION = 1
 MANIFEST = "manifest.json"
-LABELS = ("click", "buy", "cart", "wish", "daction")
-COLUMNS = ("sparse", "mv_ids", "mv_w", "dense", "labels", "user", "sample_id", "truth")
-_DTYPES = {
-    "sparse": np.int32, "mv_ids": np.int32, "mv_w": np.float32, "dense": np.float32,
-    "labels": np.uint8, "user": np.int64, "sample_id": np.int64, "truth": np.float32,
-}
 _MAGIC = b"ESB1"
 _ALIGN = 64
-
-
-class DatasetError(ValueError):
-    """A dataset directory is missing, incomplete or inconsistent; the message names the path."""
-
-
-@dataclasses.dataclass(frozen=True)
-class SparseField:
-  name: str
-  vocab_size: int  # ids in [0, vocab_size); includes PAD and OOV
-  group: str = "user"  # user | item | context | combo | dense_bucket: informational
-
-
-@dataclasses.dataclass(frozen=True)
-class MultiField:
-  name: str
-  vocab_size: int
-  max_len: int  # slots per row; longer lists are truncated (counted in the manifest)
-  pooling: str = "sum"  # sum | mean: weighted sum of rows, or weighted mean
-  group: str = "user"
-
-
-@dataclasses.dataclass(frozen=True)
-class DenseField:
-  name: str
-  mean: float = 0.0
-  std: float = 1.0
-  boundaries: tuple[float, ...] = ()  # bucket edges for the bucketised variant (len = buckets - 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class Schema:
-  sparse: tuple[SparseField, ...] = ()
-  multi: tuple[MultiField, ...] = ()
-  dense: tuple[DenseField, ...] = ()
-  labels: tuple[str, ...] = ("click", "buy")
-  truth: tuple[str, ...] = ()
-
-  def __post_init__(self):
-    unknown = [l for l in self.labels if l not in LABELS]
-    if unknown:
-      raise DatasetError(f"schema.labels has unknown label(s) {unknown}; allowed: {list(LABELS)}")
-    for f in self.multi:
-      if f.pooling not in ("sum", "mean"):
-        raise DatasetError(f"multi-valued field {f.name!r}: pooling={f.pooling!r}; allowed: ['sum', 'mean']")
-    names = [f.name for f in (*self.sparse, *self.multi, *self.dense)]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-      raise DatasetError(f"schema has duplicate field names {dup}")
-
-  @property
-  def mv_offsets(self) -> tuple[int, ...]:
-    """Column offset of each multi-valued field inside `mv_ids` / `mv_w`."""
-    return tuple(int(x) for x in np.cumsum([0] + [f.max_len for f in self.multi])[:-1])
-
-  @property
-  def mv_total_len(self) -> int:
-    return int(sum(f.max_len for f in self.multi))
-
-  def label_index(self, name: str) -> int:
-    if name not in self.labels:
-      raise DatasetError(f"label {name!r} is not in this dataset; it has {list(self.labels)}")
-    return self.labels.index(name)
-
-  def to_json(self) -> dict[str, Any]:
-    return {
-        "sparse": [dataclasses.asdict(f) for f in self.sparse],
-        "multi": [dataclasses.asdict(f) for f in self.multi],
-        "dense": [dict(dataclasses.asdict(f), boundaries=list(f.boundaries)) for f in self.dense],
-        "labels": list(self.labels),
-        "truth": list(self.truth),
-    }
-
-  @classmethod
-  def from_json(cls, d: dict[str, Any]) -> "Schema":
-    return cls(
-        sparse=tuple(SparseField(**f) for f in d.get("sparse", [])),
-        multi=tuple(MultiField(**f) for f in d.get("multi", [])),
-        dense=tuple(DenseField(**dict(f, boundaries=tuple(f.get("boundaries", ())))) for f in d.get("dense", [])),
-        labels=tuple(d.get("labels", ("click", "buy"))),
-        truth=tuple(d.get("truth", ())),
-    )
 
 
 def empty_block(schema: Schema, n: int = 0) -> dict[str, np.ndarray]:

@@ -21,7 +21,7 @@ import jax.extend.random as random_ext
 import jax.numpy as jnp
 import numpy as np
 
-from esmjax.data import dataset as ds_lib
+from esmjax import schema as schema_lib
 from esmjax.embedding import optimizers as opt_lib
 
 
@@ -42,7 +42,7 @@ class FeatureLayout:
     return len(self.sparse_offsets) + sum(self.mv_lens) + len(self.dense_offsets)
 
   @classmethod
-  def from_schema(cls, schema: ds_lib.Schema, *, bucketise_dense: bool, row_multiple: int = 1) -> "FeatureLayout":
+  def from_schema(cls, schema: schema_lib.Schema, *, bucketise_dense: bool, row_multiple: int = 1) -> "FeatureLayout":
     off = 0
     sparse_offsets, mv_offsets, dense_offsets, bounds = [], [], [], []
     for f in schema.sparse:
