@@ -10,17 +10,22 @@ writes two files:
   m.jaxexport.json  the signature: inputs (name, dtype, shape with "b" the batch dimension, the
                     fields behind each column with their vocab sizes), outputs, model, step.
 
-The function takes ONE argument, a dict of four arrays (the dataset's input columns, DESIGN.md §3)
+The function takes ONE argument, a dict of four arrays (the dataset's input columns; see
+`esmjax.inputs`)
 
     sparse  int32   [b, F]  single-valued ids, field order of the signature; 0 = PAD, 1 = OOV
     mv_ids  int32   [b, L]  multi-valued ids, each field's `max_len` slots side by side; 0 = PAD
     mv_w    float32 [b, L]  their weights (0 in empty slots)
     dense   float32 [b, Dn] raw dense values (the model normalises / bucketises them)
 
-and returns a dict of float32 [b] arrays: pctr, pcvr, pctcvr (and pctavr for ESM2). Ids must lie in
-[0, vocab_size) of their field (map unseen values to OOV = 1): the artifact does not check them (an
-out-of-range id reads another field's rows, or NaN past the table); `load_exported` does. The batch
-dimension is symbolic by default (any b >= 1 with one artifact); `batch_size=N` fixes it.
+and returns a dict of float32 [b] arrays: pctr, pcvr, pctcvr (and pctavr for ESM2). An id outside
+[0, vocab_size) of its column (negative ones included) is scored as its field's OOV row (id 1)
+inside the function, per field, before the lookup: it never reads another field's rows. The
+function returns no count of such ids (its outputs are the probabilities alone); a server that
+wants one compares the ids with the signature's `vocab_sizes`. `load_exported` is stricter: it
+refuses such ids, and values that are not ids at all, with a ValueError naming the input, the
+field and the value, before anything is cast to int32. The batch dimension is symbolic by default
+(any b >= 1 with one artifact); `batch_size=N` fixes it.
 
 Load it with `jax.export.deserialize(open(path, "rb").read()).call(batch)`, as
 `examples/serve_exported.py` does, or with `load_exported(path)` here.
@@ -36,8 +41,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from esmjax import inputs
+
 FORMAT = "esmjax-export"
 VERSION = 1
+STRAYS_DOC = ("ids outside [0, vocab_size) of their column are scored as OOV = 1 inside the "
+              "function (never another field's rows); load_exported refuses them")
 SIDECAR_SUFFIX = ".json"
 DEFAULT_PLATFORMS = ("cpu", "cuda")  # lowered for both: the same file serves on CPU and NVIDIA GPUs
 OUTPUTS_DOC = {
@@ -52,26 +61,27 @@ def export(workdir: str, out_path: str, batch_size: int | None = None, config=No
            platforms: Sequence[str] | None = None) -> dict[str, Any]:
   """Exports the latest checkpoint of `workdir` to `out_path` (+ `out_path.json`); returns the signature.
 
-  `config` defaults to the one saved in the workdir (see `esmjax.api.saved_config`).
+  `config` defaults to the one saved in the workdir (see `esmjax.predict.saved_config`).
   """
-  from esmjax import api
+  from esmjax import predict
 
-  return api.load(workdir, config).export(out_path, batch_size=batch_size, platforms=platforms)
+  run, state = predict.load(workdir, config)
+  return export_state(run, state, out_path, batch_size=batch_size, platforms=platforms, workdir=workdir)
 
 
 def serving_fn(run, state):
   """`predict(batch) -> {pctr, …}` on one device, closing over host copies of params and tables.
 
-  It is `steps.predict_step` with the plain single-device engine (a gather), whatever engine the
-  run trained with: the serving function must not carry the training mesh's collectives.
+  It is `esmjax.predict.predict_step` (stray ids scored as OOV) with the plain single-device
+  engine (a gather), whatever engine the run trained with: the serving function must not carry
+  the training mesh's collectives. The stray counts are dropped: the outputs are probabilities.
   """
+  from esmjax import predict
   from esmjax import state as state_lib
-  from esmjax import steps
+  from esmjax.embedding import engine as engine_lib
 
   if jax.process_count() > 1:
     raise RuntimeError("export runs in a single process (it gathers the whole model to the host)")
-  from esmjax.embedding import engine as engine_lib
-
   c = state_lib.build(run.config, run.schema, row_multiple=run.mesh.size, engine_factory=engine_lib.Engine)
   params, tables = jax.device_get((state.params, state.tables))
   for name, t in tables.items():
@@ -79,40 +89,40 @@ def serving_fn(run, state):
     if tuple(t.shape) != want:
       raise ValueError(f"table {name!r} has shape {t.shape}, the model's layout expects {want}")
 
-  def predict(batch):
+  def serve(batch):
     # jnp.asarray inside the trace: the host arrays become the module's constants.
     serve_state = state_lib.TrainState(
         step=jnp.zeros((), jnp.int32), params=jax.tree_util.tree_map(jnp.asarray, params), opt_state=(),
         tables={k: jnp.asarray(v) for k, v in tables.items()}, slots={}, scratch=jnp.zeros((0,), jnp.int32),
         rng=jnp.zeros((2,), jnp.uint32))
-    return steps.predict_step(c, serve_state, batch)
+    out = predict.predict_step(c, serve_state, batch)
+    del out[inputs.STRAYS_KEY]
+    return out
 
-  return predict
+  return serve
 
 
 def input_signature(schema, batch_size: int | None = None) -> list[dict[str, Any]]:
   """The inputs, in argument order, with the fields behind their columns."""
-  from esmjax import api
-
   b = "b" if batch_size is None else int(batch_size)
-  spec = api.input_spec(schema)
   mv_cols, off = [], 0
   for f in schema.multi:
     mv_cols.append({"name": f.name, "vocab_size": int(f.vocab_size), "columns": [off, off + int(f.max_len)],
                     "pooling": f.pooling})
     off += int(f.max_len)
-  mv_vocab = [int(f.vocab_size) for f in schema.multi for _ in range(int(f.max_len))]
+  cols = {c.name: c for c in inputs.columns(schema)}
   fields = {
       "sparse": {"fields": [{"name": f.name, "vocab_size": int(f.vocab_size)} for f in schema.sparse],
-                 "vocab_sizes": [int(f.vocab_size) for f in schema.sparse],
-                 "doc": "one id per field; 0 = PAD, 1 = OOV"},
-      "mv_ids": {"fields": mv_cols, "vocab_sizes": mv_vocab,
-                 "doc": "each field's slots side by side (columns [start, end)); 0 = PAD"},
+                 "vocab_sizes": list(cols["sparse"].vocab),
+                 "doc": "one id per field; 0 = PAD, 1 = OOV", "out_of_range": STRAYS_DOC},
+      "mv_ids": {"fields": mv_cols, "vocab_sizes": list(cols["mv_ids"].vocab),
+                 "doc": "each field's slots side by side (columns [start, end)); 0 = PAD",
+                 "out_of_range": STRAYS_DOC},
       "mv_w": {"fields": mv_cols, "doc": "weight of each mv_ids slot; 0 in empty slots"},
       "dense": {"fields": [{"name": f.name, "mean": float(f.mean), "std": float(f.std)} for f in schema.dense],
                 "doc": "raw values; the model normalises them"},
   }
-  return [{"name": k, "dtype": dt, "shape": [b, w], **fields[k]} for k, (dt, w) in spec.items()]
+  return [{"name": c.name, "dtype": c.dtype, "shape": [b, c.width], **fields[c.name]} for c in cols.values()]
 
 
 def export_state(run, state, out_path: str, batch_size: int | None = None,
@@ -167,25 +177,33 @@ def _atomic_write(path: str, data: bytes) -> None:
 
 
 class ExportedModel:
-  """A deserialized artifact: `model(batch) -> {output: np.ndarray [b]}`, inputs cast and checked."""
+  """A deserialized artifact: `model(batch) -> {output: np.ndarray [b]}`, inputs checked, then cast.
+
+  Checked before the cast to the signature's dtypes: every input present with its shape; ids
+  integers inside [0, vocab_size) of their column (an int64 2**32 + 5 is refused, never read as
+  5); weights and dense values finite. Each refusal is a ValueError naming the input, the column's
+  field and the value.
+  """
 
   def __init__(self, exported, signature: dict[str, Any]):
     self.exported, self.signature = exported, signature
+    self.columns = inputs.columns_from_signature(signature["inputs"])
 
   def __call__(self, batch) -> dict[str, np.ndarray]:
+    where = "exported model"
     args = {}
-    for x in self.signature["inputs"]:
-      if x["name"] not in batch:
-        raise ValueError(f"exported model: batch lacks {x['name']!r}; inputs are "
-                         f"{[i['name'] for i in self.signature['inputs']]}")
-      a = np.asarray(batch[x["name"]], dtype=x["dtype"])
-      if a.ndim != 2 or a.shape[1] != x["shape"][1] or (x["shape"][0] != "b" and a.shape[0] != x["shape"][0]):
-        raise ValueError(f"exported model: {x['name']} has shape {a.shape}, expected {tuple(x['shape'])}")
-      if "vocab_sizes" in x and a.size and ((a < 0) | (a >= np.asarray(x["vocab_sizes"]))).any():
-        col = int(np.argwhere((a < 0) | (a >= np.asarray(x["vocab_sizes"])))[0, 1])
-        raise ValueError(f"exported model: {x['name']} column {col} has ids outside [0, "
-                         f"{x['vocab_sizes'][col]}); map unseen values to OOV = 1")
-      args[x["name"]] = a
+    for col, x in zip(self.columns, self.signature["inputs"]):
+      if col.name not in batch:
+        raise ValueError(f"{where}: batch lacks {col.name!r}; inputs are {[c.name for c in self.columns]}")
+      a = np.asarray(batch[col.name])
+      if a.ndim != 2 or a.shape[1] != col.width or (x["shape"][0] != "b" and a.shape[0] != x["shape"][0]):
+        raise ValueError(f"{where}: {col.name} has shape {a.shape}, expected {tuple(x['shape'])}")
+      inputs.check_values(col, a, where)
+      if col.vocab is not None and a.size:
+        stray = inputs.strays(col, a)
+        if stray.any():
+          raise ValueError(inputs.describe_stray(col, a, stray, where))
+      args[col.name] = a.astype(col.dtype)
     return {k: np.asarray(v) for k, v in self.exported.call(args).items()}
 
 

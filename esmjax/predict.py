@@ -1,21 +1,40 @@
-"""Scoring with a trained model: the latest checkpoint of a workdir on any dataset of its schema."""
+"""Scoring with a trained model: the latest checkpoint of a workdir on any dataset of its schema.
+
+The one place that turns a workdir into (Run, state) (`load`, `restore`), refuses a dataset whose
+inputs differ from the trained model's (`check_schema`), and scores with stray ids mapped to OOV
+and counted (`predict_step`, `score_dataset`; see `esmjax.inputs`). The Python API
+(`esmjax.api`), the serving export (`esmjax.export`) and the CLI's predict / evaluate modes use it.
+"""
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
+from absl import logging
 
+from esmjax import absl_flags
 from esmjax import checkpoint as ckpt_lib
 from esmjax import config as config_lib
 from esmjax import evaluation
+from esmjax import inputs
+from esmjax import sharding as sh
+from esmjax import steps
 from esmjax import trainer
 from esmjax.data import dataset as ds_lib
 
 PRED_COLUMNS = ("pctr", "pcvr", "pctcvr", "pctavr")
+SUMMARY_FILE = "summary.json"
+
+
+def components(run):
+  """The run's `state.Components` (model, engine, layout, schema, ...)."""
+  return run.c
 
 
 def load_schema(workdir: str) -> ds_lib.Schema:
@@ -26,33 +45,120 @@ def load_schema(workdir: str) -> ds_lib.Schema:
     return ds_lib.Schema.from_json(json.load(f))
 
 
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with: from `summary.json`, else from the latest checkpoint.
+
+  Rebuilt on top of `default_config()` so tuples stay tuples; data directories that no longer
+  exist (a model copied to another machine) are cleared, since loading a model does not read them.
+  """
+  saved = None
+  path = os.path.join(workdir, SUMMARY_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f).get("config")
+  if saved is None:
+    saved = ckpt_lib.read_config(workdir)
+  if saved is None:
+    raise FileNotFoundError(f"{workdir}: no {SUMMARY_FILE} and no checkpoint to read the config from; "
+                            "pass config= explicitly")
+  config = config_lib.default_config()
+  try:
+    config.update(saved)
+  except (TypeError, ValueError):  # a key whose type differs from the default's: take it as saved
+    config = ml_collections.ConfigDict(saved)
+  if not (os.path.isdir(config.data.train_dir or "/nonexistent")
+          and os.path.isdir(config.data.eval_dir or "/nonexistent")):
+    config.data.train_dir = config.data.eval_dir = ""
+  return config
+
+
 def restore(config, workdir: str):
   """(Run, state) from the latest checkpoint in `workdir`, on this process's devices."""
   config_lib.validate(config)
   run = trainer.Run(config, load_schema(workdir))
   ck = ckpt_lib.Checkpointer(workdir, config, run)
-  state = ck.restore_latest()
-  ck.close()
+  try:
+    state = ck.restore_latest()
+  finally:
+    ck.close()
   if state is None:
     raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, ckpt_lib.CKPT_DIR)}")
   return run, state
 
 
-def _check_schema(run, dataset: ds_lib.Dataset) -> None:
-  a, b = run.schema.to_json(), dataset.schema.to_json()
-  for key in ("sparse", "multi"):
-    if [(f["name"], f.get("max_len")) for f in a[key]] != [(f["name"], f.get("max_len")) for f in b[key]]:
-      raise ds_lib.DatasetError(f"{dataset.directory}: its {key} fields differ from the model's "
-                                "(trained on another schema)")
+def load(workdir: str, config: ml_collections.ConfigDict | None = None):
+  """(Run, state) of the latest checkpoint of `workdir`, with its saved config unless given.
+
+  A saved config that asks for more devices than are here uses all devices here instead: restore
+  re-shards the state.
+  """
+  absl_flags.ensure_parsed()
+  if config is None:
+    config = saved_config(workdir)
+    if config.mesh.num_devices > jax.device_count():
+      config.mesh.num_devices = -1
+  return restore(config, workdir)
+
+
+def check_schema(schema: ds_lib.Schema, dataset: ds_lib.Dataset) -> None:
+  """Raises DatasetError naming the first difference between the trained model's inputs and the
+  dataset's (vocabulary sizes, multi-valued layouts, dense fields and their statistics)."""
+  diff = schema.input_difference(dataset.schema)
+  if diff is not None:
+    raise ds_lib.DatasetError(
+        f"{dataset.directory}: its inputs differ from the trained model's ({diff}; model vs "
+        "dataset): ingest it with --stats_from=<the training dataset>, so that it shares the "
+        "training vocabularies and dense statistics")
+
+
+def predict_step(c, state, batch) -> dict:
+  """`steps.predict_step` with stray ids scored as OOV, plus their per-row counts under
+  `inputs.STRAYS_KEY` (int32 [b, fields], fields in `inputs.id_fields` order)."""
+  batch, strays = inputs.map_strays_in_graph(c.schema, batch)
+  return {**steps.predict_step(c, state, batch), inputs.STRAYS_KEY: strays}
+
+
+def jit_predict_step(run):
+  """`predict_step` jitted with the run's shardings: (state, batch) -> predictions + counts."""
+  bsh = sh.batch_sharding(run.mesh)
+  return jax.jit(functools.partial(predict_step, components(run)),
+                 in_shardings=(run.state_sharding, bsh), out_shardings=bsh)
+
+
+def pop_strays(schema: ds_lib.Schema, cols: dict[str, np.ndarray]) -> dict[str, int]:
+  """Removes the per-row counts from `cols`; returns {field: stray ids} (fields with any)."""
+  totals = np.asarray(cols.pop(inputs.STRAYS_KEY), np.int64).sum(0)
+  return {name: int(n) for name, n in zip(inputs.id_fields(schema), totals) if n}
+
+
+def log_strays(where: str, counts: dict[str, int]) -> None:
+  if counts:
+    logging.warning("%s: %d id(s) outside their field's vocabulary were scored as OOV (id 1): %s",
+                    where, sum(counts.values()), ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+def score_dataset(run, state, dataset: ds_lib.Dataset, batch_size: int, step_fn=None,
+                  max_rows: int = -1) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+  """(columns of every row in file order, {field: stray ids}) after `check_schema`.
+
+  The columns are the predictions plus the dataset's host columns (`sample_id`, `labels`, ...),
+  gathered from every process. `step_fn` defaults to `jit_predict_step(run)`.
+  """
+  check_schema(run.schema, dataset)
+  step_fn = step_fn or jit_predict_step(run)
+  bs = -(-batch_size // run.mesh.size) * run.mesh.size
+  cols = evaluation.predict_dataset(step_fn, state, dataset, bs, run.mesh, max_rows)
+  cols = sh.gather_host_columns(cols)
+  return cols, pop_strays(run.schema, cols)
 
 
 def predict_to_csv(config, workdir: str, input_dir: str, output_csv: str) -> int:
   """Writes `sample_id,pctr,pcvr,pctcvr[,pctavr]`, one row per input row, in input order."""
   dataset = ds_lib.open_dataset(input_dir)
+  check_schema(load_schema(workdir), dataset)  # before a checkpoint is read
   run, state = restore(config, workdir)
-  _check_schema(run, dataset)
-  cols = evaluation.predict_dataset(run.predict_step, state, dataset, config.train.eval_batch_size, run.mesh)
-  cols = evaluation.sh.gather_host_columns(cols)
+  cols, strays = score_dataset(run, state, dataset, config.train.eval_batch_size)
+  log_strays(f"predict {input_dir}", strays)
   if jax.process_index() != 0:
     return len(cols["sample_id"])
   names = [c for c in PRED_COLUMNS if c in cols]
@@ -70,6 +176,11 @@ def predict_to_csv(config, workdir: str, input_dir: str, output_csv: str) -> int
 
 
 def evaluate_workdir(config, workdir: str) -> dict[str, float]:
-  run, state = restore(config, workdir)
+  """The latest checkpoint's metrics on `data.eval_dir` (`train.max_eval_rows` rows at most)."""
   _, eval_ds = trainer.resolve_datasets(config)
-  return run.evaluate(state, eval_ds)
+  check_schema(load_schema(workdir), eval_ds)
+  run, state = restore(config, workdir)
+  cols, strays = score_dataset(run, state, eval_ds, config.train.eval_batch_size,
+                               max_rows=config.train.max_eval_rows)
+  log_strays(f"evaluate {eval_ds.directory}", strays)
+  return evaluation.compute_metrics(cols, eval_ds.schema)

@@ -4,12 +4,19 @@
 
 ROWS.npz holds the inputs named in MODEL.jaxexport.json (sparse, mv_ids, mv_w, dense); without it,
 four random rows of valid ids are scored. Prints a header, then one line of probabilities per row.
+
+The exported function scores an id outside [0, vocab_size) of its column as the field's OOV row
+(id 1). This script does the same before it casts to int32 (so an int64 2**32 + 5 stays out of
+range instead of wrapping to 5) and says on stderr how many ids it mapped; values that are not
+integer ids (NaN, 2.5) stop it with exit code 2.
 """
 import json
 import sys
 
 import jax
 import numpy as np
+
+OOV = 1
 
 path = sys.argv[1]
 with open(path + ".json") as f:
@@ -21,7 +28,21 @@ rng = np.random.default_rng(0)
 rows = dict(np.load(sys.argv[2])) if len(sys.argv) > 2 else {
     x["name"]: np.array([rng.integers(0, v, 4) for v in x["vocab_sizes"]]).T.reshape(4, x["shape"][1])
     if "vocab_sizes" in x else rng.random((4, x["shape"][1])) for x in signature["inputs"]}
-batch = {x["name"]: np.asarray(rows[x["name"]], x["dtype"]) for x in signature["inputs"]}
+
+batch = {}
+for x in signature["inputs"]:
+  a = np.asarray(rows[x["name"]])
+  if "vocab_sizes" in x:  # ids: integers, out-of-range ones mapped to OOV in their own dtype
+    if a.dtype.kind == "f" and not np.all(np.isfinite(a) & (a == np.round(a))):
+      print(f"serve_exported: {x['name']} holds values that are not integer ids", file=sys.stderr)
+      sys.exit(2)
+    vocab = np.asarray(x["vocab_sizes"])
+    stray = (a < 0) | (a >= vocab) if a.dtype.kind != "u" else a >= vocab.astype(np.uint64)
+    if stray.any():
+      print(f"serve_exported: {int(stray.sum())} {x['name']} id(s) outside their field's vocabulary "
+            "scored as OOV", file=sys.stderr)
+      a = np.where(stray, OOV, a)
+  batch[x["name"]] = np.asarray(a, x["dtype"])
 out = exported.call(batch)  # {output name: [b] float32}
 names = [o["name"] for o in signature["outputs"]]
 print(" ".join(names))

@@ -125,3 +125,121 @@ def test_cli_export_mode(trained, tmp_path):
   rows = _rows(9, 9)
   np.testing.assert_allclose(export_lib.load_exported(path)(rows)["pctcvr"], model.predict(rows)["pctcvr"],
                              rtol=1e-6)
+
+
+# -- stray ids: scored as OOV in the function and the library, refused by load_exported ----------------
+
+
+def _strays(n=12, seed=11):
+  """(rows with ids outside their field's vocabulary, int64; the same rows with OOV = 1 there;
+  {field: strays}). Tiny schema: sparse user 12, item 9, ctx 4; mv_ids hist 9 x 3, tags 6 x 2."""
+  rows = _rows(n, seed)
+  bad = {k: v.astype(np.int64) if k in ("sparse", "mv_ids") else v.copy() for k, v in rows.items()}
+  oov = {k: v.copy() for k, v in rows.items()}
+  for key, r, c, v in (("sparse", 0, 0, 12), ("sparse", 1, 1, -1), ("sparse", 2, 1, 2**32 + 5),
+                       ("sparse", 3, 2, 104), ("mv_ids", 4, 0, 9), ("mv_ids", 5, 2, -(2**40)),
+                       ("mv_ids", 6, 4, 6)):
+    bad[key][r, c] = v
+    oov[key][r, c] = 1
+    if key == "mv_ids":  # a weighted slot: the row it reads matters
+      bad["mv_w"][r, c] = oov["mv_w"][r, c] = 1.5
+  return bad, oov, {"user": 1, "item": 2, "ctx": 1, "hist": 2, "tags": 1}
+
+
+def test_library_predict_scores_stray_ids_as_oov_and_counts_them(trained):
+  model, _, _, _ = trained
+  bad, oov, counts = _strays()
+  want = model.predict(oov)
+  assert model.oov_counts == {}
+  got = model.predict(bad)  # int64 ids, one of them 2**32 + 5 (5 once cast to int32: a valid id)
+  assert model.oov_counts == counts
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  # The device step that scores datasets maps and counts the same (here with int32 ids that stray).
+  from esmjax import inputs
+  from esmjax import sharding as sh
+
+  wrapped = {**bad, "sparse": bad["sparse"].astype(np.int32), "mv_ids": bad["mv_ids"].astype(np.int32)}
+  wrapped["sparse"][2, 1] = 9  # 2**32 + 5 has no int32 form; 9 = item's vocabulary size
+  wrapped["mv_ids"][5, 2] = -(2**31)
+  out = sh.to_host_local(model._step_fn(model.state, sh.put_batch(wrapped, model.run.mesh)), model.run.mesh)
+  per_field = dict(zip(inputs.id_fields(model.schema), np.asarray(out.pop(inputs.STRAYS_KEY)).sum(0).tolist()))
+  assert per_field == {"user": 1, "item": 2, "ctx": 1, "hist": 2, "tags": 1}
+  for k in want:
+    np.testing.assert_allclose(out[k], want[k], rtol=1e-6, err_msg=k)
+
+
+def test_library_predict_refuses_values_that_are_not_ids(trained):
+  model, _, _, _ = trained
+  rows = _rows(4, 12)
+  for value, shown in ((2.5, "2.5"), (np.nan, "nan")):
+    bad = {**rows, "mv_ids": rows["mv_ids"].astype(np.float64)}
+    bad["mv_ids"][1, 3] = value
+    with pytest.raises(ValueError, match=rf"predict: mv_ids column 3 \(field 'tags'\) holds {shown} at row 1, "
+                       "a value that is not an integer id"):
+      model.predict(bad)
+  integral = {**rows, "sparse": rows["sparse"].astype(np.float32)}  # 3.0 is id 3
+  np.testing.assert_array_equal(model.predict(integral)["pctr"], model.predict(rows)["pctr"])
+  bad = {**rows, "dense": rows["dense"].copy()}
+  bad["dense"][2, 1] = np.inf
+  with pytest.raises(ValueError, match=r"dense column 1 \(field 'age'\) holds inf at row 2"):
+    model.predict(bad)
+
+
+def test_load_exported_checks_ids_before_the_cast(trained):
+  _, path, _, _ = trained
+  served = export_lib.load_exported(path)
+  rows = _rows(4, 13)
+  cases = [
+      ("sparse", np.int64, (1, 1), 2**32 + 5, r"sparse column 1 has ids outside \[0, 9\) of field 'item' "
+       r"\(4294967301 at row 1\)"),
+      ("sparse", np.uint64, (0, 2), 2**63, r"sparse column 2 has ids outside \[0, 4\) of field 'ctx'"),
+      ("mv_ids", np.int64, (3, 0), -1, r"mv_ids column 0 has ids outside \[0, 9\) of field 'hist' \(-1 at row 3\)"),
+      ("mv_ids", np.float64, (2, 4), 2.5, r"mv_ids column 4 \(field 'tags'\) holds 2.5 at row 2"),
+      ("sparse", np.float32, (0, 0), np.nan, r"sparse column 0 \(field 'user'\) holds nan at row 0"),
+      ("mv_w", np.float64, (1, 1), 1e39, r"mv_w column 1 \(field 'hist'\) holds 1e\+39 at row 1, a value that "
+       "is not a finite float32"),
+  ]
+  for key, dtype, (r, c), value, message in cases:
+    bad = {**rows, key: rows[key].astype(dtype)}
+    bad[key][r, c] = value
+    with pytest.raises(ValueError, match="exported model: " + message):
+      served(bad)
+  with pytest.raises(ValueError, match="sparse has dtype <U1"):
+    served({**rows, "sparse": np.full((4, 3), "1")})
+  integral = {**rows, "sparse": rows["sparse"].astype(np.float64), "mv_ids": rows["mv_ids"].astype(np.int64)}
+  np.testing.assert_array_equal(served(integral)["pctr"], served(rows)["pctr"])
+
+
+def test_exported_function_scores_stray_ids_as_oov_standalone(trained, tmp_path):
+  """The deserialized function alone (no esmjax) maps strays in the graph; the example script maps
+  int64 strays before its int32 cast; both equal the OOV rows' scores."""
+  model, path, sig, _ = trained
+  assert sig["inputs"][0]["out_of_range"] == sig["inputs"][1]["out_of_range"] == export_lib.STRAYS_DOC
+  bad, oov, _ = _strays()
+  want = model.predict(oov)
+  np.savez(tmp_path / "bad.npz", **bad)
+  int32 = {**bad, "sparse": bad["sparse"].astype(np.int32), "mv_ids": bad["mv_ids"].astype(np.int32)}
+  int32["sparse"][2, 1] = 9  # int32 strays the function itself must map
+  int32["mv_ids"][5, 2] = -(2**31)
+  np.savez(tmp_path / "int32.npz", **int32)
+  script = os.path.join(REPO, "examples", "serve_exported.py")
+  code = BLOCK + (f"sys.argv = ['serve', {path!r}, {str(tmp_path / 'bad.npz')!r}]\n"
+                  f"import runpy; ns = runpy.run_path({script!r}, run_name='__main__')\n"
+                  "import numpy as np\n"
+                  f"rows = dict(np.load({str(tmp_path / 'int32.npz')!r}))\n"
+                  "out = ns['exported'].call({x['name']: rows[x['name']] for x in ns['signature']['inputs']})\n"
+                  f"np.savez({str(tmp_path / 'direct.npz')!r}, **{{k: np.asarray(v) for k, v in out.items()}})\n")
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTHONPATH")}
+  out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "serve_exported: 4 sparse id(s) outside their field's vocabulary scored as OOV" in out.stderr
+  assert "serve_exported: 3 mv_ids id(s) outside" in out.stderr
+  lines = out.stdout.split("\n")
+  names = lines[0].split()
+  got = np.asarray([[float(v) for v in line.split()] for line in lines[1:13]], np.float32)
+  direct = dict(np.load(tmp_path / "direct.npz"))
+  for j, k in enumerate(names):
+    np.testing.assert_allclose(got[:, j], want[k], rtol=1e-6, err_msg=k)
+    np.testing.assert_allclose(direct[k], want[k], rtol=1e-6, err_msg=k)
