@@ -7,7 +7,8 @@ A checkpoint step directory holds four items:
 - `data`: the grain iterator position (`process_{i}-of-{n}.json`), snapshotted when `save` is called;
 - `config`: the resolved config as JSON;
 - `meta`: what restoring needs before touching the arrays: every leaf's shape and dtype, the table
-  row counts, the device and process counts it was written on.
+  row counts, the device and process counts it was written on; and every leaf's digest
+  (`esmjax.digest`), computed on the devices when the state was saved.
 
 Restores go through abstract targets that carry the *current* run's shardings, so a checkpoint
 written on N devices resumes on M. Tables are padded to a multiple of the device count, so their
@@ -15,19 +16,24 @@ row count can differ between N and M: such leaves are restored at the saved shap
 (the padding rows are never addressed by any id).
 
 Before any array is read, the saved config and shapes are compared with this run's, so a workdir of
-another model is refused with a message that names the differing key or leaf. A latest checkpoint
-that cannot be read (truncated, partially deleted) is moved aside to `checkpoints.corrupt/` with a
-warning naming it, and the previous one is used.
+another model is refused with a message that names the differing key or leaf. After the arrays
+are read, their digests are compared with the recorded ones. A latest checkpoint that cannot be
+read (truncated, partially deleted) or whose arrays differ from their digests (bytes changed on
+disk) is moved aside to `checkpoints.corrupt/` with a warning naming it, and the previous one is
+used.
+
+Saves run in the background. A save that fails (disk full, no permission, read-only or size-limited
+file system) raises `CheckpointSaveError` at the next `save`, `wait` or `close`, one line naming
+the step's path and the OS error; orbax's own error logs of that save are dropped, since that line
+says all they do.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import shutil
-import sys
 import time
 from typing import Any
 
@@ -39,6 +45,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from esmjax import config as config_lib
+from esmjax import digest as digest_lib
+from esmjax import orbax_errors
 
 CKPT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints.corrupt"
@@ -60,7 +68,15 @@ class IncompatibleCheckpointError(config_lib.ConfigError):
 
 
 class CheckpointError(RuntimeError):
-  """The workdir has checkpoints but none of them can be read."""
+  """The workdir has checkpoints but none of them can be read, or a checkpoint cannot be written."""
+
+
+class CorruptCheckpointError(CheckpointError):
+  """A checkpoint's arrays read back differ from the digests recorded when it was saved."""
+
+
+class CheckpointSaveError(CheckpointError):
+  """A checkpoint could not be written; the message names its path and the OS error."""
 
 
 class _FrozenIterState(grain.DatasetIterator):
@@ -161,6 +177,8 @@ class Checkpointer:
     self.config = config
     self.run = run
     self.restored_step: int | None = None
+    self._in_flight: int | None = None  # the step whose background save has not been waited for
+    orbax_errors.drop_write_error_logs()
     # best_fn only makes orbax write each checkpoint's metrics (so the best survives a restart);
     # which steps are kept is the preservation policy's call.
     opts = ocp.CheckpointManagerOptions(preservation_policy=_preservation(config), best_fn=_best_score(config),
@@ -170,14 +188,18 @@ class Checkpointer:
 
   # -- saving -------------------------------------------------------------------------------------
 
-  def _meta(self, step: int, has_data: bool) -> dict[str, Any]:
-    layout = self.run.c.layout
+  def _layout(self):
+    return self.run.c.layout
+
+  def _meta(self, step: int, has_data: bool, digests: dict[str, str]) -> dict[str, Any]:
+    layout = self._layout()
     return {
         "format": META_FORMAT, "step": int(step), "has_data": has_data, "num_devices": int(self.run.mesh.size),
         "num_processes": int(jax.process_count()), "num_rows": int(layout.num_rows),
         "padded_rows": int(layout.padded_rows),
         "leaves": {p: {"shape": list(x.shape), "dtype": str(x.dtype)}
                    for p, x in _leaves(self.run.state_shape).items()},
+        "digest": digest_lib.METHOD, "digests": digests,
     }
 
   def has_step(self, step: int) -> bool:
@@ -186,22 +208,29 @@ class Checkpointer:
   def save(self, step: int, state, data_iter, metrics: dict[str, Any] | None = None) -> bool:
     """Starts an async save of `state` at `step` (False if that step is already saved).
 
-    Returns once the arrays are copied off the (donated) device buffers; the files are written in
-    the background. `metrics` (the eval at this step) rank the checkpoint for `best_metric`.
+    Returns once the arrays are copied off the (donated) device buffers and their digests are
+    computed; the files are written in the background. `metrics` (the eval at this step) rank the
+    checkpoint for `best_metric`. Raises CheckpointSaveError if the previous save failed (naming
+    its step) or this one cannot start.
     """
+    t = time.time()
+    self.wait()  # an earlier save that failed raises here, naming its step
     if self.has_step(step):
       return False
     has_data = isinstance(data_iter, grain.DatasetIterator)
     args = {"state": ocp.args.StandardSave(state),
             "config": ocp.args.JsonSave(json.loads(self.config.to_json_best_effort())),
-            "meta": ocp.args.JsonSave(self._meta(step, has_data))}
+            "meta": ocp.args.JsonSave(self._meta(step, has_data, digest_lib.digests(state)))}
     if has_data:
       args["data"] = grain.checkpoint.CheckpointSave(_FrozenIterState(data_iter.get_state()))
     plain = None
     if _best_score(self.config) is not None:  # {}: not evaluated at this step (ranks last)
       plain = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
-    t = time.time()
-    saved = self.manager.save(step, args=ocp.args.Composite(**args), metrics=plain, force=True)
+    try:
+      saved = self.manager.save(step, args=ocp.args.Composite(**args), metrics=plain, force=True)
+    except Exception as e:  # pylint: disable=broad-except  (what runs before the background part)
+      raise self._save_error(step, e) from e
+    self._in_flight = step if saved else None
     logging.info("checkpoint step %d: saving in the background to %s (blocked %.2fs)", step,
                  self.directory, time.time() - t)
     return saved
@@ -225,7 +254,7 @@ class Checkpointer:
     An unreadable checkpoint is moved to `checkpoints.corrupt/` with a warning and the one before
     it is tried; an incompatible one raises IncompatibleCheckpointError (nothing is moved).
     """
-    with _quiet_closed_loop():
+    with orbax_errors.quiet_closed_loop():
       return self._restore_latest(data_iter)
 
   def _restore_latest(self, data_iter):
@@ -273,7 +302,7 @@ class Checkpointer:
       raise IncompatibleCheckpointError(
           f"{where} written by {meta['num_processes']} process(es); the data iterator position is "
           f"saved per process, so resume with distributed.num_processes={meta['num_processes']}")
-    layout = self.run.c.layout
+    layout = self._layout()
     if meta["num_rows"] != layout.num_rows:
       raise IncompatibleCheckpointError(
           f"{where} with {meta['num_rows']} embedding rows, but this dataset's schema needs "
@@ -321,12 +350,26 @@ class Checkpointer:
         raise ValueError("this checkpoint has no data iterator position to resume from")
       args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     state = self.manager.restore(step, args=ocp.args.Composite(**args))["state"]
+    self._verify(step, meta, state)
     if resize:
       logging.info("re-padding %d table leaves from %d rows (%d devices) to %d rows (%d devices)",
-                   len(resize), meta["padded_rows"], meta["num_devices"], self.run.c.layout.padded_rows,
+                   len(resize), meta["padded_rows"], meta["num_devices"], self._layout().padded_rows,
                    mesh.size)
-      state = _repad(state, resize, self.run.c.layout.padded_rows)
+      state = _repad(state, resize, self._layout().padded_rows)
     return state
+
+  def _verify(self, step: int, meta: dict[str, Any], state) -> None:
+    """Raises CorruptCheckpointError naming the leaves whose digests differ from the recorded ones."""
+    if meta.get("digest") != digest_lib.METHOD or "digests" not in meta:
+      logging.warning("checkpoint step %d in %s records no state digest (%s): restored unverified",
+                      step, self.directory, digest_lib.METHOD)
+      return
+    recorded, now = meta["digests"], digest_lib.digests(state)
+    bad = sorted(p for p in set(recorded) | set(now) if recorded.get(p) != now.get(p))
+    if bad:
+      raise CorruptCheckpointError(
+          f"{len(bad)} of {len(now)} state arrays differ from the digests recorded at save: "
+          + ", ".join("state" + p for p in bad[:3]) + (", ..." if len(bad) > 3 else ""))
 
   def _quarantine(self, step: int, error: Exception) -> str:
     """Moves an unreadable step aside (kept for inspection) so a later save can reuse its number."""
@@ -341,33 +384,32 @@ class Checkpointer:
 
       multihost_utils.sync_global_devices(f"esmjax-quarantine-{step}")
     self.manager.reload()
-    logging.warning("checkpoint step %d in %s is unreadable (%s: %s); moved it to %s",
-                    step, self.directory, type(error).__name__, reason, dst)
+    verdict = "is corrupt" if isinstance(error, CorruptCheckpointError) else "is unreadable"
+    logging.warning("checkpoint step %d in %s %s (%s: %s); moved it to %s",
+                    step, self.directory, verdict, type(error).__name__, reason, dst)
     return f"step {step} ({type(error).__name__}: {reason})"
 
-  def wait(self):
-    self.manager.wait_until_finished()
+  def wait(self) -> None:
+    """Blocks until the save in flight is written; raises CheckpointSaveError if it failed."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      step, self._in_flight = self._in_flight, None
+      raise self._save_error(step, e) from e
+    self._in_flight = None
 
-  def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+  def close(self) -> None:
+    """Waits for the save in flight (raising CheckpointSaveError if it failed), then closes."""
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
 
-
-@contextlib.contextmanager
-def _quiet_closed_loop():
-  """Drops the 'Event loop is closed' errors that tensorstore callbacks raise after orbax gave up on
-  an unreadable checkpoint (a dozen tracebacks that would bury the warning naming it)."""
-  previous = sys.unraisablehook
-
-  def hook(unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
-      previous(unraisable)
-
-  sys.unraisablehook = hook
-  try:
-    yield
-  finally:
-    sys.unraisablehook = previous
+  def _save_error(self, step: int | None, error: BaseException) -> CheckpointSaveError:
+    orbax_errors.quiet_closed_loop_from_now()  # the failed save's callbacks may fire until exit
+    where = os.path.join(self.directory, str(step)) if step is not None else self.directory
+    return CheckpointSaveError(f"checkpoint step {step} could not be saved to {where}: "
+                               f"{orbax_errors.describe(error)}")
 
 
 def _repad(state, resize: dict[str, Any], rows: int):
