@@ -1,7 +1,14 @@
-"""Scoring a whole dataset and computing the global metrics of DESIGN.md §2.
+"""Scoring a whole dataset and computing its global metrics (docs/design.md, Evaluation).
 
 Predictions are gathered to the host for the whole evaluation set, so AUC and GAUC are exact and
 global (never averaged over batches).
+
+A task whose predictions are (nearly) constant, as a dead tower's are, has an AUC of about 0.5
+that looks like a weak model rather than a broken one. Every evaluation therefore reports, per
+prediction, `<task>/logit_std` (the spread of its logits over all evaluated rows,
+`metrics.logit_std`) and `<task>/collapsed`: 1.0 when that spread is below COLLAPSED_LOGIT_STD,
+with a warning naming the task; `collapsed_tasks(metrics)` lists them. Healthy models are far
+above it: after one step on the tiny test worlds the smallest spread is 0.016.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from typing import Callable
 
 import jax
 import numpy as np
+from absl import logging
 
 from esmjax import metrics as metrics_lib
 from esmjax import sharding as sh
@@ -18,6 +26,8 @@ from esmjax.data import pipeline
 from esmjax.steps import BATCH_KEYS
 
 HOST_KEYS = ("labels", "user", "sample_id", "truth")
+TASKS = {"pctr": "ctr", "pcvr": "cvr", "pctcvr": "ctcvr", "pctavr": "ctavr"}  # prediction -> task
+COLLAPSED_LOGIT_STD = 1e-3  # a task's predictions are collapsed below this spread of their logits
 
 
 def predict_dataset(predict_fn: Callable, state, dataset: ds_lib.Dataset, batch_size: int, mesh,
@@ -50,7 +60,32 @@ def compute_metrics(cols: dict[str, np.ndarray], schema: ds_lib.Schema) -> dict[
   if "truth" in cols and "would_buy" in schema.truth:
     truth = {name: cols["truth"][:, i].astype(np.float64) for i, name in enumerate(schema.truth)
              if name in metrics_lib.TRUTH_KEYS}
-  return metrics_lib.evaluate(preds, labels, cols["user"], truth=truth)
+  out = metrics_lib.evaluate(preds, labels, cols["user"], truth=truth)
+  out.update(collapse_flags(preds))
+  return out
+
+
+def collapse_flags(preds: dict[str, np.ndarray]) -> dict[str, float]:
+  """{`<task>/logit_std`, `<task>/collapsed` (1.0 or 0.0)} per prediction; warns for each collapsed
+  task, naming it and its spread."""
+  out = {}
+  for key, task in TASKS.items():
+    if key not in preds:
+      continue
+    spread = metrics_lib.logit_std(preds[key])
+    collapsed = spread < COLLAPSED_LOGIT_STD  # False for nan (fewer than two rows)
+    out[f"{task}/logit_std"], out[f"{task}/collapsed"] = spread, float(collapsed)
+    if collapsed:
+      p = preds[key]
+      logging.warning("evaluation: the %s predictions are collapsed (a dead tower?): their logits' "
+                      "std is %.3g over %d rows (below %g), %s in [%.6g, %.6g]; %s/auc means nothing",
+                      task, spread, len(p), COLLAPSED_LOGIT_STD, key, float(np.min(p)), float(np.max(p)), task)
+  return out
+
+
+def collapsed_tasks(metrics: dict[str, float]) -> list[str]:
+  """The tasks flagged `<task>/collapsed` in `metrics`, in task order (for summary.json)."""
+  return [t for t in TASKS.values() if metrics.get(f"{t}/collapsed", 0.0) == 1.0]
 
 
 def evaluate(predict_fn: Callable, state, dataset: ds_lib.Dataset, batch_size: int, mesh,

@@ -1,4 +1,4 @@
-"""Evaluation metrics (DESIGN.md §2): exact global AUC, GAUC, log-loss, calibration, and `evaluate`.
+"""Evaluation metrics: exact global AUC, GAUC, log-loss, calibration, and `evaluate`.
 
 Pure NumPy on host arrays: evaluation gathers the whole evaluation set's predictions first, because
 AUC is a property of the whole ranking and must never be averaged over batches.
@@ -163,8 +163,25 @@ def calibration(labels, probs, weights=None) -> float:
   return float(np.dot(w, p) / pos)
 
 
+def logit_std(probs) -> float:
+  """The standard deviation of the predictions' logits, log(p / (1 - p)) with p clipped to
+  [1e-7, 1 - 1e-7] as for log-loss; nan for fewer than two rows.
+
+  A spread that means the same in both tails: near p = 0 it is the spread of log p (the relative
+  spread), so a CTCVR at 0.5 % and a CTR at 5 % are measured alike.
+  """
+  p = _vector(probs, "probs", None, "logit_std").astype(np.float64)
+  if p.size < 2:
+    return float("nan")
+  if not np.all((p >= 0) & (p <= 1)):
+    raise ValueError("logit_std: `probs` must be probabilities in [0, 1] (NaN found or out of range)")
+  p = np.clip(p, _PROB_CLIP, 1.0 - _PROB_CLIP)
+  z = np.log(p) - np.log1p(-p)
+  return float(np.std(z - z[0]))  # shifted: equal logits give exactly 0
+
+
 # ---------------------------------------------------------------------------------------------
-# The evaluation of DESIGN.md §2.
+# The evaluation (docs/design.md, Evaluation).
 
 
 def _task(out: dict, name: str, y, p, users, w) -> None:
@@ -176,7 +193,7 @@ def _task(out: dict, name: str, y, p, users, w) -> None:
 
 def evaluate(preds: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray], users,
              weights=None, truth: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
-  """All metrics of DESIGN.md §2 over one whole evaluation set.
+  """All metrics of one whole evaluation set.
 
   Args:
     preds: 1-D probabilities, keys among `PRED_KEYS` (pctr, pcvr, pctcvr, pctavr).
