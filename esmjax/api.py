@@ -162,11 +162,6 @@ class Model:
     return cols
 
 
-def input_spec(schema) -> dict[str, tuple[str, int]]:
-  """{input name: (dtype, width)}: the model's inputs, per row, in the dataset's column order."""
-  return {c.name: (c.dtype, c.width) for c in inputs.columns(schema)}
-
-
 def check_inputs(schema, batch: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
   """(the input columns of `batch` as arrays of the model's dtypes, {field: ids mapped to OOV}).
 

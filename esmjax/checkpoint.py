@@ -179,6 +179,7 @@ class Checkpointer:
     self.restored_step: int | None = None
     self._in_flight: int | None = None  # the step whose background save has not been waited for
     orbax_errors.drop_write_error_logs()
+    orbax_errors.drop_closed_loop_errors()
     # best_fn only makes orbax write each checkpoint's metrics (so the best survives a restart);
     # which steps are kept is the preservation policy's call.
     opts = ocp.CheckpointManagerOptions(preservation_policy=_preservation(config), best_fn=_best_score(config),
@@ -254,8 +255,7 @@ class Checkpointer:
     An unreadable checkpoint is moved to `checkpoints.corrupt/` with a warning and the one before
     it is tried; an incompatible one raises IncompatibleCheckpointError (nothing is moved).
     """
-    with orbax_errors.quiet_closed_loop():
-      return self._restore_latest(data_iter)
+    return self._restore_latest(data_iter)
 
   def _restore_latest(self, data_iter):
     failed = []
@@ -406,7 +406,6 @@ class Checkpointer:
       self.manager.close()
 
   def _save_error(self, step: int | None, error: BaseException) -> CheckpointSaveError:
-    orbax_errors.quiet_closed_loop_from_now()  # the failed save's callbacks may fire until exit
     where = os.path.join(self.directory, str(step)) if step is not None else self.directory
     return CheckpointSaveError(f"checkpoint step {step} could not be saved to {where}: "
                                f"{orbax_errors.describe(error)}")

@@ -2,20 +2,21 @@
 
 A checkpoint save that fails in orbax's background threads surfaces as an exception whose chain
 (or tensorstore's message, `os_error_code=28`) holds the OS error; `describe` names it as
-'ENOSPC (No space left on device)'. Meanwhile orbax logs the same failure once per thread with a
-traceback, and tensorstore callbacks raise 'Event loop is closed' into the interpreter's
-unraisable hook until exit: hundreds of lines that would bury the one that matters. The
-`esmjax.checkpoint.Checkpointer` raises that one line itself, so it installs the filters here.
+"ENOSPC (No space left on device)". Meanwhile orbax logs the same failure once per thread with a
+traceback, asyncio once per future orbax left behind, and tensorstore's callbacks into orbax's
+closed event loops print 'Event loop is closed' tracebacks until exit: hundreds of lines that
+would bury the one that matters. `esmjax.checkpoint.Checkpointer` raises that one line itself,
+so it installs the filters here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
 import re
 import sys
+import threading
 
 # The OS errors of a write that fails however often it is retried.
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG)
@@ -49,10 +50,11 @@ def describe(error: BaseException) -> str:
 
 
 class _WriteErrorLogs(logging.Filter):
-  """Drops orbax's error records (with tracebacks) of a write that failed with a WRITE_ERRNOS."""
+  """Drops error records of a write that failed with one of WRITE_ERRNOS: orbax's (with tracebacks)
+  and asyncio's 'Future exception was never retrieved' for the futures orbax left behind."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if record.levelno < logging.ERROR or "/orbax/" not in record.pathname:
+    if record.levelno < logging.ERROR or not (record.name == "asyncio" or "/orbax/" in record.pathname):
       return True
     code = errno_of(record.exc_info[1]) if record.exc_info else None
     text = record.getMessage()
@@ -66,33 +68,36 @@ _FILTER = _WriteErrorLogs()
 
 
 def drop_write_error_logs() -> None:
-  """Installs the filter on absl's logger (where orbax logs), once per process."""
-  logger = logging.getLogger("absl")
-  if _FILTER not in logger.filters:
-    logger.addFilter(_FILTER)
+  """Installs the filter on absl's logger (where orbax logs) and asyncio's, once per process."""
+  for name in ("absl", "asyncio"):
+    logger = logging.getLogger(name)
+    if _FILTER not in logger.filters:
+      logger.addFilter(_FILTER)
 
 
-def _without_closed_loop(previous):
-  def hook(unraisable):
-    if not (isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value)):
-      previous(unraisable)
-
-  hook.drops_closed_loop = True
-  return hook
+def _closed_loop(error) -> bool:
+  return isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
 
 
-@contextlib.contextmanager
-def quiet_closed_loop():
-  """Drops 'Event loop is closed' unraisable errors inside the block (an unreadable checkpoint's)."""
-  previous = sys.unraisablehook
-  sys.unraisablehook = _without_closed_loop(previous)
-  try:
-    yield
-  finally:
-    sys.unraisablehook = previous
-
-
-def quiet_closed_loop_from_now() -> None:
-  """Drops them until exit (a failed save's callbacks keep firing after the save gave up)."""
+def drop_closed_loop_errors() -> None:
+  """Drops, from now on, the 'Event loop is closed' errors of callbacks into an event loop that
+  orbax closed (after a failed save or restore, until exit): tensorstore reports them from its own
+  threads through sys.excepthook (PyErr_Print), or as unraisable. Anything else passes."""
   if not getattr(sys.unraisablehook, "drops_closed_loop", False):
-    sys.unraisablehook = _without_closed_loop(sys.unraisablehook)
+    previous_unraisable = sys.unraisablehook
+
+    def unraisable(report):
+      if not _closed_loop(report.exc_value):
+        previous_unraisable(report)
+
+    unraisable.drops_closed_loop = True
+    sys.unraisablehook = unraisable
+  if not getattr(sys.excepthook, "drops_closed_loop", False):
+    previous_except = sys.excepthook
+
+    def excepthook(kind, value, tb):
+      if not (_closed_loop(value) and threading.current_thread() is not threading.main_thread()):
+        previous_except(kind, value, tb)
+
+    excepthook.drops_closed_loop = True
+    sys.excepthook = excepthook
