@@ -74,7 +74,8 @@ def measure(name: str, config, schema, repeats: int, directory: str) -> dict:
     finally:
       c.close()
 
-  jobs = {"digest": lambda: digest_lib.digests(state), "sha256": lambda: state_lib.state_fingerprint(state),
+  jobs = {"digest": lambda: digest_lib.digests(state),
+          "sha256": lambda: state_lib.state_fingerprint(state),
           "restore": lambda: restore(False), "restore+verify": lambda: restore(True)}
   for job in jobs.values():  # compile and warm the caches
     job()
@@ -86,7 +87,7 @@ def measure(name: str, config, schema, repeats: int, directory: str) -> dict:
       times[k].append(time.perf_counter() - t)
   shutil.rmtree(workdir, ignore_errors=True)
   leaves = jax.tree_util.tree_leaves(state)
-  return {"state": name, "table_rows": int(run.c.layout.padded_rows),
+  return {"state": name, "table_rows": int(next(iter(state.tables.values())).shape[0]),
           "state_mb": round(sum(x.nbytes for x in leaves) / 2**20, 1), "devices": run.mesh.size,
           "backend": jax.default_backend(), "repeats": repeats,
           **{f"{k}_s": round(statistics.median(v), 4) for k, v in times.items()},

@@ -113,8 +113,8 @@ class Model:
     from esmjax import evaluation
 
     dataset = self._open(data)
-    return evaluation.compute_metrics(self._predict_dataset(dataset, self.config.train.eval_batch_size),
-                                      dataset.schema)
+    cols = self._predict_dataset(dataset, self.config.train.eval_batch_size)
+    return evaluation.compute_metrics(cols, dataset.schema)
 
   def export(self, path: str, batch_size: int | None = None, platforms=None) -> dict[str, Any]:
     """Writes a jax.export serving artifact (see `esmjax.export`); returns its signature."""
@@ -171,7 +171,8 @@ def check_inputs(schema, batch: Mapping[str, Any]) -> tuple[dict[str, np.ndarray
   cols = inputs.columns(schema)
   missing = [c.name for c in cols if c.name not in batch]
   if missing:
-    raise ValueError(f"predict: batch lacks {missing}; a batch has {list(INPUT_KEYS)} (labels not needed)")
+    raise ValueError(f"predict: batch lacks {missing}; a batch has {list(INPUT_KEYS)} "
+                     "(labels not needed)")
   arrays = {c.name: np.asarray(batch[c.name]) for c in cols}
   n = len(arrays["sparse"]) if arrays["sparse"].ndim else 0
   out, counts = {}, {}

@@ -352,14 +352,14 @@ class Checkpointer:
     state = self.manager.restore(step, args=ocp.args.Composite(**args))["state"]
     self._verify(step, meta, state)
     if resize:
+      rows = self._layout().padded_rows
       logging.info("re-padding %d table leaves from %d rows (%d devices) to %d rows (%d devices)",
-                   len(resize), meta["padded_rows"], meta["num_devices"], self._layout().padded_rows,
-                   mesh.size)
-      state = _repad(state, resize, self._layout().padded_rows)
+                   len(resize), meta["padded_rows"], meta["num_devices"], rows, mesh.size)
+      state = _repad(state, resize, rows)
     return state
 
   def _verify(self, step: int, meta: dict[str, Any], state) -> None:
-    """Raises CorruptCheckpointError naming the leaves whose digests differ from the recorded ones."""
+    """Raises CorruptCheckpointError naming the leaves whose digests differ from the recorded."""
     if meta.get("digest") != digest_lib.METHOD or "digests" not in meta:
       logging.warning("checkpoint step %d in %s records no state digest (%s): restored unverified",
                       step, self.directory, digest_lib.METHOD)

@@ -65,12 +65,14 @@ def _leaf(x: jax.Array) -> jax.Array:
     index = index + jax.lax.broadcasted_iota(jnp.uint32, u.shape, d) * jnp.uint32(stride % 2**32)
     stride *= u.shape[d]
   h = _fmix(u ^ (index * jnp.uint32(_GOLDEN) + jnp.uint32(kind)))
-  return jnp.stack([jnp.sum(h, dtype=jnp.uint32), jnp.sum(_fmix(h + jnp.uint32(_LANE2)), dtype=jnp.uint32)])
+  lanes = (h, _fmix(h + jnp.uint32(_LANE2)))
+  return jnp.stack([jnp.sum(lane, dtype=jnp.uint32) for lane in lanes])
 
 
 @jax.jit
 def _digests(tree):
-  return {jax.tree_util.keystr(p): _leaf(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(p): _leaf(x) for p, x in leaves}
 
 
 def digests(tree) -> dict[str, str]:

@@ -77,9 +77,10 @@ def collapse_flags(preds: dict[str, np.ndarray]) -> dict[str, float]:
     out[f"{task}/logit_std"], out[f"{task}/collapsed"] = spread, float(collapsed)
     if collapsed:
       p = preds[key]
-      logging.warning("evaluation: the %s predictions are collapsed (a dead tower?): their logits' "
-                      "std is %.3g over %d rows (below %g), %s in [%.6g, %.6g]; %s/auc means nothing",
-                      task, spread, len(p), COLLAPSED_LOGIT_STD, key, float(np.min(p)), float(np.max(p)), task)
+      logging.warning("evaluation: the %s predictions are collapsed (a dead tower?): their "
+                      "logits' std is %.3g over %d rows (below %g), %s in [%.6g, %.6g]; %s/auc "
+                      "means nothing", task, spread, len(p), COLLAPSED_LOGIT_STD, key,
+                      float(np.min(p)), float(np.max(p)), task)
   return out
 
 

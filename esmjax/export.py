@@ -66,7 +66,8 @@ def export(workdir: str, out_path: str, batch_size: int | None = None, config=No
   from esmjax import predict
 
   run, state = predict.load(workdir, config)
-  return export_state(run, state, out_path, batch_size=batch_size, platforms=platforms, workdir=workdir)
+  return export_state(run, state, out_path, batch_size=batch_size, platforms=platforms,
+                      workdir=workdir)
 
 
 def serving_fn(run, state):
@@ -122,7 +123,8 @@ def input_signature(schema, batch_size: int | None = None) -> list[dict[str, Any
       "dense": {"fields": [{"name": f.name, "mean": float(f.mean), "std": float(f.std)} for f in schema.dense],
                 "doc": "raw values; the model normalises them"},
   }
-  return [{"name": c.name, "dtype": c.dtype, "shape": [b, c.width], **fields[c.name]} for c in cols.values()]
+  return [{"name": c.name, "dtype": c.dtype, "shape": [b, c.width], **fields[c.name]}
+          for c in cols.values()]
 
 
 def export_state(run, state, out_path: str, batch_size: int | None = None,
@@ -194,9 +196,11 @@ class ExportedModel:
     args = {}
     for col, x in zip(self.columns, self.signature["inputs"]):
       if col.name not in batch:
-        raise ValueError(f"{where}: batch lacks {col.name!r}; inputs are {[c.name for c in self.columns]}")
+        names = [c.name for c in self.columns]
+        raise ValueError(f"{where}: batch lacks {col.name!r}; inputs are {names}")
       a = np.asarray(batch[col.name])
-      if a.ndim != 2 or a.shape[1] != col.width or (x["shape"][0] != "b" and a.shape[0] != x["shape"][0]):
+      rows = x["shape"][0]
+      if a.ndim != 2 or a.shape[1] != col.width or (rows != "b" and a.shape[0] != rows):
         raise ValueError(f"{where}: {col.name} has shape {a.shape}, expected {tuple(x['shape'])}")
       inputs.check_values(col, a, where)
       if col.vocab is not None and a.size:

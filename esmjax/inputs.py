@@ -34,7 +34,7 @@ STRAYS_KEY = "oov_ids"  # per-row stray-id counts [b, fields] that the counting 
 
 @dataclasses.dataclass(frozen=True)
 class InputColumns:
-  """One input array: its dtype, width, the field behind each column and, for ids, its vocabulary."""
+  """One input array: its dtype, the field behind each column and, for ids, their vocabulary."""
 
   name: str
   dtype: str
@@ -98,7 +98,7 @@ def check_values(col: InputColumns, a: np.ndarray, where: str) -> None:
 
 
 def strays(col: InputColumns, a: np.ndarray) -> np.ndarray:
-  """Bool [n, width]: the ids of `a` outside [0, vocab) of their column, compared in a's own dtype."""
+  """Bool [n, width]: the ids of `a` outside [0, vocab) of their column, compared in a's dtype."""
   vocab = np.asarray(col.vocab, np.int64)
   if a.dtype.kind == "u":
     return a >= vocab.astype(np.uint64)

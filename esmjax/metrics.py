@@ -174,7 +174,8 @@ def logit_std(probs) -> float:
   if p.size < 2:
     return float("nan")
   if not np.all((p >= 0) & (p <= 1)):
-    raise ValueError("logit_std: `probs` must be probabilities in [0, 1] (NaN found or out of range)")
+    raise ValueError("logit_std: `probs` must be probabilities in [0, 1] (NaN found or out of "
+                     "range)")
   p = np.clip(p, _PROB_CLIP, 1.0 - _PROB_CLIP)
   z = np.log(p) - np.log1p(-p)
   return float(np.std(z - z[0]))  # shifted: equal logits give exactly 0

@@ -54,13 +54,15 @@ class _WriteErrorLogs(logging.Filter):
   and asyncio's 'Future exception was never retrieved' for the futures orbax left behind."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if record.levelno < logging.ERROR or not (record.name == "asyncio" or "/orbax/" in record.pathname):
+    ours = record.name == "asyncio" or "/orbax/" in record.pathname
+    if record.levelno < logging.ERROR or not ours:
       return True
     code = errno_of(record.exc_info[1]) if record.exc_info else None
     text = record.getMessage()
     if code is None:
       m = _OS_ERROR_CODE.search(text)
-      code = int(m.group(1)) if m else next((c for c in WRITE_ERRNOS if os.strerror(c) in text), None)
+      named = (c for c in WRITE_ERRNOS if os.strerror(c) in text)
+      code = int(m.group(1)) if m else next(named, None)
     return code not in WRITE_ERRNOS
 
 

@@ -59,8 +59,8 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
   if saved is None:
     saved = ckpt_lib.read_config(workdir)
   if saved is None:
-    raise FileNotFoundError(f"{workdir}: no {SUMMARY_FILE} and no checkpoint to read the config from; "
-                            "pass config= explicitly")
+    raise FileNotFoundError(f"{workdir}: no {SUMMARY_FILE} and no checkpoint to read the config "
+                            "from; pass config= explicitly")
   config = config_lib.default_config()
   try:
     config.update(saved)

@@ -39,8 +39,8 @@ for x in signature["inputs"]:
     vocab = np.asarray(x["vocab_sizes"])
     stray = (a < 0) | (a >= vocab) if a.dtype.kind != "u" else a >= vocab.astype(np.uint64)
     if stray.any():
-      print(f"serve_exported: {int(stray.sum())} {x['name']} id(s) outside their field's vocabulary "
-            "scored as OOV", file=sys.stderr)
+      print(f"serve_exported: {int(stray.sum())} {x['name']} id(s) outside their field's "
+            "vocabulary scored as OOV", file=sys.stderr)
       a = np.where(stray, OOV, a)
   batch[x["name"]] = np.asarray(a, x["dtype"])
 out = exported.call(batch)  # {output name: [b] float32}

@@ -19,7 +19,7 @@ def _cols(n=400, seed=0, **preds):
   buy = click & (rng.random(n) < 0.3)
   cols = {"labels": np.stack([click, buy], 1).astype(np.uint8), "user": rng.integers(0, 40, n)}
   base = {"pctr": rng.uniform(0.05, 0.6, n), "pcvr": rng.uniform(0.05, 0.6, n)}
-  base.update({k: np.broadcast_to(np.asarray(v, np.float64), (n,)).copy() for k, v in preds.items()})
+  base.update({k: np.full(n, v, np.float64) for k, v in preds.items()})
   base["pctcvr"] = base["pctr"] * base["pcvr"]
   return {**cols, **base}
 
@@ -43,8 +43,9 @@ def test_constant_predictions_are_flagged_and_named(caplog):
   assert m["cvr/collapsed"] == 1.0 and m["cvr/logit_std"] == 0.0 and m["cvr/auc"] == 0.5
   assert m["ctr/collapsed"] == m["ctcvr/collapsed"] == 0.0 and m["ctr/logit_std"] > 0.3
   assert evaluation.collapsed_tasks(m) == ["cvr"]
-  assert ("evaluation: the cvr predictions are collapsed (a dead tower?): their logits' std is 0 over 400 "
-          "rows (below 0.001), pcvr in [0.125, 0.125]; cvr/auc means nothing") in caplog.text
+  assert ("evaluation: the cvr predictions are collapsed (a dead tower?): their logits' std is 0 "
+          "over 400 rows (below 0.001), pcvr in [0.125, 0.125]; cvr/auc means nothing"
+          in caplog.text)
   assert "the ctr predictions" not in caplog.text
 
 
@@ -53,7 +54,7 @@ def test_nearly_constant_predictions_are_flagged_and_a_small_real_spread_is_not(
   nearly = 0.02 * (1 + 1e-4 * rng.standard_normal(400))  # logit std ~1e-4
   m = evaluation.compute_metrics(_cols(pctr=nearly), SCHEMA)
   assert evaluation.collapsed_tasks(m) == ["ctr"] and m["ctr/logit_std"] < 2e-4
-  small = 0.02 * np.exp(0.005 * rng.standard_normal(400))  # logit std ~5e-3: ranks, and is not flagged
+  small = 0.02 * np.exp(0.005 * rng.standard_normal(400))  # logit std ~5e-3: not flagged
   m = evaluation.compute_metrics(_cols(pctr=small), SCHEMA)
   assert evaluation.collapsed_tasks(m) == [] and 4e-3 < m["ctr/logit_std"] < 6e-3
 

@@ -127,7 +127,7 @@ def test_cli_export_mode(trained, tmp_path):
                              rtol=1e-6)
 
 
-# -- stray ids: scored as OOV in the function and the library, refused by load_exported ----------------
+# -- stray ids: scored as OOV in the function and the library, refused by load_exported -----------
 
 
 def _strays(n=12, seed=11):
@@ -146,6 +146,15 @@ def _strays(n=12, seed=11):
   return bad, oov, {"user": 1, "item": 2, "ctx": 1, "hist": 2, "tags": 1}
 
 
+def _as_int32(bad):
+  """The stray rows as int32: 2**32 + 5 and -2**40 have no int32 form, so 9 (item's vocabulary
+  size) and -2**31 stand in for them."""
+  out = {**bad, "sparse": bad["sparse"].astype(np.int32), "mv_ids": bad["mv_ids"].astype(np.int32)}
+  out["sparse"][2, 1] = 9
+  out["mv_ids"][5, 2] = -(2**31)
+  return out
+
+
 def test_library_predict_scores_stray_ids_as_oov_and_counts_them(trained):
   model, _, _, _ = trained
   bad, oov, counts = _strays()
@@ -155,16 +164,14 @@ def test_library_predict_scores_stray_ids_as_oov_and_counts_them(trained):
   assert model.oov_counts == counts
   for k in want:
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
-  # The device step that scores datasets maps and counts the same (here with int32 ids that stray).
+  # The device step that scores datasets maps and counts the same.
   from esmjax import inputs
   from esmjax import sharding as sh
 
-  wrapped = {**bad, "sparse": bad["sparse"].astype(np.int32), "mv_ids": bad["mv_ids"].astype(np.int32)}
-  wrapped["sparse"][2, 1] = 9  # 2**32 + 5 has no int32 form; 9 = item's vocabulary size
-  wrapped["mv_ids"][5, 2] = -(2**31)
-  out = sh.to_host_local(model._step_fn(model.state, sh.put_batch(wrapped, model.run.mesh)), model.run.mesh)
-  per_field = dict(zip(inputs.id_fields(model.schema), np.asarray(out.pop(inputs.STRAYS_KEY)).sum(0).tolist()))
-  assert per_field == {"user": 1, "item": 2, "ctx": 1, "hist": 2, "tags": 1}
+  mesh = model.run.mesh
+  out = sh.to_host_local(model._step_fn(model.state, sh.put_batch(_as_int32(bad), mesh)), mesh)
+  per_row = np.asarray(out.pop(inputs.STRAYS_KEY))
+  assert dict(zip(inputs.id_fields(model.schema), per_row.sum(0).tolist())) == counts
   for k in want:
     np.testing.assert_allclose(out[k], want[k], rtol=1e-6, err_msg=k)
 
@@ -175,8 +182,8 @@ def test_library_predict_refuses_values_that_are_not_ids(trained):
   for value, shown in ((2.5, "2.5"), (np.nan, "nan")):
     bad = {**rows, "mv_ids": rows["mv_ids"].astype(np.float64)}
     bad["mv_ids"][1, 3] = value
-    with pytest.raises(ValueError, match=rf"predict: mv_ids column 3 \(field 'tags'\) holds {shown} at row 1, "
-                       "a value that is not an integer id"):
+    message = rf"predict: mv_ids column 3 \(field 'tags'\) holds {shown} at row 1, a value that"
+    with pytest.raises(ValueError, match=message + " is not an integer id"):
       model.predict(bad)
   integral = {**rows, "sparse": rows["sparse"].astype(np.float32)}  # 3.0 is id 3
   np.testing.assert_array_equal(model.predict(integral)["pctr"], model.predict(rows)["pctr"])
@@ -191,14 +198,18 @@ def test_load_exported_checks_ids_before_the_cast(trained):
   served = export_lib.load_exported(path)
   rows = _rows(4, 13)
   cases = [
-      ("sparse", np.int64, (1, 1), 2**32 + 5, r"sparse column 1 has ids outside \[0, 9\) of field 'item' "
-       r"\(4294967301 at row 1\)"),
-      ("sparse", np.uint64, (0, 2), 2**63, r"sparse column 2 has ids outside \[0, 4\) of field 'ctx'"),
-      ("mv_ids", np.int64, (3, 0), -1, r"mv_ids column 0 has ids outside \[0, 9\) of field 'hist' \(-1 at row 3\)"),
+      ("sparse", np.int64, (1, 1), 2**32 + 5,
+       r"sparse column 1 has ids outside \[0, 9\) of field 'item' \(4294967301 at row 1\)"),
+      ("sparse", np.uint64, (0, 2), 2**63,
+       r"sparse column 2 has ids outside \[0, 4\) of field 'ctx'"),
+      ("mv_ids", np.int64, (3, 0), -1,
+       r"mv_ids column 0 has ids outside \[0, 9\) of field 'hist' \(-1 at row 3\)"),
       ("mv_ids", np.float64, (2, 4), 2.5, r"mv_ids column 4 \(field 'tags'\) holds 2.5 at row 2"),
-      ("sparse", np.float32, (0, 0), np.nan, r"sparse column 0 \(field 'user'\) holds nan at row 0"),
-      ("mv_w", np.float64, (1, 1), 1e39, r"mv_w column 1 \(field 'hist'\) holds 1e\+39 at row 1, a value that "
-       "is not a finite float32"),
+      ("sparse", np.float32, (0, 0), np.nan,
+       r"sparse column 0 \(field 'user'\) holds nan at row 0"),
+      ("mv_w", np.float64, (1, 1), 1e39,
+       r"mv_w column 1 \(field 'hist'\) holds 1e\+39 at row 1, a value that is not a finite "
+       "float32"),
   ]
   for key, dtype, (r, c), value, message in cases:
     bad = {**rows, key: rows[key].astype(dtype)}
@@ -207,7 +218,8 @@ def test_load_exported_checks_ids_before_the_cast(trained):
       served(bad)
   with pytest.raises(ValueError, match="sparse has dtype <U1"):
     served({**rows, "sparse": np.full((4, 3), "1")})
-  integral = {**rows, "sparse": rows["sparse"].astype(np.float64), "mv_ids": rows["mv_ids"].astype(np.int64)}
+  integral = {**rows, "sparse": rows["sparse"].astype(np.float64),
+              "mv_ids": rows["mv_ids"].astype(np.int64)}
   np.testing.assert_array_equal(served(integral)["pctr"], served(rows)["pctr"])
 
 
@@ -215,26 +227,28 @@ def test_exported_function_scores_stray_ids_as_oov_standalone(trained, tmp_path)
   """The deserialized function alone (no esmjax) maps strays in the graph; the example script maps
   int64 strays before its int32 cast; both equal the OOV rows' scores."""
   model, path, sig, _ = trained
-  assert sig["inputs"][0]["out_of_range"] == sig["inputs"][1]["out_of_range"] == export_lib.STRAYS_DOC
+  assert sig["inputs"][0]["out_of_range"] == export_lib.STRAYS_DOC
+  assert sig["inputs"][1]["out_of_range"] == export_lib.STRAYS_DOC
   bad, oov, _ = _strays()
   want = model.predict(oov)
   np.savez(tmp_path / "bad.npz", **bad)
-  int32 = {**bad, "sparse": bad["sparse"].astype(np.int32), "mv_ids": bad["mv_ids"].astype(np.int32)}
-  int32["sparse"][2, 1] = 9  # int32 strays the function itself must map
-  int32["mv_ids"][5, 2] = -(2**31)
-  np.savez(tmp_path / "int32.npz", **int32)
+  np.savez(tmp_path / "int32.npz", **_as_int32(bad))  # strays the function itself must map
   script = os.path.join(REPO, "examples", "serve_exported.py")
-  code = BLOCK + (f"sys.argv = ['serve', {path!r}, {str(tmp_path / 'bad.npz')!r}]\n"
-                  f"import runpy; ns = runpy.run_path({script!r}, run_name='__main__')\n"
-                  "import numpy as np\n"
-                  f"rows = dict(np.load({str(tmp_path / 'int32.npz')!r}))\n"
-                  "out = ns['exported'].call({x['name']: rows[x['name']] for x in ns['signature']['inputs']})\n"
-                  f"np.savez({str(tmp_path / 'direct.npz')!r}, **{{k: np.asarray(v) for k, v in out.items()}})\n")
+  code = BLOCK + (
+      f"sys.argv = ['serve', {path!r}, {str(tmp_path / 'bad.npz')!r}]\n"
+      f"import runpy; ns = runpy.run_path({script!r}, run_name='__main__')\n"
+      "import numpy as np\n"
+      f"rows = dict(np.load({str(tmp_path / 'int32.npz')!r}))\n"
+      "names = [x['name'] for x in ns['signature']['inputs']]\n"
+      "out = ns['exported'].call({k: rows[k] for k in names})\n"
+      f"np.savez({str(tmp_path / 'direct.npz')!r},"
+      " **{k: np.asarray(v) for k, v in out.items()})\n")
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTHONPATH")}
   out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=120)
   assert out.returncode == 0, out.stderr[-2000:]
-  assert "serve_exported: 4 sparse id(s) outside their field's vocabulary scored as OOV" in out.stderr
+  assert ("serve_exported: 4 sparse id(s) outside their field's vocabulary scored as OOV"
+          in out.stderr)
   assert "serve_exported: 3 mv_ids id(s) outside" in out.stderr
   lines = out.stdout.split("\n")
   names = lines[0].split()
