@@ -252,12 +252,10 @@ class Checkpointer:
   def restore_latest(self, data_iter=None):
     """The newest readable checkpoint's state (current shardings) and data position, or None.
 
-    An unreadable checkpoint is moved to `checkpoints.corrupt/` with a warning and the one before
-    it is tried; an incompatible one raises IncompatibleCheckpointError (nothing is moved).
+    An unreadable checkpoint, or one whose arrays differ from their recorded digests, is moved to
+    `checkpoints.corrupt/` with a warning and the one before it is tried; an incompatible one
+    raises IncompatibleCheckpointError (nothing is moved).
     """
-    return self._restore_latest(data_iter)
-
-  def _restore_latest(self, data_iter):
     failed = []
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
