@@ -30,6 +30,18 @@ TASKS = {"pctr": "ctr", "pcvr": "cvr", "pctcvr": "ctcvr", "pctavr": "ctavr"}  # 
 COLLAPSED_LOGIT_STD = 1e-3  # a task's predictions are collapsed below this spread of their logits
 
 
+def check_schema(schema: ds_lib.Schema, dataset: ds_lib.Dataset) -> None:
+  """Raises DatasetError naming the first difference between the trained model's inputs and the
+  dataset's (vocabulary sizes, multi-valued layouts, dense fields and their statistics): scoring
+  such a dataset would read other rows than the ids meant, and exit 0."""
+  diff = schema.input_difference(dataset.schema)
+  if diff is not None:
+    raise ds_lib.DatasetError(
+        f"{dataset.directory}: its inputs differ from the trained model's ({diff}; model vs "
+        "dataset): ingest it with --stats_from=<the training dataset>, so that it shares the "
+        "training vocabularies and dense statistics")
+
+
 def predict_dataset(predict_fn: Callable, state, dataset: ds_lib.Dataset, batch_size: int, mesh,
                     max_rows: int = -1) -> dict[str, np.ndarray]:
   """Scores every row (in file order, this process's blocks); returns predictions + host columns.

@@ -1,8 +1,8 @@
 """Scoring with a trained model: the latest checkpoint of a workdir on any dataset of its schema.
 
-The one place that turns a workdir into (Run, state) (`load`, `restore`), refuses a dataset whose
-inputs differ from the trained model's (`check_schema`), and scores with stray ids mapped to OOV
-and counted (`predict_step`, `score_dataset`; see `esmjax.inputs`). The Python API
+The one place that turns a workdir into (Run, state) (`load`, `restore`) and scores a dataset of
+the trained schema (`evaluation.check_schema`) with stray ids mapped to OOV and counted
+(`predict_step`, `score_dataset`; see `esmjax.inputs`). The Python API
 (`esmjax.api`), the serving export (`esmjax.export`) and the CLI's predict / evaluate modes use it.
 """
 
@@ -100,17 +100,6 @@ def load(workdir: str, config: ml_collections.ConfigDict | None = None):
   return restore(config, workdir)
 
 
-def check_schema(schema: ds_lib.Schema, dataset: ds_lib.Dataset) -> None:
-  """Raises DatasetError naming the first difference between the trained model's inputs and the
-  dataset's (vocabulary sizes, multi-valued layouts, dense fields and their statistics)."""
-  diff = schema.input_difference(dataset.schema)
-  if diff is not None:
-    raise ds_lib.DatasetError(
-        f"{dataset.directory}: its inputs differ from the trained model's ({diff}; model vs "
-        "dataset): ingest it with --stats_from=<the training dataset>, so that it shares the "
-        "training vocabularies and dense statistics")
-
-
 def predict_step(c, state, batch) -> dict:
   """`steps.predict_step` with stray ids scored as OOV, plus their per-row counts under
   `inputs.STRAYS_KEY` (int32 [b, fields], fields in `inputs.id_fields` order)."""
@@ -139,12 +128,12 @@ def log_strays(where: str, counts: dict[str, int]) -> None:
 
 def score_dataset(run, state, dataset: ds_lib.Dataset, batch_size: int, step_fn=None,
                   max_rows: int = -1) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-  """(columns of every row in file order, {field: stray ids}) after `check_schema`.
+  """(columns of every row in file order, {field: stray ids}) after `evaluation.check_schema`.
 
   The columns are the predictions plus the dataset's host columns (`sample_id`, `labels`, ...),
   gathered from every process. `step_fn` defaults to `jit_predict_step(run)`.
   """
-  check_schema(run.schema, dataset)
+  evaluation.check_schema(run.schema, dataset)
   step_fn = step_fn or jit_predict_step(run)
   bs = -(-batch_size // run.mesh.size) * run.mesh.size
   cols = evaluation.predict_dataset(step_fn, state, dataset, bs, run.mesh, max_rows)
@@ -155,7 +144,7 @@ def score_dataset(run, state, dataset: ds_lib.Dataset, batch_size: int, step_fn=
 def predict_to_csv(config, workdir: str, input_dir: str, output_csv: str) -> int:
   """Writes `sample_id,pctr,pcvr,pctcvr[,pctavr]`, one row per input row, in input order."""
   dataset = ds_lib.open_dataset(input_dir)
-  check_schema(load_schema(workdir), dataset)  # before a checkpoint is read
+  evaluation.check_schema(load_schema(workdir), dataset)  # before a checkpoint is read
   run, state = restore(config, workdir)
   cols, strays = score_dataset(run, state, dataset, config.train.eval_batch_size)
   log_strays(f"predict {input_dir}", strays)
@@ -178,7 +167,7 @@ def predict_to_csv(config, workdir: str, input_dir: str, output_csv: str) -> int
 def evaluate_workdir(config, workdir: str) -> dict[str, float]:
   """The latest checkpoint's metrics on `data.eval_dir` (`train.max_eval_rows` rows at most)."""
   _, eval_ds = trainer.resolve_datasets(config)
-  check_schema(load_schema(workdir), eval_ds)
+  evaluation.check_schema(load_schema(workdir), eval_ds)
   run, state = restore(config, workdir)
   cols, strays = score_dataset(run, state, eval_ds, config.train.eval_batch_size,
                                max_rows=config.train.max_eval_rows)
