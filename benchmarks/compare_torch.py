@@ -39,6 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
+from esmjax import reporting
+
 ME = Path(__file__).resolve()
 JAX_VARIANTS = ("rowwise_adagrad", "adagrad", "lazy_adam")
 TORCH_VARIANTS = ("eager-sparse-rowwise_adagrad", "eager-sparse-adagrad", "eager-sparse-lazy_adam",
@@ -378,7 +380,7 @@ def markdown(res: dict) -> str:
        f"backend {res['probe'].get('backend')}; jax {res['probe'].get('jax')}, torch {res['probe'].get('torch')} "
        f"({a['torch_threads']} threads). Load average before/after: {res['load_before']} / {res['load_after']} "
        "(the machine is shared: other jobs ran during the measurement).", "",
-       common.code_line(res) + f"Command: `{res['command']}`", ""]
+       reporting.code_line(res) + f"Command: `{res['command']}`", ""]
   for k, when in (res.get("kept_from_previous") or {}).items():
     L += [f"The {'speed' if k == 'throughput' else k} section is kept from the run of {when} "
           f"(this run skipped it; its load averages are in that run's JSON).", ""]
@@ -396,7 +398,7 @@ def markdown(res: dict) -> str:
         rws.append([name, e["median"], f"{e['min'] / 1e3:,.1f}–{e['max'] / 1e3:,.1f} k", f"±{100 * e['rel_half_range']:.0f} %"
                     if e["n"] else "–", e["n"], c["median"], s["first_step_s"], s["peak_rss_mb"],
                     s["peak_rss_mb"] - s["rss_after_import_mb"], "; ".join(x[:80] for x in s["errors"]) or ""])
-      L += [common.md_table(["variant", "ex/s (median)", "window range", "noise", "windows", "ex per CPU-s", "first step s",
+      L += [reporting.markdown_table(["variant", "ex/s (median)", "window range", "noise", "windows", "ex per CPU-s", "first step s",
                              "peak RSS MB", "over import MB", "errors"], rws), ""]
       if rows in rt:
         r = rt[rows]
@@ -422,11 +424,11 @@ def markdown(res: dict) -> str:
       for k, d in s["diff"].items():
         rws.append([k, f"{d['jax_mean']:.4f}", f"{d['torch_mean']:.4f}", f"{d['diff']:+.4f}", f"{d['seed_range']:.4f}",
                     "yes" if d["within_noise"] else "no"])
-      L += [f"### {model}", "", common.md_table(["metric", "JAX (seed mean)", "PyTorch (seed mean)", "JAX − PyTorch",
+      L += [f"### {model}", "", reporting.markdown_table(["metric", "JAX (seed mean)", "PyTorch (seed mean)", "JAX − PyTorch",
                                                   "seed-to-seed range (max of the two)", "within noise"], rws), ""]
       L.append(f"Training examples/s incl. the input pipeline (median of {s['jax']['ex_per_s']['n']}/"
-               f"{s['torch']['ex_per_s']['n']} windows): JAX {common.fmt_rate(s['jax']['ex_per_s']['median'])}, "
-               f"PyTorch (eager-sparse-rowwise_adagrad) {common.fmt_rate(s['torch']['ex_per_s']['median'])}; "
+               f"{s['torch']['ex_per_s']['n']} windows): JAX {reporting.fmt_rate(s['jax']['ex_per_s']['median'])}, "
+               f"PyTorch (eager-sparse-rowwise_adagrad) {reporting.fmt_rate(s['torch']['ex_per_s']['median'])}; "
                f"peak RSS JAX {s['jax']['peak_rss_mb']:,.0f} MB, PyTorch {s['torch']['peak_rss_mb']:,.0f} MB.")
       L.append("")
   L += ["## How to read this", "",
@@ -506,7 +508,7 @@ def main(argv=None):
   ap.add_argument("--windows", type=int, default=3)
   ap.add_argument("--window_s", type=float, default=3.0)
   ap.add_argument("--warmup_s", type=float, default=2.0)
-  ap.add_argument("--torch_threads", type=int, default=common.usable_cores())
+  ap.add_argument("--torch_threads", type=int, default=reporting.usable_cores())
   ap.add_argument("--torch_variants", default="", help="comma-separated torch variants (default: all)")
   ap.add_argument("--jax_variants", default="", help="comma-separated row-wise optimizers for JAX (default: all)")
   ap.add_argument("--models", default="esmm,esm2")
@@ -526,7 +528,8 @@ def main(argv=None):
     import json
 
     res = json.loads((Path(args.out_dir) / "compare_torch.json").read_text())
-    common.write_results(args.out_dir, "compare_torch", res, markdown(res), plot)
+    reporting.write_results(args.out_dir, "compare_torch", res, markdown(res),
+                            figures={"": lambda p: plot(res, p)})
     return
   if args.quick:
     args.rounds, args.windows, args.window_s, args.warmup_s = 1, 2, 1.0, 0.5
@@ -542,9 +545,7 @@ def main(argv=None):
   probe = common.run_worker(ME, {"kind": "probe"}, env=common.worker_env(devices=1))
   if not probe.get("torch"):
     sys.exit("compare_torch needs torch: pip install -e '.[bench]' (torch==2.13.0)")
-  res = {"when": common.now(), "command": "python benchmarks/compare_torch.py" + (" --quick" if args.quick else ""),
-         "machine": {"cpu": common.cpu_model(), "cores": common.usable_cores(), "mem_available_gb": common.mem_available_gb()},
-         "probe": probe, "load_before": common.load_average(), "args": vars(args), "code": common.code_version()}
+  res = {**reporting.provenance(), "probe": probe, "args": vars(args)}
   if not args.skip_speed:
     log("speed (examples/s, median of windows):")
     res["throughput"] = throughput_section(args, log)
@@ -566,10 +567,9 @@ def main(argv=None):
     log("quality (AUCs on the synthetic eval split):")
     res["quality"] = quality_section(args, log)
   _keep_previous(res, out_dir / "compare_torch.json", args)
-  res["load_after"] = common.load_average()
-  res["elapsed_s"] = time.time() - t0
+  reporting.finish(res, t0)
   md = markdown(res)
-  common.write_results(out_dir, "compare_torch", res, md, plot)
+  reporting.write_results(out_dir, "compare_torch", res, md, figures={"": lambda p: plot(res, p)})
   log(md)
   log(f"wrote {out_dir}/compare_torch.{{json,md,png}} in {res['elapsed_s']:.0f}s")
 

@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import common
 from esmjax import state as state_lib
 from esmjax.models import multitask as mt
 
@@ -154,7 +155,7 @@ class TorchMultiTask(nn.Module):
     self.dim = c.engine.dim
     self.num_sparse = inp["num_sparse"]
     self.dense_mode = inp["dense_mode"]
-    self.towers = tuple(m.towers)
+    self.towers = common.model_towers(name.value)
     self.sets = tuple(dict.fromkeys(s for _, s in self.towers))
     self.label_index = dict(c.label_index)
     self.tables = nn.ModuleDict()
