@@ -285,6 +285,67 @@ def jax_probe() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Runs as users run them: the shipped configs, the trainer's datasets and batches, its summary.
+# (Workers only. These run against another checkout's esmjax too, user_path.py's baseline ref, so
+# they use what both have.)
+
+
+def shipped_config(tree: Path | str, model: str, batch_size: int, num_steps: int = -1):
+  """<tree>/configs/<model>.py loaded as `python -m esmjax.main --config=...` loads it
+  (ml_collections' config-file parser), with only the batch size and, if > 0, the number of steps
+  changed."""
+  from ml_collections.config_flags import config_flags
+
+  path = Path(tree) / "configs" / f"{model}.py"
+  if not path.is_file():
+    raise FileNotFoundError(f"no config {path}; models with a shipped config: "
+                            f"{sorted(p.stem for p in path.parent.glob('*.py'))}")
+  c = config_flags.ConfigFileFlagParser("config", lock_config=False).parse(str(path))
+  c.train.batch_size = int(batch_size)
+  if num_steps > 0:
+    c.train.num_steps = int(num_steps)
+  return c
+
+
+def datasets(config):
+  """(train, eval) datasets as the trainer resolves them (the synthetic world unless configured)."""
+  from esmjax import trainer
+
+  return trainer.resolve_datasets(config)
+
+
+def train_batches(config, train_ds):
+  """The trainer's iterator of training batches (grain, seeded by train.seed): both frameworks read
+  the same rows in the same order through it."""
+  from esmjax import trainer
+
+  return trainer.make_train_iter(config, train_ds)
+
+
+def read_run(workdir: Path | str) -> dict[str, Any]:
+  """A finished esmjax run's rate and curves from its workdir (summary.json, metrics.jsonl).
+
+  ex_per_s = (steps − 1) · batch / (train_seconds − compile_seconds): examples over the training
+  wall time without the compiling first step; evaluation and the final checkpoint come after
+  train_seconds ends. windows: examples/s between log steps; losses: [(step, loss)].
+  """
+  workdir = Path(workdir)
+  summary = json.loads((workdir / "summary.json").read_text())
+  batch = int(summary["config"]["train"]["batch_size"])
+  steps = int(summary["steps"])
+  train_s, compile_s = float(summary["train_seconds"]), float(summary["compile_seconds"])
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  records = [json.loads(line) for line in lines if line.strip()]
+  train = [r for r in records if r.get("split") == "train"]
+  return {"steps": steps, "batch": batch, "train_s": train_s, "first_step_s": compile_s,
+          "ex_per_s": (steps - 1) * batch / (train_s - compile_s) if steps > 1 else float("nan"),
+          "summary_ex_per_s": summary.get("examples_per_sec"),
+          "windows": [float(r["examples_per_sec"]) for r in train if "examples_per_sec" in r],
+          "losses": [(int(r["step"]), float(r["loss"])) for r in train],
+          "metrics": summary.get("metrics") or {}}
+
+
+# ---------------------------------------------------------------------------------------------
 # Subprocess workers.
 
 

@@ -1,7 +1,7 @@
 r"""esmjax against the same model in PyTorch: speed and quality, side by side, in one run.
 
     python benchmarks/compare_torch.py            # full: ~50 min on the shared 2-core CPU (load ~20)
-    python benchmarks/compare_torch.py --quick    # a few minutes: one variant each, short windows, 1 seed
+    python benchmarks/compare_torch.py --quick    # a few minutes: 3 variants, short windows, 1 seed
 
 Needs the bench extra (`pip install -e '.[bench]'`: torch==2.13.0, CPU wheel here).
 
@@ -11,7 +11,12 @@ frameworks, at 1e5 and 1e7 table rows. Variants:
   jax-<opt>        esmjax's step (trainer.Run: jitted, donated) with the row-wise optimizer <opt>
   torch-<variant>  benchmarks/torch_reference.py: eager or torch.compile; sparse (nn.Embedding /
                    EmbeddingBag sparse=True) or dense gradients; rowwise_adagrad (custom, = esmjax's
-                   default), adagrad (torch.optim.Adagrad) or lazy_adam (torch.optim.SparseAdam)
+                   default), adagrad (torch.optim.Adagrad), lazy_adam (torch.optim.SparseAdam) or,
+                   with dense gradients, adam (torch.optim.Adam on the tables too: what a PyTorch
+                   user writes first for a small table). compile-dense-* compiles lookups, towers
+                   and loss in one graph; compile-dense-rowwise_adagrad / -adagrad take esmjax's
+                   steps exactly, compile-dense-adam is dense Adam (tests/test_torch_reference.py).
+The best PyTorch variant at each table size is the comparator.
 Every (variant, table size) runs in a fresh subprocess: the first step (compile) is timed apart,
 then a warm-up, then timed windows; the reported rate is the median over all windows of all
 rounds. Rounds and variants are interleaved (jax, torch, jax, torch, ...) so the load of this shared
@@ -19,9 +24,11 @@ machine falls on both alike. Peak memory is the worker's peak RSS (it includes t
 ~0.3–0.5 GB; the model's share is listed apart); on an accelerator, device peak bytes too.
 
 Quality (AUCs): ESMM and ESM2 on the default synthetic data (esmjax.config.default_config()),
-batch 4096, the same grain pipeline and batch order for both (seeded by --seeds), --epochs each,
-evaluated on the whole eval split by the same code (esmjax.evaluation.compute_metrics). PyTorch uses
-the optimizer that equals esmjax's default (row-wise Adagrad, sparse, eager). Different seeds give
+batch 4096, the same grain pipeline and batch order for both (seeded by --seeds), --epochs each.
+esmjax trains through its own loop (trainer.train_and_evaluate); PyTorch reads the same batches
+through the trainer's iterator; both are scored by esmjax.evaluation (predict_dataset,
+compute_metrics) on the whole eval split. PyTorch uses the optimizer that equals esmjax's default
+(row-wise Adagrad, sparse, eager). Different seeds give
 the run-to-run noise against which the JAX–PyTorch difference is judged.
 
 Writes benchmarks/results/compare_torch.{json,md,png} (or --out_dir).
@@ -44,8 +51,10 @@ from esmjax import reporting
 ME = Path(__file__).resolve()
 JAX_VARIANTS = ("rowwise_adagrad", "adagrad", "lazy_adam")
 TORCH_VARIANTS = ("eager-sparse-rowwise_adagrad", "eager-sparse-adagrad", "eager-sparse-lazy_adam",
-                  "eager-dense-adagrad", "compile-sparse-rowwise_adagrad")
-QUICK_JAX, QUICK_TORCH = ("rowwise_adagrad",), ("eager-sparse-rowwise_adagrad",)
+                  "eager-dense-adagrad", "compile-sparse-rowwise_adagrad",
+                  "compile-dense-rowwise_adagrad", "compile-dense-adagrad", "compile-dense-adam")
+QUICK_JAX = ("rowwise_adagrad",)
+QUICK_TORCH = ("eager-sparse-rowwise_adagrad", "compile-dense-adam")
 QUALITY_KEYS = ("ctr/auc", "cvr/auc", "ctcvr/auc", "ctavr/auc", "cvr/entire_space_auc", "ctr/gauc",
                 "ctcvr/logloss")
 
@@ -71,7 +80,8 @@ def torch_throughput(spec) -> dict:
   rss_import = common.rss_mb()
   variant = tr.Variant.parse(spec["variant"])
   schema = common.paper_schema(spec["rows"])
-  cfg = common.bench_config(spec.get("model", "esmm"), spec["batch"], table_optimizer=variant.table_optimizer)
+  cfg = common.bench_config(spec.get("model", "esmm"), spec["batch"],
+                            table_optimizer=variant.config_optimizer)
   torch.manual_seed(spec.get("seed", 0))
   t = time.perf_counter()
   model = tr.TorchMultiTask.from_config(cfg, schema, sparse=variant.sparse).to(dev)
@@ -110,89 +120,52 @@ def _quality_config(spec):
 
 
 def quality(spec) -> dict:
-  """Trains one framework on the default synthetic data and evaluates it with esmjax's metric code."""
-  import numpy as np
+  """Trains one framework on the default synthetic data and scores it with esmjax's own code: JAX
+  through esmjax's training loop (trainer.train_and_evaluate), PyTorch on the same batches in the
+  same order (common.train_batches) through torch_reference.train_loop, and both evaluated by
+  esmjax.evaluation (predict_dataset, compute_metrics)."""
+  import tempfile
 
   from esmjax import evaluation
+  from esmjax import sharding as sh
   from esmjax import trainer as trainer_lib
-  from esmjax.data import pipeline
 
   cfg = _quality_config(spec)
-  train_ds, eval_ds = trainer_lib.resolve_datasets(cfg)
-  schema = train_ds.schema
+  train_ds, eval_ds = common.datasets(cfg)
   bs = cfg.train.batch_size
-  total = spec["steps"] if spec.get("steps") else int(math.ceil(spec["epochs"] * train_ds.num_rows / bs))
-  pcfg = pipeline.PipelineConfig(batch_size=bs, seed=cfg.train.seed, window_blocks=cfg.data.window_blocks,
-                                 prefetch=cfg.data.prefetch)
-  it = iter(pipeline.train_iter_dataset(train_ds, pcfg))
-  window = spec.get("window_steps", 25)
-  rates, losses = [], []
-
+  cfg.train.num_steps = spec["steps"] or int(math.ceil(spec["epochs"] * train_ds.num_rows / bs))
+  cfg.train.log_every = spec.get("window_steps", 25)
+  t0 = time.perf_counter()
   if spec["framework"] == "jax":
-    import jax
-
-    from esmjax import sharding as sh
-    from esmjax import steps as steps_lib
-
-    run = trainer_lib.Run(cfg, schema, mesh=sh.make_mesh(1))
-    state = run.init_fn()
-    put = lambda b: sh.put_batch({k: b[k] for k in steps_lib.BATCH_KEYS}, run.mesh)
-
-    def train(b):
-      nonlocal state
-      state, m = run.train_step(state, put(b))
-      return m["loss"]
-
-    sync = lambda x: float(jax.device_get(x))
-    predict = None
+    with tempfile.TemporaryDirectory(prefix="esmjax-quality-") as work:
+      trainer_lib.train_and_evaluate(cfg, work)
+      run = common.read_run(work)
+    metrics = run["metrics"]
+    eval_s = time.perf_counter() - t0 - run["train_s"]
   else:
-    torch, dev, tsync = _torch_setup(spec["threads"])
+    torch, dev, _ = _torch_setup(spec["threads"])
     import torch_reference as tr
 
     torch.manual_seed(cfg.train.seed)
-    model = tr.TorchMultiTask.from_config(cfg, schema, sparse=True).to(dev)
+    model = tr.TorchMultiTask.from_config(cfg, train_ds.schema, sparse=True).to(dev)
     tt = tr.Trainer(model, cfg, tr.Variant.parse(spec["variant"]))
-    train = lambda b: tt.step(tr.to_torch(b, dev))
-    sync = lambda x: float(x)
-
-    def predict(b):
-      model.eval()
-      return {k: v.cpu().numpy() for k, v in model.probabilities(tr.to_torch(b, dev)).items()}
-
-  t_start = time.perf_counter()
-  loss = train(next(it))
-  sync(loss)
-  first = time.perf_counter() - t_start
-  done, t0 = 1, time.perf_counter()
-  while done < total:
-    loss = train(next(it))
-    done += 1
-    if (done - 1) % window == 0 or done == total:
-      losses.append(sync(loss))
-      now = time.perf_counter()
-      n = (done - 1) % window or window
-      rates.append(n * bs / (now - t0))
-      t0 = now
-  train_s = time.perf_counter() - t_start
-  getattr(it, "close", lambda: None)()
-  t = time.perf_counter()
-  if predict is None:
-    metrics = run.evaluate(state, eval_ds)
-  else:
-    cols: dict[str, list] = {}
-    seen = 0
-    for b, n in pipeline.eval_batches(eval_ds, cfg.train.eval_batch_size):
-      out = {**predict(b), **{k: b[k] for k in evaluation.HOST_KEYS if k in b}}
-      for k, v in out.items():
-        cols.setdefault(k, []).append(np.asarray(v)[:n])
-      seen += n
-      if 0 < cfg.train.max_eval_rows <= seen:
-        break
-    metrics = evaluation.compute_metrics({k: np.concatenate(v) for k, v in cols.items()}, schema)
-  return {"framework": spec["framework"], "model": spec["model"], "seed": spec["seed"], "steps": done,
-          "examples": done * bs, "ex_per_s": rates, "first_step_s": first, "train_s": train_s,
-          "eval_s": time.perf_counter() - t, "final_loss": losses[-1] if losses else float("nan"),
-          "loss_curve": losses, "peak_rss_mb": common.peak_rss_mb(),
+    batches = common.train_batches(cfg, train_ds)
+    try:
+      run = tr.train_loop(tt, batches, cfg.train.num_steps, bs, cfg.train.log_every, dev)
+    finally:
+      getattr(batches, "close", lambda: None)()
+    t = time.perf_counter()
+    cols = evaluation.predict_dataset(tr.predict_fn(model, dev), None, eval_ds,
+                                      cfg.train.eval_batch_size, sh.make_mesh(1),
+                                      cfg.train.max_eval_rows)
+    metrics = evaluation.compute_metrics(cols, eval_ds.schema)
+    eval_s = time.perf_counter() - t
+  losses = [loss for _, loss in run["losses"]]
+  return {"framework": spec["framework"], "model": spec["model"], "seed": spec["seed"],
+          "steps": run["steps"], "examples": run["steps"] * bs, "ex_per_s": run["windows"],
+          "first_step_s": run["first_step_s"], "train_s": run["train_s"], "eval_s": eval_s,
+          "final_loss": losses[-1] if losses else float("nan"), "loss_curve": losses,
+          "peak_rss_mb": common.peak_rss_mb(),
           "metrics": {k: float(v) for k, v in metrics.items() if k in QUALITY_KEYS}}
 
 
@@ -500,7 +473,9 @@ def plot(res: dict, path: Path) -> None:
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--quick", action="store_true", help="~2 minutes: 1 round, 1e5/1e6 rows, JAX and PyTorch row-wise Adagrad, ESMM 20 steps, 1 seed")
+  ap.add_argument("--quick", action="store_true",
+                  help="a few minutes: 1 round, 1e5/1e6 rows, JAX row-wise Adagrad, PyTorch "
+                  "eager-sparse-rowwise_adagrad and compile-dense-adam, ESMM 20 steps, 1 seed")
   ap.add_argument("--out_dir", default=str(common.RESULTS))
   ap.add_argument("--rows", default="1e5,1e7", help="table sizes of the speed comparison")
   ap.add_argument("--batch", type=int, default=4096)

@@ -143,12 +143,13 @@ def fraction_line(ex_per_s: float, flops_per_ex: float, peak_gflops: float) -> s
 def markdown(res: dict) -> str:
   flops, roof = res["esmm_flops_per_example"], res["roofline_ex_per_s"]
   tw_rate, st_rate = res["towers_only_ex_per_s"], res["esmm_step_1e5_ex_per_s"]
+  towers = res.get("esmm_towers", 2)
   md = [f"# Roofline ({res['when']})", "",
-        f"Machine: {res['cpu']}, {res['cores']} usable cores, backend {res['backend']}. Shared and noisy: "
-        "medians of timed calls.", "",
-        reporting.markdown_table(["matmul", "GFLOP/s"], [[k, v] for k, v in sorted(res["by"].items())]), "",
-        f"ESMM (23 fields × 18, towers 200-80-1 ×{res.get('esmm_towers', 2)}): {flops / 1e6:.3f} MFLOP per "
-        "example (fwd+bwd).", "",
+        f"Machine: {res['cpu']}, {res['cores']} usable cores, backend {res['backend']}. Shared and "
+        "noisy: medians of timed calls.", "",
+        reporting.markdown_table(["matmul", "GFLOP/s"], sorted(res["by"].items())), "",
+        f"ESMM (23 fields × 18, towers 200-80-1 ×{towers}): {flops / 1e6:.3f} MFLOP per example "
+        "(fwd+bwd).", "",
         reporting.markdown_table(["what", "ex/s", "fraction of roofline"], [
             ["roofline (f32 peak / FLOP per example)", roof, 1.0],
             ["towers alone (fwd+bwd+Adam, JAX)", tw_rate, tw_rate / roof],
@@ -162,7 +163,8 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--quick", action="store_true", help="shorter timings (~30 s)")
   ap.add_argument("--out_dir", default=str(common.RESULTS), help="where roofline.{json,md} go")
-  ap.add_argument("--render_only", action="store_true", help="rewrite the .md from the .json in --out_dir")
+  ap.add_argument("--render_only", action="store_true",
+                  help="rewrite the .md from the .json in --out_dir")
   args = ap.parse_args(argv)
   out_dir = Path(args.out_dir)
   if args.render_only:
@@ -174,16 +176,18 @@ def main(argv=None):
   peak = measure_peak(args.quick)
   w = dict(windows=3, window_s=1.5 if args.quick else 3.0)
   me = Path(__file__).resolve()
-  tw = common.run_worker(me, {"kind": "towers", "batch": 4096, "in_dim": common.PAPER_FIELDS * common.PAPER_DIM,
-                              "model": "esmm", **w})
-  st = common.run_worker(me, {"kind": "step", "model": "esmm", "rows": 100_000, "batch": 4096, "warmup_s": 1.0,
+  in_dim = common.PAPER_FIELDS * common.PAPER_DIM
+  tw = common.run_worker(me, {"kind": "towers", "batch": 4096, "in_dim": in_dim, "model": "esmm",
                               **w})
+  st = common.run_worker(me, {"kind": "step", "model": "esmm", "rows": 100_000, "batch": 4096,
+                              "warmup_s": 1.0, **w})
   flops = st.get("flops_per_example", float("nan"))  # the step's worker counts the model's towers
   tw_rate = common.spread(tw.get("ex_per_s", []))["median"]
   st_rate = common.spread(st.get("ex_per_s", []))["median"]
   roof = peak["peak_gflops"] * 1e9 / flops
-  res = {"when": prov["when"], "cpu": prov["machine"]["cpu"], "cores": prov["machine"]["cores"], **peak,
-         "esmm_flops_per_example": flops, "esmm_towers": tw.get("towers"), "roofline_ex_per_s": roof,
+  res = {"when": prov["when"], "cpu": prov["machine"]["cpu"], "cores": prov["machine"]["cores"],
+         **peak, "esmm_flops_per_example": flops, "esmm_towers": tw.get("towers"),
+         "roofline_ex_per_s": roof,
          "towers_only_ex_per_s": tw_rate, "towers_only_fraction": tw_rate / roof,
          "esmm_step_1e5_ex_per_s": st_rate, "esmm_step_fraction": st_rate / roof,
          "step_engine": st.get("engine"), "errors": [r["error"] for r in (tw, st) if "error" in r],

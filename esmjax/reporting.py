@@ -154,7 +154,8 @@ def format_cell(x: Any) -> str:
 
 
 def markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
-  lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+  lines = ["| " + " | ".join(str(h) for h in header) + " |",
+           "|" + "|".join("---" for _ in header) + "|"]
   lines += ["| " + " | ".join(format_cell(x) for x in r) + " |" for r in rows]
   return "\n".join(lines)
 
@@ -169,8 +170,8 @@ def check(claim: str, holds: bool, detail: str) -> dict[str, Any]:
   return {"claim": claim, "holds": bool(holds), "detail": detail}
 
 
-def checks_markdown(checks: Sequence[Mapping[str, Any]], words: tuple[str, str] = ("holds", "does NOT hold")
-                    ) -> str:
+def checks_markdown(checks: Sequence[Mapping[str, Any]],
+                    words: tuple[str, str] = ("holds", "does NOT hold")) -> str:
   """One bullet per check; `words` = (what a kept claim is called, what a broken one is called)."""
   return "\n".join(f"- **{words[0] if c['holds'] else words[1]}** — {c['claim']}: {c['detail']}"
                    for c in checks)

@@ -42,7 +42,7 @@ import numpy as np
 
 from esmjax import absl_flags
 from esmjax import reporting
-from esmjax.reporting import check, checks_markdown, markdown_table  # noqa: F401 (the scripts' helpers)
+from esmjax.reporting import check, checks_markdown, markdown_table  # noqa: F401 (for the scripts)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, "experiments", "results")
@@ -517,8 +517,9 @@ def write_results(args, name: str, markdown: str, payload: dict[str, Any],
   header = (f"<!-- written by `python -m experiments.{name}{' --quick' if args.quick else ''}`; "
             f"regenerate, do not edit -->\n")
   record = reporting.finish({**mode_record(args, name), **payload}, args.started)
+  figures = {k: (lambda p, d=d: d(str(p))) for k, d in (figures or {}).items()}
   paths = reporting.write_results(args.out, name, record, markdown.rstrip() + "\n", header=header,
-                                  figures={k: (lambda p, d=d: d(str(p))) for k, d in (figures or {}).items()})
+                                  figures=figures)
   paths = [str(p) for p in paths]
   print("wrote " + ", ".join(os.path.relpath(p) for p in paths), flush=True)
   return paths

@@ -13,15 +13,18 @@ from esmjax import reporting
 
 
 def test_cells_and_tables_exact():
-  assert [reporting.format_cell(x) for x in (103888.2, 0.9644, 0.0, 1.5e-5, float("nan"), 7, "a|b")] == [
+  cells = (103888.2, 0.9644, 0.0, 1.5e-5, float("nan"), 7, "a|b")
+  assert [reporting.format_cell(x) for x in cells] == [
       "103,888", "0.964", "0", "1.50e-05", "–", "7", "a|b"]
-  assert reporting.markdown_table(["variant", "ex/s"], [["jax", 103888.2], ["torch", float("nan")]]) == (
-      "| variant | ex/s |\n|---|---|\n| jax | 103,888 |\n| torch | – |")
+  table = reporting.markdown_table(["variant", "ex/s"],
+                                   [["jax", 103888.2], ["torch", float("nan")]])
+  assert table == "| variant | ex/s |\n|---|---|\n| jax | 103,888 |\n| torch | – |"
   assert reporting.fmt_rate(12345.0) == "12.3 k" and reporting.fmt_rate(float("nan")) == "–"
 
 
 def test_checks_markdown_words():
-  checks = [reporting.check("A above B", True, "+0.01"), reporting.check("pipeline ≥ 5× step", False, "3.2×")]
+  checks = [reporting.check("A above B", True, "+0.01"),
+            reporting.check("pipeline ≥ 5× step", False, "3.2×")]
   assert reporting.checks_markdown(checks) == (
       "- **holds** — A above B: +0.01\n- **does NOT hold** — pipeline ≥ 5× step: 3.2×")
   assert reporting.checks_markdown(checks, ("met", "not met")).splitlines()[1] == (
@@ -49,11 +52,13 @@ def test_provenance_and_finish():
   rec = reporting.provenance("python benchmarks/x.py --quick")
   assert rec["command"] == "python benchmarks/x.py --quick"
   assert set(rec) == {"when", "written_utc", "command", "machine", "code", "load_before"}
-  assert set(rec["machine"]) == {"cpu", "cores", "mem_available_gb"} and rec["machine"]["cores"] >= 1
+  assert set(rec["machine"]) == {"cpu", "cores", "mem_available_gb"}
+  assert rec["machine"]["cores"] >= 1
   assert set(rec["code"]) == {"commit", "esmjax_uncommitted"}
   reporting.finish(rec, started=0.0)
   assert rec["elapsed_s"] > 0 and isinstance(rec["load_after"], list)
-  assert reporting.code_line({"code": {"commit": "abc1234", "esmjax_uncommitted": ["esmjax/a.py"]}}) == (
+  code = {"code": {"commit": "abc1234", "esmjax_uncommitted": ["esmjax/a.py"]}}
+  assert reporting.code_line(code) == (
       "esmjax at commit abc1234 with uncommitted changes to esmjax/a.py. ")
   assert reporting.code_line({}) == ""
 
@@ -68,9 +73,13 @@ def test_command_line_names_the_script_or_module(monkeypatch):
 
 
 def test_overrides_set_existing_keys_and_name_a_typo():
-  c = reporting.apply_overrides(config_lib.default_config(), {"train.batch_size": 1024, "model.name": "esm2"})
+  c = reporting.apply_overrides(config_lib.default_config(),
+                                {"train.batch_size": 1024, "model.name": "esm2"})
   assert c.train.batch_size == 1024 and c.model.name == "esm2"
-  with pytest.raises(config_lib.ConfigError, match=r"unknown config key 'train.batch'; keys of train: "):
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"unknown config key 'train.batch'; keys of train: "):
     reporting.apply_overrides(c, {"train.batch": 1})
-  assert reporting.override_flags({"train.batch_size": 4096, "model.hidden": (200, 80), "x.y": (3,)}) == [
+  flags = reporting.override_flags(
+      {"train.batch_size": 4096, "model.hidden": (200, 80), "x.y": (3,)})
+  assert flags == [
       "--config.train.batch_size=4096", "--config.model.hidden=(200,80)", "--config.x.y=(3,)"]
