@@ -139,7 +139,7 @@ if $PY -c "import torch" 2> /dev/null; then
     T=$(( $(left) - 205 )); (( T > 120 )) && T=120
     stage compare_torch $T $PY benchmarks/compare_torch.py --skip_quality --skip_roofline --rounds 1 \
       --windows 2 --window_s 1 --warmup_s 1 --jax_variants rowwise_adagrad \
-      --torch_variants eager-sparse-rowwise_adagrad,eager-dense-adagrad,compile-dense-adam \
+      --torch_variants eager-sparse-rowwise_adagrad,compile-dense-adam \
       --out_dir "$OUT_DIR"
   fi
 else

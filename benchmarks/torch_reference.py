@@ -55,9 +55,8 @@ import torch.nn.functional as F
 
 import common
 from esmjax import state as state_lib
-from esmjax.models import multitask as mt
 
-SUPPORTED_MODELS = (mt.ModelName.ESMM, mt.ModelName.ESMM_NS, mt.ModelName.ESM2)
+SUPPORTED_MODELS = ("esmm", "esmm_ns", "esm2")
 TABLE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "lazy_adam", "adam")
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": lambda: nn.GELU(approximate="tanh"), "tanh": nn.Tanh,
                 "sigmoid": nn.Sigmoid, "swish": nn.SiLU, "leaky_relu": lambda: nn.LeakyReLU(0.01)}
@@ -124,10 +123,10 @@ def bce_from_logits(y, a):
   return torch.mean(F.softplus(a) - y * a)
 
 
-def log_probs(name: mt.ModelName, z: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-  """{log_pctr, log_pcvr, log_pctcvr[, log_pctavr]} from tower logits (mt.Objective.log_probs)."""
+def log_probs(name: str, z: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+  """{log_pctr, log_pcvr, log_pctcvr[, log_pctavr]} from tower logits (esmjax's objective)."""
   ls = F.logsigmoid
-  if name == mt.ModelName.ESM2:
+  if name == "esm2":
     l1, l2 = ls(z["ctr"]), ls(z["daction"])
     log_pcvr = torch.logaddexp(l2 + ls(z["buy_d"]), ls(-z["daction"]) + ls(z["buy_o"]))
     return {"log_pctr": l1, "log_pcvr": log_pcvr, "log_pctcvr": l1 + log_pcvr, "log_pctavr": l1 + l2}
@@ -135,13 +134,13 @@ def log_probs(name: mt.ModelName, z: dict[str, torch.Tensor]) -> dict[str, torch
   return {"log_pctr": l1, "log_pcvr": l3, "log_pctcvr": l1 + l3}
 
 
-def loss_fn(name: mt.ModelName, loss_weights, z, labels: dict[str, torch.Tensor]):
-  """(total, {per-task}) exactly as mt.Objective.loss for esmm / esmm_ns / esm2."""
+def loss_fn(name: str, loss_weights, z, labels: dict[str, torch.Tensor]):
+  """(total, {per-task}) exactly as esmjax's objective for esmm / esmm_ns / esm2."""
   lp = log_probs(name, z)
   click, buy = labels["click"], labels["buy"]
   ctr = bce_from_logits(click, z["ctr"])
   ctcvr = bce_from_logp(click * buy, lp["log_pctcvr"])
-  if name == mt.ModelName.ESM2:
+  if name == "esm2":
     w1, w2, w3 = loss_weights
     ctavr = bce_from_logp(click * labels["daction"], lp["log_pctavr"])
     return w1 * ctr + w2 * ctavr + w3 * ctcvr, {"ctr": ctr, "ctavr": ctavr, "ctcvr": ctcvr}
@@ -163,24 +162,25 @@ def _lecun_linear(fan_in: int, fan_out: int) -> nn.Linear:
 class TorchMultiTask(nn.Module):
   """Stacked tables + per-set field inputs + one MLP tower per head; `forward` returns logits."""
 
-  def __init__(self, c: state_lib.Components, *, sparse: bool = True, loss_weights=(1.0, 1.0, 1.0)):
+  def __init__(self, config, schema, *, sparse: bool = True):
     super().__init__()
-    name = c.objective.name
+    name, m = config.model.name, config.model
     if name not in SUPPORTED_MODELS:
-      raise ValueError(f"model.name={name.value!r} has no PyTorch reference; allowed: "
-                       f"{[m.value for m in SUPPORTED_MODELS]}")
-    self.name, self.loss_weights, self.sparse = name, tuple(loss_weights), sparse
-    lay, inp, m = c.layout, c.model.inputs, c.model
-    self.dim = c.engine.dim
-    self.num_sparse = inp["num_sparse"]
-    self.dense_mode = inp["dense_mode"]
-    self.towers = common.model_towers(name.value)
+      raise ValueError(f"model.name={name!r} has no PyTorch reference; allowed: "
+                       f"{list(SUPPORTED_MODELS)}")
+    c = state_lib.build(config, schema)  # esmjax's table layout and label columns
+    lay = c.layout
+    self.name, self.loss_weights, self.sparse = name, tuple(m.loss_weights), sparse
+    self.dim = int(m.embed_dim)
+    self.num_sparse = len(schema.sparse)
+    self.dense_mode = m.dense_mode
+    self.towers = common.model_towers(name)
     self.sets = tuple(dict.fromkeys(s for _, s in self.towers))
     self.label_index = dict(c.label_index)
     self.tables = nn.ModuleDict()
-    for i, s in enumerate(self.sets):
+    for s in self.sets:
       emb = nn.Embedding(lay.padded_rows, self.dim, sparse=sparse)
-      nn.init.normal_(emb.weight, 0.0, c.engine.init_std)
+      nn.init.normal_(emb.weight, 0.0, config.embedding.init_std)
       self.tables[s] = emb
     # Single-valued columns: sparse fields, then bucketised dense fields (esmjax's gids order).
     self.register_buffer("sv_offsets", torch.tensor(lay.sparse_offsets + lay.dense_offsets, dtype=torch.int64),
@@ -189,16 +189,18 @@ class TorchMultiTask(nn.Module):
     for i, b in enumerate(lay.dense_boundaries):
       self.register_buffer(f"bounds_{i}", torch.tensor(b, dtype=torch.float32), persistent=False)
     self.mv_lens = tuple(lay.mv_lens)
-    self.mv_mean = tuple(p == "mean" for p in inp["mv_pooling"])
+    self.mv_mean = tuple(f.pooling == "mean" for f in schema.multi)
     self.register_buffer("mv_col_offsets", torch.tensor(
         np.repeat(np.asarray(lay.mv_offsets, np.int64), lay.mv_lens), dtype=torch.int64), persistent=False)
     starts = np.cumsum([0, *lay.mv_lens])[:-1]
     self.register_buffer("mv_bag_starts", torch.tensor(starts, dtype=torch.int64), persistent=False)
-    n_dense = len(inp["dense_mean"])
+    n_dense = len(schema.dense) if self.dense_mode != "none" else 0
     self.tanh_dense = self.dense_mode == "tanh" and n_dense > 0
-    if self.tanh_dense:
-      self.register_buffer("dense_mean", torch.tensor(inp["dense_mean"], dtype=torch.float32), persistent=False)
-      self.register_buffer("dense_std", torch.tensor(inp["dense_std"], dtype=torch.float32), persistent=False)
+    if self.tanh_dense:  # esmjax's normalisation: the schema's mean and std (a zero std as 1)
+      mean = [float(f.mean) for f in schema.dense]
+      std = [float(f.std) or 1.0 for f in schema.dense]
+      self.register_buffer("dense_mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
+      self.register_buffer("dense_std", torch.tensor(std, dtype=torch.float32), persistent=False)
       self.dense_u = nn.ParameterDict({s: nn.Parameter(torch.randn(n_dense, self.dim)) for s in self.sets})
       self.dense_b = nn.ParameterDict({s: nn.Parameter(torch.zeros(n_dense, self.dim)) for s in self.sets})
     n_fields = self.num_sparse + len(self.mv_lens) + n_dense * (self.dense_mode in ("tanh", "bucket"))
@@ -216,7 +218,7 @@ class TorchMultiTask(nn.Module):
 
   @classmethod
   def from_config(cls, config, schema, *, sparse: bool = True) -> "TorchMultiTask":
-    return cls(state_lib.build(config, schema), sparse=sparse, loss_weights=tuple(config.model.loss_weights))
+    return cls(config, schema, sparse=sparse)
 
   def dense_parameters(self) -> list[nn.Parameter]:
     """Everything but the tables: what Adam trains."""
