@@ -1,6 +1,6 @@
 r"""esmjax against the same model in PyTorch: speed and quality, side by side, in one run.
 
-    python benchmarks/compare_torch.py            # full: ~50 min on the shared 2-core CPU (load ~20)
+    python benchmarks/compare_torch.py            # full: over an hour on the shared 2-core CPU
     python benchmarks/compare_torch.py --quick    # a few minutes: 3 variants, short windows, 1 seed
 
 Needs the bench extra (`pip install -e '.[bench]'`: torch==2.13.0, CPU wheel here).

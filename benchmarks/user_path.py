@@ -1,7 +1,7 @@
 r"""What users run, measured against PyTorch and against esmjax at a baseline commit, in one run.
 
-    python benchmarks/user_path.py            # full: 3 rounds (about 1.5 h on a 2-core CPU)
-    python benchmarks/user_path.py --quick    # smoke test: 1 round, short runs (about 15 min)
+    python benchmarks/user_path.py            # full: 3 rounds, 150 measurements (1–2 h, 2-core CPU)
+    python benchmarks/user_path.py --quick    # smoke test: 1 round, 34 short runs (17 min, load 12)
 
 Users run `python -m esmjax.main --config=configs/esm2.py` (or esmm.py): the default synthetic world
 (18 single-valued fields, 5 weighted multi-valued fields with 39 slots, 4 dense features: 57
