@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared command for a GPU (or TPU) machine: environment, GPU-relevant tests, sweep,
-# JAX-vs-PyTorch speed, roofline -- sized to finish in under 8 minutes, results under OUT_DIR.
+# JAX-vs-PyTorch speed, what users run (user_path), roofline -- sized to finish in under 11 minutes,
+# results under OUT_DIR.
 #
 #   bash benchmarks/accelerator_check.sh [OUT_DIR]        # default: $OUT, else ./accelerator_out
 #   ESMJAX_CHECK_QUICK=1 bash benchmarks/accelerator_check.sh /tmp/acc   # CPU smoke test (tiny sweep)
@@ -11,15 +12,16 @@
 # installed from wheels only if ESMJAX_WHEELS names a folder of them (pip --no-index).
 # Every stage has its own timeout, a failing stage does not stop the others, and OUT_DIR/summary.md
 # says what ran, how long it took and where its output is. Time: every stage's timeout comes out of
-# ESMJAX_CHECK_BUDGET_S (default 460 s), so even if every stage ran into its timeout the whole
-# check ends within 8 minutes (tests <= 120 s, sweep <= its budget + 60 s, comparison <= 120 s).
+# ESMJAX_CHECK_BUDGET_S (default 640 s), so even if every stage ran into its timeout the whole
+# check ends within 11 minutes (tests <= 120 s, sweep <= its budget + 60 s, comparison <= 120 s,
+# user_path <= 200 s; the first user_path run generates the default synthetic world once).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT_DIR=$(mkdir -p "${1:-${OUT:-$ROOT/accelerator_out}}" && cd "${1:-${OUT:-$ROOT/accelerator_out}}" && pwd)
 PY=${PYTHON:-python3}
 QUICK=${ESMJAX_CHECK_QUICK:-0}
-BUDGET=${ESMJAX_CHECK_BUDGET_S:-460}
+BUDGET=${ESMJAX_CHECK_BUDGET_S:-640}
 START=$(date +%s)
 export PYTHONPATH="$ROOT:$ROOT/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # measured peaks; JAX and PyTorch workers take turns
@@ -112,7 +114,7 @@ log "backend $BACKEND (JAX_PLATFORMS=$PLATFORM for the tests)"
 #    on CPU (TF32 would not be a bug of ours).
 TESTS="tests/test_engine.py tests/test_model_math.py tests/test_torch_reference.py"
 if $PY -c "import pytest" 2> /dev/null; then
-  T=$(( $(left) - 320 )); (( T > 120 )) && T=120
+  T=$(( $(left) - 500 )); (( T > 120 )) && T=120
   stage tests $T env JAX_PLATFORMS=$PLATFORM JAX_DEFAULT_MATMUL_PRECISION=highest \
     $PY -m pytest -q -p no:cacheprovider $TESTS
 else
@@ -124,7 +126,7 @@ fi
 if [[ $QUICK == 1 ]]; then
   stage sweep 200 $PY benchmarks/sweep.py --quick --out_dir "$OUT_DIR"
 else
-  SB=$(( $(left) - 190 ))  # keep 60 s for the sweep's last point and roofline, 130 s for the comparison
+  SB=$(( $(left) - 390 ))  # 60 s: the sweep's last point; 125 s: the comparison; 205 s: user_path
   (( SB > 200 )) && SB=200
   stage sweep $(( SB + 60 )) $PY benchmarks/sweep.py --budget_s "$SB" --window_s 1 --warmup_s 1 --out_dir "$OUT_DIR"
 fi
@@ -134,24 +136,45 @@ if $PY -c "import torch" 2> /dev/null; then
   if [[ $QUICK == 1 ]]; then
     stage compare_torch 150 $PY benchmarks/compare_torch.py --quick --skip_quality --out_dir "$OUT_DIR"
   else
-    T=$(( $(left) - 5 )); (( T > 120 )) && T=120
+    T=$(( $(left) - 205 )); (( T > 120 )) && T=120
     stage compare_torch $T $PY benchmarks/compare_torch.py --skip_quality --skip_roofline --rounds 1 \
       --windows 2 --window_s 1 --warmup_s 1 --jax_variants rowwise_adagrad \
-      --torch_variants eager-sparse-rowwise_adagrad,eager-sparse-adagrad,eager-dense-adagrad --out_dir "$OUT_DIR"
+      --torch_variants eager-sparse-rowwise_adagrad,compile-dense-adam \
+      --out_dir "$OUT_DIR"
   fi
 else
   log "torch is not installed: comparison skipped"
   echo "| compare_torch | skipped (no torch) | – | – |" >> "$OUT_DIR/summary.md"
 fi
 
-# 5. Roofline (matmul peaks, towers alone, full step) with what is left (the sweep has its own line).
+# 5. What users run: the CLI end to end and the step alone, against PyTorch (its best variant) and
+#    against esmjax at the commit before this round (when the checkout has its history).
+if $PY -c "import torch" 2> /dev/null; then
+  BASE=284dab9
+  git -C "$ROOT" rev-parse --verify -q "$BASE^{commit}" > /dev/null 2>&1 || BASE=""
+  [[ -z $BASE ]] && log "no git history here: user_path runs without its baseline"
+  if [[ $QUICK == 1 ]]; then
+    stage user_path 300 $PY benchmarks/user_path.py --quick --models esm2 --batches 1024 \
+      --torch_variants compile-dense-adam --baseline_ref "$BASE" --out_dir "$OUT_DIR"
+  else
+    T=$(( $(left) - 5 )); (( T > 200 )) && T=200
+    stage user_path $T $PY benchmarks/user_path.py --quick --batches 1024 --baseline_ref "$BASE" \
+      --torch_variants eager-sparse-rowwise_adagrad,compile-dense-adam --out_dir "$OUT_DIR"
+  fi
+else
+  log "torch is not installed: user_path skipped"
+  echo "| user_path | skipped (no torch) | – | – |" >> "$OUT_DIR/summary.md"
+fi
+
+# 6. Roofline (matmul peaks, towers alone, full step) with what is left (the sweep has its own).
 stage roofline $(( $(left) < 60 ? 0 : $(left) )) $PY benchmarks/roofline.py --quick --out_dir "$OUT_DIR"
 
 {
   echo
   echo "Total: $(( $(date +%s) - START ))s. Results: sweep.{json,md,png}, compare_torch.{json,md,png},"
-  echo "roofline.{json,md} in this folder (where their stage ran); env.txt, check.log, <stage>.log."
-  for f in sweep.md compare_torch.md roofline.md; do
+  echo "user_path.{json,md}, roofline.{json,md} in this folder (where their stage ran); env.txt,"
+  echo "check.log, <stage>.log."
+  for f in sweep.md compare_torch.md user_path.md roofline.md; do
     [[ -f "$OUT_DIR/$f" ]] && { echo; echo "---"; echo; cat "$OUT_DIR/$f"; }
   done
 } >> "$OUT_DIR/summary.md"

@@ -1,5 +1,5 @@
-"""What the benchmarks share: the ESMM-paper throughput setup, timed windows, subprocess workers,
-memory readings, machine facts and result files.
+"""What the benchmarks share: the ESMM-paper throughput setup, the models' towers, timed windows,
+subprocess workers and memory readings. Provenance, tables and results files: esmjax.reporting.
 
 Every measured configuration runs in a fresh subprocess (`run_worker`): its peak RSS is then its
 own, a crash or an out-of-memory kill costs one row instead of the run, and each JAX process can
@@ -27,6 +27,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+try:
+  from esmjax import reporting
+except ImportError:  # a worker running another checkout's esmjax (user_path.py's baseline ref)
+  reporting = None
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 RESULTS = BENCH / "results"
@@ -37,61 +42,7 @@ ZIPF_A = 1.2  # id skew of the throughput batches (heavier head than uniform, lo
 
 
 # ---------------------------------------------------------------------------------------------
-# Machine facts.
-
-
-def usable_cores() -> int:
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:  # not Linux
-    return os.cpu_count() or 1
-
-
-def cpu_model() -> str:
-  try:
-    for line in open("/proc/cpuinfo"):
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
-def mem_available_gb() -> float:
-  try:
-    for line in open("/proc/meminfo"):
-      if line.startswith("MemAvailable:"):
-        return int(line.split()[1]) / 2**20
-  except OSError:
-    pass
-  return float("nan")
-
-
-def load_average() -> list[float]:
-  try:
-    return [round(x, 2) for x in os.getloadavg()]
-  except OSError:
-    return []
-
-
-def code_version() -> dict[str, Any]:
-  """The commit measured, and which library files differed from it (read-only git calls)."""
-  def git(*a):
-    try:
-      return subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True, timeout=10).stdout.rstrip()
-    except (OSError, subprocess.SubprocessError):
-      return ""
-  dirty = [l[3:] for l in git("status", "--porcelain", "--", "esmjax").splitlines()]
-  return {"commit": git("rev-parse", "--short", "HEAD").strip() or "unknown", "esmjax_uncommitted": dirty}
-
-
-def code_line(res: dict) -> str:
-  c = res.get("code")
-  if not c:
-    return ""
-  dirty = c.get("esmjax_uncommitted") or []
-  return (f"esmjax at commit {c['commit']}" + (f" with uncommitted changes to {', '.join(dirty)}" if dirty else "")
-          + ". ")
+# Memory readings.
 
 
 def rss_mb() -> float:
@@ -230,6 +181,17 @@ def zipf_batches(schema, batch_size: int, n: int, seed: int = 0, a: float = ZIPF
   return out
 
 
+def model_towers(model: str) -> tuple[tuple[str, str], ...]:
+  """(tower, the input set it reads) for each tower of `model`: the one place the benchmarks learn
+  a model's towers (FLOP counts, the roofline's towers, the PyTorch reference's towers).
+
+  Imports JAX (the model module): call it in workers, never in a benchmark's parent process.
+  """
+  from esmjax.models import multitask as mt
+
+  return mt.towers_of(mt.ModelName.parse(model))
+
+
 def flops_per_example(in_dim: int, hidden, towers: int) -> float:
   """Matmul FLOPs of one example, forward + backward: 2·MACs forward, 4·MACs backward (input and
   weight gradients; the input gradient of the first layer is the embeddings' gradient)."""
@@ -239,8 +201,8 @@ def flops_per_example(in_dim: int, hidden, towers: int) -> float:
 
 
 def model_flops(model: str, num_fields: int, dim: int = PAPER_DIM, hidden=(200, 80)) -> float:
-  towers = 4 if model == "esm2" else 2
-  return flops_per_example(num_fields * dim, hidden, towers)
+  """FLOPs per example of `model`'s towers, each reading all `num_fields` fields (in a worker)."""
+  return flops_per_example(num_fields * dim, hidden, len(model_towers(model)))
 
 
 def jax_throughput(spec: dict[str, Any]) -> dict[str, Any]:
@@ -323,6 +285,67 @@ def jax_probe() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Runs as users run them: the shipped configs, the trainer's datasets and batches, its summary.
+# (Workers only. These run against another checkout's esmjax too, user_path.py's baseline ref, so
+# they use what both have.)
+
+
+def shipped_config(tree: Path | str, model: str, batch_size: int, num_steps: int = -1):
+  """<tree>/configs/<model>.py loaded as `python -m esmjax.main --config=...` loads it
+  (ml_collections' config-file parser), with only the batch size and, if > 0, the number of steps
+  changed."""
+  from ml_collections.config_flags import config_flags
+
+  path = Path(tree) / "configs" / f"{model}.py"
+  if not path.is_file():
+    raise FileNotFoundError(f"no config {path}; models with a shipped config: "
+                            f"{sorted(p.stem for p in path.parent.glob('*.py'))}")
+  c = config_flags.ConfigFileFlagParser("config", lock_config=False).parse(str(path))
+  c.train.batch_size = int(batch_size)
+  if num_steps > 0:
+    c.train.num_steps = int(num_steps)
+  return c
+
+
+def datasets(config):
+  """(train, eval) datasets as the trainer resolves them (the synthetic world unless configured)."""
+  from esmjax import trainer
+
+  return trainer.resolve_datasets(config)
+
+
+def train_batches(config, train_ds):
+  """The trainer's iterator of training batches (grain, seeded by train.seed): both frameworks read
+  the same rows in the same order through it."""
+  from esmjax import trainer
+
+  return trainer.make_train_iter(config, train_ds)
+
+
+def read_run(workdir: Path | str) -> dict[str, Any]:
+  """A finished esmjax run's rate and curves from its workdir (summary.json, metrics.jsonl).
+
+  ex_per_s = (steps − 1) · batch / (train_seconds − compile_seconds): examples over the training
+  wall time without the compiling first step; evaluation and the final checkpoint come after
+  train_seconds ends. windows: examples/s between log steps; losses: [(step, loss)].
+  """
+  workdir = Path(workdir)
+  summary = json.loads((workdir / "summary.json").read_text())
+  batch = int(summary["config"]["train"]["batch_size"])
+  steps = int(summary["steps"])
+  train_s, compile_s = float(summary["train_seconds"]), float(summary["compile_seconds"])
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  records = [json.loads(line) for line in lines if line.strip()]
+  train = [r for r in records if r.get("split") == "train"]
+  return {"steps": steps, "batch": batch, "train_s": train_s, "first_step_s": compile_s,
+          "ex_per_s": (steps - 1) * batch / (train_s - compile_s) if steps > 1 else float("nan"),
+          "summary_ex_per_s": summary.get("examples_per_sec"),
+          "windows": [float(r["examples_per_sec"]) for r in train if "examples_per_sec" in r],
+          "losses": [(int(r["step"]), float(r["loss"])) for r in train],
+          "metrics": summary.get("metrics") or {}}
+
+
+# ---------------------------------------------------------------------------------------------
 # Subprocess workers.
 
 
@@ -371,43 +394,3 @@ def worker_main(handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]])
   out = handlers[spec["kind"]](spec)
   print(RESULT_TAG + json.dumps(out, default=float), flush=True)
   return True
-
-
-# ---------------------------------------------------------------------------------------------
-# Result files.
-
-
-def write_json(path: Path, data: Any) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(data, indent=1, default=float) + "\n")
-
-
-def write_results(out_dir: Path | str, name: str, res: dict[str, Any], md: str,
-                  plot: Callable[[dict[str, Any], Path], None] | None = None) -> None:
-  """<out_dir>/<name>.json and .md (and .png, drawn by `plot`): how every benchmark records a run."""
-  out_dir = Path(out_dir)
-  write_json(out_dir / f"{name}.json", res)
-  (out_dir / f"{name}.md").write_text(md)
-  if plot is not None:
-    plot(res, out_dir / f"{name}.png")
-
-
-def md_table(header: list[str], rows: list[list[Any]]) -> str:
-  def fmt(x):
-    if isinstance(x, float):
-      if x != x:
-        return "–"
-      return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
-    return str(x)
-
-  lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-  lines += ["| " + " | ".join(fmt(x) for x in r) + " |" for r in rows]
-  return "\n".join(lines)
-
-
-def fmt_rate(x: float) -> str:
-  return "–" if x != x else f"{x / 1e3:,.1f} k"
-
-
-def now() -> str:
-  return time.strftime("%Y-%m-%d %H:%M:%S %Z")

@@ -1,7 +1,7 @@
 r"""esmjax against the same model in PyTorch: speed and quality, side by side, in one run.
 
-    python benchmarks/compare_torch.py            # full: ~50 min on the shared 2-core CPU (load ~20)
-    python benchmarks/compare_torch.py --quick    # a few minutes: one variant each, short windows, 1 seed
+    python benchmarks/compare_torch.py            # full: over an hour on the shared 2-core CPU
+    python benchmarks/compare_torch.py --quick    # a few minutes: 3 variants, short windows, 1 seed
 
 Needs the bench extra (`pip install -e '.[bench]'`: torch==2.13.0, CPU wheel here).
 
@@ -11,7 +11,12 @@ frameworks, at 1e5 and 1e7 table rows. Variants:
   jax-<opt>        esmjax's step (trainer.Run: jitted, donated) with the row-wise optimizer <opt>
   torch-<variant>  benchmarks/torch_reference.py: eager or torch.compile; sparse (nn.Embedding /
                    EmbeddingBag sparse=True) or dense gradients; rowwise_adagrad (custom, = esmjax's
-                   default), adagrad (torch.optim.Adagrad) or lazy_adam (torch.optim.SparseAdam)
+                   default), adagrad (torch.optim.Adagrad), lazy_adam (torch.optim.SparseAdam) or,
+                   with dense gradients, adam (torch.optim.Adam on the tables too: what a PyTorch
+                   user writes first for a small table). compile-dense-* compiles lookups, towers
+                   and loss in one graph; compile-dense-rowwise_adagrad / -adagrad take esmjax's
+                   steps exactly, compile-dense-adam is dense Adam (tests/test_torch_reference.py).
+The best PyTorch variant at each table size is the comparator.
 Every (variant, table size) runs in a fresh subprocess: the first step (compile) is timed apart,
 then a warm-up, then timed windows; the reported rate is the median over all windows of all
 rounds. Rounds and variants are interleaved (jax, torch, jax, torch, ...) so the load of this shared
@@ -19,9 +24,11 @@ machine falls on both alike. Peak memory is the worker's peak RSS (it includes t
 ~0.3–0.5 GB; the model's share is listed apart); on an accelerator, device peak bytes too.
 
 Quality (AUCs): ESMM and ESM2 on the default synthetic data (esmjax.config.default_config()),
-batch 4096, the same grain pipeline and batch order for both (seeded by --seeds), --epochs each,
-evaluated on the whole eval split by the same code (esmjax.evaluation.compute_metrics). PyTorch uses
-the optimizer that equals esmjax's default (row-wise Adagrad, sparse, eager). Different seeds give
+batch 4096, the same grain pipeline and batch order for both (seeded by --seeds), --epochs each.
+esmjax trains through its own loop (trainer.train_and_evaluate); PyTorch reads the same batches
+through the trainer's iterator; both are scored by esmjax.evaluation (predict_dataset,
+compute_metrics) on the whole eval split. PyTorch uses the optimizer that equals esmjax's default
+(row-wise Adagrad, sparse, eager). Different seeds give
 the run-to-run noise against which the JAX–PyTorch difference is judged.
 
 Writes benchmarks/results/compare_torch.{json,md,png} (or --out_dir).
@@ -39,11 +46,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
+from esmjax import reporting
+
 ME = Path(__file__).resolve()
 JAX_VARIANTS = ("rowwise_adagrad", "adagrad", "lazy_adam")
 TORCH_VARIANTS = ("eager-sparse-rowwise_adagrad", "eager-sparse-adagrad", "eager-sparse-lazy_adam",
-                  "eager-dense-adagrad", "compile-sparse-rowwise_adagrad")
-QUICK_JAX, QUICK_TORCH = ("rowwise_adagrad",), ("eager-sparse-rowwise_adagrad",)
+                  "eager-dense-adagrad", "compile-sparse-rowwise_adagrad",
+                  "compile-dense-rowwise_adagrad", "compile-dense-adagrad", "compile-dense-adam")
+QUICK_JAX = ("rowwise_adagrad",)
+QUICK_TORCH = ("eager-sparse-rowwise_adagrad", "compile-dense-adam")
 QUALITY_KEYS = ("ctr/auc", "cvr/auc", "ctcvr/auc", "ctavr/auc", "cvr/entire_space_auc", "ctr/gauc",
                 "ctcvr/logloss")
 
@@ -69,7 +80,8 @@ def torch_throughput(spec) -> dict:
   rss_import = common.rss_mb()
   variant = tr.Variant.parse(spec["variant"])
   schema = common.paper_schema(spec["rows"])
-  cfg = common.bench_config(spec.get("model", "esmm"), spec["batch"], table_optimizer=variant.table_optimizer)
+  cfg = common.bench_config(spec.get("model", "esmm"), spec["batch"],
+                            table_optimizer=variant.config_optimizer)
   torch.manual_seed(spec.get("seed", 0))
   t = time.perf_counter()
   model = tr.TorchMultiTask.from_config(cfg, schema, sparse=variant.sparse).to(dev)
@@ -108,89 +120,52 @@ def _quality_config(spec):
 
 
 def quality(spec) -> dict:
-  """Trains one framework on the default synthetic data and evaluates it with esmjax's metric code."""
-  import numpy as np
+  """Trains one framework on the default synthetic data and scores it with esmjax's own code: JAX
+  through esmjax's training loop (trainer.train_and_evaluate), PyTorch on the same batches in the
+  same order (common.train_batches) through torch_reference.train_loop, and both evaluated by
+  esmjax.evaluation (predict_dataset, compute_metrics)."""
+  import tempfile
 
   from esmjax import evaluation
+  from esmjax import sharding as sh
   from esmjax import trainer as trainer_lib
-  from esmjax.data import pipeline
 
   cfg = _quality_config(spec)
-  train_ds, eval_ds = trainer_lib.resolve_datasets(cfg)
-  schema = train_ds.schema
+  train_ds, eval_ds = common.datasets(cfg)
   bs = cfg.train.batch_size
-  total = spec["steps"] if spec.get("steps") else int(math.ceil(spec["epochs"] * train_ds.num_rows / bs))
-  pcfg = pipeline.PipelineConfig(batch_size=bs, seed=cfg.train.seed, window_blocks=cfg.data.window_blocks,
-                                 prefetch=cfg.data.prefetch)
-  it = iter(pipeline.train_iter_dataset(train_ds, pcfg))
-  window = spec.get("window_steps", 25)
-  rates, losses = [], []
-
+  cfg.train.num_steps = spec["steps"] or int(math.ceil(spec["epochs"] * train_ds.num_rows / bs))
+  cfg.train.log_every = spec.get("window_steps", 25)
+  t0 = time.perf_counter()
   if spec["framework"] == "jax":
-    import jax
-
-    from esmjax import sharding as sh
-    from esmjax import steps as steps_lib
-
-    run = trainer_lib.Run(cfg, schema, mesh=sh.make_mesh(1))
-    state = run.init_fn()
-    put = lambda b: sh.put_batch({k: b[k] for k in steps_lib.BATCH_KEYS}, run.mesh)
-
-    def train(b):
-      nonlocal state
-      state, m = run.train_step(state, put(b))
-      return m["loss"]
-
-    sync = lambda x: float(jax.device_get(x))
-    predict = None
+    with tempfile.TemporaryDirectory(prefix="esmjax-quality-") as work:
+      trainer_lib.train_and_evaluate(cfg, work)
+      run = common.read_run(work)
+    metrics = run["metrics"]
+    eval_s = time.perf_counter() - t0 - run["train_s"]
   else:
-    torch, dev, tsync = _torch_setup(spec["threads"])
+    torch, dev, _ = _torch_setup(spec["threads"])
     import torch_reference as tr
 
     torch.manual_seed(cfg.train.seed)
-    model = tr.TorchMultiTask.from_config(cfg, schema, sparse=True).to(dev)
+    model = tr.TorchMultiTask.from_config(cfg, train_ds.schema, sparse=True).to(dev)
     tt = tr.Trainer(model, cfg, tr.Variant.parse(spec["variant"]))
-    train = lambda b: tt.step(tr.to_torch(b, dev))
-    sync = lambda x: float(x)
-
-    def predict(b):
-      model.eval()
-      return {k: v.cpu().numpy() for k, v in model.probabilities(tr.to_torch(b, dev)).items()}
-
-  t_start = time.perf_counter()
-  loss = train(next(it))
-  sync(loss)
-  first = time.perf_counter() - t_start
-  done, t0 = 1, time.perf_counter()
-  while done < total:
-    loss = train(next(it))
-    done += 1
-    if (done - 1) % window == 0 or done == total:
-      losses.append(sync(loss))
-      now = time.perf_counter()
-      n = (done - 1) % window or window
-      rates.append(n * bs / (now - t0))
-      t0 = now
-  train_s = time.perf_counter() - t_start
-  getattr(it, "close", lambda: None)()
-  t = time.perf_counter()
-  if predict is None:
-    metrics = run.evaluate(state, eval_ds)
-  else:
-    cols: dict[str, list] = {}
-    seen = 0
-    for b, n in pipeline.eval_batches(eval_ds, cfg.train.eval_batch_size):
-      out = {**predict(b), **{k: b[k] for k in evaluation.HOST_KEYS if k in b}}
-      for k, v in out.items():
-        cols.setdefault(k, []).append(np.asarray(v)[:n])
-      seen += n
-      if 0 < cfg.train.max_eval_rows <= seen:
-        break
-    metrics = evaluation.compute_metrics({k: np.concatenate(v) for k, v in cols.items()}, schema)
-  return {"framework": spec["framework"], "model": spec["model"], "seed": spec["seed"], "steps": done,
-          "examples": done * bs, "ex_per_s": rates, "first_step_s": first, "train_s": train_s,
-          "eval_s": time.perf_counter() - t, "final_loss": losses[-1] if losses else float("nan"),
-          "loss_curve": losses, "peak_rss_mb": common.peak_rss_mb(),
+    batches = common.train_batches(cfg, train_ds)
+    try:
+      run = tr.train_loop(tt, batches, cfg.train.num_steps, bs, cfg.train.log_every, dev)
+    finally:
+      getattr(batches, "close", lambda: None)()
+    t = time.perf_counter()
+    cols = evaluation.predict_dataset(tr.predict_fn(model, dev), None, eval_ds,
+                                      cfg.train.eval_batch_size, sh.make_mesh(1),
+                                      cfg.train.max_eval_rows)
+    metrics = evaluation.compute_metrics(cols, eval_ds.schema)
+    eval_s = time.perf_counter() - t
+  losses = [loss for _, loss in run["losses"]]
+  return {"framework": spec["framework"], "model": spec["model"], "seed": spec["seed"],
+          "steps": run["steps"], "examples": run["steps"] * bs, "ex_per_s": run["windows"],
+          "first_step_s": run["first_step_s"], "train_s": run["train_s"], "eval_s": eval_s,
+          "final_loss": losses[-1] if losses else float("nan"), "loss_curve": losses,
+          "peak_rss_mb": common.peak_rss_mb(),
           "metrics": {k: float(v) for k, v in metrics.items() if k in QUALITY_KEYS}}
 
 
@@ -378,7 +353,7 @@ def markdown(res: dict) -> str:
        f"backend {res['probe'].get('backend')}; jax {res['probe'].get('jax')}, torch {res['probe'].get('torch')} "
        f"({a['torch_threads']} threads). Load average before/after: {res['load_before']} / {res['load_after']} "
        "(the machine is shared: other jobs ran during the measurement).", "",
-       common.code_line(res) + f"Command: `{res['command']}`", ""]
+       reporting.code_line(res) + f"Command: `{res['command']}`", ""]
   for k, when in (res.get("kept_from_previous") or {}).items():
     L += [f"The {'speed' if k == 'throughput' else k} section is kept from the run of {when} "
           f"(this run skipped it; its load averages are in that run's JSON).", ""]
@@ -396,7 +371,7 @@ def markdown(res: dict) -> str:
         rws.append([name, e["median"], f"{e['min'] / 1e3:,.1f}–{e['max'] / 1e3:,.1f} k", f"±{100 * e['rel_half_range']:.0f} %"
                     if e["n"] else "–", e["n"], c["median"], s["first_step_s"], s["peak_rss_mb"],
                     s["peak_rss_mb"] - s["rss_after_import_mb"], "; ".join(x[:80] for x in s["errors"]) or ""])
-      L += [common.md_table(["variant", "ex/s (median)", "window range", "noise", "windows", "ex per CPU-s", "first step s",
+      L += [reporting.markdown_table(["variant", "ex/s (median)", "window range", "noise", "windows", "ex per CPU-s", "first step s",
                              "peak RSS MB", "over import MB", "errors"], rws), ""]
       if rows in rt:
         r = rt[rows]
@@ -422,11 +397,11 @@ def markdown(res: dict) -> str:
       for k, d in s["diff"].items():
         rws.append([k, f"{d['jax_mean']:.4f}", f"{d['torch_mean']:.4f}", f"{d['diff']:+.4f}", f"{d['seed_range']:.4f}",
                     "yes" if d["within_noise"] else "no"])
-      L += [f"### {model}", "", common.md_table(["metric", "JAX (seed mean)", "PyTorch (seed mean)", "JAX − PyTorch",
+      L += [f"### {model}", "", reporting.markdown_table(["metric", "JAX (seed mean)", "PyTorch (seed mean)", "JAX − PyTorch",
                                                   "seed-to-seed range (max of the two)", "within noise"], rws), ""]
       L.append(f"Training examples/s incl. the input pipeline (median of {s['jax']['ex_per_s']['n']}/"
-               f"{s['torch']['ex_per_s']['n']} windows): JAX {common.fmt_rate(s['jax']['ex_per_s']['median'])}, "
-               f"PyTorch (eager-sparse-rowwise_adagrad) {common.fmt_rate(s['torch']['ex_per_s']['median'])}; "
+               f"{s['torch']['ex_per_s']['n']} windows): JAX {reporting.fmt_rate(s['jax']['ex_per_s']['median'])}, "
+               f"PyTorch (eager-sparse-rowwise_adagrad) {reporting.fmt_rate(s['torch']['ex_per_s']['median'])}; "
                f"peak RSS JAX {s['jax']['peak_rss_mb']:,.0f} MB, PyTorch {s['torch']['peak_rss_mb']:,.0f} MB.")
       L.append("")
   L += ["## How to read this", "",
@@ -498,7 +473,9 @@ def plot(res: dict, path: Path) -> None:
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--quick", action="store_true", help="~2 minutes: 1 round, 1e5/1e6 rows, JAX and PyTorch row-wise Adagrad, ESMM 20 steps, 1 seed")
+  ap.add_argument("--quick", action="store_true",
+                  help="a few minutes: 1 round, 1e5/1e6 rows, JAX row-wise Adagrad, PyTorch "
+                  "eager-sparse-rowwise_adagrad and compile-dense-adam, ESMM 20 steps, 1 seed")
   ap.add_argument("--out_dir", default=str(common.RESULTS))
   ap.add_argument("--rows", default="1e5,1e7", help="table sizes of the speed comparison")
   ap.add_argument("--batch", type=int, default=4096)
@@ -506,7 +483,7 @@ def main(argv=None):
   ap.add_argument("--windows", type=int, default=3)
   ap.add_argument("--window_s", type=float, default=3.0)
   ap.add_argument("--warmup_s", type=float, default=2.0)
-  ap.add_argument("--torch_threads", type=int, default=common.usable_cores())
+  ap.add_argument("--torch_threads", type=int, default=reporting.usable_cores())
   ap.add_argument("--torch_variants", default="", help="comma-separated torch variants (default: all)")
   ap.add_argument("--jax_variants", default="", help="comma-separated row-wise optimizers for JAX (default: all)")
   ap.add_argument("--models", default="esmm,esm2")
@@ -526,7 +503,8 @@ def main(argv=None):
     import json
 
     res = json.loads((Path(args.out_dir) / "compare_torch.json").read_text())
-    common.write_results(args.out_dir, "compare_torch", res, markdown(res), plot)
+    reporting.write_results(args.out_dir, "compare_torch", res, markdown(res),
+                            figures={"": lambda p: plot(res, p)})
     return
   if args.quick:
     args.rounds, args.windows, args.window_s, args.warmup_s = 1, 2, 1.0, 0.5
@@ -542,9 +520,7 @@ def main(argv=None):
   probe = common.run_worker(ME, {"kind": "probe"}, env=common.worker_env(devices=1))
   if not probe.get("torch"):
     sys.exit("compare_torch needs torch: pip install -e '.[bench]' (torch==2.13.0)")
-  res = {"when": common.now(), "command": "python benchmarks/compare_torch.py" + (" --quick" if args.quick else ""),
-         "machine": {"cpu": common.cpu_model(), "cores": common.usable_cores(), "mem_available_gb": common.mem_available_gb()},
-         "probe": probe, "load_before": common.load_average(), "args": vars(args), "code": common.code_version()}
+  res = {**reporting.provenance(), "probe": probe, "args": vars(args)}
   if not args.skip_speed:
     log("speed (examples/s, median of windows):")
     res["throughput"] = throughput_section(args, log)
@@ -566,10 +542,9 @@ def main(argv=None):
     log("quality (AUCs on the synthetic eval split):")
     res["quality"] = quality_section(args, log)
   _keep_previous(res, out_dir / "compare_torch.json", args)
-  res["load_after"] = common.load_average()
-  res["elapsed_s"] = time.time() - t0
+  reporting.finish(res, t0)
   md = markdown(res)
-  common.write_results(out_dir, "compare_torch", res, md, plot)
+  reporting.write_results(out_dir, "compare_torch", res, md, figures={"": lambda p: plot(res, p)})
   log(md)
   log(f"wrote {out_dir}/compare_torch.{{json,md,png}} in {res['elapsed_s']:.0f}s")
 

@@ -17,6 +17,7 @@ roofline line.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -25,6 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
+
+from esmjax import reporting
 
 
 def _time_calls(fn, sync, min_s: float) -> float:
@@ -59,7 +62,7 @@ def torch_matmul(spec) -> dict:
 
   dev = "cuda" if torch.cuda.is_available() else "cpu"
   if dev == "cpu":
-    torch.set_num_threads(common.usable_cores())
+    torch.set_num_threads(reporting.usable_cores())
   sync = (lambda x: torch.cuda.synchronize()) if dev == "cuda" else (lambda x: x)
   out = {}
   for n in spec["sizes"]:
@@ -78,7 +81,8 @@ def towers_only(spec) -> dict:
 
   from esmjax.models import layers
 
-  b, in_dim, towers = spec["batch"], spec["in_dim"], spec["towers"]
+  b, in_dim = spec["batch"], spec["in_dim"]
+  towers = len(common.model_towers(spec["model"]))
 
   class Towers(nn.Module):
     @nn.compact
@@ -106,7 +110,7 @@ def towers_only(spec) -> dict:
 
   _, rates, _ = common.timed_windows(run, lambda: jax.block_until_ready(box["l"]), b, warmup_s=1.0,
                                      windows=spec["windows"], window_s=spec["window_s"])
-  return {"ex_per_s": rates}
+  return {"ex_per_s": rates, "towers": towers}
 
 
 def measure_peak(quick: bool = False, with_torch: bool = True) -> dict:
@@ -136,40 +140,61 @@ def fraction_line(ex_per_s: float, flops_per_ex: float, peak_gflops: float) -> s
           f"{100 * ex_per_s / roof:.0f} % of it ({ex_per_s * flops_per_ex / 1e9:,.1f} GFLOP/s).")
 
 
+def markdown(res: dict) -> str:
+  flops, roof = res["esmm_flops_per_example"], res["roofline_ex_per_s"]
+  tw_rate, st_rate = res["towers_only_ex_per_s"], res["esmm_step_1e5_ex_per_s"]
+  towers = res.get("esmm_towers", 2)
+  md = [f"# Roofline ({res['when']})", "",
+        f"Machine: {res['cpu']}, {res['cores']} usable cores, backend {res['backend']}. Shared and "
+        "noisy: medians of timed calls.", "",
+        reporting.markdown_table(["matmul", "GFLOP/s"], sorted(res["by"].items())), "",
+        f"ESMM (23 fields × 18, towers 200-80-1 ×{towers}): {flops / 1e6:.3f} MFLOP per example "
+        "(fwd+bwd).", "",
+        reporting.markdown_table(["what", "ex/s", "fraction of roofline"], [
+            ["roofline (f32 peak / FLOP per example)", roof, 1.0],
+            ["towers alone (fwd+bwd+Adam, JAX)", tw_rate, tw_rate / roof],
+            ["esmjax step, 1e5 rows, batch 4096", st_rate, st_rate / roof]]), "",
+        fraction_line(st_rate, flops, res["peak_gflops"]), "",
+        "Regenerate: `python benchmarks/roofline.py`."]
+  return "\n".join(md) + "\n"
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--quick", action="store_true", help="shorter timings (~30 s)")
   ap.add_argument("--out_dir", default=str(common.RESULTS), help="where roofline.{json,md} go")
+  ap.add_argument("--render_only", action="store_true",
+                  help="rewrite the .md from the .json in --out_dir")
   args = ap.parse_args(argv)
   out_dir = Path(args.out_dir)
+  if args.render_only:
+    res = json.loads((out_dir / "roofline.json").read_text())
+    reporting.write_results(out_dir, "roofline", res, markdown(res))
+    return
+  t0 = time.time()
+  prov = reporting.provenance()
   peak = measure_peak(args.quick)
-  flops = common.model_flops("esmm", common.PAPER_FIELDS)
   w = dict(windows=3, window_s=1.5 if args.quick else 3.0)
   me = Path(__file__).resolve()
-  tw = common.run_worker(me, {"kind": "towers", "batch": 4096, "in_dim": common.PAPER_FIELDS * common.PAPER_DIM,
-                              "towers": 2, **w})
-  st = common.run_worker(me, {"kind": "step", "rows": 100_000, "batch": 4096, "warmup_s": 1.0, **w})
+  in_dim = common.PAPER_FIELDS * common.PAPER_DIM
+  tw = common.run_worker(me, {"kind": "towers", "batch": 4096, "in_dim": in_dim, "model": "esmm",
+                              **w})
+  st = common.run_worker(me, {"kind": "step", "model": "esmm", "rows": 100_000, "batch": 4096,
+                              "warmup_s": 1.0, **w})
+  flops = st.get("flops_per_example", float("nan"))  # the step's worker counts the model's towers
   tw_rate = common.spread(tw.get("ex_per_s", []))["median"]
   st_rate = common.spread(st.get("ex_per_s", []))["median"]
   roof = peak["peak_gflops"] * 1e9 / flops
-  res = {"when": common.now(), "cpu": common.cpu_model(), "cores": common.usable_cores(), **peak,
-         "esmm_flops_per_example": flops, "roofline_ex_per_s": roof,
+  res = {"when": prov["when"], "cpu": prov["machine"]["cpu"], "cores": prov["machine"]["cores"],
+         **peak, "esmm_flops_per_example": flops, "esmm_towers": tw.get("towers"),
+         "roofline_ex_per_s": roof,
          "towers_only_ex_per_s": tw_rate, "towers_only_fraction": tw_rate / roof,
          "esmm_step_1e5_ex_per_s": st_rate, "esmm_step_fraction": st_rate / roof,
-         "step_engine": st.get("engine"), "errors": [r["error"] for r in (tw, st) if "error" in r]}
-  md = [f"# Roofline ({res['when']})", "",
-        f"Machine: {res['cpu']}, {res['cores']} usable cores, backend {peak['backend']}. Shared and noisy: "
-        "medians of timed calls.", "",
-        common.md_table(["matmul", "GFLOP/s"], [[k, v] for k, v in sorted(peak["by"].items())]), "",
-        f"ESMM (23 fields × 18, towers 200-80-1 ×2): {flops / 1e6:.3f} MFLOP per example (fwd+bwd).", "",
-        common.md_table(["what", "ex/s", "fraction of roofline"], [
-            ["roofline (f32 peak / FLOP per example)", roof, 1.0],
-            ["towers alone (fwd+bwd+Adam, JAX)", tw_rate, tw_rate / roof],
-            ["esmjax step, 1e5 rows, batch 4096", st_rate, st_rate / roof]]), "",
-        fraction_line(st_rate, flops, peak["peak_gflops"]), "",
-        "Regenerate: `python benchmarks/roofline.py`."]
-  common.write_results(out_dir, "roofline", res, "\n".join(md) + "\n")
-  print("\n".join(md))
+         "step_engine": st.get("engine"), "errors": [r["error"] for r in (tw, st) if "error" in r],
+         **{k: prov[k] for k in ("command", "machine", "code", "load_before")}}
+  md = markdown(reporting.finish(res, t0))
+  reporting.write_results(out_dir, "roofline", res, md)
+  print(md)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
+from esmjax import reporting
+
 ME = Path(__file__).resolve()
 ACCEL = ("gpu", "tpu", "cuda", "rocm")
 
@@ -101,7 +103,7 @@ def _log_row(row, log):
 def run_points(points, args, probe, log) -> list[dict]:
   """Runs every point (a fresh process each; grouped by device count with --quick)."""
   accel = probe.get("backend") in ACCEL
-  mem_gb = common.mem_available_gb() if not accel else float("inf")
+  mem_gb = reporting.mem_available_gb() if not accel else float("inf")
   t0 = time.time()
   rows: list[dict | None] = [None] * len(points)
   todo = []
@@ -174,7 +176,7 @@ def markdown(res: dict) -> str:
        f"{res['machine']['cpu']}, {res['machine']['cores']} usable cores; jax {pr.get('jax')}, Python {pr.get('python')}. "
        f"Load average before/after: {res['load_before']} / {res['load_after']} (shared machine: medians of "
        "timed windows, ± = half the window range).", "",
-       common.code_line(res) + f"Command: `{res['command']}`", "",
+       reporting.code_line(res) + f"Command: `{res['command']}`", "",
        "ESMM-paper shapes (23 single-valued fields × dim 18, towers 200-80-1), Zipf ids, pre-generated batches; "
        + ("one process per device count (--quick), so peak RSS is cumulative within it" if res["args"].get("quick")
         else "one fresh process per point") + ". Engine: " + ", ".join(sorted({str(r.get('engine')) for r in rows if r.get('engine')})) + ".",
@@ -189,11 +191,11 @@ def markdown(res: dict) -> str:
                 common.spread(r.get("ex_per_cpu_s", []))["median"], r.get("first_step_s", float("nan")), r.get("peak_rss_mb", float("nan")),
                 r.get("device_peak_mb") or "–", f"{100 * frac:.0f}" if frac == frac else "–",
                 r.get("skipped") or (r.get("error", "")[:80])])
-  L += ["## All points", "", common.md_table(hdr, tab), ""]
+  L += ["## All points", "", reporting.markdown_table(hdr, tab), ""]
   sc = res.get("scaling") or []
   if sc:
     L += ["## Device scaling (weak: batch per device fixed)", "",
-          common.md_table(["devices", "global batch", "ex/s", "ex/s per device", "speedup vs 1", "efficiency",
+          reporting.markdown_table(["devices", "global batch", "ex/s", "ex/s per device", "speedup vs 1", "efficiency",
                            "noise"], [[s["devices"], s["batch"], s["ex_per_s"], s["per_device"], f"{s['speedup']:.2f}×",
                                        f"{100 * s['efficiency']:.0f} %", f"±{100 * s['noise']:.0f} %"] for s in sc]), ""]
     if pr.get("backend") == "cpu":
@@ -277,9 +279,7 @@ def main(argv=None):
   accel = probe.get("backend") in ACCEL
   log(f"backend {probe['backend']}: {probe['device_count']} × {probe['device_kind']}")
   points = grid(args.quick, accel, probe["device_count"], base_rows, args.base_batch)
-  cmd = "python benchmarks/sweep.py" + (" --quick" if args.quick else "")
-  res = {"when": common.now(), "command": cmd, "probe": probe, "load_before": common.load_average(), "code": common.code_version(),
-         "machine": {"cpu": common.cpu_model(), "cores": common.usable_cores(), "mem_available_gb": common.mem_available_gb()},
+  res = {**reporting.provenance(), "probe": probe,
          "args": {k: (v if v != float("inf") else None) for k, v in vars(args).items()}}
   res["points"] = run_points(points, args, probe, log)
   if not args.skip_roofline:
@@ -294,11 +294,10 @@ def main(argv=None):
         r["roofline_fraction"] = _rate(r) * r["flops_per_example"] / (p * 1e9 * ndev)
   res["scaling"] = scaling_table(res["points"])
   res["skipped"] = [{"key": _key(r), "why": r["skipped"]} for r in res["points"] if r.get("skipped")]
-  res["load_after"] = common.load_average()
-  res["elapsed_s"] = time.time() - t0
+  reporting.finish(res, t0)
   out = Path(args.out_dir)
   md = markdown(res)
-  common.write_results(out, "sweep", res, md, plot)
+  reporting.write_results(out, "sweep", res, md, figures={"": lambda p: plot(res, p)})
   log(md)
   log(f"wrote {out}/sweep.{{json,md,png}} in {res['elapsed_s']:.0f}s")
 

@@ -45,12 +45,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from esmjax import distributed  # noqa: E402 (light: no JAX import in the parent)
+from esmjax import reporting
 
 ME = Path(__file__).resolve()
 BATCH = 4096
 TARGET_EX_S = 100e3  # at 1e5 rows
 TARGET_RATIO = 1.3  # step time at 1e7 rows / at 1e5 rows
-TOWERS_IDLE_EX_S = 124e3  # DESIGN.md §4: the two-tower MLP alone in JAX on an idle machine of this kind
+TOWERS_IDLE_EX_S = 124e3  # the two-tower MLP alone in JAX, measured on an idle machine of this kind
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +245,7 @@ def _ratios(a: list[float], b: list[float]) -> list[float]:
 def run_point(p: dict, args, log) -> dict:
   """One run of a point in a fresh worker process -> its raw result (or why it did not run)."""
   need_gb = p["rows"] * common.state_bytes_per_row() / 2**30 + 1.0
-  avail = common.mem_available_gb()
+  avail = reporting.mem_available_gb()
   if need_gb > args.mem_fraction * avail:
     log(f"  {p['name']:<42} skipped: needs ~{need_gb:.1f} GB; {avail:.1f} GB available × {args.mem_fraction}")
     return {"skipped": f"needs ~{need_gb:.1f} GB; {avail:.1f} GB available × {args.mem_fraction}"}
@@ -329,35 +330,35 @@ def markdown(res: dict) -> str:
   rows = []
   for r in res["points"]:
     if "rate" in r:
-      rows.append([r["name"], common.fmt_rate(r["rate"]["median"]), f"±{100 * r['rate']['rel_half_range']:.0f} %",
-                   common.fmt_rate(r["rate"]["max"]), common.fmt_rate(r["cpu_rate"]["median"]),
+      rows.append([r["name"], reporting.fmt_rate(r["rate"]["median"]), f"±{100 * r['rate']['rel_half_range']:.0f} %",
+                   reporting.fmt_rate(r["rate"]["max"]), reporting.fmt_rate(r["cpu_rate"]["median"]),
                    f"{100 * r['vs_reference']['median']:.0f} % of {r['reference']['name']} "
-                   f"({common.fmt_rate(r['ref_rate']['median'])})",
+                   f"({reporting.fmt_rate(r['ref_rate']['median'])})",
                    f"{r['peak_rss_mb']:,.0f}", f"{r['init_s']:.1f}" if "init_s" in r else "–", r.get("engine", "–")])
     else:
       rows.append([r["name"], ("skipped: " + r["skipped"]) if r.get("skipped") else "error: " + r.get("error", "")[:80],
                    "", "", "", "", "", "", ""])
-  lines.append(common.md_table(["point", "ex/s (median)", "spread", "best window", "ex / CPU-s", "vs reference",
+  lines.append(reporting.markdown_table(["point", "ex/s (median)", "spread", "best window", "ex / CPU-s", "vs reference",
                                 "peak RSS MB", "init s", "engine"], rows))
   lines += ["", "## Targets", ""]
   for v in res["verdicts"]:
     mark = "met" if v["met"] else "NOT met"
     if "fraction_of_towers_alone" in v:
       lines.append(
-          f"- {v['target']}: median {common.fmt_rate(v['measured'])} ex/s under this run's load — **{mark}**; "
-          f"best window {common.fmt_rate(v['best_window'])} ex/s (a lower bound of the rate with the machine to "
+          f"- {v['target']}: median {reporting.fmt_rate(v['measured'])} ex/s under this run's load — **{mark}**; "
+          f"best window {reporting.fmt_rate(v['best_window'])} ex/s (a lower bound of the rate with the machine to "
           f"itself). The step runs at "
           f"{100 * v['fraction_of_towers_alone']:.0f} % of the towers alone measured alongside (median "
-          f"{common.fmt_rate(v['towers_alone'])}, best {common.fmt_rate(v['towers_alone_best'])} ex/s); against "
-          f"DESIGN.md §4's {TOWERS_IDLE_EX_S / 1e3:.0f} k ex/s for the towers alone on an idle machine that "
-          f"fraction projects {common.fmt_rate(v['projected_idle'])} ex/s.")
+          f"{reporting.fmt_rate(v['towers_alone'])}, best {reporting.fmt_rate(v['towers_alone_best'])} ex/s); against "
+          f"the {TOWERS_IDLE_EX_S / 1e3:.0f} k ex/s of the towers alone on an idle machine of this kind that "
+          f"fraction projects {reporting.fmt_rate(v['projected_idle'])} ex/s.")
     elif "measured_wall" in v:
       lines.append(f"- {v['target']}: {v['measured']:.2f}× load-cancelled (each size against the towers alone in "
                    f"its own process); best windows {v['measured_best']:.2f}×, raw medians {v['measured_wall']:.2f}× "
                    f"wall and {v['measured_cpu']:.2f}× CPU time — **{mark}**.")
     else:
       lines.append(f"- {v['target']}: " + (
-          f"{common.fmt_rate(v['measured'])} ex/s ({100 * v['vs_towers']:.0f} % of the towers alone), peak RSS "
+          f"{reporting.fmt_rate(v['measured'])} ex/s ({100 * v['vs_towers']:.0f} % of the towers alone), peak RSS "
           f"{v['peak_rss_mb'] / 1024:.1f} GB — **met**." if v["met"] else f"**NOT met** ({v['why_not']})."))
   lines += ["", "## Reading these numbers", "",
             "- Every step touches 94 k ids (4096 × 23), ~30 k of them distinct; the engine gathers, merges and "
@@ -393,7 +394,7 @@ def main(argv=None):
     out = Path(args.out_dir)
     res = json.loads((out / "throughput.json").read_text())
     res["verdicts"] = verdicts(res["points"])
-    common.write_results(out, "throughput", res, markdown(res))
+    reporting.write_results(out, "throughput", res, markdown(res))
     return
   if args.quick:
     args.windows, args.window_s, args.warmup_s = 4, 1.0, 1.0
@@ -401,11 +402,8 @@ def main(argv=None):
                                                                           [1e5, 1e6, 1e7, 1e8])
   log = lambda s: print(s, flush=True)
   t0 = time.time()
-  cmd = "python benchmarks/throughput.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
-  res = {"when": common.now(), "command": cmd, "load_before": common.load_average(),
+  res = {**reporting.provenance(),
          "cli_tunables": distributed.HUGETLB_TUNABLE if distributed.huge_page_malloc_supported() else "",
-         "machine": {"cpu": common.cpu_model(), "cores": common.usable_cores(),
-                     "mem_available_gb": common.mem_available_gb()},
          "args": vars(args)}
   log(f"throughput: ESMM paper config, batch {BATCH}; {res['machine']['cores']} cores, load {res['load_before']}")
   pts = points(args)
@@ -417,11 +415,10 @@ def main(argv=None):
       runs[i].append(run_point(p, args, log))
   res["points"] = [summarise(p, r) for p, r in zip(pts, runs)]
   res["verdicts"] = verdicts(res["points"])
-  res["load_after"] = common.load_average()
-  res["elapsed_s"] = time.time() - t0
+  reporting.finish(res, t0)
   out = Path(args.out_dir)
   md = markdown(res)
-  common.write_results(out, "throughput", res, md)
+  reporting.write_results(out, "throughput", res, md)
   log("\n" + md)
   log(f"wrote {out}/throughput.{{json,md}} in {res['elapsed_s']:.0f}s")
 

@@ -16,17 +16,25 @@ What is mirrored exactly (and checked by tests/test_torch_reference.py on copied
     kernels, zero biases) so neither framework starts from a friendlier point;
   * the log-space losses of esmjax.models.losses (log σ, stable log1mexp, logaddexp), no clipping;
   * towers and dense-feature params trained with Adam (torch.optim.Adam, eps 1e-8 = optax's);
-  * tables trained with the configured row-wise optimizer on sparse gradients:
+  * tables trained with the configured row-wise optimizer, or dense Adam:
       rowwise_adagrad  a custom optimizer (one accumulator per row, as torchrec/FBGEMM's
-                       EXACT_ROWWISE_ADAGRAD; PyTorch has none built in) on the coalesced gradient;
-      adagrad          torch.optim.Adagrad (element-wise; it accepts sparse gradients);
+                       EXACT_ROWWISE_ADAGRAD; PyTorch has none built in) on the coalesced sparse
+                       gradient, or on the dense one (zero rows stay put: the same steps);
+      adagrad          torch.optim.Adagrad (element-wise; sparse or dense gradients: same steps);
       lazy_adam        torch.optim.SparseAdam (moments of touched rows only). PyTorch folds the bias
                        corrections into the step size, so its eps acts as eps/√(1−β2ᵗ) in esmjax's
                        terms (30× larger at step 1): the same optimizer, but rows with tiny early
-                       gradients move less; the test compares them with eps = 1e-12.
+                       gradients move less; the test compares them with eps = 1e-12;
+      adam             torch.optim.Adam on dense gradients with lazy_adam's hyperparameters
+                       (embedding.learning_rate, beta1, beta2, eps): what a PyTorch user writes
+                       for a small table. Not an esmjax optimizer: its moments decay and move
+                       every row each step, so it equals lazy_adam only where every row a step
+                       skips was skipped by all the steps before (the test checks this and the
+                       difference).
 Variants (`Variant`): sparse or dense [V, D] table gradients (`nn.Embedding(sparse=...)`), eager or
-`torch.compile` of the dense part (pooling, towers, loss). The embedding lookups stay eager under
-compile: inductor does not produce sparse gradients, so compiling them would force dense ones.
+`torch.compile`. With sparse gradients compile takes the dense part (pooling, towers, loss) and the
+lookups stay eager (inductor does not produce sparse gradients); with dense gradients it takes the
+whole forward pass and loss, lookups included.
 
 Only the entire-space models (esmm, esmm_ns, esm2) are mirrored; the baselines are not needed for
 the comparison. Torch is an optional dependency (`pip install -e '.[bench]'`).
@@ -36,6 +44,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -43,11 +53,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import common
 from esmjax import state as state_lib
-from esmjax.models import multitask as mt
 
-SUPPORTED_MODELS = (mt.ModelName.ESMM, mt.ModelName.ESMM_NS, mt.ModelName.ESM2)
-TABLE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "lazy_adam")
+SUPPORTED_MODELS = ("esmm", "esmm_ns", "esm2")
+TABLE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "lazy_adam", "adam")
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": lambda: nn.GELU(approximate="tanh"), "tanh": nn.Tanh,
                 "sigmoid": nn.Sigmoid, "swish": nn.SiLU, "leaky_relu": lambda: nn.LeakyReLU(0.01)}
 _LN2 = 0.6931471805599453
@@ -62,16 +72,25 @@ _TRUNC_STD = 0.87962566103423978  # std of a unit normal truncated to [-2, 2] (F
 class Variant:
   """How the PyTorch side is run: table optimizer, sparse or dense gradients, eager or compiled."""
 
-  table_optimizer: str = "rowwise_adagrad"  # rowwise_adagrad | adagrad | lazy_adam
+  table_optimizer: str = "rowwise_adagrad"  # rowwise_adagrad | adagrad | lazy_adam | adam
   sparse: bool = True  # nn.Embedding(sparse=True): gradients of touched rows only
-  compile: bool = False  # torch.compile the pooling + towers + loss (lookups stay eager)
+  compile: bool = False  # torch.compile: pooling + towers + loss; with dense gradients lookups too
 
   def __post_init__(self):
     if self.table_optimizer not in TABLE_OPTIMIZERS:
       raise ValueError(f"variant table_optimizer={self.table_optimizer!r}; allowed: {list(TABLE_OPTIMIZERS)}")
     if self.table_optimizer == "lazy_adam" and not self.sparse:
       raise ValueError("variant lazy_adam needs sparse gradients (torch.optim.SparseAdam); dense Adam "
-                       "is a different optimizer (it decays untouched rows)")
+                       "is the variant '*-dense-adam' (it decays untouched rows)")
+    if self.table_optimizer == "adam" and self.sparse:
+      raise ValueError("variant adam needs dense gradients (torch.optim.Adam); with sparse ones "
+                       "use '*-sparse-lazy_adam' (torch.optim.SparseAdam)")
+
+  @property
+  def config_optimizer(self) -> str:
+    """The esmjax embedding.optimizer whose hyperparameters this variant takes (adam: lazy
+    Adam's)."""
+    return "lazy_adam" if self.table_optimizer == "adam" else self.table_optimizer
 
   @property
   def name(self) -> str:
@@ -104,10 +123,10 @@ def bce_from_logits(y, a):
   return torch.mean(F.softplus(a) - y * a)
 
 
-def log_probs(name: mt.ModelName, z: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-  """{log_pctr, log_pcvr, log_pctcvr[, log_pctavr]} from tower logits (mt.Objective.log_probs)."""
+def log_probs(name: str, z: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+  """{log_pctr, log_pcvr, log_pctcvr[, log_pctavr]} from tower logits (esmjax's objective)."""
   ls = F.logsigmoid
-  if name == mt.ModelName.ESM2:
+  if name == "esm2":
     l1, l2 = ls(z["ctr"]), ls(z["daction"])
     log_pcvr = torch.logaddexp(l2 + ls(z["buy_d"]), ls(-z["daction"]) + ls(z["buy_o"]))
     return {"log_pctr": l1, "log_pcvr": log_pcvr, "log_pctcvr": l1 + log_pcvr, "log_pctavr": l1 + l2}
@@ -115,13 +134,13 @@ def log_probs(name: mt.ModelName, z: dict[str, torch.Tensor]) -> dict[str, torch
   return {"log_pctr": l1, "log_pcvr": l3, "log_pctcvr": l1 + l3}
 
 
-def loss_fn(name: mt.ModelName, loss_weights, z, labels: dict[str, torch.Tensor]):
-  """(total, {per-task}) exactly as mt.Objective.loss for esmm / esmm_ns / esm2."""
+def loss_fn(name: str, loss_weights, z, labels: dict[str, torch.Tensor]):
+  """(total, {per-task}) exactly as esmjax's objective for esmm / esmm_ns / esm2."""
   lp = log_probs(name, z)
   click, buy = labels["click"], labels["buy"]
   ctr = bce_from_logits(click, z["ctr"])
   ctcvr = bce_from_logp(click * buy, lp["log_pctcvr"])
-  if name == mt.ModelName.ESM2:
+  if name == "esm2":
     w1, w2, w3 = loss_weights
     ctavr = bce_from_logp(click * labels["daction"], lp["log_pctavr"])
     return w1 * ctr + w2 * ctavr + w3 * ctcvr, {"ctr": ctr, "ctavr": ctavr, "ctcvr": ctcvr}
@@ -143,24 +162,25 @@ def _lecun_linear(fan_in: int, fan_out: int) -> nn.Linear:
 class TorchMultiTask(nn.Module):
   """Stacked tables + per-set field inputs + one MLP tower per head; `forward` returns logits."""
 
-  def __init__(self, c: state_lib.Components, *, sparse: bool = True, loss_weights=(1.0, 1.0, 1.0)):
+  def __init__(self, config, schema, *, sparse: bool = True):
     super().__init__()
-    name = c.objective.name
+    name, m = config.model.name, config.model
     if name not in SUPPORTED_MODELS:
-      raise ValueError(f"model.name={name.value!r} has no PyTorch reference; allowed: "
-                       f"{[m.value for m in SUPPORTED_MODELS]}")
-    self.name, self.loss_weights, self.sparse = name, tuple(loss_weights), sparse
-    lay, inp, m = c.layout, c.model.inputs, c.model
-    self.dim = c.engine.dim
-    self.num_sparse = inp["num_sparse"]
-    self.dense_mode = inp["dense_mode"]
-    self.towers = tuple(m.towers)
+      raise ValueError(f"model.name={name!r} has no PyTorch reference; allowed: "
+                       f"{list(SUPPORTED_MODELS)}")
+    c = state_lib.build(config, schema)  # esmjax's table layout and label columns
+    lay = c.layout
+    self.name, self.loss_weights, self.sparse = name, tuple(m.loss_weights), sparse
+    self.dim = int(m.embed_dim)
+    self.num_sparse = len(schema.sparse)
+    self.dense_mode = m.dense_mode
+    self.towers = common.model_towers(name)
     self.sets = tuple(dict.fromkeys(s for _, s in self.towers))
     self.label_index = dict(c.label_index)
     self.tables = nn.ModuleDict()
-    for i, s in enumerate(self.sets):
+    for s in self.sets:
       emb = nn.Embedding(lay.padded_rows, self.dim, sparse=sparse)
-      nn.init.normal_(emb.weight, 0.0, c.engine.init_std)
+      nn.init.normal_(emb.weight, 0.0, config.embedding.init_std)
       self.tables[s] = emb
     # Single-valued columns: sparse fields, then bucketised dense fields (esmjax's gids order).
     self.register_buffer("sv_offsets", torch.tensor(lay.sparse_offsets + lay.dense_offsets, dtype=torch.int64),
@@ -169,15 +189,18 @@ class TorchMultiTask(nn.Module):
     for i, b in enumerate(lay.dense_boundaries):
       self.register_buffer(f"bounds_{i}", torch.tensor(b, dtype=torch.float32), persistent=False)
     self.mv_lens = tuple(lay.mv_lens)
-    self.mv_mean = tuple(p == "mean" for p in inp["mv_pooling"])
+    self.mv_mean = tuple(f.pooling == "mean" for f in schema.multi)
     self.register_buffer("mv_col_offsets", torch.tensor(
         np.repeat(np.asarray(lay.mv_offsets, np.int64), lay.mv_lens), dtype=torch.int64), persistent=False)
-    self._bag_cache: dict[tuple[int, str], torch.Tensor] = {}
-    n_dense = len(inp["dense_mean"])
+    starts = np.cumsum([0, *lay.mv_lens])[:-1]
+    self.register_buffer("mv_bag_starts", torch.tensor(starts, dtype=torch.int64), persistent=False)
+    n_dense = len(schema.dense) if self.dense_mode != "none" else 0
     self.tanh_dense = self.dense_mode == "tanh" and n_dense > 0
-    if self.tanh_dense:
-      self.register_buffer("dense_mean", torch.tensor(inp["dense_mean"], dtype=torch.float32), persistent=False)
-      self.register_buffer("dense_std", torch.tensor(inp["dense_std"], dtype=torch.float32), persistent=False)
+    if self.tanh_dense:  # esmjax's normalisation: the schema's mean and std (a zero std as 1)
+      mean = [float(f.mean) for f in schema.dense]
+      std = [float(f.std) or 1.0 for f in schema.dense]
+      self.register_buffer("dense_mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
+      self.register_buffer("dense_std", torch.tensor(std, dtype=torch.float32), persistent=False)
       self.dense_u = nn.ParameterDict({s: nn.Parameter(torch.randn(n_dense, self.dim)) for s in self.sets})
       self.dense_b = nn.ParameterDict({s: nn.Parameter(torch.zeros(n_dense, self.dim)) for s in self.sets})
     n_fields = self.num_sparse + len(self.mv_lens) + n_dense * (self.dense_mode in ("tanh", "bucket"))
@@ -195,7 +218,7 @@ class TorchMultiTask(nn.Module):
 
   @classmethod
   def from_config(cls, config, schema, *, sparse: bool = True) -> "TorchMultiTask":
-    return cls(state_lib.build(config, schema), sparse=sparse, loss_weights=tuple(config.model.loss_weights))
+    return cls(config, schema, sparse=sparse)
 
   def dense_parameters(self) -> list[nn.Parameter]:
     """Everything but the tables: what Adam trains."""
@@ -204,13 +227,10 @@ class TorchMultiTask(nn.Module):
   # Lookups (eager: they make the sparse gradients).
 
   def _bag_offsets(self, b: int, device) -> torch.Tensor:
-    key = (b, str(device))
-    if key not in self._bag_cache:
-      starts = np.cumsum([0] + list(self.mv_lens))[:-1]
-      total = sum(self.mv_lens)
-      self._bag_cache[key] = torch.from_numpy(
-          (np.arange(b)[:, None] * total + starts[None, :]).reshape(-1)).to(device)
-    return self._bag_cache[key]
+    """Start of every bag in the flattened [B·L] ids: torch ops only, so torch.compile traces it."""
+    total = sum(self.mv_lens)
+    rows = torch.arange(b, device=device)[:, None] * total
+    return (rows + self.mv_bag_starts[None, :]).reshape(-1)
 
   def _bag_weights(self, mv_w: torch.Tensor) -> torch.Tensor:
     if not any(self.mv_mean):
@@ -268,6 +288,10 @@ class TorchMultiTask(nn.Module):
 
   def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return self.head(self.lookup(batch), batch["dense"])
+
+  def loss(self, batch: dict[str, torch.Tensor]):
+    """(total, {per-task}) of a batch, lookups included (compiled whole with dense gradients)."""
+    return self.head_loss(self.lookup(batch), batch["dense"], batch["labels"])
 
   @torch.no_grad()
   def probabilities(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -330,8 +354,10 @@ def table_optimizer(params, variant: Variant, emb_cfg) -> torch.optim.Optimizer:
   if variant.table_optimizer == "adagrad":
     return torch.optim.Adagrad(params, lr=emb_cfg.learning_rate, eps=emb_cfg.eps,
                                initial_accumulator_value=emb_cfg.initial_accumulator)
-  return torch.optim.SparseAdam(params, lr=emb_cfg.learning_rate, betas=(emb_cfg.beta1, emb_cfg.beta2),
-                                eps=emb_cfg.eps)
+  betas = (emb_cfg.beta1, emb_cfg.beta2)
+  if variant.table_optimizer == "adam":
+    return torch.optim.Adam(params, lr=emb_cfg.learning_rate, betas=betas, eps=emb_cfg.eps)
+  return torch.optim.SparseAdam(params, lr=emb_cfg.learning_rate, betas=betas, eps=emb_cfg.eps)
 
 
 def tower_optimizer(params, opt_cfg) -> torch.optim.Optimizer:
@@ -352,7 +378,8 @@ def to_torch(batch: dict[str, np.ndarray], device: str | torch.device = "cpu") -
 
 
 class Trainer:
-  """One train step: lookup (eager) → head + loss (eager or compiled) → backward → two optimizers."""
+  """One train step: lookup → head + loss → backward → two optimizers. Compiled variants compile
+  head + loss (sparse gradients) or lookup + head + loss (dense gradients)."""
 
   def __init__(self, model: TorchMultiTask, config, variant: Variant):
     if model.sparse != variant.sparse:
@@ -361,20 +388,76 @@ class Trainer:
     self.tower_opt = tower_optimizer(model.dense_parameters(), config.optimizer)
     self.table_opt = table_optimizer(list(model.tables.parameters()), variant, config.embedding)
     self.grad_clip = float(config.optimizer.get("grad_clip", 0.0))
-    self.head_loss = torch.compile(model.head_loss) if variant.compile else model.head_loss
+    self.whole = variant.compile and not variant.sparse  # inductor traces dense lookups too
+    if self.whole:
+      self.loss = torch.compile(model.loss)
+    else:
+      self.head_loss = torch.compile(model.head_loss) if variant.compile else model.head_loss
 
   def step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     self.model.train()
     self.tower_opt.zero_grad(set_to_none=True)
     self.table_opt.zero_grad(set_to_none=True)
-    rows = self.model.lookup(batch)
-    loss, _ = self.head_loss(rows, batch["dense"], batch["labels"])
+    if self.whole:
+      loss, _ = self.loss(batch)
+    else:
+      loss, _ = self.head_loss(self.model.lookup(batch), batch["dense"], batch["labels"])
     loss.backward()
     if self.grad_clip:
       nn.utils.clip_grad_norm_(self.model.dense_parameters(), self.grad_clip)
     self.tower_opt.step()
     self.table_opt.step()
     return loss.detach()
+
+
+def train_loop(trainer: Trainer, batches: Iterator[dict[str, np.ndarray]], total_steps: int,
+               batch_size: int, log_every: int, device: str | torch.device = "cpu",
+               writer=None) -> dict[str, Any]:
+  """esmjax's training loop in PyTorch: next batch → step; at every `log_every`-th step and the last
+  the loss is read (a device sync) and written by `writer` (an esmjax.metrics_io.MetricWriter:
+  metrics.jsonl + TensorBoard, as esmjax logs). The first step (compilation) is timed apart, as
+  esmjax's trainer keeps it out of its rate.
+
+  Returns {steps, first_step_s, train_s (steps 2…N), ex_per_s ((N−1)·B / train_s), windows
+  (examples/s between log steps), losses [(step, loss)]}.
+  """
+  sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+  losses, windows = [], []
+  t_start = time.perf_counter()
+  loss = trainer.step(to_torch(next(batches), device))
+  float(loss)
+  sync()
+  t_first = t_log = time.perf_counter()
+  since_log = 0
+  for step in range(2, total_steps + 1):
+    loss = trainer.step(to_torch(next(batches), device))
+    since_log += 1
+    if step % log_every == 0 or step == total_steps:
+      value = float(loss)  # waits for the step, as esmjax's device_get of the logged loss does
+      now = time.perf_counter()
+      windows.append(since_log * batch_size / max(now - t_log, 1e-9))
+      losses.append((step, value))
+      if writer is not None:
+        writer.write(step, "train", {"loss": value, "examples_per_sec": windows[-1]})
+      t_log, since_log = now, 0
+  train_s = time.perf_counter() - t_first
+  return {"steps": total_steps, "first_step_s": t_first - t_start, "train_s": train_s,
+          "ex_per_s": (total_steps - 1) * batch_size / train_s if total_steps > 1 else float("nan"),
+          "windows": windows, "losses": losses}
+
+
+def predict_fn(model: TorchMultiTask, device: str | torch.device = "cpu"):
+  """`predict_fn(state, batch)` for esmjax.evaluation.predict_dataset (`state` unused): the model's
+  probabilities as NumPy, so PyTorch is scored by esmjax's own evaluation code."""
+  keys = ("sparse", "mv_ids", "mv_w", "dense", "labels")
+
+  def predict(state, batch):
+    del state
+    model.eval()
+    return {k: v.cpu().numpy() for k, v in model.probabilities(to_torch(
+        {k: np.asarray(batch[k]) for k in keys if k in batch}, device)).items()}
+
+  return predict
 
 
 def state_bytes(trainer: Trainer) -> int:

@@ -86,6 +86,75 @@ def test_train_steps_equal_esmjax(opt):
   np.testing.assert_allclose(tm.tower["cvr"][0].weight.detach().numpy(), k, rtol=1e-4, atol=2e-6)
 
 
+def _table(tm) -> np.ndarray:
+  return tm.tables["shared"].weight.detach().numpy()
+
+
+def _assert_towers_equal(tm, state, towers=("ctr", "cvr")):
+  for t in towers:
+    k = np.asarray(state.params[f"tower_{t}"]["Dense_0"]["kernel"]).T
+    got = tm.tower[t][0].weight.detach().numpy()
+    np.testing.assert_allclose(got, k, rtol=1e-4, atol=2e-6, err_msg=t)
+
+
+def _train_both(cfg, schema, c, state, variant: str, batches):
+  """Trains esmjax and the PyTorch `variant` from the same weights on `batches`, asserting equal
+  losses step by step; yields (step, esmjax state, torch model) after each step."""
+  tm = tr.TorchMultiTask.from_config(cfg, schema, sparse=tr.Variant.parse(variant).sparse)
+  tm.load_esmjax(state)
+  trainer = tr.Trainer(tm, cfg, tr.Variant.parse(variant))
+  step = jax.jit(functools.partial(steps.train_step, c))
+  for i, b in enumerate(batches):
+    state, m = step(state, _jax(b))
+    loss = trainer.step(tr.to_torch(b))
+    np.testing.assert_allclose(float(loss), float(m["loss"]), rtol=1e-5,
+                               err_msg=f"{variant} step {i + 1}")
+    yield i + 1, state, tm
+
+
+@pytest.mark.parametrize("variant,opt", [("compile-dense-rowwise_adagrad", "rowwise_adagrad"),
+                                         ("compile-dense-adagrad", "adagrad")])
+def test_compiled_dense_variants_equal_esmjax(variant, opt):
+  """torch.compile over lookups + towers + loss with dense [V, D] gradients: dense Adagrad
+  (element- or row-wise) leaves zero-gradient rows and their accumulators as they are, so it
+  takes esmjax's sparse steps exactly."""
+  cfg, schema, c, state = _setup("esmm", "tanh", opt)
+  batches = [_batch(schema, seed=10 + i) for i in range(3)]  # repeated ids: merge + slots
+  *_, (_, state, tm) = _train_both(cfg, schema, c, state, variant, batches)
+  np.testing.assert_allclose(_table(tm), np.asarray(state.tables["shared"]), rtol=1e-4, atol=2e-6)
+  _assert_towers_equal(tm, state)
+
+
+def test_compiled_dense_adam_equals_lazy_adam_until_a_row_is_skipped():
+  """compile-dense-adam (torch.optim.Adam on the tables' dense gradients) against esmjax's
+  lazy_adam (same lr, betas, eps). Step 1: every row equal (an untouched row has m = v = 0 and
+  stays). Step 2: the same losses, towers and every row step 2 looked up or neither step did; a
+  row only step 1 looked up is moved again by dense Adam, by exactly lr·m̂/(√v̂ + eps) of its
+  decayed moments, and lazy Adam leaves it."""
+  cfg, schema, _, state = _setup("esmm", "tanh", "lazy_adam")
+  cfg.embedding.eps = 1e-8  # torch.optim.Adam adds eps to √v̂ as esmjax does: the real value
+  c = state_lib.build(cfg, schema)
+  e = cfg.embedding
+  batches = [_batch(schema, seed=30 + i, n=4) for i in range(2)]  # small: rows only in step 1
+  looked = [np.unique(np.asarray(c.layout.global_ids(b["sparse"], b["mv_ids"], b["dense"])))
+            for b in batches]
+  only_first = np.setdiff1d(looked[0], looked[1])
+  assert only_first.size, "the batches must leave rows to step 2 that step 1 looked up"
+  for i, state, tm in _train_both(cfg, schema, c, state, "compile-dense-adam", batches):
+    if i == 1:
+      np.testing.assert_allclose(_table(tm), np.asarray(state.tables["shared"]), rtol=1e-4,
+                                 atol=2e-6)
+  got, lazy = _table(tm), np.asarray(state.tables["shared"])
+  same = np.setdiff1d(np.arange(lazy.shape[0]), only_first)
+  np.testing.assert_allclose(got[same], lazy[same], rtol=1e-4, atol=2e-6)
+  m, v = (np.asarray(state.slots["shared"][k])[only_first] for k in ("m", "v"))  # from step 1
+  step = e.learning_rate * (e.beta1 * m / (1 - e.beta1**2)) / (
+      np.sqrt(e.beta2 * v / (1 - e.beta2**2)) + e.eps)
+  np.testing.assert_allclose(got[only_first], lazy[only_first] - step, rtol=1e-4, atol=2e-6)
+  assert np.abs(got[only_first] - lazy[only_first]).max() > 1e-3  # the decay shows, not noise
+  _assert_towers_equal(tm, state)
+
+
 def test_dense_gradients_take_the_same_steps_as_sparse():
   cfg, schema, c, state = _setup("esm2", "tanh", "rowwise_adagrad")
   out = {}
@@ -101,11 +170,15 @@ def test_dense_gradients_take_the_same_steps_as_sparse():
 
 
 def test_variant_names_round_trip_and_errors_name_the_values():
-  for name in ("eager-sparse-rowwise_adagrad", "compile-dense-adagrad", "eager-sparse-lazy_adam"):
+  for name in ("eager-sparse-rowwise_adagrad", "compile-dense-adagrad", "eager-sparse-lazy_adam",
+               "compile-dense-adam"):
     assert tr.Variant.parse(name).name == name
   with pytest.raises(ValueError, match=r"lazy_adam needs sparse"):
     tr.Variant.parse("eager-dense-lazy_adam")
-  with pytest.raises(ValueError, match=r"allowed: \['rowwise_adagrad', 'adagrad', 'lazy_adam'\]"):
+  with pytest.raises(ValueError, match=r"adam needs dense gradients"):
+    tr.Variant.parse("compile-sparse-adam")
+  allowed = r"allowed: \['rowwise_adagrad', 'adagrad', 'lazy_adam', 'adam'\]"
+  with pytest.raises(ValueError, match=allowed):
     tr.Variant("ftrl")
   cfg, schema, _, _ = _setup("esmm")
   cfg.model.name = "base"
