@@ -23,7 +23,7 @@ def ds(tmp_path_factory):
 
 def reference_batches(d, *, batch_size, window_blocks, seed, shuffle, fraction=1.0, process_index=0,
                       process_count=1, num_epochs=1, drop_remainder=True):
-  mds = grain.MapDataset.source(pipeline.BlockSource(d))
+  mds = grain.MapDataset.source(D.BlockSource(d))
   if fraction < 1.0:
     mds = mds[:max(1, int(round(len(mds) * fraction)))]
   if shuffle:

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from esmjax.data.dataset import OOV, PAD
+from esmjax.schema import OOV, PAD
 
 NUM_RESERVED = 2  # PAD and OOV
 MAPPINGS = ("hash", "vocab")

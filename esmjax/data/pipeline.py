@@ -1,6 +1,6 @@
 """The grain input pipeline: blocks on disk -> shuffled, re-batched, per-process numpy batches.
 
-Order of operations (DESIGN.md §3): random-access source of blocks -> per-epoch seeded shuffle of
+Order of operations: random-access source of blocks (`dataset.BlockSource`) -> per-epoch seeded shuffle of
 blocks -> split by process (`[process_index::process_count]`) -> row shuffle inside a window of
 blocks -> re-batch to the per-process batch -> prefetch in a thread.
 
@@ -28,34 +28,13 @@ import numpy as np
 from esmjax.data import dataset as ds_lib
 
 
-class BlockSource(grain.sources.RandomAccessDataSource if hasattr(grain, "sources") else object):
-  """Random access to the decoded blocks of a dataset, across all its shards."""
-
-  def __init__(self, dataset: ds_lib.Dataset):
-    self._dataset = dataset
-    self._readers = [ds_lib.ShardReader(p) for p in dataset.shard_paths]
-    counts = [int(s["num_blocks"]) for s in dataset.manifest["shards"]]
-    # (reader, block in its shard) per block, made once: a lookup is a list read, not a search.
-    self._where = [(r, j) for r, c in zip(self._readers, counts) for j in range(c)]
-
-  def __len__(self) -> int:
-    return len(self._where)
-
-  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    reader, j = self._where[int(index)]
-    return reader[j]
-
-  def __repr__(self):
-    return f"BlockSource({self._dataset.directory!r}, blocks={len(self)})"
-
-
 def block_order(dataset: ds_lib.Dataset, *, seed: int, shuffle: bool, num_epochs: int | None,
                 process_index: int = 0, process_count: int = 1, fraction: float = 1.0) -> grain.MapDataset:
   """Block indices in reading order: the leading `fraction` of the blocks, shuffled per epoch, this
   process's share, repeated.
 
-  Indices rather than blocks: grain's per-element bookkeeping around a source cost as much as
-  decoding the block; the iterator reads the blocks from a `BlockSource` itself.
+  Indices rather than blocks: grain's per-element bookkeeping around a source costs as much as
+  decoding the block; the iterator reads the blocks from a `dataset.BlockSource` itself.
   """
   mds = grain.MapDataset.range(dataset.num_blocks)
   if fraction < 1.0:
@@ -180,7 +159,7 @@ def _seed_seq(seed: int, n: int) -> list[int]:
 
 def block_dataset(dataset: ds_lib.Dataset, **kw) -> grain.MapDataset:
   """The blocks of `block_order(dataset, **kw)`, decoded: a MapDataset of blocks."""
-  return block_order(dataset, **kw).map(BlockSource(dataset).__getitem__)
+  return block_order(dataset, **kw).map(ds_lib.BlockSource(dataset).__getitem__)
 
 
 class _BatchBuffers:
@@ -229,7 +208,7 @@ class _RebatchIterator(grain.DatasetIterator):
   `threads` > 1 both are split by rows over that many threads (numpy releases the GIL).
   """
 
-  def __init__(self, order: Sequence[int], source: BlockSource, *, batch_size: int, window_blocks: int,
+  def __init__(self, order: Sequence[int], source: ds_lib.BlockSource, *, batch_size: int, window_blocks: int,
                seed: int, shuffle_rows: bool, drop_remainder: bool, threads: int = 1, keep_buffers: int = 8):
     super().__init__()
     self._order, self._source = order, source
@@ -357,7 +336,7 @@ class _RebatchIterator(grain.DatasetIterator):
 
 
 class RebatchIterDataset(grain.IterDataset):
-  def __init__(self, order: Sequence[int], source: BlockSource, **kw):
+  def __init__(self, order: Sequence[int], source: ds_lib.BlockSource, **kw):
     super().__init__()
     self._order, self._source, self._kw = order, source, kw
 
@@ -384,7 +363,7 @@ def train_iter_dataset(dataset: ds_lib.Dataset, cfg: PipelineConfig, *, process_
                       process_index=process_index, process_count=process_count, fraction=cfg.fraction)
   # Batch buffers in use at once: the prefetch queue, the one being filled, the consumer's and the
   # few that asynchronous device transfers may still hold.
-  it = RebatchIterDataset(order, BlockSource(dataset), batch_size=cfg.batch_size, window_blocks=cfg.window_blocks,
+  it = RebatchIterDataset(order, ds_lib.BlockSource(dataset), batch_size=cfg.batch_size, window_blocks=cfg.window_blocks,
                           seed=cfg.seed, shuffle_rows=cfg.shuffle, drop_remainder=cfg.drop_remainder,
                           threads=cfg.threads, keep_buffers=cfg.prefetch + 6)
   if cfg.prefetch:
@@ -400,7 +379,7 @@ def eval_batches(dataset: ds_lib.Dataset, batch_size: int, *, process_index: int
   the same number of batches (padding-only batches where one has fewer rows), so collective
   evaluation steps stay in lock-step.
   """
-  src = BlockSource(dataset)
+  src = ds_lib.BlockSource(dataset)
   mine = list(range(process_index, len(src), process_count))
   total_rows = [0] * process_count
   per_block = _block_rows(dataset)
