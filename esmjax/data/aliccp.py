@@ -3,7 +3,8 @@ r"""Ali-CCP raw dump -> an esmjax blocked dataset: each file read once, bounded 
     python -m esmjax.data.aliccp \
         --skeleton=sample_skeleton_train.csv --common_features=common_features_train.csv \
         --out_dir=data/aliccp_train [--bad_lines=skip|fail] [--block_rows=0 (auto)] [--workers=2] \
-        [--config=configs/data/aliccp_raw.py] [--stats_from=data/aliccp_train] [--range_mb=64]
+        [--config=configs/data/aliccp_raw.py] [--stats_from=data/aliccp_train] [--range_mb=64] \
+        [--label_leakage=warn|fail]
 
 (`--range_mb` caps the byte range per task and shard; smaller files are cut into 16 ranges of at
 least 4 MB each, so both workers stay busy.)
@@ -43,7 +44,10 @@ id of field 101 (-1 where absent), `sample_id` the skeleton's first column.
 
 Bad lines (counted per kind, first examples with file and line number in the manifest and on the
 console; `--bad_lines=fail` stops at the first, in file order): see `BAD_KINDS`. Rows are only
-ever dropped for one of those reasons.
+ever dropped for one of those reasons. Inputs must be plain text: compressed files and archives are
+refused with one line naming the file and the command that unpacks it (ranges of a compressed
+file cannot be read independently). A feature column that gives a label away (`leakage`) is
+reported and recorded in the manifest; `--label_leakage=fail` stops the conversion instead.
 """
 
 from __future__ import annotations
@@ -62,7 +66,9 @@ import numpy as np
 
 from esmjax.data import aliccp_work as work
 from esmjax.data import dataset as ds_lib
+from esmjax.data import files
 from esmjax.data import ingestion
+from esmjax.data import leakage
 from esmjax.data.aliccp_spec import (  # noqa: F401  (the converter's public names)
     ALL_KINDS, BAD_KINDS, WARN_KINDS, ConversionError, Spec, compile_config, default_config)
 from esmjax.data.blocks import auto_block_rows
@@ -86,6 +92,7 @@ class _Job:
   range_bytes: int
   chunk_bytes: int
   stats_from: str | None
+  label_leakage: str
   progress: bool
   keep_common_index: bool
   t_start: float
@@ -99,14 +106,18 @@ class _Job:
     return os.path.join(self.out_dir, "_common")
 
 
-def convert(skeleton: str, common_features: str, out_dir: str, *, config=None, bad_lines: str = "skip",
-            block_rows: int = 0, workers: int | None = None, range_mb: float = 64.0,
-            chunk_mb: float = 8.0, stats_from: str | None = None, progress: bool = True,
-            keep_common_index: bool = False) -> dict:
+def convert(skeleton: str, common_features: str, out_dir: str, *, config=None,
+            bad_lines: str = "skip", block_rows: int = 0, workers: int | None = None,
+            range_mb: float = 64.0,
+            chunk_mb: float = 8.0, stats_from: str | None = None, label_leakage: str = "warn",
+            progress: bool = True, keep_common_index: bool = False) -> dict:
   """Converts raw Ali-CCP files into a dataset directory; returns its manifest (see module doc)."""
   t_start = time.time()
   if bad_lines not in BAD_LINES_MODES:
     raise ConversionError(f"bad_lines={bad_lines!r}; allowed: {list(BAD_LINES_MODES)}")
+  if label_leakage not in leakage.LEAKAGE_MODES:
+    raise ConversionError(f"label_leakage={label_leakage!r}; allowed: "
+                          f"{list(leakage.LEAKAGE_MODES)}")
   if block_rows < 0:
     raise ConversionError(f"block_rows={block_rows}; must be >= 1, or 0 for automatic")
   for flag, path in (("skeleton", skeleton), ("common_features", common_features)):
@@ -114,6 +125,15 @@ def convert(skeleton: str, common_features: str, out_dir: str, *, config=None, b
       raise ConversionError(f"--{flag} is required")
     if not os.path.isfile(path):
       raise ConversionError(f"--{flag}: no such file: {path}")
+    kind = files.sniff(path)
+    if kind == "binary":
+      raise ConversionError(f"--{flag}: {path} does not look like text (it holds NUL bytes at its "
+                            "start); the Ali-CCP files are text")
+    if kind:
+      raise ConversionError(
+          f"--{flag}: {path} is {files.describe_kind(kind)}: the Ali-CCP converter reads byte "
+          f"ranges of its inputs in parallel, so they must be plain text: unpack it first "
+          f"(`{files.UNPACK_HINT.get(kind, '').format(path)}`) and pass the extracted file")
   if not out_dir:
     raise ConversionError("--out_dir is required")
   if stats_from and not os.path.isdir(stats_from):
@@ -124,7 +144,8 @@ def convert(skeleton: str, common_features: str, out_dir: str, *, config=None, b
              workers=max(1, int(workers or os.cpu_count() or 1)),
              range_bytes=max(1 << 12, int(range_mb * (1 << 20))),
              chunk_bytes=max(1 << 12, int(chunk_mb * (1 << 20))),
-             stats_from=stats_from, progress=progress, keep_common_index=keep_common_index, t_start=t_start)
+             stats_from=stats_from, label_leakage=label_leakage, progress=progress,
+             keep_common_index=keep_common_index, t_start=t_start)
   os.makedirs(out_dir, exist_ok=True)
   lock = _lock(out_dir)
   try:
@@ -134,7 +155,8 @@ def convert(skeleton: str, common_features: str, out_dir: str, *, config=None, b
 
 
 def _lock(out_dir: str):
-  """One conversion per output directory at a time (an exclusive flock, released on exit or crash)."""
+  """One conversion per output directory at a time (an exclusive flock, released on exit or
+  crash)."""
   import fcntl
 
   f = open(os.path.join(out_dir, ".converting.lock"), "w")
@@ -142,7 +164,8 @@ def _lock(out_dir: str):
     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError:
     f.close()
-    raise ConversionError(f"another conversion is writing to {out_dir} (it holds {f.name})") from None
+    raise ConversionError(f"another conversion is writing to {out_dir} (it holds {f.name})") \
+        from None
   return f
 
 
@@ -164,9 +187,9 @@ def _json_or_none(path: str):
 
 
 def _ours(name: str) -> bool:
-  return (name.startswith("shard-") and (name.endswith(ds_lib.SHARD_SUFFIX) or name.endswith(".done.json")
-                                         or name.endswith(".tmp"))) or name in (ds_lib.MANIFEST,
-                                                                                ds_lib.MANIFEST + ".tmp")
+  if name in (ds_lib.MANIFEST, ds_lib.MANIFEST + ".tmp"):
+    return True
+  return name.startswith("shard-") and name.endswith((ds_lib.SHARD_SUFFIX, ".done.json", ".tmp"))
 
 
 def _remove_dir(d: str) -> None:
@@ -198,7 +221,8 @@ def _convert(job: _Job) -> dict:
   stale |= os.path.exists(mpath) and (not isinstance(old, dict) or
                                        old.get("conversion", {}).get("fingerprint") != fp)
   if stale:
-    ingestion.console(f"{out_dir}: holds a conversion with other inputs or settings: restarting from scratch")
+    ingestion.console(f"{out_dir}: holds a conversion with other inputs or settings: restarting "
+                      "from scratch")
     _clear(out_dir)
   elif old is not None:
     os.remove(mpath)  # rewritten at the end; until then the directory is not a dataset
@@ -221,6 +245,7 @@ def _convert(job: _Job) -> dict:
     work.clear_worker()
 
   dense = _dense_fields(spec, sk_meta["sidecars"], job.stats_from)
+  leaks = _leakage(sk_meta["sidecars"], job)
   schema = dataclasses.replace(spec.schema, dense=tuple(dense))
   shards = [s["shard"] for s in sk_meta["sidecars"] if s["shard"]["num_rows"] > 0]
   n_rows = sum(s["num_rows"] for s in shards)
@@ -233,7 +258,8 @@ def _convert(job: _Job) -> dict:
           "kind": "hash",
           "function": ("2 + splitmix64(raw_id XOR blake2b8(field name)) % buckets  "
                        "(esmjax.data.ids.hash_ids)"),
-          "why": "single streaming pass, bounded memory, no vocabulary shared between workers or splits",
+          "why": ("single streaming pass, bounded memory, no vocabulary shared between workers or "
+                  "splits"),
           "buckets": {n: int(b) for n, b in zip(spec.names, spec.buckets)},
           "pad": ds_lib.PAD, "oov": ds_lib.OOV,
       },
@@ -243,29 +269,34 @@ def _convert(job: _Job) -> dict:
       "rows_written": n_rows, "clicks": sk_meta["clicks"], "buys": sk_meta["buys"],
       "lines": {"skeleton": sk_meta["n_lines"], "common_features": common_meta["n_lines"]},
       "common_rows": common_meta["n_rows"],
-      "bad_lines": {"mode": job.bad_lines, "skeleton": sk_meta["bad"], "common_features": common_meta["bad"]},
+      "bad_lines": {"mode": job.bad_lines, "skeleton": sk_meta["bad"],
+                    "common_features": common_meta["bad"]},
       "warnings": {"skeleton": sk_meta["warnings"], "common_features": common_meta["warnings"]},
-      "unknown_fields": sk_meta["unknown_fields"],
+      "unknown_fields": sk_meta["unknown_fields"], "label_leakage": leaks,
       "truncated": {f.name: {"values": int(v), "rows": int(r), "max_len": f.max_len}
                     for f, v, r in zip(spec.schema.multi, sk_meta["truncated_values"],
                                        sk_meta["truncated_rows"])},
       "config": json.loads(spec.config_json),
-      "input_bytes": nbytes, "seconds": round(seconds, 3), "seconds_common_features": round(t_common, 3),
+      "input_bytes": nbytes, "seconds": round(seconds, 3),
+      "seconds_common_features": round(t_common, 3),
       "workers": job.workers, "range_bytes": job.range_bytes, "stats_from": job.stats_from,
   }
   source = {"format": "aliccp-raw", "skeleton": sk_id, "common_features": cf_id,
             "made_by": "python -m esmjax.data.aliccp"}
-  manifest = ds_lib.write_manifest(out_dir, schema, shards, job.block_rows, source, {"conversion": conversion})
+  manifest = ds_lib.write_manifest(out_dir, schema, shards, job.block_rows, source,
+                                   {"conversion": conversion})
   if not job.keep_common_index:
     _remove_dir(job.common_dir)
   if job.progress:
     ingestion.console(f"{out_dir}: {n_rows:,} rows in {len(shards)} shard(s), {seconds:.1f} s "
-                   f"({nbytes / 1e6 / max(seconds, 1e-9):.1f} MB/s, {n_rows / max(seconds, 1e-9):,.0f} rows/s)")
+                      f"({nbytes / 1e6 / max(seconds, 1e-9):.1f} MB/s, "
+                      f"{n_rows / max(seconds, 1e-9):,.0f} rows/s)")
   return manifest
 
 
 def _fail(path: str, line, kind: str, text: str) -> ConversionError:
-  return ConversionError("--bad_lines=fail: " + ingestion.describe(ALL_KINDS, f"{path}:{line}", kind, text))
+  return ConversionError("--bad_lines=fail: "
+                         + ingestion.describe(ALL_KINDS, f"{path}:{line}", kind, text))
 
 
 def _empty_file(report: dict, path: str, fail: bool) -> None:
@@ -307,7 +338,8 @@ def _build_common(job: _Job, fp: str, pool, counters) -> dict:
   if have:
     lines = np.concatenate([r.pop("lines") + l0 for l0, r in zip(line0s, results) if "keys" in r])
     keys = np.concatenate([r.pop("keys") for r in have])
-    table = {k: np.concatenate([r.pop(k) for r in have]) for k in work.COMMON_COLUMNS}  # a column at a time
+    # One column's parts at a time: the peak is one column twice, not the table.
+    table = {k: np.concatenate([r.pop(k) for r in have]) for k in work.COMMON_COLUMNS}
   else:
     keys, lines = np.zeros(0, np.int64), np.zeros(0, np.int64)
     table = {k: getattr(work.parse.empty_rows(job.spec, 0), k) for k in work.COMMON_COLUMNS}
@@ -331,7 +363,8 @@ def _build_common(job: _Job, fp: str, pool, counters) -> dict:
   _save_npy(os.path.join(cdir, "keys.npy"), keys[~dup])
   if job.progress:
     ingestion.print_report(ALL_KINDS, bad, f"{path}: bad lines skipped", path)
-  meta = {"fingerprint": fp, "n_rows": int((~dup).sum()), "n_lines": n_lines, "bad": bad, "warnings": warnings}
+  meta = {"fingerprint": fp, "n_rows": int((~dup).sum()), "n_lines": n_lines, "bad": bad,
+          "warnings": warnings}
   write_json_atomic(meta_path, meta)
   return meta
 
@@ -355,10 +388,12 @@ def _convert_skeleton(job: _Job, fp: str, pool, counters) -> dict:
         side["shard"]["num_rows"] == 0 or os.path.exists(os.path.join(out_dir, shard))):
       done[i] = side
       continue
-    tasks.append(dict(index=i, path=path, start=s, end=e, chunk_bytes=job.chunk_bytes, fail=job.fail,
-                      out_dir=out_dir, shard=shard, sidecar=sidecar, block_rows=job.block_rows, fingerprint=fp))
+    tasks.append(dict(index=i, path=path, start=s, end=e, chunk_bytes=job.chunk_bytes,
+                      fail=job.fail, out_dir=out_dir, shard=shard, sidecar=sidecar,
+                      block_rows=job.block_rows, fingerprint=fp))
   if done and job.progress:
-    ingestion.console(f"{out_dir}: resuming: {len(done)} of {len(ranges)} range(s) already converted")
+    ingestion.console(f"{out_dir}: resuming: {len(done)} of {len(ranges)} range(s) already "
+                      "converted")
   if job.fail:  # ranges converted earlier with --bad_lines=skip may hold bad lines
     for i in sorted(done):
       if done[i]["bad"]["counts"]:
@@ -390,7 +425,8 @@ def _convert_skeleton(job: _Job, fp: str, pool, counters) -> dict:
     ingestion.print_report(ALL_KINDS, bad, f"{path}: bad lines skipped", path)
     ingestion.print_report(ALL_KINDS, warnings, f"{path}: warnings (rows kept)", path)
     if unknown:
-      ingestion.console(f"{path}: fields not in the config (ignored): {dict(unknown.most_common(10))}")
+      ingestion.console(f"{path}: fields not in the config (ignored): "
+                        f"{dict(unknown.most_common(10))}")
   return {
       "sidecars": sides, "bad": bad, "warnings": warnings, "n_lines": n_lines,
       "unknown_fields": dict(unknown), "clicks": int(sum(s["clicks"] for s in sides)),
@@ -410,7 +446,8 @@ def _run_tasks(fn, tasks, pool, counters, on_result, progress: bool, total: int,
   def tick():
     if bar is not None:
       bar.update(counters[0].value - bar.n)
-      bar.set_postfix_str(f"{counters[1].value / max(time.time() - t0, 1e-9):,.0f} rows/s", refresh=False)
+      rate = counters[1].value / max(time.time() - t0, 1e-9)
+      bar.set_postfix_str(f"{rate:,.0f} rows/s", refresh=False)
 
   try:
     if pool is None:
@@ -433,6 +470,23 @@ def _run_tasks(fn, tasks, pool, counters, on_result, progress: bool, total: int,
   finally:
     if bar is not None:
       bar.close()
+
+
+def _leakage(sides, job: _Job) -> list[dict]:
+  """Feature columns that give a label away, from the ranges' merged statistics; printed, and with
+  --label_leakage=fail raised before the manifest is written."""
+  if not sides:
+    return []
+  stats = leakage.LeakageStats.from_json(sides[0]["leakage"])
+  for s in sides[1:]:
+    stats.merge(leakage.LeakageStats.from_json(s["leakage"]))
+  found = stats.findings()
+  if found and job.label_leakage == "fail":
+    raise ConversionError(f"{job.skeleton}: {leakage.describe(found[0])} (--label_leakage=fail)")
+  if job.progress:
+    for f in found:
+      ingestion.console(f"{job.skeleton}: warning: {leakage.describe(f)}")
+  return found
 
 
 def _dense_fields(spec: Spec, sides, stats_from: str | None) -> list[ds_lib.DenseField]:
@@ -463,7 +517,8 @@ def main(argv: Sequence[str]) -> None:
   config = F.config if F["config"].present or F.config is not None else None
   try:
     convert(F.skeleton, F.common_features, F.out_dir, config=config, bad_lines=F.bad_lines,
-            block_rows=F.block_rows, workers=F.workers, range_mb=F.range_mb, stats_from=F.stats_from,
+            block_rows=F.block_rows, workers=F.workers, range_mb=F.range_mb,
+            stats_from=F.stats_from, label_leakage=F.label_leakage,
             keep_common_index=F.keep_common_index)
   except (ConversionError, ds_lib.DatasetError) as e:
     ingestion.console(f"error: {e}")
@@ -482,9 +537,13 @@ def _define_flags():
   flags.DEFINE_integer("block_rows", 0, "rows per block; 0: about 1 MB per block")
   flags.DEFINE_integer("workers", os.cpu_count() or 1, "worker processes")
   flags.DEFINE_float("range_mb", 64.0, "skeleton MB per shard / task (also the resume granularity)")
-  flags.DEFINE_string("stats_from", None, "take dense mean/std/boundaries from this dataset (the train split)")
+  flags.DEFINE_string("stats_from", None,
+                      "take dense mean/std/boundaries from this dataset (the train split)")
   flags.DEFINE_bool("keep_common_index", False, "keep <out_dir>/_common after success")
-  config_flags.DEFINE_config_file("config", None, "field config (default: configs/data/aliccp_raw.py's)")
+  flags.DEFINE_enum("label_leakage", "warn", list(leakage.LEAKAGE_MODES),
+                    "a feature column that gives a label away: warn (and record it), or fail")
+  config_flags.DEFINE_config_file("config", None,
+                                  "field config (default: configs/data/aliccp_raw.py's)")
 
 
 if __name__ == "__main__":

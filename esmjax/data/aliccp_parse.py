@@ -15,9 +15,9 @@ import numpy as np
 
 from esmjax.data import ids as ids_lib
 from esmjax.data.aliccp_spec import CODE_KINDS, KIND_CODES, Spec
-from esmjax.data.ingestion import MAX_EXAMPLES, BadLines
+from esmjax.data.ingestion import FLOAT32_MAX, MAX_EXAMPLES, BadLines
 
-_TAIL = 64  # zero bytes after every parsed buffer: tokens up to this wide are sliced without bounds checks
+_TAIL = 64  # zero bytes after every parsed buffer: tokens this wide are sliced without bound checks
 
 
 def _gather(a: np.ndarray, s: np.ndarray, length: np.ndarray, w: int) -> np.ndarray:
@@ -49,11 +49,13 @@ def parse_uint(a, s, e, maxw: int = 18):
 
 
 _FLOAT_RE = re.compile(rb"-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_NONFINITE_RE = re.compile(rb"[-+]?(nan|inf|infinity)", re.IGNORECASE)
 
 
 def _parse_float(a, s, e):
-  """Decimal tokens -> (float64, ok). Ali-CCP values repeat a lot ("1.0", log-counts), so tokens of
-  up to 8 bytes are packed into one uint64 each and only the distinct ones are parsed."""
+  """Decimal tokens (and nan / inf spellings) -> (float64, ok). Ali-CCP values repeat a lot ("1.0",
+  log-counts), so tokens of up to 8 bytes are packed into one uint64 each and only the distinct ones
+  are parsed."""
   n = len(s)
   length = e - s
   val, ok = np.zeros(n, np.float64), np.zeros(n, bool)
@@ -61,18 +63,18 @@ def _parse_float(a, s, e):
   idx = np.flatnonzero(short)
   if len(idx):
     codes = _gather(a, s[idx], length[idx], 8).view(np.uint64).reshape(-1)
-    uniq = np.unique(codes)  # sort-based; searchsorted for the inverse is much cheaper than return_inverse
+    uniq = np.unique(codes)  # sort-based; searchsorted is much cheaper than return_inverse
     inv = np.searchsorted(uniq, codes)
     uv, uok = np.zeros(len(uniq)), np.zeros(len(uniq), bool)
-    for i, u in enumerate(uniq.tobytes()[k:k + 8].rstrip(b"\0") for k in range(0, 8 * len(uniq), 8)):
-      if _FLOAT_RE.fullmatch(u):
+    raw = uniq.tobytes()
+    for i, u in enumerate(raw[k:k + 8].rstrip(b"\0") for k in range(0, 8 * len(uniq), 8)):
+      if _FLOAT_RE.fullmatch(u) or _NONFINITE_RE.fullmatch(u):
         uv[i], uok[i] = float(u), True
     val[idx], ok[idx] = uv[inv], uok[inv]
   for i in np.flatnonzero(~short & (length > 8)):  # rare: long spellings
     t = bytes(a[s[i]:e[i]])
-    if _FLOAT_RE.fullmatch(t):
+    if _FLOAT_RE.fullmatch(t) or _NONFINITE_RE.fullmatch(t):
       val[i], ok[i] = float(t), True
-  ok &= np.isfinite(val)
   return val, ok
 
 
@@ -136,7 +138,8 @@ def parse_chunk(buf: bytes, n_cols: int, spec: Spec, skeleton: bool) -> Parsed:
   np.cumsum(code == 44, out=ccum[1:])
   flag(ccum[nl_idx] - ccum[first] != n_cols - 1, "column_count")
   rs = first + n_cols - 1  # separator index where the feature list's separators begin
-  flag(ccum[np.minimum(rs, len(code))] - ccum[first] != n_cols - 1, "bad_feature_item")  # \x01-3 in the header
+  # \x01-\x03 among the header columns:
+  flag(ccum[np.minimum(rs, len(code))] - ccum[first] != n_cols - 1, "bad_feature_item")
   shape_ok = reason == 0
   sl = np.flatnonzero(shape_ok)
   commas = sep[first[sl, None] + np.arange(n_cols - 1)]
@@ -164,13 +167,14 @@ def parse_chunk(buf: bytes, n_cols: int, spec: Spec, skeleton: bool) -> Parsed:
   text = ends > fl_s
   flag(shape_ok & (((nfs == 0) & text) | ((nfs > 0) & (nfs % 3 != 2))), "bad_feature_item")
   line_of = np.cumsum(is_nl) - is_nl
-  r = np.arange(len(code)) - rs[np.minimum(line_of, max(n_lines - 1, 0))] if n_lines else np.zeros(0, np.int64)
-  in_fl = ~is_nl & (r >= 0) & shape_ok[np.minimum(line_of, max(n_lines - 1, 0))] if n_lines else np.zeros(0, bool)
+  line_at = np.minimum(line_of, max(n_lines - 1, 0))
+  r = np.arange(len(code)) - rs[line_at] if n_lines else np.zeros(0, np.int64)
+  in_fl = ~is_nl & (r >= 0) & shape_ok[line_at] if n_lines else np.zeros(0, bool)
   expect = np.array([2, 3, 1], np.uint8)[r % 3]
   m = np.zeros(n_lines, bool)
   m[line_of[in_fl & (code != expect)]] = True
   flag(m, "bad_feature_item")
-  k2 = np.flatnonzero(in_fl & (r % 3 == 0) & (reason == 0)[np.minimum(line_of, max(n_lines - 1, 0))])
+  k2 = np.flatnonzero(in_fl & (r % 3 == 0) & (reason == 0)[line_at])
   it_l = line_of[k2]
   p2, p3 = sep[k2], sep[k2 + 1]
   it_e = np.where(code[k2 + 2] == 10, ends[it_l], sep[k2 + 2])
@@ -187,6 +191,9 @@ def parse_chunk(buf: bytes, n_cols: int, spec: Spec, skeleton: bool) -> Parsed:
   m = np.zeros(n_lines, bool)
   m[it_l[~it_ok]] = True
   flag(m, "bad_feature_item")
+  m[:] = False
+  m[it_l[it_ok & ~(np.abs(val) <= FLOAT32_MAX)]] = True  # nan, inf, or inf once made float32
+  flag(m, "nonfinite_value")
 
   # feature_num (second-to-last header column) against the items actually there.
   good = reason == 0
@@ -213,7 +220,8 @@ def parse_chunk(buf: bytes, n_cols: int, spec: Spec, skeleton: bool) -> Parsed:
 
 def line_text(p: Parsed, i: int) -> str:
   raw = bytes(p.a[p.starts[i]:min(p.ends[i], p.starts[i] + 160)])
-  return raw.decode("utf-8", "replace").replace("\x01", "^A").replace("\x02", "^B").replace("\x03", "^C")
+  text = raw.decode("utf-8", "replace")
+  return text.replace("\x01", "^A").replace("\x02", "^B").replace("\x03", "^C")
 
 
 def keys_of(a, s, e) -> np.ndarray:
@@ -242,7 +250,8 @@ class Rows:
 
 def empty_rows(spec: Spec, n: int) -> Rows:
   lsum = int(spec.schema.mv_total_len)
-  return Rows(np.zeros((n, spec.n_sparse), np.int32), np.zeros((n, len(spec.schema.dense)), np.float32),
+  return Rows(np.zeros((n, spec.n_sparse), np.int32),
+              np.zeros((n, len(spec.schema.dense)), np.float32),
                np.zeros((n, lsum), np.int32), np.zeros((n, lsum), np.float32),
                np.zeros((n, spec.n_multi), np.int16), np.zeros((n, spec.n_multi), np.int32),
                np.full(n, -1, np.int64), np.zeros(n, np.int64))
@@ -252,7 +261,8 @@ def place_items(r: Rows, spec: Spec, row, field, key, val) -> None:
   """Maps the items' ids and writes them into `r` (in place) on top of what is there."""
   known = field >= 0
   row, field, key, val = row[known], field[known], key[known], val[known]
-  hashed = (ids_lib.splitmix64(key.view(np.uint64) ^ spec.salts[field]) % spec.buckets[field]).astype(np.int32) + 2
+  mixed = ids_lib.splitmix64(key.view(np.uint64) ^ spec.salts[field])
+  hashed = (mixed % spec.buckets[field]).astype(np.int32) + 2
   is_multi = spec.is_multi[field]
   n = len(r.user)
 
@@ -314,7 +324,8 @@ def place_items(r: Rows, spec: Spec, row, field, key, val) -> None:
 
 
 def record_bad_lines(report: BadLines, p: Parsed, line0: int) -> tuple[int, str, str] | None:
-  """Records the chunk's bad lines (line numbers from `line0`); returns the first (line, kind, text)."""
+  """Records the chunk's bad lines (line numbers from `line0`); returns the first (line, kind,
+  text)."""
   bad = np.flatnonzero(p.reason > 0)
   for kind_code, cnt in zip(*np.unique(p.reason[bad], return_counts=True)):
     kind = CODE_KINDS[int(kind_code)]

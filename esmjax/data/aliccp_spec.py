@@ -30,6 +30,8 @@ BAD_KINDS = {
     "unknown_common_feature_index": "common_feature_index not found in the common-features file",
     "duplicate_common_feature_index": ("common_feature_index already defined earlier in the "
                                        "common-features file"),
+    "nonfinite_value": ("a feature value is not a finite float32 number (nan, inf, or beyond "
+                        "±3.4e38)"),
 }
 WARN_KINDS = {  # the row is kept
     "feature_num_mismatch": "feature_num differs from the number of items in feature_list",
@@ -133,7 +135,8 @@ def compile_config(config) -> Spec:
     key = f"config.fields[{name!r}]"
     unknown = set(f) - set(_FIELD_KEYS)
     if unknown:
-      raise ConversionError(f"{key}: unknown key(s) {sorted(unknown)}; allowed: {', '.join(_FIELD_KEYS)}")
+      raise ConversionError(f"{key}: unknown key(s) {sorted(unknown)}; allowed: "
+                            f"{', '.join(_FIELD_KEYS)}")
     if len(name.encode()) > 8:
       raise ConversionError(f"{key}: field names longer than 8 bytes are not supported")
     kind = f.get("kind", "sparse")
@@ -172,8 +175,8 @@ def compile_config(config) -> Spec:
     raise ConversionError(f"config.dense_buckets={dense_buckets}; must be >= 1")
   unknown = set(cfg) - {"fields", "user_field", "dense_buckets"}
   if unknown:
-    raise ConversionError(f"config has unknown key(s) {sorted(unknown)}; allowed: fields, user_field, "
-                          "dense_buckets")
+    raise ConversionError(f"config has unknown key(s) {sorted(unknown)}; allowed: fields, "
+                          "user_field, dense_buckets")
   packed = np.array([_pack_name(n.encode()) for n in names], np.uint64)
   order = np.argsort(packed)
   schema = Schema(sparse=tuple(sparse), multi=tuple(multi), dense=tuple(dense),

@@ -22,6 +22,7 @@ from esmjax.data.aliccp_spec import COMMON_COLS, KIND_CODES, SKELETON_COLS, Spec
 from esmjax.data.blocks import fixed_size_blocks
 from esmjax.data.files import write_json_atomic
 from esmjax.data.ingestion import BadLines, DenseStats
+from esmjax.data.leakage import LeakageStats
 from esmjax.data.shards import ShardWriter
 
 COMMON_COLUMNS = ("sparse", "dense", "mv_ids", "mv_w", "mv_len", "trunc", "user", "dup_single")
@@ -30,7 +31,8 @@ DENSE_SAMPLE = 2048  # rows per range kept for the dense quantile boundaries (me
 
 def ranges(path: str, range_bytes: int) -> list[tuple[int, int]]:
   """Byte ranges of at most range_bytes, and at least 16 of them down to 4 MB each, so that small
-  files still keep every worker busy. Depends on the file size only: a rerun finds the same ranges."""
+  files still keep every worker busy. Depends on the file size only: a rerun finds the same
+  ranges."""
   size = os.path.getsize(path)
   if size == 0:
     return [(0, 0)]
@@ -39,7 +41,8 @@ def ranges(path: str, range_bytes: int) -> list[tuple[int, int]]:
 
 
 def iter_chunks(path: str, start: int, end: int, chunk_bytes: int) -> Iterator[tuple[bytes, int]]:
-  """Complete lines whose first byte lies in [start, end), as (buffer ending in b'\\n', bytes read)."""
+  """Complete lines whose first byte lies in [start, end), as (buffer ending in b'\\n', bytes
+  read)."""
   with open(path, "rb") as f:
     if start > 0:
       f.seek(start - 1)
@@ -159,7 +162,8 @@ def common_task(task: dict) -> dict:
 
 
 def load_common(directory: str) -> dict[str, np.ndarray]:
-  return {k: np.load(os.path.join(directory, f"{k}.npy"), mmap_mode="r") for k in ("keys",) + COMMON_COLUMNS}
+  return {k: np.load(os.path.join(directory, f"{k}.npy"), mmap_mode="r")
+          for k in ("keys",) + COMMON_COLUMNS}
 
 
 @dataclasses.dataclass
@@ -176,7 +180,10 @@ class _RangeCounts:
   buys: int = 0
 
   def __post_init__(self):
-    self.dense = DenseStats(len(self.spec.schema.dense), seed=self.seed, sample=DENSE_SAMPLE)
+    schema = self.spec.schema
+    self.dense = DenseStats(len(schema.dense), seed=self.seed, sample=DENSE_SAMPLE)
+    self.leakage = LeakageStats(schema.labels, [f.name for f in schema.sparse],
+                                [f.name for f in schema.dense])
     self.trunc_values = np.zeros(self.spec.n_multi, np.int64)
     self.trunc_rows = np.zeros(self.spec.n_multi, np.int64)
 
@@ -204,8 +211,8 @@ def _skeleton_blocks(task: dict, spec: Spec, C: dict, acc: _RangeCounts) -> Iter
     if first and task["fail"]:
       raise _FirstBadLine(first, acc.n_lines + p.n_lines)
     acc.unknown.update(p.unknown_fields)
-    parse.record_warnings(acc.warnings, "feature_num_mismatch", p, np.flatnonzero(p.warn_mismatch & found),
-                          acc.n_lines)
+    parse.record_warnings(acc.warnings, "feature_num_mismatch", p,
+                          np.flatnonzero(p.warn_mismatch & found), acc.n_lines)
     # Keep the found rows; renumber the items' rows.
     keep_rows = np.flatnonzero(found)
     newidx = np.full(len(found), -1, np.int64)
@@ -213,11 +220,14 @@ def _skeleton_blocks(task: dict, spec: Spec, C: dict, acc: _RangeCounts) -> Iter
     ik = found[p.item_row] if len(p.item_row) else np.zeros(0, bool)
     cidx = pos[keep_rows]
     n = len(keep_rows)
-    r = parse.Rows(*(np.asarray(C[k][cidx]) for k in COMMON_COLUMNS[:-1]), dup_single=np.zeros(n, np.int64))
+    r = parse.Rows(*(np.asarray(C[k][cidx]) for k in COMMON_COLUMNS[:-1]),
+                   dup_single=np.zeros(n, np.int64))
     r.trunc = r.trunc.astype(np.int32, copy=True)
-    parse.place_items(r, spec, newidx[p.item_row[ik]], p.item_field[ik], p.item_key[ik], p.item_val[ik])
+    parse.place_items(r, spec, newidx[p.item_row[ik]], p.item_field[ik], p.item_key[ik],
+                      p.item_val[ik])
     dup = r.dup_single + np.asarray(C["dup_single"][cidx])
-    parse.record_warnings(acc.warnings, "duplicate_single_value", p, keep_rows[np.flatnonzero(dup)], acc.n_lines)
+    parse.record_warnings(acc.warnings, "duplicate_single_value", p, keep_rows[np.flatnonzero(dup)],
+                          acc.n_lines)
     acc.trunc_values += r.trunc.sum(0)
     acc.trunc_rows += (r.trunc > 0).sum(0)
     sid, _ = parse.parse_uint(p.a, p.cols[0][0][keep_rows], p.cols[0][1][keep_rows])
@@ -228,8 +238,8 @@ def _skeleton_blocks(task: dict, spec: Spec, C: dict, acc: _RangeCounts) -> Iter
     acc.dense.add(r.dense)
     _progress(nbytes, n)
     acc.n_lines += p.n_lines
-    yield {"sparse": r.sparse, "mv_ids": r.mv_ids, "mv_w": r.mv_w, "dense": r.dense, "labels": labels,
-           "user": r.user, "sample_id": sid}
+    yield {"sparse": r.sparse, "mv_ids": r.mv_ids, "mv_w": r.mv_w, "dense": r.dense,
+           "labels": labels, "user": r.user, "sample_id": sid}
 
 
 def skeleton_task(task: dict) -> dict:
@@ -239,10 +249,12 @@ def skeleton_task(task: dict) -> dict:
     _W["common"] = load_common(_W["common_dir"])
   t0 = time.time()
   acc = _RangeCounts(spec, seed=task["index"])
-  writer = ShardWriter(task["out_dir"], task["shard"])
+  writer = ShardWriter(task["out_dir"], task["shard"], spec.schema)
   try:
-    for block in fixed_size_blocks(_skeleton_blocks(task, spec, _W["common"], acc), task["block_rows"]):
+    rows = _skeleton_blocks(task, spec, _W["common"], acc)
+    for block in fixed_size_blocks(rows, task["block_rows"]):
       writer.write(block)
+      acc.leakage.add(block)
     entry = writer.close()
   except _FirstBadLine as e:
     writer.abort()
@@ -251,10 +263,12 @@ def skeleton_task(task: dict) -> dict:
     writer.abort()
     raise
   side = {
-      "fingerprint": task["fingerprint"], "index": task["index"], "range": [task["start"], task["end"]],
+      "fingerprint": task["fingerprint"], "index": task["index"],
+      "range": [task["start"], task["end"]],
       "shard": entry, "n_lines": acc.n_lines, "bad": _sorted_report(acc.bad),
       "warnings": _sorted_report(acc.warnings), "unknown_fields": dict(acc.unknown),
-      "dense": acc.dense.to_json(), "truncated_values": acc.trunc_values.tolist(),
+      "dense": acc.dense.to_json(), "leakage": acc.leakage.to_json(),
+      "truncated_values": acc.trunc_values.tolist(),
       "truncated_rows": acc.trunc_rows.tolist(), "clicks": acc.clicks, "buys": acc.buys,
       "bytes": task["end"] - task["start"], "seconds": time.time() - t0,
   }

@@ -10,7 +10,7 @@ A block is a dict of NumPy arrays, all with the same leading row count `n`:
     labels     uint8   [n, K]      0/1 labels, in the order of `schema.labels`
     user       int64   [n]         user key (GAUC groups)
     sample_id  int64   [n]         the source's sample id
-    truth      float32 [n, T]      optional ground truth (synthetic data), in the order of `schema.truth`
+    truth      float32 [n, T]      optional ground truth (synthetic data), as `schema.truth`
 
 Why blocks of thousands of rows: a grain record costs ~100 µs of Python whatever its size, so one
 record per row would cap the input at ~10 k rows/s (docs/design.md, Data).
@@ -64,13 +64,14 @@ def check_block(schema: Schema, block: dict[str, np.ndarray], *, values: bool = 
   for k, r in ref.items():
     a = block[k]
     if a.dtype != r.dtype or a.shape[1:] != r.shape[1:] or a.shape[0] != n:
-      raise DatasetError(f"block column {k!r}: {a.dtype}{a.shape}, expected {r.dtype}(n={n}, *{r.shape[1:]})")
+      raise DatasetError(f"block column {k!r}: {a.dtype}{a.shape}, expected "
+                         f"{r.dtype}(n={n}, *{r.shape[1:]})")
   if values and n:
-    _check_ids(block["sparse"], [f.vocab_size for f in schema.sparse], [f.name for f in schema.sparse],
-               "sparse")
+    _check_ids(block["sparse"], [f.vocab_size for f in schema.sparse],
+               [f.name for f in schema.sparse], "sparse")
     names = [f.name for f in schema.multi for _ in range(f.max_len)]
-    _check_ids(block["mv_ids"], [f.vocab_size for f in schema.multi for _ in range(f.max_len)], names,
-               "mv_ids")
+    _check_ids(block["mv_ids"], [f.vocab_size for f in schema.multi for _ in range(f.max_len)],
+               names, "mv_ids")
     if block["labels"].size and block["labels"].max() > 1:
       row, col = np.argwhere(block["labels"] > 1)[0]
       raise DatasetError(f"block column 'labels': label {schema.labels[col]!r} is "
@@ -79,8 +80,8 @@ def check_block(schema: Schema, block: dict[str, np.ndarray], *, values: bool = 
                            ("truth", list(schema.truth))):
       if k in block and block[k].size and not np.isfinite(block[k]).all():
         row, col = np.argwhere(~np.isfinite(block[k]))[0]
-        raise DatasetError(f"block column {k!r}: field {field_names[col]!r} is {block[k][row, col]} at "
-                           f"row {row}; values must be finite")
+        raise DatasetError(f"block column {k!r}: field {field_names[col]!r} is "
+                           f"{block[k][row, col]} at row {row}; values must be finite")
   return n
 
 
@@ -91,8 +92,8 @@ def _check_ids(ids: np.ndarray, vocab: Sequence[int], names: Sequence[str], colu
   bad = ids.view(np.uint32) >= bound  # negative ids wrap to huge unsigned values
   if bad.any():
     row, col = np.argwhere(bad)[0]
-    raise DatasetError(f"block column {column!r}: field {names[col]!r} has id {ids[row, col]} at row {row}, "
-                       f"outside its vocabulary [0, {vocab[col]})")
+    raise DatasetError(f"block column {column!r}: field {names[col]!r} has id {ids[row, col]} at "
+                       f"row {row}, outside its vocabulary [0, {vocab[col]})")
 
 
 def concat_blocks(blocks: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -132,8 +133,8 @@ def row_bytes(schema: Schema) -> int:
 
 
 def auto_block_rows(schema: Schema, target_bytes: int = 1 << 20) -> int:
-  """A power of two giving ~1 MB blocks: large enough that the per-block costs (an index lookup, a
-  header, a checksum call) vanish per row, small enough that a window of them stays cheap to copy."""
+  """A power of two giving ~1 MB blocks: large enough that the per-block costs (an index lookup,
+  a header, a checksum call) vanish per row, small enough that a window of them stays cheap."""
   n = target_bytes / max(row_bytes(schema), 1)
   return int(min(16384, max(256, 2 ** round(np.log2(n)))))
 

@@ -49,7 +49,8 @@ class Mapper:
 
   def finish(self) -> None:
     if self.col.mapping == "vocab" and self.vocab is None:
-      self.vocab = ids_lib.Vocab.from_counts(self.counts, self.col.min_count, self.col.max_vocab or None)
+      self.vocab = ids_lib.Vocab.from_counts(self.counts, self.col.min_count,
+                                             self.col.max_vocab or None)
     self.counts = collections.Counter()
     if self.vocab is not None:  # lookups by sorted keys: no per-batch hash table of the vocabulary
       keys = str_keys(pa.array(self.vocab.values, pa.string()), numeric=False)
@@ -84,7 +85,8 @@ def dense_values(a: pa.Array) -> tuple[np.ndarray, np.ndarray]:
   return np.asarray(pc.cast(filled, pa.float64())).astype(np.float32), missing
 
 
-def multi_values(a: pa.Array, m: MultiCol, mapper: Mapper) -> tuple[np.ndarray, np.ndarray, int, int]:
+def multi_values(a: pa.Array, m: MultiCol,
+                 mapper: Mapper) -> tuple[np.ndarray, np.ndarray, int, int]:
   """A multi-valued column -> ids [n, max_len], weights [n, max_len], values dropped, rows
   truncated."""
   n = len(a)
@@ -113,8 +115,9 @@ def multi_values(a: pa.Array, m: MultiCol, mapper: Mapper) -> tuple[np.ndarray, 
   return ids, wts, int(over.sum()), int(len(np.unique(row[over])))
 
 
-def make_block(good: pa.RecordBatch, cfg: Cfg, schema: Schema, mappers: Sequence[Mapper], trunc: dict,
-               missing_dense: collections.Counter, first_row: int) -> dict[str, np.ndarray]:
+def make_block(good: pa.RecordBatch, cfg: Cfg, schema: Schema, mappers: Sequence[Mapper],
+               trunc: dict, missing_dense: collections.Counter,
+               first_row: int) -> dict[str, np.ndarray]:
   """The good rows of a batch as a block; truncated multi-valued values and empty dense cells are
   counted into `trunc` and `missing_dense`."""
   n = good.num_rows
@@ -136,7 +139,8 @@ def make_block(good: pa.RecordBatch, cfg: Cfg, schema: Schema, mappers: Sequence
     b["labels"][:, k] = np.asarray(pc.equal(pc.utf8_trim_whitespace(cols[col]), "1"))
   b["user"][:] = str_keys(cols[cfg.user]) if cfg.user else -1
   if cfg.sample_id:
-    b["sample_id"][:] = np.asarray(pc.cast(pc.utf8_trim_whitespace(cols[cfg.sample_id]), pa.int64()))
+    sid = pc.utf8_trim_whitespace(cols[cfg.sample_id])
+    b["sample_id"][:] = np.asarray(pc.cast(sid, pa.int64()))
   else:
     b["sample_id"][:] = np.arange(first_row, first_row + n)
   return b

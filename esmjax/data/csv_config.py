@@ -9,14 +9,15 @@ import dataclasses
 
 from esmjax.data import ids as ids_lib
 from esmjax.data.ingestion import BAD_LINES_MODES, IngestError
+from esmjax.data.leakage import LEAKAGE_MODES
 from esmjax.schema import LABELS
 
 FORMATS = ("auto", "csv", "parquet")
 HEADER_MODES = ("auto", "yes", "no")
-_KNOWN_KEYS = {"format", "delimiter", "header", "columns", "labels", "sparse", "multi", "dense", "user",
-               "sample_id", "id_mapping", "hash_buckets", "min_count", "max_vocab", "field_overrides",
-               "pad_values", "dense_buckets", "bad_lines", "block_rows", "blocks_per_shard", "read_rows",
-               "name"}
+_KNOWN_KEYS = {"format", "delimiter", "header", "columns", "labels", "sparse", "multi", "dense",
+               "user", "sample_id", "id_mapping", "hash_buckets", "min_count", "max_vocab",
+               "field_overrides", "pad_values", "dense_buckets", "bad_lines", "block_rows",
+               "blocks_per_shard", "read_rows", "name", "label_leakage"}
 
 
 def base_config():
@@ -27,7 +28,7 @@ def base_config():
   c.name = ""
   c.format = "auto"  # auto (by extension) | csv | parquet
   c.delimiter = ","
-  c.header = "auto"  # auto: the first line is a header when it equals `columns` (or `columns` is empty)
+  c.header = "auto"  # auto: line 1 is a header when it equals `columns` (or `columns` is empty)
   c.columns = ()  # names in file order; required for files without a header
   c.labels = {"click": "click", "buy": "buy"}  # dataset label -> column, in dataset order
   c.sparse = ()  # single-valued id columns
@@ -43,6 +44,7 @@ def base_config():
   c.pad_values = ("",)
   c.dense_buckets = 16
   c.bad_lines = "skip"  # skip | fail
+  c.label_leakage = "warn"  # a feature column that gives a label away: warn (and record) | fail
   c.block_rows = 0  # rows per block; 0: about 1 MB per block (blocks.auto_block_rows)
   c.blocks_per_shard = 64
   c.read_rows = 1 << 16  # rows per parsed batch (bounds memory)
@@ -80,7 +82,8 @@ class Cfg:
   @property
   def needed(self) -> list[str]:
     cols = [c for _, c in self.labels] + [f.column for f in self.sparse]
-    cols += [m.ids.column for m in self.multi] + list(self.dense) + [c for c in (self.user, self.sample_id) if c]
+    cols += [m.ids.column for m in self.multi] + list(self.dense)
+    cols += [c for c in (self.user, self.sample_id) if c]
     return list(dict.fromkeys(cols))
 
 
@@ -101,6 +104,7 @@ def validate(config) -> Cfg:
   _check_choice("format", raw["format"], FORMATS)
   _check_choice("header", raw["header"], HEADER_MODES)
   _check_choice("bad_lines", raw["bad_lines"], BAD_LINES_MODES)
+  _check_choice("label_leakage", raw["label_leakage"], LEAKAGE_MODES)
   _check_choice("id_mapping", raw["id_mapping"], ids_lib.MAPPINGS)
   if not raw["labels"]:
     raise IngestError("config.labels is empty; give at least {'click': <column>}")
@@ -130,7 +134,8 @@ def validate(config) -> Cfg:
     mapping = o.get("mapping", raw["id_mapping"])
     _check_choice(f"field_overrides[{col!r}].mapping", mapping, ids_lib.MAPPINGS)
     return IdCol(col, mapping, int(o.get("buckets", raw["hash_buckets"])),
-                 int(o.get("min_count", raw["min_count"])), int(o.get("max_vocab", raw["max_vocab"])))
+                 int(o.get("min_count", raw["min_count"])),
+                 int(o.get("max_vocab", raw["max_vocab"])))
 
   multi = []
   for col, m in (raw["multi"] or {}).items():
@@ -147,7 +152,8 @@ def validate(config) -> Cfg:
       raise IngestError(f"config.multi[{col!r}].max_len={m.get('max_len')}; must be >= 1")
     multi.append(MultiCol(id_col(col), m["sep"], m.get("weight_sep", ""), int(m.get("max_len", 16)),
                           pooling))
-  # Dataset label order is the canonical one (click, buy, cart, wish, daction): ConfigDict sorts keys.
+  # Dataset label order is the canonical one (click, buy, cart, wish, daction): ConfigDict sorts
+  # its keys.
   labels = tuple((name, raw["labels"][name]) for name in LABELS if name in raw["labels"])
   cfg = Cfg(raw=raw, labels=labels, sparse=tuple(id_col(c) for c in raw["sparse"]),
             multi=tuple(multi), dense=tuple(raw["dense"]), user=raw["user"] or "",

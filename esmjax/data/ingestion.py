@@ -82,7 +82,8 @@ class BadLines:
     return {"counts": dict(counts), "examples": kept}
 
 
-def print_report(kinds: Mapping[str, str], report: dict, heading: str, file: str | None = None) -> None:
+def print_report(kinds: Mapping[str, str], report: dict, heading: str,
+                 file: str | None = None) -> None:
   """`heading: kind=count, ...` and one line per example (`file:line: kind (...): 'text'`)."""
   if not report["counts"]:
     return
@@ -153,7 +154,7 @@ class DenseStats:
     for j, name in enumerate(names):
       mean = float(self.mean[j]) if self.n else 0.0
       std = float(np.sqrt(self.m2[j] / self.n)) if self.n else 1.0
-      std = std if std > 1e-12 * max(1.0, abs(mean)) else 1.0  # a constant column: 1, not 0, to divide by
+      std = std if std > 1e-12 * max(1.0, abs(mean)) else 1.0  # constant: 1, not 0, to divide by
       sample = np.ascontiguousarray(self._sample[:, j])
       edges = np.unique(np.quantile(sample, q)) if len(sample) else np.zeros(0)
       out.append(DenseField(name, mean, std, tuple(float(e) for e in edges)))
@@ -187,5 +188,5 @@ def progress_bar(total: int | None, desc: str, *, enabled: bool = True, unit: st
     return None
   from tqdm import tqdm
 
-  return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr, dynamic_ncols=True,
-              mininterval=0.5)
+  return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr,
+              dynamic_ncols=True, mininterval=0.5)

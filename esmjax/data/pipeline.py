@@ -1,12 +1,12 @@
 """The grain input pipeline: blocks on disk -> shuffled, re-batched, per-process numpy batches.
 
-Order of operations: random-access source of blocks (`dataset.BlockSource`) -> per-epoch seeded shuffle of
-blocks -> split by process (`[process_index::process_count]`) -> row shuffle inside a window of
-blocks -> re-batch to the per-process batch -> prefetch in a thread.
+Order of operations: random-access source of blocks (`dataset.BlockSource`) -> per-epoch seeded
+shuffle of blocks -> split by process (`[process_index::process_count]`) -> row shuffle inside a
+window of blocks -> re-batch to the per-process batch -> prefetch in a thread.
 
 The iterator's state is two integers (window index, rows already emitted from it): the block order
-and each window's row permutation are pure functions of (seed, epoch, window), so restoring the state
-replays exactly the same batches — that is what makes resumption exact.
+and each window's row permutation are pure functions of (seed, epoch, window), so restoring the
+state replays exactly the same batches — that is what makes resumption exact.
 
 Speed (benchmarks/data_throughput.py; ~0.15 µs of CPU a row at 706 bytes a row): per row, one copy
 into the window (a reused buffer) and one gather into the batch (reused buffers, `np.take` with
@@ -29,7 +29,8 @@ from esmjax.data import dataset as ds_lib
 
 
 def block_order(dataset: ds_lib.Dataset, *, seed: int, shuffle: bool, num_epochs: int | None,
-                process_index: int = 0, process_count: int = 1, fraction: float = 1.0) -> grain.MapDataset:
+                process_index: int = 0, process_count: int = 1,
+                fraction: float = 1.0) -> grain.MapDataset:
   """Block indices in reading order: the leading `fraction` of the blocks, shuffled per epoch, this
   process's share, repeated.
 
@@ -60,8 +61,9 @@ class _BlockOrder:
 
   def __init__(self, dataset: ds_lib.Dataset, *, seed: int, shuffle: bool, num_epochs: int | None,
                process_index: int = 0, process_count: int = 1, fraction: float = 1.0):
-    self._ref = block_order(dataset, seed=seed, shuffle=shuffle, num_epochs=num_epochs, process_index=process_index,
-                            process_count=process_count, fraction=fraction)
+    self._ref = block_order(dataset, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
+                            process_index=process_index, process_count=process_count,
+                            fraction=fraction)
     n = dataset.num_blocks
     self._blocks = max(1, int(round(n * fraction))) if fraction < 1.0 else n
     self._mine = len(range(process_index, self._blocks, process_count))
@@ -87,13 +89,14 @@ class _BlockOrder:
 
 
 def _grain_shuffle(length: int, seed: int, rounds: int = 4) -> np.ndarray:
-  """[grain index_shuffle(i, max_index=length - 1, seed, rounds) for i in range(length)], vectorised.
+  """[grain index_shuffle(i, max_index=length - 1, seed, rounds) for i in range(length)],
+  vectorised.
 
   grain's cipher (index_shuffle.cc): blocks of B = max(16, ceil(log2(max_index)) rounded up to even)
   bits, a Simon-like Feistel on two B/2-bit words with round keys from std::seed_seq{seed}, applied
-  repeatedly until the value falls in [0, length) (cycle walking). Here: the cipher on all 2^B values
-  at once, then each value's first in-range successor by pointer doubling (or, when most values are
-  in range, the few walks step by step).
+  repeatedly until the value falls in [0, length) (cycle walking). Here: the cipher on all 2^B
+  values at once, then each value's first in-range successor by pointer doubling (or, when most
+  values are in range, the few walks step by step).
   """
   if length <= 1:
     return np.zeros(length, np.int64)
@@ -113,7 +116,7 @@ def _grain_shuffle(length: int, seed: int, rounds: int = 4) -> np.ndarray:
     return ((left << w) | right).astype(np.int64)
 
   first = encrypt(np.arange(length, dtype=np.uint64))
-  if 4 * length > 1 << bits:  # over a quarter of the values in range: short walks, followed step by step
+  if 4 * length > 1 << bits:  # over a quarter of the values in range: short walks, step by step
     pending = np.flatnonzero(first >= length)
     while pending.size:
       first[pending] = encrypt(first[pending].astype(np.uint64))
@@ -123,7 +126,8 @@ def _grain_shuffle(length: int, seed: int, rounds: int = 4) -> np.ndarray:
   nxt = encrypt(values.astype(np.uint64))
   found = np.where(values < length, values, -1)  # the first in-range value at or after each value
   pending = np.flatnonzero(found < 0)
-  for _ in range(bits + 2):  # nxt spans 2^i steps after i rounds; cycles with no in-range value never resolve
+  # nxt spans 2^i steps after i rounds; cycles with no in-range value never resolve.
+  for _ in range(bits + 2):
     if not pending.size:
       break
     hit = found[nxt[pending]]
@@ -206,10 +210,15 @@ class _RebatchIterator(grain.DatasetIterator):
   and permuted by `default_rng([seed, w])`; batches are consecutive runs of those permuted rows
   (a batch may span windows). Copies per row: one into the window, one into the batch; with
   `threads` > 1 both are split by rows over that many threads (numpy releases the GIL).
+
+  With `verify`, every block is checked (`BlockSource.verify`: its checksum) before any of its rows
+  is used. The checks of window w + 1 run in a thread of their own while window w is being read
+  (NumPy's sums release the GIL), so with a spare core they cost no time on this path.
   """
 
-  def __init__(self, order: Sequence[int], source: ds_lib.BlockSource, *, batch_size: int, window_blocks: int,
-               seed: int, shuffle_rows: bool, drop_remainder: bool, threads: int = 1, keep_buffers: int = 8):
+  def __init__(self, order: Sequence[int], source: ds_lib.BlockSource, *, batch_size: int,
+               window_blocks: int, seed: int, shuffle_rows: bool, drop_remainder: bool,
+               threads: int = 1, keep_buffers: int = 8, verify: bool = True):
     super().__init__()
     self._order, self._source = order, source
     self._bs, self._w = batch_size, window_blocks
@@ -222,6 +231,9 @@ class _RebatchIterator(grain.DatasetIterator):
     self._keep = keep_buffers
     self._threads = max(1, int(threads))
     self._pool = None
+    self._verify = verify
+    self._checker = None  # one thread verifying the next window's blocks
+    self._checks: dict[int, Any] = {}  # window -> the future of its verification
 
   def _run(self, fn, parts) -> None:
     """fn(part) for every part, on `threads` threads when there is more than one part."""
@@ -242,15 +254,40 @@ class _RebatchIterator(grain.DatasetIterator):
     edges = [n * i // k for i in range(k + 1)]
     return list(zip(edges[:-1], edges[1:]))
 
+  def _window_blocks(self, w: int) -> list[int]:
+    lo = w * self._w
+    return [self._order[i] for i in range(lo, min(lo + self._w, self._n_blocks))]
+
+  def _verify_blocks(self, indices: list[int]) -> None:
+    for i in indices:
+      self._source.verify(i)
+
+  def _verified(self, w: int, indices: list[int]) -> None:
+    """Returns once window w's blocks are verified (raising what the check raised), and starts the
+    check of window w + 1."""
+    ahead = self._checks.pop(w, None)
+    if ahead is None:
+      self._verify_blocks(indices)
+    else:
+      ahead.result()
+    nxt = self._window_blocks(w + 1)
+    if nxt:
+      if self._checker is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._checker = ThreadPoolExecutor(1, thread_name_prefix="esmjax-verify")
+      self._checks = {w + 1: self._checker.submit(self._verify_blocks, nxt)}
+
   def _load_window(self, w: int):
     if self._cache[0] == w:
       return self._cache[1]
-    lo = w * self._w
-    hi = min(lo + self._w, self._n_blocks)
-    if lo >= hi:
+    indices = self._window_blocks(w)
+    if not indices:
       window = None
     else:
-      blocks = [self._source[self._order[i]] for i in range(lo, hi)]
+      if self._verify:
+        self._verified(w, indices)
+      blocks = [self._source.read(i, verify=False) for i in indices]
       data = self._concat(blocks) if len(blocks) > 1 else blocks[0]
       # The permutation is applied lazily, one batch's rows at a time (one copy, not two).
       perm = (np.random.default_rng([self._seed, w]).permutation(len(data["user"]))
@@ -265,7 +302,8 @@ class _RebatchIterator(grain.DatasetIterator):
     n = sum(sizes)
     buf = self._window_buf
     if buf is None or len(buf["user"]) < n:
-      buf = self._window_buf = {k: np.empty((n,) + v.shape[1:], v.dtype) for k, v in blocks[0].items()}
+      buf = self._window_buf = {k: np.empty((n,) + v.shape[1:], v.dtype)
+                                for k, v in blocks[0].items()}
     data = {k: v[:n] for k, v in buf.items()}
     starts = np.cumsum([0] + sizes).tolist()
 
@@ -280,7 +318,8 @@ class _RebatchIterator(grain.DatasetIterator):
     self._run(copy, self._splits(n))
     return data
 
-  def _gather(self, out: dict[str, np.ndarray], at: int, data: dict[str, np.ndarray], rows: slice, perm) -> None:
+  def _gather(self, out: dict[str, np.ndarray], at: int, data: dict[str, np.ndarray], rows: slice,
+              perm) -> None:
     """out[at : at + len(rows)] = the window's rows `rows` (through the permutation, if any)."""
     idx = perm[rows] if perm is not None else None
 
@@ -332,6 +371,9 @@ class _RebatchIterator(grain.DatasetIterator):
     if self._pool is not None:
       self._pool.shutdown(wait=False)
       self._pool = None
+    if self._checker is not None:
+      self._checker.shutdown(wait=False, cancel_futures=True)
+      self._checker = None
     super().close()
 
 
@@ -355,17 +397,20 @@ class PipelineConfig:
   drop_remainder: bool = True
   fraction: float = 1.0  # leading fraction of the blocks to use (data-sparsity experiments)
   threads: int = 1  # threads that copy rows into windows and batches (same batches for any number)
+  verify: bool = True  # check every block read against its checksum (off: benchmarks only)
 
 
 def train_iter_dataset(dataset: ds_lib.Dataset, cfg: PipelineConfig, *, process_index: int = 0,
                        process_count: int = 1) -> grain.IterDataset:
   order = _BlockOrder(dataset, seed=cfg.seed, shuffle=cfg.shuffle, num_epochs=cfg.num_epochs,
-                      process_index=process_index, process_count=process_count, fraction=cfg.fraction)
+                      process_index=process_index, process_count=process_count,
+                      fraction=cfg.fraction)
   # Batch buffers in use at once: the prefetch queue, the one being filled, the consumer's and the
   # few that asynchronous device transfers may still hold.
-  it = RebatchIterDataset(order, ds_lib.BlockSource(dataset), batch_size=cfg.batch_size, window_blocks=cfg.window_blocks,
-                          seed=cfg.seed, shuffle_rows=cfg.shuffle, drop_remainder=cfg.drop_remainder,
-                          threads=cfg.threads, keep_buffers=cfg.prefetch + 6)
+  it = RebatchIterDataset(order, ds_lib.BlockSource(dataset), batch_size=cfg.batch_size,
+                          window_blocks=cfg.window_blocks, seed=cfg.seed, shuffle_rows=cfg.shuffle,
+                          drop_remainder=cfg.drop_remainder, threads=cfg.threads,
+                          keep_buffers=cfg.prefetch + 6, verify=cfg.verify)
   if cfg.prefetch:
     it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=cfg.prefetch)
   return it

@@ -27,8 +27,8 @@ GENERATOR_VERSION = 1  # bump when the process changes: it is part of the cache 
 def config_hash(cfg) -> str:
   """The cache key of a world: its generator, its config and the dataset format it is written in."""
   cfg = resolve_config(cfg)
-  blob = json.dumps({"generator": GENERATOR, "version": GENERATOR_VERSION, "config": cfg.to_dict()},
-                    sort_keys=True)
+  blob = json.dumps({"generator": GENERATOR, "version": GENERATOR_VERSION, "config": cfg.to_dict(),
+                     "format": ds_lib.VERSION}, sort_keys=True)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -37,7 +37,8 @@ def config_hash(cfg) -> str:
 
 
 def generate(cfg, out_dir: str, split: str, world: World | None = None) -> dict:
-  """Writes one split ('train' or 'eval') of the world of `cfg` to `out_dir`; returns the manifest."""
+  """Writes one split ('train' or 'eval') of the world of `cfg` to `out_dir`; returns the
+  manifest."""
   cfg = resolve_config(cfg)
   if split not in SPLITS:
     raise ValueError(f"split={split!r}; allowed: {list(SPLITS)}")
@@ -50,8 +51,9 @@ def generate(cfg, out_dir: str, split: str, world: World | None = None) -> dict:
       "config_hash": config_hash(cfg), "config": cfg.to_dict(),
       "intercepts": {"c_ctr": world.c_ctr, "c_daction": world.c_daction, "c_cvr": world.c_cvr},
   }
-  return ds_lib.write_dataset(out_dir, world.schema, iter_blocks(world, split), block_rows=cfg.block_rows,
-                              blocks_per_shard=cfg.blocks_per_shard, source=source)
+  return ds_lib.write_dataset(out_dir, world.schema, iter_blocks(world, split),
+                              block_rows=cfg.block_rows, blocks_per_shard=cfg.blocks_per_shard,
+                              source=source)
 
 
 def _complete(root: str) -> bool:
@@ -132,7 +134,8 @@ def world_stats(dataset_dir: str) -> dict[str, float]:
   out = {"rows": int(acc.get("rows", 0)), "clicks": int(acc.get("clicks", 0)),
          "ctr": acc.get("clicks", 0.0) / n}
   if "buy" in acc:
-    out.update(buys=int(acc["buy"]), cvr_given_click=acc["buy"] / c, buys_per_impression=acc["buy"] / n)
+    out.update(buys=int(acc["buy"]), cvr_given_click=acc["buy"] / c,
+               buys_per_impression=acc["buy"] / n)
   for k in ("daction", "cart", "wish"):
     if k in acc:
       out[f"{k}_per_click"] = acc[k] / c

@@ -7,9 +7,9 @@ Synthetic world). `synthetic_world` draws the world and its impressions; `synthe
 The causal process (one impression; every probability below is known and written as truth)
 ------------------------------------------------------------------------------------------
 World (drawn once from `seed`, shared by train and eval):
-  * Users have a Zipf activity weight, a profile prototype k (field 121; 122 is a coarse group of k),
-    a *click-interest* vector u_s and a *purchase-interest* vector u_c (a `profile_strength` share
-    from the prototype, the rest individual), a click bias and a purchase propensity. Gender, age,
+  * Users have a Zipf activity weight, a profile prototype k (field 121; 122 is a coarse group of
+    k), a *click-interest* vector u_s and a *purchase-interest* vector u_c (a `profile_strength`
+    share from the prototype, the rest individual), a click bias and a purchase propensity. Gender, age,
     consumption I/II and occupation (124-128) are noisy quantiles of those latents and of activity;
     geography (129) is pure noise. A user's individual part shows only through 101 and the lists.
   * Items have a Zipf popularity (`popularity_skew`), a category, a shop and a brand (mostly from
@@ -26,9 +26,10 @@ World (drawn once from `seed`, shared by train and eval):
 Impression: user ~ activity; item: the system draws `exposure_candidates` categories by popularity
 and shows the one the user's click interest ranks best (`targeting`, 0 = pure popularity), then an
 item of that category by popularity; position p uniform in 1..`num_positions` (field 301).
-  a_s = u_s·v_s (click affinity), a_c = u_c·v_c (CVR-only affinity), unit variance over random pairs.
+  a_s = u_s·v_s (click affinity), a_c = u_c·v_c (CVR-only affinity), unit variance over random
+  pairs.
   click logit  = c_ctr + ctr_signal·a_s + click_bait·b + user click bias + item click bias
-                 − position_effect·log p                                         (position: clicks only)
+                 − position_effect·log p                               (position: clicks only)
   conv score z = cvr_signal·(√ρ·a_s + √(1−ρ)·a_c) − click_bait·b + item quality + user propensity
                  with ρ = `shared_structure`
   pdaction     = σ(c_d + daction_coupling·z + item DAction bias)                 p(DAction | click)
@@ -39,7 +40,8 @@ item of that category by popularity; position p uniform in 1..`num_positions` (f
   would_buy ~ B(y3 if d else y4) (so would_buy ~ B(pcvr)); click and (d, would_buy) are independent
   given the impression. Recorded: buy = click ∧ would_buy, daction = click ∧ d; a DAction is a cart
   (probability `cart_share`, `cart_share_buyers` when would_buy), else a wish, and a cart is also a
-  wish with probability `both_share`: daction = cart ∨ wish, and nothing but click happens unclicked.
+  wish with probability `both_share`: daction = cart ∨ wish, and nothing but click happens
+  unclicked.
   The intercepts c_ctr, c_d, c_cvr are solved on a calibration sample so that E[pctr] = `ctr`,
   E[pdaction | click] = `daction_rate`, E[pcvr | click] = `cvr` whatever the other knobs are.
 
@@ -100,11 +102,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.latent_dim = 8  # dimension of the user/item interest vectors
   # Base rates (intercepts are solved to hit them).
   c.ctr = 0.05  # E[p(click | impression)]
-  c.cvr = 0.09  # E[p(buy | click)] over clicked impressions (buys ≈ ctr·cvr ≈ 0.45 % of impressions)
+  c.cvr = 0.09  # E[p(buy | click)] over clicked impressions (buys ≈ ctr·cvr ≈ 0.45 %)
   c.daction_rate = 0.2  # E[p(DAction | click)] over clicked impressions
   # Selection, shared structure, popularity.
-  c.click_bait = 0.5  # bait b ~ N(0,1) adds click_bait·b to the click logit, subtracts it from conversion
-  c.shared_structure = 0.5  # ρ: share of the CVR affinity's variance that is the CTR affinity (0..1)
+  c.click_bait = 0.5  # bait b ~ N(0,1): +click_bait·b on the click logit, − on conversion
+  c.shared_structure = 0.5  # ρ: share of the CVR affinity's variance that is the CTR one (0..1)
   c.popularity_skew = 0.8  # Zipf exponent of item popularity (0 = uniform)
   c.user_activity_skew = 0.6  # Zipf exponent of user activity (0 = uniform)
   c.targeting = 1.0  # how strongly exposure follows the user's click interest (0 = popularity only)
@@ -148,8 +150,8 @@ def resolve_config(cfg: Mapping[str, Any] | ml_collections.ConfigDict | None = N
     out[k] = type(out[k])(v) if type(out[k]) in (int, float) else v  # numpy scalars too
   for k in ("num_users", "num_items", "num_categories", "num_shops", "num_brands", "num_intentions",
             "num_profiles", "num_positions", "cross_buckets", "block_rows", "blocks_per_shard",
-            "chunk_rows", "calibration_rows", "latent_dim", "exposure_candidates", "history_candidates",
-            "list_len", "history_len"):
+            "chunk_rows", "calibration_rows", "latent_dim", "exposure_candidates",
+            "history_candidates", "list_len", "history_len"):
     if int(out[k]) < 1:
       raise ValueError(f"synthetic config: {k}={out[k]!r} must be >= 1")
   for k in ("num_train", "num_eval"):

@@ -72,7 +72,8 @@ def _group_pick(rng, owner_of: np.ndarray, n_owners: int, groups: np.ndarray,
   start = np.concatenate([[0], np.cumsum(counts)[:-1]])
   n = len(groups)
   r = rng.random(n)
-  own = start[groups] + np.minimum((r * counts[groups]).astype(np.int64), np.maximum(counts[groups] - 1, 0))
+  own = start[groups] + np.minimum((r * counts[groups]).astype(np.int64),
+                                   np.maximum(counts[groups] - 1, 0))
   anyone = rng.integers(0, len(owner_of), n)
   use_any = (rng.random(n) < stray) | (counts[groups] == 0)
   return np.where(use_any, anyone, order[np.minimum(own, len(order) - 1)])  # empty groups: masked
@@ -93,7 +94,8 @@ def _search(cum: np.ndarray, u: np.ndarray, lo=0, hi=None) -> np.ndarray:
 
 
 def _top_counts(owner: np.ndarray, value: np.ndarray, n_owners: int, n_values: int, L: int):
-  """Per owner, its L most frequent values (ids = value + 2, weights = counts; ties: smaller value)."""
+  """Per owner, its L most frequent values (ids = value + 2, weights = counts; ties: smaller
+  value)."""
   key = owner.astype(np.int64) * n_values + value
   uniq, counts = np.unique(key, return_counts=True)
   o, v = uniq // n_values, uniq % n_values
@@ -247,8 +249,8 @@ def build_world(cfg=None) -> World:
   ]
   nodes = item_nodes[ev_item]
   has = nodes > 0
-  lists.append(_top_counts(np.broadcast_to(ev_user[:, None], nodes.shape)[has], nodes[has] - 2, U, N,
-                           cfg.list_len))
+  lists.append(_top_counts(np.broadcast_to(ev_user[:, None], nodes.shape)[has], nodes[has] - 2, U,
+                           N, cfg.list_len))
   user_mv_ids = np.concatenate([l[0] for l in lists], axis=1)
   user_mv_w = np.concatenate([l[1] for l in lists], axis=1)
 
@@ -280,7 +282,8 @@ def build_world(cfg=None) -> World:
   pd = _sigmoid(world.c_daction + zd)
   kappa = cfg.daction_informativeness
   world.c_cvr = _solve(
-      lambda c: np.average(pd * _sigmoid(c + zv + kappa) + (1 - pd) * _sigmoid(c + zv), weights=w), cfg.cvr)
+      lambda c: np.average(pd * _sigmoid(c + zv + kappa) + (1 - pd) * _sigmoid(c + zv), weights=w),
+      cfg.cvr)
   world.item_ctr_hist = _sigmoid(
       world.c_ctr + item_click_bias + cfg.click_bait * bait + ctr_noise).astype(f32)
 
@@ -338,8 +341,8 @@ def _draw(world: World, rng, n: int) -> dict[str, np.ndarray]:
   bait = world.bait[item].astype(np.float64)
   z_click = (cfg.ctr_signal * a_s + cfg.click_bait * bait + world.user_click_bias[user]
              + world.item_click_bias[item] - cfg.position_effect * np.log(pos))
-  z_conv = (cfg.cvr_signal * (math.sqrt(rho) * a_s + math.sqrt(1 - rho) * a_c) - cfg.click_bait * bait
-            + world.item_quality[item] + world.user_propensity[user])
+  z_conv = (cfg.cvr_signal * (math.sqrt(rho) * a_s + math.sqrt(1 - rho) * a_c)
+            - cfg.click_bait * bait + world.item_quality[item] + world.user_propensity[user])
   z_daction = cfg.daction_coupling * z_conv + world.item_daction_bias[item]
   return {"user": user, "item": item, "pos": pos,
           "z_click": z_click, "z_conv": z_conv, "z_daction": z_daction}
@@ -374,7 +377,8 @@ def _chunk(world: World, rng, n: int, first_sample_id: int) -> dict[str, np.ndar
   buy = click & would_buy
 
   mv_ids = np.concatenate([world.user_mv_ids[user], world.item_nodes[item]], axis=1)
-  mv_w = np.concatenate([world.user_mv_w[user], (world.item_nodes[item] > 0).astype(np.float32)], axis=1)
+  mv_w = np.concatenate([world.user_mv_w[user], (world.item_nodes[item] > 0).astype(np.float32)],
+                        axis=1)
   offs = world.schema.mv_offsets
   lens = [f.max_len for f in world.schema.multi]
   seg = lambda k: slice(offs[k], offs[k] + lens[k])  # noqa: E731
@@ -383,12 +387,13 @@ def _chunk(world: World, rng, n: int, first_sample_id: int) -> dict[str, np.ndar
       _cross(mv_ids[:, seg(0)], mv_w[:, seg(0)], world.item_cat[item] + 2, 508, cb),
       _cross(mv_ids[:, seg(1)], mv_w[:, seg(1)], world.item_shop[item] + 2, 509, cb),
       _cross(mv_ids[:, seg(2)], mv_w[:, seg(2)], world.item_brand[item] + 2, 702, cb),
-      _cross(mv_ids[:, seg(3)], mv_w[:, seg(3)], world.item_nodes[item, 0].astype(np.int64), 853, cb),
+      _cross(mv_ids[:, seg(3)], mv_w[:, seg(3)], world.item_nodes[item, 0].astype(np.int64), 853,
+             cb),
   ]
   sparse = np.concatenate([
       world.user_sparse[user],
-      np.stack([item + 2, world.item_cat[item] + 2, world.item_shop[item] + 2, world.item_brand[item] + 2,
-                pos + 1, *crosses], axis=1).astype(np.int32)], axis=1)
+      np.stack([item + 2, world.item_cat[item] + 2, world.item_shop[item] + 2,
+                world.item_brand[item] + 2, pos + 1, *crosses], axis=1).astype(np.int32)], axis=1)
   return {
       "sparse": sparse.astype(np.int32),
       "mv_ids": mv_ids.astype(np.int32),
@@ -402,7 +407,8 @@ def _chunk(world: World, rng, n: int, first_sample_id: int) -> dict[str, np.ndar
 
 
 def iter_blocks(world: World, split: str):
-  """The split's rows as chunks; chunk j uses rng stream (seed, split, j), so chunks are independent."""
+  """The split's rows as chunks; chunk j uses rng stream (seed, split, j), so chunks are
+  independent."""
   if split not in SPLITS:
     raise ValueError(f"split={split!r}; allowed: {list(SPLITS)}")
   cfg = world.cfg
