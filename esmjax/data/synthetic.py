@@ -7,6 +7,7 @@ and its impressions. Here: writing a split (`generate`), the cache of generated 
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -17,7 +18,8 @@ import numpy as np
 
 from esmjax.data import dataset as ds_lib
 from esmjax.data.synthetic_config import (  # noqa: F401  (the synthetic world's public names)
-    DENSE_FIELDS, LABELS, SPLITS, TRUTH, build_schema, default_config, resolve_config)
+    DENSE_FIELDS, LABELS, SPLITS, TRUTH, WORLDS, build_schema, default_config, resolve_config,
+    world_config)
 from esmjax.data.synthetic_world import World, build_world, iter_blocks  # noqa: F401
 
 GENERATOR = "esmjax.data.synthetic"
@@ -154,15 +156,34 @@ def world_stats(dataset_dir: str) -> dict[str, float]:
   return out
 
 
-def main():  # python -m esmjax.data.synthetic [cache_dir]: the default world and its stats
-  import sys
+def main(argv) -> None:
+  """python -m esmjax.data.synthetic [cache_dir] [--world=paper] [--set=cvr=0.01 ...]: generates the
+  world (once; cached in cache_dir, default data_cache) and prints its statistics per split."""
+  from absl import flags
 
-  cache = sys.argv[1] if len(sys.argv) > 1 else "data_cache"
-  train_dir, eval_dir = ensure_dataset(default_config(), cache)
-  for name, d in (("train", train_dir), ("eval", eval_dir)):
+  cache = argv[1] if len(argv) > 1 else "data_cache"
+  overrides = {}
+  for item in flags.FLAGS.set:
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise SystemExit(f"--set={item!r}: give knob=value, e.g. --set=cvr=0.01")
+    try:
+      overrides[key] = ast.literal_eval(value)  # numbers as numbers
+    except (ValueError, SyntaxError):
+      overrides[key] = value
+  try:
+    cfg = world_config(flags.FLAGS.world, **overrides)
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
+  dirs = dict(zip(("train", "eval"), ensure_dataset(cfg, cache)))
+  for name, d in dirs.items():
     st = world_stats(d)
     print(name, json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in st.items()}))
 
 
 if __name__ == "__main__":
-  main()
+  from absl import app, flags
+
+  flags.DEFINE_string("world", "default", f"a named world: {', '.join(WORLDS)}")
+  flags.DEFINE_multi_string("set", [], "knob=value overrides of the world, e.g. --set=cvr=0.01")
+  app.run(main)
