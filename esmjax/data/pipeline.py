@@ -96,8 +96,8 @@ class _RebatchIterator(grain.DatasetIterator):
   `threads` > 1 both are split by rows over that many threads (numpy releases the GIL).
 
   With `verify`, every block is checked (`BlockSource.verify`: its checksum) before any of its rows
-  is used. The checks of window w + 1 run in a thread of their own while window w is being read
-  (NumPy's sums release the GIL), so with a spare core they cost no time on this path.
+  is used. The checks of window w + 1 run on the verify thread (`_checker`) while window w is being
+  read (NumPy's sums release the GIL), so with a spare core they cost no time on this path.
   """
 
   def __init__(self, order: Sequence[int], source: ds_lib.BlockSource, *, batch_size: int,
