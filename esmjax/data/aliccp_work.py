@@ -26,7 +26,8 @@ from esmjax.data.leakage import LeakageStats
 from esmjax.data.shards import ShardWriter
 
 COMMON_COLUMNS = ("sparse", "dense", "mv_ids", "mv_w", "mv_len", "trunc", "user", "dup_single")
-DENSE_SAMPLE = 2048  # rows per range kept for the dense quantile boundaries (merged across ranges)
+DENSE_SAMPLE = 2048  # rows of the uniform sample behind the dense quantile boundaries (each range
+# keeps its rows with the smallest keys; merged, they are the whole conversion's)
 
 
 def ranges(path: str, range_bytes: int) -> list[tuple[int, int]]:

@@ -116,7 +116,7 @@ class BlockSource:
     reader, j, _ = self._where[int(index)]
     if reader.checksummed:
       reader.verify(j)
-    else:  # format 1: no checksum; what the writer would have checked, checked now
+    else:  # format 1: no checksum; what a writer checks, checked when read
       try:
         check_block(self._schema, self.read(index, verify=False))
       except DatasetError as e:

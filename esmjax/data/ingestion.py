@@ -109,7 +109,7 @@ class DenseStats:
     self._rng = np.random.default_rng(seed)
     self._keys = np.zeros(0, np.float64)
     self._sample = np.zeros((0, num_columns), np.float32)
-    self._threshold = np.inf  # keys above it can no longer enter the sample
+    self._threshold = np.inf  # keys at or above it cannot enter the sample
 
   def add(self, x: np.ndarray) -> None:
     """x: float32 [n, columns], finite."""

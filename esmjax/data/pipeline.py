@@ -42,7 +42,7 @@ class _BatchBuffers:
   freed chunks that size to it), which cost twice the gather itself. A slot is one flat buffer and
   a batch's columns are views of it, so the buffer's reference count tells whether anything still
   holds the batch: the consumer, the prefetch queue, an in-flight `jax.device_put`. At most `keep`
-  slots are kept; when all are held, a batch gets fresh memory, as before.
+  slots are kept; when all are held, a batch gets fresh memory.
   """
 
   def __init__(self, like: dict[str, np.ndarray], rows: int, keep: int):

@@ -11,9 +11,9 @@ of training on garbage. Format 1 (read, never written) has (offset, length) pair
 
 The block checksum (`block_checksum`) is three 64-bit sums of the record's 8-byte words laid out
 as a matrix 4 KB wide: their plain sum, and their sums weighted by fixed odd pseudo-random
-constants per column and per row. NumPy computes it at memory speed, about 3x faster than the
-standard library's fastest, zlib.crc32 (benchmarks/results/data_throughput.md: CRC-32 alone would
-cost more than everything else the pipeline does per row). What it catches: any change confined
+constants per column and per row. NumPy computes it 2-3x faster than the standard library's
+fastest checksum, zlib.crc32 (benchmarks/results/data_throughput.md); CRC-32 alone would cost more
+CPU per row than everything else the pipeline does. What it catches: any change confined
 to one 8-byte word; zeroed, garbage or shifted sectors, and any other random change, except with
 probability ~2^-64; two words swapped, unless they differ only in their top bits. It is no defence
 against deliberate tampering. The small index is checked with CRC-32.
