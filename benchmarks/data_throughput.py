@@ -462,8 +462,8 @@ def _checksum_markdown(sums: list[dict]) -> list[str]:
   for name in dict.fromkeys(x["function"] for x in sums):
     lines.append(f"| {name} | {by[(name, 'cache')]} | {by[(name, 'memory')]} |")
   return lines + ["", "Shards store `shards.block_checksum` per block (three 64-bit sums of the record's "
-                  "words, plain and position-weighted, in NumPy); the pipeline checks a window's blocks in a "
-                  "thread of its own while it reads the one before.", ""]
+                  "words, plain and position-weighted, in NumPy); the pipeline checks a window's blocks on its "
+                  "verify thread while it reads the one before.", ""]
 
 
 def _pipeline_markdown(pipe: list[dict], targets: dict) -> list[str]:
