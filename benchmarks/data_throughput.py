@@ -1,4 +1,5 @@
-r"""Data throughput: the Ali-CCP converter (MB/s, rows/s, peak memory) and the grain pipeline (rows/s).
+r"""Data throughput: the Ali-CCP converter (MB/s, rows/s, peak memory), the grain pipeline (rows/s)
+with block checksums verified and not, and the checksum functions (GB/s).
 
     python benchmarks/data_throughput.py [--skeleton_mb=200] [--workers=2] [--pipeline_seconds=2]
         [--pipeline_runs=5] [--pipeline_threads=1,2] [--pipeline_workers=0,1,2] [--pipeline_only]
@@ -12,13 +13,17 @@ r"""Data throughput: the Ali-CCP converter (MB/s, rows/s, peak memory) and the g
    sampling the RSS of the converter's process tree every 20 ms: peak memory must not grow with the
    skeleton length.
 3. Reads the converted dataset with `pipeline.train_iter_dataset` as the trainer builds it (batch
-   4096; 1 and 2 gather threads), and with an equivalent window pipeline in-process and under 1 and 2
-   grain worker processes (`mp_prefetch`); round-robin runs of --pipeline_seconds, medians of rows/s
-   and of rows per CPU-second; then the trainer's pipeline on a lean layout (one value per
-   multi-valued field). Verdict: the trainer's pipeline against the 2 M rows/s target.
-4. Prints and writes benchmarks/results/data_throughput.{json,md}, including the time the full
-   38 GB dump would take at the measured conversion rate. --pipeline_only: step 3 alone (on a
-   converted --skeleton_mb), printed, nothing written.
+   4096; 1 and 2 gather threads; every block verified against its checksum, and, for comparison,
+   not verified), and with an equivalent window pipeline in-process and under 1 and 2 grain worker
+   processes (`mp_prefetch`); round-robin runs of --pipeline_seconds, medians of rows/s and of rows
+   per CPU-second; then the trainer's pipeline on a lean layout (one value per multi-valued field).
+   Verdict: the trainer's pipeline, checksums on, against the 2 M rows/s target.
+4. Times the block checksum (`shards.block_checksum`) and the standard library's checksums on the
+   converted blocks: one block again and again (in cache) and every block once (from memory, as the
+   pipeline reads them).
+5. Prints and writes benchmarks/results/data_throughput.{json,md}, including the time the full
+   38 GB dump would take at the measured conversion rate. --pipeline_only: steps 3 and 4 alone (on
+   a converted --skeleton_mb), printed, nothing written.
 
 Expected on the 2-core CPU machine: see benchmarks/results/data_throughput.md.
 """
@@ -214,18 +219,18 @@ def _rebatch(windows, batch: int):
 def _open_pipeline(data_dir: Path, variant: dict, batch: int, window_blocks: int):
   """An iterator of batches for one measured variant (see `pipeline_rates`), and its closers."""
   import grain
-  from absl import flags
 
+  from esmjax import absl_flags
   from esmjax.data import dataset as ds_lib
   from esmjax.data import pipeline
 
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS(["data_throughput"])  # grain's mp_prefetch reads absl flags (DESIGN.md §8)
+  absl_flags.ensure_parsed("data_throughput")  # grain's mp_prefetch reads absl flags
   d = ds_lib.open_dataset(str(data_dir))
   if variant["pipeline"] == "train_iter_dataset":
     # As esmjax/trainer.py builds it (config.data defaults: window 8 blocks, prefetch 2), plus threads.
-    cfg = pipeline.PipelineConfig(batch_size=batch, seed=0, shuffle=True, prefetch=2, window_blocks=window_blocks,
-                                  threads=variant["threads"])
+    cfg = pipeline.PipelineConfig(batch_size=batch, seed=0, shuffle=True, prefetch=2,
+                                  window_blocks=window_blocks, threads=variant["threads"],
+                                  verify=variant.get("verify", True))
     it = iter(pipeline.train_iter_dataset(d, cfg))
     return d, it, [it]
   # One window at a time per process (to_iter_dataset's defaults, 16 threads and 500 elements ahead,
@@ -243,8 +248,9 @@ def pipeline_rates(data_dir: Path, variants: list[dict], seconds: float, reps: i
   """rows/s of batches for each variant, measured round-robin: `reps` windows of `seconds` each,
   variant after variant, so that the other jobs' load falls on all of them alike; medians reported.
 
-  Variants: {"pipeline": "train_iter_dataset", "threads": t}: `pipeline.train_iter_dataset` as the
-  trainer builds it (in-process, prefetch thread, t gather threads); {"pipeline":
+  Variants: {"pipeline": "train_iter_dataset", "threads": t, "verify": v}:
+  `pipeline.train_iter_dataset` as the trainer builds it (in-process, prefetch thread, t gather
+  threads, block checksums verified or not); {"pipeline":
   "windows+mp_prefetch", "workers": k}: shuffled windows made by k grain worker processes
   (`mp_prefetch`; k=0 runs the same windows in-process), cut into batches here.
   """
@@ -284,6 +290,7 @@ def pipeline_rates(data_dir: Path, variants: list[dict], seconds: float, reps: i
     med = lambda key: float(np.median([r[key] for r in out]))
     results.append({
         **v, "layout": layout, "workers": v.get("workers", 0), "threads": v.get("threads", 1),
+        "verify": v.get("verify", True),
         "rows_per_s": round(med("rows_per_s")), "rows_per_s_runs": [round(r["rows_per_s"]) for r in out],
         "rows_per_cpu_s": round(med("rows_per_cpu_s")), "load_1min": [round(r["load"], 2) for r in out],
         "gb_per_s": round(med("rows_per_s") * row_bytes / 1e9, 3), "batch": batch, "row_bytes": row_bytes,
@@ -294,8 +301,44 @@ def pipeline_rates(data_dir: Path, variants: list[dict], seconds: float, reps: i
 
 def _pipeline_variants(threads: str, workers: str) -> list[dict]:
   ints = lambda s: [int(x) for x in s.split(",") if x != ""]
-  return ([{"pipeline": "train_iter_dataset", "threads": t} for t in ints(threads)] +
+  return ([{"pipeline": "train_iter_dataset", "threads": t, "verify": v} for t in ints(threads)
+           for v in (True, False)] +
           [{"pipeline": "windows+mp_prefetch", "workers": w} for w in ints(workers)])
+
+
+def checksum_rates(data_dir: Path, reps: int = 5) -> list[dict]:
+  """GB/s of the block checksum and of the standard library's checksums on the dataset's block
+  records: one block again and again (in cache) and every block once (from memory, as the pipeline
+  reads them); medians of `reps` round-robin runs."""
+  import hashlib
+  import zlib
+
+  from esmjax.data import dataset as ds_lib
+  from esmjax.data import shards
+
+  d = ds_lib.open_dataset(str(data_dir))
+  readers = [ds_lib.ShardReader(p) for p in d.shard_paths]
+  records = [r.record(j) for r in readers for j in range(len(r))]
+  total = sum(len(r) for r in records)
+  one = bytes(records[0])
+  fns = {"shards.block_checksum": shards.block_checksum, "zlib.crc32": zlib.crc32, "zlib.adler32": zlib.adler32,
+         "hashlib.sha1": lambda b: hashlib.sha1(b).digest(), "hashlib.md5": lambda b: hashlib.md5(b).digest(),
+         "hashlib.blake2b": lambda b: hashlib.blake2b(b).digest()}
+  times = {(name, where): [] for name in fns for where in ("cache", "memory")}
+  for _ in range(reps):
+    for name, fn in fns.items():
+      n = max(1, total // len(one) // 4)
+      t0 = time.perf_counter()
+      for _ in range(n):
+        fn(one)
+      times[(name, "cache")].append(n * len(one) / (time.perf_counter() - t0))
+      t0 = time.perf_counter()
+      for r in records:
+        fn(r)
+      times[(name, "memory")].append(total / (time.perf_counter() - t0))
+  return [{"function": name, "data": where, "gb_per_s": round(float(np.median(v)) / 1e9, 2),
+           "block_bytes": len(one), "load_1min": round(os.getloadavg()[0], 2)}
+          for (name, where), v in times.items()]
 
 
 def measure_pipelines(tmp: Path, sk: Path, cf: Path, args) -> list[dict]:
@@ -340,7 +383,9 @@ def main() -> None:
     if args.pipeline_only:
       run_converter(sk, cf, tmp / "out_full", args.workers, range_mb=args.range_mb)
       pipe = measure_pipelines(tmp, sk, cf, args)
-      print("\n".join(_pipeline_markdown(pipe, {"pipeline_rows_per_s": PIPELINE_TARGET})))
+      sums = checksum_rates(tmp / "out_full")
+      print("\n".join(_pipeline_markdown(pipe, {"pipeline_rows_per_s": PIPELINE_TARGET})
+                      + _checksum_markdown(sums)))
       return
     half = tmp / "skeleton_half.csv"
     head_lines(sk, half, sk.stat().st_size // 2)
@@ -358,13 +403,14 @@ def main() -> None:
     print(f"estimate for the full 38 GB dump on one such machine: {est['hours_at_measured_mb_per_s']:.2f} h at the "
           f"measured MB/s; {est['hours_idle_machine']:.2f} h with {cpus} idle cores", flush=True)
     pipe = measure_pipelines(tmp, sk, cf, args)
+    sums = checksum_rates(tmp / "out_full")
     mem_growth = conv["full"]["peak_rss_tree_mb"] / max(conv["half"]["peak_rss_tree_mb"], 1e-9)
     result = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "generated": {"skeleton_mb": round(sk.stat().st_size / 1e6, 1), "common_mb": round(cf.stat().st_size / 1e6, 1),
                       "rows": n_rows, "seconds": round(gen_s, 1)},
         "converter": conv, "peak_rss_ratio_full_over_half": round(mem_growth, 3),
-        "full_dump_estimate": est, "pipeline": pipe,
+        "full_dump_estimate": est, "pipeline": pipe, "checksums": sums,
         "targets": {"pipeline_rows_per_s": PIPELINE_TARGET, "training_rows_per_s": 100_000},
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
         "load_average_1min": {"start": load0, "end": round(os.getloadavg()[0], 2)},
@@ -404,7 +450,20 @@ def _markdown(r: dict) -> str:
       f"**{e['hours_idle_machine']} h** on idle cores (measured CPU time per MB, spread over the workers).", "",
   ]
   lines += _pipeline_markdown(r["pipeline"], r["targets"])
+  lines += _checksum_markdown(r["checksums"])
   return "\n".join(lines)
+
+
+def _checksum_markdown(sums: list[dict]) -> list[str]:
+  lines = [f"## Checksums (on {sums[0]['block_bytes']:,}-byte block records)", "",
+           "| function | GB/s, one block again and again (cache) | GB/s, every block once (memory) |",
+           "|---|---|---|"]
+  by = {(x["function"], x["data"]): x["gb_per_s"] for x in sums}
+  for name in dict.fromkeys(x["function"] for x in sums):
+    lines.append(f"| {name} | {by[(name, 'cache')]} | {by[(name, 'memory')]} |")
+  return lines + ["", "Shards store `shards.block_checksum` per block (three 64-bit sums of the record's "
+                  "words, plain and position-weighted, in NumPy); the pipeline checks a window's blocks on its "
+                  "verify thread while it reads the one before.", ""]
 
 
 def _pipeline_markdown(pipe: list[dict], targets: dict) -> list[str]:
@@ -413,13 +472,14 @@ def _pipeline_markdown(pipe: list[dict], targets: dict) -> list[str]:
       f"## Pipeline (batch {pipe[0]['batch']}, block and row shuffle on)", "",
       f"Round-robin: {pipe[0]['runs']} runs of {pipe[0]['seconds_per_run']} s per variant, one variant after another; "
       "medians (the runs' rows/s and 1-min load averages are in the JSON).", "",
-      "| pipeline | layout | gather threads | grain worker processes | rows/s (median) | GB/s | rows per CPU-s "
-      "| bytes/row | block rows | window rows | load avg during runs |",
-      "|---|---|---|---|---|---|---|---|---|---|---|",
+      "| pipeline | layout | checksums | gather threads | grain worker processes | rows/s (median) | GB/s "
+      "| rows per CPU-s | bytes/row | block rows | window rows | load avg during runs |",
+      "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for p in pipe:
     mp = p["pipeline"] != "train_iter_dataset"
-    lines.append(f"| {p['pipeline']} | {p['layout']} | {'-' if mp else p['threads']} | {p['workers']} | "
+    lines.append(f"| {p['pipeline']} | {p['layout']} | {'verified' if p['verify'] else 'off'} | "
+                 f"{'-' if mp else p['threads']} | {p['workers']} | "
                  f"{p['rows_per_s']:,} | {p['gb_per_s']} | {p['rows_per_cpu_s']:,} | {p['row_bytes']} | "
                  f"{p['block_rows']} | {p['window_rows']} | {min(p['load_1min'])}-{max(p['load_1min'])} |")
   lines += [
@@ -432,16 +492,24 @@ def _pipeline_markdown(pipe: list[dict], targets: dict) -> list[str]:
       "would give. With other jobs on the CPUs, rows/s is a lower bound and extra threads or workers only add CPU.",
   ]
   trainer = next((p for p in pipe if p["pipeline"] == "train_iter_dataset" and p["layout"] == "default"
-                  and p["threads"] == 1), None)
-  best = max((p for p in pipe if p["layout"] == "default"), key=lambda p: p["rows_per_s"], default=None)
-  lean = next((p for p in pipe if p["layout"] != "default" and p["threads"] == 1), None)
+                  and p["threads"] == 1 and p["verify"]), None)
+  unverified = next((p for p in pipe if p["pipeline"] == "train_iter_dataset" and p["layout"] == "default"
+                     and p["threads"] == 1 and not p["verify"]), None)
+  best = max((p for p in pipe if p["layout"] == "default" and p["verify"]), key=lambda p: p["rows_per_s"],
+             default=None)
+  lean = next((p for p in pipe if p["layout"] != "default" and p["threads"] == 1 and p["verify"]), None)
   t = targets["pipeline_rows_per_s"]
   if trainer:
     met = "**met**" if trainer["rows_per_s"] >= t else "**not met**"
     lines += ["", f"Verdict: target ≥ {t:,} rows/s — {met}: the trainer's pipeline reads {trainer['rows_per_s']:,} "
               f"rows/s (median; default layout, {trainer['row_bytes']} B/row, load average "
               f"{min(trainer['load_1min'])}-{max(trainer['load_1min'])}), {trainer['rows_per_cpu_s']:,} rows per "
-              f"CPU-second."]
+              f"CPU-second, every block verified against its checksum."]
+  if trainer and unverified:
+    lines += [f"Checksums off (for comparison only; the trainer always verifies): {unverified['rows_per_s']:,} "
+              f"rows/s, {unverified['rows_per_cpu_s']:,} rows per CPU-second; verified / off = "
+              f"{trainer['rows_per_s'] / max(unverified['rows_per_s'], 1):.2f} (rows/s), "
+              f"{trainer['rows_per_cpu_s'] / max(unverified['rows_per_cpu_s'], 1):.2f} (rows per CPU-second)."]
   if best and best is not trainer:
     lines += [f"Best default-layout variant: {best['pipeline']} ({best['threads']} gather threads, "
               f"{best['workers']} workers), {best['rows_per_s']:,} rows/s, {best['rows_per_cpu_s']:,} rows per CPU-second."]

@@ -27,7 +27,9 @@ class ConfigError(ValueError):
   """A config value is invalid or contradicts another; the message names the key."""
 
 
-def default_config() -> ml_collections.ConfigDict:
+def default_config(world: str = "default") -> ml_collections.ConfigDict:
+  """Every key with its default; `world` names the synthetic world trained on when no train_dir
+  is given (esmjax.data.synthetic.WORLDS: 'default', or 'paper' for the ESMM paper's rates)."""
   from esmjax.data import synthetic  # the embedded default dataset's knobs
 
   c = C()
@@ -68,7 +70,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.train_dir = ""  # dataset directory to train on; empty = generated synthetic data
   c.data.eval_dir = ""  # dataset directory to evaluate on; empty = the synthetic eval split
   c.data.cache_dir = os.path.join(os.path.expanduser("~"), ".cache", "esmjax")  # synthetic cache
-  c.data.synthetic = synthetic.default_config()  # the synthetic world (used when train_dir is empty)
+  c.data.synthetic = synthetic.world_config(world)  # the synthetic world (when train_dir is empty)
   c.data.window_blocks = 8  # blocks whose rows are shuffled together
   c.data.prefetch = 2  # batches prepared ahead in a background thread
   c.data.train_fraction = 1.0  # use this leading fraction of the training blocks (sparsity curves)

@@ -20,7 +20,8 @@ LABELS = ("click", "buy", "cart", "wish", "daction")
 
 
 class DatasetError(ValueError):
-  """A dataset (or its schema) is missing, incomplete or inconsistent; the message names the path."""
+  """A dataset (or its schema) is missing, incomplete or inconsistent; the message names the
+  path."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +62,8 @@ class Schema:
       raise DatasetError(f"schema.labels has unknown label(s) {unknown}; allowed: {list(LABELS)}")
     for f in self.multi:
       if f.pooling not in ("sum", "mean"):
-        raise DatasetError(f"multi-valued field {f.name!r}: pooling={f.pooling!r}; allowed: ['sum', 'mean']")
+        raise DatasetError(f"multi-valued field {f.name!r}: pooling={f.pooling!r}; allowed: "
+                           "['sum', 'mean']")
     names = [f.name for f in (*self.sparse, *self.multi, *self.dense)]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -97,7 +99,8 @@ class Schema:
       for a, b in zip(mine, theirs):
         for key in [f.name for f in dataclasses.fields(a) if f.name not in ("name", "group")]:
           va, vb = getattr(a, key), getattr(b, key)
-          if isinstance(va, float) and isinstance(vb, float) and (va == vb or (va != va and vb != vb)):
+          both_float = isinstance(va, float) and isinstance(vb, float)
+          if both_float and (va == vb or (va != va and vb != vb)):
             continue
           if va != vb:
             return f"{kind} field {a.name!r}: {key} {va!r} vs {vb!r}"
@@ -117,7 +120,8 @@ class Schema:
     return cls(
         sparse=tuple(SparseField(**f) for f in d.get("sparse", [])),
         multi=tuple(MultiField(**f) for f in d.get("multi", [])),
-        dense=tuple(DenseField(**dict(f, boundaries=tuple(f.get("boundaries", ())))) for f in d.get("dense", [])),
+        dense=tuple(DenseField(**dict(f, boundaries=tuple(f.get("boundaries", ()))))
+                    for f in d.get("dense", [])),
         labels=tuple(d.get("labels", ("click", "buy"))),
         truth=tuple(d.get("truth", ())),
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from esmjax.data import aliccp
+from esmjax.data import aliccp, aliccp_parse, aliccp_spec
 from esmjax.data import dataset as ds_lib
 from esmjax.data import ids as ids_lib
 
@@ -319,8 +319,8 @@ def test_vectorised_parser_matches_a_reference_on_random_lines():
     if rng.random() < 0.1:
       line += "\r"
     lines.append(line)
-  p = aliccp._parse_chunk(("\n".join(lines) + "\n").encode(), 6, spec, skeleton=True)
-  kinds = {v: k for k, v in aliccp._KIND_CODES.items()}
+  p = aliccp_parse.parse_chunk(("\n".join(lines) + "\n").encode(), 6, spec, skeleton=True)
+  kinds = {v: k for k, v in aliccp_spec.KIND_CODES.items()}
   row_items = {}
   for r, f, k, v in zip(p.item_row, p.item_field, p.item_key, p.item_val):
     row_items.setdefault(int(r), []).append((int(f), int(k), float(v)))

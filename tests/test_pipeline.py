@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import tiny
+from esmjax.data import block_order
 from esmjax.data import dataset as D
 from esmjax.data import pipeline
 
@@ -23,7 +24,7 @@ def ds(tmp_path_factory):
 
 def reference_batches(d, *, batch_size, window_blocks, seed, shuffle, fraction=1.0, process_index=0,
                       process_count=1, num_epochs=1, drop_remainder=True):
-  mds = grain.MapDataset.source(pipeline.BlockSource(d))
+  mds = grain.MapDataset.source(D.BlockSource(d))
   if fraction < 1.0:
     mds = mds[:max(1, int(round(len(mds) * fraction)))]
   if shuffle:
@@ -135,7 +136,7 @@ def test_vectorised_block_shuffle_equals_grains(length):
   from grain._src.python.experimental.index_shuffle.python import index_shuffle_module as grain_shuffle
 
   for seed in (0, 1, 12345, 2**32 - 1):
-    got = pipeline._grain_shuffle(length, seed)
+    got = block_order.grain_shuffle(length, seed)
     idx = range(length) if length <= 600 else np.random.default_rng(seed).integers(0, length, 200)
     want = [grain_shuffle.index_shuffle(int(i), max_index=max(length - 1, 0), seed=seed, rounds=4) for i in idx]
     assert got[list(idx)].tolist() == want, (length, seed)
@@ -145,13 +146,13 @@ def test_vectorised_block_shuffle_equals_grains(length):
                                 dict(seed=5, shuffle=True, fraction=0.6),
                                 dict(seed=2**32 - 2, shuffle=True, process_index=1, process_count=3)])
 def test_block_order_equals_grains_chain(ds, kw, monkeypatch):
-  want = pipeline.block_order(ds, num_epochs=4, **kw)
-  got = pipeline._BlockOrder(ds, num_epochs=4, **kw)
+  want = block_order.block_order(ds, num_epochs=4, **kw)
+  got = block_order.BlockOrder(ds, num_epochs=4, **kw)
   assert len(got) == len(want)
   assert [got[j] for j in range(len(got))] == [int(want[j]) for j in range(len(want))]
   # A grain that shuffled differently: the check at each epoch falls back to grain's order.
-  monkeypatch.setattr(pipeline, "_grain_shuffle", lambda n, seed: np.arange(n)[::-1].copy())
-  other = pipeline._BlockOrder(ds, num_epochs=4, **kw)
+  monkeypatch.setattr(block_order, "grain_shuffle", lambda n, seed: np.arange(n)[::-1].copy())
+  other = block_order.BlockOrder(ds, num_epochs=4, **kw)
   assert [other[j] for j in range(len(other))] == [int(want[j]) for j in range(len(want))]
 
 

@@ -184,3 +184,67 @@ def test_world_stats(cached):
   assert st["buys_per_impression"] == pytest.approx(rows["labels"][:, 1].mean())
   assert st["mean_pcvr_all"] == pytest.approx(rows["truth"][:, 1].mean(), rel=1e-5)
   assert st["mean_pcvr_clicked"] != pytest.approx(st["mean_pcvr_all"], rel=0.05)
+
+
+def test_named_worlds_and_the_config_that_selects_them():
+  from esmjax import config as config_lib
+
+  paper = syn.world_config("paper")
+  assert (paper.ctr, paper.cvr, paper.daction_rate, paper.num_train, paper.num_eval) == (
+      0.04, 0.0053, 0.2, 4_000_000, 1_000_000)
+  assert syn.world_config("default").to_dict() == syn.default_config().to_dict()
+  assert config_lib.default_config(world="paper").data.synthetic.to_dict() == paper.to_dict()
+  assert config_lib.default_config().data.synthetic.to_dict() == syn.default_config().to_dict()
+  assert syn.world_config("paper", cvr=0.01, num_eval=10).cvr == 0.01
+  with pytest.raises(ValueError, match=r"world 'papr' is not defined; allowed: \['default', 'paper'\]"):
+    syn.world_config("papr")
+  with pytest.raises(ValueError, match=r"unknown key 'cvx'"):
+    syn.world_config("paper", cvx=0.01)
+
+
+def test_paper_world_rates():
+  small = {k: v for k, v in TINY.items() if k not in ("num_train", "num_eval")}
+  w = syn.build_world(syn.world_config("paper", **small, num_train=40_000, num_eval=0))
+  t = np.concatenate([b["truth"] for b in syn.iter_blocks(w, "train")]).astype(np.float64)
+  pctr, pcvr = t[:, 0], t[:, 1]
+  assert abs(pctr.mean() / 0.04 - 1) < 0.1
+  assert abs(np.average(pcvr, weights=pctr) / 0.0053 - 1) < 0.15
+
+
+def test_conversion_rate_sweeps_hold_impressions_and_clicks():
+  rows = {}
+  for cvr in (0.09, 0.01, 0.0053):
+    w = syn.build_world(dict(TINY, cvr=cvr, num_train=16_384))
+    rows[cvr] = ds_lib.concat_blocks(list(syn.iter_blocks(w, "train")))
+  base = rows[0.09]
+  for cvr in (0.01, 0.0053):
+    r = rows[cvr]
+    for k in ("sparse", "mv_ids", "mv_w", "dense", "user", "sample_id"):
+      np.testing.assert_array_equal(r[k], base[k], err_msg=k)
+    # click and daction
+    np.testing.assert_array_equal(r["labels"][:, [0, 4]], base["labels"][:, [0, 4]])
+    np.testing.assert_array_equal(r["truth"][:, [0, 2]], base["truth"][:, [0, 2]])  # pctr, pdaction
+    assert r["labels"][:, 1].sum() < base["labels"][:, 1].sum()  # fewer buys
+    click = r["labels"][:, 0].astype(bool)
+    assert abs(np.average(r["truth"][:, 1], weights=r["truth"][:, 0]) / cvr - 1) < 0.15
+    assert click.sum() == base["labels"][:, 0].sum()
+
+
+def test_cli_prints_a_named_worlds_statistics(tmp_path):
+  import subprocess
+  import sys
+
+  args = [f"--set={k}={v}" for k, v in TINY.items()]
+  args += ["--set=num_train=8192", "--set=num_eval=4096"]
+  r = subprocess.run([sys.executable, "-m", "esmjax.data.synthetic", str(tmp_path), "--world=paper",
+                      *args], capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  lines = dict(line.split(" ", 1) for line in r.stdout.splitlines()
+               if line.startswith(("train ", "eval ")))
+  train = json.loads(lines["train"])
+  assert train["rows"] == 8192 and json.loads(lines["eval"])["rows"] == 4096
+  assert 0.02 < train["ctr"] < 0.06 and train["mean_pcvr_clicked"] < 0.01
+  r = subprocess.run([sys.executable, "-m", "esmjax.data.synthetic", str(tmp_path), "--world=nope"],
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 1
+  assert "synthetic world 'nope' is not defined; allowed: ['default', 'paper']" in r.stderr

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from esmjax.data.dataset import OOV, PAD
+from esmjax.schema import OOV, PAD
 
 NUM_RESERVED = 2  # PAD and OOV
 MAPPINGS = ("hash", "vocab")
@@ -79,7 +79,8 @@ def bytes_keys(mat: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def token_keys(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-  """Tokens data[starts[i] : starts[i] + lengths[i]] of a uint8 buffer -> int64 keys (`bytes_keys`)."""
+  """Tokens data[starts[i] : starts[i] + lengths[i]] of a uint8 buffer -> int64 keys
+  (`bytes_keys`)."""
   starts = np.asarray(starts, np.int64)
   lengths = np.maximum(np.asarray(lengths, np.int64), 0)
   if not len(starts):
@@ -101,7 +102,8 @@ def numeric_or_bytes_keys(data: np.ndarray, starts: np.ndarray, lengths: np.ndar
     return np.zeros((0,), np.int64)
   w = max(int(lengths.max()), 1)
   padded = np.concatenate([np.asarray(data, np.uint8), np.zeros(w, np.uint8)])
-  mat = np.lib.stride_tricks.sliding_window_view(padded, w)[starts] * (np.arange(w) < lengths[:, None])
+  mat = np.lib.stride_tricks.sliding_window_view(padded, w)[starts]
+  mat = mat * (np.arange(w) < lengths[:, None])
   mat = mat.astype(np.uint8, copy=False)
   neg = (mat[:, 0] == 45) & (lengths > 1)
   body_len = lengths - neg
@@ -143,14 +145,15 @@ class Vocab:
     return NUM_RESERVED + len(self.values)
 
   @classmethod
-  def from_counts(cls, counts: dict[str, int], min_count: int = 1, max_size: int | None = None) -> "Vocab":
+  def from_counts(cls, counts: dict[str, int], min_count: int = 1,
+                  max_size: int | None = None) -> "Vocab":
     if not counts:
       return cls([])
     vals = np.array(list(counts.keys()), dtype=object)
     cnts = np.fromiter(counts.values(), np.int64, len(counts))
     keep = cnts >= min_count
     vals, cnts = vals[keep], cnts[keep]
-    order = np.lexsort((vals.astype(str), -cnts))  # most frequent first, ties by value: deterministic
+    order = np.lexsort((vals.astype(str), -cnts))  # most frequent first, ties by value
     if max_size is not None:
       order = order[:max(0, max_size - NUM_RESERVED)]
     return cls(vals[order].tolist())
@@ -174,4 +177,5 @@ def check_mapping(key: str, value: str) -> str:
 
 
 __all__ = ["PAD", "OOV", "NUM_RESERVED", "MAPPINGS", "splitmix64", "field_salt", "hash_ids",
-           "bytes_keys", "token_keys", "numeric_or_bytes_keys", "str_keys", "Vocab", "check_mapping"]
+           "bytes_keys", "token_keys", "numeric_or_bytes_keys", "str_keys", "Vocab",
+           "check_mapping"]

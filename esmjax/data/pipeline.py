@@ -1,186 +1,38 @@
 """The grain input pipeline: blocks on disk -> shuffled, re-batched, per-process numpy batches.
 
-Order of operations (DESIGN.md §3): random-access source of blocks -> per-epoch seeded shuffle of
-blocks -> split by process (`[process_index::process_count]`) -> row shuffle inside a window of
-blocks -> re-batch to the per-process batch -> prefetch in a thread.
+Order of operations: random-access source of blocks (`dataset.BlockSource`) -> per-epoch seeded
+shuffle of blocks (`block_order`) -> split by process (`[process_index::process_count]`) -> row
+shuffle inside a window of blocks -> re-batch to the per-process batch -> prefetch in a thread.
 
 The iterator's state is two integers (window index, rows already emitted from it): the block order
-and each window's row permutation are pure functions of (seed, epoch, window), so restoring the state
-replays exactly the same batches — that is what makes resumption exact.
+and each window's row permutation are pure functions of (seed, epoch, window), so restoring the
+state replays exactly the same batches — that is what makes resumption exact.
 
 Speed (benchmarks/data_throughput.py; ~0.15 µs of CPU a row at 706 bytes a row): per row, one copy
 into the window (a reused buffer) and one gather into the batch (reused buffers, `np.take` with
-`out=`); per block, a list lookup and a cached header; per epoch, one vectorised block shuffle
-(grain's, computed for all blocks at once). Worker processes would not help on a few cores: a batch
+`out=`); per block, a list lookup, a cached header and its checksum (verified one window ahead,
+in a thread of its own); per epoch, one vectorised block shuffle (grain's, computed for all blocks
+at once). Worker processes would not help on a few cores: a batch
 handed over from another process costs a further copy and pickling, more CPU than making it here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
+import threading
 from typing import Any, Iterator, Sequence
 
 import grain
 import numpy as np
 
+from esmjax.data import block_order as order_lib
 from esmjax.data import dataset as ds_lib
-
-
-class BlockSource(grain.sources.RandomAccessDataSource if hasattr(grain, "sources") else object):
-  """Random access to the decoded blocks of a dataset, across all its shards."""
-
-  def __init__(self, dataset: ds_lib.Dataset):
-    self._dataset = dataset
-    self._readers = [ds_lib.ShardReader(p) for p in dataset.shard_paths]
-    counts = [int(s["num_blocks"]) for s in dataset.manifest["shards"]]
-    # (reader, block in its shard) per block, made once: a lookup is a list read, not a search.
-    self._where = [(r, j) for r, c in zip(self._readers, counts) for j in range(c)]
-
-  def __len__(self) -> int:
-    return len(self._where)
-
-  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    reader, j = self._where[int(index)]
-    return reader[j]
-
-  def __repr__(self):
-    return f"BlockSource({self._dataset.directory!r}, blocks={len(self)})"
-
-
-def block_order(dataset: ds_lib.Dataset, *, seed: int, shuffle: bool, num_epochs: int | None,
-                process_index: int = 0, process_count: int = 1, fraction: float = 1.0) -> grain.MapDataset:
-  """Block indices in reading order: the leading `fraction` of the blocks, shuffled per epoch, this
-  process's share, repeated.
-
-  Indices rather than blocks: grain's per-element bookkeeping around a source cost as much as
-  decoding the block; the iterator reads the blocks from a `BlockSource` itself.
-  """
-  mds = grain.MapDataset.range(dataset.num_blocks)
-  if fraction < 1.0:
-    mds = mds[:max(1, int(round(len(mds) * fraction)))]
-  if shuffle:
-    mds = mds.shuffle(seed=seed)
-  mds = mds[process_index::process_count]
-  if len(mds) == 0:
-    raise ds_lib.DatasetError(
-        f"{dataset.directory}: {dataset.num_blocks} block(s) cannot feed {process_count} processes")
-  return mds.repeat(num_epochs)
-
-
-class _BlockOrder:
-  """`block_order(...)[j]`, the same indices, with each epoch's shuffle computed at once.
-
-  grain computes a shuffled index per call by cycle-walking a 16+ bit cipher into [0, blocks): on a
-  dataset of a few hundred blocks that is hundreds of cipher steps, 50-400 µs a block, as much as
-  copying its rows. `_grain_shuffle` is the same permutation for all indices in ~5 ms. Each epoch's
-  first and last index are checked against grain's own; on a mismatch (a grain that shuffles
-  differently) the order falls back to grain's, index by index.
-  """
-
-  def __init__(self, dataset: ds_lib.Dataset, *, seed: int, shuffle: bool, num_epochs: int | None,
-               process_index: int = 0, process_count: int = 1, fraction: float = 1.0):
-    self._ref = block_order(dataset, seed=seed, shuffle=shuffle, num_epochs=num_epochs, process_index=process_index,
-                            process_count=process_count, fraction=fraction)
-    n = dataset.num_blocks
-    self._blocks = max(1, int(round(n * fraction))) if fraction < 1.0 else n
-    self._mine = len(range(process_index, self._blocks, process_count))
-    self._pi, self._pc, self._seed, self._shuffle = process_index, process_count, seed, shuffle
-    self._epoch, self._perm, self._use_ref = -1, None, False
-
-  def __len__(self) -> int:
-    return len(self._ref)
-
-  def __getitem__(self, j: int) -> int:
-    if self._use_ref:
-      return int(self._ref[j])
-    epoch, rel = divmod(int(j), self._mine)
-    pos = self._pi + rel * self._pc  # the slice [pi::pc] of this epoch's shuffled blocks
-    if not self._shuffle:
-      return pos
-    if epoch != self._epoch:
-      self._perm, self._epoch = _grain_shuffle(self._blocks, (self._seed + epoch) % 2**32), epoch
-      first, last = epoch * self._mine, (epoch + 1) * self._mine - 1
-      if any(int(self._ref[i]) != self[i] for i in (first, last)):
-        self._use_ref = True
-    return int(self._ref[j]) if self._use_ref else int(self._perm[pos])
-
-
-def _grain_shuffle(length: int, seed: int, rounds: int = 4) -> np.ndarray:
-  """[grain index_shuffle(i, max_index=length - 1, seed, rounds) for i in range(length)], vectorised.
-
-  grain's cipher (index_shuffle.cc): blocks of B = max(16, ceil(log2(max_index)) rounded up to even)
-  bits, a Simon-like Feistel on two B/2-bit words with round keys from std::seed_seq{seed}, applied
-  repeatedly until the value falls in [0, length) (cycle walking). Here: the cipher on all 2^B values
-  at once, then each value's first in-range successor by pointer doubling (or, when most values are
-  in range, the few walks step by step).
-  """
-  if length <= 1:
-    return np.zeros(length, np.int64)
-  bits = math.ceil(math.log2(length - 1))
-  bits = max(bits + bits % 2, 16)
-  w = np.uint64(bits // 2)
-  mask = np.uint64((1 << (bits // 2)) - 1)
-  keys = [np.uint64(k) & mask for k in _seed_seq(seed, rounds)]
-  rotl = lambda x, r: ((x << np.uint64(r)) | (x >> (w - np.uint64(r)))) & mask
-  f = lambda x: (rotl(x, 1) & rotl(x, 8)) ^ rotl(x, 2)
-
-  def encrypt(x):
-    left, right = (x >> w) & mask, x & mask
-    for i in range(0, rounds, 2):
-      left ^= f(right) ^ keys[i]
-      right ^= f(left) ^ keys[i + 1]
-    return ((left << w) | right).astype(np.int64)
-
-  first = encrypt(np.arange(length, dtype=np.uint64))
-  if 4 * length > 1 << bits:  # over a quarter of the values in range: short walks, followed step by step
-    pending = np.flatnonzero(first >= length)
-    while pending.size:
-      first[pending] = encrypt(first[pending].astype(np.uint64))
-      pending = pending[first[pending] >= length]
-    return first
-  values = np.arange(1 << bits, dtype=np.int64)  # B = 16 here: a larger B has most values in range
-  nxt = encrypt(values.astype(np.uint64))
-  found = np.where(values < length, values, -1)  # the first in-range value at or after each value
-  pending = np.flatnonzero(found < 0)
-  for _ in range(bits + 2):  # nxt spans 2^i steps after i rounds; cycles with no in-range value never resolve
-    if not pending.size:
-      break
-    hit = found[nxt[pending]]
-    done = hit >= 0
-    found[pending[done]] = hit[done]
-    pending = pending[~done]
-    nxt[pending] = nxt[nxt[pending]]
-  return found[first]
-
-
-def _seed_seq(seed: int, n: int) -> list[int]:
-  """C++ `std::seed_seq{seed}.generate(n words)` (the standard's [rand.util.seedseq] algorithm)."""
-  m32, v = 0xFFFFFFFF, [seed & 0xFFFFFFFF]
-  s, b = len(v), [0x8B8B8B8B] * n
-  t = 11 if n >= 623 else 7 if n >= 68 else 5 if n >= 39 else 3 if n >= 7 else (n - 1) // 2
-  p = (n - t) // 2
-  q, m = p + t, max(s + 1, n)
-  mix = lambda x: x ^ (x >> 27)
-  for k in range(m):
-    r1 = 1664525 * mix(b[k % n] ^ b[(k + p) % n] ^ b[(k - 1) % n]) & m32
-    r2 = (r1 + (s if k == 0 else k % n + v[k - 1] if k <= s else k % n)) & m32
-    b[(k + p) % n] = (b[(k + p) % n] + r1) & m32
-    b[(k + q) % n] = (b[(k + q) % n] + r2) & m32
-    b[k % n] = r2
-  for k in range(m, m + n):
-    r3 = 1566083941 * mix((b[k % n] + b[(k + p) % n] + b[(k - 1) % n]) & m32) & m32
-    r4 = (r3 - k % n) & m32
-    b[(k + p) % n] ^= r3
-    b[(k + q) % n] ^= r4
-    b[k % n] = r4
-  return b
 
 
 def block_dataset(dataset: ds_lib.Dataset, **kw) -> grain.MapDataset:
   """The blocks of `block_order(dataset, **kw)`, decoded: a MapDataset of blocks."""
-  return block_order(dataset, **kw).map(BlockSource(dataset).__getitem__)
+  return order_lib.block_order(dataset, **kw).map(ds_lib.BlockSource(dataset).__getitem__)
 
 
 class _BatchBuffers:
@@ -190,7 +42,7 @@ class _BatchBuffers:
   freed chunks that size to it), which cost twice the gather itself. A slot is one flat buffer and
   a batch's columns are views of it, so the buffer's reference count tells whether anything still
   holds the batch: the consumer, the prefetch queue, an in-flight `jax.device_put`. At most `keep`
-  slots are kept; when all are held, a batch gets fresh memory, as before.
+  slots are kept; when all are held, a batch gets fresh memory.
   """
 
   def __init__(self, like: dict[str, np.ndarray], rows: int, keep: int):
@@ -220,6 +72,21 @@ class _BatchBuffers:
     return buf
 
 
+_CHECKER: list = []
+_CHECKER_LOCK = threading.Lock()
+
+
+def _checker():
+  """The one thread that verifies blocks ahead of their window, shared by all iterators (a thread
+  per iterator would leave one behind for every evaluation that is not closed)."""
+  with _CHECKER_LOCK:
+    if not _CHECKER:
+      from concurrent.futures import ThreadPoolExecutor
+
+      _CHECKER.append(ThreadPoolExecutor(1, thread_name_prefix="esmjax-verify"))
+    return _CHECKER[0]
+
+
 class _RebatchIterator(grain.DatasetIterator):
   """Window row-shuffle + re-batch over blocks in `order`, with exact (window, offset) state.
 
@@ -227,10 +94,15 @@ class _RebatchIterator(grain.DatasetIterator):
   and permuted by `default_rng([seed, w])`; batches are consecutive runs of those permuted rows
   (a batch may span windows). Copies per row: one into the window, one into the batch; with
   `threads` > 1 both are split by rows over that many threads (numpy releases the GIL).
+
+  With `verify`, every block is checked (`BlockSource.verify`: its checksum) before any of its rows
+  is used. The checks of window w + 1 run on the verify thread (`_checker`) while window w is being
+  read (NumPy's sums release the GIL), so with a spare core they cost no time on this path.
   """
 
-  def __init__(self, order: Sequence[int], source: BlockSource, *, batch_size: int, window_blocks: int,
-               seed: int, shuffle_rows: bool, drop_remainder: bool, threads: int = 1, keep_buffers: int = 8):
+  def __init__(self, order: Sequence[int], source: ds_lib.BlockSource, *, batch_size: int,
+               window_blocks: int, seed: int, shuffle_rows: bool, drop_remainder: bool,
+               threads: int = 1, keep_buffers: int = 8, verify: bool = True):
     super().__init__()
     self._order, self._source = order, source
     self._bs, self._w = batch_size, window_blocks
@@ -243,6 +115,8 @@ class _RebatchIterator(grain.DatasetIterator):
     self._keep = keep_buffers
     self._threads = max(1, int(threads))
     self._pool = None
+    self._verify = verify
+    self._checks: dict[int, Any] = {}  # window -> the future of its verification
 
   def _run(self, fn, parts) -> None:
     """fn(part) for every part, on `threads` threads when there is more than one part."""
@@ -263,15 +137,36 @@ class _RebatchIterator(grain.DatasetIterator):
     edges = [n * i // k for i in range(k + 1)]
     return list(zip(edges[:-1], edges[1:]))
 
+  def _window_blocks(self, w: int) -> list[int]:
+    lo = w * self._w
+    return [self._order[i] for i in range(lo, min(lo + self._w, self._n_blocks))]
+
+  def _verify_blocks(self, indices: list[int]) -> None:
+    for i in indices:
+      self._source.verify(i)
+
+  def _verified(self, w: int, indices: list[int]) -> None:
+    """Returns once window w's blocks are verified (raising what the check raised), and starts the
+    check of window w + 1."""
+    ahead = self._checks.pop(w, None)
+    if ahead is None:
+      self._verify_blocks(indices)
+    else:
+      ahead.result()
+    nxt = self._window_blocks(w + 1)
+    if nxt:
+      self._checks = {w + 1: _checker().submit(self._verify_blocks, nxt)}
+
   def _load_window(self, w: int):
     if self._cache[0] == w:
       return self._cache[1]
-    lo = w * self._w
-    hi = min(lo + self._w, self._n_blocks)
-    if lo >= hi:
+    indices = self._window_blocks(w)
+    if not indices:
       window = None
     else:
-      blocks = [self._source[self._order[i]] for i in range(lo, hi)]
+      if self._verify:
+        self._verified(w, indices)
+      blocks = [self._source.read(i, verify=False) for i in indices]
       data = self._concat(blocks) if len(blocks) > 1 else blocks[0]
       # The permutation is applied lazily, one batch's rows at a time (one copy, not two).
       perm = (np.random.default_rng([self._seed, w]).permutation(len(data["user"]))
@@ -286,7 +181,8 @@ class _RebatchIterator(grain.DatasetIterator):
     n = sum(sizes)
     buf = self._window_buf
     if buf is None or len(buf["user"]) < n:
-      buf = self._window_buf = {k: np.empty((n,) + v.shape[1:], v.dtype) for k, v in blocks[0].items()}
+      buf = self._window_buf = {k: np.empty((n,) + v.shape[1:], v.dtype)
+                                for k, v in blocks[0].items()}
     data = {k: v[:n] for k, v in buf.items()}
     starts = np.cumsum([0] + sizes).tolist()
 
@@ -301,7 +197,8 @@ class _RebatchIterator(grain.DatasetIterator):
     self._run(copy, self._splits(n))
     return data
 
-  def _gather(self, out: dict[str, np.ndarray], at: int, data: dict[str, np.ndarray], rows: slice, perm) -> None:
+  def _gather(self, out: dict[str, np.ndarray], at: int, data: dict[str, np.ndarray], rows: slice,
+              perm) -> None:
     """out[at : at + len(rows)] = the window's rows `rows` (through the permutation, if any)."""
     idx = perm[rows] if perm is not None else None
 
@@ -353,11 +250,14 @@ class _RebatchIterator(grain.DatasetIterator):
     if self._pool is not None:
       self._pool.shutdown(wait=False)
       self._pool = None
+    for ahead in self._checks.values():
+      ahead.cancel()
+    self._checks = {}
     super().close()
 
 
 class RebatchIterDataset(grain.IterDataset):
-  def __init__(self, order: Sequence[int], source: BlockSource, **kw):
+  def __init__(self, order: Sequence[int], source: ds_lib.BlockSource, **kw):
     super().__init__()
     self._order, self._source, self._kw = order, source, kw
 
@@ -376,17 +276,20 @@ class PipelineConfig:
   drop_remainder: bool = True
   fraction: float = 1.0  # leading fraction of the blocks to use (data-sparsity experiments)
   threads: int = 1  # threads that copy rows into windows and batches (same batches for any number)
+  verify: bool = True  # check every block read against its checksum (off: benchmarks only)
 
 
 def train_iter_dataset(dataset: ds_lib.Dataset, cfg: PipelineConfig, *, process_index: int = 0,
                        process_count: int = 1) -> grain.IterDataset:
-  order = _BlockOrder(dataset, seed=cfg.seed, shuffle=cfg.shuffle, num_epochs=cfg.num_epochs,
-                      process_index=process_index, process_count=process_count, fraction=cfg.fraction)
+  order = order_lib.BlockOrder(dataset, seed=cfg.seed, shuffle=cfg.shuffle,
+                               num_epochs=cfg.num_epochs, process_index=process_index,
+                               process_count=process_count, fraction=cfg.fraction)
   # Batch buffers in use at once: the prefetch queue, the one being filled, the consumer's and the
   # few that asynchronous device transfers may still hold.
-  it = RebatchIterDataset(order, BlockSource(dataset), batch_size=cfg.batch_size, window_blocks=cfg.window_blocks,
-                          seed=cfg.seed, shuffle_rows=cfg.shuffle, drop_remainder=cfg.drop_remainder,
-                          threads=cfg.threads, keep_buffers=cfg.prefetch + 6)
+  it = RebatchIterDataset(order, ds_lib.BlockSource(dataset), batch_size=cfg.batch_size,
+                          window_blocks=cfg.window_blocks, seed=cfg.seed, shuffle_rows=cfg.shuffle,
+                          drop_remainder=cfg.drop_remainder, threads=cfg.threads,
+                          keep_buffers=cfg.prefetch + 6, verify=cfg.verify)
   if cfg.prefetch:
     it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=cfg.prefetch)
   return it
@@ -400,7 +303,7 @@ def eval_batches(dataset: ds_lib.Dataset, batch_size: int, *, process_index: int
   the same number of batches (padding-only batches where one has fewer rows), so collective
   evaluation steps stay in lock-step.
   """
-  src = BlockSource(dataset)
+  src = ds_lib.BlockSource(dataset)
   mine = list(range(process_index, len(src), process_count))
   total_rows = [0] * process_count
   per_block = _block_rows(dataset)
