@@ -51,7 +51,8 @@ IDENTITY_KEYS = ("model.name", "model.embed_dim", "model.hidden", "model.activat
 # Keys expected to change between a run and its resumption (never worth a warning).
 RESUME_FREE_KEYS = ("checkpoint.", "distributed.", "mesh.num_devices", "train.num_steps",
                     "train.num_epochs", "train.log_every", "train.eval_every", "train.eval_batch_size",
-                    "train.max_eval_rows", "train.inject_nan_at_step", "train.step_delay_s", "data.prefetch",
+                    "train.max_eval_rows", "train.inject_nan_at_step", "train.step_delay_s",
+                    "train.steps_per_dispatch", "data.prefetch",
                     "data.cache_dir")
 
 
@@ -171,7 +172,7 @@ class Checkpointer:
   # -- saving -------------------------------------------------------------------------------------
 
   def _meta(self, step: int, has_data: bool) -> dict[str, Any]:
-    layout = self.run.c.layout
+    layout = self.run.components.layout
     return {
         "format": META_FORMAT, "step": int(step), "has_data": has_data, "num_devices": int(self.run.mesh.size),
         "num_processes": int(jax.process_count()), "num_rows": int(layout.num_rows),
@@ -273,7 +274,7 @@ class Checkpointer:
       raise IncompatibleCheckpointError(
           f"{where} written by {meta['num_processes']} process(es); the data iterator position is "
           f"saved per process, so resume with distributed.num_processes={meta['num_processes']}")
-    layout = self.run.c.layout
+    layout = self.run.components.layout
     if meta["num_rows"] != layout.num_rows:
       raise IncompatibleCheckpointError(
           f"{where} with {meta['num_rows']} embedding rows, but this dataset's schema needs "
@@ -323,9 +324,9 @@ class Checkpointer:
     state = self.manager.restore(step, args=ocp.args.Composite(**args))["state"]
     if resize:
       logging.info("re-padding %d table leaves from %d rows (%d devices) to %d rows (%d devices)",
-                   len(resize), meta["padded_rows"], meta["num_devices"], self.run.c.layout.padded_rows,
+                   len(resize), meta["padded_rows"], meta["num_devices"], self.run.components.layout.padded_rows,
                    mesh.size)
-      state = _repad(state, resize, self.run.c.layout.padded_rows)
+      state = _repad(state, resize, self.run.components.layout.padded_rows)
     return state
 
   def _quarantine(self, step: int, error: Exception) -> str:

@@ -13,13 +13,15 @@ from esmjax import checkpoint as ckpt_lib
 from esmjax import config as config_lib
 from esmjax import evaluation
 from esmjax import trainer
+from esmjax.loop import data as data_lib
+from esmjax.loop import workdir as workdir_lib
 from esmjax.data import dataset as ds_lib
 
 PRED_COLUMNS = ("pctr", "pcvr", "pctcvr", "pctavr")
 
 
 def load_schema(workdir: str) -> ds_lib.Schema:
-  path = os.path.join(workdir, trainer.SCHEMA_FILE)
+  path = os.path.join(workdir, workdir_lib.SCHEMA_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: {workdir} is not the workdir of a training run")
   with open(path) as f:
@@ -71,5 +73,5 @@ def predict_to_csv(config, workdir: str, input_dir: str, output_csv: str) -> int
 
 def evaluate_workdir(config, workdir: str) -> dict[str, float]:
   run, state = restore(config, workdir)
-  _, eval_ds = trainer.resolve_datasets(config)
+  _, eval_ds = data_lib.resolve_datasets(config)
   return run.evaluate(state, eval_ds)

@@ -108,36 +108,3 @@ def test_distributed_settings_from_flags_or_env(monkeypatch):
   cfg.distributed.process_id = 2
   with pytest.raises(config_lib.ConfigError, match=r"distributed.process_id=2 must be in \[0, 2\)"):
     distributed.settings(cfg)
-
-
-def test_host_memory_helpers_keep_values():
-  import jax.numpy as jnp
-
-  from esmjax import distributed
-
-  assert isinstance(distributed.tune_host_allocator(), bool)
-  big = jnp.arange(3 << 20, dtype=jnp.float32)  # 12 MB: eligible for huge pages
-  small = jnp.arange(1000, dtype=jnp.float32)  # too small: skipped
-  before = np.asarray(big).copy()
-  advised = distributed.back_with_huge_pages({"big": big, "small": small})
-  assert advised % (2 << 20) == 0 and advised <= big.nbytes  # best effort: 0 where unsupported
-  np.testing.assert_array_equal(np.asarray(big), before)
-  assert distributed.back_with_huge_pages({"small": small}) == 0
-
-
-@pytest.mark.parametrize("env, expected", [
-    ({}, "glibc.malloc.hugetlb=1"),
-    ({"GLIBC_TUNABLES": "glibc.malloc.top_pad=1"}, "glibc.malloc.top_pad=1:glibc.malloc.hugetlb=1"),
-    ({"ESMJAX_HUGE_PAGE_MALLOC": "0"}, None),
-])
-def test_cli_restarts_once_with_huge_page_malloc(env, expected):
-  from esmjax import distributed
-
-  code = ("import os; from esmjax import distributed; distributed.use_huge_page_malloc(); "
-          "print(repr(os.environ.get('GLIBC_TUNABLES')))")
-  base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "ESMJAX_HUGE_PAGE_MALLOC")}
-  out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
-                       timeout=120)
-  assert out.returncode == 0, out.stderr
-  want = expected if distributed.huge_page_malloc_supported() or expected is None else env.get("GLIBC_TUNABLES")
-  assert out.stdout.strip().splitlines() == [repr(want)]  # printed once: one restart, then no more
