@@ -3,7 +3,8 @@
 Both runs see the same rows in every step: the pipeline gives process p the shuffled blocks
 p, p+2, ... and each process fills its half-batch (32 rows) from one 32-row block (window 1),
 while one process fills a 64-row batch from the same two blocks (window 2). Tables are row-sharded
-over 4 devices in both, so the runs differ only in float summation order and process count.
+over 4 devices in both, so the runs differ only in float summation order and process count (and
+in steps per dispatch, which changes no number).
 """
 
 import importlib.util
@@ -54,7 +55,9 @@ def test_two_processes_match_one_process(tmp_path):
   tiny.tiny_dataset(str(tmp_path / "eval"), n=512, seed=1, block_rows=64, start_id=10**6)
   port = _free_port()
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
-  flags = [_flag(k, v) for k, v in _overrides(tmp_path, 1).items()]
+  # The two processes run 3 steps per dispatch (3+1+1 up to each log step): each stacks its
+  # half-batches, the one-process reference runs single steps.
+  flags = [_flag(k, v) for k, v in {**_overrides(tmp_path, 1), "train.steps_per_dispatch": 3}.items()]
   procs = [subprocess.Popen(
       [sys.executable, "-m", "esmjax.main", "--config=configs/esmm.py", f"--workdir={tmp_path / 'two'}", *flags,
        f"--config.distributed.coordinator=127.0.0.1:{port}", "--config.distributed.num_processes=2",

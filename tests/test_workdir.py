@@ -12,6 +12,7 @@ import types
 
 import pytest
 
+import esmjax
 import tiny
 from esmjax import checkpoint as ckpt_lib
 from esmjax import main as main_lib
@@ -109,7 +110,7 @@ def test_second_run_on_a_workdir_is_refused_and_a_killed_runs_lock_does_not_bloc
                                       "data.eval_dir": str(data / "eval")})
     with pytest.raises(workdir_lib.WorkdirError,
                        match=f"is in use by another run: pid {first.pid} on host "):
-      trainer.train_and_evaluate(cfg, workdir)
+      esmjax.train(cfg, workdir)
     assert first.poll() is None  # the owner trains on
   finally:
     first.send_signal(signal.SIGKILL)
