@@ -1,7 +1,7 @@
 """The training loop: its parts (`esmjax.loop`) in the order of events.
 
   validate → lock the workdir → datasets → `Run` (mesh, components, shardings, jitted steps) →
-  restore or init → compile the dispatch programs → loop { n steps → log → evaluate → save →
+  restore or init → compile the dispatch program → loop { n steps → log → evaluate → save →
   preemption } → final evaluation → final save, on disk → `summary.json`.
 """
 
@@ -89,7 +89,7 @@ class _Training:
     self.preemption = PreemptionHandler(agree_every=config.train.log_every)
     stack.callback(self.preemption.uninstall)
     self.plan = Plan(config.train.steps_per_dispatch, self.total, boundary_intervals(config))
-    self.dispatch = Dispatcher(run)
+    self.dispatch = Dispatcher(run, config.train.steps_per_dispatch)
 
   def __exit__(self, exc_type, exc, tb) -> None:
     self._stack.__exit__(exc_type, exc, tb)
@@ -104,7 +104,7 @@ class _Training:
     if self.checkpoints.enabled:
       self.preemption.install()  # no checkpoints: the signals keep their usual meaning
     t = time.perf_counter()
-    self.dispatch.compile(self.plan.lengths(start))
+    self.dispatch.compile()
     self.guard.compile()
     self.compile_seconds = time.perf_counter() - t
     logging.info("training %s for %d steps (batch %d, %d step(s) per dispatch, %d device(s), "
@@ -116,14 +116,14 @@ class _Training:
     self.meter.start()
     step = start
     while step < self.total:
-      n = self.plan.next_length(step)  # k, or 1 to land exactly on the next log / eval / save step
+      n = self.plan.next_length(step)  # k, or fewer to end exactly on the next log / eval / save
       state, metrics, self.guard.value = self.dispatch(state, [next(batches) for _ in range(n)],
                                                        self.guard.value)
       step += n
       self.meter.add_steps(n)
       self.hooks.after_dispatch(step)
       # 1. Log: the guard is read first, so a NaN loss stops the run before its record is written.
-      self.log.maybe_log(step, metrics)
+      self.log.maybe_log(step, metrics, n)
       # 2. Evaluate: the whole state is checked first; the time is left out of the run's rate.
       evaluation = self.evaluator.maybe_evaluate(step, state)
       # 3. Save: after the evaluation, whose metrics rank the checkpoint for checkpoint.best_metric;

@@ -52,17 +52,17 @@ def lengths(plan, start=0):
 # -- the plan: dispatches never cross a boundary --------------------------------------------------
 
 
-def test_plan_lands_on_every_boundary_with_single_steps():
+def test_plan_ends_a_dispatch_on_every_boundary():
   plan = Plan(4, total=10, every=(5,))
-  assert lengths(plan) == [4, 1, 4, 1] and plan.lengths(0) == (1, 4)
-  assert lengths(plan, start=3) == [1, 1, 4, 1]  # a resumed run from step 3
-  plan = Plan(8, total=100, every=(50, 1000))
-  assert lengths(plan) == [8] * 6 + [1, 1] + [8] * 6 + [1, 1] and plan.lengths(0) == (1, 8)
-  assert Plan(5, total=20, every=(10, 5)).lengths(0) == (5,)  # every boundary a multiple of k
-  assert lengths(Plan(5, total=20, every=(10, 5))) == [5] * 4
-  assert Plan(3, total=2, every=(50,)).lengths(0) == (1,) and lengths(Plan(3, 2, (50,))) == [1, 1]
-  assert Plan(1, total=7, every=(3,)).lengths(0) == (1,) and lengths(Plan(1, 7, (3,))) == [1] * 7
-  assert Plan(4, total=10, every=(5,)).lengths(10) == ()  # nothing left to run
+  assert lengths(plan) == [4, 1, 4, 1]
+  assert lengths(plan, start=3) == [2, 4, 1]  # a resumed run from step 3
+  assert lengths(Plan(8, total=100, every=(50, 1000))) == [8] * 6 + [2] + [8] * 6 + [2]
+  shipped = lengths(Plan(8, total=977, every=(50, 1000)))  # configs/esm2.py's run
+  assert shipped[:7] == [8] * 6 + [2] and shipped[-4:] == [8, 8, 8, 3]
+  assert len(shipped) == 19 * 7 + 4
+  assert lengths(Plan(5, total=20, every=(10, 5))) == [5] * 4  # every boundary a multiple of k
+  assert lengths(Plan(3, total=2, every=(50,))) == [2]
+  assert lengths(Plan(1, total=7, every=(3,))) == [1] * 7
 
 
 # -- equality with single steps -------------------------------------------------------------------
@@ -77,8 +77,8 @@ def single(data, tmp_path_factory):
 
 @pytest.mark.parametrize("k", [4, 5])
 def test_k_steps_per_dispatch_equal_k_single_steps(data, single, tmp_path, k):
-  # k=4: dispatches 4+1+1 up to each log step (6, 12, ...); k=5: 5+1, and the eval at 12 and the
-  # checkpoint at 12 in between. Both: the same steps, the same order, the same numbers.
+  # Log steps 6, 12, ..., evaluations and checkpoints at 12 and 24: k=4 runs dispatches of 4 + 2
+  # steps, k=5 of 5 + 1. Both: the same steps, the same order, the same numbers.
   ref, ref_dir = single
   cfg = run_config(data, **{"train.steps_per_dispatch": k})
   summary = trainer.train_and_evaluate(cfg, str(tmp_path))

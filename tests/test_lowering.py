@@ -21,13 +21,13 @@ def test_guarded_train_dispatch_lowers_for_cuda_and_tpu(devices, k):
   cfg = tiny.tiny_config("esm2", **{"mesh.num_devices": devices, "train.steps_per_dispatch": k})
   run = Run(cfg, tiny.tiny_schema())
   assert bool(getattr(run.components.engine, "row_sharded", False)) == (devices > 1)
-  dispatch = Dispatcher(run)
-  traced = dispatch.jitted(k).trace(*dispatch.abstract_args(k))
+  dispatch = Dispatcher(run, k)
+  traced = dispatch.jitted().trace(*dispatch.abstract_args())
   text = traced.lower(lowering_platforms=PLATFORMS).as_text()
   # One module for both platforms: it takes the platform index first; the state is donated.
   signature = _main_signature(text)
   assert "_platform_index" in signature and "tf.aliasing_output" in signature
-  assert ("stablehlo.while" in text) == (k > 1)  # k steps: one scan
+  assert ("stablehlo.while" in text) == (k > 1)  # up to k steps: one loop
   assert ("manual_computation" in text) == (devices > 1)  # the row-sharded engine's shard_map
 
 

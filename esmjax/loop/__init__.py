@@ -5,10 +5,10 @@
   run.py           `Run`: mesh, components, shardings, the jitted init / train / predict steps
   guard.py         the NaN guard: checked on the devices every step, read by the host at syncs
   dispatch.py      several steps per host dispatch (`train.steps_per_dispatch`): the plan and the
-                   compiled programs
-  rates.py         the run's training rate, log windows, the log line
+                   compiled program
+  train_log.py     the run's training rate, log windows, the log line and train record
   evaluator.py     periodic and final evaluation
-  checkpoints.py   the checkpoint policy: when to save, restore on start
+  checkpointing.py the checkpoint policy: restore on start, when to save
   preemption.py    SIGTERM / SIGINT -> save and stop between steps
   summary.py       `summary.json`
   hooks.py         test-only hooks (poisoned batches, slow steps), injected by tests

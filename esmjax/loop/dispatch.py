@@ -1,13 +1,13 @@
 """Several training steps per host dispatch (`train.steps_per_dispatch` = k).
 
-A dispatch of k steps is one compiled program: a `lax.scan` of the guarded train step over k
-batches stacked on a leading axis, so the per-step host cost (Python, the transfer calls, the
-dispatch itself) is paid once per k steps. Logging, the NaN guard, evaluations and checkpoints
-stay exact at step granularity because a dispatch never crosses a log / eval / checkpoint / final
-step: where k steps would, the plan runs single steps up to it. Two programs at most are compiled
-(k and 1), both before the loop starts. Each step is the same computation in either program, and
-the per-step metrics come back stacked [n], so runs with any k log the same losses and end in the
-same state (tests/test_dispatch.py checks both bit for bit).
+With k > 1 a dispatch is one compiled program: a loop of n ≤ k guarded train steps over k batch
+slots stacked on a leading axis (n is an argument, so the same program runs any n), and the
+per-step host cost (Python, the transfer calls, the dispatch) is paid once per dispatch. Logging,
+the NaN guard, evaluations and checkpoints stay exact at step granularity because a dispatch never
+crosses a log / eval / checkpoint / final step: the plan makes the dispatch before one shorter.
+One program is compiled, before the loop starts (k = 1: the plain single step). Each step is the
+same computation as a single step, and the per-step metrics come back stacked, so runs with any k
+log the same losses and end in the same state (tests/test_dispatch.py checks both bit for bit).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def boundary_intervals(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 
 
 class Plan:
-  """How many steps each dispatch runs: k, or 1 where k steps would cross the next boundary
-  (a multiple of one of `every`, or `total`)."""
+  """How many steps each dispatch runs: k, or fewer to end exactly on the next boundary (a
+  multiple of one of `every`, or `total`)."""
 
   def __init__(self, k: int, total: int, every: Sequence[int]):
     self.k, self.total, self.every = int(k), int(total), tuple(int(e) for e in every if e > 0)
@@ -45,24 +45,7 @@ class Plan:
     return min([self.total] + [(step // e + 1) * e for e in self.every])
 
   def next_length(self, step: int) -> int:
-    return self.k if step + self.k <= self.next_boundary(step) else 1
-
-  def lengths(self, start: int) -> tuple[int, ...]:
-    """The distinct dispatch lengths a run from `start` to `total` uses (what to compile)."""
-    if self.k == 1:
-      return (1,)
-    seen, step = set(), start
-    for _ in range(100_000):  # boundaries are periodic: past that many, assume both lengths
-      if step >= self.total or len(seen) == 2:
-        return tuple(sorted(seen))
-      boundary = self.next_boundary(step)
-      gap = boundary - step  # dispatches of k while they fit, then single steps up to the boundary
-      if gap >= self.k:
-        seen.add(self.k)
-      if gap % self.k:
-        seen.add(1)
-      step = boundary
-    return (1, self.k)
+    return min(self.k, self.next_boundary(step) - step)
 
 
 def guarded_step(c, names: Sequence[str], state, batch, guard):
@@ -71,68 +54,97 @@ def guarded_step(c, names: Sequence[str], state, batch, guard):
   return state, metrics, guard_lib.update(guard, metrics, names, state.step)
 
 
-def program(c, names: Sequence[str], length: int):
-  """(state, batches, guard) -> (state, metrics stacked [length], guard) running `length` steps."""
-  if length == 1:
+def program(c, names: Sequence[str], capacity: int):
+  """The dispatch program for up to `capacity` steps, returning (state, metrics stacked
+  [capacity], guard); rows past the steps run hold zeros.
+
+  capacity 1: (state, batch, guard). Otherwise (state, batches [capacity, ...], guard, n): the
+  first n batches, one step each.
+  """
+  if capacity == 1:
     def one(state, batch, guard):
       state, metrics, guard = guarded_step(c, names, state, batch, guard)
       return state, jax.tree_util.tree_map(lambda x: x[None], metrics), guard
 
     return one
 
-  def many(state, batches, guard):
-    def body(carry, batch):
-      state, guard = carry
+  def up_to_capacity(state, batches, guard, n):
+    first = jax.tree_util.tree_map(lambda x: x[0], batches)
+    shapes = jax.eval_shape(lambda s, b: steps.train_step(c, s, b)[1], state, first)
+    stacked = {k: jnp.zeros((capacity,) + v.shape, v.dtype) for k, v in shapes.items()}
+
+    def body(i, carry):
+      state, guard, stacked = carry
+      batch = jax.tree_util.tree_map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False),
+                                     batches)
       state, metrics, guard = guarded_step(c, names, state, batch, guard)
-      return (state, guard), metrics
+      return state, guard, {k: v.at[i].set(metrics[k]) for k, v in stacked.items()}
 
-    (state, guard), metrics = jax.lax.scan(body, (state, guard), batches)
-    return state, metrics, guard
+    state, guard, stacked = jax.lax.fori_loop(0, n, body, (state, guard, stacked))
+    return state, stacked, guard
 
-  return many
+  return up_to_capacity
 
 
 class Dispatcher:
-  """Runs n guarded steps on n host batches: stacks them (n > 1), puts them on the devices and
-  calls the program compiled for n. `compile(lengths)` builds the programs ahead of the loop."""
+  """Runs n ≤ k guarded steps on n host batches: stacks them into the k slots (k > 1), puts them
+  on the devices and calls the compiled program. `compile()` builds it ahead of the loop."""
 
-  def __init__(self, run):
-    self._run = run
-    self._compiled: dict[int, jax.stages.Compiled] = {}
+  def __init__(self, run, capacity: int):
+    self._run, self.capacity = run, int(capacity)
+    self._compiled = None
+    self._counts: dict[int, jax.Array] = {}  # n -> n on the devices (made once per n)
 
-  def jitted(self, length: int):
-    """The jitted program of `length` steps (state and guard donated)."""
+  def jitted(self):
+    """The jitted program (state and guard donated)."""
     run = self._run
-    rows = sh.batch_sharding(run.mesh) if length == 1 else sh.stacked_batch_sharding(run.mesh)
-    return jax.jit(program(run.components, run.loss_names, length),
-                   in_shardings=(run.state_sharding, rows, run.replicated),
-                   out_shardings=(run.state_sharding, run.replicated, run.replicated),
+    rep = run.replicated
+    if self.capacity == 1:
+      in_shardings = (run.state_sharding, sh.batch_sharding(run.mesh), rep)
+    else:
+      in_shardings = (run.state_sharding, sh.stacked_batch_sharding(run.mesh), rep, rep)
+    return jax.jit(program(run.components, run.loss_names, self.capacity),
+                   in_shardings=in_shardings, out_shardings=(run.state_sharding, rep, rep),
                    donate_argnums=(0, 2))
 
-  def abstract_args(self, length: int):
-    """(state, batches, guard) as shapes with shardings: what `length` steps are lowered for."""
-    run = self._run
-    batch = run.abstract_batch(run.config.train.batch_size, stacked=0 if length == 1 else length)
-    guard = (jax.ShapeDtypeStruct((), jnp.int32, sharding=run.replicated),
-             jax.ShapeDtypeStruct((len(run.loss_names),), jnp.bool_, sharding=run.replicated))
-    return run.abstract_state(), batch, guard
+  def abstract_args(self):
+    """The program's arguments as shapes with shardings (what it is lowered for)."""
+    run, rep = self._run, self._run.replicated
+    stacked = 0 if self.capacity == 1 else self.capacity
+    batch = run.abstract_batch(run.config.train.batch_size, stacked=stacked)
+    guard = (jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
+             jax.ShapeDtypeStruct((len(run.loss_names),), jnp.bool_, sharding=rep))
+    args = (run.abstract_state(), batch, guard)
+    if self.capacity == 1:
+      return args
+    return args + (jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),)
 
-  def compile(self, lengths: Sequence[int]) -> None:
-    """Compiles the programs of `lengths` not compiled yet."""
-    for n in lengths:
-      if n not in self._compiled:
-        self._compiled[n] = self.jitted(n).trace(*self.abstract_args(n)).lower().compile()
+  def compile(self) -> None:
+    if self._compiled is None:
+      self._compiled = self.jitted().trace(*self.abstract_args()).lower().compile()
 
   def __call__(self, state, batches: Sequence[dict[str, np.ndarray]], guard):
+    """-> (state, metrics stacked [k]: the first len(batches) are these steps', guard)."""
+    self.compile()
+    mesh = self._run.mesh
+    if self.capacity == 1:
+      (batch,) = batches
+      return self._compiled(state, sh.put_batch({k: batch[k] for k in steps.BATCH_KEYS}, mesh),
+                            guard)
     n = len(batches)
-    if n == 1:
-      device = sh.put_batch({k: batches[0][k] for k in steps.BATCH_KEYS}, self._run.mesh)
-    else:
-      device = sh.put_batch(stack(batches), self._run.mesh, stacked=True)
-    self.compile((n,))
-    return self._compiled[n](state, device, guard)
+    if n not in self._counts:
+      self._counts[n] = jax.device_put(np.int32(n), self._run.replicated)
+    device = sh.put_batch(stack(batches, self.capacity), mesh, stacked=True)
+    return self._compiled(state, device, guard, self._counts[n])
 
 
-def stack(batches: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  """The model's columns of n batches as [n, rows, ...] arrays (one copy of the rows)."""
-  return {k: np.stack([b[k] for b in batches]) for k in steps.BATCH_KEYS}
+def stack(batches: Sequence[dict[str, np.ndarray]], slots: int) -> dict[str, np.ndarray]:
+  """The model's columns of n ≤ `slots` batches as [slots, rows, ...] arrays (one copy of the rows;
+  slots past n hold zeros)."""
+  if len(batches) == slots:
+    return {k: np.stack([b[k] for b in batches]) for k in steps.BATCH_KEYS}
+  out = {k: np.zeros((slots,) + batches[0][k].shape, batches[0][k].dtype) for k in steps.BATCH_KEYS}
+  for i, b in enumerate(batches):
+    for k in steps.BATCH_KEYS:
+      out[k][i] = b[k]
+  return out

@@ -101,12 +101,13 @@ class TrainLog:
   def should_log(self, step: int) -> bool:
     return step % self.every == 0 or step == self.total
 
-  def maybe_log(self, step: int, metrics) -> None:
-    """`metrics`: the last dispatch's per-step values, stacked [n]; the line shows the last step."""
+  def maybe_log(self, step: int, metrics, n: int) -> None:
+    """`metrics`: the last dispatch's per-step values, stacked, its n steps first; the line shows
+    the last of them (`step`)."""
     if not self.should_log(step):
       return
     self._guard.check(step)  # a NaN loss stops the run before its losses are written
-    m = {k: float(v[-1]) for k, v in jax.device_get(metrics).items()}
+    m = {k: float(v[n - 1]) for k, v in jax.device_get(metrics).items()}
     rate = self._meter.window()
     eta = (self.total - step) * self._meter.batch_size / self._meter.run_rate()
     logging.info("step %d/%d  loss %.5f  %s  %.0f ex/s  ETA %s", step, self.total, m["loss"],
