@@ -83,7 +83,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.eval_every = -1  # steps between evaluations; -1 = at the end only
   c.train.eval_batch_size = 16384  # rows per evaluation step
   c.train.max_eval_rows = -1  # evaluate on at most this many rows; -1 = all
-  c.train.steps_per_dispatch = 1  # steps per host dispatch (a lax.scan); the same run for any value
+  c.train.steps_per_dispatch = 8  # steps per host dispatch (one device loop); k changes no result
 
   c.mesh = C()
   c.mesh.axis = "data"  # mesh axis of batches and table rows

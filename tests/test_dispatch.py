@@ -31,7 +31,7 @@ def data(tmp_path_factory):
 def run_config(data, **overrides):
   base = {"data.train_dir": str(data / "train"), "data.eval_dir": str(data / "eval"),
           "mesh.num_devices": 8, "train.num_steps": 24, "train.log_every": 6,
-          "train.eval_every": 12, "checkpoint.every_steps": 12}
+          "train.eval_every": 12, "checkpoint.every_steps": 12, "train.steps_per_dispatch": 1}
   return tiny.tiny_config("esmm", **{**base, **overrides})
 
 

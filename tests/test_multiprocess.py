@@ -55,9 +55,10 @@ def test_two_processes_match_one_process(tmp_path):
   tiny.tiny_dataset(str(tmp_path / "eval"), n=512, seed=1, block_rows=64, start_id=10**6)
   port = _free_port()
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
-  # The two processes run 3 steps per dispatch (3+1+1 up to each log step): each stacks its
-  # half-batches, the one-process reference runs single steps.
-  flags = [_flag(k, v) for k, v in {**_overrides(tmp_path, 1), "train.steps_per_dispatch": 3}.items()]
+  # The two processes run 3 steps per dispatch (3 + 2 up to each log step), each stacking its
+  # half-batches; the one-process reference runs single steps.
+  two_processes = {**_overrides(tmp_path, 1), "train.steps_per_dispatch": 3}
+  flags = [_flag(k, v) for k, v in two_processes.items()]
   procs = [subprocess.Popen(
       [sys.executable, "-m", "esmjax.main", "--config=configs/esmm.py", f"--workdir={tmp_path / 'two'}", *flags,
        f"--config.distributed.coordinator=127.0.0.1:{port}", "--config.distributed.num_processes=2",
@@ -69,7 +70,8 @@ def test_two_processes_match_one_process(tmp_path):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   cfg = module.get_config()
-  for k, v in {**_overrides(tmp_path, 2), "mesh.num_devices": 4}.items():
+  one_process = {**_overrides(tmp_path, 2), "mesh.num_devices": 4, "train.steps_per_dispatch": 1}
+  for k, v in one_process.items():
     sect, name = k.split(".")
     cfg[sect][name] = v
   one = trainer.train_and_evaluate(cfg, str(tmp_path / "one"))
