@@ -253,7 +253,7 @@ def jax_throughput(spec: dict[str, Any]) -> dict[str, Any]:
       "final_loss": loss, "peak_rss_mb": peak_rss_mb(), "rss_before_import_mb": rss0,
       "rss_after_import_mb": rss_import,
       "device_peak_mb": (stats or {}).get("peak_bytes_in_use", 0) / 2**20 if stats else None,
-      "engine": type(run.c.engine).__name__, "row_sharded": bool(getattr(run.c.engine, "row_sharded", False)),
+      "engine": type(run.components.engine).__name__, "row_sharded": bool(getattr(run.components.engine, "row_sharded", False)),
       "backend": jax.default_backend(), "num_devices": mesh.size,
       "flops_per_example": model_flops(spec.get("model", "esmm"), len(schema.sparse)),
   }
@@ -309,17 +309,17 @@ def shipped_config(tree: Path | str, model: str, batch_size: int, num_steps: int
 
 def datasets(config):
   """(train, eval) datasets as the trainer resolves them (the synthetic world unless configured)."""
-  from esmjax import trainer
+  from esmjax.loop import data as data_lib
 
-  return trainer.resolve_datasets(config)
+  return data_lib.resolve_datasets(config)
 
 
 def train_batches(config, train_ds):
   """The trainer's iterator of training batches (grain, seeded by train.seed): both frameworks read
   the same rows in the same order through it."""
-  from esmjax import trainer
+  from esmjax.loop import data as data_lib
 
-  return trainer.make_train_iter(config, train_ds)
+  return data_lib.make_train_iter(config, train_ds)
 
 
 def read_run(workdir: Path | str) -> dict[str, Any]:
@@ -351,11 +351,11 @@ def read_run(workdir: Path | str) -> dict[str, Any]:
 
 def worker_env(devices: int | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
   """The parent's environment as `python -m esmjax.main` runs in it (malloc on huge pages where
-  supported: `distributed.cli_malloc_env`), with N fake CPU devices (replacing any given count) if
+  supported: `host_memory.cli_malloc_env`), with N fake CPU devices (replacing any given count) if
   asked, then `extra` (GLIBC_TUNABLES="" there: malloc as the OS gives it)."""
-  from esmjax import distributed  # light: no JAX import in the parent
+  from esmjax import host_memory  # light: no JAX import in the parent
 
-  env = distributed.cli_malloc_env(os.environ)
+  env = host_memory.cli_malloc_env(os.environ)
   env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # accelerators: measured peaks, not 75 %
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   if devices is not None:

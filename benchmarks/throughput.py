@@ -44,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-from esmjax import distributed  # noqa: E402 (light: no JAX import in the parent)
-from esmjax import reporting
+from esmjax import host_memory  # noqa: E402 (light: no JAX import in the parent)
+from esmjax import reporting  # noqa: E402
 
 ME = Path(__file__).resolve()
 BATCH = 4096
@@ -99,7 +99,7 @@ def _towers_step(run):
 
   from esmjax import steps
 
-  c = run.c
+  c = run.components
 
   def towers_step(state, batch):
     rng = jax.random.fold_in(state.rng, state.step)
@@ -121,7 +121,7 @@ def step_worker(spec) -> dict:
   import jax.numpy as jnp
   import numpy as np
 
-  from esmjax import distributed
+  from esmjax import host_memory
   from esmjax import sharding as sh
   from esmjax import steps
   from esmjax import trainer
@@ -134,7 +134,7 @@ def step_worker(spec) -> dict:
   state = run.init_fn()
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t
-  advised = distributed.back_with_huge_pages(state) if spec.get("huge_pages") else 0
+  advised = host_memory.back_with_huge_pages(state) if spec.get("huge_pages") else 0
   rss_init = common.rss_mb()
   host = common.zipf_batches(schema, spec["batch"], spec["n_batches"], seed=0)
   batches = [sh.put_batch({k: b[k] for k in steps.BATCH_KEYS}, mesh) for b in host]
@@ -161,7 +161,7 @@ def step_worker(spec) -> dict:
                    spec["batch"], warmup_s=spec["warmup_s"], windows=spec["windows"], window_s=spec["window_s"])
   return {**res["step"], "reference": {"name": "towers alone", **res["towers"]}, "init_s": init_s,
           "final_loss": float(jax.device_get(box["m"]["loss"])), "peak_rss_mb": common.peak_rss_mb(),
-          "rss_before_import_mb": rss0, "rss_after_init_mb": rss_init, "engine": type(run.c.engine).__name__,
+          "rss_before_import_mb": rss0, "rss_after_init_mb": rss_init, "engine": type(run.components.engine).__name__,
           "num_devices": mesh.size, "huge_page_bytes_advised": advised}
 
 
@@ -176,6 +176,7 @@ def pipeline_worker(spec) -> dict:
   from esmjax import steps
   from esmjax import trainer
   from esmjax.data import dataset as ds_lib
+  from esmjax.loop import data as loop_data
 
   mesh = sh.make_mesh(1)
   schema = common.paper_schema(spec["rows"])
@@ -189,7 +190,7 @@ def pipeline_worker(spec) -> dict:
     ds_lib.write_dataset(tmp, schema, blocks, block_rows=spec["batch"])
     ds = ds_lib.open_dataset(tmp)
     run = trainer.Run(cfg, schema, mesh=mesh)
-    it = trainer.make_train_iter(cfg, ds)
+    it = loop_data.make_train_iter(cfg, ds)
     premade = [sh.put_batch({k: b[k] for k in steps.BATCH_KEYS}, mesh) for b in blocks[:8]]
     box = {"pipe": run.init_fn(), "pre": run.init_fn(), "m": None, "mp": None}
 
@@ -207,7 +208,7 @@ def pipeline_worker(spec) -> dict:
     if close:
       close()
     return {**res["pipeline"], "reference": {"name": "same step, pre-made batches", **res["premade"]},
-            "peak_rss_mb": common.peak_rss_mb(), "dataset_rows": ds.num_rows, "engine": type(run.c.engine).__name__,
+            "peak_rss_mb": common.peak_rss_mb(), "dataset_rows": ds.num_rows, "engine": type(run.components.engine).__name__,
             "num_devices": 1}
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -220,7 +221,7 @@ def pipeline_worker(spec) -> dict:
 def points(args) -> list[dict]:
   """The points, each with the environment its worker starts with. By default that is what
   `python -m esmjax.main` gives itself (malloc on huge pages where supported:
-  `esmjax.distributed.use_huge_page_malloc`); the `4 KB-page malloc` lines show what that buys."""
+  `esmjax.host_memory.use_huge_page_malloc`); the `4 KB-page malloc` lines show what that buys."""
   w = {"warmup_s": args.warmup_s, "windows": args.windows, "window_s": args.window_s, "batch": BATCH}
   step = lambda name, rows, devices=1, env=None, **kw: {
       "name": name, "kind": "step", "rows": int(rows), "devices": devices, "optimizer": "rowwise_adagrad",
@@ -230,7 +231,7 @@ def points(args) -> list[dict]:
     pts.append({"name": "1e+05 rows + input pipeline", "kind": "pipeline", "rows": int(1e5), "devices": 1,
                 "n_blocks": 48, **w})
     pts.append(step("1e+06 rows, 8 CPU devices (row-sharded)", 1e6, devices=8))
-    if distributed.huge_page_malloc_supported():  # what huge pages buy: malloc as the OS gives it, and only the state moved after init
+    if host_memory.huge_page_malloc_supported():  # what huge pages buy: malloc as the OS gives it, and only the state moved after init
       no_huge = {"GLIBC_TUNABLES": ""}  # glibc reads an empty value as no tunables
       pts += [step(f"{r:.0e} rows, 4 KB-page malloc", r, env=no_huge) for r in (1e5, 1e7)]
       pts.append(step("1e+07 rows, 4 KB-page malloc + back_with_huge_pages(state)", 1e7, env=no_huge,
@@ -403,7 +404,7 @@ def main(argv=None):
   log = lambda s: print(s, flush=True)
   t0 = time.time()
   res = {**reporting.provenance(),
-         "cli_tunables": distributed.HUGETLB_TUNABLE if distributed.huge_page_malloc_supported() else "",
+         "cli_tunables": host_memory.HUGETLB_TUNABLE if host_memory.huge_page_malloc_supported() else "",
          "args": vars(args)}
   log(f"throughput: ESMM paper config, batch {BATCH}; {res['machine']['cores']} cores, load {res['load_before']}")
   pts = points(args)

@@ -59,7 +59,8 @@ IDENTITY_KEYS = ("model.name", "model.embed_dim", "model.hidden", "model.activat
 # Keys expected to change between a run and its resumption (never worth a warning).
 RESUME_FREE_KEYS = ("checkpoint.", "distributed.", "mesh.num_devices", "train.num_steps",
                     "train.num_epochs", "train.log_every", "train.eval_every", "train.eval_batch_size",
-                    "train.max_eval_rows", "train.inject_nan_at_step", "train.step_delay_s", "data.prefetch",
+                    "train.max_eval_rows", "train.inject_nan_at_step", "train.step_delay_s",
+                    "train.steps_per_dispatch", "data.prefetch",
                     "data.cache_dir")
 
 
@@ -190,7 +191,7 @@ class Checkpointer:
   # -- saving -------------------------------------------------------------------------------------
 
   def _layout(self):
-    return self.run.c.layout
+    return self.run.components.layout
 
   def _meta(self, step: int, has_data: bool, digests: dict[str, str]) -> dict[str, Any]:
     layout = self._layout()

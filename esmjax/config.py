@@ -7,6 +7,7 @@ key and, for enumerations, the allowed values (torchrec style).
 
 from __future__ import annotations
 
+import math
 import os
 
 import ml_collections
@@ -84,8 +85,7 @@ def default_config(world: str = "default") -> ml_collections.ConfigDict:
   c.train.eval_every = -1  # steps between evaluations; -1 = at the end only
   c.train.eval_batch_size = 16384  # rows per evaluation step
   c.train.max_eval_rows = -1  # evaluate on at most this many rows; -1 = all
-  c.train.inject_nan_at_step = -1  # test hook: poison that step's batch with NaN (guard tests); -1 = off
-  c.train.step_delay_s = 0.0  # test hook: sleep after each step, so tests can signal a run mid-way; 0 = off
+  c.train.steps_per_dispatch = 8  # steps per host dispatch (one device loop); k changes no result
 
   c.mesh = C()
   c.mesh.axis = "data"  # mesh axis of batches and table rows
@@ -95,7 +95,7 @@ def default_config(world: str = "default") -> ml_collections.ConfigDict:
   c.checkpoint.enabled = True  # write orbax checkpoints in the workdir
   c.checkpoint.every_steps = 1000  # steps between checkpoints (and one at the end)
   c.checkpoint.keep = 3  # last K checkpoints kept
-  c.checkpoint.best_metric = ""  # also keep the best checkpoint by this eval metric (e.g. ctcvr/auc); "" = off
+  c.checkpoint.best_metric = ""  # also keep the best checkpoint by this eval metric; "" = off
   c.checkpoint.best_mode = "max"  # max or min: which end of best_metric is best
 
   c.distributed = C()
@@ -134,8 +134,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       any(not isinstance(h, int) or isinstance(h, bool) or h <= 0 for h in hidden)):
     raise ConfigError(f"model.hidden={hidden!r}: tower sizes are missing; give a non-empty list of "
                       "positive ints, e.g. --config.model.hidden=200,80")
-  for key in ("model.embed_dim", "train.batch_size", "train.eval_batch_size", "train.log_every",
-              "checkpoint.every_steps", "checkpoint.keep"):
+  for key in ("model.embed_dim",):
     sect, name = key.split(".")
     if int(config[sect][name]) <= 0:
       raise ConfigError(f"{key}={config[sect][name]!r} must be positive")
@@ -143,8 +142,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ConfigError(f"model.dropout={config.model.dropout!r} must be in [0, 1)")
   if not 0.0 < config.data.train_fraction <= 1.0:
     raise ConfigError(f"data.train_fraction={config.data.train_fraction!r} must be in (0, 1]")
-  if config.train.num_steps <= 0 and config.train.num_epochs <= 0:
-    raise ConfigError("train.num_steps and train.num_epochs are both <= 0: nothing to train")
   if len(tuple(config.model.loss_weights)) != 3:
     raise ConfigError(f"model.loss_weights={tuple(config.model.loss_weights)!r} needs 3 values (w1, w2, w3)")
   for key in ("data.train_dir", "data.eval_dir"):
@@ -158,21 +155,77 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     given, empty = (("data.train_dir", "data.eval_dir") if config.data.train_dir else
                     ("data.eval_dir", "data.train_dir"))
     raise ConfigError(f"{given} is set but {empty} is empty: give both (or neither, for synthetic data)")
+  _validate_run_sections(config)
+  return config
+
+
+# -- the train, optimizer, mesh, checkpoint and distributed sections --------------------------------
+
+_ANY = float("inf")
+
+
+def _number(config, key: str, *, low: float, high: float = _ANY, low_open: bool = False,
+            integer: bool = False, unset: int | None = None) -> None:
+  """`key` is a number in [low, high] ((low, high] with `low_open`), an int with `integer`, or
+  exactly `unset` (a key's "off" / "all" value, e.g. -1); else a ConfigError naming the range."""
+  value = get_path(config, key)
+  if unset is not None and value == unset and not isinstance(value, bool):
+    return
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+  if integer:
+    ok = ok and float(value).is_integer()
+  ok = ok and (value > low if low_open else value >= low) and value <= high
+  if ok:
+    return
+  kind = "an integer" if integer else "a finite number"
+  left = f"({low:g}" if low_open else f"[{low:g}"
+  right = "∞)" if high == _ANY else f"{high}]"
+  also = f", or {unset} ({_UNSET_MEANS.get(key, 'off')})" if unset is not None else ""
+  raise ConfigError(f"{key}={value!r} is out of range; allowed: {kind} in {left}, {right}{also}")
+
+
+_UNSET_MEANS = {"train.num_steps": "from train.num_epochs", "train.eval_every": "at the end only",
+                "train.max_eval_rows": "all rows", "mesh.num_devices": "all devices"}
+
+
+def _validate_run_sections(config: ml_collections.ConfigDict) -> None:
+  """Signs and ranges of every numeric key of the train, optimizer, mesh, checkpoint and
+  distributed sections, and the contradictions between them."""
+  for key in ("train.batch_size", "train.eval_batch_size", "train.log_every",
+              "train.steps_per_dispatch", "checkpoint.every_steps", "checkpoint.keep",
+              "distributed.num_processes"):
+    _number(config, key, low=1, integer=True)
+  _number(config, "train.num_steps", low=1, integer=True, unset=-1)
+  _number(config, "train.eval_every", low=1, integer=True, unset=-1)
+  _number(config, "train.max_eval_rows", low=1, integer=True, unset=-1)
+  _number(config, "train.seed", low=0, high=2**32 - 1, integer=True)
+  # num_epochs decides the number of steps when num_steps is -1; otherwise it is not read.
+  _number(config, "train.num_epochs", low=0, low_open=config.train.num_steps == -1)
+  _number(config, "optimizer.learning_rate", low=0, low_open=True)
+  _number(config, "optimizer.weight_decay", low=0)
+  _number(config, "optimizer.grad_clip", low=0)
+  _number(config, "mesh.num_devices", low=1, integer=True, unset=-1)
+  if not isinstance(config.mesh.axis, str) or not config.mesh.axis:
+    raise ConfigError(f"mesh.axis={config.mesh.axis!r}: give a non-empty name, e.g. 'data'")
   if config.mesh.num_devices > 0:  # -1 (all devices) is checked against the devices at start-up
     check_devices(config, int(config.mesh.num_devices), int(config.distributed.num_processes))
   _choice(config, "checkpoint.best_mode", ("max", "min"))
   metric = config.checkpoint.best_metric
   if metric and (metric.count("/") != 1 or metric.split("/")[0] not in BEST_TASKS
                  or metric.split("/")[1] not in BEST_METRICS):
-    raise ConfigError(f"checkpoint.best_metric={metric!r} is not an eval metric; use task/metric with "
-                      f"task in {list(BEST_TASKS)} and metric in {list(BEST_METRICS)}, e.g. 'ctcvr/auc'")
-  if config.train.step_delay_s < 0:
-    raise ConfigError(f"train.step_delay_s={config.train.step_delay_s!r} must be >= 0")
-  if int(config.train.inject_nan_at_step) == 0 or int(config.train.inject_nan_at_step) < -1:
-    raise ConfigError(f"train.inject_nan_at_step={config.train.inject_nan_at_step!r}: a step >= 1, or -1 (off)")
-  if config.distributed.num_processes > 1 and not config.distributed.coordinator:
-    raise ConfigError("distributed.num_processes > 1 needs distributed.coordinator (host:port)")
-  return config
+    raise ConfigError(f"checkpoint.best_metric={metric!r} is not an eval metric; use task/metric "
+                      f"with task in {list(BEST_TASKS)} and metric in {list(BEST_METRICS)}, e.g. "
+                      "'ctcvr/auc'")
+  num = int(config.distributed.num_processes)
+  _number(config, "distributed.process_id", low=0, high=max(num - 1, 0), integer=True)
+  coordinator = config.distributed.coordinator
+  if num > 1 and not coordinator:
+    raise ConfigError(f"distributed.num_processes={num} needs distributed.coordinator (host:port)")
+  if coordinator:
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+      raise ConfigError(f"distributed.coordinator={coordinator!r} is not HOST:PORT (a port in "
+                        "[1, 65535])")
 
 
 def check_devices(config: ml_collections.ConfigDict, num_devices: int, num_processes: int) -> None:

@@ -7,7 +7,8 @@
 task-first (`ctr/auc`, `ctr/loss`, `cvr/entire_space_auc`, …) so TensorBoard groups each task's
 train loss and evaluation metrics on one card; the run-level scalars are `loss/total`,
 `perf/examples_per_sec` and `learning_rate/{tower,embedding}`. The event files are written by
-tensorboardX (a maintained writer), imported only when the first scalar is written.
+tensorboardX (a maintained writer), imported by the first enabled writer (workers and tools that
+only read metrics never import it).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import math
 import os
 import time
 from typing import Any, Mapping
+
+from absl import logging
 
 TB_DIR = "tensorboard"
 METRICS_FILE = "metrics.jsonl"
@@ -42,7 +45,7 @@ def learning_rates(config) -> dict[str, float]:
 
 
 def tb_tag(key: str) -> str:
-  """A metric name of the JSON lines -> its TensorBoard tag (task first, so tasks group together)."""
+  """A metric name of the JSON lines -> its TensorBoard tag (task first: tasks group together)."""
   if key == "loss":
     return "loss/total"
   if key.startswith("loss/"):
@@ -71,17 +74,23 @@ class MetricWriter:
     self._purge_step: int | None = None
     if enabled:
       os.makedirs(workdir, exist_ok=True)
+      if tensorboard:  # ~1 s of imports (protobuf): here, not inside the first timed log step
+        import tensorboardX  # noqa: F401
 
   def resume_at(self, step: int) -> None:
-    """The run resumed from a checkpoint at `step`: TensorBoard hides this workdir's events after it
-    (they are produced again), as the trainer drops the JSON lines after it."""
+    """The run starts from a checkpoint at `step` (0: from scratch): records after it are dropped
+    from the JSON lines (and lines torn by a kill), and TensorBoard hides this workdir's events
+    after it; the run writes them again, so nothing is repeated or lost."""
     self._purge_step = int(step) + 1 if step else None
+    if self.enabled:
+      _drop_records_after(self.path, int(step))
 
   def write(self, step: int, split: str, values: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
     values = {**values, **self._lrs} if split == "train" else dict(values)
-    rec = {"step": int(step), "split": split, "time": time.time(), **{k: _plain(v) for k, v in values.items()}}
+    rec = {"step": int(step), "split": split, "time": time.time(),
+           **{k: _plain(v) for k, v in values.items()}}
     with open(self.path, "a") as f:
       f.write(json.dumps(rec) + "\n")
     if self.tensorboard:
@@ -90,12 +99,13 @@ class MetricWriter:
   def _write_tb(self, step: int, split: str, values: Mapping[str, Any], walltime: float) -> None:
     w = self._tb.get(split)
     if w is None:
-      from tensorboardX import SummaryWriter  # lazy: protobuf is not needed by workers or tools
+      from tensorboardX import SummaryWriter
 
       # tensorboardX names files by the second: the suffix keeps a writer reopened within the same
       # second (a quick resume) from overwriting the previous file, and sorts it after it.
       w = self._tb[split] = SummaryWriter(os.path.join(self.workdir, TB_DIR, split),
-                                          purge_step=self._purge_step, filename_suffix=f".{time.time_ns()}")
+                                          purge_step=self._purge_step,
+                                          filename_suffix=f".{time.time_ns()}")
     for k, v in values.items():
       try:
         f = float(v)
@@ -116,6 +126,45 @@ class MetricWriter:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def _drop_records_after(path: str, last_step: int) -> None:
+  if not os.path.exists(path):
+    return
+  keep, dropped = [], 0
+  with open(path) as f:
+    for line in f:
+      try:
+        rec = json.loads(line)
+      except ValueError:
+        dropped += 1
+        continue
+      if int(rec.get("step", 0)) <= last_step:
+        keep.append(line if line.endswith("\n") else line + "\n")
+      else:
+        dropped += 1
+  if dropped:
+    with open(path + ".tmp", "w") as f:
+      f.writelines(keep)
+    os.replace(path + ".tmp", path)
+    (logging.info if last_step else logging.warning)(
+        "dropped %d metric record(s) after step %d from %s (%s)", dropped, last_step, path,
+        "they are produced again" if last_step
+        else "an earlier run without a checkpoint to resume from")
+
+
+def metrics_table(metrics: Mapping[str, float]) -> str:
+  """Evaluation metrics as a small aligned table, one row per task (what a finished run prints)."""
+  tasks = [t for t in ("ctr", "cvr", "ctcvr", "ctavr") if f"{t}/auc" in metrics]
+  cols = ("auc", "gauc", "logloss", "calibration")
+  lines = [f"{'task':<8}" + "".join(f"{c:>13}" for c in cols)]
+  for t in tasks:
+    values = (metrics.get(f"{t}/{c}", float("nan")) for c in cols)
+    lines.append(f"{t:<8}" + "".join(f"{v:>13.4f}" for v in values))
+  if "cvr/entire_space_auc" in metrics:
+    lines.append(f"entire-space CVR AUC (pCVR vs would-buy, all impressions): "
+                 f"{metrics['cvr/entire_space_auc']:.4f}")
+  return "\n".join(lines)
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

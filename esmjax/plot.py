@@ -16,7 +16,8 @@ import sys
 from esmjax import metrics_io
 
 TASKS = ("ctr", "cvr", "ctcvr", "ctavr")
-COLORS = {"ctr": "tab:blue", "cvr": "tab:orange", "ctcvr": "tab:green", "ctavr": "tab:red", "total": "black"}
+COLORS = {"ctr": "tab:blue", "cvr": "tab:orange", "ctcvr": "tab:green", "ctavr": "tab:red",
+          "total": "black"}
 
 
 def _series(records, split: str, key: str) -> tuple[list[int], list[float]]:
@@ -34,8 +35,8 @@ def _series(records, split: str, key: str) -> tuple[list[int], list[float]]:
 
 def _line(ax, steps, values, label, color, style="-", marker="o"):
   if steps:
-    ax.plot(steps, values, style, label=label, color=color, marker=marker if len(steps) < 12 else None,
-            markersize=5)
+    ax.plot(steps, values, style, label=label, color=color,
+            marker=marker if len(steps) < 12 else None, markersize=5)
 
 
 def plot(workdir: str, out: str | None = None) -> str:
@@ -59,9 +60,10 @@ def plot(workdir: str, out: str | None = None) -> str:
   ax_loss.set_title("train loss")
 
   for t in TASKS:
-    _line(ax_auc, *_series(records, "eval", f"{t}/auc"), t + (" (clicked rows)" if t == "cvr" else ""),
-          COLORS[t])
-  _line(ax_auc, *_series(records, "eval", "cvr/entire_space_auc"), "cvr (entire space)", COLORS["cvr"], "--", "s")
+    label = t + (" (clicked rows)" if t == "cvr" else "")
+    _line(ax_auc, *_series(records, "eval", f"{t}/auc"), label, COLORS[t])
+  _line(ax_auc, *_series(records, "eval", "cvr/entire_space_auc"), "cvr (entire space)",
+        COLORS["cvr"], "--", "s")
   ax_auc.set_title("eval AUC")
 
   for t in TASKS:
@@ -79,7 +81,8 @@ def plot(workdir: str, out: str | None = None) -> str:
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=8)
     else:
-      ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
+      ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes,
+              color="gray")
   fig.suptitle(f"{os.path.basename(os.path.abspath(workdir))}", fontsize=11)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

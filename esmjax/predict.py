@@ -26,19 +26,16 @@ from esmjax import inputs
 from esmjax import sharding as sh
 from esmjax import steps
 from esmjax import trainer
+from esmjax.loop import data as data_lib
+from esmjax.loop import workdir as workdir_lib
 from esmjax.data import dataset as ds_lib
 
 PRED_COLUMNS = ("pctr", "pcvr", "pctcvr", "pctavr")
 SUMMARY_FILE = "summary.json"
 
 
-def components(run):
-  """The run's `state.Components` (model, engine, layout, schema, ...)."""
-  return run.c
-
-
 def load_schema(workdir: str) -> ds_lib.Schema:
-  path = os.path.join(workdir, trainer.SCHEMA_FILE)
+  path = os.path.join(workdir, workdir_lib.SCHEMA_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: {workdir} is not the workdir of a training run")
   with open(path) as f:
@@ -110,7 +107,7 @@ def predict_step(c, state, batch) -> dict:
 def jit_predict_step(run):
   """`predict_step` jitted with the run's shardings: (state, batch) -> predictions + counts."""
   bsh = sh.batch_sharding(run.mesh)
-  return jax.jit(functools.partial(predict_step, components(run)),
+  return jax.jit(functools.partial(predict_step, run.components),
                  in_shardings=(run.state_sharding, bsh), out_shardings=bsh)
 
 
@@ -166,7 +163,7 @@ def predict_to_csv(config, workdir: str, input_dir: str, output_csv: str) -> int
 
 def evaluate_workdir(config, workdir: str) -> dict[str, float]:
   """The latest checkpoint's metrics on `data.eval_dir` (`train.max_eval_rows` rows at most)."""
-  _, eval_ds = trainer.resolve_datasets(config)
+  _, eval_ds = data_lib.resolve_datasets(config)
   evaluation.check_schema(load_schema(workdir), eval_ds)
   run, state = restore(config, workdir)
   cols, strays = score_dataset(run, state, eval_ds, config.train.eval_batch_size,

@@ -1,4 +1,5 @@
-"""Mesh, shardings, and moving batches between the host and the devices (single- or multi-process)."""
+"""Mesh, shardings, and moving batches between the host and the devices (one or several
+processes)."""
 
 from __future__ import annotations
 
@@ -7,23 +8,17 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from esmjax import distributed
-
 DATA_AXIS = "data"
 
 
 def make_mesh(num_devices: int = -1, axis: str = DATA_AXIS) -> Mesh:
   """A 1-D mesh over the first `num_devices` devices (all if -1), with Auto axis types on purpose:
-  jit + NamedSharding propagate shardings and shard_map regions make their collectives explicit.
-
-  Every run builds its mesh here first, so this is also where the process's host allocator gets
-  tuned for per-step temporaries (`distributed.tune_host_allocator`; a 25 % faster CPU step).
-  """
-  distributed.tune_host_allocator()
+  jit + NamedSharding propagate shardings and shard_map regions make their collectives explicit."""
   devices = jax.devices()
   if num_devices > 0:
     if num_devices > len(devices):
-      raise ValueError(f"mesh.num_devices={num_devices} but only {len(devices)} device(s) are visible")
+      raise ValueError(f"mesh.num_devices={num_devices} but only {len(devices)} device(s) are "
+                       "visible")
     devices = devices[:num_devices]
   return Mesh(np.asarray(devices), (axis,), axis_types=(jax.sharding.AxisType.Auto,))
 
@@ -50,9 +45,18 @@ def state_shardings(state_shape, mesh: Mesh, shard_tables: bool):
   return jax.tree_util.tree_map_with_path(for_leaf, state_shape)
 
 
-def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """This process's rows -> global arrays sharded by rows over the mesh."""
-  s = batch_sharding(mesh)
+def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
+  """[k, B, ...]: k batches, each sharded by rows (axis 1) over the mesh."""
+  return NamedSharding(mesh, P(None, mesh.axis_names[0]))
+
+
+def put_batch(batch: dict[str, np.ndarray], mesh: Mesh,
+              stacked: bool = False) -> dict[str, jax.Array]:
+  """This process's rows -> global arrays sharded by rows over the mesh (`stacked`: arrays of
+  [k, rows, ...], k batches, rows on axis 1)."""
+  s = stacked_batch_sharding(mesh) if stacked else batch_sharding(mesh)
+  if jax.process_count() == 1:  # the local rows are all the rows: one transfer call for all arrays
+    return jax.device_put(dict(batch), s)
   return {k: jax.make_array_from_process_local_data(s, np.asarray(v)) for k, v in batch.items()}
 
 
@@ -79,6 +83,8 @@ def gather_host_columns(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   n = next(iter(cols.values())).shape[0]
   counts = np.asarray(multihost_utils.process_allgather(np.asarray([n], np.int64))).reshape(-1)
   m = int(counts.max())
-  padded = {k: np.concatenate([v, np.zeros((m - n,) + v.shape[1:], v.dtype)]) for k, v in cols.items()}
+  padded = {k: np.concatenate([v, np.zeros((m - n,) + v.shape[1:], v.dtype)])
+            for k, v in cols.items()}
   allg = multihost_utils.process_allgather(padded)  # [P, m, ...]
-  return {k: np.concatenate([np.asarray(v)[p, :counts[p]] for p in range(len(counts))]) for k, v in allg.items()}
+  return {k: np.concatenate([np.asarray(v)[p, :counts[p]] for p in range(len(counts))])
+          for k, v in allg.items()}

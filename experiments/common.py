@@ -270,9 +270,9 @@ def _print_run(label: str, rec: dict, cached: bool) -> None:
 
 
 def datasets(config):
-  from esmjax import trainer
+  from esmjax.loop import data as data_lib
 
-  return trainer.resolve_datasets(config)
+  return data_lib.resolve_datasets(config)
 
 
 def train_blocks_used(config, train_ds) -> int:

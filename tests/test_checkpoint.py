@@ -1,7 +1,7 @@
 """Runs that survive: exact resumption after SIGKILL and SIGTERM, and on another device count.
 
-The interrupted runs are real `python -m esmjax.main` subprocesses, signalled while they train
-between the checkpoints at N and 2N; the reference run and the resumptions run in-process. "Exact"
+The interrupted runs are real command-line subprocesses (`tests/slow_cli.py`: `esmjax.main` with a
+test hook that slows each dispatch), signalled while they train between the checkpoints at N and 2N; the reference run and the resumptions run in-process. "Exact"
 is bit for bit: the state fingerprint (a hash of every array), the final eval metrics, and every
 logged train loss.
 """
@@ -26,6 +26,7 @@ from esmjax import metrics_io
 from esmjax import trainer
 from esmjax.data import dataset as D
 from esmjax.data import pipeline
+from esmjax.loop import data as loop_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 100  # checkpoint.every_steps; runs go to 2N (4+ epochs of the tiny data)
@@ -114,14 +115,17 @@ def _saved_steps(workdir) -> list[int]:
   return sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
 
 
-def _signal_while_training(workdir, overrides, sig, ready, name, jit_cache):
-  """Starts the CLI on 8 fake devices and sends `sig` as soon as `ready()`. -> (exit code, output)."""
+def _signal_while_training(workdir, overrides, sig, ready, name, jit_cache, step_delay_s=0.01):
+  """Starts the CLI on 8 fake devices, slowed by a test hook (`tests/slow_cli.py`: a sleep of
+  `step_delay_s` after each dispatch), and sends `sig` as soon as `ready()`.
+  -> (exit code, output)."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
          "JAX_COMPILATION_CACHE_DIR": jit_cache or os.path.join(os.path.dirname(workdir), "jit-cache"),
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+         "ESMJAX_TEST_STEP_DELAY_S": str(step_delay_s)}
   flag = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
-  cmd = [sys.executable, "-m", "esmjax.main", "--config=configs/esmm.py", f"--workdir={workdir}",
-         *(f"--config.{k}={flag(v)}" for k, v in overrides.items())]
+  cmd = [sys.executable, os.path.join(REPO, "tests", "slow_cli.py"), "--config=configs/esmm.py",
+         f"--workdir={workdir}", *(f"--config.{k}={flag(v)}" for k, v in overrides.items())]
   log = os.path.join(os.path.dirname(workdir), f"{name}.log")
   with open(log, "w") as out:
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -157,18 +161,17 @@ def test_data_position_counts_consumed_batches_not_prefetched_ones(data, prefetc
     b = next(again)
     for k in a:
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-  trainer._close(it)
-  trainer._close(again)
+  loop_data.close_iter(it)
+  loop_data.close_iter(again)
 
 
 def test_sigterm_then_sigkill_then_resume_equals_the_straight_run(data, straight, tmp_path, jit_cache):
   ref, ref_losses, _ = straight
   workdir = str(tmp_path / "B")
   ov = tiny_overrides(data)
-  # 10 ms per step: the signals land mid-run even when this process is scheduled late.
-  slow = {**ov, "train.step_delay_s": 0.01}
+  # 10 ms per step (a test hook): the signals land mid-run even when this process is scheduled late.
   # SIGTERM between checkpoints N and 2N: the step in flight finishes, is saved, and the exit is 0.
-  code, out = _signal_while_training(workdir, slow, signal.SIGTERM, lambda: _logged_step(workdir) > N, "sigterm",
+  code, out = _signal_while_training(workdir, ov, signal.SIGTERM, lambda: _logged_step(workdir) > N, "sigterm",
                                      jit_cache)
   assert code == 0, out[-3000:]
   line = [l for l in out.splitlines() if l.startswith("esmjax: SIGTERM received: stopped after step")]
@@ -176,7 +179,7 @@ def test_sigterm_then_sigkill_then_resume_equals_the_straight_run(data, straight
   stopped = int(line[0].split("after step ")[1].split("/")[0])
   assert N < stopped < 2 * N and _saved_steps(workdir) == [N, stopped]
   # Resumed, then SIGKILL 10+ steps later: those steps are lost (no checkpoint after `stopped`).
-  code, out = _signal_while_training(workdir, slow, signal.SIGKILL, lambda: _logged_step(workdir) >= stopped + 10,
+  code, out = _signal_while_training(workdir, ov, signal.SIGKILL, lambda: _logged_step(workdir) >= stopped + 10,
                                      "sigkill", jit_cache)
   assert code == -signal.SIGKILL, out[-3000:]
   assert f"restored checkpoint step {stopped}" in out
@@ -200,12 +203,12 @@ def test_resume_on_fewer_devices_restores_the_state_with_new_shardings(data, str
   ck8.close()
   cfg2 = esmm_config(**{**ov, "mesh.num_devices": 2, "train.num_steps": 2 * N + 10})
   run2 = trainer.Run(cfg2, tiny_schema())
-  assert (run8.c.layout.padded_rows, run2.c.layout.padded_rows) == (48, 42)
+  assert (run8.components.layout.padded_rows, run2.components.layout.padded_rows) == (48, 42)
   ck2 = ckpt_lib.Checkpointer(workdir, cfg2, run2)
-  it2 = trainer.make_train_iter(cfg2, D.open_dataset(str(data / "train")))
+  it2 = loop_data.make_train_iter(cfg2, D.open_dataset(str(data / "train")))
   restored = ck2.restore_latest(it2)
   ck2.close()
-  trainer._close(it2)
+  loop_data.close_iter(it2)
   assert ck2.restored_step == 2 * N and it2.get_state() == saved_iter_state(workdir, 2 * N)
   shardings2 = jax.tree_util.tree_leaves(run2.state_sharding)
   for (path, a), b, sharding in zip(jax.tree_util.tree_flatten_with_path(saved)[0],
@@ -224,3 +227,24 @@ def test_resume_on_fewer_devices_restores_the_state_with_new_shardings(data, str
 def saved_iter_state(workdir, step):
   with open(os.path.join(workdir, "checkpoints", str(step), "data", "process_0-of-1.json")) as f:
     return json.load(f)
+
+
+def test_workdir_written_with_the_removed_test_hook_keys_resumes_exactly(data, tmp_path, caplog):
+  # A workdir whose saved config carries train.inject_nan_at_step and train.step_delay_s (keys
+  # default_config() does not have) resumes without a warning, to the uninterrupted run's state.
+  ov = tiny_overrides(data, **{"train.num_steps": 10, "checkpoint.every_steps": 5,
+                               "train.log_every": 5})
+  old = esmm_config(**{**ov, "train.num_steps": 5})
+  old.train.inject_nan_at_step, old.train.step_delay_s = -1, 0.0
+  workdir = str(tmp_path / "old")
+  trainer.train_and_evaluate(old, workdir)
+  with open(os.path.join(workdir, "checkpoints", "5", "config", "metadata")) as f:
+    assert json.load(f)["train"]["step_delay_s"] == 0.0
+  with caplog.at_level("WARNING"):
+    resumed = trainer.train_and_evaluate(esmm_config(**ov), workdir)
+  assert resumed["resumed_from_step"] == 5 and "changed settings" not in caplog.text
+  straight = trainer.train_and_evaluate(esmm_config(**ov), str(tmp_path / "straight"))
+  assert resumed["state_fingerprint"] == straight["state_fingerprint"]
+  import esmjax
+
+  assert esmjax.load(workdir).step == 10

@@ -2,6 +2,7 @@
 and the best checkpoint kept by an eval metric."""
 
 import dataclasses
+import functools
 import glob
 import logging
 import os
@@ -19,6 +20,8 @@ from esmjax import main as main_lib
 from esmjax import metrics_io
 from esmjax import trainer
 from esmjax.data import dataset as D
+from esmjax.loop import data as loop_data
+from esmjax.loop import guard as guard_lib
 from test_checkpoint import jit_cache  # noqa: F401  (autouse: one compilation per program)
 
 
@@ -72,9 +75,47 @@ def run_main(config, workdir, monkeypatch, capsys):
     ({"data.eval_dir": ""}, "data.train_dir is set but data.eval_dir is empty"),
     ({"checkpoint.best_metric": "ctr/acu"}, "checkpoint.best_metric='ctr/acu' is not an eval metric"),
     ({"checkpoint.best_mode": "largest"}, "checkpoint.best_mode='largest' is not allowed"),
-    ({"train.inject_nan_at_step": 0}, "train.inject_nan_at_step=0"),
+    ({"train.steps_per_dispatch": 0}, "train.steps_per_dispatch=0 is out of range"),
 ])
 def test_config_errors_name_the_key(data, overrides, message):
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate(run_config(data, **overrides))
+  assert message in str(e.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"optimizer.learning_rate": -1e-4}, "optimizer.learning_rate=-0.0001 is out of range; allowed: a "
+     "finite number in (0, ∞)"),
+    ({"optimizer.learning_rate": float("nan")}, "optimizer.learning_rate=nan is out of range"),
+    ({"optimizer.weight_decay": -0.1}, "optimizer.weight_decay=-0.1 is out of range; allowed: a finite "
+     "number in [0, ∞)"),
+    ({"optimizer.grad_clip": -1.0}, "optimizer.grad_clip=-1.0 is out of range; allowed: a finite number "
+     "in [0, ∞)"),
+    ({"train.num_steps": -1, "train.num_epochs": 0.0}, "train.num_epochs=0.0 is out of range; allowed: a "
+     "finite number in (0, ∞)"),
+    ({"train.num_epochs": -2.0}, "train.num_epochs=-2.0 is out of range; allowed: a finite number in "
+     "[0, ∞)"),
+    ({"train.num_steps": 0}, "train.num_steps=0 is out of range; allowed: an integer in [1, ∞), or -1 "
+     "(from train.num_epochs)"),
+    ({"train.batch_size": 0}, "train.batch_size=0 is out of range; allowed: an integer in [1, ∞)"),
+    ({"train.eval_batch_size": -8}, "train.eval_batch_size=-8 is out of range"),
+    ({"train.log_every": 0}, "train.log_every=0 is out of range; allowed: an integer in [1, ∞)"),
+    ({"train.eval_every": 0}, "train.eval_every=0 is out of range; allowed: an integer in [1, ∞), or -1 "
+     "(at the end only)"),
+    ({"train.max_eval_rows": 0}, "train.max_eval_rows=0 is out of range; allowed: an integer in [1, ∞), "
+     "or -1 (all rows)"),
+    ({"train.seed": -1}, "train.seed=-1 is out of range; allowed: an integer in [0, 4294967295]"),
+    ({"checkpoint.every_steps": 0}, "checkpoint.every_steps=0 is out of range"),
+    ({"checkpoint.keep": 0}, "checkpoint.keep=0 is out of range; allowed: an integer in [1, ∞)"),
+    ({"mesh.num_devices": 0}, "mesh.num_devices=0 is out of range; allowed: an integer in [1, ∞), or -1 "
+     "(all devices)"),
+    ({"distributed.process_id": 1}, "distributed.process_id=1 is out of range; allowed: an integer in "
+     "[0, 0]"),
+    ({"distributed.num_processes": 2, "distributed.process_id": 1},
+     "distributed.num_processes=2 needs distributed.coordinator (host:port)"),
+    ({"distributed.coordinator": "localhost"}, "distributed.coordinator='localhost' is not HOST:PORT"),
+])
+def test_numeric_keys_out_of_range_name_key_value_and_range(data, overrides, message):
   with pytest.raises(config_lib.ConfigError) as e:
     config_lib.validate(run_config(data, **overrides))
   assert message in str(e.value)
@@ -93,7 +134,7 @@ def test_device_errors_come_before_data_and_compilation(data, tmp_path, monkeypa
   def built(*args, **kw):
     raise AssertionError("the run got past the config checks")
 
-  monkeypatch.setattr(trainer, "resolve_datasets", built)
+  monkeypatch.setattr(loop_data, "resolve_datasets", built)
   monkeypatch.setattr(trainer, "Run", built)
   with pytest.raises(config_lib.ConfigError) as e:
     trainer.train_and_evaluate(run_config(data, **overrides), str(tmp_path))
@@ -111,8 +152,10 @@ def test_cli_config_error_is_one_line_and_exit_2(data, tmp_path, monkeypatch, ca
 
 def test_nan_loss_stops_the_run_naming_step_and_tasks_without_saving_it(data, tmp_path, monkeypatch, capsys):
   # NaN input at step 7; no log step before 20, so the check before the save at step 10 catches it.
-  cfg = run_config(data, **{"train.num_steps": 20, "train.log_every": 100, "train.inject_nan_at_step": 7})
+  cfg = run_config(data, **{"train.num_steps": 20, "train.log_every": 100})
   workdir = str(tmp_path)
+  monkeypatch.setattr(trainer, "train_and_evaluate",
+                      functools.partial(trainer.train_and_evaluate, hooks=tiny.nan_at_step(7)))
   code, err = run_main(cfg, workdir, monkeypatch, capsys)
   assert code == 3
   assert err.startswith("esmjax: error: non-finite loss, loss/ctcvr, loss/ctr at step 7 (found at step 10); "
@@ -127,11 +170,11 @@ def test_nan_weights_with_finite_losses_are_caught_before_a_save(data):
   state = run.init_fn()
   params = jax.tree_util.tree_map(lambda x: x, state.params)
   params["tower_cvr"]["Dense_0"]["bias"] = params["tower_cvr"]["Dense_0"]["bias"].at[0].set(np.inf)
-  with pytest.raises(trainer.NonFiniteError, match=r"non-finite values in the train state at step 3 "
+  with pytest.raises(guard_lib.NonFiniteError, match=r"non-finite values in the train state at step 3 "
                      r"\(state.params\['tower_cvr'\]\['Dense_0'\]\['bias'\]\), although every loss was finite; "
                      "stopped without checkpointing this state \\(no checkpoint was written\\)"):
-    trainer._raise_if_nonfinite(run, run.new_guard(), state.replace(params=params), 3, None)
-  trainer._raise_if_nonfinite(run, run.new_guard(), state, 3, None)  # a finite state passes
+    guard_lib.NanGuard(run).check(3, state.replace(params=params))
+  guard_lib.NanGuard(run).check(3, state)  # a finite state passes
 
 
 # -- checkpoints that cannot be used ---------------------------------------------------------------

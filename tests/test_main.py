@@ -71,9 +71,34 @@ def test_predict_writes_one_row_per_input_row_in_order(tmp_path):
     ("--config.embedding.optimizer=adam", "embedding.optimizer='adam' is not a sparse optimizer; allowed"),
     ("--config.model.activation=relu6", "model.activation='relu6' is not allowed; allowed"),
     ("--config.data.train_dir=/no/such/dir", "data.train_dir='/no/such/dir': directory does not exist"),
+    ("--config.train.batch_size=abc", "--config.train.batch_size='abc' is not a valid value: config key "
+     "train.batch_size takes an int"),
+    ("--config.optimizer.learning_rate=-1e-4", "optimizer.learning_rate=-0.0001 is out of range; allowed: a "
+     "finite number in (0, ∞)"),
+    ("--config.train.steps_per_dispatch=0", "train.steps_per_dispatch=0 is out of range; allowed: an integer "
+     "in [1, ∞)"),
+    ("--config.train.eval_every=0", "train.eval_every=0 is out of range; allowed: an integer in [1, ∞), or -1 "
+     "(at the end only)"),
+    ("--mode=serve", "flag --mode=serve: value should be one of"),
 ])
 def test_bad_config_names_the_key(flag, expect):
   r = _main(["--config=configs/esmm.py", flag], timeout=120)
   assert r.returncode == 2
   assert expect in r.stderr
   assert "Traceback" not in r.stderr
+  assert r.stderr.count("\n") == 1 and r.stderr.startswith("esmjax: error: ")  # one line
+
+
+@pytest.mark.parametrize("content, expect", [
+    (None, "--config={path}: no such file"),
+    ("def get_config(:\n", "--config={path}: invalid syntax (line 1: def get_config(:)"),
+    ("def get_config():\n  return undefined_name\n", "--config={path}: NameError: name 'undefined_name' is "
+     "not defined"),
+])
+def test_missing_or_broken_config_file_is_one_line(tmp_path, content, expect):
+  path = tmp_path / "cfg.py"
+  if content is not None:
+    path.write_text(content)
+  r = _main([f"--config={path}"], timeout=120)
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert r.stderr == "esmjax: error: " + expect.format(path=path) + "\n"

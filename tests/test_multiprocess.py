@@ -3,7 +3,8 @@
 Both runs see the same rows in every step: the pipeline gives process p the shuffled blocks
 p, p+2, ... and each process fills its half-batch (32 rows) from one 32-row block (window 1),
 while one process fills a 64-row batch from the same two blocks (window 2). Tables are row-sharded
-over 4 devices in both, so the runs differ only in float summation order and process count.
+over 4 devices in both, so the runs differ only in float summation order and process count (and
+in steps per dispatch, which changes no number).
 """
 
 import importlib.util
@@ -54,7 +55,10 @@ def test_two_processes_match_one_process(tmp_path):
   tiny.tiny_dataset(str(tmp_path / "eval"), n=512, seed=1, block_rows=64, start_id=10**6)
   port = _free_port()
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
-  flags = [_flag(k, v) for k, v in _overrides(tmp_path, 1).items()]
+  # The two processes run 3 steps per dispatch (3 + 2 up to each log step), each stacking its
+  # half-batches; the one-process reference runs single steps.
+  two_processes = {**_overrides(tmp_path, 1), "train.steps_per_dispatch": 3}
+  flags = [_flag(k, v) for k, v in two_processes.items()]
   procs = [subprocess.Popen(
       [sys.executable, "-m", "esmjax.main", "--config=configs/esmm.py", f"--workdir={tmp_path / 'two'}", *flags,
        f"--config.distributed.coordinator=127.0.0.1:{port}", "--config.distributed.num_processes=2",
@@ -66,7 +70,8 @@ def test_two_processes_match_one_process(tmp_path):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   cfg = module.get_config()
-  for k, v in {**_overrides(tmp_path, 2), "mesh.num_devices": 4}.items():
+  one_process = {**_overrides(tmp_path, 2), "mesh.num_devices": 4, "train.steps_per_dispatch": 1}
+  for k, v in one_process.items():
     sect, name = k.split(".")
     cfg[sect][name] = v
   one = trainer.train_and_evaluate(cfg, str(tmp_path / "one"))
@@ -108,36 +113,3 @@ def test_distributed_settings_from_flags_or_env(monkeypatch):
   cfg.distributed.process_id = 2
   with pytest.raises(config_lib.ConfigError, match=r"distributed.process_id=2 must be in \[0, 2\)"):
     distributed.settings(cfg)
-
-
-def test_host_memory_helpers_keep_values():
-  import jax.numpy as jnp
-
-  from esmjax import distributed
-
-  assert isinstance(distributed.tune_host_allocator(), bool)
-  big = jnp.arange(3 << 20, dtype=jnp.float32)  # 12 MB: eligible for huge pages
-  small = jnp.arange(1000, dtype=jnp.float32)  # too small: skipped
-  before = np.asarray(big).copy()
-  advised = distributed.back_with_huge_pages({"big": big, "small": small})
-  assert advised % (2 << 20) == 0 and advised <= big.nbytes  # best effort: 0 where unsupported
-  np.testing.assert_array_equal(np.asarray(big), before)
-  assert distributed.back_with_huge_pages({"small": small}) == 0
-
-
-@pytest.mark.parametrize("env, expected", [
-    ({}, "glibc.malloc.hugetlb=1"),
-    ({"GLIBC_TUNABLES": "glibc.malloc.top_pad=1"}, "glibc.malloc.top_pad=1:glibc.malloc.hugetlb=1"),
-    ({"ESMJAX_HUGE_PAGE_MALLOC": "0"}, None),
-])
-def test_cli_restarts_once_with_huge_page_malloc(env, expected):
-  from esmjax import distributed
-
-  code = ("import os; from esmjax import distributed; distributed.use_huge_page_malloc(); "
-          "print(repr(os.environ.get('GLIBC_TUNABLES')))")
-  base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "ESMJAX_HUGE_PAGE_MALLOC")}
-  out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
-                       timeout=120)
-  assert out.returncode == 0, out.stderr
-  want = expected if distributed.huge_page_malloc_supported() or expected is None else env.get("GLIBC_TUNABLES")
-  assert out.stdout.strip().splitlines() == [repr(want)]  # printed once: one restart, then no more

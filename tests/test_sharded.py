@@ -74,7 +74,7 @@ def runs():
 
 def test_eight_devices_train_like_one(runs):
   one, eight = runs
-  assert not one.c.engine.row_sharded and eight.c.engine.row_sharded
+  assert not one.components.engine.row_sharded and eight.components.engine.row_sharded
   batches = _batches(4)
   s1, l1 = _train(one, batches)
   s8, l8 = _train(eight, batches)
@@ -92,7 +92,7 @@ def test_sharded_training_equals_dense_autodiff(runs):
   """Three sharded steps on 8 devices == three dense-autodiff steps (gradients through the whole
   [V, D] table, then the dense optimizer) on one device."""
   one, eight = runs
-  dense = jax.jit(functools.partial(steps.dense_train_step, one.c))
+  dense = jax.jit(functools.partial(steps.dense_train_step, one.components))
   a, b = eight.init_fn(), one.init_fn()
   for batch in _batches(3, seed=7):
     a, ma = eight.train_step(a, sh.put_batch(batch, eight.mesh))

@@ -61,3 +61,21 @@ def tiny_config(model: str = "esmm", **overrides):
     sect, name = k.split(".")
     c[sect][name] = v
   return c
+
+
+def poisoned(batch):
+  """A batch as corrupt input would make it: NaN dense values and multi-valued weights."""
+  assert batch["dense"].size or batch["mv_w"].size, "needs dense or multi-valued fields"
+  return {**batch, "dense": np.full_like(batch["dense"], np.nan),
+          "mv_w": np.full_like(batch["mv_w"], np.nan)}
+
+
+def nan_at_step(step: int):
+  """Test hooks: the batch of step `step` (counted from 1) is `poisoned`."""
+  from esmjax.loop.hooks import Hooks
+
+  def batches(it, start):
+    for i, b in enumerate(it, start + 1):
+      yield poisoned(b) if i == step else b
+
+  return Hooks(batches=batches)

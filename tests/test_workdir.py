@@ -1,0 +1,227 @@
+"""A workdir is owned by one run at a time, and a run that cannot use or save to it says so in one
+line with the documented exit code (2: the user's workdir; 3: a checkpoint that cannot be saved)."""
+
+import functools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import types
+
+import pytest
+
+import esmjax
+import tiny
+from esmjax import checkpoint as ckpt_lib
+from esmjax import main as main_lib
+from esmjax import trainer
+from esmjax.loop import workdir as workdir_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The error a failed save raises (a checkpoint.CheckpointError: exit 3).
+SAVE_ERROR = getattr(ckpt_lib, "CheckpointSaveError", ckpt_lib.CheckpointError)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  root = tmp_path_factory.mktemp("data")
+  tiny.tiny_dataset(str(root / "train"), n=1500, seed=0)
+  tiny.tiny_dataset(str(root / "eval"), n=300, seed=1, start_id=10**6)
+  return root
+
+
+def cli_flags(data, **overrides):
+  o = {"data.train_dir": data / "train", "data.eval_dir": data / "eval", "model.embed_dim": 4,
+       "model.hidden": "8,4", "train.batch_size": 64, "train.eval_batch_size": 128,
+       "train.num_steps": 20, "train.log_every": 5, "checkpoint.every_steps": 10, **overrides}
+  return ["--config=configs/esmm.py", *(f"--config.{k}={v}" for k, v in o.items())]
+
+
+def start_cli(args, step_delay_s=0.0, prelude="", log=None):
+  """The command line on one CPU device (`tests/slow_cli.py`: with a sleep after each dispatch),
+  started through `python -c "<prelude>; exec"` (limits set there hold after the exec); its output
+  goes to pipes, or to the file `log` (for a run that goes on while the test waits)."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+         "JAX_PLATFORMS": "cpu", "ESMJAX_TEST_STEP_DELAY_S": str(step_delay_s)}
+  out = open(log, "w") if log else subprocess.PIPE
+  launch = f"{prelude}\nimport os, sys\nos.execv(sys.executable, [sys.executable] + sys.argv[1:])"
+  cmd = [sys.executable, "-c", launch, os.path.join(REPO, "tests", "slow_cli.py"), *args]
+  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, text=True,
+                          stderr=subprocess.STDOUT if log else subprocess.PIPE)
+
+
+def finish(proc, timeout=300):
+  """-> (exit code, stdout, the error line: stderr's last line; or all of stderr if it has a
+  traceback or more than one error line)."""
+  out, err = proc.communicate(timeout=timeout)
+  errors = [line for line in err.splitlines() if line.startswith("esmjax: error: ")]
+  one_line = len(errors) == 1 and err.rstrip().endswith(errors[0]) and "Traceback" not in err
+  return proc.returncode, out, errors[0] + "\n" if one_line else err
+
+
+def wait_for_owner(workdir, proc, log, timeout=120) -> str:
+  """The owner line a running CLI wrote into its lock file."""
+  path = os.path.join(workdir, "run-p0.lock")
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.exists(path) and open(path).read().startswith(f"pid {proc.pid} "):
+      return open(path).read().strip()
+    time.sleep(0.05)
+  raise AssertionError(f"the run never locked {workdir}: exit {proc.poll()}; "
+                       f"{open(log).read()[-2000:]}")
+
+
+def run_main(config, workdir, monkeypatch, capsys):
+  """esmjax.main.main as the CLI runs it -> (exit code, stdout, stderr)."""
+  for name, value in (("_CONFIG", config), ("_WORKDIR", workdir), ("_MODE", "train")):
+    monkeypatch.setattr(main_lib, name, types.SimpleNamespace(value=value))
+  code = 0
+  try:
+    main_lib.main(["esmjax"])
+  except SystemExit as e:
+    code = e.code
+  captured = capsys.readouterr()
+  return code, captured.out, captured.err
+
+
+# -- one run per workdir --------------------------------------------------------------------------
+
+
+def test_second_run_on_a_workdir_is_refused_and_a_killed_runs_lock_does_not_block(data, tmp_path):
+  workdir, log = str(tmp_path / "wd"), str(tmp_path / "first.log")
+  # The owner: endless, slowed down, without checkpoints (a rerun starts from scratch).
+  first = start_cli(cli_flags(data, **{"train.num_steps": 10**6, "checkpoint.enabled": False}) +
+                    [f"--workdir={workdir}"], step_delay_s=0.05, log=log)
+  try:
+    owner = wait_for_owner(workdir, first, log)
+    assert owner.startswith(f"pid {first.pid} on host ")
+    # Another seed, same workdir: refused before it reads or writes anything there.
+    second = start_cli(cli_flags(data, **{"train.seed": 1}) + [f"--workdir={workdir}"])
+    code, out, err = finish(second)
+    assert code == 2, err[-3000:]
+    assert err.startswith(f"esmjax: error: --workdir={workdir} is in use by another run: "
+                          f"pid {first.pid} on host ")
+    assert err.endswith(f"holds {workdir}/run-p0.lock; wait for it to finish, stop it, or use "
+                        "another --workdir\n")
+    # The Python API takes the same lock.
+    cfg = tiny.tiny_config("esmm", **{"data.train_dir": str(data / "train"),
+                                      "data.eval_dir": str(data / "eval")})
+    with pytest.raises(workdir_lib.WorkdirError,
+                       match=f"is in use by another run: pid {first.pid} on host "):
+      esmjax.train(cfg, workdir)
+    assert first.poll() is None  # the owner trains on
+  finally:
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+  # Killed: the kernel released its lock; the file (naming it) stays and does not block a rerun.
+  assert open(os.path.join(workdir, "run-p0.lock")).read().startswith(f"pid {first.pid} ")
+  code, out, err = finish(start_cli(cli_flags(data) + [f"--workdir={workdir}"]))
+  assert code == 0, err[-3000:]
+  assert "20 steps" in out
+
+
+def test_the_same_process_cannot_own_a_workdir_twice(data, tmp_path):
+  with workdir_lib.claim(str(tmp_path)):
+    with pytest.raises(workdir_lib.WorkdirError,
+                       match=f"is in use by another run: pid {os.getpid()} on host"):
+      with workdir_lib.claim(str(tmp_path)):
+        pass
+  with workdir_lib.claim(str(tmp_path)):  # released on exit: claimed again
+    pass
+
+
+# -- workdirs that cannot be used -----------------------------------------------------------------
+
+
+def test_workdir_that_is_a_file_is_one_line(data, tmp_path):
+  path = tmp_path / "file"
+  path.write_text("not a directory")
+  code, out, err = finish(start_cli(cli_flags(data) + [f"--workdir={path}"]))
+  assert (code, err) == (2, f"esmjax: error: --workdir={path} is a file, not a directory; give a "
+                            "directory\n")
+  code, out, err = finish(start_cli(cli_flags(data) + [f"--workdir={path}/sub"]))
+  assert (code, err) == (2, f"esmjax: error: --workdir={path}/sub: a part of the path is a file, "
+                            "not a directory\n")
+
+
+# Root loses its power to write where permission bits forbid it: the bounding set drops
+# CAP_DAC_OVERRIDE (1) and CAP_DAC_READ_SEARCH (2) (prctl PR_CAPBSET_DROP = 24) before the exec.
+WITHOUT_ROOT_OVERRIDES = """
+import ctypes, os
+libc = ctypes.CDLL(None)
+if any(libc.prctl(24, cap, 0, 0, 0) != 0 for cap in (1, 2)):
+  os._exit(97)
+"""
+
+
+def test_workdir_that_is_not_writable_is_one_line(data, tmp_path):
+  workdir = tmp_path / "read-only"
+  workdir.mkdir()
+  workdir.chmod(0o555)
+  prelude = WITHOUT_ROOT_OVERRIDES if os.geteuid() == 0 else ""
+  code, out, err = finish(start_cli(cli_flags(data) + [f"--workdir={workdir}"], prelude=prelude))
+  if code == 97:
+    pytest.skip("running as root and cannot drop CAP_DAC_OVERRIDE here")
+  assert code == 2, err[-3000:]
+  assert err == (f"esmjax: error: --workdir={workdir} is not writable: Permission denied (EACCES) "
+                 f"creating {workdir}/run-p0.lock\n")
+  code, out, err = finish(start_cli(cli_flags(data) + [f"--workdir={workdir}/new"],
+                                    prelude=prelude))
+  assert (code, err) == (2, f"esmjax: error: --workdir={workdir}/new cannot be created: Permission "
+                            "denied (EACCES)\n")
+
+
+# -- a checkpoint that cannot be saved ------------------------------------------------------------
+
+
+def test_failed_save_stops_the_run_with_exit_3_and_no_summary(data, tmp_path, monkeypatch, capsys):
+  save = ckpt_lib.Checkpointer.save
+
+  def failing_save(self, step, *args, **kwargs):
+    if step == 10:
+      raise SAVE_ERROR(f"cannot save checkpoint step 10 in {self.directory}: [Errno 28] No space "
+                       "left on device")
+    return save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ckpt_lib.Checkpointer, "save", failing_save)
+  dispatched = []
+  monkeypatch.setattr(trainer, "train_and_evaluate", functools.partial(
+      trainer.train_and_evaluate, hooks=trainer.Hooks(after_dispatch=dispatched.append)))
+  cfg = tiny.tiny_config("esmm", **{"data.train_dir": str(data / "train"),
+                                    "data.eval_dir": str(data / "eval"), "train.num_steps": 20,
+                                    "checkpoint.every_steps": 5})
+  workdir = str(tmp_path)
+  code, out, err = run_main(cfg, workdir, monkeypatch, capsys)
+  assert code == 3
+  assert err == (f"esmjax: error: cannot save checkpoint step 10 in {workdir}/checkpoints: "
+                 "[Errno 28] No space left on device\n")
+  assert dispatched[-1] == 10  # stopped at the failed save: no step after it
+  assert out == ""  # no final line
+  assert not os.path.exists(os.path.join(workdir, "summary.json"))  # nothing claims success
+  saved = os.listdir(os.path.join(workdir, "checkpoints"))
+  assert sorted(int(s) for s in saved if s.isdigit()) == [5]
+
+
+# Files the run writes stop at 256 KB, with EFBIG instead of SIGXFSZ.
+SMALL_FILES = """
+import resource, signal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
+"""
+
+
+@pytest.mark.skipif(not hasattr(ckpt_lib, "CheckpointSaveError"),
+                    reason="needs checkpoint.CheckpointSaveError: a failed save raised as one line")
+def test_save_that_hits_a_file_size_limit_fails_the_run_with_exit_3(data, tmp_path):
+  # Towers of 512-256: the checkpoint's array file passes 256 KB; logs and metrics stay below.
+  workdir = tmp_path / "wd"
+  args = cli_flags(data, **{"model.hidden": "512,256", "model.embed_dim": 16})
+  args.append(f"--workdir={workdir}")
+  code, out, err = finish(start_cli(args, prelude=SMALL_FILES))
+  assert code == 3, err[-3000:]
+  assert err.startswith("esmjax: error: ") and str(workdir / "checkpoints") in err, err[-3000:]
+  assert err.count("\n") == 1 and out == ""
+  assert not (workdir / "summary.json").exists()
+  shutil.rmtree(workdir, ignore_errors=True)
