@@ -28,10 +28,10 @@ from esmjax import steps
 from esmjax import trainer
 from esmjax.loop import data as data_lib
 from esmjax.loop import workdir as workdir_lib
+from esmjax.loop.summary import SUMMARY_FILE
 from esmjax.data import dataset as ds_lib
 
 PRED_COLUMNS = ("pctr", "pcvr", "pctcvr", "pctavr")
-SUMMARY_FILE = "summary.json"
 
 
 def load_schema(workdir: str) -> ds_lib.Schema:

@@ -16,6 +16,7 @@ import ml_collections
 from absl import logging
 
 from esmjax import config as config_lib
+from esmjax import evaluation
 from esmjax import metrics_io
 from esmjax.loop import data as data_lib
 from esmjax.loop import summary as summary_lib
@@ -45,6 +46,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   check_device_count(config)  # before any data is generated or read
   with workdir_lib.claim(workdir):
     train_ds, eval_ds = data_lib.resolve_datasets(config)
+    evaluation.check_schema(train_ds.schema, eval_ds)  # else it is scored with other rows' ids
     run = Run(config, train_ds.schema)
     workdir_lib.write_schema(workdir, train_ds.schema)
     with _Training(config, workdir, run, train_ds, eval_ds, hooks or Hooks()) as training:

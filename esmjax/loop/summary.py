@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 
+from esmjax import evaluation
 from esmjax import state as state_lib
 
 SUMMARY_FILE = "summary.json"
@@ -39,6 +40,7 @@ def finished(config, *, step: int, start_step: int, state, metrics: dict[str, An
       "wall_seconds": wall_seconds,
       "steps_per_dispatch": int(config.train.steps_per_dispatch),
       "metrics": metrics,
+      "collapsed_tasks": evaluation.collapsed_tasks(metrics),  # tasks whose predictions are ~constant
       "state_fingerprint": fingerprint(state),
       "resumed_from_step": start_step or None,
       "best_checkpoint_step": best_step,
