@@ -80,6 +80,7 @@ def test_healthy_tiny_models_are_never_flagged(trained):
     assert [m[f"{t}/collapsed"] for t in tasks] == [0.0] * len(tasks), name
     assert min(m[f"{t}/logit_std"] for t in tasks) > 10 * evaluation.COLLAPSED_LOGIT_STD, name
     assert evaluation.collapsed_tasks(m) == []
+    assert summary["collapsed_tasks"] == []  # and summary.json says so
 
 
 def test_a_dead_cvr_tower_is_flagged(trained, caplog):
