@@ -44,9 +44,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from esmjax import state as state_lib
-from esmjax.models import multitask as mt
 
-SUPPORTED_MODELS = (mt.ModelName.ESMM, mt.ModelName.ESMM_NS, mt.ModelName.ESM2)
+SUPPORTED_MODELS = ("esmm", "esmm_ns", "esm2")  # registered model names (esmjax.models.registry)
 TABLE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "lazy_adam")
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": lambda: nn.GELU(approximate="tanh"), "tanh": nn.Tanh,
                 "sigmoid": nn.Sigmoid, "swish": nn.SiLU, "leaky_relu": lambda: nn.LeakyReLU(0.01)}
@@ -104,10 +103,10 @@ def bce_from_logits(y, a):
   return torch.mean(F.softplus(a) - y * a)
 
 
-def log_probs(name: mt.ModelName, z: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-  """{log_pctr, log_pcvr, log_pctcvr[, log_pctavr]} from tower logits (mt.Objective.log_probs)."""
+def log_probs(name: str, z: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+  """{log_pctr, log_pcvr, log_pctcvr[, log_pctavr]} from tower logits (the models' `log_probs`)."""
   ls = F.logsigmoid
-  if name == mt.ModelName.ESM2:
+  if name == "esm2":
     l1, l2 = ls(z["ctr"]), ls(z["daction"])
     log_pcvr = torch.logaddexp(l2 + ls(z["buy_d"]), ls(-z["daction"]) + ls(z["buy_o"]))
     return {"log_pctr": l1, "log_pcvr": log_pcvr, "log_pctcvr": l1 + log_pcvr, "log_pctavr": l1 + l2}
@@ -115,13 +114,13 @@ def log_probs(name: mt.ModelName, z: dict[str, torch.Tensor]) -> dict[str, torch
   return {"log_pctr": l1, "log_pcvr": l3, "log_pctcvr": l1 + l3}
 
 
-def loss_fn(name: mt.ModelName, loss_weights, z, labels: dict[str, torch.Tensor]):
-  """(total, {per-task}) exactly as mt.Objective.loss for esmm / esmm_ns / esm2."""
+def loss_fn(name: str, loss_weights, z, labels: dict[str, torch.Tensor]):
+  """(total, {per-task}) exactly as the `loss` of esmjax.models.esmm / esmm_ns / esm2."""
   lp = log_probs(name, z)
   click, buy = labels["click"], labels["buy"]
   ctr = bce_from_logits(click, z["ctr"])
   ctcvr = bce_from_logp(click * buy, lp["log_pctcvr"])
-  if name == mt.ModelName.ESM2:
+  if name == "esm2":
     w1, w2, w3 = loss_weights
     ctavr = bce_from_logp(click * labels["daction"], lp["log_pctavr"])
     return w1 * ctr + w2 * ctavr + w3 * ctcvr, {"ctr": ctr, "ctavr": ctavr, "ctcvr": ctcvr}
@@ -145,18 +144,18 @@ class TorchMultiTask(nn.Module):
 
   def __init__(self, c: state_lib.Components, *, sparse: bool = True, loss_weights=(1.0, 1.0, 1.0)):
     super().__init__()
-    name = c.objective.name
+    name = c.model.name
     if name not in SUPPORTED_MODELS:
-      raise ValueError(f"model.name={name.value!r} has no PyTorch reference; allowed: "
-                       f"{[m.value for m in SUPPORTED_MODELS]}")
+      raise ValueError(f"model.name={name!r} has no PyTorch reference; allowed: "
+                       f"{list(SUPPORTED_MODELS)}")
     self.name, self.loss_weights, self.sparse = name, tuple(loss_weights), sparse
-    lay, inp, m = c.layout, c.model.inputs, c.model
+    lay, inp, m = c.layout, c.model.net.spec, c.model.net
     self.dim = c.engine.dim
-    self.num_sparse = inp["num_sparse"]
-    self.dense_mode = inp["dense_mode"]
-    self.towers = tuple(m.towers)
+    self.num_sparse = inp.num_sparse
+    self.dense_mode = inp.dense_mode
+    self.towers = tuple(c.model.towers)
     self.sets = tuple(dict.fromkeys(s for _, s in self.towers))
-    self.label_index = dict(c.label_index)
+    self.label_columns = dict(c.label_columns)
     self.tables = nn.ModuleDict()
     for i, s in enumerate(self.sets):
       emb = nn.Embedding(lay.padded_rows, self.dim, sparse=sparse)
@@ -169,15 +168,15 @@ class TorchMultiTask(nn.Module):
     for i, b in enumerate(lay.dense_boundaries):
       self.register_buffer(f"bounds_{i}", torch.tensor(b, dtype=torch.float32), persistent=False)
     self.mv_lens = tuple(lay.mv_lens)
-    self.mv_mean = tuple(p == "mean" for p in inp["mv_pooling"])
+    self.mv_mean = tuple(p == "mean" for p in inp.mv_pooling)
     self.register_buffer("mv_col_offsets", torch.tensor(
         np.repeat(np.asarray(lay.mv_offsets, np.int64), lay.mv_lens), dtype=torch.int64), persistent=False)
     self._bag_cache: dict[tuple[int, str], torch.Tensor] = {}
-    n_dense = len(inp["dense_mean"])
+    n_dense = len(inp.dense_mean)
     self.tanh_dense = self.dense_mode == "tanh" and n_dense > 0
     if self.tanh_dense:
-      self.register_buffer("dense_mean", torch.tensor(inp["dense_mean"], dtype=torch.float32), persistent=False)
-      self.register_buffer("dense_std", torch.tensor(inp["dense_std"], dtype=torch.float32), persistent=False)
+      self.register_buffer("dense_mean", torch.tensor(inp.dense_mean, dtype=torch.float32), persistent=False)
+      self.register_buffer("dense_std", torch.tensor(inp.dense_std, dtype=torch.float32), persistent=False)
       self.dense_u = nn.ParameterDict({s: nn.Parameter(torch.randn(n_dense, self.dim)) for s in self.sets})
       self.dense_b = nn.ParameterDict({s: nn.Parameter(torch.zeros(n_dense, self.dim)) for s in self.sets})
     n_fields = self.num_sparse + len(self.mv_lens) + n_dense * (self.dense_mode in ("tanh", "bucket"))
@@ -264,7 +263,8 @@ class TorchMultiTask(nn.Module):
   def head_loss(self, rows, dense, labels: torch.Tensor):
     z = self.head(rows, dense)
     lab = labels.float()
-    return loss_fn(self.name, self.loss_weights, z, {k: lab[:, i] for k, i in self.label_index.items()})
+    labels = {k: lab[:, list(cols)].amax(1) for k, cols in self.label_columns.items()}  # OR
+    return loss_fn(self.name, self.loss_weights, z, labels)
 
   def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return self.head(self.lookup(batch), batch["dense"])

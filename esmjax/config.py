@@ -13,7 +13,7 @@ import ml_collections
 
 from esmjax.embedding import optimizers as opt_lib
 from esmjax.models import layers
-from esmjax.models import multitask as mt
+from esmjax.models import registry as model_registry
 
 C = ml_collections.ConfigDict
 
@@ -32,18 +32,18 @@ def default_config() -> ml_collections.ConfigDict:
 
   c = C()
   c.model = C()
-  c.model.name = "esmm"  # one of multitask.ModelName: esmm, esmm_ns, esm2, base, aman, ...
+  c.model.name = "esmm"  # a registered model, esmjax/models/<name>.py: esmm, esmm_ns, esm2, ...
   c.model.embed_dim = 18  # embedding dim per field (ESMM paper: 18)
   c.model.hidden = (200, 80)  # tower hidden sizes; each tower ends in one logit (paper: 200-80-1)
   c.model.activation = "relu"  # tower activation: relu, gelu, tanh, sigmoid, swish, leaky_relu
   c.model.dropout = 0.0  # dropout after each hidden layer (train only)
   c.model.dense_mode = "tanh"  # dense features: tanh (normalise + tanh embedding), bucket (ids), none
-  c.model.loss_weights = (1.0, 1.0, 1.0)  # ESM2 w1 (CTR), w2 (CTAVR), w3 (CTCVR)
-  c.model.daction_label = "daction"  # ESM2's DAction label column: daction (cart or wish), cart, wish
-  c.model.aman_rate = 0.1  # AMAN: fraction of unclicked impressions sampled as CVR negatives
-  c.model.oversample_k = 5.0  # OVERSAMPLING / DNN-OS: copies of each click→buy positive
-  c.model.unbias_min_pctr = 0.01  # UNBIAS: pCTR floor of the 1/pCTR weights
   c.model.dtype = "float32"  # activation dtype of the towers: float32 or bfloat16
+  c.model.fuse_towers = True  # towers on one input computed together (f32 roundoff from separate)
+  # Each model's own hyperparameters (loss_weights, daction_label, aman_rate, oversample_k, ...):
+  # declared, documented and range-checked in its module, esmjax/models/<name>.py (class Hparams).
+  for key, value in model_registry.default_hyperparameters().items():
+    c.model[key] = value
 
   c.embedding = C()
   c.embedding.optimizer = "rowwise_adagrad"  # sgd, adagrad, rowwise_adagrad, lazy_adam, ftrl
@@ -114,14 +114,13 @@ def _choice(config, key: str, allowed) -> None:
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks every enumerated value and the contradictions a run cannot survive."""
   try:
-    mt.ModelName.parse(config.model.name)
+    _check_model(config.model)
     opt_lib.SparseOptimizer.parse(config.embedding.optimizer)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   _choice(config, "model.activation", layers.ACTIVATIONS)
   _choice(config, "model.dense_mode", layers.DENSE_MODES)
   _choice(config, "model.dtype", ("float32", "bfloat16"))
-  _choice(config, "model.daction_label", ("daction", "cart", "wish"))
   _choice(config, "embedding.dtype", ("float32", "bfloat16"))
   sharding = config.embedding.get("sharding", "auto")  # absent from configs saved before it existed
   if sharding not in ("auto", "replicated", "row"):
@@ -132,19 +131,15 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       any(not isinstance(h, int) or isinstance(h, bool) or h <= 0 for h in hidden)):
     raise ConfigError(f"model.hidden={hidden!r}: tower sizes are missing; give a non-empty list of "
                       "positive ints, e.g. --config.model.hidden=200,80")
-  for key in ("model.embed_dim", "train.batch_size", "train.eval_batch_size", "train.log_every",
+  for key in ("train.batch_size", "train.eval_batch_size", "train.log_every",
               "checkpoint.every_steps", "checkpoint.keep"):
     sect, name = key.split(".")
     if int(config[sect][name]) <= 0:
       raise ConfigError(f"{key}={config[sect][name]!r} must be positive")
-  if not 0.0 <= config.model.dropout < 1.0:
-    raise ConfigError(f"model.dropout={config.model.dropout!r} must be in [0, 1)")
   if not 0.0 < config.data.train_fraction <= 1.0:
     raise ConfigError(f"data.train_fraction={config.data.train_fraction!r} must be in (0, 1]")
   if config.train.num_steps <= 0 and config.train.num_epochs <= 0:
     raise ConfigError("train.num_steps and train.num_epochs are both <= 0: nothing to train")
-  if len(tuple(config.model.loss_weights)) != 3:
-    raise ConfigError(f"model.loss_weights={tuple(config.model.loss_weights)!r} needs 3 values (w1, w2, w3)")
   for key in ("data.train_dir", "data.eval_dir"):
     path = config.data[key.split(".")[1]]
     if path and not os.path.isdir(path):
@@ -171,6 +166,20 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if config.distributed.num_processes > 1 and not config.distributed.coordinator:
     raise ConfigError("distributed.num_processes > 1 needs distributed.coordinator (host:port)")
   return config
+
+
+def _check_model(model: ml_collections.ConfigDict) -> None:
+  """The model section: the name is registered, the network keys are in range, every model
+  hyperparameter is within the range its model declares, and no key is unknown to every model."""
+  model_registry.check_section(model)
+  embed_dim = model.embed_dim
+  if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim <= 0:
+    raise ValueError(f"model.embed_dim={embed_dim!r} is not allowed: an int > 0")
+  dropout = model.dropout
+  if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+    raise ValueError(f"model.dropout={dropout!r} is not allowed: in [0, 1)")
+  if not isinstance(model.get("fuse_towers", True), bool):
+    raise ValueError(f"model.fuse_towers={model.fuse_towers!r} is not allowed: True or False")
 
 
 def check_devices(config: ml_collections.ConfigDict, num_devices: int, num_processes: int) -> None:
