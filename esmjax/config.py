@@ -47,16 +47,14 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.embedding = C()
   c.embedding.optimizer = "rowwise_adagrad"  # sgd, adagrad, rowwise_adagrad, lazy_adam, ftrl
-  c.embedding.learning_rate = 0.05  # row-wise optimizer learning rate
   c.embedding.init_std = 0.01  # tables start ~ N(0, init_std²)
-  c.embedding.eps = 1e-8  # Adagrad / Adam denominator epsilon
-  c.embedding.initial_accumulator = 0.0  # Adagrad family / FTRL starting accumulator
-  c.embedding.beta1 = 0.9  # lazy Adam
-  c.embedding.beta2 = 0.999  # lazy Adam
-  c.embedding.l1 = 0.0  # FTRL l1
-  c.embedding.l2 = 0.0  # FTRL l2
   c.embedding.dtype = "float32"  # table storage: float32 or bfloat16 (slots stay float32)
   c.embedding.sharding = "auto"  # tables: row (rows over mesh.axis), replicated, auto (row if > 1 device)
+  # The row-wise optimizers' hyperparameters (learning_rate 0.05, eps, initial_accumulator, beta1,
+  # beta2, l1, l2, ftrl_beta): declared, documented and range-checked in
+  # esmjax/embedding/optimizers.py, each on the optimizer that reads it.
+  for key, value in opt_lib.default_hyperparameters().items():
+    c.embedding[key] = value
 
   c.optimizer = C()
   c.optimizer.name = "adam"  # tower optimizer (optax): adam, adamw, adagrad, sgd
@@ -115,7 +113,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks every enumerated value and the contradictions a run cannot survive."""
   try:
     _check_model(config.model)
-    opt_lib.SparseOptimizer.parse(config.embedding.optimizer)
+    _check_embedding(config.embedding)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   _choice(config, "model.activation", layers.ACTIVATIONS)
@@ -180,6 +178,23 @@ def _check_model(model: ml_collections.ConfigDict) -> None:
     raise ValueError(f"model.dropout={dropout!r} is not allowed: in [0, 1)")
   if not isinstance(model.get("fuse_towers", True), bool):
     raise ValueError(f"model.fuse_towers={model.fuse_towers!r} is not allowed: True or False")
+
+
+EMBEDDING_KEYS = ("optimizer", "init_std", "dtype", "sharding")  # besides the optimizers' own
+
+
+def _check_embedding(embedding: ml_collections.ConfigDict) -> None:
+  """The embedding section: a registered optimizer, every optimizer hyperparameter within the range
+  its optimizer declares, init_std >= 0, and no key unknown to the engine and every optimizer."""
+  opt_lib.check_section(embedding)
+  known = (*EMBEDDING_KEYS, *opt_lib.hyperparameters())
+  for key in embedding:
+    if key not in known:
+      raise ValueError(f"embedding.{key} is not a key of the engine or any optimizer; keys: "
+                       f"{sorted(known)}")
+  std = embedding.init_std
+  if isinstance(std, bool) or not isinstance(std, (int, float)) or not std >= 0:
+    raise ValueError(f"embedding.init_std={std!r} is not allowed: a number >= 0")
 
 
 def check_devices(config: ml_collections.ConfigDict, num_devices: int, num_processes: int) -> None:

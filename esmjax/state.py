@@ -71,12 +71,6 @@ def tower_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformat
   return tx
 
 
-def sparse_opt_config(cfg: ml_collections.ConfigDict) -> opt_lib.SparseOptConfig:
-  return opt_lib.SparseOptConfig(
-      kind=opt_lib.SparseOptimizer.parse(cfg.optimizer), learning_rate=cfg.learning_rate, eps=cfg.eps,
-      initial_accumulator=cfg.initial_accumulator, beta1=cfg.beta1, beta2=cfg.beta2, l1=cfg.l1, l2=cfg.l2)
-
-
 EMBEDDING_SHARDINGS = ("auto", "replicated", "row")  # values of embedding.sharding
 
 
@@ -109,7 +103,7 @@ def build(config: ml_collections.ConfigDict, schema: ds_lib.Schema, *, row_multi
       schema, bucketise_dense=config.model.dense_mode == "bucket", row_multiple=row_multiple)
   make = engine_factory or engine_factory_for(config, mesh)
   engine = make(layout=layout, dim=config.model.embed_dim, table_names=model.table_sets,
-                opt=sparse_opt_config(config.embedding), init_std=config.embedding.init_std,
+                opt=opt_lib.from_config(config.embedding), init_std=config.embedding.init_std,
                 param_dtype=DTYPES[config.embedding.dtype])
   return Components(model, engine, tower_optimizer(config.optimizer), layout, schema, label_columns)
 

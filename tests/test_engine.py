@@ -1,5 +1,6 @@
 """The sparse engine equals the dense-autodiff reference on a tiny table, for every optimizer."""
 
+import dataclasses
 import functools
 
 import jax
@@ -8,8 +9,10 @@ import numpy as np
 import pytest
 
 import tiny
+from esmjax import config as config_lib
 from esmjax import state as state_lib
 from esmjax import steps
+from esmjax.embedding import merge
 from esmjax.embedding import optimizers as opt_lib
 
 
@@ -48,7 +51,7 @@ def test_sparse_step_equals_dense_reference(model, opt):
 def test_merge_duplicates_sums_equal_ids():
   ids = jnp.asarray([5, 2, 5, 7, 2, 5], jnp.int32)
   g = jnp.arange(12, dtype=jnp.float32).reshape(6, 2)
-  uids, gs = opt_lib.merge_duplicates(ids, g, num_rows=10)
+  uids, gs = merge.merge_duplicates(ids, g, num_rows=10)
   assert list(np.asarray(uids)) == [2, 5, 7, 10, 10, 10]
   np.testing.assert_allclose(gs[:3], [[2 + 8, 3 + 9], [0 + 4 + 10, 1 + 5 + 11], [6, 7]])
   np.testing.assert_allclose(gs[3:], 0)
@@ -58,8 +61,8 @@ def test_scratch_merge_equals_sort_merge_and_resets():
   rng = np.random.default_rng(0)
   ids = jnp.asarray(rng.zipf(1.3, 5000) % 300, jnp.int32)
   g = jnp.asarray(rng.normal(size=(5000, 3)), jnp.float32)
-  u1, g1 = opt_lib.merge_duplicates(ids, g, 300)
-  scratch, u2, g2 = jax.jit(opt_lib.merge_with_scratch)(jnp.full((300,), -1, jnp.int32), ids, g)
+  u1, g1 = merge.merge_duplicates(ids, g, 300)
+  scratch, u2, g2 = jax.jit(merge.merge_with_scratch)(jnp.full((300,), -1, jnp.int32), ids, g)
   a = {int(u): np.asarray(g1[i]) for i, u in enumerate(np.asarray(u1)) if u < 300}
   b = {int(u): np.asarray(g2[i]) for i, u in enumerate(np.asarray(u2)) if u < 300}
   assert a.keys() == b.keys() == set(np.asarray(ids).tolist())
@@ -69,9 +72,9 @@ def test_scratch_merge_equals_sort_merge_and_resets():
 
 
 def test_rowwise_adagrad_hand_computed():
-  cfg = opt_lib.SparseOptConfig(opt_lib.SparseOptimizer.ROWWISE_ADAGRAD, learning_rate=0.5, eps=0.0)
+  cfg = opt_lib.RowwiseAdagrad(learning_rate=0.5, eps=0.0)
   table = jnp.ones((4, 2))
-  slots = opt_lib.init_slots(cfg, 4, 2)
+  slots = cfg.init_slots(4, 2)
   uids = jnp.asarray([1, 4], jnp.int32)  # 4 is out of range: dropped
   g = jnp.asarray([[3.0, 4.0], [9.0, 9.0]])
   t, s = opt_lib.apply_rows(cfg, table, slots, uids, g, jnp.int32(0))
@@ -83,4 +86,32 @@ def test_rowwise_adagrad_hand_computed():
 
 def test_unknown_optimizer_names_allowed_values():
   with pytest.raises(ValueError, match=r"embedding.optimizer='adam'.*rowwise_adagrad"):
-    opt_lib.SparseOptimizer.parse("adam")
+    opt_lib.get("adam")
+
+
+@pytest.mark.parametrize("name", opt_lib.names())
+def test_every_optimizer_hyperparameter_is_reached_from_the_config(name):
+  """Each field of each optimizer is read from config.embedding by name (ftrl_beta included)."""
+  cfg = tiny.tiny_config("esmm")
+  cfg.embedding.optimizer = name
+  fields = [f.name for f in dataclasses.fields(opt_lib.get(name))]
+  for i, key in enumerate(fields):
+    cfg.embedding[key] = 0.5 + 0.01 * i  # valid for every range (rates, betas, eps, l1/l2, ...)
+  c = state_lib.build(config_lib.validate(cfg), tiny.tiny_schema())
+  assert type(c.engine.opt) is opt_lib.get(name)
+  want = {k: 0.5 + 0.01 * i for i, k in enumerate(fields)}
+  assert {k: getattr(c.engine.opt, k) for k in fields} == want
+  assert "ftrl_beta" in fields or name != "ftrl"
+
+
+def test_ftrl_beta_changes_the_step_as_hand_computed():
+  # One row, one step from w = 0, z = n = 0: n' = g², σ = |g|/lr, z' = g; w' = -(z' - sign·l1) /
+  # ((β + |g|)/lr + l2).
+  g = jnp.asarray([[2.0, -4.0]])
+  for beta in (1.0, 3.0):
+    opt = opt_lib.make("ftrl", learning_rate=0.5, l1=1.0, l2=0.25, ftrl_beta=beta)
+    t, s = opt_lib.apply_rows(opt, jnp.zeros((1, 2)), opt.init_slots(1, 2), jnp.asarray([0]), g,
+                              jnp.int32(0))
+    want = [-(2.0 - 1.0) / ((beta + 2.0) / 0.5 + 0.25), -(-4.0 + 1.0) / ((beta + 4.0) / 0.5 + 0.25)]
+    np.testing.assert_allclose(t[0], want, rtol=1e-6)
+    np.testing.assert_allclose(s["n"][0], [4.0, 16.0])

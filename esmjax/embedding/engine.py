@@ -5,10 +5,11 @@ independent baselines have one set per tower); field f owns rows offset_f : offs
 so a batch's ids become one int32 matrix `gids` [B, C] (C = single fields + multi-valued slots +
 bucketised dense fields) and one gather serves every field.
 
-The step (DESIGN.md §4): rows = lookup(table, gids) → model → grads w.r.t. rows → merge duplicate
-ids → row-wise optimizer on the touched rows. `Engine` is the small interface (init, lookup, update,
-`row_sharded`) that the row-sharded engine (`esmjax.embedding.sharded`) fills in with shard_map
-collectives; both share `init_rows` and `merged_update`.
+The step (docs/design.md, Embedding engine): rows = lookup(table, gids) → model → grads w.r.t.
+rows → merge duplicate ids → row-wise optimizer on the touched rows. `Engine` is the small
+interface (init, lookup, update, `row_sharded`) that the row-sharded engine
+(`esmjax.embedding.sharded`) fills in with shard_map collectives; both share `init_rows` and
+`merged_update`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from esmjax import schema as schema_lib
+from esmjax.embedding import merge
 from esmjax.embedding import optimizers as opt_lib
 
 
@@ -112,7 +114,7 @@ def init_rows(key: jax.Array, first_row, num_rows: int, dim: int, std: float, dt
   return jax.lax.fori_loop(0, -(-num_rows // k), body, jnp.zeros((num_rows, dim), dtype))
 
 
-def merged_update(opt: opt_lib.SparseOptConfig, dim: int, tables, slots, scratch, ids: jax.Array,
+def merged_update(opt: opt_lib.SparseOptimizer, dim: int, tables, slots, scratch, ids: jax.Array,
                   grads: dict[str, jax.Array], step: jax.Array, rows: dict[str, jax.Array] | None = None):
   """Merge duplicate ids, then the row-wise optimizer on each set: the update of one device.
 
@@ -133,7 +135,7 @@ def merged_update(opt: opt_lib.SparseOptConfig, dim: int, tables, slots, scratch
     rows = None
   g_all = [grads[name].reshape(n, -1) for name in names]
   g_all = g_all[0] if len(g_all) == 1 else jnp.concatenate(g_all, axis=1)
-  scratch, uids, g_all = opt_lib.merge_with_scratch(scratch, ids, g_all)
+  scratch, uids, g_all = merge.merge_with_scratch(scratch, ids, g_all)
   new_t, new_s = {}, {}
   for i, name in enumerate(names):
     g = g_all[:, i * dim:(i + 1) * dim]
@@ -149,7 +151,7 @@ class Engine:
   layout: FeatureLayout
   dim: int
   table_names: tuple[str, ...]
-  opt: opt_lib.SparseOptConfig
+  opt: opt_lib.SparseOptimizer
   init_std: float = 0.01
   param_dtype: Any = jnp.float32  # table storage dtype (bf16 option); slots stay f32
 
@@ -161,7 +163,7 @@ class Engine:
     v = self.layout.padded_rows
     tables = {name: init_rows(jax.random.fold_in(rng, i), 0, v, self.dim, self.init_std, self.param_dtype)
               for i, name in enumerate(self.table_names)}
-    slots = {name: opt_lib.init_slots(self.opt, v, self.dim) for name in self.table_names}
+    slots = {name: self.opt.init_slots(v, self.dim) for name in self.table_names}
     return tables, slots, jnp.full((v,), -1, jnp.int32)
 
   def lookup(self, tables: dict[str, jax.Array], gids: jax.Array) -> dict[str, jax.Array]:
