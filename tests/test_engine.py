@@ -12,6 +12,7 @@ import tiny
 from esmjax import config as config_lib
 from esmjax import state as state_lib
 from esmjax import steps
+from esmjax.embedding import engine as engine_lib
 from esmjax.embedding import merge
 from esmjax.embedding import optimizers as opt_lib
 
@@ -115,3 +116,70 @@ def test_ftrl_beta_changes_the_step_as_hand_computed():
     want = [-(2.0 - 1.0) / ((beta + 2.0) / 0.5 + 0.25), -(-4.0 + 1.0) / ((beta + 4.0) / 0.5 + 0.25)]
     np.testing.assert_allclose(t[0], want, rtol=1e-6)
     np.testing.assert_allclose(s["n"][0], [4.0, 16.0])
+
+
+def test_max_unique_bounds_the_distinct_rows_of_any_batch():
+  layout = state_lib.build(tiny.tiny_config("esmm", **{"model.dense_mode": "bucket"}),
+                           tiny.tiny_schema()).layout
+  # Fields in table order: user 12, item 9, ctx 4 | hist 9 (3 slots), tags 6 (2 slots) | price 4,
+  # age 4 buckets. A batch of 2 looks each single-valued field up twice and hist 6 times.
+  assert layout.vocab_sizes == (12, 9, 4, 9, 6, 4, 4)
+  assert layout.max_unique(2) == 2 + 2 + 2 + 6 + 4 + 2 + 2
+  assert layout.max_unique(1000) == layout.num_rows == 12 + 9 + 4 + 9 + 6 + 4 + 4
+  rng = np.random.default_rng(0)
+  for n in (1, 3, 16):
+    b = tiny.random_block(tiny.tiny_schema(), n, seed=n)
+    b["sparse"][:] = rng.integers(-5, 30, b["sparse"].shape)  # ids outside their fields
+    b["mv_ids"][:] = rng.integers(-5, 30, b["mv_ids"].shape)
+    gids = np.asarray(layout.global_ids(jnp.asarray(b["sparse"]), jnp.asarray(b["mv_ids"]),
+                                        jnp.asarray(b["dense"])))
+    assert len(np.unique(gids)) <= layout.max_unique(n)
+    # Clamped into their own field's rows: column j stays within field j's [offset, offset + vocab).
+    starts = np.repeat([0, 12, 21, 25, 34, 40, 44], [1, 1, 1, 3, 2, 1, 1])
+    stops = starts + np.repeat(layout.vocab_sizes, [1, 1, 1, 3, 2, 1, 1])
+    assert np.all((gids >= starts) & (gids < stops))
+
+
+def _ids_and_grads(v=50, n=400, d=3, seed=1):
+  rng = np.random.default_rng(seed)
+  owned_elsewhere = rng.random(n) < 0.2  # ids of other devices: outside [0, v)
+  ids = np.where(owned_elsewhere, rng.integers(v, 2 * v, n), rng.zipf(1.4, n) % v)
+  grads = {s: jnp.asarray(rng.normal(size=(n, d)), jnp.float32) for s in ("a", "b")}
+  return jnp.asarray(ids, jnp.int32), grads, len(set(ids.tolist()) & set(range(v)))
+
+
+def test_compact_merge_sums_exactly_as_the_full_one():
+  ids, grads, distinct = _ids_and_grads()
+  g = grads["a"]
+  _, u_full, g_full = jax.jit(merge.merge_with_scratch)(jnp.full((50,), -1, jnp.int32), ids, g)
+  want = {int(u): np.asarray(g_full[i]) for i, u in enumerate(np.asarray(u_full)) if u < 50}
+  for cap in (distinct, distinct + 7):
+    scratch, u, gc = jax.jit(functools.partial(merge.merge_with_scratch, capacity=cap))(
+        jnp.full((50,), -1, jnp.int32), ids, g)
+    assert u.shape == (cap,) and np.all(np.asarray(scratch) == -1)
+    got = {int(k): np.asarray(gc[i]) for i, k in enumerate(np.asarray(u)) if k < 50}
+    assert got.keys() == want.keys() and len(got) == distinct
+    for k in want:  # the same gradients added in the same order: the same bits
+      np.testing.assert_array_equal(got[k], want[k])
+
+
+@pytest.mark.parametrize("opt", opt_lib.names())
+def test_compact_merge_updates_as_the_full_one(opt):
+  """merged_update with a capacity (U compact rows) equals it without (N rows), with duplicates and
+  ids other devices own. Bit for bit, except row-wise Adagrad: XLA vectorises its per-row mean
+  differently for U and N rows, which can move a row by one float32 ulp."""
+  ids, grads, distinct = _ids_and_grads()
+  o = opt_lib.make(opt, learning_rate=0.1, initial_accumulator=0.1, l1=0.01)
+  rng = np.random.default_rng(2)
+  tables = {s: jnp.asarray(rng.normal(size=(50, 3)), jnp.float32) for s in grads}
+  slots = {s: o.init_slots(50, 3) for s in grads}
+  scratch = jnp.full((50,), -1, jnp.int32)
+  full = jax.jit(functools.partial(engine_lib.merged_update, o, 3))(
+      tables, slots, scratch, ids, grads, jnp.int32(2))
+  check = (functools.partial(np.testing.assert_allclose, rtol=3e-7, atol=0)
+           if opt == "rowwise_adagrad" else np.testing.assert_array_equal)
+  for cap in (distinct, distinct + 7, 400):
+    compact = jax.jit(functools.partial(engine_lib.merged_update, o, 3, capacity=cap))(
+        tables, slots, scratch, ids, grads, jnp.int32(2))
+    jax.tree_util.tree_map(lambda x, y: check(np.asarray(x), np.asarray(y)), compact, full)
+  assert np.all(np.asarray(full[2]) == -1)

@@ -100,11 +100,15 @@ class ShardedEngine:
     """
     del rows
     ax = self.axis
+    # Distinct ids of the global batch bound those a device owns. Not capped at the device's rows:
+    # a buffer of them would be O(table) work per step wherever the bound exceeds them.
+    cap = self.layout.max_unique(gids.shape[0])
 
     def local(tabs, slts, scr, ids, grs, stp):
       ids = self._local_ids(jax.lax.all_gather(ids, ax, tiled=True).reshape(-1))
       grs = {n: jax.lax.all_gather(g, ax, tiled=True) for n, g in grs.items()}
-      return engine_lib.merged_update(self.opt, self.dim, tabs, slts, scr, ids, grs, stp)
+      return engine_lib.merged_update(self.opt, self.dim, tabs, slts, scr, ids, grs, stp,
+                                      capacity=cap)
 
     return self._map(local, (P(ax), P(ax), P(ax), P(ax), P(ax), P()), (P(ax), P(ax), P(ax)))(
         tables, slots, scratch, gids, grads, step)
