@@ -87,7 +87,7 @@ def test_unfused_network_is_the_tower_reference_bit_for_bit(dropout):
   _assert_trees(got(state.params, emb), want(state.params, emb), exact=True)
 
 
-@pytest.mark.parametrize("model", ["esmm", "esm2"])
+@pytest.mark.parametrize("model", ["esmm", "esm2", "escm2_dr"])
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_fused_towers_equal_separate_towers(model, dropout):
   (cf, sf), (cs, ss) = _setup(model, True, dropout), _setup(model, False, dropout)
