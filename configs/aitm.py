@@ -7,6 +7,15 @@ Two towers on shared embeddings; the conversion tower attends over its own repre
 information transferred from the click tower; loss BCE(click, pCTR) + BCE(click∧buy, pCTCVR)
 + 0.6·mean(max(pCTCVR − pCTR, 0)); pCVR = min(pCTCVR / pCTR, 1) (esmjax/models/aitm.py). Same
 sizes, data and schedule as configs/esmm.py (towers 200-80, embedding 18, 977 steps of 1024).
+
+Expected (seed 0, 200 k eval impressions, one run; float32 summation order moves these in the
+third decimal):
+
+  task        AUC     GAUC   log-loss
+  ctr       0.707    0.691    0.184
+  cvr       0.748    0.709    0.267     (clicked impressions only)
+  ctcvr     0.781    0.769    0.026
+  entire-space CVR AUC (pCVR vs would-buy, all impressions): 0.735
 """
 
 from esmjax import config as config_lib
