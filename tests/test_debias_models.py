@@ -64,7 +64,7 @@ def test_escm2_ipw_floor_and_weights_come_from_the_config():
   cfg.model.escm2_min_pctr = 0.2
   cfg.model.escm2_loss_weights = (0.0, 1.0, 0.0)
   m = state_lib.build(cfg, tiny.tiny_schema()).model
-  loss, parts = m.loss(*_jax(z, click, buy), jax.random.PRNGKey(0))
+  loss, _ = m.loss(*_jax(z, click, buy), jax.random.PRNGKey(0))
   np.testing.assert_allclose(loss, np.mean(click * bce(buy, sig(z["cvr"])) / 0.2), rtol=1e-5)
 
 
