@@ -187,9 +187,9 @@ def model_towers(model: str) -> tuple[tuple[str, str], ...]:
 
   Imports JAX (the model module): call it in workers, never in a benchmark's parent process.
   """
-  from esmjax.models import multitask as mt
+  from esmjax.models import registry
 
-  return mt.towers_of(mt.ModelName.parse(model))
+  return tuple(registry.get(model).towers)
 
 
 def flops_per_example(in_dim: int, hidden, towers: int) -> float:

@@ -124,7 +124,7 @@ def bce_from_logits(y, a):
 
 
 def log_probs(name: str, z: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-  """{log_pctr, log_pcvr, log_pctcvr[, log_pctavr]} from tower logits (esmjax's objective)."""
+  """{log_pctr, log_pcvr, log_pctcvr[, log_pctavr]} from tower logits (the models' `log_probs`)."""
   ls = F.logsigmoid
   if name == "esm2":
     l1, l2 = ls(z["ctr"]), ls(z["daction"])
@@ -135,7 +135,7 @@ def log_probs(name: str, z: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def loss_fn(name: str, loss_weights, z, labels: dict[str, torch.Tensor]):
-  """(total, {per-task}) exactly as esmjax's objective for esmm / esmm_ns / esm2."""
+  """(total, {per-task}) exactly as the `loss` of esmjax.models.esmm / esmm_ns / esm2."""
   lp = log_probs(name, z)
   click, buy = labels["click"], labels["buy"]
   ctr = bce_from_logits(click, z["ctr"])
@@ -176,7 +176,7 @@ class TorchMultiTask(nn.Module):
     self.dense_mode = m.dense_mode
     self.towers = common.model_towers(name)
     self.sets = tuple(dict.fromkeys(s for _, s in self.towers))
-    self.label_index = dict(c.label_index)
+    self.label_columns = dict(c.label_columns)
     self.tables = nn.ModuleDict()
     for s in self.sets:
       emb = nn.Embedding(lay.padded_rows, self.dim, sparse=sparse)
@@ -284,7 +284,8 @@ class TorchMultiTask(nn.Module):
   def head_loss(self, rows, dense, labels: torch.Tensor):
     z = self.head(rows, dense)
     lab = labels.float()
-    return loss_fn(self.name, self.loss_weights, z, {k: lab[:, i] for k, i in self.label_index.items()})
+    labels = {k: lab[:, list(cols)].amax(1) for k, cols in self.label_columns.items()}  # OR
+    return loss_fn(self.name, self.loss_weights, z, labels)
 
   def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return self.head(self.lookup(batch), batch["dense"])

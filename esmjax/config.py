@@ -14,7 +14,7 @@ import ml_collections
 
 from esmjax.embedding import optimizers as opt_lib
 from esmjax.models import layers
-from esmjax.models import multitask as mt
+from esmjax.models import registry as model_registry
 
 C = ml_collections.ConfigDict
 
@@ -35,31 +35,29 @@ def default_config(world: str = "default") -> ml_collections.ConfigDict:
 
   c = C()
   c.model = C()
-  c.model.name = "esmm"  # one of multitask.ModelName: esmm, esmm_ns, esm2, base, aman, ...
+  c.model.name = "esmm"  # a registered model, esmjax/models/<name>.py: esmm, esmm_ns, esm2, ...
   c.model.embed_dim = 18  # embedding dim per field (ESMM paper: 18)
   c.model.hidden = (200, 80)  # tower hidden sizes; each tower ends in one logit (paper: 200-80-1)
   c.model.activation = "relu"  # tower activation: relu, gelu, tanh, sigmoid, swish, leaky_relu
   c.model.dropout = 0.0  # dropout after each hidden layer (train only)
   c.model.dense_mode = "tanh"  # dense features: tanh (normalise + tanh embedding), bucket (ids), none
-  c.model.loss_weights = (1.0, 1.0, 1.0)  # ESM2 w1 (CTR), w2 (CTAVR), w3 (CTCVR)
-  c.model.daction_label = "daction"  # ESM2's DAction label column: daction (cart or wish), cart, wish
-  c.model.aman_rate = 0.1  # AMAN: fraction of unclicked impressions sampled as CVR negatives
-  c.model.oversample_k = 5.0  # OVERSAMPLING / DNN-OS: copies of each click→buy positive
-  c.model.unbias_min_pctr = 0.01  # UNBIAS: pCTR floor of the 1/pCTR weights
   c.model.dtype = "float32"  # activation dtype of the towers: float32 or bfloat16
+  c.model.fuse_towers = True  # towers on one input computed together (f32 roundoff from separate)
+  # Each model's own hyperparameters (loss_weights, daction_label, aman_rate, oversample_k, ...):
+  # declared, documented and range-checked in its module, esmjax/models/<name>.py (class Hparams).
+  for key, value in model_registry.default_hyperparameters().items():
+    c.model[key] = value
 
   c.embedding = C()
   c.embedding.optimizer = "rowwise_adagrad"  # sgd, adagrad, rowwise_adagrad, lazy_adam, ftrl
-  c.embedding.learning_rate = 0.05  # row-wise optimizer learning rate
   c.embedding.init_std = 0.01  # tables start ~ N(0, init_std²)
-  c.embedding.eps = 1e-8  # Adagrad / Adam denominator epsilon
-  c.embedding.initial_accumulator = 0.0  # Adagrad family / FTRL starting accumulator
-  c.embedding.beta1 = 0.9  # lazy Adam
-  c.embedding.beta2 = 0.999  # lazy Adam
-  c.embedding.l1 = 0.0  # FTRL l1
-  c.embedding.l2 = 0.0  # FTRL l2
   c.embedding.dtype = "float32"  # table storage: float32 or bfloat16 (slots stay float32)
   c.embedding.sharding = "auto"  # tables: row (rows over mesh.axis), replicated, auto (row if > 1 device)
+  # The row-wise optimizers' hyperparameters (learning_rate 0.05, eps, initial_accumulator, beta1,
+  # beta2, l1, l2, ftrl_beta): declared, documented and range-checked in
+  # esmjax/embedding/optimizers.py, each on the optimizer that reads it.
+  for key, value in opt_lib.default_hyperparameters().items():
+    c.embedding[key] = value
 
   c.optimizer = C()
   c.optimizer.name = "adam"  # tower optimizer (optax): adam, adamw, adagrad, sgd
@@ -116,14 +114,13 @@ def _choice(config, key: str, allowed) -> None:
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks every enumerated value and the contradictions a run cannot survive."""
   try:
-    mt.ModelName.parse(config.model.name)
-    opt_lib.SparseOptimizer.parse(config.embedding.optimizer)
+    _check_model(config.model)
+    _check_embedding(config.embedding)
   except ValueError as e:
     raise ConfigError(str(e)) from None
   _choice(config, "model.activation", layers.ACTIVATIONS)
   _choice(config, "model.dense_mode", layers.DENSE_MODES)
   _choice(config, "model.dtype", ("float32", "bfloat16"))
-  _choice(config, "model.daction_label", ("daction", "cart", "wish"))
   _choice(config, "embedding.dtype", ("float32", "bfloat16"))
   sharding = config.embedding.get("sharding", "auto")  # absent from configs saved before it existed
   if sharding not in ("auto", "replicated", "row"):
@@ -134,16 +131,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       any(not isinstance(h, int) or isinstance(h, bool) or h <= 0 for h in hidden)):
     raise ConfigError(f"model.hidden={hidden!r}: tower sizes are missing; give a non-empty list of "
                       "positive ints, e.g. --config.model.hidden=200,80")
-  for key in ("model.embed_dim",):
-    sect, name = key.split(".")
-    if int(config[sect][name]) <= 0:
-      raise ConfigError(f"{key}={config[sect][name]!r} must be positive")
-  if not 0.0 <= config.model.dropout < 1.0:
-    raise ConfigError(f"model.dropout={config.model.dropout!r} must be in [0, 1)")
   if not 0.0 < config.data.train_fraction <= 1.0:
     raise ConfigError(f"data.train_fraction={config.data.train_fraction!r} must be in (0, 1]")
-  if len(tuple(config.model.loss_weights)) != 3:
-    raise ConfigError(f"model.loss_weights={tuple(config.model.loss_weights)!r} needs 3 values (w1, w2, w3)")
   for key in ("data.train_dir", "data.eval_dir"):
     path = config.data[key.split(".")[1]]
     if path and not os.path.isdir(path):
@@ -226,6 +215,37 @@ def _validate_run_sections(config: ml_collections.ConfigDict) -> None:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
       raise ConfigError(f"distributed.coordinator={coordinator!r} is not HOST:PORT (a port in "
                         "[1, 65535])")
+
+
+def _check_model(model: ml_collections.ConfigDict) -> None:
+  """The model section: the name is registered, the network keys are in range, every model
+  hyperparameter is within the range its model declares, and no key is unknown to every model."""
+  model_registry.check_section(model)
+  embed_dim = model.embed_dim
+  if isinstance(embed_dim, bool) or not isinstance(embed_dim, int) or embed_dim <= 0:
+    raise ValueError(f"model.embed_dim={embed_dim!r} is not allowed: an int > 0")
+  dropout = model.dropout
+  if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+    raise ValueError(f"model.dropout={dropout!r} is not allowed: in [0, 1)")
+  if not isinstance(model.get("fuse_towers", True), bool):
+    raise ValueError(f"model.fuse_towers={model.fuse_towers!r} is not allowed: True or False")
+
+
+EMBEDDING_KEYS = ("optimizer", "init_std", "dtype", "sharding")  # besides the optimizers' own
+
+
+def _check_embedding(embedding: ml_collections.ConfigDict) -> None:
+  """The embedding section: a registered optimizer, every optimizer hyperparameter within the range
+  its optimizer declares, init_std >= 0, and no key unknown to the engine and every optimizer."""
+  opt_lib.check_section(embedding)
+  known = (*EMBEDDING_KEYS, *opt_lib.hyperparameters())
+  for key in embedding:
+    if key not in known:
+      raise ValueError(f"embedding.{key} is not a key of the engine or any optimizer; keys: "
+                       f"{sorted(known)}")
+  std = embedding.init_std
+  if isinstance(std, bool) or not isinstance(std, (int, float)) or not std >= 0:
+    raise ValueError(f"embedding.init_std={std!r} is not allowed: a number >= 0")
 
 
 def check_devices(config: ml_collections.ConfigDict, num_devices: int, num_processes: int) -> None:

@@ -67,6 +67,9 @@ def predict_dataset(predict_fn: Callable, state, dataset: ds_lib.Dataset, batch_
 def compute_metrics(cols: dict[str, np.ndarray], schema: ds_lib.Schema) -> dict[str, float]:
   """Global metrics from host columns (all processes' rows gathered by the caller)."""
   labels = {name: cols["labels"][:, i].astype(np.float64) for i, name in enumerate(schema.labels)}
+  if "daction" not in labels and ("cart" in labels or "wish" in labels):
+    # DAction is cart ∨ wish (the ESM2 paper's definition), as ESM2 trains on such logs.
+    labels["daction"] = np.maximum(labels.get("cart", 0.0), labels.get("wish", 0.0))
   preds = {k: cols[k].astype(np.float64) for k in ("pctr", "pcvr", "pctcvr", "pctavr") if k in cols}
   truth = None
   if "truth" in cols and "would_buy" in schema.truth:

@@ -1,4 +1,4 @@
-"""Train state as data, and the pieces a run is built from (model, objective, engine, optimizer).
+"""Train state as data, and the pieces a run is built from (model, engine, optimizers).
 
 `build(config, schema)` turns a validated config and a dataset schema into a `Components` bundle
 of static, hashable parts; everything that changes during training lives in `TrainState`.
@@ -11,7 +11,6 @@ import functools
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -22,9 +21,10 @@ from esmjax.data import dataset as ds_lib
 from esmjax.embedding import engine as engine_lib
 from esmjax.embedding import optimizers as opt_lib
 from esmjax.embedding import sharded as sharded_lib
-from esmjax.models import multitask as mt
+from esmjax.models import model as model_lib
+from esmjax.models import registry
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = model_lib.DTYPES
 TOWER_OPTIMIZERS = ("adam", "adamw", "adagrad", "sgd")
 
 
@@ -41,13 +41,17 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class Components:
-  model: nn.Module
-  objective: mt.Objective
+  model: model_lib.Model  # the registered model: network, log-probabilities, loss
   engine: Any  # engine.Engine or a sharded engine with the same interface
   tx: optax.GradientTransformation
   layout: engine_lib.FeatureLayout
   schema: ds_lib.Schema
-  label_index: dict[str, int]  # label name -> column of batch['labels']
+  label_columns: dict[str, tuple[int, ...]]  # label -> columns of batch['labels'] (their OR)
+
+  @property
+  def label_index(self) -> dict[str, int]:
+    """Label name -> its column of batch['labels'], for labels read from one column."""
+    return {name: cols[0] for name, cols in self.label_columns.items() if len(cols) == 1}
 
 
 def tower_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -65,12 +69,6 @@ def tower_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformat
   if cfg.get("grad_clip", 0.0):
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
   return tx
-
-
-def sparse_opt_config(cfg: ml_collections.ConfigDict) -> opt_lib.SparseOptConfig:
-  return opt_lib.SparseOptConfig(
-      kind=opt_lib.SparseOptimizer.parse(cfg.optimizer), learning_rate=cfg.learning_rate, eps=cfg.eps,
-      initial_accumulator=cfg.initial_accumulator, beta1=cfg.beta1, beta2=cfg.beta2, l1=cfg.l1, l2=cfg.l2)
 
 
 EMBEDDING_SHARDINGS = ("auto", "replicated", "row")  # values of embedding.sharding
@@ -99,38 +97,15 @@ def build(config: ml_collections.ConfigDict, schema: ds_lib.Schema, *, row_multi
           engine_factory=None, mesh=None) -> Components:
   """Components for `config` on `schema`. `mesh` (the run's) lets `embedding.sharding` pick the
   row-sharded engine; `row_multiple` pads the table rows to split evenly over it."""
-  name = mt.ModelName.parse(config.model.name)
-  missing = [l for l in mt.required_labels(name) if l not in schema.labels]
-  if missing:
-    raise ValueError(f"model.name={name.value!r} needs label(s) {missing}, but the dataset has only "
-                     f"{list(schema.labels)}")
-  dense_mode = config.model.dense_mode
-  layout = engine_lib.FeatureLayout.from_schema(schema, bucketise_dense=dense_mode == "bucket",
-                                                row_multiple=row_multiple)
-  dtype = DTYPES[config.model.dtype]
-  inputs = dict(
-      num_sparse=len(schema.sparse), mv_lens=tuple(f.max_len for f in schema.multi),
-      mv_pooling=tuple(f.pooling for f in schema.multi), dense_mode=dense_mode,
-      dense_mean=tuple(float(f.mean) for f in schema.dense) if dense_mode != "none" else (),
-      dense_std=tuple(float(f.std) or 1.0 for f in schema.dense) if dense_mode != "none" else ())
-  model = mt.MultiTaskModel(towers=mt.towers_of(name), inputs=inputs, hidden=tuple(config.model.hidden),
-                            activation=config.model.activation, dropout=config.model.dropout, dtype=dtype)
-  objective = mt.Objective(name, loss_weights=tuple(config.model.loss_weights),
-                           aman_rate=config.model.aman_rate, oversample_k=config.model.oversample_k,
-                           unbias_min_pctr=config.model.unbias_min_pctr)
+  model = registry.build(config.model, schema)
+  label_columns = model.label_columns(tuple(schema.labels))
+  layout = engine_lib.FeatureLayout.from_schema(
+      schema, bucketise_dense=config.model.dense_mode == "bucket", row_multiple=row_multiple)
   make = engine_factory or engine_factory_for(config, mesh)
-  engine = make(layout=layout, dim=config.model.embed_dim, table_names=mt.table_sets(name),
-                opt=sparse_opt_config(config.embedding), init_std=config.embedding.init_std,
+  engine = make(layout=layout, dim=config.model.embed_dim, table_names=model.table_sets,
+                opt=opt_lib.from_config(config.embedding), init_std=config.embedding.init_std,
                 param_dtype=DTYPES[config.embedding.dtype])
-  label_index = {l: i for i, l in enumerate(schema.labels)}
-  if name == mt.ModelName.ESM2:
-    # The ESM2 ablation trains DAction as SCart only / Wish only: the objective reads 'daction'.
-    dl = config.model.get("daction_label", "daction")
-    if dl not in label_index:
-      raise ValueError(f"model.daction_label={dl!r}, but the dataset has only labels {list(schema.labels)}")
-    label_index["daction"] = label_index[dl]
-  return Components(model, objective, engine, tower_optimizer(config.optimizer), layout, schema,
-                    label_index)
+  return Components(model, engine, tower_optimizer(config.optimizer), layout, schema, label_columns)
 
 
 def dummy_batch(c: Components, batch_size: int) -> dict[str, jax.Array]:
@@ -152,7 +127,7 @@ def init_state(c: Components, seed: int) -> TrainState:
   b = dummy_batch(c, 2)
   gids = c.layout.global_ids(b["sparse"], b["mv_ids"], b["dense"])
   emb = {n: jnp.zeros(gids.shape + (c.engine.dim,), jnp.float32) for n in tables}
-  params = c.model.init(k_params, emb, b["mv_w"], b["dense"], train=False)["params"]
+  params = c.model.init(k_params, emb, b["mv_w"], b["dense"])["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=c.tx.init(params),
                     tables=tables, slots=slots, scratch=scratch, rng=k_state)
 

@@ -1,9 +1,9 @@
 """Pure step functions: `train_step(c, state, batch) -> (state, metrics)` and `predict_step`.
 
 The embedding rows are looked up *outside* the gradient and differentiated as an input: the
-gradient is [B, C, D] (what the batch touched), never [V, D] (DESIGN.md §4). `dense_train_step`
-is the dense-autodiff reference used by tests: the same model and loss with the gradient taken
-through the whole table and the same optimizer applied densely.
+gradient is [B, C, D] (what the batch touched), never [V, D] (docs/design.md, Embedding engine).
+`dense_train_step` is the dense-autodiff reference used by tests: the same model and loss with the
+gradient taken through the whole table and the same optimizer applied densely.
 """
 
 from __future__ import annotations
@@ -13,21 +13,27 @@ import jax.numpy as jnp
 import optax
 
 from esmjax.embedding import optimizers as opt_lib
-from esmjax.models import multitask as mt
 from esmjax.state import Components, TrainState
 
 BATCH_KEYS = ("sparse", "mv_ids", "mv_w", "dense", "labels")
 
 
-def _labels(c: Components, batch) -> dict[str, jax.Array]:
+def labels(c: Components, batch) -> dict[str, jax.Array]:
+  """{label: float32 [B]}: each label the OR (max) of its columns of batch['labels']."""
   lab = batch["labels"].astype(jnp.float32)
-  return {name: lab[:, i] for name, i in c.label_index.items()}
+  out = {}
+  for name, cols in c.label_columns.items():
+    v = lab[:, cols[0]]
+    for i in cols[1:]:
+      v = jnp.maximum(v, lab[:, i])
+    out[name] = v
+  return out
 
 
 def _loss_fn(c: Components, params, emb, batch, rng, train: bool):
   z = c.model.apply({"params": params}, emb, batch["mv_w"], batch["dense"], train=train,
                     rngs={"dropout": jax.random.fold_in(rng, 1)} if train else None)
-  loss, parts = c.objective.loss(z, _labels(c, batch), jax.random.fold_in(rng, 2))
+  loss, parts = c.model.loss(z, labels(c, batch), jax.random.fold_in(rng, 2))
   return loss, parts
 
 
@@ -52,7 +58,7 @@ def predict_step(c: Components, state: TrainState, batch) -> dict[str, jax.Array
   gids = c.layout.global_ids(batch["sparse"], batch["mv_ids"], batch["dense"])
   emb = c.engine.lookup(state.tables, gids)
   z = c.model.apply({"params": state.params}, emb, batch["mv_w"], batch["dense"], train=False)
-  return mt.probabilities(c.objective.log_probs(z))
+  return c.model.probabilities(z)
 
 
 def dense_train_step(c: Components, state: TrainState, batch):

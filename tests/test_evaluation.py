@@ -10,6 +10,7 @@ import pytest
 import esmjax
 import tiny
 from esmjax import evaluation
+from esmjax.data import dataset as ds_lib
 from esmjax import metrics as M
 
 
@@ -94,3 +95,27 @@ def test_a_dead_cvr_tower_is_flagged(trained, caplog):
     m = model.evaluate(str(root / "eval"))
   assert evaluation.collapsed_tasks(m) == ["cvr"] and m["cvr/logit_std"] == 0.0
   assert "the cvr predictions are collapsed" in caplog.text
+
+
+def test_ctavr_is_evaluated_on_logs_with_cart_and_wish_but_no_daction():
+  # DAction = cart ∨ wish: the same metrics as with the column recorded.
+  rng = np.random.default_rng(0)
+  n = 400
+  click = rng.random(n) < 0.5
+  cart, wish = click & (rng.random(n) < 0.3), click & (rng.random(n) < 0.3)
+  buy = click & (rng.random(n) < 0.2)
+  preds = {k: rng.uniform(0.01, 0.99, n) for k in ("pctr", "pcvr", "pctcvr", "pctavr")}
+  users = rng.integers(0, 20, n)
+
+  def cols(labels):
+    return {"labels": np.stack(labels, 1).astype(np.uint8), "user": users, **preds}
+
+  with_column = evaluation.compute_metrics(
+      cols([click, buy, cart, wish, cart | wish]),
+      ds_lib.Schema(labels=("click", "buy", "cart", "wish", "daction")))
+  derived = evaluation.compute_metrics(cols([click, buy, cart, wish]),
+                                       ds_lib.Schema(labels=("click", "buy", "cart", "wish")))
+  assert derived["ctavr/auc"] == with_column["ctavr/auc"] and "ctavr/gauc" in derived
+  cart_only = evaluation.compute_metrics(cols([click, buy, cart]),
+                                         ds_lib.Schema(labels=("click", "buy", "cart")))
+  assert cart_only["n/dactions"] == cart.sum()

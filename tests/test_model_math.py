@@ -1,4 +1,4 @@
-"""Model math against NumPy: pCTCVR, pCTAVR, ESM2's pCVR, log-space losses."""
+"""Model math against NumPy: pCTCVR, pCTAVR, ESM2's pCVR, log-space losses; the model registry."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from esmjax.models import losses as L
-from esmjax.models import multitask as mt
+from esmjax.models import model as model_lib
+from esmjax.models import registry
 
 
 def sig(a):
@@ -18,9 +19,13 @@ def logits(n=64, seed=0, names=("ctr", "cvr", "daction", "buy_d", "buy_o", "ctcv
   return {k: rng.normal(0, 2, n).astype(np.float32) for k in names}
 
 
+def probs(name, z):
+  return registry.get(name)().probabilities({k: jnp.asarray(v) for k, v in z.items()})
+
+
 def test_esmm_probabilities_match_numpy():
   z = logits()
-  p = mt.probabilities(mt.Objective(mt.ModelName.ESMM).log_probs({k: jnp.asarray(v) for k, v in z.items()}))
+  p = probs("esmm", z)
   np.testing.assert_allclose(p["pctr"], sig(z["ctr"]), rtol=1e-5)
   np.testing.assert_allclose(p["pcvr"], sig(z["cvr"]), rtol=1e-5)
   np.testing.assert_allclose(p["pctcvr"], sig(z["ctr"]) * sig(z["cvr"]), rtol=1e-5)
@@ -28,7 +33,7 @@ def test_esmm_probabilities_match_numpy():
 
 def test_esm2_probabilities_match_numpy():
   z = logits(seed=1)
-  p = mt.probabilities(mt.Objective(mt.ModelName.ESM2).log_probs({k: jnp.asarray(v) for k, v in z.items()}))
+  p = probs("esm2", z)
   y1, y2, y3, y4 = sig(z["ctr"]), sig(z["daction"]), sig(z["buy_d"]), sig(z["buy_o"])
   pcvr = y2 * y3 + (1 - y2) * y4
   np.testing.assert_allclose(p["pctavr"], y1 * y2, rtol=1e-5)
@@ -38,7 +43,7 @@ def test_esm2_probabilities_match_numpy():
 
 def test_division_caps_pcvr_at_one():
   z = {"ctr": jnp.asarray([0.0, -3.0]), "ctcvr": jnp.asarray([-1.0, 2.0])}
-  p = mt.probabilities(mt.Objective(mt.ModelName.DIVISION).log_probs(z))
+  p = registry.get("division")().probabilities(z)
   np.testing.assert_allclose(p["pcvr"], [sig(-1.0) / 0.5, 1.0], rtol=1e-5)
 
 
@@ -52,8 +57,8 @@ def test_log_space_loss_equals_naive_where_finite():
   click = (rng.random(64) < 0.5).astype(np.float32)
   buy = click * (rng.random(64) < 0.5)
   lab = {"click": jnp.asarray(click), "buy": jnp.asarray(buy)}
-  loss, parts = mt.Objective(mt.ModelName.ESMM).loss({k: jnp.asarray(v) for k, v in z.items()}, lab,
-                                                     jax.random.PRNGKey(0))
+  loss, parts = registry.get("esmm")().loss({k: jnp.asarray(v) for k, v in z.items()}, lab,
+                                            jax.random.PRNGKey(0))
   pctr, pctcvr = sig(z["ctr"].astype(np.float64)), sig(z["ctr"].astype(np.float64)) * sig(z["cvr"].astype(np.float64))
   np.testing.assert_allclose(parts["ctr"], naive_bce(click, pctr), rtol=1e-5)
   np.testing.assert_allclose(parts["ctcvr"], naive_bce(click * buy, pctcvr), rtol=1e-5)
@@ -87,4 +92,28 @@ def test_log1mexp_matches_numpy_and_has_finite_grads():
 
 def test_model_name_error_lists_allowed_values():
   with pytest.raises(ValueError, match=r"model.name='esmmm'.*allowed.*'esm2'"):
-    mt.ModelName.parse("esmmm")
+    registry.get("esmmm")
+
+
+def test_registry_lists_every_model_papers_first():
+  names = registry.names()
+  assert names[:3] == ["esmm", "esmm_ns", "esm2"]
+  assert {"base", "aman", "oversampling", "unbias", "division", "dnn", "dnn_os"} <= set(names)
+  for name in names:
+    cls = registry.get(name)
+    assert cls.name == name and issubclass(cls, model_lib.Model)
+  # A module of the package that is not a model is not a model name.
+  with pytest.raises(ValueError, match=r"model.name='layers' is not a model"):
+    registry.get("layers")
+
+
+def test_paper_aliases_are_their_baselines():
+  z = {k: jnp.asarray(v) for k, v in logits(seed=4).items()}
+  rng = np.random.default_rng(5)
+  click = jnp.asarray((rng.random(64) < 0.5).astype(np.float32))
+  lab = {"click": click, "buy": click * jnp.asarray(rng.random(64) < 0.5, jnp.float32)}
+  for alias, model in (("dnn", "base"), ("dnn_os", "oversampling")):
+    a, b = registry.get(alias)(), registry.get(model)()
+    assert a.towers == b.towers and a.hp == b.hp
+    key = jax.random.PRNGKey(0)
+    np.testing.assert_array_equal(a.loss(z, lab, key)[0], b.loss(z, lab, key)[0])

@@ -5,10 +5,11 @@ independent baselines have one set per tower); field f owns rows offset_f : offs
 so a batch's ids become one int32 matrix `gids` [B, C] (C = single fields + multi-valued slots +
 bucketised dense fields) and one gather serves every field.
 
-The step (DESIGN.md §4): rows = lookup(table, gids) → model → grads w.r.t. rows → merge duplicate
-ids → row-wise optimizer on the touched rows. `Engine` is the small interface (init, lookup, update,
-`row_sharded`) that the row-sharded engine (`esmjax.embedding.sharded`) fills in with shard_map
-collectives; both share `init_rows` and `merged_update`.
+The step (docs/design.md, Embedding engine): rows = lookup(table, gids) → model → grads w.r.t.
+rows → merge duplicate ids → row-wise optimizer on the touched rows. `Engine` is the small
+interface (init, lookup, update, `row_sharded`) that the row-sharded engine
+(`esmjax.embedding.sharded`) fills in with shard_map collectives; both share `init_rows` and
+`merged_update`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from esmjax import schema as schema_lib
+from esmjax.embedding import merge
 from esmjax.embedding import optimizers as opt_lib
 
 
@@ -36,6 +38,20 @@ class FeatureLayout:
   dense_boundaries: tuple[tuple[float, ...], ...]
   num_rows: int  # before padding
   padded_rows: int  # rounded up so row-sharding divides evenly
+
+  @property
+  def vocab_sizes(self) -> tuple[int, ...]:
+    """Rows of each field in table order: single-valued, multi-valued, bucketised dense."""
+    starts = (*self.sparse_offsets, *self.mv_offsets, *self.dense_offsets)
+    return tuple(e - s for s, e in zip(starts, (*starts[1:], self.num_rows)))
+
+  def max_unique(self, batch_rows: int) -> int:
+    """An upper bound on the distinct table rows `batch_rows` examples look up: each field adds
+    min(its lookups, its rows). `global_ids` keeps every id inside its field's rows, so the bound
+    holds for any input."""
+    looks = ((batch_rows,) * len(self.sparse_offsets) + tuple(batch_rows * n for n in self.mv_lens)
+             + (batch_rows,) * len(self.dense_offsets))
+    return min(self.num_rows, sum(min(n, v) for n, v in zip(looks, self.vocab_sizes)))
 
   @property
   def num_columns(self) -> int:
@@ -64,11 +80,18 @@ class FeatureLayout:
                tuple(dense_offsets), tuple(bounds), off, padded)
 
   def global_ids(self, sparse: jax.Array, mv_ids: jax.Array, dense: jax.Array) -> jax.Array:
-    """Per-field ids -> stacked-table row ids, [B, C] int32 (inside jit)."""
-    cols = [sparse.astype(jnp.int32) + jnp.asarray(self.sparse_offsets, jnp.int32)] if self.sparse_offsets else []
+    """Per-field ids -> stacked-table row ids, [B, C] int32 (inside jit). An id outside its field's
+    [0, vocab) is clamped into it: it never reads or trains another field's rows."""
+    top = np.asarray(self.vocab_sizes, np.int32) - 1
+    n_sparse, n_mv = len(self.sparse_offsets), len(self.mv_lens)
+    cols = []
+    if self.sparse_offsets:
+      ids = jnp.clip(sparse.astype(jnp.int32), 0, jnp.asarray(top[:n_sparse]))
+      cols.append(ids + jnp.asarray(self.sparse_offsets, jnp.int32))
     if self.mv_lens:
       mv_off = np.repeat(np.asarray(self.mv_offsets, np.int32), self.mv_lens)
-      cols.append(mv_ids.astype(jnp.int32) + jnp.asarray(mv_off))
+      mv_top = np.repeat(top[n_sparse:n_sparse + n_mv], self.mv_lens)
+      cols.append(jnp.clip(mv_ids.astype(jnp.int32), 0, jnp.asarray(mv_top)) + jnp.asarray(mv_off))
     if self.dense_offsets:
       buckets = [jnp.searchsorted(jnp.asarray(b, jnp.float32), dense[:, i], side="right").astype(jnp.int32)
                  for i, b in enumerate(self.dense_boundaries)]
@@ -112,13 +135,20 @@ def init_rows(key: jax.Array, first_row, num_rows: int, dim: int, std: float, dt
   return jax.lax.fori_loop(0, -(-num_rows // k), body, jnp.zeros((num_rows, dim), dtype))
 
 
-def merged_update(opt: opt_lib.SparseOptConfig, dim: int, tables, slots, scratch, ids: jax.Array,
-                  grads: dict[str, jax.Array], step: jax.Array, rows: dict[str, jax.Array] | None = None):
+def merged_update(opt: opt_lib.SparseOptimizer, dim: int, tables, slots, scratch, ids: jax.Array,
+                  grads: dict[str, jax.Array], step: jax.Array,
+                  rows: dict[str, jax.Array] | None = None, capacity: int | None = None):
   """Merge duplicate ids, then the row-wise optimizer on each set: the update of one device.
 
   `ids` [N] index this device's tables (out-of-range ids are skipped: other devices own them);
   `grads[n]` and `rows[n]` are [N, D] aligned with `ids`. The sets share ids, so their gradients
   are merged side by side in one pass and split afterwards.
+
+  `capacity` (static; `FeatureLayout.max_unique`) bounds the distinct ids: with capacity U < N the
+  merge hands the optimizer U compact rows instead of N (`merge.merge_with_scratch`), which gathers
+  them from the table. The merged gradients are the same bits, and the optimizer does the same
+  arithmetic on them (XLA may vectorise row-wise Adagrad's per-row mean differently for U and N
+  rows: a last-bit difference on some rows).
 
   `rows` (the rows the lookup read) spare the optimizer a second random gather over the table, but
   only pay off when the table is larger than the [N, D] rows themselves: a smaller table stays in
@@ -133,7 +163,9 @@ def merged_update(opt: opt_lib.SparseOptConfig, dim: int, tables, slots, scratch
     rows = None
   g_all = [grads[name].reshape(n, -1) for name in names]
   g_all = g_all[0] if len(g_all) == 1 else jnp.concatenate(g_all, axis=1)
-  scratch, uids, g_all = opt_lib.merge_with_scratch(scratch, ids, g_all)
+  scratch, uids, g_all = merge.merge_with_scratch(scratch, ids, g_all, capacity)
+  if uids.shape[0] < n:
+    rows = None  # compacted: the U touched rows are gathered from the table
   new_t, new_s = {}, {}
   for i, name in enumerate(names):
     g = g_all[:, i * dim:(i + 1) * dim]
@@ -149,7 +181,7 @@ class Engine:
   layout: FeatureLayout
   dim: int
   table_names: tuple[str, ...]
-  opt: opt_lib.SparseOptConfig
+  opt: opt_lib.SparseOptimizer
   init_std: float = 0.01
   param_dtype: Any = jnp.float32  # table storage dtype (bf16 option); slots stay f32
 
@@ -161,7 +193,7 @@ class Engine:
     v = self.layout.padded_rows
     tables = {name: init_rows(jax.random.fold_in(rng, i), 0, v, self.dim, self.init_std, self.param_dtype)
               for i, name in enumerate(self.table_names)}
-    slots = {name: opt_lib.init_slots(self.opt, v, self.dim) for name in self.table_names}
+    slots = {name: self.opt.init_slots(v, self.dim) for name in self.table_names}
     return tables, slots, jnp.full((v,), -1, jnp.int32)
 
   def lookup(self, tables: dict[str, jax.Array], gids: jax.Array) -> dict[str, jax.Array]:
@@ -180,4 +212,5 @@ class Engine:
 
     `rows`: what `lookup` returned this step (optional; saves a second gather over the table).
     """
-    return merged_update(self.opt, self.dim, tables, slots, scratch, gids.reshape(-1), grads, step, rows)
+    return merged_update(self.opt, self.dim, tables, slots, scratch, gids.reshape(-1), grads, step,
+                         rows, capacity=self.layout.max_unique(gids.shape[0]))

@@ -2,8 +2,8 @@
 
 Device k of n owns rows [k·V/n, (k+1)·V/n) of every table, of its optimizer slots and of the
 duplicate-merge scratch, so a device holds 1/n of the embedding state and nothing ever builds a
-whole table on one device (torchrec's row-wise sharding; DESIGN.md §4). The batch is sharded over
-the same axis. One step:
+whole table on one device (torchrec's row-wise sharding; docs/design.md, Embedding engine). The
+batch is sharded over the same axis. One step:
 
   lookup   all_gather ids [B/n, C] -> [B, C]; each device reads the rows it owns (the others read
            as 0); psum_scatter sums the n partial [B, C, D] buffers and hands each device the rows
@@ -25,9 +25,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from esmjax.embedding import engine as engine_lib
+from esmjax.embedding import merge
 from esmjax.embedding import optimizers as opt_lib
 
 
@@ -38,7 +40,7 @@ class ShardedEngine:
   layout: engine_lib.FeatureLayout
   dim: int
   table_names: tuple[str, ...]
-  opt: opt_lib.SparseOptConfig
+  opt: opt_lib.SparseOptimizer
   mesh: Mesh
   axis: str = "data"
   init_std: float = 0.01
@@ -72,7 +74,7 @@ class ShardedEngine:
       tables = {name: engine_lib.init_rows(jax.random.fold_in(key, i), first, vs, self.dim, self.init_std,
                                            self.param_dtype)
                 for i, name in enumerate(self.table_names)}
-      slots = {name: opt_lib.init_slots(self.opt, vs, self.dim) for name in self.table_names}
+      slots = {name: self.opt.init_slots(vs, self.dim) for name in self.table_names}
       return tables, slots, jnp.full((vs,), -1, jnp.int32)
 
     return self._map(local, P(), rows)(rng)
@@ -83,7 +85,8 @@ class ShardedEngine:
 
     def local(tabs, ids):
       loc = self._local_ids(jax.lax.all_gather(ids, ax, tiled=True))
-      return {n: jax.lax.psum_scatter(opt_lib.gather_rows(t, loc), ax, scatter_dimension=0, tiled=True)
+      return {n: jax.lax.psum_scatter(merge.gather_rows(t, loc), ax, scatter_dimension=0,
+                                      tiled=True)
               for n, t in tabs.items()}
 
     return self._map(local, (P(ax), P(ax)), P(ax))(tables, gids)
@@ -97,11 +100,15 @@ class ShardedEngine:
     """
     del rows
     ax = self.axis
+    # Distinct ids of the global batch bound those a device owns. Not capped at the device's rows:
+    # a buffer of them would be O(table) work per step wherever the bound exceeds them.
+    cap = self.layout.max_unique(gids.shape[0])
 
     def local(tabs, slts, scr, ids, grs, stp):
       ids = self._local_ids(jax.lax.all_gather(ids, ax, tiled=True).reshape(-1))
       grs = {n: jax.lax.all_gather(g, ax, tiled=True) for n, g in grs.items()}
-      return engine_lib.merged_update(self.opt, self.dim, tabs, slts, scr, ids, grs, stp)
+      return engine_lib.merged_update(self.opt, self.dim, tabs, slts, scr, ids, grs, stp,
+                                      capacity=cap)
 
     return self._map(local, (P(ax), P(ax), P(ax), P(ax), P(ax), P()), (P(ax), P(ax), P(ax)))(
         tables, slots, scratch, gids, grads, step)

@@ -1,4 +1,5 @@
-"""Log-space probabilities and losses (DESIGN.md §1: no epsilon clipping that bends gradients).
+"""Log-space probabilities and losses (no epsilon clipping that bends gradients; docs/design.md,
+Models).
 
 Products of probabilities are sums of log-sigmoids; log(1 − p) for p = exp(lp) is `log1mexp`.
 Both branches of every `where` get safe inputs, so no NaN leaks into gradients.
@@ -40,6 +41,12 @@ def _wmean(x, w):
   if w is None:
     return jnp.mean(x)
   return jnp.sum(x * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def log_sigmoid_pair(a_ctr, a_cvr) -> dict:
+  """{log_pctr, log_pcvr, log_pctcvr} of the CTR × CVR factorisation from the two logits."""
+  l1, l3 = log_sigmoid(a_ctr), log_sigmoid(a_cvr)
+  return {"log_pctr": l1, "log_pcvr": l3, "log_pctcvr": l1 + l3}
 
 
 def log_mix(log_a, log_b, log_wa, log_wb):
