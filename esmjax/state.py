@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from esmjax.data import dataset as ds_lib
+from esmjax import schema as schema_lib
 from esmjax.embedding import engine as engine_lib
 from esmjax.embedding import optimizers as opt_lib
 from esmjax.embedding import sharded as sharded_lib
@@ -45,7 +45,7 @@ class Components:
   engine: Any  # engine.Engine or a sharded engine with the same interface
   tx: optax.GradientTransformation
   layout: engine_lib.FeatureLayout
-  schema: ds_lib.Schema
+  schema: schema_lib.Schema
   label_columns: dict[str, tuple[int, ...]]  # label -> columns of batch['labels'] (their OR)
 
   @property
@@ -93,7 +93,7 @@ def engine_factory_for(config: ml_collections.ConfigDict, mesh=None):
   return functools.partial(sharded_lib.ShardedEngine, mesh=mesh, axis=axis)
 
 
-def build(config: ml_collections.ConfigDict, schema: ds_lib.Schema, *, row_multiple: int = 1,
+def build(config: ml_collections.ConfigDict, schema: schema_lib.Schema, *, row_multiple: int = 1,
           engine_factory=None, mesh=None) -> Components:
   """Components for `config` on `schema`. `mesh` (the run's) lets `embedding.sharding` pick the
   row-sharded engine; `row_multiple` pads the table rows to split evenly over it."""
