@@ -46,7 +46,7 @@ def grown(schema, rows: int):
   i = max(range(len(schema.sparse)), key=lambda j: schema.sparse[j].vocab_size)
   f = schema.sparse[i]
   bigger = dataclasses.replace(f, vocab_size=f.vocab_size + max(0, rows - now))
-  return dataclasses.replace(schema, sparse=schema.sparse[:i] + (bigger,) + schema.sparse[i + 1:])
+  return dataclasses.replace(schema, sparse=schema.sparse[:i] + (bigger,) + schema.sparse[i + 1 :])
 
 
 def measure(name: str, config, schema, repeats: int, directory: str) -> dict:
@@ -74,9 +74,12 @@ def measure(name: str, config, schema, repeats: int, directory: str) -> dict:
     finally:
       c.close()
 
-  jobs = {"digest": lambda: digest_lib.digests(state),
-          "sha256": lambda: state_lib.state_fingerprint(state),
-          "restore": lambda: restore(False), "restore+verify": lambda: restore(True)}
+  jobs = {
+    "digest": lambda: digest_lib.digests(state),
+    "sha256": lambda: state_lib.state_fingerprint(state),
+    "restore": lambda: restore(False),
+    "restore+verify": lambda: restore(True),
+  }
   for job in jobs.values():  # compile and warm the caches
     job()
   times: dict[str, list[float]] = {k: [] for k in jobs}
@@ -87,11 +90,16 @@ def measure(name: str, config, schema, repeats: int, directory: str) -> dict:
       times[k].append(time.perf_counter() - t)
   shutil.rmtree(workdir, ignore_errors=True)
   leaves = jax.tree_util.tree_leaves(state)
-  return {"state": name, "table_rows": int(next(iter(state.tables.values())).shape[0]),
-          "state_mb": round(sum(x.nbytes for x in leaves) / 2**20, 1), "devices": run.mesh.size,
-          "backend": jax.default_backend(), "repeats": repeats,
-          **{f"{k}_s": round(statistics.median(v), 4) for k, v in times.items()},
-          "load_avg": [round(x, 2) for x in os.getloadavg()]}
+  return {
+    "state": name,
+    "table_rows": int(next(iter(state.tables.values())).shape[0]),
+    "state_mb": round(sum(x.nbytes for x in leaves) / 2**20, 1),
+    "devices": run.mesh.size,
+    "backend": jax.default_backend(),
+    "repeats": repeats,
+    **{f"{k}_s": round(statistics.median(v), 4) for k, v in times.items()},
+    "load_avg": [round(x, 2) for x in os.getloadavg()],
+  }
 
 
 def main(argv=None) -> None:

@@ -22,8 +22,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -69,15 +70,34 @@ def spread(values: list[float]) -> dict[str, float]:
   """Median and the noise around it: min, max and the relative half-range (max−min)/2/median."""
   v = [float(x) for x in values if x == x]
   if not v:
-    return {"median": float("nan"), "min": float("nan"), "max": float("nan"), "rel_half_range": float("nan"), "n": 0}
+    return {
+      "median": float("nan"),
+      "min": float("nan"),
+      "max": float("nan"),
+      "rel_half_range": float("nan"),
+      "n": 0,
+    }
   med = statistics.median(v)
-  return {"median": med, "min": min(v), "max": max(v),
-          "rel_half_range": (max(v) - min(v)) / 2 / med if med else float("nan"), "n": len(v)}
+  return {
+    "median": med,
+    "min": min(v),
+    "max": max(v),
+    "rel_half_range": (max(v) - min(v)) / 2 / med if med else float("nan"),
+    "n": len(v),
+  }
 
 
-def timed_windows(step: Callable[[int], Any], sync: Callable[[], Any], batch_size: int, *, warmup_s: float,
-                  windows: int, window_s: float, min_steps: int = 2,
-                  cpu_rates: list[float] | None = None) -> tuple[float, list[float], int]:
+def timed_windows(
+  step: Callable[[int], Any],
+  sync: Callable[[], Any],
+  batch_size: int,
+  *,
+  warmup_s: float,
+  windows: int,
+  window_s: float,
+  min_steps: int = 2,
+  cpu_rates: list[float] | None = None,
+) -> tuple[float, list[float], int]:
   """Runs `step(i)`; returns (first-step seconds incl. compile, examples/s per window, steps).
 
   `cpu_rates`, if given, receives examples per CPU-second of this process (all its threads) per
@@ -134,12 +154,20 @@ def paper_schema(table_rows: int, fields: int = PAPER_FIELDS):
   from esmjax.data import dataset as ds_lib
 
   vocab = max(2, int(table_rows) // fields)
-  return ds_lib.Schema(sparse=tuple(ds_lib.SparseField(f"f{i}", vocab) for i in range(fields)),
-                       labels=("click", "buy", "daction"))
+  return ds_lib.Schema(
+    sparse=tuple(ds_lib.SparseField(f"f{i}", vocab) for i in range(fields)),
+    labels=("click", "buy", "daction"),
+  )
 
 
-def bench_config(model: str = "esmm", batch_size: int = 4096, dtype: str = "float32",
-                 table_optimizer: str = "rowwise_adagrad", dim: int = PAPER_DIM, devices: int = 1):
+def bench_config(
+  model: str = "esmm",
+  batch_size: int = 4096,
+  dtype: str = "float32",
+  table_optimizer: str = "rowwise_adagrad",
+  dim: int = PAPER_DIM,
+  devices: int = 1,
+):
   """esmjax's default config with the paper sizes, for throughput runs."""
   from esmjax import config as config_lib
 
@@ -157,7 +185,9 @@ def bench_config(model: str = "esmm", batch_size: int = 4096, dtype: str = "floa
   return config_lib.validate(c)
 
 
-def zipf_batches(schema, batch_size: int, n: int, seed: int = 0, a: float = ZIPF_A) -> list[dict[str, np.ndarray]]:
+def zipf_batches(
+  schema, batch_size: int, n: int, seed: int = 0, a: float = ZIPF_A
+) -> list[dict[str, np.ndarray]]:
   """`n` batches of Zipf ids (per field over its vocabulary) and plausible labels."""
   from esmjax.data import dataset as ds_lib
 
@@ -214,22 +244,31 @@ def jax_throughput(spec: dict[str, Any]) -> dict[str, Any]:
   import jax
 
   from esmjax import sharding as sh
-  from esmjax import steps
-  from esmjax import trainer
+  from esmjax import steps, trainer
 
   devices = int(spec.get("devices", 1))
   mesh = sh.make_mesh(devices)
   schema = paper_schema(spec["rows"])
-  cfg = bench_config(spec.get("model", "esmm"), spec["batch"], spec.get("dtype", "float32"),
-                     spec.get("optimizer", "rowwise_adagrad"), devices=devices)
+  cfg = bench_config(
+    spec.get("model", "esmm"),
+    spec["batch"],
+    spec.get("dtype", "float32"),
+    spec.get("optimizer", "rowwise_adagrad"),
+    devices=devices,
+  )
   rss_import = rss_mb()
   t = time.perf_counter()
   run = trainer.Run(cfg, schema, mesh=mesh)
   state = run.init_fn()
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t
-  host = zipf_batches(schema, spec["batch"], spec.get("n_batches", 8), seed=spec.get("seed", 0),
-                      a=spec.get("zipf_a", ZIPF_A))
+  host = zipf_batches(
+    schema,
+    spec["batch"],
+    spec.get("n_batches", 8),
+    seed=spec.get("seed", 0),
+    a=spec.get("zipf_a", ZIPF_A),
+  )
   batches = [sh.put_batch({k: b[k] for k in steps.BATCH_KEYS}, mesh) for b in host]
   del host
   box = {"state": state, "m": None}
@@ -242,20 +281,35 @@ def jax_throughput(spec: dict[str, Any]) -> dict[str, Any]:
     jax.block_until_ready(box["m"])
 
   cpu = []
-  first, rates, steps_run = timed_windows(step, sync, spec["batch"], warmup_s=spec.get("warmup_s", 2.0),
-                                          windows=spec.get("windows", 3), window_s=spec.get("window_s", 3.0),
-                                          cpu_rates=cpu)
+  first, rates, steps_run = timed_windows(
+    step,
+    sync,
+    spec["batch"],
+    warmup_s=spec.get("warmup_s", 2.0),
+    windows=spec.get("windows", 3),
+    window_s=spec.get("window_s", 3.0),
+    cpu_rates=cpu,
+  )
   loss = float(jax.device_get(box["m"]["loss"]))
   dev = jax.devices()[0]
   stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
   return {
-      "framework": "jax", "ex_per_s": rates, "ex_per_cpu_s": cpu, "first_step_s": first, "init_s": init_s, "steps": steps_run,
-      "final_loss": loss, "peak_rss_mb": peak_rss_mb(), "rss_before_import_mb": rss0,
-      "rss_after_import_mb": rss_import,
-      "device_peak_mb": (stats or {}).get("peak_bytes_in_use", 0) / 2**20 if stats else None,
-      "engine": type(run.components.engine).__name__, "row_sharded": bool(getattr(run.components.engine, "row_sharded", False)),
-      "backend": jax.default_backend(), "num_devices": mesh.size,
-      "flops_per_example": model_flops(spec.get("model", "esmm"), len(schema.sparse)),
+    "framework": "jax",
+    "ex_per_s": rates,
+    "ex_per_cpu_s": cpu,
+    "first_step_s": first,
+    "init_s": init_s,
+    "steps": steps_run,
+    "final_loss": loss,
+    "peak_rss_mb": peak_rss_mb(),
+    "rss_before_import_mb": rss0,
+    "rss_after_import_mb": rss_import,
+    "device_peak_mb": (stats or {}).get("peak_bytes_in_use", 0) / 2**20 if stats else None,
+    "engine": type(run.components.engine).__name__,
+    "row_sharded": bool(getattr(run.components.engine, "row_sharded", False)),
+    "backend": jax.default_backend(),
+    "num_devices": mesh.size,
+    "flops_per_example": model_flops(spec.get("model", "esmm"), len(schema.sparse)),
   }
 
 
@@ -265,9 +319,13 @@ def jax_probe() -> dict[str, Any]:
   import jax
 
   devs = jax.devices()
-  out = {"backend": jax.default_backend(), "device_count": len(devs),
-         "device_kind": devs[0].device_kind if devs else "", "jax": jax.__version__,
-         "python": platform.python_version()}
+  out = {
+    "backend": jax.default_backend(),
+    "device_count": len(devs),
+    "device_kind": devs[0].device_kind if devs else "",
+    "jax": jax.__version__,
+    "python": platform.python_version(),
+  }
   try:
     import flax
 
@@ -298,8 +356,10 @@ def shipped_config(tree: Path | str, model: str, batch_size: int, num_steps: int
 
   path = Path(tree) / "configs" / f"{model}.py"
   if not path.is_file():
-    raise FileNotFoundError(f"no config {path}; models with a shipped config: "
-                            f"{sorted(p.stem for p in path.parent.glob('*.py'))}")
+    raise FileNotFoundError(
+      f"no config {path}; models with a shipped config: "
+      f"{sorted(p.stem for p in path.parent.glob('*.py'))}"
+    )
   c = config_flags.ConfigFileFlagParser("config", lock_config=False).parse(str(path))
   c.train.batch_size = int(batch_size)
   if num_steps > 0:
@@ -337,12 +397,17 @@ def read_run(workdir: Path | str) -> dict[str, Any]:
   lines = (workdir / "metrics.jsonl").read_text().splitlines()
   records = [json.loads(line) for line in lines if line.strip()]
   train = [r for r in records if r.get("split") == "train"]
-  return {"steps": steps, "batch": batch, "train_s": train_s, "first_step_s": compile_s,
-          "ex_per_s": (steps - 1) * batch / (train_s - compile_s) if steps > 1 else float("nan"),
-          "summary_ex_per_s": summary.get("examples_per_sec"),
-          "windows": [float(r["examples_per_sec"]) for r in train if "examples_per_sec" in r],
-          "losses": [(int(r["step"]), float(r["loss"])) for r in train],
-          "metrics": summary.get("metrics") or {}}
+  return {
+    "steps": steps,
+    "batch": batch,
+    "train_s": train_s,
+    "first_step_s": compile_s,
+    "ex_per_s": (steps - 1) * batch / (train_s - compile_s) if steps > 1 else float("nan"),
+    "summary_ex_per_s": summary.get("examples_per_sec"),
+    "windows": [float(r["examples_per_sec"]) for r in train if "examples_per_sec" in r],
+    "losses": [(int(r["step"]), float(r["loss"])) for r in train],
+    "metrics": summary.get("metrics") or {},
+  }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,31 +424,47 @@ def worker_env(devices: int | None = None, extra: dict[str, str] | None = None) 
   env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # accelerators: measured peaks, not 75 %
   env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   if devices is not None:
-    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
+    flags = re.sub(
+      r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")
+    ).strip()
     env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={int(devices)}".strip()
-  env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), str(BENCH), env.get("PYTHONPATH", "")) if p)
+  env["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(ROOT), str(BENCH), env.get("PYTHONPATH", "")) if p
+  )
   env.update(extra or {})
   return env
 
 
-def run_worker(script: Path | str, spec: dict[str, Any], *, env: dict[str, str] | None = None,
-               timeout: float = 600.0) -> dict[str, Any]:
+def run_worker(
+  script: Path | str,
+  spec: dict[str, Any],
+  *,
+  env: dict[str, str] | None = None,
+  timeout: float = 600.0,
+) -> dict[str, Any]:
   """Runs `python script --worker JSON`; returns its result dict, or {'error': ...}."""
   cmd = [sys.executable, str(script), "--worker", json.dumps(spec)]
   t = time.perf_counter()
   try:
-    p = subprocess.run(cmd, env=env or worker_env(), capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(
+      cmd, env=env or worker_env(), capture_output=True, text=True, timeout=timeout
+    )
   except subprocess.TimeoutExpired:
     return {"error": f"timed out after {timeout:.0f}s", "spec": spec}
   wall = time.perf_counter() - t
   for line in reversed(p.stdout.splitlines()):
     if line.startswith(RESULT_TAG):
-      out = json.loads(line[len(RESULT_TAG):])
+      out = json.loads(line[len(RESULT_TAG) :])
       out["wall_s"] = wall
       return out
   tail = (p.stderr or p.stdout)[-1500:]
-  return {"error": f"exit {p.returncode}" + (" (killed: out of memory?)" if p.returncode in (-9, 137) else "")
-          + f": {tail}", "spec": spec, "wall_s": wall}
+  return {
+    "error": f"exit {p.returncode}"
+    + (" (killed: out of memory?)" if p.returncode in (-9, 137) else "")
+    + f": {tail}",
+    "spec": spec,
+    "wall_s": wall,
+  }
 
 
 def worker_main(handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]]) -> bool:

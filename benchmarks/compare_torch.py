@@ -50,13 +50,27 @@ from esmjax import reporting
 
 ME = Path(__file__).resolve()
 JAX_VARIANTS = ("rowwise_adagrad", "adagrad", "lazy_adam")
-TORCH_VARIANTS = ("eager-sparse-rowwise_adagrad", "eager-sparse-adagrad", "eager-sparse-lazy_adam",
-                  "eager-dense-adagrad", "compile-sparse-rowwise_adagrad",
-                  "compile-dense-rowwise_adagrad", "compile-dense-adagrad", "compile-dense-adam")
+TORCH_VARIANTS = (
+  "eager-sparse-rowwise_adagrad",
+  "eager-sparse-adagrad",
+  "eager-sparse-lazy_adam",
+  "eager-dense-adagrad",
+  "compile-sparse-rowwise_adagrad",
+  "compile-dense-rowwise_adagrad",
+  "compile-dense-adagrad",
+  "compile-dense-adam",
+)
 QUICK_JAX = ("rowwise_adagrad",)
 QUICK_TORCH = ("eager-sparse-rowwise_adagrad", "compile-dense-adam")
-QUALITY_KEYS = ("ctr/auc", "cvr/auc", "ctcvr/auc", "ctavr/auc", "cvr/entire_space_auc", "ctr/gauc",
-                "ctcvr/logloss")
+QUALITY_KEYS = (
+  "ctr/auc",
+  "cvr/auc",
+  "ctcvr/auc",
+  "ctavr/auc",
+  "cvr/entire_space_auc",
+  "ctr/gauc",
+  "ctcvr/logloss",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,30 +94,57 @@ def torch_throughput(spec) -> dict:
   rss_import = common.rss_mb()
   variant = tr.Variant.parse(spec["variant"])
   schema = common.paper_schema(spec["rows"])
-  cfg = common.bench_config(spec.get("model", "esmm"), spec["batch"],
-                            table_optimizer=variant.config_optimizer)
+  cfg = common.bench_config(
+    spec.get("model", "esmm"), spec["batch"], table_optimizer=variant.config_optimizer
+  )
   torch.manual_seed(spec.get("seed", 0))
   t = time.perf_counter()
   model = tr.TorchMultiTask.from_config(cfg, schema, sparse=variant.sparse).to(dev)
   trainer = tr.Trainer(model, cfg, variant)
   init_s = time.perf_counter() - t
-  batches = [tr.to_torch(b, dev) for b in common.zipf_batches(schema, spec["batch"], spec.get("n_batches", 8),
-                                                               seed=spec.get("seed", 0), a=spec.get("zipf_a", common.ZIPF_A))]
+  batches = [
+    tr.to_torch(b, dev)
+    for b in common.zipf_batches(
+      schema,
+      spec["batch"],
+      spec.get("n_batches", 8),
+      seed=spec.get("seed", 0),
+      a=spec.get("zipf_a", common.ZIPF_A),
+    )
+  ]
   box = {"loss": None}
 
   def step(i):
     box["loss"] = trainer.step(batches[i % len(batches)])
 
   cpu = []
-  first, rates, steps_run = common.timed_windows(step, sync, spec["batch"], warmup_s=spec.get("warmup_s", 2.0),
-                                                 windows=spec.get("windows", 3), window_s=spec.get("window_s", 3.0),
-                                                 cpu_rates=cpu)
-  return {"framework": "torch", "ex_per_s": rates, "ex_per_cpu_s": cpu, "first_step_s": first, "init_s": init_s, "steps": steps_run,
-          "final_loss": float(box["loss"]), "peak_rss_mb": common.peak_rss_mb(), "rss_before_import_mb": rss0,
-          "rss_after_import_mb": rss_import, "state_mb": tr.state_bytes(trainer) / 2**20,
-          "device_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None,
-          "device": dev, "threads": torch.get_num_threads(), "torch": torch.__version__,
-          "flops_per_example": common.model_flops(spec.get("model", "esmm"), common.PAPER_FIELDS)}
+  first, rates, steps_run = common.timed_windows(
+    step,
+    sync,
+    spec["batch"],
+    warmup_s=spec.get("warmup_s", 2.0),
+    windows=spec.get("windows", 3),
+    window_s=spec.get("window_s", 3.0),
+    cpu_rates=cpu,
+  )
+  return {
+    "framework": "torch",
+    "ex_per_s": rates,
+    "ex_per_cpu_s": cpu,
+    "first_step_s": first,
+    "init_s": init_s,
+    "steps": steps_run,
+    "final_loss": float(box["loss"]),
+    "peak_rss_mb": common.peak_rss_mb(),
+    "rss_before_import_mb": rss0,
+    "rss_after_import_mb": rss_import,
+    "state_mb": tr.state_bytes(trainer) / 2**20,
+    "device_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None,
+    "device": dev,
+    "threads": torch.get_num_threads(),
+    "torch": torch.__version__,
+    "flops_per_example": common.model_flops(spec.get("model", "esmm"), common.PAPER_FIELDS),
+  }
 
 
 def _quality_config(spec):
@@ -155,34 +196,52 @@ def quality(spec) -> dict:
     finally:
       getattr(batches, "close", lambda: None)()
     t = time.perf_counter()
-    cols = evaluation.predict_dataset(tr.predict_fn(model, dev), None, eval_ds,
-                                      cfg.train.eval_batch_size, sh.make_mesh(1),
-                                      cfg.train.max_eval_rows)
+    cols = evaluation.predict_dataset(
+      tr.predict_fn(model, dev),
+      None,
+      eval_ds,
+      cfg.train.eval_batch_size,
+      sh.make_mesh(1),
+      cfg.train.max_eval_rows,
+    )
     metrics = evaluation.compute_metrics(cols, eval_ds.schema)
     eval_s = time.perf_counter() - t
   losses = [loss for _, loss in run["losses"]]
-  return {"framework": spec["framework"], "model": spec["model"], "seed": spec["seed"],
-          "steps": run["steps"], "examples": run["steps"] * bs, "ex_per_s": run["windows"],
-          "first_step_s": run["first_step_s"], "train_s": run["train_s"], "eval_s": eval_s,
-          "final_loss": losses[-1] if losses else float("nan"), "loss_curve": losses,
-          "peak_rss_mb": common.peak_rss_mb(),
-          "metrics": {k: float(v) for k, v in metrics.items() if k in QUALITY_KEYS}}
+  return {
+    "framework": spec["framework"],
+    "model": spec["model"],
+    "seed": spec["seed"],
+    "steps": run["steps"],
+    "examples": run["steps"] * bs,
+    "ex_per_s": run["windows"],
+    "first_step_s": run["first_step_s"],
+    "train_s": run["train_s"],
+    "eval_s": eval_s,
+    "final_loss": losses[-1] if losses else float("nan"),
+    "loss_curve": losses,
+    "peak_rss_mb": common.peak_rss_mb(),
+    "metrics": {k: float(v) for k, v in metrics.items() if k in QUALITY_KEYS},
+  }
 
 
 # ---------------------------------------------------------------------------------------------
 # The comparison.
 
 
-MALLOC = {"huge": "both frameworks start as `python -m esmjax.main` does (malloc on transparent huge pages: "
-                  "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 where glibc and the kernel support it)",
-          "os": "both frameworks run with malloc as the OS gives it (4 KB pages)"}
+MALLOC = {
+  "huge": "both frameworks start as `python -m esmjax.main` does (malloc on transparent huge pages: "
+  "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 where glibc and the kernel support it)",
+  "os": "both frameworks run with malloc as the OS gives it (4 KB pages)",
+}
 
 
 def malloc_env(kind: str) -> dict[str, str]:
   """The allocator every worker of this run starts with, JAX and PyTorch alike: esmjax's CLI turns
   huge-page malloc on by itself (`common.worker_env` starts workers that way), and PyTorch gets the
   same so the comparison stays fair."""
-  return {} if kind == "huge" else {"GLIBC_TUNABLES": ""}  # glibc reads an empty value as no tunables
+  return (
+    {} if kind == "huge" else {"GLIBC_TUNABLES": ""}
+  )  # glibc reads an empty value as no tunables
 
 
 def worker_env(fw: str, malloc: str) -> dict[str, str]:
@@ -209,25 +268,45 @@ def throughput_section(args, log) -> dict:
   if args.jax_variants:
     jv = tuple(args.jax_variants.split(","))
   runs = _interleave([("jax", v) for v in jv], [("torch", v) for v in tv])
-  timing = dict(warmup_s=args.warmup_s, windows=args.windows, window_s=args.window_s, batch=args.batch,
-                n_batches=8, zipf_a=common.ZIPF_A)
+  timing = dict(
+    warmup_s=args.warmup_s,
+    windows=args.windows,
+    window_s=args.window_s,
+    batch=args.batch,
+    n_batches=8,
+    zipf_a=common.ZIPF_A,
+  )
   out: dict[str, dict] = {}
   for rnd in range(args.rounds):
     for rows in args.rows:
-      for fw, v in (runs if rnd % 2 == 0 else runs[::-1]):  # alternate who goes first
+      for fw, v in runs if rnd % 2 == 0 else runs[::-1]:  # alternate who goes first
         name = f"{fw}-{v}"
         if fw == "jax":
           spec = {"kind": "jax", "rows": rows, "optimizer": v, **timing}
         else:
-          spec = {"kind": "torch", "rows": rows, "variant": v, "threads": args.torch_threads, **timing}
-        r = common.run_worker(ME, spec, env=worker_env(fw, args.malloc),
-                              timeout=args.worker_timeout)
-        slot = out.setdefault(str(rows), {}).setdefault(name, {"framework": fw, "variant": v, "runs": []})
+          spec = {
+            "kind": "torch",
+            "rows": rows,
+            "variant": v,
+            "threads": args.torch_threads,
+            **timing,
+          }
+        r = common.run_worker(
+          ME, spec, env=worker_env(fw, args.malloc), timeout=args.worker_timeout
+        )
+        slot = out.setdefault(str(rows), {}).setdefault(
+          name, {"framework": fw, "variant": v, "runs": []}
+        )
         slot["runs"].append(r)
         rate = common.spread(r.get("ex_per_s", []))["median"]
-        log(f"  round {rnd + 1} rows {rows:.0e} {name:<36} "
-            + (f"{rate / 1e3:8.1f} k ex/s  (first step {r['first_step_s']:.1f}s, peak RSS {r['peak_rss_mb']:.0f} MB)"
-               if "error" not in r else f"ERROR {r['error'][:300]}"))
+        log(
+          f"  round {rnd + 1} rows {rows:.0e} {name:<36} "
+          + (
+            f"{rate / 1e3:8.1f} k ex/s  (first step {r['first_step_s']:.1f}s, peak RSS {r['peak_rss_mb']:.0f} MB)"
+            if "error" not in r
+            else f"ERROR {r['error'][:300]}"
+          )
+        )
   for rows, variants in out.items():
     for name, slot in variants.items():
       ok = [r for r in slot["runs"] if "error" not in r]
@@ -259,17 +338,28 @@ def ratios(tp: dict) -> dict:
     best_t = max(tor, key=tor.get)
     best_j = max(jax_, key=jax_.get)
     default = "jax-rowwise_adagrad" if "jax-rowwise_adagrad" in jax_ else best_j
-    r = {"best_torch": best_t, "best_torch_ex_per_s": tor[best_t], "jax_default": default,
-         "jax_default_ex_per_s": jax_[default], "default_vs_best_torch": jax_[default] / tor[best_t],
-         "best_jax": best_j, "best_jax_vs_best_torch": jax_[best_j] / tor[best_t],
-         "ratio_noise": noise.get(default, 0) + noise.get(best_t, 0), "matched": {}}
+    r = {
+      "best_torch": best_t,
+      "best_torch_ex_per_s": tor[best_t],
+      "jax_default": default,
+      "jax_default_ex_per_s": jax_[default],
+      "default_vs_best_torch": jax_[default] / tor[best_t],
+      "best_jax": best_j,
+      "best_jax_vs_best_torch": jax_[best_j] / tor[best_t],
+      "ratio_noise": noise.get(default, 0) + noise.get(best_t, 0),
+      "matched": {},
+    }
     for opt in JAX_VARIANTS:
       j = jax_.get(f"jax-{opt}")
       ts = {n: v for n, v in tor.items() if n.endswith(f"-{opt}")}
       if j and ts:
         bt = max(ts, key=ts.get)
         r["matched"][opt] = {"jax": j, "best_torch": bt, "torch": ts[bt], "ratio": j / ts[bt]}
-    cpu = {n: s["ex_per_cpu_s"]["median"] for n, s in variants.items() if s.get("ex_per_cpu_s", {}).get("n")}
+    cpu = {
+      n: s["ex_per_cpu_s"]["median"]
+      for n, s in variants.items()
+      if s.get("ex_per_cpu_s", {}).get("n")
+    }
     ct = {n: v for n, v in cpu.items() if n.startswith("torch-")}
     if default in cpu and ct:
       bc = max(ct, key=ct.get)
@@ -283,19 +373,31 @@ def quality_section(args, log) -> dict:
   for model in args.models:
     for seed in args.seeds:
       order = [("jax", None), ("torch", "eager-sparse-rowwise_adagrad")]
-      for fw, variant in (order if seed % 2 == 0 else order[::-1]):
-        spec = {"kind": "quality", "framework": fw, "variant": variant, "model": model, "seed": seed,
-                "batch": args.batch, "epochs": args.epochs, "steps": args.quality_steps,
-                "max_eval_rows": args.max_eval_rows, "threads": args.torch_threads}
-        r = common.run_worker(ME, spec, env=worker_env(fw, args.malloc),
-                              timeout=args.worker_timeout)
+      for fw, variant in order if seed % 2 == 0 else order[::-1]:
+        spec = {
+          "kind": "quality",
+          "framework": fw,
+          "variant": variant,
+          "model": model,
+          "seed": seed,
+          "batch": args.batch,
+          "epochs": args.epochs,
+          "steps": args.quality_steps,
+          "max_eval_rows": args.max_eval_rows,
+          "threads": args.torch_threads,
+        }
+        r = common.run_worker(
+          ME, spec, env=worker_env(fw, args.malloc), timeout=args.worker_timeout
+        )
         res.setdefault(model, {}).setdefault(fw, []).append(r)
         if "error" in r:
           log(f"  {model} seed {seed} {fw:<5} ERROR {r['error'][:300]}")
         else:
           m = r["metrics"]
-          log(f"  {model} seed {seed} {fw:<5} {common.spread(r['ex_per_s'])['median'] / 1e3:6.1f} k ex/s  "
-              + "  ".join(f"{k} {m[k]:.4f}" for k in QUALITY_KEYS if k in m))
+          log(
+            f"  {model} seed {seed} {fw:<5} {common.spread(r['ex_per_s'])['median'] / 1e3:6.1f} k ex/s  "
+            + "  ".join(f"{k} {m[k]:.4f}" for k in QUALITY_KEYS if k in m)
+          )
   summary = {}
   for model, fws in res.items():
     s = {}
@@ -316,9 +418,16 @@ def quality_section(args, log) -> dict:
           pt = s["torch"]["per_seed"]
           mj = sum(v[k] for v in pj.values()) / len(pj)
           mt_ = sum(v[k] for v in pt.values()) / len(pt)
-          noise = max(s["jax"][k]["max"] - s["jax"][k]["min"], s["torch"][k]["max"] - s["torch"][k]["min"])
-          diff[k] = {"jax_mean": mj, "torch_mean": mt_, "diff": mj - mt_, "seed_range": noise,
-                     "within_noise": abs(mj - mt_) <= max(noise, 1e-12)}
+          noise = max(
+            s["jax"][k]["max"] - s["jax"][k]["min"], s["torch"][k]["max"] - s["torch"][k]["min"]
+          )
+          diff[k] = {
+            "jax_mean": mj,
+            "torch_mean": mt_,
+            "diff": mj - mt_,
+            "seed_range": noise,
+            "within_noise": abs(mj - mt_) <= max(noise, 1e-12),
+          }
       s["diff"] = diff
     summary[model] = s
   return {"runs": res, "summary": summary}
@@ -339,87 +448,170 @@ def _keep_previous(res: dict, path: Path, args) -> None:
   for key, skipped in (("quality", args.skip_quality), ("throughput", args.skip_speed)):
     if skipped and key in prev:
       res[key] = prev[key]
-      res.setdefault("kept_from_previous", {})[key] = prev.get("section_when", {}).get(key, prev.get("when"))
+      res.setdefault("kept_from_previous", {})[key] = prev.get("section_when", {}).get(
+        key, prev.get("when")
+      )
       if key == "throughput":
         res["ratios"], res["roofline"] = prev.get("ratios"), prev.get("roofline")
-  res["section_when"] = {k: res.get("kept_from_previous", {}).get(k, res["when"]) for k in ("quality", "throughput")
-                         if k in res}
+  res["section_when"] = {
+    k: res.get("kept_from_previous", {}).get(k, res["when"])
+    for k in ("quality", "throughput")
+    if k in res
+  }
 
 
 def markdown(res: dict) -> str:
   a = res["args"]
-  L = [f"# esmjax vs PyTorch ({res['when']})", "",
-       f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} usable cores, "
-       f"backend {res['probe'].get('backend')}; jax {res['probe'].get('jax')}, torch {res['probe'].get('torch')} "
-       f"({a['torch_threads']} threads). Load average before/after: {res['load_before']} / {res['load_after']} "
-       "(the machine is shared: other jobs ran during the measurement).", "",
-       reporting.code_line(res) + f"Command: `{res['command']}`", ""]
+  L = [
+    f"# esmjax vs PyTorch ({res['when']})",
+    "",
+    f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} usable cores, "
+    f"backend {res['probe'].get('backend')}; jax {res['probe'].get('jax')}, torch {res['probe'].get('torch')} "
+    f"({a['torch_threads']} threads). Load average before/after: {res['load_before']} / {res['load_after']} "
+    "(the machine is shared: other jobs ran during the measurement).",
+    "",
+    reporting.code_line(res) + f"Command: `{res['command']}`",
+    "",
+  ]
   for k, when in (res.get("kept_from_previous") or {}).items():
-    L += [f"The {'speed' if k == 'throughput' else k} section is kept from the run of {when} "
-          f"(this run skipped it; its load averages are in that run's JSON).", ""]
+    L += [
+      f"The {'speed' if k == 'throughput' else k} section is kept from the run of {when} "
+      f"(this run skipped it; its load averages are in that run's JSON).",
+      "",
+    ]
   tp, rt = res.get("throughput"), res.get("ratios", {})
   if tp:
-    L += ["## Speed: ESMM, 23 fields × 18, towers 200-80-1, batch "
-          f"{a['batch']}, Zipf({common.ZIPF_A}) ids, pre-generated batches", ""]
+    L += [
+      "## Speed: ESMM, 23 fields × 18, towers 200-80-1, batch "
+      f"{a['batch']}, Zipf({common.ZIPF_A}) ids, pre-generated batches",
+      "",
+    ]
     for rows, variants in tp.items():
       L += [f"### {float(rows):.0e} table rows", ""]
       rws = []
-      for name, s in sorted(variants.items(), key=lambda kv: -kv[1]["ex_per_s"]["median"]
-                            if kv[1]["ex_per_s"]["n"] else 0):
+      for name, s in sorted(
+        variants.items(),
+        key=lambda kv: -kv[1]["ex_per_s"]["median"] if kv[1]["ex_per_s"]["n"] else 0,
+      ):
         e = s["ex_per_s"]
         c = s.get("ex_per_cpu_s") or {"median": float("nan")}
-        rws.append([name, e["median"], f"{e['min'] / 1e3:,.1f}–{e['max'] / 1e3:,.1f} k", f"±{100 * e['rel_half_range']:.0f} %"
-                    if e["n"] else "–", e["n"], c["median"], s["first_step_s"], s["peak_rss_mb"],
-                    s["peak_rss_mb"] - s["rss_after_import_mb"], "; ".join(x[:80] for x in s["errors"]) or ""])
-      L += [reporting.markdown_table(["variant", "ex/s (median)", "window range", "noise", "windows", "ex per CPU-s", "first step s",
-                             "peak RSS MB", "over import MB", "errors"], rws), ""]
+        rws.append(
+          [
+            name,
+            e["median"],
+            f"{e['min'] / 1e3:,.1f}–{e['max'] / 1e3:,.1f} k",
+            f"±{100 * e['rel_half_range']:.0f} %" if e["n"] else "–",
+            e["n"],
+            c["median"],
+            s["first_step_s"],
+            s["peak_rss_mb"],
+            s["peak_rss_mb"] - s["rss_after_import_mb"],
+            "; ".join(x[:80] for x in s["errors"]) or "",
+          ]
+        )
+      L += [
+        reporting.markdown_table(
+          [
+            "variant",
+            "ex/s (median)",
+            "window range",
+            "noise",
+            "windows",
+            "ex per CPU-s",
+            "first step s",
+            "peak RSS MB",
+            "over import MB",
+            "errors",
+          ],
+          rws,
+        ),
+        "",
+      ]
       if rows in rt:
         r = rt[rows]
-        L.append(f"**JAX default (row-wise Adagrad) / best PyTorch ({r['best_torch']}): "
-                 f"{r['default_vs_best_torch']:.2f}×** (the two variants' window half-ranges add up to ±{100 * r['ratio_noise']:.0f} %); "
-                 f"best JAX ({r['best_jax']}) / best PyTorch: {r['best_jax_vs_best_torch']:.2f}×. Same optimizer: "
-                 + ", ".join(f"{k} {v['ratio']:.2f}× (vs {v['best_torch']})" for k, v in r["matched"].items()) + "."
-                 + (f" Per CPU-second (work per example, whatever share of the cores each got): JAX default / best "
-                    f"PyTorch ({r['cpu_time']['best_torch']}) {r['cpu_time']['default_vs_best_torch']:.2f}×."
-                    if r.get("cpu_time") else ""))
+        L.append(
+          f"**JAX default (row-wise Adagrad) / best PyTorch ({r['best_torch']}): "
+          f"{r['default_vs_best_torch']:.2f}×** (the two variants' window half-ranges add up to ±{100 * r['ratio_noise']:.0f} %); "
+          f"best JAX ({r['best_jax']}) / best PyTorch: {r['best_jax_vs_best_torch']:.2f}×. Same optimizer: "
+          + ", ".join(
+            f"{k} {v['ratio']:.2f}× (vs {v['best_torch']})" for k, v in r["matched"].items()
+          )
+          + "."
+          + (
+            f" Per CPU-second (work per example, whatever share of the cores each got): JAX default / best "
+            f"PyTorch ({r['cpu_time']['best_torch']}) {r['cpu_time']['default_vs_best_torch']:.2f}×."
+            if r.get("cpu_time")
+            else ""
+          )
+        )
         L.append("")
     if res.get("roofline"):
       L += [res["roofline"]["line"], ""]
   q = res.get("quality")
   if q:
-    L += [f"## Quality: default synthetic data, batch {a['batch']}, "
-          + (f"{a['quality_steps']} steps" if a["quality_steps"] else f"{a['epochs']} epoch(s)")
-          + f", seeds {a['seeds']}, same batches for both, evaluated by esmjax.evaluation.compute_metrics", ""]
+    L += [
+      f"## Quality: default synthetic data, batch {a['batch']}, "
+      + (f"{a['quality_steps']} steps" if a["quality_steps"] else f"{a['epochs']} epoch(s)")
+      + f", seeds {a['seeds']}, same batches for both, evaluated by esmjax.evaluation.compute_metrics",
+      "",
+    ]
     for model, s in q["summary"].items():
       if "diff" not in s:
         continue
       rws = []
       for k, d in s["diff"].items():
-        rws.append([k, f"{d['jax_mean']:.4f}", f"{d['torch_mean']:.4f}", f"{d['diff']:+.4f}", f"{d['seed_range']:.4f}",
-                    "yes" if d["within_noise"] else "no"])
-      L += [f"### {model}", "", reporting.markdown_table(["metric", "JAX (seed mean)", "PyTorch (seed mean)", "JAX − PyTorch",
-                                                  "seed-to-seed range (max of the two)", "within noise"], rws), ""]
-      L.append(f"Training examples/s incl. the input pipeline (median of {s['jax']['ex_per_s']['n']}/"
-               f"{s['torch']['ex_per_s']['n']} windows): JAX {reporting.fmt_rate(s['jax']['ex_per_s']['median'])}, "
-               f"PyTorch (eager-sparse-rowwise_adagrad) {reporting.fmt_rate(s['torch']['ex_per_s']['median'])}; "
-               f"peak RSS JAX {s['jax']['peak_rss_mb']:,.0f} MB, PyTorch {s['torch']['peak_rss_mb']:,.0f} MB.")
+        rws.append(
+          [
+            k,
+            f"{d['jax_mean']:.4f}",
+            f"{d['torch_mean']:.4f}",
+            f"{d['diff']:+.4f}",
+            f"{d['seed_range']:.4f}",
+            "yes" if d["within_noise"] else "no",
+          ]
+        )
+      L += [
+        f"### {model}",
+        "",
+        reporting.markdown_table(
+          [
+            "metric",
+            "JAX (seed mean)",
+            "PyTorch (seed mean)",
+            "JAX − PyTorch",
+            "seed-to-seed range (max of the two)",
+            "within noise",
+          ],
+          rws,
+        ),
+        "",
+      ]
+      L.append(
+        f"Training examples/s incl. the input pipeline (median of {s['jax']['ex_per_s']['n']}/"
+        f"{s['torch']['ex_per_s']['n']} windows): JAX {reporting.fmt_rate(s['jax']['ex_per_s']['median'])}, "
+        f"PyTorch (eager-sparse-rowwise_adagrad) {reporting.fmt_rate(s['torch']['ex_per_s']['median'])}; "
+        f"peak RSS JAX {s['jax']['peak_rss_mb']:,.0f} MB, PyTorch {s['torch']['peak_rss_mb']:,.0f} MB."
+      )
       L.append("")
-  L += ["## How to read this", "",
-        "- Rates are medians of timed windows (after the first step and a warm-up), pooled over rounds in which "
-        "JAX and PyTorch variants alternate; the window range and ± half-range show the noise of this shared "
-        "machine. Ratios are of medians measured in the same invocation.",
-        "- 'ex per CPU-s' divides by the CPU time of the worker process (all threads) instead of wall time: "
-        "on this oversubscribed machine it says what a step costs in work, independent of the share of the "
-        "cores the scheduler gave each process.",
-        "- Peak RSS is per worker process and includes the framework runtime; 'over import' subtracts the "
-        "RSS right after importing it (the model, optimizer state, batches and compiled code).",
-        "- PyTorch runs with torch.set_num_threads(--torch_threads) and OMP_WAIT_POLICY=PASSIVE: on this "
-        "oversubscribed machine OpenMP spin-waiting made 2 threads up to 5× slower than 1 (measured); passive "
-        "waiting was PyTorch's fastest setting. JAX runs with its defaults.",
-        f"- Allocator: {MALLOC[res['args'].get('malloc', 'os')]}.",
-        "- Quality runs feed both frameworks the same batches in the same order; a difference of seed means "
-        "within the seed-to-seed range is within run-to-run noise.",
-        f"- Regenerate: `{res['command']}`."]
+  L += [
+    "## How to read this",
+    "",
+    "- Rates are medians of timed windows (after the first step and a warm-up), pooled over rounds in which "
+    "JAX and PyTorch variants alternate; the window range and ± half-range show the noise of this shared "
+    "machine. Ratios are of medians measured in the same invocation.",
+    "- 'ex per CPU-s' divides by the CPU time of the worker process (all threads) instead of wall time: "
+    "on this oversubscribed machine it says what a step costs in work, independent of the share of the "
+    "cores the scheduler gave each process.",
+    "- Peak RSS is per worker process and includes the framework runtime; 'over import' subtracts the "
+    "RSS right after importing it (the model, optimizer state, batches and compiled code).",
+    "- PyTorch runs with torch.set_num_threads(--torch_threads) and OMP_WAIT_POLICY=PASSIVE: on this "
+    "oversubscribed machine OpenMP spin-waiting made 2 threads up to 5× slower than 1 (measured); passive "
+    "waiting was PyTorch's fastest setting. JAX runs with its defaults.",
+    f"- Allocator: {MALLOC[res['args'].get('malloc', 'os')]}.",
+    "- Quality runs feed both frameworks the same batches in the same order; a difference of seed means "
+    "within the seed-to-seed range is within run-to-run noise.",
+    f"- Regenerate: `{res['command']}`.",
+  ]
   return "\n".join(L) + "\n"
 
 
@@ -435,15 +627,25 @@ def plot(res: dict, path: Path) -> None:
   if not n:
     return
   ratios = [1.0] * len(tp) + ([1.8] if q else [])
-  fig, axes = plt.subplots(1, n, figsize=(4.2 * sum(ratios), 3.8), dpi=80, gridspec_kw={"width_ratios": ratios})
+  fig, axes = plt.subplots(
+    1, n, figsize=(4.2 * sum(ratios), 3.8), dpi=80, gridspec_kw={"width_ratios": ratios}
+  )
   axes = [axes] if n == 1 else list(axes)
   for ax, (rows, variants) in zip(axes, tp.items()):
-    items = sorted(((k, s) for k, s in variants.items() if s["ex_per_s"]["n"]), key=lambda kv: -kv[1]["ex_per_s"]["median"])
+    items = sorted(
+      ((k, s) for k, s in variants.items() if s["ex_per_s"]["n"]),
+      key=lambda kv: -kv[1]["ex_per_s"]["median"],
+    )
     names = [k.replace("torch-", "pt-").replace("rowwise_adagrad", "rw_adagrad") for k, _ in items]
     med = [s["ex_per_s"]["median"] / 1e3 for _, s in items]
     lo = [m - s["ex_per_s"]["min"] / 1e3 for m, (_, s) in zip(med, items)]
     hi = [s["ex_per_s"]["max"] / 1e3 - m for m, (_, s) in zip(med, items)]
-    ax.barh(names, med, xerr=[lo, hi], color=["tab:blue" if k.startswith("jax") else "tab:orange" for k, _ in items])
+    ax.barh(
+      names,
+      med,
+      xerr=[lo, hi],
+      color=["tab:blue" if k.startswith("jax") else "tab:orange" for k, _ in items],
+    )
     ax.invert_yaxis()
     ax.set_xlabel("k examples/s (median, window range)")
     ax.set_title(f"ESMM train step, {float(rows):.0e} rows", fontsize=9)
@@ -457,9 +659,17 @@ def plot(res: dict, path: Path) -> None:
           continue
         for j, fw in enumerate(("jax", "torch")):
           sp = s[fw][k]
-          ax.errorbar(xs + 0.15 * (j * 2 - 1), sp["median"], yerr=[[sp["median"] - sp["min"]], [sp["max"] - sp["median"]]],
-                      fmt="o", color="tab:blue" if fw == "jax" else "tab:orange", label=fw if not labels else None)
-        labels.append(f"{model} {k.replace('/entire_space_auc', ' entire-space').replace('/auc', '')}")
+          ax.errorbar(
+            xs + 0.15 * (j * 2 - 1),
+            sp["median"],
+            yerr=[[sp["median"] - sp["min"]], [sp["max"] - sp["median"]]],
+            fmt="o",
+            color="tab:blue" if fw == "jax" else "tab:orange",
+            label=fw if not labels else None,
+          )
+        labels.append(
+          f"{model} {k.replace('/entire_space_auc', ' entire-space').replace('/auc', '')}"
+        )
         xs += 1
     ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=35, ha="right")
     ax.set_ylabel("AUC (seeds: median, range)")
@@ -473,9 +683,12 @@ def plot(res: dict, path: Path) -> None:
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--quick", action="store_true",
-                  help="a few minutes: 1 round, 1e5/1e6 rows, JAX row-wise Adagrad, PyTorch "
-                  "eager-sparse-rowwise_adagrad and compile-dense-adam, ESMM 20 steps, 1 seed")
+  ap.add_argument(
+    "--quick",
+    action="store_true",
+    help="a few minutes: 1 round, 1e5/1e6 rows, JAX row-wise Adagrad, PyTorch "
+    "eager-sparse-rowwise_adagrad and compile-dense-adam, ESMM 20 steps, 1 seed",
+  )
   ap.add_argument("--out_dir", default=str(common.RESULTS))
   ap.add_argument("--rows", default="1e5,1e7", help="table sizes of the speed comparison")
   ap.add_argument("--batch", type=int, default=4096)
@@ -484,27 +697,43 @@ def main(argv=None):
   ap.add_argument("--window_s", type=float, default=3.0)
   ap.add_argument("--warmup_s", type=float, default=2.0)
   ap.add_argument("--torch_threads", type=int, default=reporting.usable_cores())
-  ap.add_argument("--torch_variants", default="", help="comma-separated torch variants (default: all)")
-  ap.add_argument("--jax_variants", default="", help="comma-separated row-wise optimizers for JAX (default: all)")
+  ap.add_argument(
+    "--torch_variants", default="", help="comma-separated torch variants (default: all)"
+  )
+  ap.add_argument(
+    "--jax_variants", default="", help="comma-separated row-wise optimizers for JAX (default: all)"
+  )
   ap.add_argument("--models", default="esmm,esm2")
   ap.add_argument("--seeds", default="0,1")
   ap.add_argument("--epochs", type=float, default=1.0)
-  ap.add_argument("--quality_steps", type=int, default=0, help="train steps instead of --epochs (0: epochs)")
+  ap.add_argument(
+    "--quality_steps", type=int, default=0, help="train steps instead of --epochs (0: epochs)"
+  )
   ap.add_argument("--max_eval_rows", type=int, default=-1)
   ap.add_argument("--skip_speed", action="store_true")
   ap.add_argument("--skip_quality", action="store_true")
   ap.add_argument("--skip_roofline", action="store_true")
   ap.add_argument("--worker_timeout", type=float, default=900)
-  ap.add_argument("--malloc", default="huge", choices=sorted(MALLOC), help="allocator for every worker, both "
-                  "frameworks alike: huge = as `python -m esmjax.main` starts; os = the OS default")
-  ap.add_argument("--render_only", action="store_true", help="rewrite the .md and .png from the .json in --out_dir")
+  ap.add_argument(
+    "--malloc",
+    default="huge",
+    choices=sorted(MALLOC),
+    help="allocator for every worker, both "
+    "frameworks alike: huge = as `python -m esmjax.main` starts; os = the OS default",
+  )
+  ap.add_argument(
+    "--render_only",
+    action="store_true",
+    help="rewrite the .md and .png from the .json in --out_dir",
+  )
   args = ap.parse_args(argv)
   if args.render_only:
     import json
 
     res = json.loads((Path(args.out_dir) / "compare_torch.json").read_text())
-    reporting.write_results(args.out_dir, "compare_torch", res, markdown(res),
-                            figures={"": lambda p: plot(res, p)})
+    reporting.write_results(
+      args.out_dir, "compare_torch", res, markdown(res), figures={"": lambda p: plot(res, p)}
+    )
     return
   if args.quick:
     args.rounds, args.windows, args.window_s, args.warmup_s = 1, 2, 1.0, 0.5
@@ -526,17 +755,29 @@ def main(argv=None):
     res["throughput"] = throughput_section(args, log)
     res["ratios"] = ratios(res["throughput"])
     for rows, r in res["ratios"].items():
-      log(f"  {float(rows):.0e} rows: JAX default / best PyTorch ({r['best_torch']}) = {r['default_vs_best_torch']:.2f}x"
-          + (f"; per CPU-second {r['cpu_time']['default_vs_best_torch']:.2f}x" if r.get("cpu_time") else ""))
+      log(
+        f"  {float(rows):.0e} rows: JAX default / best PyTorch ({r['best_torch']}) = {r['default_vs_best_torch']:.2f}x"
+        + (
+          f"; per CPU-second {r['cpu_time']['default_vs_best_torch']:.2f}x"
+          if r.get("cpu_time")
+          else ""
+        )
+      )
     if not args.skip_roofline:
       import roofline
 
       peak = roofline.measure_peak(quick=args.quick, with_torch=not args.quick)
       first = res["ratios"].get(str(args.rows[0]))
       if first:
-        line = roofline.fraction_line(first["jax_default_ex_per_s"], common.model_flops("esmm", common.PAPER_FIELDS),
-                                      peak["peak_gflops"])
-        res["roofline"] = {**peak, "line": f"{line} (at {args.rows[0]:.0e} rows; peak measured after the speed runs)"}
+        line = roofline.fraction_line(
+          first["jax_default_ex_per_s"],
+          common.model_flops("esmm", common.PAPER_FIELDS),
+          peak["peak_gflops"],
+        )
+        res["roofline"] = {
+          **peak,
+          "line": f"{line} (at {args.rows[0]:.0e} rows; peak measured after the speed runs)",
+        }
         log("  " + res["roofline"]["line"])
   if not args.skip_quality:
     log("quality (AUCs on the synthetic eval split):")
@@ -550,6 +791,12 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  if not common.worker_main({"probe": lambda s: common.jax_probe(), "jax": common.jax_throughput,
-                             "torch": torch_throughput, "quality": quality}):
+  if not common.worker_main(
+    {
+      "probe": lambda s: common.jax_probe(),
+      "jax": common.jax_throughput,
+      "torch": torch_throughput,
+      "quality": quality,
+    }
+  ):
     main()

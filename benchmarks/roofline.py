@@ -99,6 +99,7 @@ def towers_only(spec) -> dict:
   def step(p, o, x):
     def loss(p, x):
       return sum(jnp.mean(jax.nn.softplus(z) - y * z) for z in m.apply(p, x))
+
     l, (gp, gx) = jax.value_and_grad(loss, argnums=(0, 1))(p, x)  # gx: what the tables would get
     u, o = tx.update(gp, o, p)
     return optax.apply_updates(p, u), o, l + jnp.sum(gx) * 0
@@ -108,8 +109,14 @@ def towers_only(spec) -> dict:
   def run(i):
     box["p"], box["o"], box["l"] = step(box["p"], box["o"], x)
 
-  _, rates, _ = common.timed_windows(run, lambda: jax.block_until_ready(box["l"]), b, warmup_s=1.0,
-                                     windows=spec["windows"], window_s=spec["window_s"])
+  _, rates, _ = common.timed_windows(
+    run,
+    lambda: jax.block_until_ready(box["l"]),
+    b,
+    warmup_s=1.0,
+    windows=spec["windows"],
+    window_s=spec["window_s"],
+  )
   return {"ex_per_s": rates, "towers": towers}
 
 
@@ -125,37 +132,59 @@ def measure_peak(quick: bool = False, with_torch: bool = True) -> dict:
   r = common.run_worker(me, spec)
   by.update(r.get("gflops", {}))
   if with_torch and probe.get("torch"):
-    r = common.run_worker(me, {**spec, "kind": "torch_matmul"}, env=common.worker_env(extra={"OMP_WAIT_POLICY": "PASSIVE"}))
+    r = common.run_worker(
+      me,
+      {**spec, "kind": "torch_matmul"},
+      env=common.worker_env(extra={"OMP_WAIT_POLICY": "PASSIVE"}),
+    )
     by.update(r.get("gflops", {}))
   f32 = {k: v for k, v in by.items() if "/float32/" in k}
   peak = max(f32.values()) if f32 else float("nan")
-  return {"peak_gflops": peak, "peak_bf16_gflops": max([v for k, v in by.items() if "bfloat16" in k] or [float("nan")]),
-          "by": by, "backend": probe.get("backend")}
+  return {
+    "peak_gflops": peak,
+    "peak_bf16_gflops": max([v for k, v in by.items() if "bfloat16" in k] or [float("nan")]),
+    "by": by,
+    "backend": probe.get("backend"),
+  }
 
 
 def fraction_line(ex_per_s: float, flops_per_ex: float, peak_gflops: float) -> str:
   roof = peak_gflops * 1e9 / flops_per_ex
-  return (f"Roofline: matmul peak {peak_gflops:,.0f} GFLOP/s (f32, measured) / {flops_per_ex / 1e6:.2f} MFLOP per "
-          f"example = {roof / 1e3:,.0f} k ex/s; the esmjax step runs at {ex_per_s / 1e3:,.1f} k ex/s = "
-          f"{100 * ex_per_s / roof:.0f} % of it ({ex_per_s * flops_per_ex / 1e9:,.1f} GFLOP/s).")
+  return (
+    f"Roofline: matmul peak {peak_gflops:,.0f} GFLOP/s (f32, measured) / {flops_per_ex / 1e6:.2f} MFLOP per "
+    f"example = {roof / 1e3:,.0f} k ex/s; the esmjax step runs at {ex_per_s / 1e3:,.1f} k ex/s = "
+    f"{100 * ex_per_s / roof:.0f} % of it ({ex_per_s * flops_per_ex / 1e9:,.1f} GFLOP/s)."
+  )
 
 
 def markdown(res: dict) -> str:
   flops, roof = res["esmm_flops_per_example"], res["roofline_ex_per_s"]
   tw_rate, st_rate = res["towers_only_ex_per_s"], res["esmm_step_1e5_ex_per_s"]
   towers = res.get("esmm_towers", 2)
-  md = [f"# Roofline ({res['when']})", "",
-        f"Machine: {res['cpu']}, {res['cores']} usable cores, backend {res['backend']}. Shared and "
-        "noisy: medians of timed calls.", "",
-        reporting.markdown_table(["matmul", "GFLOP/s"], sorted(res["by"].items())), "",
-        f"ESMM (23 fields × 18, towers 200-80-1 ×{towers}): {flops / 1e6:.3f} MFLOP per example "
-        "(fwd+bwd).", "",
-        reporting.markdown_table(["what", "ex/s", "fraction of roofline"], [
-            ["roofline (f32 peak / FLOP per example)", roof, 1.0],
-            ["towers alone (fwd+bwd+Adam, JAX)", tw_rate, tw_rate / roof],
-            ["esmjax step, 1e5 rows, batch 4096", st_rate, st_rate / roof]]), "",
-        fraction_line(st_rate, flops, res["peak_gflops"]), "",
-        "Regenerate: `python benchmarks/roofline.py`."]
+  md = [
+    f"# Roofline ({res['when']})",
+    "",
+    f"Machine: {res['cpu']}, {res['cores']} usable cores, backend {res['backend']}. Shared and "
+    "noisy: medians of timed calls.",
+    "",
+    reporting.markdown_table(["matmul", "GFLOP/s"], sorted(res["by"].items())),
+    "",
+    f"ESMM (23 fields × 18, towers 200-80-1 ×{towers}): {flops / 1e6:.3f} MFLOP per example "
+    "(fwd+bwd).",
+    "",
+    reporting.markdown_table(
+      ["what", "ex/s", "fraction of roofline"],
+      [
+        ["roofline (f32 peak / FLOP per example)", roof, 1.0],
+        ["towers alone (fwd+bwd+Adam, JAX)", tw_rate, tw_rate / roof],
+        ["esmjax step, 1e5 rows, batch 4096", st_rate, st_rate / roof],
+      ],
+    ),
+    "",
+    fraction_line(st_rate, flops, res["peak_gflops"]),
+    "",
+    "Regenerate: `python benchmarks/roofline.py`.",
+  ]
   return "\n".join(md) + "\n"
 
 
@@ -163,8 +192,9 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--quick", action="store_true", help="shorter timings (~30 s)")
   ap.add_argument("--out_dir", default=str(common.RESULTS), help="where roofline.{json,md} go")
-  ap.add_argument("--render_only", action="store_true",
-                  help="rewrite the .md from the .json in --out_dir")
+  ap.add_argument(
+    "--render_only", action="store_true", help="rewrite the .md from the .json in --out_dir"
+  )
   args = ap.parse_args(argv)
   out_dir = Path(args.out_dir)
   if args.render_only:
@@ -177,28 +207,45 @@ def main(argv=None):
   w = dict(windows=3, window_s=1.5 if args.quick else 3.0)
   me = Path(__file__).resolve()
   in_dim = common.PAPER_FIELDS * common.PAPER_DIM
-  tw = common.run_worker(me, {"kind": "towers", "batch": 4096, "in_dim": in_dim, "model": "esmm",
-                              **w})
-  st = common.run_worker(me, {"kind": "step", "model": "esmm", "rows": 100_000, "batch": 4096,
-                              "warmup_s": 1.0, **w})
+  tw = common.run_worker(
+    me, {"kind": "towers", "batch": 4096, "in_dim": in_dim, "model": "esmm", **w}
+  )
+  st = common.run_worker(
+    me, {"kind": "step", "model": "esmm", "rows": 100_000, "batch": 4096, "warmup_s": 1.0, **w}
+  )
   flops = st.get("flops_per_example", float("nan"))  # the step's worker counts the model's towers
   tw_rate = common.spread(tw.get("ex_per_s", []))["median"]
   st_rate = common.spread(st.get("ex_per_s", []))["median"]
   roof = peak["peak_gflops"] * 1e9 / flops
-  res = {"when": prov["when"], "cpu": prov["machine"]["cpu"], "cores": prov["machine"]["cores"],
-         **peak, "esmm_flops_per_example": flops, "esmm_towers": tw.get("towers"),
-         "roofline_ex_per_s": roof,
-         "towers_only_ex_per_s": tw_rate, "towers_only_fraction": tw_rate / roof,
-         "esmm_step_1e5_ex_per_s": st_rate, "esmm_step_fraction": st_rate / roof,
-         "step_engine": st.get("engine"), "errors": [r["error"] for r in (tw, st) if "error" in r],
-         **{k: prov[k] for k in ("command", "machine", "code", "load_before")}}
+  res = {
+    "when": prov["when"],
+    "cpu": prov["machine"]["cpu"],
+    "cores": prov["machine"]["cores"],
+    **peak,
+    "esmm_flops_per_example": flops,
+    "esmm_towers": tw.get("towers"),
+    "roofline_ex_per_s": roof,
+    "towers_only_ex_per_s": tw_rate,
+    "towers_only_fraction": tw_rate / roof,
+    "esmm_step_1e5_ex_per_s": st_rate,
+    "esmm_step_fraction": st_rate / roof,
+    "step_engine": st.get("engine"),
+    "errors": [r["error"] for r in (tw, st) if "error" in r],
+    **{k: prov[k] for k in ("command", "machine", "code", "load_before")},
+  }
   md = markdown(reporting.finish(res, t0))
   reporting.write_results(out_dir, "roofline", res, md)
   print(md)
 
 
 if __name__ == "__main__":
-  if not common.worker_main({"probe": lambda s: common.jax_probe(), "jax_matmul": jax_matmul,
-                             "torch_matmul": torch_matmul, "towers": towers_only,
-                             "step": common.jax_throughput}):
+  if not common.worker_main(
+    {
+      "probe": lambda s: common.jax_probe(),
+      "jax_matmul": jax_matmul,
+      "torch_matmul": torch_matmul,
+      "towers": towers_only,
+      "step": common.jax_throughput,
+    }
+  ):
     main()

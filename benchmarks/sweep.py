@@ -43,7 +43,9 @@ ME = Path(__file__).resolve()
 ACCEL = ("gpu", "tpu", "cuda", "rocm")
 
 
-def grid(quick: bool, accel: bool, device_count: int, base_rows: int, base_batch: int) -> list[dict]:
+def grid(
+  quick: bool, accel: bool, device_count: int, base_rows: int, base_batch: int
+) -> list[dict]:
   """Sweep points in priority order (the base point first)."""
   if quick:
     batches, rows = [1024, base_batch, 16384], [int(1e5), int(1e6)]  # grouped per device count
@@ -51,15 +53,21 @@ def grid(quick: bool, accel: bool, device_count: int, base_rows: int, base_batch
   else:
     batches = [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
     rows = [int(1e5), int(1e6), int(1e7), int(1e8)]
-    devices = [1, 2, 4, 8] if not accel else sorted({d for d in (1, 2, 4, 8, 16, 32, 64) if d <= device_count}
-                                                    | {device_count})
+    devices = (
+      [1, 2, 4, 8]
+      if not accel
+      else sorted({d for d in (1, 2, 4, 8, 16, 32, 64) if d <= device_count} | {device_count})
+    )
   base = dict(model="esmm", dtype="float32", batch=base_batch, rows=base_rows, devices=1)
   pts = [dict(base, axis="base")]
   pts += [dict(base, devices=d, batch=base_batch * d, axis="devices") for d in devices if d != 1]
   pts += [dict(base, batch=b, axis="batch") for b in batches if b != base_batch]
   pts += [dict(base, rows=r, axis="rows") for r in rows if r != base_rows]
-  pts += [dict(base, dtype="bfloat16", axis="dtype"), dict(base, model="esm2", axis="model"),
-          dict(base, model="esm2", dtype="bfloat16", axis="model")]
+  pts += [
+    dict(base, dtype="bfloat16", axis="dtype"),
+    dict(base, model="esm2", axis="model"),
+    dict(base, model="esm2", dtype="bfloat16", axis="model"),
+  ]
   return pts
 
 
@@ -93,11 +101,15 @@ def many(spec) -> dict:
 def _log_row(row, log):
   key = _key(row)
   if "rate" in row:
-    log(f"  {key:<36} {row['rate']['median'] / 1e3:9.1f} k ex/s ±{100 * row['rate']['rel_half_range']:.0f} %  "
-        f"first step {row['first_step_s']:.1f}s  peak RSS {row['peak_rss_mb']:.0f} MB"
-        + (f"  device peak {row['device_peak_mb']:.0f} MB" if row.get("device_peak_mb") else ""))
+    log(
+      f"  {key:<36} {row['rate']['median'] / 1e3:9.1f} k ex/s ±{100 * row['rate']['rel_half_range']:.0f} %  "
+      f"first step {row['first_step_s']:.1f}s  peak RSS {row['peak_rss_mb']:.0f} MB"
+      + (f"  device peak {row['device_peak_mb']:.0f} MB" if row.get("device_peak_mb") else "")
+    )
   else:
-    log(f"  {key:<36} {'skipped: ' + row['skipped'] if row.get('skipped') else 'ERROR ' + row.get('error', '')[:300]}")
+    log(
+      f"  {key:<36} {'skipped: ' + row['skipped'] if row.get('skipped') else 'ERROR ' + row.get('error', '')[:300]}"
+    )
 
 
 def run_points(points, args, probe, log) -> list[dict]:
@@ -110,14 +122,25 @@ def run_points(points, args, probe, log) -> list[dict]:
   for i, p in enumerate(points):
     need = footprint_gb(p)
     if need > args.mem_fraction * mem_gb:
-      rows[i] = {**p, "skipped": f"needs ~{need:.1f} GB; {mem_gb:.1f} GB available × {args.mem_fraction}"}
+      rows[i] = {
+        **p,
+        "skipped": f"needs ~{need:.1f} GB; {mem_gb:.1f} GB available × {args.mem_fraction}",
+      }
       _log_row(rows[i], log)
     else:
       todo.append(i)
-  spec_of = lambda p: {"kind": "jax", "model": p["model"], "dtype": p["dtype"], "batch": p["batch"],
-                       "rows": p["rows"], "devices": p["devices"], "warmup_s": args.warmup_s,
-                       "windows": args.windows, "window_s": args.window_s,
-                       "n_batches": 4 if p["batch"] >= 32768 else 8}
+  spec_of = lambda p: {
+    "kind": "jax",
+    "model": p["model"],
+    "dtype": p["dtype"],
+    "batch": p["batch"],
+    "rows": p["rows"],
+    "devices": p["devices"],
+    "warmup_s": args.warmup_s,
+    "windows": args.windows,
+    "window_s": args.window_s,
+    "n_batches": 4 if p["batch"] >= 32768 else 8,
+  }
   env_of = lambda d: common.worker_env(devices=None if accel else d)
 
   def record(i, r):
@@ -137,8 +160,16 @@ def run_points(points, args, probe, log) -> list[dict]:
     for d, idx in groups.items():
       share = (args.budget_s - (time.time() - t0)) * len(idx) / max(n_left, 1)
       n_left -= len(idx)
-      r = common.run_worker(ME, {"kind": "many", "points": [spec_of(points[i]) for i in idx],
-                                 "deadline": time.time() + share}, env=env_of(d), timeout=args.worker_timeout)
+      r = common.run_worker(
+        ME,
+        {
+          "kind": "many",
+          "points": [spec_of(points[i]) for i in idx],
+          "deadline": time.time() + share,
+        },
+        env=env_of(d),
+        timeout=args.worker_timeout,
+      )
       results = r.get("results") or [{"error": r.get("error", "no result")}] * len(idx)
       for i, one in zip(idx, results):
         record(i, one)
@@ -147,8 +178,12 @@ def run_points(points, args, probe, log) -> list[dict]:
       if time.time() - t0 > args.budget_s:
         record(i, {"skipped": f"time budget --budget_s={args.budget_s:.0f} spent"})
         continue
-      record(i, common.run_worker(ME, spec_of(points[i]), env=env_of(points[i]["devices"]),
-                                  timeout=args.worker_timeout))
+      record(
+        i,
+        common.run_worker(
+          ME, spec_of(points[i]), env=env_of(points[i]["devices"]), timeout=args.worker_timeout
+        ),
+      )
   return rows
 
 
@@ -157,55 +192,138 @@ def _rate(r) -> float:
 
 
 def scaling_table(rows: list[dict]) -> list[dict]:
-  pts = sorted([r for r in rows if r.get("axis") in ("base", "devices") and "rate" in r], key=lambda r: r["devices"])
+  pts = sorted(
+    [r for r in rows if r.get("axis") in ("base", "devices") and "rate" in r],
+    key=lambda r: r["devices"],
+  )
   one = next((r for r in pts if r["devices"] == 1), None)
   out = []
   for r in pts:
     speedup = _rate(r) / _rate(one) if one else float("nan")
-    out.append({"devices": r["devices"], "batch": r["batch"], "ex_per_s": _rate(r),
-                "per_device": _rate(r) / r["devices"], "speedup": speedup, "efficiency": speedup / r["devices"],
-                "noise": r["rate"]["rel_half_range"]})
+    out.append(
+      {
+        "devices": r["devices"],
+        "batch": r["batch"],
+        "ex_per_s": _rate(r),
+        "per_device": _rate(r) / r["devices"],
+        "speedup": speedup,
+        "efficiency": speedup / r["devices"],
+        "noise": r["rate"]["rel_half_range"],
+      }
+    )
   return out
 
 
 def markdown(res: dict) -> str:
   pr, rows = res["probe"], res["points"]
   peak = res.get("roofline") or {}
-  L = [f"# esmjax sweep ({res['when']})", "",
-       f"Backend **{pr.get('backend')}** ({pr.get('device_count')} × {pr.get('device_kind')}), "
-       f"{res['machine']['cpu']}, {res['machine']['cores']} usable cores; jax {pr.get('jax')}, Python {pr.get('python')}. "
-       f"Load average before/after: {res['load_before']} / {res['load_after']} (shared machine: medians of "
-       "timed windows, ± = half the window range).", "",
-       reporting.code_line(res) + f"Command: `{res['command']}`", "",
-       "ESMM-paper shapes (23 single-valued fields × dim 18, towers 200-80-1), Zipf ids, pre-generated batches; "
-       + ("one process per device count (--quick), so peak RSS is cumulative within it" if res["args"].get("quick")
-        else "one fresh process per point") + ". Engine: " + ", ".join(sorted({str(r.get('engine')) for r in rows if r.get('engine')})) + ".",
-       ""]
-  hdr = ["axis", "model", "dtype", "batch", "rows", "devices", "ex/s (median)", "noise", "ex per CPU-s", "first step s",
-         "peak RSS MB", "device peak MB", "% of roofline", "note"]
+  L = [
+    f"# esmjax sweep ({res['when']})",
+    "",
+    f"Backend **{pr.get('backend')}** ({pr.get('device_count')} × {pr.get('device_kind')}), "
+    f"{res['machine']['cpu']}, {res['machine']['cores']} usable cores; jax {pr.get('jax')}, Python {pr.get('python')}. "
+    f"Load average before/after: {res['load_before']} / {res['load_after']} (shared machine: medians of "
+    "timed windows, ± = half the window range).",
+    "",
+    reporting.code_line(res) + f"Command: `{res['command']}`",
+    "",
+    "ESMM-paper shapes (23 single-valued fields × dim 18, towers 200-80-1), Zipf ids, pre-generated batches; "
+    + (
+      "one process per device count (--quick), so peak RSS is cumulative within it"
+      if res["args"].get("quick")
+      else "one fresh process per point"
+    )
+    + ". Engine: "
+    + ", ".join(sorted({str(r.get("engine")) for r in rows if r.get("engine")}))
+    + ".",
+    "",
+  ]
+  hdr = [
+    "axis",
+    "model",
+    "dtype",
+    "batch",
+    "rows",
+    "devices",
+    "ex/s (median)",
+    "noise",
+    "ex per CPU-s",
+    "first step s",
+    "peak RSS MB",
+    "device peak MB",
+    "% of roofline",
+    "note",
+  ]
   tab = []
   for r in rows:
     frac = r.get("roofline_fraction", float("nan"))
-    tab.append([r["axis"], r["model"], r["dtype"], r["batch"], f"{r['rows']:.0e}", r["devices"], _rate(r),
-                f"±{100 * r['rate']['rel_half_range']:.0f} %" if "rate" in r else "–",
-                common.spread(r.get("ex_per_cpu_s", []))["median"], r.get("first_step_s", float("nan")), r.get("peak_rss_mb", float("nan")),
-                r.get("device_peak_mb") or "–", f"{100 * frac:.0f}" if frac == frac else "–",
-                r.get("skipped") or (r.get("error", "")[:80])])
+    tab.append(
+      [
+        r["axis"],
+        r["model"],
+        r["dtype"],
+        r["batch"],
+        f"{r['rows']:.0e}",
+        r["devices"],
+        _rate(r),
+        f"±{100 * r['rate']['rel_half_range']:.0f} %" if "rate" in r else "–",
+        common.spread(r.get("ex_per_cpu_s", []))["median"],
+        r.get("first_step_s", float("nan")),
+        r.get("peak_rss_mb", float("nan")),
+        r.get("device_peak_mb") or "–",
+        f"{100 * frac:.0f}" if frac == frac else "–",
+        r.get("skipped") or (r.get("error", "")[:80]),
+      ]
+    )
   L += ["## All points", "", reporting.markdown_table(hdr, tab), ""]
   sc = res.get("scaling") or []
   if sc:
-    L += ["## Device scaling (weak: batch per device fixed)", "",
-          reporting.markdown_table(["devices", "global batch", "ex/s", "ex/s per device", "speedup vs 1", "efficiency",
-                           "noise"], [[s["devices"], s["batch"], s["ex_per_s"], s["per_device"], f"{s['speedup']:.2f}×",
-                                       f"{100 * s['efficiency']:.0f} %", f"±{100 * s['noise']:.0f} %"] for s in sc]), ""]
+    L += [
+      "## Device scaling (weak: batch per device fixed)",
+      "",
+      reporting.markdown_table(
+        [
+          "devices",
+          "global batch",
+          "ex/s",
+          "ex/s per device",
+          "speedup vs 1",
+          "efficiency",
+          "noise",
+        ],
+        [
+          [
+            s["devices"],
+            s["batch"],
+            s["ex_per_s"],
+            s["per_device"],
+            f"{s['speedup']:.2f}×",
+            f"{100 * s['efficiency']:.0f} %",
+            f"±{100 * s['noise']:.0f} %",
+          ]
+          for s in sc
+        ],
+      ),
+      "",
+    ]
     if pr.get("backend") == "cpu":
-      L += ["On CPU the devices are fake: all of them share the same cores, so a speedup ≈ 1 (efficiency ≈ 1/N) "
-            "means sharding costs nothing; more than that cannot come from one machine's cores.", ""]
+      L += [
+        "On CPU the devices are fake: all of them share the same cores, so a speedup ≈ 1 (efficiency ≈ 1/N) "
+        "means sharding costs nothing; more than that cannot come from one machine's cores.",
+        "",
+      ]
   if peak:
-    L += [f"Roofline: measured matmul peak {peak['peak_gflops']:,.0f} GFLOP/s f32"
-          + (f", {peak['peak_bf16_gflops']:,.0f} GFLOP/s bf16" if peak.get("peak_bf16_gflops", float('nan')) == peak.get("peak_bf16_gflops") else "")
-          + f" (backend {peak.get('backend')}); '% of roofline' = ex/s × model FLOP per example (ESMM 1.19 M, "
-          "ESM2 2.37 M, fwd+bwd) / the peak of the point's dtype × its device count.", ""]
+    L += [
+      f"Roofline: measured matmul peak {peak['peak_gflops']:,.0f} GFLOP/s f32"
+      + (
+        f", {peak['peak_bf16_gflops']:,.0f} GFLOP/s bf16"
+        if peak.get("peak_bf16_gflops", float("nan")) == peak.get("peak_bf16_gflops")
+        else ""
+      )
+      + f" (backend {peak.get('backend')}); '% of roofline' = ex/s × model FLOP per example (ESMM 1.19 M, "
+      "ESM2 2.37 M, fwd+bwd) / the peak of the point's dtype × its device count.",
+      "",
+    ]
   if res.get("skipped"):
     L += ["Skipped points: " + "; ".join(f"{s['key']}: {s['why']}" for s in res["skipped"]), ""]
   L += [f"Regenerate: `{res['command']}`."]
@@ -220,13 +338,22 @@ def plot(res: dict, path: Path) -> None:
 
   rows = [r for r in res["points"] if "rate" in r]
   fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=80)
-  by = lambda axis: sorted([r for r in rows if r["axis"] in (axis, "base")], key=lambda r: r[{"batch": "batch",
-                           "rows": "rows", "devices": "devices"}[axis]])
+  by = lambda axis: sorted(
+    [r for r in rows if r["axis"] in (axis, "base")],
+    key=lambda r: r[{"batch": "batch", "rows": "rows", "devices": "devices"}[axis]],
+  )
   for ax, axis, xlabel in ((axes[0], "batch", "batch size"), (axes[2], "rows", "table rows")):
     pts = by(axis)
     xs = [r[axis] for r in pts]
-    ax.errorbar(xs, [_rate(r) / 1e3 for r in pts], yerr=[[(_rate(r) - r["rate"]["min"]) / 1e3 for r in pts],
-                                                        [(r["rate"]["max"] - _rate(r)) / 1e3 for r in pts]], marker="o")
+    ax.errorbar(
+      xs,
+      [_rate(r) / 1e3 for r in pts],
+      yerr=[
+        [(_rate(r) - r["rate"]["min"]) / 1e3 for r in pts],
+        [(r["rate"]["max"] - _rate(r)) / 1e3 for r in pts],
+      ],
+      marker="o",
+    )
     ax.set_xscale("log", base=2 if axis == "batch" else 10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("k examples/s")
@@ -238,8 +365,13 @@ def plot(res: dict, path: Path) -> None:
     ax.set_xlabel("devices (weak scaling)")
     ax.set_ylabel("k examples/s")
     ax2 = ax.twinx()
-    ax2.plot([s["devices"] for s in sc], [100 * s["efficiency"] for s in sc], marker="s", color="tab:red",
-             label="efficiency")
+    ax2.plot(
+      [s["devices"] for s in sc],
+      [100 * s["efficiency"] for s in sc],
+      marker="s",
+      color="tab:red",
+      label="efficiency",
+    )
     ax2.set_ylabel("scaling efficiency %", color="tab:red")
     ax2.set_ylim(0, 110)
     ax.set_xscale("log", base=2)
@@ -252,18 +384,35 @@ def plot(res: dict, path: Path) -> None:
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--quick", action="store_true", help="~2 minutes: 9 points, short windows, one process "
-                  "per device count (peak RSS then cumulative)")
+  ap.add_argument(
+    "--quick",
+    action="store_true",
+    help="~2 minutes: 9 points, short windows, one process "
+    "per device count (peak RSS then cumulative)",
+  )
   ap.add_argument("--out_dir", default=str(common.RESULTS))
-  ap.add_argument("--budget_s", type=float, default=0, help="stop starting points after this many seconds "
-                  "(0: 100 for --quick, unlimited otherwise)")
-  ap.add_argument("--base_rows", type=float, default=0, help="table rows of the base point (0: 1e5 quick, 1e6 full)")
+  ap.add_argument(
+    "--budget_s",
+    type=float,
+    default=0,
+    help="stop starting points after this many seconds (0: 100 for --quick, unlimited otherwise)",
+  )
+  ap.add_argument(
+    "--base_rows",
+    type=float,
+    default=0,
+    help="table rows of the base point (0: 1e5 quick, 1e6 full)",
+  )
   ap.add_argument("--base_batch", type=int, default=4096)
   ap.add_argument("--windows", type=int, default=3)
   ap.add_argument("--window_s", type=float, default=2.0)
   ap.add_argument("--warmup_s", type=float, default=1.5)
-  ap.add_argument("--mem_fraction", type=float, default=0.6, help="skip points needing more than this share "
-                  "of the available host memory (CPU backend)")
+  ap.add_argument(
+    "--mem_fraction",
+    type=float,
+    default=0.6,
+    help="skip points needing more than this share of the available host memory (CPU backend)",
+  )
   ap.add_argument("--worker_timeout", type=float, default=600)
   ap.add_argument("--skip_roofline", action="store_true")
   args = ap.parse_args(argv)
@@ -279,8 +428,11 @@ def main(argv=None):
   accel = probe.get("backend") in ACCEL
   log(f"backend {probe['backend']}: {probe['device_count']} × {probe['device_kind']}")
   points = grid(args.quick, accel, probe["device_count"], base_rows, args.base_batch)
-  res = {**reporting.provenance(), "probe": probe,
-         "args": {k: (v if v != float("inf") else None) for k, v in vars(args).items()}}
+  res = {
+    **reporting.provenance(),
+    "probe": probe,
+    "args": {k: (v if v != float("inf") else None) for k, v in vars(args).items()},
+  }
   res["points"] = run_points(points, args, probe, log)
   if not args.skip_roofline:
     import roofline
@@ -293,7 +445,9 @@ def main(argv=None):
         ndev = r["devices"] if accel else 1  # fake CPU devices share one machine's peak
         r["roofline_fraction"] = _rate(r) * r["flops_per_example"] / (p * 1e9 * ndev)
   res["scaling"] = scaling_table(res["points"])
-  res["skipped"] = [{"key": _key(r), "why": r["skipped"]} for r in res["points"] if r.get("skipped")]
+  res["skipped"] = [
+    {"key": _key(r), "why": r["skipped"]} for r in res["points"] if r.get("skipped")
+  ]
   reporting.finish(res, t0)
   out = Path(args.out_dir)
   md = markdown(res)
@@ -303,5 +457,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  if not common.worker_main({"probe": lambda s: common.jax_probe(), "jax": common.jax_throughput, "many": many}):
+  if not common.worker_main(
+    {"probe": lambda s: common.jax_probe(), "jax": common.jax_throughput, "many": many}
+  ):
     main()

@@ -44,8 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-from esmjax import host_memory  # noqa: E402 (light: no JAX import in the parent)
-from esmjax import reporting  # noqa: E402
+from esmjax import (
+  host_memory,  # noqa: E402 (light: no JAX import in the parent)
+  reporting,  # noqa: E402
+)
 
 ME = Path(__file__).resolve()
 BATCH = 4096
@@ -58,7 +60,9 @@ TOWERS_IDLE_EX_S = 124e3  # the two-tower MLP alone in JAX, measured on an idle 
 # Workers (each in its own process).
 
 
-def _alternate(fns: dict, batch_size: int, *, warmup_s: float, windows: int, window_s: float) -> dict:
+def _alternate(
+  fns: dict, batch_size: int, *, warmup_s: float, windows: int, window_s: float
+) -> dict:
   """Times each `fns[name] = (step(i), sync())` in alternating windows of ≥ window_s seconds.
 
   Returns {name: {"ex_per_s": [...], "ex_per_cpu_s": [...], "first_step_s": s}}: window k of every
@@ -69,7 +73,12 @@ def _alternate(fns: dict, batch_size: int, *, warmup_s: float, windows: int, win
     t = time.perf_counter()
     step(0)
     sync()
-    out[name] = {"first_step_s": time.perf_counter() - t, "ex_per_s": [], "ex_per_cpu_s": [], "steps": 1}
+    out[name] = {
+      "first_step_s": time.perf_counter() - t,
+      "ex_per_s": [],
+      "ex_per_cpu_s": [],
+      "steps": 1,
+    }
     t, n = time.perf_counter(), 0
     while n < 2 or time.perf_counter() - t < warmup_s:
       step(n + 1)
@@ -103,13 +112,17 @@ def _towers_step(run):
 
   def towers_step(state, batch):
     rng = jax.random.fold_in(state.rng, state.step)
-    grad_fn = jax.value_and_grad(lambda p, e: steps._loss_fn(c, p, e, batch, rng, True), argnums=(0, 1),
-                                 has_aux=True)
+    grad_fn = jax.value_and_grad(
+      lambda p, e: steps._loss_fn(c, p, e, batch, rng, True), argnums=(0, 1), has_aux=True
+    )
     (loss, _), (g_params, g_emb) = grad_fn(state.params, {n: batch["rows"] for n in state.tables})
     updates, opt_state = c.tx.update(g_params, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # The rows' gradient is returned, so it is computed (what a table would receive), not pruned.
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), {"loss": loss, "g": g_emb}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), {
+      "loss": loss,
+      "g": g_emb,
+    }
 
   return jax.jit(towers_step, donate_argnums=0)
 
@@ -121,14 +134,14 @@ def step_worker(spec) -> dict:
   import jax.numpy as jnp
   import numpy as np
 
-  from esmjax import host_memory
+  from esmjax import host_memory, steps, trainer
   from esmjax import sharding as sh
-  from esmjax import steps
-  from esmjax import trainer
 
   mesh = sh.make_mesh(spec["devices"])
   schema = common.paper_schema(spec["rows"])
-  cfg = common.bench_config(batch_size=spec["batch"], table_optimizer=spec["optimizer"], devices=spec["devices"])
+  cfg = common.bench_config(
+    batch_size=spec["batch"], table_optimizer=spec["optimizer"], devices=spec["devices"]
+  )
   t = time.perf_counter()
   run = trainer.Run(cfg, schema, mesh=mesh)
   state = run.init_fn()
@@ -139,14 +152,21 @@ def step_worker(spec) -> dict:
   host = common.zipf_batches(schema, spec["batch"], spec["n_batches"], seed=0)
   batches = [sh.put_batch({k: b[k] for k in steps.BATCH_KEYS}, mesh) for b in host]
   rng = np.random.default_rng(0)
-  rows = jax.device_put(0.01 * rng.standard_normal((spec["batch"], len(schema.sparse), common.PAPER_DIM),
-                                                   np.float32), sh.batch_sharding(mesh))
+  rows = jax.device_put(
+    0.01 * rng.standard_normal((spec["batch"], len(schema.sparse), common.PAPER_DIM), np.float32),
+    sh.batch_sharding(mesh),
+  )
   tower_batches = [{**b, "rows": rows} for b in batches]
   towers = _towers_step(run)
   # The towers' own state: fresh copies of the small leaves and no tables (a 1e8-row table must not
   # exist twice); both states are donated step after step, so they must not share buffers.
-  small = jax.jit(lambda s: s.replace(tables={n: jnp.zeros((8, common.PAPER_DIM)) for n in s.tables}, slots={},
-                                      scratch=jnp.zeros((8,), jnp.int32)))(state)
+  small = jax.jit(
+    lambda s: s.replace(
+      tables={n: jnp.zeros((8, common.PAPER_DIM)) for n in s.tables},
+      slots={},
+      scratch=jnp.zeros((8,), jnp.int32),
+    )
+  )(state)
   box = {"step": state, "towers": small, "m": None, "mt": None}
   del state, small
 
@@ -156,13 +176,28 @@ def step_worker(spec) -> dict:
   def towers_step(i):
     box["towers"], box["mt"] = towers(box["towers"], tower_batches[i % len(batches)])
 
-  res = _alternate({"step": (step, lambda: jax.block_until_ready(box["m"])),
-                    "towers": (towers_step, lambda: jax.block_until_ready(box["mt"]))},
-                   spec["batch"], warmup_s=spec["warmup_s"], windows=spec["windows"], window_s=spec["window_s"])
-  return {**res["step"], "reference": {"name": "towers alone", **res["towers"]}, "init_s": init_s,
-          "final_loss": float(jax.device_get(box["m"]["loss"])), "peak_rss_mb": common.peak_rss_mb(),
-          "rss_before_import_mb": rss0, "rss_after_init_mb": rss_init, "engine": type(run.components.engine).__name__,
-          "num_devices": mesh.size, "huge_page_bytes_advised": advised}
+  res = _alternate(
+    {
+      "step": (step, lambda: jax.block_until_ready(box["m"])),
+      "towers": (towers_step, lambda: jax.block_until_ready(box["mt"])),
+    },
+    spec["batch"],
+    warmup_s=spec["warmup_s"],
+    windows=spec["windows"],
+    window_s=spec["window_s"],
+  )
+  return {
+    **res["step"],
+    "reference": {"name": "towers alone", **res["towers"]},
+    "init_s": init_s,
+    "final_loss": float(jax.device_get(box["m"]["loss"])),
+    "peak_rss_mb": common.peak_rss_mb(),
+    "rss_before_import_mb": rss0,
+    "rss_after_init_mb": rss_init,
+    "engine": type(run.components.engine).__name__,
+    "num_devices": mesh.size,
+    "huge_page_bytes_advised": advised,
+  }
 
 
 def pipeline_worker(spec) -> dict:
@@ -173,8 +208,7 @@ def pipeline_worker(spec) -> dict:
   import numpy as np
 
   from esmjax import sharding as sh
-  from esmjax import steps
-  from esmjax import trainer
+  from esmjax import steps, trainer
   from esmjax.data import dataset as ds_lib
   from esmjax.loop import data as loop_data
 
@@ -196,20 +230,34 @@ def pipeline_worker(spec) -> dict:
 
     def pipe_step(i):
       b = next(it)
-      box["pipe"], box["m"] = run.train_step(box["pipe"], sh.put_batch({k: b[k] for k in steps.BATCH_KEYS}, mesh))
+      box["pipe"], box["m"] = run.train_step(
+        box["pipe"], sh.put_batch({k: b[k] for k in steps.BATCH_KEYS}, mesh)
+      )
 
     def pre_step(i):
       box["pre"], box["mp"] = run.train_step(box["pre"], premade[i % len(premade)])
 
-    res = _alternate({"pipeline": (pipe_step, lambda: jax.block_until_ready(box["m"])),
-                      "premade": (pre_step, lambda: jax.block_until_ready(box["mp"]))},
-                     spec["batch"], warmup_s=spec["warmup_s"], windows=spec["windows"], window_s=spec["window_s"])
+    res = _alternate(
+      {
+        "pipeline": (pipe_step, lambda: jax.block_until_ready(box["m"])),
+        "premade": (pre_step, lambda: jax.block_until_ready(box["mp"])),
+      },
+      spec["batch"],
+      warmup_s=spec["warmup_s"],
+      windows=spec["windows"],
+      window_s=spec["window_s"],
+    )
     close = getattr(it, "close", None)
     if close:
       close()
-    return {**res["pipeline"], "reference": {"name": "same step, pre-made batches", **res["premade"]},
-            "peak_rss_mb": common.peak_rss_mb(), "dataset_rows": ds.num_rows, "engine": type(run.components.engine).__name__,
-            "num_devices": 1}
+    return {
+      **res["pipeline"],
+      "reference": {"name": "same step, pre-made batches", **res["premade"]},
+      "peak_rss_mb": common.peak_rss_mb(),
+      "dataset_rows": ds.num_rows,
+      "engine": type(run.components.engine).__name__,
+      "num_devices": 1,
+    }
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -222,20 +270,49 @@ def points(args) -> list[dict]:
   """The points, each with the environment its worker starts with. By default that is what
   `python -m esmjax.main` gives itself (malloc on huge pages where supported:
   `esmjax.host_memory.use_huge_page_malloc`); the `4 KB-page malloc` lines show what that buys."""
-  w = {"warmup_s": args.warmup_s, "windows": args.windows, "window_s": args.window_s, "batch": BATCH}
+  w = {
+    "warmup_s": args.warmup_s,
+    "windows": args.windows,
+    "window_s": args.window_s,
+    "batch": BATCH,
+  }
   step = lambda name, rows, devices=1, env=None, **kw: {
-      "name": name, "kind": "step", "rows": int(rows), "devices": devices, "optimizer": "rowwise_adagrad",
-      "n_batches": 8, "env": env, **w, **kw}
+    "name": name,
+    "kind": "step",
+    "rows": int(rows),
+    "devices": devices,
+    "optimizer": "rowwise_adagrad",
+    "n_batches": 8,
+    "env": env,
+    **w,
+    **kw,
+  }
   pts = [step(f"{r:.0e} rows", r) for r in args.rows]
   if not args.quick:
-    pts.append({"name": "1e+05 rows + input pipeline", "kind": "pipeline", "rows": int(1e5), "devices": 1,
-                "n_blocks": 48, **w})
+    pts.append(
+      {
+        "name": "1e+05 rows + input pipeline",
+        "kind": "pipeline",
+        "rows": int(1e5),
+        "devices": 1,
+        "n_blocks": 48,
+        **w,
+      }
+    )
     pts.append(step("1e+06 rows, 8 CPU devices (row-sharded)", 1e6, devices=8))
-    if host_memory.huge_page_malloc_supported():  # what huge pages buy: malloc as the OS gives it, and only the state moved after init
+    if (
+      host_memory.huge_page_malloc_supported()
+    ):  # what huge pages buy: malloc as the OS gives it, and only the state moved after init
       no_huge = {"GLIBC_TUNABLES": ""}  # glibc reads an empty value as no tunables
       pts += [step(f"{r:.0e} rows, 4 KB-page malloc", r, env=no_huge) for r in (1e5, 1e7)]
-      pts.append(step("1e+07 rows, 4 KB-page malloc + back_with_huge_pages(state)", 1e7, env=no_huge,
-                      huge_pages=True))
+      pts.append(
+        step(
+          "1e+07 rows, 4 KB-page malloc + back_with_huge_pages(state)",
+          1e7,
+          env=no_huge,
+          huge_pages=True,
+        )
+      )
   return pts
 
 
@@ -248,18 +325,26 @@ def run_point(p: dict, args, log) -> dict:
   need_gb = p["rows"] * common.state_bytes_per_row() / 2**30 + 1.0
   avail = reporting.mem_available_gb()
   if need_gb > args.mem_fraction * avail:
-    log(f"  {p['name']:<42} skipped: needs ~{need_gb:.1f} GB; {avail:.1f} GB available × {args.mem_fraction}")
+    log(
+      f"  {p['name']:<42} skipped: needs ~{need_gb:.1f} GB; {avail:.1f} GB available × {args.mem_fraction}"
+    )
     return {"skipped": f"needs ~{need_gb:.1f} GB; {avail:.1f} GB available × {args.mem_fraction}"}
-  r = common.run_worker(ME, p, env=common.worker_env(devices=p["devices"], extra=p.get("env")),
-                        timeout=args.worker_timeout)
+  r = common.run_worker(
+    ME,
+    p,
+    env=common.worker_env(devices=p["devices"], extra=p.get("env")),
+    timeout=args.worker_timeout,
+  )
   if "error" in r:
     log(f"  {p['name']:<42} ERROR {r['error'][:400]}")
     return r
   rate, ref = common.spread(r["ex_per_s"]), r["reference"]
-  log(f"  {p['name']:<42} {rate['median'] / 1e3:7.1f} k ex/s ±{100 * rate['rel_half_range']:.0f} % "
-      f"(best window {rate['max'] / 1e3:.1f} k; {common.spread(r['ex_per_cpu_s'])['median'] / 1e3:.1f} k ex/CPU-s)  "
-      f"= {100 * common.spread(_ratios(r['ex_per_s'], ref['ex_per_s']))['median']:.0f} % of {ref['name']}  "
-      f"peak RSS {r['peak_rss_mb']:.0f} MB" + (f"  init {r['init_s']:.1f} s" if "init_s" in r else ""))
+  log(
+    f"  {p['name']:<42} {rate['median'] / 1e3:7.1f} k ex/s ±{100 * rate['rel_half_range']:.0f} % "
+    f"(best window {rate['max'] / 1e3:.1f} k; {common.spread(r['ex_per_cpu_s'])['median'] / 1e3:.1f} k ex/CPU-s)  "
+    f"= {100 * common.spread(_ratios(r['ex_per_s'], ref['ex_per_s']))['median']:.0f} % of {ref['name']}  "
+    f"peak RSS {r['peak_rss_mb']:.0f} MB" + (f"  init {r['init_s']:.1f} s" if "init_s" in r else "")
+  )
   return r
 
 
@@ -269,9 +354,14 @@ def summarise(p: dict, runs: list[dict]) -> dict:
   row = {**p, "runs": len(runs)}
   if not ok:
     bad = runs[-1]
-    return {**row, **({"skipped": bad["skipped"]} if "skipped" in bad else {"error": bad.get("error", "?")})}
+    return {
+      **row,
+      **({"skipped": bad["skipped"]} if "skipped" in bad else {"error": bad.get("error", "?")}),
+    }
   pool = lambda key, sub=None: [x for r in ok for x in ((r[sub] if sub else r)[key])]
-  row.update({k: v for k, v in ok[-1].items() if k not in ("ex_per_s", "ex_per_cpu_s", "reference")})
+  row.update(
+    {k: v for k, v in ok[-1].items() if k not in ("ex_per_s", "ex_per_cpu_s", "reference")}
+  )
   row["reference"] = {"name": ok[0]["reference"]["name"]}
   row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
   if "init_s" in ok[0]:
@@ -279,9 +369,14 @@ def summarise(p: dict, runs: list[dict]) -> dict:
   row["rate"] = common.spread(pool("ex_per_s"))
   row["cpu_rate"] = common.spread(pool("ex_per_cpu_s"))
   row["ref_rate"] = common.spread(pool("ex_per_s", "reference"))
-  row["vs_reference"] = common.spread([x for r in ok for x in _ratios(r["ex_per_s"], r["reference"]["ex_per_s"])])
+  row["vs_reference"] = common.spread(
+    [x for r in ok for x in _ratios(r["ex_per_s"], r["reference"]["ex_per_s"])]
+  )
   row["step_ms"] = BATCH / row["rate"]["median"] * 1e3
-  row["windows"] = {"ex_per_s": pool("ex_per_s"), "reference_ex_per_s": pool("ex_per_s", "reference")}
+  row["windows"] = {
+    "ex_per_s": pool("ex_per_s"),
+    "reference_ex_per_s": pool("ex_per_s", "reference"),
+  }
   return row
 
 
@@ -294,23 +389,46 @@ def verdicts(rows: list[dict]) -> list[dict]:
   r5, r7, r8 = by.get("1e+05 rows"), by.get("1e+07 rows"), by.get("1e+08 rows")
   if r5:
     frac = r5["vs_reference"]["median"]
-    out.append({"target": f"≥ {TARGET_EX_S / 1e3:.0f} k ex/s at 1e5 rows", "measured": r5["rate"]["median"],
-                "best_window": r5["rate"]["max"], "fraction_of_towers_alone": frac,
-                "towers_alone": r5["ref_rate"]["median"], "towers_alone_best": r5["ref_rate"]["max"],
-                "projected_idle": frac * TOWERS_IDLE_EX_S, "met": r5["rate"]["median"] >= TARGET_EX_S,
-                "met_by_best_window": r5["rate"]["max"] >= TARGET_EX_S})
+    out.append(
+      {
+        "target": f"≥ {TARGET_EX_S / 1e3:.0f} k ex/s at 1e5 rows",
+        "measured": r5["rate"]["median"],
+        "best_window": r5["rate"]["max"],
+        "fraction_of_towers_alone": frac,
+        "towers_alone": r5["ref_rate"]["median"],
+        "towers_alone_best": r5["ref_rate"]["max"],
+        "projected_idle": frac * TOWERS_IDLE_EX_S,
+        "met": r5["rate"]["median"] >= TARGET_EX_S,
+        "met_by_best_window": r5["rate"]["max"] >= TARGET_EX_S,
+      }
+    )
   if r5 and r7:
     ratio = r5["vs_reference"]["median"] / r7["vs_reference"]["median"]
-    out.append({"target": f"step time at 1e7 rows ≤ {TARGET_RATIO}× that at 1e5", "measured": ratio,
-                "measured_wall": r5["rate"]["median"] / r7["rate"]["median"],
-                "measured_best": r5["rate"]["max"] / r7["rate"]["max"],
-                "measured_cpu": r5["cpu_rate"]["median"] / r7["cpu_rate"]["median"], "met": ratio <= TARGET_RATIO})
+    out.append(
+      {
+        "target": f"step time at 1e7 rows ≤ {TARGET_RATIO}× that at 1e5",
+        "measured": ratio,
+        "measured_wall": r5["rate"]["median"] / r7["rate"]["median"],
+        "measured_best": r5["rate"]["max"] / r7["rate"]["max"],
+        "measured_cpu": r5["cpu_rate"]["median"] / r7["cpu_rate"]["median"],
+        "met": ratio <= TARGET_RATIO,
+      }
+    )
   r8_row = next((r for r in rows if r["name"] == "1e+08 rows"), None)
   if r8_row is not None:
-    ok = bool(r8) and r8.get("final_loss") == r8.get("final_loss")  # trained, and the loss is not NaN
-    out.append({"target": "1e8 rows train", "met": ok, "measured": r8["rate"]["median"] if r8 else None,
-                "vs_towers": r8["vs_reference"]["median"] if r8 else None,
-                "peak_rss_mb": r8["peak_rss_mb"] if r8 else None, "why_not": r8_row.get("skipped") or r8_row.get("error")})
+    ok = bool(r8) and r8.get("final_loss") == r8.get(
+      "final_loss"
+    )  # trained, and the loss is not NaN
+    out.append(
+      {
+        "target": "1e8 rows train",
+        "met": ok,
+        "measured": r8["rate"]["median"] if r8 else None,
+        "vs_towers": r8["vs_reference"]["median"] if r8 else None,
+        "peak_rss_mb": r8["peak_rss_mb"] if r8 else None,
+        "why_not": r8_row.get("skipped") or r8_row.get("error"),
+      }
+    )
   return out
 
 
@@ -318,78 +436,142 @@ def markdown(res: dict) -> str:
   m = res["machine"]
   a = res["args"]
   lines = [
-      "# Throughput: the ESMM-paper step vs table size", "",
-      f"`{res['command']}` — {res['when']}; {m['cpu']}, {m['cores']} cores, {m['mem_available_gb']:.1f} GB "
-      f"available; load average before {res['load_before']}, after {res['load_after']} (a shared machine).", "",
-      "ESMM, 23 single-valued fields × dim 18, towers 200-80-1 ×2, batch 4096, row-wise Adagrad (tables) + Adam "
-      "(towers), Zipf(1.2) ids on 8 pre-generated device batches; each point in its own process "
-      f"({a['repeats']} run(s) per point, round robin, windows pooled), alternating "
-      f"{a['windows']} timed windows of ≥ {a['window_s']} s with a reference measured in the same process "
-      f"(after {a['warmup_s']} s of warm-up each). *vs reference* is the median over window pairs of "
-      "point rate / reference rate: it cancels the neighbours' load, which the raw rates do not.", "",
+    "# Throughput: the ESMM-paper step vs table size",
+    "",
+    f"`{res['command']}` — {res['when']}; {m['cpu']}, {m['cores']} cores, {m['mem_available_gb']:.1f} GB "
+    f"available; load average before {res['load_before']}, after {res['load_after']} (a shared machine).",
+    "",
+    "ESMM, 23 single-valued fields × dim 18, towers 200-80-1 ×2, batch 4096, row-wise Adagrad (tables) + Adam "
+    "(towers), Zipf(1.2) ids on 8 pre-generated device batches; each point in its own process "
+    f"({a['repeats']} run(s) per point, round robin, windows pooled), alternating "
+    f"{a['windows']} timed windows of ≥ {a['window_s']} s with a reference measured in the same process "
+    f"(after {a['warmup_s']} s of warm-up each). *vs reference* is the median over window pairs of "
+    "point rate / reference rate: it cancels the neighbours' load, which the raw rates do not.",
+    "",
   ]
   rows = []
   for r in res["points"]:
     if "rate" in r:
-      rows.append([r["name"], reporting.fmt_rate(r["rate"]["median"]), f"±{100 * r['rate']['rel_half_range']:.0f} %",
-                   reporting.fmt_rate(r["rate"]["max"]), reporting.fmt_rate(r["cpu_rate"]["median"]),
-                   f"{100 * r['vs_reference']['median']:.0f} % of {r['reference']['name']} "
-                   f"({reporting.fmt_rate(r['ref_rate']['median'])})",
-                   f"{r['peak_rss_mb']:,.0f}", f"{r['init_s']:.1f}" if "init_s" in r else "–", r.get("engine", "–")])
+      rows.append(
+        [
+          r["name"],
+          reporting.fmt_rate(r["rate"]["median"]),
+          f"±{100 * r['rate']['rel_half_range']:.0f} %",
+          reporting.fmt_rate(r["rate"]["max"]),
+          reporting.fmt_rate(r["cpu_rate"]["median"]),
+          f"{100 * r['vs_reference']['median']:.0f} % of {r['reference']['name']} "
+          f"({reporting.fmt_rate(r['ref_rate']['median'])})",
+          f"{r['peak_rss_mb']:,.0f}",
+          f"{r['init_s']:.1f}" if "init_s" in r else "–",
+          r.get("engine", "–"),
+        ]
+      )
     else:
-      rows.append([r["name"], ("skipped: " + r["skipped"]) if r.get("skipped") else "error: " + r.get("error", "")[:80],
-                   "", "", "", "", "", "", ""])
-  lines.append(reporting.markdown_table(["point", "ex/s (median)", "spread", "best window", "ex / CPU-s", "vs reference",
-                                "peak RSS MB", "init s", "engine"], rows))
+      rows.append(
+        [
+          r["name"],
+          ("skipped: " + r["skipped"]) if r.get("skipped") else "error: " + r.get("error", "")[:80],
+          "",
+          "",
+          "",
+          "",
+          "",
+          "",
+          "",
+        ]
+      )
+  lines.append(
+    reporting.markdown_table(
+      [
+        "point",
+        "ex/s (median)",
+        "spread",
+        "best window",
+        "ex / CPU-s",
+        "vs reference",
+        "peak RSS MB",
+        "init s",
+        "engine",
+      ],
+      rows,
+    )
+  )
   lines += ["", "## Targets", ""]
   for v in res["verdicts"]:
     mark = "met" if v["met"] else "NOT met"
     if "fraction_of_towers_alone" in v:
       lines.append(
-          f"- {v['target']}: median {reporting.fmt_rate(v['measured'])} ex/s under this run's load — **{mark}**; "
-          f"best window {reporting.fmt_rate(v['best_window'])} ex/s (a lower bound of the rate with the machine to "
-          f"itself). The step runs at "
-          f"{100 * v['fraction_of_towers_alone']:.0f} % of the towers alone measured alongside (median "
-          f"{reporting.fmt_rate(v['towers_alone'])}, best {reporting.fmt_rate(v['towers_alone_best'])} ex/s); against "
-          f"the {TOWERS_IDLE_EX_S / 1e3:.0f} k ex/s of the towers alone on an idle machine of this kind that "
-          f"fraction projects {reporting.fmt_rate(v['projected_idle'])} ex/s.")
+        f"- {v['target']}: median {reporting.fmt_rate(v['measured'])} ex/s under this run's load — **{mark}**; "
+        f"best window {reporting.fmt_rate(v['best_window'])} ex/s (a lower bound of the rate with the machine to "
+        f"itself). The step runs at "
+        f"{100 * v['fraction_of_towers_alone']:.0f} % of the towers alone measured alongside (median "
+        f"{reporting.fmt_rate(v['towers_alone'])}, best {reporting.fmt_rate(v['towers_alone_best'])} ex/s); against "
+        f"the {TOWERS_IDLE_EX_S / 1e3:.0f} k ex/s of the towers alone on an idle machine of this kind that "
+        f"fraction projects {reporting.fmt_rate(v['projected_idle'])} ex/s."
+      )
     elif "measured_wall" in v:
-      lines.append(f"- {v['target']}: {v['measured']:.2f}× load-cancelled (each size against the towers alone in "
-                   f"its own process); best windows {v['measured_best']:.2f}×, raw medians {v['measured_wall']:.2f}× "
-                   f"wall and {v['measured_cpu']:.2f}× CPU time — **{mark}**.")
+      lines.append(
+        f"- {v['target']}: {v['measured']:.2f}× load-cancelled (each size against the towers alone in "
+        f"its own process); best windows {v['measured_best']:.2f}×, raw medians {v['measured_wall']:.2f}× "
+        f"wall and {v['measured_cpu']:.2f}× CPU time — **{mark}**."
+      )
     else:
-      lines.append(f"- {v['target']}: " + (
+      lines.append(
+        f"- {v['target']}: "
+        + (
           f"{reporting.fmt_rate(v['measured'])} ex/s ({100 * v['vs_towers']:.0f} % of the towers alone), peak RSS "
-          f"{v['peak_rss_mb'] / 1024:.1f} GB — **met**." if v["met"] else f"**NOT met** ({v['why_not']})."))
-  lines += ["", "## Reading these numbers", "",
-            "- Every step touches 94 k ids (4096 × 23), ~30 k of them distinct; the engine gathers, merges and "
-            "updates only those, so the table size enters through cache misses on the touched rows and the "
-            "initialisation time, not through the step's work.",
-            "- ex / CPU-s counts examples per CPU-second of the process (all threads): the work a step costs, "
-            "whatever share of the cores the scheduler gave it.",
-            "- The 8-device line runs 8 fake CPU devices on the same cores; each device merges all ids of the global "
-            "batch (the row-wise scheme), so it measures what the sharded engine costs, not a speed-up.",
-            f"- Malloc: every line runs as `python -m esmjax.main` starts (`GLIBC_TUNABLES={res['cli_tunables']}`) "
-            "except the `4 KB-page malloc` lines (the environment as the OS gives it); "
-            "`back_with_huge_pages(state)` moved only the state's buffers onto huge pages after init.",
-            ]
+          f"{v['peak_rss_mb'] / 1024:.1f} GB — **met**."
+          if v["met"]
+          else f"**NOT met** ({v['why_not']})."
+        )
+      )
+  lines += [
+    "",
+    "## Reading these numbers",
+    "",
+    "- Every step touches 94 k ids (4096 × 23), ~30 k of them distinct; the engine gathers, merges and "
+    "updates only those, so the table size enters through cache misses on the touched rows and the "
+    "initialisation time, not through the step's work.",
+    "- ex / CPU-s counts examples per CPU-second of the process (all threads): the work a step costs, "
+    "whatever share of the cores the scheduler gave it.",
+    "- The 8-device line runs 8 fake CPU devices on the same cores; each device merges all ids of the global "
+    "batch (the row-wise scheme), so it measures what the sharded engine costs, not a speed-up.",
+    f"- Malloc: every line runs as `python -m esmjax.main` starts (`GLIBC_TUNABLES={res['cli_tunables']}`) "
+    "except the `4 KB-page malloc` lines (the environment as the OS gives it); "
+    "`back_with_huge_pages(state)` moved only the state's buffers onto huge pages after init.",
+  ]
   return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--quick", action="store_true", help="1e5..1e7 rows only, shorter windows")
-  ap.add_argument("--rows", default="", help="comma-separated table sizes (default 1e5,1e6,1e7,1e8)")
+  ap.add_argument(
+    "--rows", default="", help="comma-separated table sizes (default 1e5,1e6,1e7,1e8)"
+  )
   ap.add_argument("--windows", type=int, default=11)
   ap.add_argument("--window_s", type=float, default=1.5)
   ap.add_argument("--warmup_s", type=float, default=2.0)
-  ap.add_argument("--mem_fraction", type=float, default=0.8, help="skip points needing more than this share of "
-                  "the available memory")
-  ap.add_argument("--repeats", type=int, default=1, help="run every point this many times, round robin, and "
-                  "pool their windows (a shared machine gives each point more chances at a quiet spell)")
+  ap.add_argument(
+    "--mem_fraction",
+    type=float,
+    default=0.8,
+    help="skip points needing more than this share of the available memory",
+  )
+  ap.add_argument(
+    "--repeats",
+    type=int,
+    default=1,
+    help="run every point this many times, round robin, and "
+    "pool their windows (a shared machine gives each point more chances at a quiet spell)",
+  )
   ap.add_argument("--worker_timeout", type=float, default=900)
   ap.add_argument("--out_dir", default=str(common.RESULTS))
-  ap.add_argument("--render_only", action="store_true", help="rejudge and rewrite the .md from the .json in --out_dir")
+  ap.add_argument(
+    "--render_only",
+    action="store_true",
+    help="rejudge and rewrite the .md from the .json in --out_dir",
+  )
   args = ap.parse_args(argv)
   if args.render_only:
     out = Path(args.out_dir)
@@ -399,14 +581,21 @@ def main(argv=None):
     return
   if args.quick:
     args.windows, args.window_s, args.warmup_s = 4, 1.0, 1.0
-  args.rows = [float(x) for x in args.rows.split(",")] if args.rows else ([1e5, 1e6, 1e7] if args.quick else
-                                                                          [1e5, 1e6, 1e7, 1e8])
+  args.rows = (
+    [float(x) for x in args.rows.split(",")]
+    if args.rows
+    else ([1e5, 1e6, 1e7] if args.quick else [1e5, 1e6, 1e7, 1e8])
+  )
   log = lambda s: print(s, flush=True)
   t0 = time.time()
-  res = {**reporting.provenance(),
-         "cli_tunables": host_memory.HUGETLB_TUNABLE if host_memory.huge_page_malloc_supported() else "",
-         "args": vars(args)}
-  log(f"throughput: ESMM paper config, batch {BATCH}; {res['machine']['cores']} cores, load {res['load_before']}")
+  res = {
+    **reporting.provenance(),
+    "cli_tunables": host_memory.HUGETLB_TUNABLE if host_memory.huge_page_malloc_supported() else "",
+    "args": vars(args),
+  }
+  log(
+    f"throughput: ESMM paper config, batch {BATCH}; {res['machine']['cores']} cores, load {res['load_before']}"
+  )
   pts = points(args)
   runs: list[list[dict]] = [[] for _ in pts]
   for k in range(args.repeats):  # round robin: each point gets `repeats` chances at a quiet machine

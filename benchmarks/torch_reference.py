@@ -48,18 +48,24 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import common
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import common
 from esmjax import state as state_lib
 
 SUPPORTED_MODELS = ("esmm", "esmm_ns", "esm2")
 TABLE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "lazy_adam", "adam")
-_ACTIVATIONS = {"relu": nn.ReLU, "gelu": lambda: nn.GELU(approximate="tanh"), "tanh": nn.Tanh,
-                "sigmoid": nn.Sigmoid, "swish": nn.SiLU, "leaky_relu": lambda: nn.LeakyReLU(0.01)}
+_ACTIVATIONS = {
+  "relu": nn.ReLU,
+  "gelu": lambda: nn.GELU(approximate="tanh"),
+  "tanh": nn.Tanh,
+  "sigmoid": nn.Sigmoid,
+  "swish": nn.SiLU,
+  "leaky_relu": lambda: nn.LeakyReLU(0.01),
+}
 _LN2 = 0.6931471805599453
 _TRUNC_STD = 0.87962566103423978  # std of a unit normal truncated to [-2, 2] (Flax's correction)
 
@@ -78,13 +84,19 @@ class Variant:
 
   def __post_init__(self):
     if self.table_optimizer not in TABLE_OPTIMIZERS:
-      raise ValueError(f"variant table_optimizer={self.table_optimizer!r}; allowed: {list(TABLE_OPTIMIZERS)}")
+      raise ValueError(
+        f"variant table_optimizer={self.table_optimizer!r}; allowed: {list(TABLE_OPTIMIZERS)}"
+      )
     if self.table_optimizer == "lazy_adam" and not self.sparse:
-      raise ValueError("variant lazy_adam needs sparse gradients (torch.optim.SparseAdam); dense Adam "
-                       "is the variant '*-dense-adam' (it decays untouched rows)")
+      raise ValueError(
+        "variant lazy_adam needs sparse gradients (torch.optim.SparseAdam); dense Adam "
+        "is the variant '*-dense-adam' (it decays untouched rows)"
+      )
     if self.table_optimizer == "adam" and self.sparse:
-      raise ValueError("variant adam needs dense gradients (torch.optim.Adam); with sparse ones "
-                       "use '*-sparse-lazy_adam' (torch.optim.SparseAdam)")
+      raise ValueError(
+        "variant adam needs dense gradients (torch.optim.Adam); with sparse ones "
+        "use '*-sparse-lazy_adam' (torch.optim.SparseAdam)"
+      )
 
   @property
   def config_optimizer(self) -> str:
@@ -97,12 +109,16 @@ class Variant:
     return f"{'compile' if self.compile else 'eager'}-{'sparse' if self.sparse else 'dense'}-{self.table_optimizer}"
 
   @classmethod
-  def parse(cls, name: str) -> "Variant":
+  def parse(cls, name: str) -> Variant:
     """'eager-sparse-rowwise_adagrad', 'compile-dense-adagrad', ... (see `name`)."""
     parts = name.split("-", 2)
-    if len(parts) != 3 or parts[0] not in ("eager", "compile") or parts[1] not in ("sparse", "dense"):
-      raise ValueError(f"torch variant {name!r}: expected '{{eager|compile}}-{{sparse|dense}}-"
-                       f"{{{'|'.join(TABLE_OPTIMIZERS)}}}'")
+    if (
+      len(parts) != 3 or parts[0] not in ("eager", "compile") or parts[1] not in ("sparse", "dense")
+    ):
+      raise ValueError(
+        f"torch variant {name!r}: expected '{{eager|compile}}-{{sparse|dense}}-"
+        f"{{{'|'.join(TABLE_OPTIMIZERS)}}}'"
+      )
     return cls(parts[2], sparse=parts[1] == "sparse", compile=parts[0] == "compile")
 
 
@@ -129,7 +145,12 @@ def log_probs(name: str, z: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
   if name == "esm2":
     l1, l2 = ls(z["ctr"]), ls(z["daction"])
     log_pcvr = torch.logaddexp(l2 + ls(z["buy_d"]), ls(-z["daction"]) + ls(z["buy_o"]))
-    return {"log_pctr": l1, "log_pcvr": log_pcvr, "log_pctcvr": l1 + log_pcvr, "log_pctavr": l1 + l2}
+    return {
+      "log_pctr": l1,
+      "log_pcvr": log_pcvr,
+      "log_pctcvr": l1 + log_pcvr,
+      "log_pctavr": l1 + l2,
+    }
   l1, l3 = ls(z["ctr"]), ls(z["cvr"])
   return {"log_pctr": l1, "log_pcvr": l3, "log_pctcvr": l1 + l3}
 
@@ -166,8 +187,9 @@ class TorchMultiTask(nn.Module):
     super().__init__()
     name, m = config.model.name, config.model
     if name not in SUPPORTED_MODELS:
-      raise ValueError(f"model.name={name!r} has no PyTorch reference; allowed: "
-                       f"{list(SUPPORTED_MODELS)}")
+      raise ValueError(
+        f"model.name={name!r} has no PyTorch reference; allowed: {list(SUPPORTED_MODELS)}"
+      )
     c = state_lib.build(config, schema)  # esmjax's table layout and label columns
     lay = c.layout
     self.name, self.loss_weights, self.sparse = name, tuple(m.loss_weights), sparse
@@ -183,15 +205,21 @@ class TorchMultiTask(nn.Module):
       nn.init.normal_(emb.weight, 0.0, config.embedding.init_std)
       self.tables[s] = emb
     # Single-valued columns: sparse fields, then bucketised dense fields (esmjax's gids order).
-    self.register_buffer("sv_offsets", torch.tensor(lay.sparse_offsets + lay.dense_offsets, dtype=torch.int64),
-                         persistent=False)
+    self.register_buffer(
+      "sv_offsets",
+      torch.tensor(lay.sparse_offsets + lay.dense_offsets, dtype=torch.int64),
+      persistent=False,
+    )
     self.num_bucket = len(lay.dense_boundaries)
     for i, b in enumerate(lay.dense_boundaries):
       self.register_buffer(f"bounds_{i}", torch.tensor(b, dtype=torch.float32), persistent=False)
     self.mv_lens = tuple(lay.mv_lens)
     self.mv_mean = tuple(f.pooling == "mean" for f in schema.multi)
-    self.register_buffer("mv_col_offsets", torch.tensor(
-        np.repeat(np.asarray(lay.mv_offsets, np.int64), lay.mv_lens), dtype=torch.int64), persistent=False)
+    self.register_buffer(
+      "mv_col_offsets",
+      torch.tensor(np.repeat(np.asarray(lay.mv_offsets, np.int64), lay.mv_lens), dtype=torch.int64),
+      persistent=False,
+    )
     starts = np.cumsum([0, *lay.mv_lens])[:-1]
     self.register_buffer("mv_bag_starts", torch.tensor(starts, dtype=torch.int64), persistent=False)
     n_dense = len(schema.dense) if self.dense_mode != "none" else 0
@@ -201,9 +229,15 @@ class TorchMultiTask(nn.Module):
       std = [float(f.std) or 1.0 for f in schema.dense]
       self.register_buffer("dense_mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
       self.register_buffer("dense_std", torch.tensor(std, dtype=torch.float32), persistent=False)
-      self.dense_u = nn.ParameterDict({s: nn.Parameter(torch.randn(n_dense, self.dim)) for s in self.sets})
-      self.dense_b = nn.ParameterDict({s: nn.Parameter(torch.zeros(n_dense, self.dim)) for s in self.sets})
-    n_fields = self.num_sparse + len(self.mv_lens) + n_dense * (self.dense_mode in ("tanh", "bucket"))
+      self.dense_u = nn.ParameterDict(
+        {s: nn.Parameter(torch.randn(n_dense, self.dim)) for s in self.sets}
+      )
+      self.dense_b = nn.ParameterDict(
+        {s: nn.Parameter(torch.zeros(n_dense, self.dim)) for s in self.sets}
+      )
+    n_fields = (
+      self.num_sparse + len(self.mv_lens) + n_dense * (self.dense_mode in ("tanh", "bucket"))
+    )
     act = _ACTIVATIONS[m.activation]
     self.tower = nn.ModuleDict()
     for t, _ in self.towers:
@@ -217,7 +251,7 @@ class TorchMultiTask(nn.Module):
       self.tower[t] = nn.Sequential(*layers)
 
   @classmethod
-  def from_config(cls, config, schema, *, sparse: bool = True) -> "TorchMultiTask":
+  def from_config(cls, config, schema, *, sparse: bool = True) -> TorchMultiTask:
     return cls(config, schema, sparse=sparse)
 
   def dense_parameters(self) -> list[nn.Parameter]:
@@ -237,16 +271,22 @@ class TorchMultiTask(nn.Module):
       return mv_w
     parts, off = [], 0
     for length, mean in zip(self.mv_lens, self.mv_mean):
-      w = mv_w[:, off:off + length]
+      w = mv_w[:, off : off + length]
       parts.append(w / torch.clamp(w.sum(1, keepdim=True), min=1e-6) if mean else w)
       off += length
     return torch.cat(parts, 1)
 
-  def lookup(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+  def lookup(
+    self, batch: dict[str, torch.Tensor]
+  ) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
     """{set: (single-valued rows [B, Cs, D], pooled multi-valued rows [B, M, D] or None)}."""
     cols = [batch["sparse"].long()]
     for i in range(self.num_bucket):
-      cols.append(torch.bucketize(batch["dense"][:, i].contiguous(), getattr(self, f"bounds_{i}"), right=True)[:, None])
+      cols.append(
+        torch.bucketize(
+          batch["dense"][:, i].contiguous(), getattr(self, f"bounds_{i}"), right=True
+        )[:, None]
+      )
     sv_ids = (torch.cat(cols, 1) if len(cols) > 1 else cols[0]) + self.sv_offsets
     out = {}
     b = sv_ids.shape[0]
@@ -258,23 +298,25 @@ class TorchMultiTask(nn.Module):
       sv = F.embedding(sv_ids, emb.weight, sparse=self.sparse)
       pooled = None
       if self.mv_lens:
-        pooled = F.embedding_bag(mv_ids, emb.weight, offsets, mode="sum", per_sample_weights=mv_w,
-                                 sparse=self.sparse).view(b, len(self.mv_lens), self.dim)
+        pooled = F.embedding_bag(
+          mv_ids, emb.weight, offsets, mode="sum", per_sample_weights=mv_w, sparse=self.sparse
+        ).view(b, len(self.mv_lens), self.dim)
       out[s] = (sv, pooled)
     return out
 
   # The dense part (pooling done; what torch.compile may take).
 
-  def head(self, rows: dict[str, tuple[torch.Tensor, torch.Tensor | None]], dense: torch.Tensor
-           ) -> dict[str, torch.Tensor]:
+  def head(
+    self, rows: dict[str, tuple[torch.Tensor, torch.Tensor | None]], dense: torch.Tensor
+  ) -> dict[str, torch.Tensor]:
     feats = {}
     for s in self.sets:
       sv, pooled = rows[s]
-      parts = [sv[:, :self.num_sparse]]
+      parts = [sv[:, : self.num_sparse]]
       if pooled is not None:
         parts.append(pooled)
       if self.dense_mode == "bucket":
-        parts.append(sv[:, self.num_sparse:])
+        parts.append(sv[:, self.num_sparse :])
       elif self.tanh_dense:
         x = (dense - self.dense_mean) / self.dense_std
         parts.append(torch.tanh(x[:, :, None] * self.dense_u[s] + self.dense_b[s]))
@@ -337,7 +379,9 @@ class RowwiseAdagrad(torch.optim.Optimizer):
           continue
         st = self.state[p]
         if "acc" not in st:
-          st["acc"] = torch.full((p.shape[0],), group["initial_accumulator"], dtype=torch.float32, device=p.device)
+          st["acc"] = torch.full(
+            (p.shape[0],), group["initial_accumulator"], dtype=torch.float32, device=p.device
+          )
         acc, g = st["acc"], p.grad
         if g.is_sparse:
           g = g.coalesce()
@@ -353,8 +397,12 @@ def table_optimizer(params, variant: Variant, emb_cfg) -> torch.optim.Optimizer:
   if variant.table_optimizer == "rowwise_adagrad":
     return RowwiseAdagrad(params, emb_cfg.learning_rate, emb_cfg.eps, emb_cfg.initial_accumulator)
   if variant.table_optimizer == "adagrad":
-    return torch.optim.Adagrad(params, lr=emb_cfg.learning_rate, eps=emb_cfg.eps,
-                               initial_accumulator_value=emb_cfg.initial_accumulator)
+    return torch.optim.Adagrad(
+      params,
+      lr=emb_cfg.learning_rate,
+      eps=emb_cfg.eps,
+      initial_accumulator_value=emb_cfg.initial_accumulator,
+    )
   betas = (emb_cfg.beta1, emb_cfg.beta2)
   if variant.table_optimizer == "adam":
     return torch.optim.Adam(params, lr=emb_cfg.learning_rate, betas=betas, eps=emb_cfg.eps)
@@ -369,13 +417,19 @@ def tower_optimizer(params, opt_cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, eps=1e-8, weight_decay=opt_cfg.weight_decay)
   if name == "sgd":
     return torch.optim.SGD(params, lr=lr)
-  raise ValueError(f"optimizer.name={name!r} has no PyTorch mirror here; allowed: ['adam', 'adamw', 'sgd']")
+  raise ValueError(
+    f"optimizer.name={name!r} has no PyTorch mirror here; allowed: ['adam', 'adamw', 'sgd']"
+  )
 
 
-def to_torch(batch: dict[str, np.ndarray], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def to_torch(
+  batch: dict[str, np.ndarray], device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
   """An esmjax NumPy batch -> tensors (zero-copy on CPU)."""
   keys = ("sparse", "mv_ids", "mv_w", "dense", "labels")
-  return {k: torch.from_numpy(np.ascontiguousarray(batch[k])).to(device) for k in keys if k in batch}
+  return {
+    k: torch.from_numpy(np.ascontiguousarray(batch[k])).to(device) for k in keys if k in batch
+  }
 
 
 class Trainer:
@@ -411,9 +465,15 @@ class Trainer:
     return loss.detach()
 
 
-def train_loop(trainer: Trainer, batches: Iterator[dict[str, np.ndarray]], total_steps: int,
-               batch_size: int, log_every: int, device: str | torch.device = "cpu",
-               writer=None) -> dict[str, Any]:
+def train_loop(
+  trainer: Trainer,
+  batches: Iterator[dict[str, np.ndarray]],
+  total_steps: int,
+  batch_size: int,
+  log_every: int,
+  device: str | torch.device = "cpu",
+  writer=None,
+) -> dict[str, Any]:
   """esmjax's training loop in PyTorch: next batch → step; at every `log_every`-th step and the last
   the loss is read (a device sync) and written by `writer` (an esmjax.metrics_io.MetricWriter:
   metrics.jsonl + TensorBoard, as esmjax logs). The first step (compilation) is timed apart, as
@@ -442,9 +502,14 @@ def train_loop(trainer: Trainer, batches: Iterator[dict[str, np.ndarray]], total
         writer.write(step, "train", {"loss": value, "examples_per_sec": windows[-1]})
       t_log, since_log = now, 0
   train_s = time.perf_counter() - t_first
-  return {"steps": total_steps, "first_step_s": t_first - t_start, "train_s": train_s,
-          "ex_per_s": (total_steps - 1) * batch_size / train_s if total_steps > 1 else float("nan"),
-          "windows": windows, "losses": losses}
+  return {
+    "steps": total_steps,
+    "first_step_s": t_first - t_start,
+    "train_s": train_s,
+    "ex_per_s": (total_steps - 1) * batch_size / train_s if total_steps > 1 else float("nan"),
+    "windows": windows,
+    "losses": losses,
+  }
 
 
 def predict_fn(model: TorchMultiTask, device: str | torch.device = "cpu"):
@@ -455,8 +520,12 @@ def predict_fn(model: TorchMultiTask, device: str | torch.device = "cpu"):
   def predict(state, batch):
     del state
     model.eval()
-    return {k: v.cpu().numpy() for k, v in model.probabilities(to_torch(
-        {k: np.asarray(batch[k]) for k in keys if k in batch}, device)).items()}
+    return {
+      k: v.cpu().numpy()
+      for k, v in model.probabilities(
+        to_torch({k: np.asarray(batch[k]) for k in keys if k in batch}, device)
+      ).items()
+    }
 
   return predict
 
@@ -471,5 +540,9 @@ def state_bytes(trainer: Trainer) -> int:
 
 
 def describe(model: TorchMultiTask) -> dict[str, Any]:
-  return {"sets": list(model.sets), "towers": [t for t, _ in model.towers],
-          "table_rows": int(model.tables[model.sets[0]].num_embeddings), "dim": model.dim}
+  return {
+    "sets": list(model.sets),
+    "towers": [t for t, _ in model.towers],
+    "table_rows": int(model.tables[model.sets[0]].num_embeddings),
+    "dim": model.dim,
+  }

@@ -69,8 +69,12 @@ ROOT = common.ROOT
 DEFAULT_BASELINE = "284dab9"  # main before this round
 MODELS = ("esmm", "esm2")
 BATCHES = (1024, 4096)
-TORCH_VARIANTS = ("eager-sparse-rowwise_adagrad", "compile-sparse-rowwise_adagrad",
-                  "compile-dense-rowwise_adagrad", "compile-dense-adam")
+TORCH_VARIANTS = (
+  "eager-sparse-rowwise_adagrad",
+  "compile-sparse-rowwise_adagrad",
+  "compile-dense-rowwise_adagrad",
+  "compile-dense-adam",
+)
 QUICK_TORCH = ("eager-sparse-rowwise_adagrad", "compile-dense-adam")
 
 
@@ -96,8 +100,14 @@ def _first_batches(cfg, train_ds, n: int) -> list[dict]:
 
 
 def _windows(spec, step, sync) -> dict:
-  first, rates, n = common.timed_windows(step, sync, spec["batch"], warmup_s=spec["warmup_s"],
-                                         windows=spec["windows"], window_s=spec["window_s"])
+  first, rates, n = common.timed_windows(
+    step,
+    sync,
+    spec["batch"],
+    warmup_s=spec["warmup_s"],
+    windows=spec["windows"],
+    window_s=spec["window_s"],
+  )
   return {"ex_per_s": rates, "first_step_s": first, "steps": n}
 
 
@@ -124,13 +134,16 @@ def jax_step(spec) -> dict:
     box["state"], box["m"] = train(box["state"], batches[i % len(batches)])
 
   out = _windows(spec, step, lambda: jax.block_until_ready(box["m"]))
-  return {**out, "peak_rss_mb": common.peak_rss_mb(), "backend": jax.default_backend(),
-          "final_loss": float(jax.device_get(box["m"]["loss"]))}
+  return {
+    **out,
+    "peak_rss_mb": common.peak_rss_mb(),
+    "backend": jax.default_backend(),
+    "final_loss": float(jax.device_get(box["m"]["loss"])),
+  }
 
 
 def _torch_trainer(spec):
   import torch
-
   import torch_reference as tr
 
   torch.set_num_threads(spec["threads"])
@@ -152,15 +165,26 @@ def torch_e2e(spec) -> dict:
     writer = metrics_io.MetricWriter(work, config=cfg)
     batches = common.train_batches(cfg, train_ds)
     try:
-      run = tr.train_loop(trainer, batches, cfg.train.num_steps, cfg.train.batch_size,
-                          cfg.train.log_every, dev, writer)
+      run = tr.train_loop(
+        trainer,
+        batches,
+        cfg.train.num_steps,
+        cfg.train.batch_size,
+        cfg.train.log_every,
+        dev,
+        writer,
+      )
     finally:
       _close(batches)
       writer.close()
   losses = run["losses"]
-  return {**{k: run[k] for k in ("ex_per_s", "first_step_s", "train_s", "steps")},
-          "final_loss": losses[-1][1] if losses else float("nan"),
-          "peak_rss_mb": common.peak_rss_mb(), "torch": torch.__version__, "device": dev}
+  return {
+    **{k: run[k] for k in ("ex_per_s", "first_step_s", "train_s", "steps")},
+    "final_loss": losses[-1][1] if losses else float("nan"),
+    "peak_rss_mb": common.peak_rss_mb(),
+    "torch": torch.__version__,
+    "device": dev,
+  }
 
 
 def torch_step(spec) -> dict:
@@ -174,8 +198,12 @@ def torch_step(spec) -> dict:
 
   sync = torch.cuda.synchronize if dev == "cuda" else lambda: float(box["loss"])
   out = _windows(spec, step, sync)
-  return {**out, "peak_rss_mb": common.peak_rss_mb(), "final_loss": float(box["loss"]),
-          "torch": torch.__version__}
+  return {
+    **out,
+    "peak_rss_mb": common.peak_rss_mb(),
+    "final_loss": float(box["loss"]),
+    "torch": torch.__version__,
+  }
 
 
 def prepare(spec) -> dict:
@@ -183,8 +211,12 @@ def prepare(spec) -> dict:
   del spec
   t = time.perf_counter()
   train_ds, eval_ds = common.datasets(common.shipped_config(ROOT, "esmm", 1024))
-  return {"seconds": time.perf_counter() - t, "train_rows": train_ds.num_rows,
-          "eval_rows": eval_ds.num_rows, "train_dir": str(train_ds.directory)}
+  return {
+    "seconds": time.perf_counter() - t,
+    "train_rows": train_ds.num_rows,
+    "eval_rows": eval_ds.num_rows,
+    "train_dir": str(train_ds.directory),
+  }
 
 
 def pipeline(spec) -> dict:
@@ -220,12 +252,25 @@ def cli_e2e(tree: Path, model: str, batch: int, steps: int, timeout: float) -> d
 
   overrides = {"train.batch_size": batch, "train.num_steps": steps}
   with tempfile.TemporaryDirectory(prefix="esmjax-user-path-") as work:
-    cmd = [sys.executable, "-m", "esmjax.main", f"--config={tree}/configs/{model}.py",
-           f"--workdir={work}/run", *reporting.override_flags(overrides)]
+    cmd = [
+      sys.executable,
+      "-m",
+      "esmjax.main",
+      f"--config={tree}/configs/{model}.py",
+      f"--workdir={work}/run",
+      *reporting.override_flags(overrides),
+    ]
     t = time.perf_counter()
     try:
-      p = subprocess.run(cmd, env=tree_env(tree), cwd=work, capture_output=True, text=True,
-                         timeout=timeout, check=False)
+      p = subprocess.run(
+        cmd,
+        env=tree_env(tree),
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+      )
     except subprocess.TimeoutExpired:
       return {"error": f"timed out after {timeout:.0f}s"}
     wall = time.perf_counter() - t
@@ -233,8 +278,11 @@ def cli_e2e(tree: Path, model: str, batch: int, steps: int, timeout: float) -> d
       return {"error": f"exit {p.returncode}: {(p.stderr or p.stdout)[-1500:]}", "wall_s": wall}
     run = common.read_run(Path(work) / "run")
   keep = ("ex_per_s", "first_step_s", "train_s", "steps", "summary_ex_per_s")
-  return {**{k: run[k] for k in keep}, "wall_s": wall,
-          "final_loss": run["losses"][-1][1] if run["losses"] else float("nan")}
+  return {
+    **{k: run[k] for k in keep},
+    "wall_s": wall,
+    "final_loss": run["losses"][-1][1] if run["losses"] else float("nan"),
+  }
 
 
 @contextlib.contextmanager
@@ -244,20 +292,29 @@ def baseline_tree(ref: str, repo: Path | str = ROOT):
 
   commit = reporting.git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
   if not ref or not commit:
-    raise UsageError(f"--baseline_ref={ref!r} is not a commit of {repo} (a hash, tag or branch "
-                     "there; '' skips the baseline)")
+    raise UsageError(
+      f"--baseline_ref={ref!r} is not a commit of {repo} (a hash, tag or branch "
+      "there; '' skips the baseline)"
+    )
   tmp = Path(tempfile.mkdtemp(prefix="esmjax-baseline-"))
   path = tmp / "tree"
-  p = subprocess.run(["git", "-C", str(repo), "worktree", "add", "--detach", str(path), commit],
-                     capture_output=True, text=True, check=False)
+  p = subprocess.run(
+    ["git", "-C", str(repo), "worktree", "add", "--detach", str(path), commit],
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   if p.returncode:
     shutil.rmtree(tmp, ignore_errors=True)
     raise RuntimeError(f"git worktree add --detach {path} {commit} failed: {p.stderr.strip()}")
   try:
     yield path, commit
   finally:
-    subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(path)],
-                   capture_output=True, check=False)
+    subprocess.run(
+      ["git", "-C", str(repo), "worktree", "remove", "--force", str(path)],
+      capture_output=True,
+      check=False,
+    )
     shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -266,8 +323,11 @@ def baseline_tree(ref: str, repo: Path | str = ROOT):
 
 
 def systems_of(args) -> list[str]:
-  return ["new", *(["baseline"] if args.baseline_ref else []),
-          *[f"torch-{v}" for v in args.torch_variants]]
+  return [
+    "new",
+    *(["baseline"] if args.baseline_ref else []),
+    *[f"torch-{v}" for v in args.torch_variants],
+  ]
 
 
 def schedule(models, batches, systems, rnd: int) -> list[tuple]:
@@ -285,8 +345,14 @@ def schedule(models, batches, systems, rnd: int) -> list[tuple]:
 
 def measure(item, args, trees: dict) -> dict:
   kind, model, batch, system = item
-  spec = {"batch": batch, "warmup_s": args.warmup_s, "windows": args.windows,
-          "window_s": args.window_s, "n_batches": args.n_batches, "model": model}
+  spec = {
+    "batch": batch,
+    "warmup_s": args.warmup_s,
+    "windows": args.windows,
+    "window_s": args.window_s,
+    "n_batches": args.n_batches,
+    "model": model,
+  }
   steps = max(2, args.examples // batch)
   run = functools.partial(common.run_worker, ME, timeout=args.worker_timeout)
   if kind == "pipeline":
@@ -296,8 +362,16 @@ def measure(item, args, trees: dict) -> dict:
       return cli_e2e(trees[system], model, batch, steps, args.worker_timeout)
     tree = trees[system]
     return run({"kind": "jax_step", "tree": str(tree), **spec}, env=tree_env(tree))
-  return run({"kind": f"torch_{kind}", "variant": system[len("torch-"):], "steps": steps,
-              "threads": args.torch_threads, **spec}, env=tree_env(ROOT, torch=True))
+  return run(
+    {
+      "kind": f"torch_{kind}",
+      "variant": system[len("torch-") :],
+      "steps": steps,
+      "threads": args.torch_threads,
+      **spec,
+    },
+    env=tree_env(ROOT, torch=True),
+  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,29 +380,45 @@ def measure(item, args, trees: dict) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--quick", action="store_true",
-                  help="smoke test: 1 round, short runs, 2 PyTorch variants")
+  ap.add_argument(
+    "--quick", action="store_true", help="smoke test: 1 round, short runs, 2 PyTorch variants"
+  )
   ap.add_argument("--rounds", type=int, default=3)
   ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {list(MODELS)}")
   ap.add_argument("--batches", default=",".join(map(str, BATCHES)))
-  ap.add_argument("--examples", type=int, default=0,
-                  help="examples per end-to-end run (default 524288; --quick 65536)")
-  ap.add_argument("--n_batches", type=int, default=16,
-                  help="pre-made batches the step alone cycles")
-  ap.add_argument("--windows", type=int, default=0,
-                  help="timed windows per step / pipeline run (default 5; --quick 2)")
-  ap.add_argument("--window_s", type=float, default=0,
-                  help="seconds per window (default 2; --quick 1)")
+  ap.add_argument(
+    "--examples",
+    type=int,
+    default=0,
+    help="examples per end-to-end run (default 524288; --quick 65536)",
+  )
+  ap.add_argument(
+    "--n_batches", type=int, default=16, help="pre-made batches the step alone cycles"
+  )
+  ap.add_argument(
+    "--windows",
+    type=int,
+    default=0,
+    help="timed windows per step / pipeline run (default 5; --quick 2)",
+  )
+  ap.add_argument(
+    "--window_s", type=float, default=0, help="seconds per window (default 2; --quick 1)"
+  )
   ap.add_argument("--warmup_s", type=float, default=0, help="default 2; --quick 0.5")
-  ap.add_argument("--baseline_ref", default=DEFAULT_BASELINE,
-                  help="git ref of the baseline ('' skips it)")
-  ap.add_argument("--torch_variants", default="",
-                  help="comma-separated (default: " + ",".join(TORCH_VARIANTS) + ")")
+  ap.add_argument(
+    "--baseline_ref", default=DEFAULT_BASELINE, help="git ref of the baseline ('' skips it)"
+  )
+  ap.add_argument(
+    "--torch_variants",
+    default="",
+    help="comma-separated (default: " + ",".join(TORCH_VARIANTS) + ")",
+  )
   ap.add_argument("--torch_threads", type=int, default=os.cpu_count() or 1)
   ap.add_argument("--worker_timeout", type=float, default=900)
   ap.add_argument("--out_dir", default=str(common.RESULTS))
-  ap.add_argument("--render_only", action="store_true",
-                  help="rewrite the .md from the .json in --out_dir")
+  ap.add_argument(
+    "--render_only", action="store_true", help="rewrite the .md from the .json in --out_dir"
+  )
   args = ap.parse_args(argv)
   if args.quick:
     args.rounds = 1
@@ -338,17 +428,21 @@ def parse_args(argv=None) -> argparse.Namespace:
   args.warmup_s = args.warmup_s or (0.5 if args.quick else 2.0)
   args.models = [m for m in args.models.split(",") if m]
   args.batches = [int(b) for b in args.batches.split(",") if b]
-  args.torch_variants = ([v for v in args.torch_variants.split(",") if v]
-                         or list(QUICK_TORCH if args.quick else TORCH_VARIANTS))
+  args.torch_variants = [v for v in args.torch_variants.split(",") if v] or list(
+    QUICK_TORCH if args.quick else TORCH_VARIANTS
+  )
   for m in args.models:
     if m not in MODELS:
       raise UsageError(f"--models: {m!r} has no shipped config here; allowed: {list(MODELS)}")
   for v in args.torch_variants:
     parts = v.split("-", 2)
-    if (len(parts) != 3 or parts[0] not in ("eager", "compile")
-        or parts[1] not in ("sparse", "dense")):
-      raise UsageError(f"--torch_variants: {v!r} is not "
-                       "'{eager|compile}-{sparse|dense}-<optimizer>' (torch_reference.Variant)")
+    if (
+      len(parts) != 3 or parts[0] not in ("eager", "compile") or parts[1] not in ("sparse", "dense")
+    ):
+      raise UsageError(
+        f"--torch_variants: {v!r} is not "
+        "'{eager|compile}-{sparse|dense}-<optimizer>' (torch_reference.Variant)"
+      )
   return args
 
 
@@ -358,8 +452,10 @@ def run_rounds(args, res: dict, trees: dict, log) -> dict:
 
   runs: dict = {}
   systems = systems_of(args)
-  log(f"user_path: {args.models} × batch {args.batches} × {systems}, {args.rounds} round(s); "
-      f"load {res['load_before']}")
+  log(
+    f"user_path: {args.models} × batch {args.batches} × {systems}, {args.rounds} round(s); "
+    f"load {res['load_before']}"
+  )
   for rnd in range(args.rounds):
     for item in schedule(args.models, args.batches, systems, rnd):
       kind, model, batch, system = item
@@ -367,8 +463,11 @@ def run_rounds(args, res: dict, trees: dict, log) -> dict:
       res["torch_version"] = r.get("torch", res.get("torch_version"))
       point = f"{model or 'pipeline'}@{batch}"
       runs.setdefault(kind, {}).setdefault(point, {}).setdefault(system, []).append(r)
-      done = (f"ERROR {report.error_line(r['error'])}" if "error" in r else
-              f"{report.run_rate(r) / 1e3:8.1f} k ex/s  (first step {r['first_step_s']:.1f}s)")
+      done = (
+        f"ERROR {report.error_line(r['error'])}"
+        if "error" in r
+        else f"{report.run_rate(r) / 1e3:8.1f} k ex/s  (first step {r['first_step_s']:.1f}s)"
+      )
       log(f"  round {rnd + 1} {kind:<8} {point:<14} {system:<34} {done}")
   return runs
 
@@ -401,14 +500,19 @@ def main(argv=None) -> int:
         return 2
       trees["baseline"] = path
       res["baseline"] = {"ref": args.baseline_ref, "commit": commit[:10]}
-    data = res["data"] = common.run_worker(ME, {"kind": "prepare"}, env=tree_env(ROOT),
-                                           timeout=args.worker_timeout)
+    data = res["data"] = common.run_worker(
+      ME, {"kind": "prepare"}, env=tree_env(ROOT), timeout=args.worker_timeout
+    )
     if "error" in data:
-      print(f"user_path: error: the datasets cannot be opened: {report.error_line(data['error'])}",
-            file=sys.stderr)
+      print(
+        f"user_path: error: the datasets cannot be opened: {report.error_line(data['error'])}",
+        file=sys.stderr,
+      )
       return 3
-    log(f"data: {data['train_rows']:,} train rows in {data['train_dir']} "
-        f"({data['seconds']:.0f}s to open or generate)")
+    log(
+      f"data: {data['train_rows']:,} train rows in {data['train_dir']} "
+      f"({data['seconds']:.0f}s to open or generate)"
+    )
     res["runs"] = run_rounds(args, res, trees, log)
   res["summary"] = report.summarise(res["runs"])
   res["ratios"] = report.ratios(res["summary"])
@@ -420,13 +524,22 @@ def main(argv=None) -> int:
   log(f"wrote {out_dir}/user_path.{{json,md}} in {res['elapsed_s']:.0f}s")
   failed = report.failures(res["summary"])
   if failed:
-    print(f"user_path: error: {len(failed)} measurement(s) failed (listed in user_path.md)",
-          file=sys.stderr)
+    print(
+      f"user_path: error: {len(failed)} measurement(s) failed (listed in user_path.md)",
+      file=sys.stderr,
+    )
     return 3
   return 0
 
 
 if __name__ == "__main__":
-  if not common.worker_main({"jax_step": jax_step, "torch_e2e": torch_e2e, "torch_step": torch_step,
-                             "pipeline": pipeline, "prepare": prepare}):
+  if not common.worker_main(
+    {
+      "jax_step": jax_step,
+      "torch_e2e": torch_e2e,
+      "torch_step": torch_step,
+      "pipeline": pipeline,
+      "prepare": prepare,
+    }
+  ):
     sys.exit(main())

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -26,7 +27,9 @@ INPUT_KEYS = inputs.INPUT_KEYS
 
 def default_workdir(config: ml_collections.ConfigDict) -> str:
   """workdirs/<model>-<UTC time>, as the command line does."""
-  return os.path.join("workdirs", f"{config.model.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
+  return os.path.join(
+    "workdirs", f"{config.model.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+  )
 
 
 def train(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict[str, Any]:
@@ -36,9 +39,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict
   evaluation: `ctr/auc`, `cvr/auc`, …), `steps`, `examples_per_sec`, `train_dir`, `eval_dir`,
   `config`, and `workdir`.
   """
-  from esmjax import absl_flags
+  from esmjax import absl_flags, trainer
   from esmjax import config as config_lib
-  from esmjax import trainer
 
   absl_flags.ensure_parsed()
   config_lib.validate(config)
@@ -54,7 +56,7 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
   return predict.saved_config(workdir)
 
 
-def load(workdir: str, config: ml_collections.ConfigDict | None = None) -> "Model":
+def load(workdir: str, config: ml_collections.ConfigDict | None = None) -> Model:
   """The latest checkpoint of `workdir` as a `Model` (config from the workdir unless given)."""
   from esmjax import predict
 
@@ -104,8 +106,10 @@ class Model:
       return self._predict_dataset(data, bs)
     if isinstance(data, Mapping):
       return self._predict_rows(data, bs)
-    raise TypeError(f"predict: expected a dict of arrays, a dataset directory or a Dataset, got "
-                    f"{type(data).__name__}")
+    raise TypeError(
+      f"predict: expected a dict of arrays, a dataset directory or a Dataset, got "
+      f"{type(data).__name__}"
+    )
 
   def evaluate(self, data) -> dict[str, float]:
     """The global metrics (`esmjax.evaluation`) on a dataset directory or `Dataset` of the
@@ -120,8 +124,9 @@ class Model:
     """Writes a jax.export serving artifact (see `esmjax.export`); returns its signature."""
     from esmjax import export as export_lib
 
-    return export_lib.export_state(self.run, self.state, path, batch_size=batch_size,
-                                   platforms=platforms, workdir=self.workdir)
+    return export_lib.export_state(
+      self.run, self.state, path, batch_size=batch_size, platforms=platforms, workdir=self.workdir
+    )
 
   # -- internals ----------------------------------------------------------------------------------
 
@@ -149,10 +154,13 @@ class Model:
     chunk = _round_up(min(bs, 1 << max(n - 1, 0).bit_length()), mesh.size)
     out: dict[str, list[np.ndarray]] = {}
     for lo in range(0, max(n, 1), chunk):  # zero rows still run one (all-PAD) batch: same keys
-      part = {k: v[lo:lo + chunk] for k, v in rows.items()}
+      part = {k: v[lo : lo + chunk] for k, v in rows.items()}
       m = len(part["sparse"])
       if m < chunk:  # PAD rows (id 0, weight 0), dropped below
-        part = {k: np.concatenate([v, np.zeros((chunk - m,) + v.shape[1:], v.dtype)]) for k, v in part.items()}
+        part = {
+          k: np.concatenate([v, np.zeros((chunk - m,) + v.shape[1:], v.dtype)])
+          for k, v in part.items()
+        }
       preds = sh.to_host_local(self._step_fn(self.state, sh.put_batch(part, mesh)), mesh)
       for k, v in preds.items():
         out.setdefault(k, []).append(np.asarray(v)[:m])
@@ -171,16 +179,19 @@ def check_inputs(schema, batch: Mapping[str, Any]) -> tuple[dict[str, np.ndarray
   cols = inputs.columns(schema)
   missing = [c.name for c in cols if c.name not in batch]
   if missing:
-    raise ValueError(f"predict: batch lacks {missing}; a batch has {list(INPUT_KEYS)} "
-                     "(labels not needed)")
+    raise ValueError(
+      f"predict: batch lacks {missing}; a batch has {list(INPUT_KEYS)} (labels not needed)"
+    )
   arrays = {c.name: np.asarray(batch[c.name]) for c in cols}
   n = len(arrays["sparse"]) if arrays["sparse"].ndim else 0
   out, counts = {}, {}
   for c in cols:
     a = arrays[c.name]
     if a.ndim != 2 or a.shape != (n, c.width):
-      raise ValueError(f"predict: batch[{c.name!r}] has shape {a.shape}, expected ({n}, {c.width}) "
-                       "for this model's schema")
+      raise ValueError(
+        f"predict: batch[{c.name!r}] has shape {a.shape}, expected ({n}, {c.width}) "
+        "for this model's schema"
+      )
     inputs.check_values(c, a, "predict")
     if c.vocab is None:
       out[c.name] = a.astype(c.dtype, copy=False)

@@ -54,14 +54,33 @@ META_FORMAT = 1
 ROW_LEAVES = ("tables", "slots", "scratch")  # leaves whose axis 0 is the (padded) table row
 # Keys that define the model a checkpoint belongs to: a different value is a different model even
 # where the array shapes happen to agree, so resuming across them is refused.
-IDENTITY_KEYS = ("model.name", "model.embed_dim", "model.hidden", "model.activation", "model.dense_mode",
-                 "embedding.optimizer", "embedding.dtype", "optimizer.name")
+IDENTITY_KEYS = (
+  "model.name",
+  "model.embed_dim",
+  "model.hidden",
+  "model.activation",
+  "model.dense_mode",
+  "embedding.optimizer",
+  "embedding.dtype",
+  "optimizer.name",
+)
 # Keys expected to change between a run and its resumption (never worth a warning).
-RESUME_FREE_KEYS = ("checkpoint.", "distributed.", "mesh.num_devices", "train.num_steps",
-                    "train.num_epochs", "train.log_every", "train.eval_every", "train.eval_batch_size",
-                    "train.max_eval_rows", "train.inject_nan_at_step", "train.step_delay_s",
-                    "train.steps_per_dispatch", "data.prefetch",
-                    "data.cache_dir")
+RESUME_FREE_KEYS = (
+  "checkpoint.",
+  "distributed.",
+  "mesh.num_devices",
+  "train.num_steps",
+  "train.num_epochs",
+  "train.log_every",
+  "train.eval_every",
+  "train.eval_batch_size",
+  "train.max_eval_rows",
+  "train.inject_nan_at_step",
+  "train.step_delay_s",
+  "train.steps_per_dispatch",
+  "data.prefetch",
+  "data.cache_dir",
+)
 
 
 class IncompatibleCheckpointError(config_lib.ConfigError):
@@ -141,7 +160,9 @@ def _preservation(config) -> ocp.checkpoint_managers.PreservationPolicy:
   score = _best_score(config)
   if score is None:
     return keep
-  best = ocp.checkpoint_managers.BestN(get_metric_fn=score, n=1, keep_checkpoints_without_metrics=False)
+  best = ocp.checkpoint_managers.BestN(
+    get_metric_fn=score, n=1, keep_checkpoints_without_metrics=False
+  )
   return ocp.checkpoint_managers.AnyPreservationPolicy([keep, best])
 
 
@@ -162,7 +183,8 @@ def _cpu_array_handler() -> None:
   logging.set_verbosity(logging.ERROR)  # orbax warns about the (intended) override
   try:
     ocp.type_handlers.register_type_handler(
-        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+      jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
+    )
   finally:
     logging.set_verbosity(verbosity)
   _CPU_HANDLER_SET = True
@@ -183,9 +205,14 @@ class Checkpointer:
     orbax_errors.drop_closed_loop_errors()
     # best_fn only makes orbax write each checkpoint's metrics (so the best survives a restart);
     # which steps are kept is the preservation policy's call.
-    opts = ocp.CheckpointManagerOptions(preservation_policy=_preservation(config), best_fn=_best_score(config),
-                                        best_mode="max", create=True, enable_async_checkpointing=True,
-                                        cleanup_tmp_directories=True)
+    opts = ocp.CheckpointManagerOptions(
+      preservation_policy=_preservation(config),
+      best_fn=_best_score(config),
+      best_mode="max",
+      create=True,
+      enable_async_checkpointing=True,
+      cleanup_tmp_directories=True,
+    )
     self.manager = ocp.CheckpointManager(self.directory, options=opts)
 
   # -- saving -------------------------------------------------------------------------------------
@@ -196,12 +223,19 @@ class Checkpointer:
   def _meta(self, step: int, has_data: bool, digests: dict[str, str]) -> dict[str, Any]:
     layout = self._layout()
     return {
-        "format": META_FORMAT, "step": int(step), "has_data": has_data, "num_devices": int(self.run.mesh.size),
-        "num_processes": int(jax.process_count()), "num_rows": int(layout.num_rows),
-        "padded_rows": int(layout.padded_rows),
-        "leaves": {p: {"shape": list(x.shape), "dtype": str(x.dtype)}
-                   for p, x in _leaves(self.run.state_shape).items()},
-        "digest": digest_lib.METHOD, "digests": digests,
+      "format": META_FORMAT,
+      "step": int(step),
+      "has_data": has_data,
+      "num_devices": int(self.run.mesh.size),
+      "num_processes": int(jax.process_count()),
+      "num_rows": int(layout.num_rows),
+      "padded_rows": int(layout.padded_rows),
+      "leaves": {
+        p: {"shape": list(x.shape), "dtype": str(x.dtype)}
+        for p, x in _leaves(self.run.state_shape).items()
+      },
+      "digest": digest_lib.METHOD,
+      "digests": digests,
     }
 
   def has_step(self, step: int) -> bool:
@@ -220,9 +254,11 @@ class Checkpointer:
     if self.has_step(step):
       return False
     has_data = isinstance(data_iter, grain.DatasetIterator)
-    args = {"state": ocp.args.StandardSave(state),
-            "config": ocp.args.JsonSave(json.loads(self.config.to_json_best_effort())),
-            "meta": ocp.args.JsonSave(self._meta(step, has_data, digest_lib.digests(state)))}
+    args = {
+      "state": ocp.args.StandardSave(state),
+      "config": ocp.args.JsonSave(json.loads(self.config.to_json_best_effort())),
+      "meta": ocp.args.JsonSave(self._meta(step, has_data, digest_lib.digests(state))),
+    }
     if has_data:
       args["data"] = grain.checkpoint.CheckpointSave(_FrozenIterState(data_iter.get_state()))
     plain = None
@@ -233,8 +269,12 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except  (what runs before the background part)
       raise self._save_error(step, e) from e
     self._in_flight = step if saved else None
-    logging.info("checkpoint step %d: saving in the background to %s (blocked %.2fs)", step,
-                 self.directory, time.time() - t)
+    logging.info(
+      "checkpoint step %d: saving in the background to %s (blocked %.2fs)",
+      step,
+      self.directory,
+      time.time() - t,
+    )
     return saved
 
   # -- restoring ----------------------------------------------------------------------------------
@@ -276,55 +316,83 @@ class Checkpointer:
       logging.info("restored checkpoint step %d from %s", step, self.directory)
       return state
     if failed:
-      raise CheckpointError(f"no readable checkpoint in {self.directory}: " + "; ".join(failed) +
-                            f". The unreadable ones were moved to {os.path.join(self.workdir, CORRUPT_DIR)}; "
-                            "rerun to start from scratch, or restore them by hand")
+      raise CheckpointError(
+        f"no readable checkpoint in {self.directory}: "
+        + "; ".join(failed)
+        + f". The unreadable ones were moved to {os.path.join(self.workdir, CORRUPT_DIR)}; "
+        "rerun to start from scratch, or restore them by hand"
+      )
     return None
 
   def _read_small_items(self, step: int):
-    out = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
-                                                             meta=ocp.args.JsonRestore()))
+    out = self.manager.restore(
+      step, args=ocp.args.Composite(config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore())
+    )
     meta = out["meta"]
     if not isinstance(meta, dict) or meta.get("format") != META_FORMAT or "leaves" not in meta:
       raise ValueError(f"meta item is not an esmjax checkpoint description: {str(meta)[:80]}")
     return out["config"], meta
 
-  def _check_compatible(self, step: int, saved_config: dict[str, Any], meta: dict[str, Any]) -> None:
+  def _check_compatible(
+    self, step: int, saved_config: dict[str, Any], meta: dict[str, Any]
+  ) -> None:
     where = f"{self.directory} holds checkpoint step {step}"
     fix = "use another --workdir, or the config that wrote it"
-    old, new = _flat_config(saved_config), _flat_config(json.loads(self.config.to_json_best_effort()))
-    diffs = [f"{k}={old.get(k)!r} (checkpoint) vs {new.get(k)!r} (this config)"
-             for k in IDENTITY_KEYS if old.get(k) != new.get(k)]
+    old, new = (
+      _flat_config(saved_config),
+      _flat_config(json.loads(self.config.to_json_best_effort())),
+    )
+    diffs = [
+      f"{k}={old.get(k)!r} (checkpoint) vs {new.get(k)!r} (this config)"
+      for k in IDENTITY_KEYS
+      if old.get(k) != new.get(k)
+    ]
     if diffs:
-      raise IncompatibleCheckpointError(f"{where} of an incompatible config: {'; '.join(diffs)}; {fix}")
+      raise IncompatibleCheckpointError(
+        f"{where} of an incompatible config: {'; '.join(diffs)}; {fix}"
+      )
     if meta["num_processes"] != jax.process_count():
       raise IncompatibleCheckpointError(
-          f"{where} written by {meta['num_processes']} process(es); the data iterator position is "
-          f"saved per process, so resume with distributed.num_processes={meta['num_processes']}")
+        f"{where} written by {meta['num_processes']} process(es); the data iterator position is "
+        f"saved per process, so resume with distributed.num_processes={meta['num_processes']}"
+      )
     layout = self._layout()
     if meta["num_rows"] != layout.num_rows:
       raise IncompatibleCheckpointError(
-          f"{where} with {meta['num_rows']} embedding rows, but this dataset's schema needs "
-          f"{layout.num_rows} (data.train_dir has other vocabularies); {fix}")
+        f"{where} with {meta['num_rows']} embedding rows, but this dataset's schema needs "
+        f"{layout.num_rows} (data.train_dir has other vocabularies); {fix}"
+      )
     saved, current = meta["leaves"], _leaves(self.run.state_shape)
     for path in sorted(set(saved) | set(current)):
       if path not in current or path not in saved:
         side = "checkpoint" if path not in current else "this config"
-        raise IncompatibleCheckpointError(f"{where} of another state layout: state{path} exists only "
-                                          f"in the {side}; {fix}")
+        raise IncompatibleCheckpointError(
+          f"{where} of another state layout: state{path} exists only in the {side}; {fix}"
+        )
       s, c = saved[path], current[path]
       same_rest = tuple(s["shape"][1:]) == tuple(c.shape[1:])
-      resizable = (_is_row_leaf(path, s["shape"], meta["padded_rows"]) and
-                   _is_row_leaf(path, c.shape, layout.padded_rows) and same_rest)
+      resizable = (
+        _is_row_leaf(path, s["shape"], meta["padded_rows"])
+        and _is_row_leaf(path, c.shape, layout.padded_rows)
+        and same_rest
+      )
       if s["dtype"] != str(c.dtype) or (tuple(s["shape"]) != tuple(c.shape) and not resizable):
         raise IncompatibleCheckpointError(
-            f"{where} of an incompatible config: state{path} is {s['dtype']}{tuple(s['shape'])} there "
-            f"and {c.dtype}{tuple(c.shape)} here; {fix}")
-    changed = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-               if old.get(k) != new.get(k) and not k.startswith(RESUME_FREE_KEYS)]
+          f"{where} of an incompatible config: state{path} is {s['dtype']}{tuple(s['shape'])} there "
+          f"and {c.dtype}{tuple(c.shape)} here; {fix}"
+        )
+    changed = [
+      f"{k} {old.get(k)!r} -> {new.get(k)!r}"
+      for k in sorted(set(old) | set(new))
+      if old.get(k) != new.get(k) and not k.startswith(RESUME_FREE_KEYS)
+    ]
     if changed:
-      logging.warning("resuming step %d with changed settings (the run will differ from an "
-                      "uninterrupted one): %s", step, ", ".join(changed))
+      logging.warning(
+        "resuming step %d with changed settings (the run will differ from an "
+        "uninterrupted one): %s",
+        step,
+        ", ".join(changed),
+      )
 
   def _restore_arrays(self, step: int, meta: dict[str, Any], data_iter):
     mesh = self.run.mesh
@@ -342,7 +410,9 @@ class Checkpointer:
       spec = sharding if rows[0] % mesh.size == 0 else rep
       return jax.ShapeDtypeStruct(tuple(rows), shape.dtype, sharding=spec)
 
-    abstract = jax.tree_util.tree_map_with_path(target, self.run.state_shape, self.run.state_sharding)
+    abstract = jax.tree_util.tree_map_with_path(
+      target, self.run.state_shape, self.run.state_sharding
+    )
     args = {"state": ocp.args.StandardRestore(abstract)}
     if isinstance(data_iter, grain.DatasetIterator):
       if not meta.get("has_data", True):
@@ -352,29 +422,43 @@ class Checkpointer:
     self._verify(step, meta, state)
     if resize:
       rows = self._layout().padded_rows
-      logging.info("re-padding %d table leaves from %d rows (%d devices) to %d rows (%d devices)",
-                   len(resize), meta["padded_rows"], meta["num_devices"], rows, mesh.size)
+      logging.info(
+        "re-padding %d table leaves from %d rows (%d devices) to %d rows (%d devices)",
+        len(resize),
+        meta["padded_rows"],
+        meta["num_devices"],
+        rows,
+        mesh.size,
+      )
       state = _repad(state, resize, rows)
     return state
 
   def _verify(self, step: int, meta: dict[str, Any], state) -> None:
     """Raises CorruptCheckpointError naming the leaves whose digests differ from the recorded."""
     if meta.get("digest") != digest_lib.METHOD or "digests" not in meta:
-      logging.warning("checkpoint step %d in %s records no state digest (%s): restored unverified",
-                      step, self.directory, digest_lib.METHOD)
+      logging.warning(
+        "checkpoint step %d in %s records no state digest (%s): restored unverified",
+        step,
+        self.directory,
+        digest_lib.METHOD,
+      )
       return
     recorded, now = meta["digests"], digest_lib.digests(state)
     bad = sorted(p for p in set(recorded) | set(now) if recorded.get(p) != now.get(p))
     if bad:
       raise CorruptCheckpointError(
-          f"{len(bad)} of {len(now)} state arrays differ from the digests recorded at save: "
-          + ", ".join("state" + p for p in bad[:3]) + (", ..." if len(bad) > 3 else ""))
+        f"{len(bad)} of {len(now)} state arrays differ from the digests recorded at save: "
+        + ", ".join("state" + p for p in bad[:3])
+        + (", ..." if len(bad) > 3 else "")
+      )
 
   def _quarantine(self, step: int, error: Exception) -> str:
     """Moves an unreadable step aside (kept for inspection) so a later save can reuse its number."""
     src = os.path.join(self.directory, str(step))
     dst = os.path.join(self.workdir, CORRUPT_DIR, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-    reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    reason = (
+      str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    )
     if jax.process_index() == 0 and os.path.isdir(src):
       os.makedirs(os.path.dirname(dst), exist_ok=True)
       shutil.move(src, dst)
@@ -384,8 +468,15 @@ class Checkpointer:
       multihost_utils.sync_global_devices(f"esmjax-quarantine-{step}")
     self.manager.reload()
     verdict = "is corrupt" if isinstance(error, CorruptCheckpointError) else "is unreadable"
-    logging.warning("checkpoint step %d in %s %s (%s: %s); moved it to %s",
-                    step, self.directory, verdict, type(error).__name__, reason, dst)
+    logging.warning(
+      "checkpoint step %d in %s %s (%s: %s); moved it to %s",
+      step,
+      self.directory,
+      verdict,
+      type(error).__name__,
+      reason,
+      dst,
+    )
     return f"step {step} ({type(error).__name__}: {reason})"
 
   def wait(self) -> None:
@@ -406,8 +497,9 @@ class Checkpointer:
 
   def _save_error(self, step: int | None, error: BaseException) -> CheckpointSaveError:
     where = os.path.join(self.directory, str(step)) if step is not None else self.directory
-    return CheckpointSaveError(f"checkpoint step {step} could not be saved to {where}: "
-                               f"{orbax_errors.describe(error)}")
+    return CheckpointSaveError(
+      f"checkpoint step {step} could not be saved to {where}: {orbax_errors.describe(error)}"
+    )
 
 
 def _repad(state, resize: dict[str, Any], rows: int):

@@ -14,8 +14,7 @@ import os
 import sys
 from typing import NoReturn
 
-from absl import flags
-from absl import logging
+from absl import flags, logging
 
 USER_ERROR = 2
 CANNOT_GO_ON = 3
@@ -47,7 +46,7 @@ def _config_override_error(argv: list[str], error: Exception) -> str | None:
     if not arg.startswith("--config."):
       continue
     flag, _, value = arg.partition("=")
-    key = flag[len("--config."):]
+    key = flag[len("--config.") :]
     why = config_lib.unknown_key(base, key)
     if why:
       return f"{why} (from {flag})"

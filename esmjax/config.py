@@ -20,8 +20,14 @@ C = ml_collections.ConfigDict
 
 
 BEST_TASKS = ("ctr", "cvr", "ctcvr", "ctavr")  # tasks of checkpoint.best_metric
-BEST_METRICS = ("auc", "gauc", "logloss", "calibration",  # ... and its metrics
-                "entire_space_auc", "entire_space_logloss")
+BEST_METRICS = (
+  "auc",
+  "gauc",
+  "logloss",
+  "calibration",  # ... and its metrics
+  "entire_space_auc",
+  "entire_space_logloss",
+)
 
 
 class ConfigError(ValueError):
@@ -40,7 +46,9 @@ def default_config(world: str = "default") -> ml_collections.ConfigDict:
   c.model.hidden = (200, 80)  # tower hidden sizes; each tower ends in one logit (paper: 200-80-1)
   c.model.activation = "relu"  # tower activation: relu, gelu, tanh, sigmoid, swish, leaky_relu
   c.model.dropout = 0.0  # dropout after each hidden layer (train only)
-  c.model.dense_mode = "tanh"  # dense features: tanh (normalise + tanh embedding), bucket (ids), none
+  c.model.dense_mode = (
+    "tanh"  # dense features: tanh (normalise + tanh embedding), bucket (ids), none
+  )
   c.model.dtype = "float32"  # activation dtype of the towers: float32 or bfloat16
   c.model.fuse_towers = True  # towers on one input computed together (f32 roundoff from separate)
   # Each model's own hyperparameters (loss_weights, daction_label, aman_rate, oversample_k, ...):
@@ -52,7 +60,9 @@ def default_config(world: str = "default") -> ml_collections.ConfigDict:
   c.embedding.optimizer = "rowwise_adagrad"  # sgd, adagrad, rowwise_adagrad, lazy_adam, ftrl
   c.embedding.init_std = 0.01  # tables start ~ N(0, init_std²)
   c.embedding.dtype = "float32"  # table storage: float32 or bfloat16 (slots stay float32)
-  c.embedding.sharding = "auto"  # tables: row (rows over mesh.axis), replicated, auto (row if > 1 device)
+  c.embedding.sharding = (
+    "auto"  # tables: row (rows over mesh.axis), replicated, auto (row if > 1 device)
+  )
   # The row-wise optimizers' hyperparameters (learning_rate 0.05, eps, initial_accumulator, beta1,
   # beta2, l1, l2, ftrl_beta): declared, documented and range-checked in
   # esmjax/embedding/optimizers.py, each on the optimizer that reads it.
@@ -124,13 +134,20 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _choice(config, "embedding.dtype", ("float32", "bfloat16"))
   sharding = config.embedding.get("sharding", "auto")  # absent from configs saved before it existed
   if sharding not in ("auto", "replicated", "row"):
-    raise ConfigError(f"embedding.sharding={sharding!r} is not allowed; allowed: ['auto', 'replicated', 'row']")
+    raise ConfigError(
+      f"embedding.sharding={sharding!r} is not allowed; allowed: ['auto', 'replicated', 'row']"
+    )
   _choice(config, "optimizer.name", ("adam", "adamw", "adagrad", "sgd"))
   hidden = config.model.get("hidden")
-  if (not hidden or isinstance(hidden, (str, int)) or
-      any(not isinstance(h, int) or isinstance(h, bool) or h <= 0 for h in hidden)):
-    raise ConfigError(f"model.hidden={hidden!r}: tower sizes are missing; give a non-empty list of "
-                      "positive ints, e.g. --config.model.hidden=200,80")
+  if (
+    not hidden
+    or isinstance(hidden, (str, int))
+    or any(not isinstance(h, int) or isinstance(h, bool) or h <= 0 for h in hidden)
+  ):
+    raise ConfigError(
+      f"model.hidden={hidden!r}: tower sizes are missing; give a non-empty list of "
+      "positive ints, e.g. --config.model.hidden=200,80"
+    )
   if not 0.0 < config.data.train_fraction <= 1.0:
     raise ConfigError(f"data.train_fraction={config.data.train_fraction!r} must be in (0, 1]")
   for key in ("data.train_dir", "data.eval_dir"):
@@ -138,12 +155,19 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if path and not os.path.isdir(path):
       raise ConfigError(f"{key}={path!r}: directory does not exist")
     if path and not os.path.exists(os.path.join(path, "manifest.json")):
-      raise ConfigError(f"{key}={path!r}: no manifest.json there (not an esmjax dataset, or its "
-                        "writing did not finish)")
+      raise ConfigError(
+        f"{key}={path!r}: no manifest.json there (not an esmjax dataset, or its "
+        "writing did not finish)"
+      )
   if bool(config.data.train_dir) != bool(config.data.eval_dir):
-    given, empty = (("data.train_dir", "data.eval_dir") if config.data.train_dir else
-                    ("data.eval_dir", "data.train_dir"))
-    raise ConfigError(f"{given} is set but {empty} is empty: give both (or neither, for synthetic data)")
+    given, empty = (
+      ("data.train_dir", "data.eval_dir")
+      if config.data.train_dir
+      else ("data.eval_dir", "data.train_dir")
+    )
+    raise ConfigError(
+      f"{given} is set but {empty} is empty: give both (or neither, for synthetic data)"
+    )
   _validate_run_sections(config)
   return config
 
@@ -153,8 +177,16 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 _ANY = float("inf")
 
 
-def _number(config, key: str, *, low: float, high: float = _ANY, low_open: bool = False,
-            integer: bool = False, unset: int | None = None) -> None:
+def _number(
+  config,
+  key: str,
+  *,
+  low: float,
+  high: float = _ANY,
+  low_open: bool = False,
+  integer: bool = False,
+  unset: int | None = None,
+) -> None:
   """`key` is a number in [low, high] ((low, high] with `low_open`), an int with `integer`, or
   exactly `unset` (a key's "off" / "all" value, e.g. -1); else a ConfigError naming the range."""
   value = get_path(config, key)
@@ -173,16 +205,26 @@ def _number(config, key: str, *, low: float, high: float = _ANY, low_open: bool 
   raise ConfigError(f"{key}={value!r} is out of range; allowed: {kind} in {left}, {right}{also}")
 
 
-_UNSET_MEANS = {"train.num_steps": "from train.num_epochs", "train.eval_every": "at the end only",
-                "train.max_eval_rows": "all rows", "mesh.num_devices": "all devices"}
+_UNSET_MEANS = {
+  "train.num_steps": "from train.num_epochs",
+  "train.eval_every": "at the end only",
+  "train.max_eval_rows": "all rows",
+  "mesh.num_devices": "all devices",
+}
 
 
 def _validate_run_sections(config: ml_collections.ConfigDict) -> None:
   """Signs and ranges of every numeric key of the train, optimizer, mesh, checkpoint and
   distributed sections, and the contradictions between them."""
-  for key in ("train.batch_size", "train.eval_batch_size", "train.log_every",
-              "train.steps_per_dispatch", "checkpoint.every_steps", "checkpoint.keep",
-              "distributed.num_processes"):
+  for key in (
+    "train.batch_size",
+    "train.eval_batch_size",
+    "train.log_every",
+    "train.steps_per_dispatch",
+    "checkpoint.every_steps",
+    "checkpoint.keep",
+    "distributed.num_processes",
+  ):
     _number(config, key, low=1, integer=True)
   _number(config, "train.num_steps", low=1, integer=True, unset=-1)
   _number(config, "train.eval_every", low=1, integer=True, unset=-1)
@@ -200,11 +242,16 @@ def _validate_run_sections(config: ml_collections.ConfigDict) -> None:
     check_devices(config, int(config.mesh.num_devices), int(config.distributed.num_processes))
   _choice(config, "checkpoint.best_mode", ("max", "min"))
   metric = config.checkpoint.best_metric
-  if metric and (metric.count("/") != 1 or metric.split("/")[0] not in BEST_TASKS
-                 or metric.split("/")[1] not in BEST_METRICS):
-    raise ConfigError(f"checkpoint.best_metric={metric!r} is not an eval metric; use task/metric "
-                      f"with task in {list(BEST_TASKS)} and metric in {list(BEST_METRICS)}, e.g. "
-                      "'ctcvr/auc'")
+  if metric and (
+    metric.count("/") != 1
+    or metric.split("/")[0] not in BEST_TASKS
+    or metric.split("/")[1] not in BEST_METRICS
+  ):
+    raise ConfigError(
+      f"checkpoint.best_metric={metric!r} is not an eval metric; use task/metric "
+      f"with task in {list(BEST_TASKS)} and metric in {list(BEST_METRICS)}, e.g. "
+      "'ctcvr/auc'"
+    )
   num = int(config.distributed.num_processes)
   _number(config, "distributed.process_id", low=0, high=max(num - 1, 0), integer=True)
   coordinator = config.distributed.coordinator
@@ -213,8 +260,9 @@ def _validate_run_sections(config: ml_collections.ConfigDict) -> None:
   if coordinator:
     host, _, port = coordinator.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-      raise ConfigError(f"distributed.coordinator={coordinator!r} is not HOST:PORT (a port in "
-                        "[1, 65535])")
+      raise ConfigError(
+        f"distributed.coordinator={coordinator!r} is not HOST:PORT (a port in [1, 65535])"
+      )
 
 
 def _check_model(model: ml_collections.ConfigDict) -> None:
@@ -241,8 +289,9 @@ def _check_embedding(embedding: ml_collections.ConfigDict) -> None:
   known = (*EMBEDDING_KEYS, *opt_lib.hyperparameters())
   for key in embedding:
     if key not in known:
-      raise ValueError(f"embedding.{key} is not a key of the engine or any optimizer; keys: "
-                       f"{sorted(known)}")
+      raise ValueError(
+        f"embedding.{key} is not a key of the engine or any optimizer; keys: {sorted(known)}"
+      )
   std = embedding.init_std
   if isinstance(std, bool) or not isinstance(std, (int, float)) or not std >= 0:
     raise ValueError(f"embedding.init_std={std!r} is not allowed: a number >= 0")
@@ -256,8 +305,10 @@ def check_devices(config: ml_collections.ConfigDict, num_devices: int, num_proce
     sect, name = key.split(".")
     v = int(config[sect][name])
     if v % num_devices:
-      raise ConfigError(f"{key}={v} is not divisible by the {num_devices} devices "
-                        f"({num_processes} process(es)); pick a multiple of {num_devices}")
+      raise ConfigError(
+        f"{key}={v} is not divisible by the {num_devices} devices "
+        f"({num_processes} process(es)); pick a multiple of {num_devices}"
+      )
 
 
 def unknown_key(config: ml_collections.ConfigDict, dotted: str) -> str | None:
@@ -269,7 +320,7 @@ def unknown_key(config: ml_collections.ConfigDict, dotted: str) -> str | None:
     if not hasattr(node, "keys") or part not in node:
       parent = ".".join(path[:i]) or "config"
       allowed = sorted(node.keys()) if hasattr(node, "keys") else []
-      return f"unknown config key {'.'.join(path[:i + 1])!r}; keys of {parent}: {allowed}"
+      return f"unknown config key {'.'.join(path[: i + 1])!r}; keys of {parent}: {allowed}"
     node = node[part]
   return None
 

@@ -19,8 +19,11 @@ from absl import logging
 
 # JAX and the config module are imported where used: grain workers import the package.
 
-ENV = {"coordinator": "JAX_COORDINATOR_ADDRESS", "num_processes": "JAX_NUM_PROCESSES",
-       "process_id": "JAX_PROCESS_ID"}
+ENV = {
+  "coordinator": "JAX_COORDINATOR_ADDRESS",
+  "num_processes": "JAX_NUM_PROCESSES",
+  "process_id": "JAX_PROCESS_ID",
+}
 
 
 def settings(config) -> tuple[str, int, int]:
@@ -33,11 +36,14 @@ def settings(config) -> tuple[str, int, int]:
   num = int(d.num_processes) if from_flags else int(os.environ.get(ENV["num_processes"], "1"))
   pid = int(d.process_id) if from_flags else int(os.environ.get(ENV["process_id"], "0"))
   if num > 1 and not coordinator:
-    raise ConfigError(f"distributed.num_processes={num} needs distributed.coordinator=HOST:PORT "
-                     f"(or {ENV['coordinator']})")
+    raise ConfigError(
+      f"distributed.num_processes={num} needs distributed.coordinator=HOST:PORT "
+      f"(or {ENV['coordinator']})"
+    )
   if num > 1 and not 0 <= pid < num:
-    raise ConfigError(f"distributed.process_id={pid} must be in [0, {num}) "
-                      f"(distributed.num_processes={num})")
+    raise ConfigError(
+      f"distributed.process_id={pid} must be in [0, {num}) (distributed.num_processes={num})"
+    )
   return coordinator, num, pid
 
 
@@ -57,8 +63,14 @@ def maybe_initialize(config) -> None:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=coordinator, num_processes=num, process_id=pid)
   if jax.process_count() != num:
-    raise RuntimeError(f"jax.distributed.initialize joined {jax.process_count()} processes, "
-                       f"expected {num}")
-  logging.info("process %d/%d initialised (coordinator %s), %d local / %d global devices",
-               jax.process_index(), jax.process_count(), coordinator, jax.local_device_count(),
-               jax.device_count())
+    raise RuntimeError(
+      f"jax.distributed.initialize joined {jax.process_count()} processes, expected {num}"
+    )
+  logging.info(
+    "process %d/%d initialised (coordinator %s), %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    coordinator,
+    jax.local_device_count(),
+    jax.device_count(),
+  )

@@ -13,7 +13,7 @@ above it: after one step on the tiny test worlds the smallest spread is 0.016.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -37,13 +37,15 @@ def check_schema(schema: ds_lib.Schema, dataset: ds_lib.Dataset) -> None:
   diff = schema.input_difference(dataset.schema)
   if diff is not None:
     raise ds_lib.DatasetError(
-        f"{dataset.directory}: its inputs differ from the trained model's ({diff}; model vs "
-        "dataset): ingest it with --stats_from=<the training dataset>, so that it shares the "
-        "training vocabularies and dense statistics")
+      f"{dataset.directory}: its inputs differ from the trained model's ({diff}; model vs "
+      "dataset): ingest it with --stats_from=<the training dataset>, so that it shares the "
+      "training vocabularies and dense statistics"
+    )
 
 
-def predict_dataset(predict_fn: Callable, state, dataset: ds_lib.Dataset, batch_size: int, mesh,
-                    max_rows: int = -1) -> dict[str, np.ndarray]:
+def predict_dataset(
+  predict_fn: Callable, state, dataset: ds_lib.Dataset, batch_size: int, mesh, max_rows: int = -1
+) -> dict[str, np.ndarray]:
   """Scores every row (in file order, this process's blocks); returns predictions + host columns.
 
   `batch_size` is global; each process feeds batch_size / process_count rows per step.
@@ -73,8 +75,11 @@ def compute_metrics(cols: dict[str, np.ndarray], schema: ds_lib.Schema) -> dict[
   preds = {k: cols[k].astype(np.float64) for k in ("pctr", "pcvr", "pctcvr", "pctavr") if k in cols}
   truth = None
   if "truth" in cols and "would_buy" in schema.truth:
-    truth = {name: cols["truth"][:, i].astype(np.float64) for i, name in enumerate(schema.truth)
-             if name in metrics_lib.TRUTH_KEYS}
+    truth = {
+      name: cols["truth"][:, i].astype(np.float64)
+      for i, name in enumerate(schema.truth)
+      if name in metrics_lib.TRUTH_KEYS
+    }
   out = metrics_lib.evaluate(preds, labels, cols["user"], truth=truth)
   out.update(collapse_flags(preds))
   return out
@@ -92,10 +97,19 @@ def collapse_flags(preds: dict[str, np.ndarray]) -> dict[str, float]:
     out[f"{task}/logit_std"], out[f"{task}/collapsed"] = spread, float(collapsed)
     if collapsed:
       p = preds[key]
-      logging.warning("evaluation: the %s predictions are collapsed (a dead tower?): their "
-                      "logits' std is %.3g over %d rows (below %g), %s in [%.6g, %.6g]; %s/auc "
-                      "means nothing", task, spread, len(p), COLLAPSED_LOGIT_STD, key,
-                      float(np.min(p)), float(np.max(p)), task)
+      logging.warning(
+        "evaluation: the %s predictions are collapsed (a dead tower?): their "
+        "logits' std is %.3g over %d rows (below %g), %s in [%.6g, %.6g]; %s/auc "
+        "means nothing",
+        task,
+        spread,
+        len(p),
+        COLLAPSED_LOGIT_STD,
+        key,
+        float(np.min(p)),
+        float(np.max(p)),
+        task,
+      )
   return out
 
 
@@ -104,8 +118,9 @@ def collapsed_tasks(metrics: dict[str, float]) -> list[str]:
   return [t for t in TASKS.values() if metrics.get(f"{t}/collapsed", 0.0) == 1.0]
 
 
-def evaluate(predict_fn: Callable, state, dataset: ds_lib.Dataset, batch_size: int, mesh,
-             max_rows: int = -1) -> dict[str, float]:
+def evaluate(
+  predict_fn: Callable, state, dataset: ds_lib.Dataset, batch_size: int, mesh, max_rows: int = -1
+) -> dict[str, float]:
   cols = predict_dataset(predict_fn, state, dataset, batch_size, mesh, max_rows)
   cols = sh.gather_host_columns(cols)
   return compute_metrics(cols, dataset.schema)

@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,20 +46,27 @@ from esmjax import inputs
 
 FORMAT = "esmjax-export"
 VERSION = 1
-STRAYS_DOC = ("ids outside [0, vocab_size) of their column are scored as OOV = 1 inside the "
-              "function (never another field's rows); load_exported refuses them")
+STRAYS_DOC = (
+  "ids outside [0, vocab_size) of their column are scored as OOV = 1 inside the "
+  "function (never another field's rows); load_exported refuses them"
+)
 SIDECAR_SUFFIX = ".json"
 DEFAULT_PLATFORMS = ("cpu", "cuda")  # lowered for both: the same file serves on CPU and NVIDIA GPUs
 OUTPUTS_DOC = {
-    "pctr": "p(click | impression)",
-    "pcvr": "p(buy | click)",
-    "pctcvr": "p(click and buy | impression) = pctr * pcvr",
-    "pctavr": "p(click and DAction | impression) (ESM2 only)",
+  "pctr": "p(click | impression)",
+  "pcvr": "p(buy | click)",
+  "pctcvr": "p(click and buy | impression) = pctr * pcvr",
+  "pctavr": "p(click and DAction | impression) (ESM2 only)",
 }
 
 
-def export(workdir: str, out_path: str, batch_size: int | None = None, config=None,
-           platforms: Sequence[str] | None = None) -> dict[str, Any]:
+def export(
+  workdir: str,
+  out_path: str,
+  batch_size: int | None = None,
+  config=None,
+  platforms: Sequence[str] | None = None,
+) -> dict[str, Any]:
   """Exports the latest checkpoint of `workdir` to `out_path` (+ `out_path.json`); returns the signature.
 
   `config` defaults to the one saved in the workdir (see `esmjax.predict.saved_config`).
@@ -66,8 +74,9 @@ def export(workdir: str, out_path: str, batch_size: int | None = None, config=No
   from esmjax import predict
 
   run, state = predict.load(workdir, config)
-  return export_state(run, state, out_path, batch_size=batch_size, platforms=platforms,
-                      workdir=workdir)
+  return export_state(
+    run, state, out_path, batch_size=batch_size, platforms=platforms, workdir=workdir
+  )
 
 
 def serving_fn(run, state):
@@ -83,7 +92,9 @@ def serving_fn(run, state):
 
   if jax.process_count() > 1:
     raise RuntimeError("export runs in a single process (it gathers the whole model to the host)")
-  c = state_lib.build(run.config, run.schema, row_multiple=run.mesh.size, engine_factory=engine_lib.Engine)
+  c = state_lib.build(
+    run.config, run.schema, row_multiple=run.mesh.size, engine_factory=engine_lib.Engine
+  )
   params, tables = jax.device_get((state.params, state.tables))
   for name, t in tables.items():
     want = (c.layout.padded_rows, c.engine.dim)
@@ -93,9 +104,14 @@ def serving_fn(run, state):
   def serve(batch):
     # jnp.asarray inside the trace: the host arrays become the module's constants.
     serve_state = state_lib.TrainState(
-        step=jnp.zeros((), jnp.int32), params=jax.tree_util.tree_map(jnp.asarray, params), opt_state=(),
-        tables={k: jnp.asarray(v) for k, v in tables.items()}, slots={}, scratch=jnp.zeros((0,), jnp.int32),
-        rng=jnp.zeros((2,), jnp.uint32))
+      step=jnp.zeros((), jnp.int32),
+      params=jax.tree_util.tree_map(jnp.asarray, params),
+      opt_state=(),
+      tables={k: jnp.asarray(v) for k, v in tables.items()},
+      slots={},
+      scratch=jnp.zeros((0,), jnp.int32),
+      rng=jnp.zeros((2,), jnp.uint32),
+    )
     out = predict.predict_step(c, serve_state, batch)
     del out[inputs.STRAYS_KEY]
     return out
@@ -108,27 +124,51 @@ def input_signature(schema, batch_size: int | None = None) -> list[dict[str, Any
   b = "b" if batch_size is None else int(batch_size)
   mv_cols, off = [], 0
   for f in schema.multi:
-    mv_cols.append({"name": f.name, "vocab_size": int(f.vocab_size), "columns": [off, off + int(f.max_len)],
-                    "pooling": f.pooling})
+    mv_cols.append(
+      {
+        "name": f.name,
+        "vocab_size": int(f.vocab_size),
+        "columns": [off, off + int(f.max_len)],
+        "pooling": f.pooling,
+      }
+    )
     off += int(f.max_len)
   cols = {c.name: c for c in inputs.columns(schema)}
   fields = {
-      "sparse": {"fields": [{"name": f.name, "vocab_size": int(f.vocab_size)} for f in schema.sparse],
-                 "vocab_sizes": list(cols["sparse"].vocab),
-                 "doc": "one id per field; 0 = PAD, 1 = OOV", "out_of_range": STRAYS_DOC},
-      "mv_ids": {"fields": mv_cols, "vocab_sizes": list(cols["mv_ids"].vocab),
-                 "doc": "each field's slots side by side (columns [start, end)); 0 = PAD",
-                 "out_of_range": STRAYS_DOC},
-      "mv_w": {"fields": mv_cols, "doc": "weight of each mv_ids slot; 0 in empty slots"},
-      "dense": {"fields": [{"name": f.name, "mean": float(f.mean), "std": float(f.std)} for f in schema.dense],
-                "doc": "raw values; the model normalises them"},
+    "sparse": {
+      "fields": [{"name": f.name, "vocab_size": int(f.vocab_size)} for f in schema.sparse],
+      "vocab_sizes": list(cols["sparse"].vocab),
+      "doc": "one id per field; 0 = PAD, 1 = OOV",
+      "out_of_range": STRAYS_DOC,
+    },
+    "mv_ids": {
+      "fields": mv_cols,
+      "vocab_sizes": list(cols["mv_ids"].vocab),
+      "doc": "each field's slots side by side (columns [start, end)); 0 = PAD",
+      "out_of_range": STRAYS_DOC,
+    },
+    "mv_w": {"fields": mv_cols, "doc": "weight of each mv_ids slot; 0 in empty slots"},
+    "dense": {
+      "fields": [
+        {"name": f.name, "mean": float(f.mean), "std": float(f.std)} for f in schema.dense
+      ],
+      "doc": "raw values; the model normalises them",
+    },
   }
-  return [{"name": c.name, "dtype": c.dtype, "shape": [b, c.width], **fields[c.name]}
-          for c in cols.values()]
+  return [
+    {"name": c.name, "dtype": c.dtype, "shape": [b, c.width], **fields[c.name]}
+    for c in cols.values()
+  ]
 
 
-def export_state(run, state, out_path: str, batch_size: int | None = None,
-                 platforms: Sequence[str] | None = None, workdir: str = "") -> dict[str, Any]:
+def export_state(
+  run,
+  state,
+  out_path: str,
+  batch_size: int | None = None,
+  platforms: Sequence[str] | None = None,
+  workdir: str = "",
+) -> dict[str, Any]:
   """Exports `state` of `run` (see the module docstring); returns the signature it wrote."""
   from jax import export as jex
 
@@ -145,19 +185,26 @@ def export_state(run, state, out_path: str, batch_size: int | None = None,
   produced = exported.out_tree.unflatten(range(len(exported.out_avals)))
   out_names = [k for k in OUTPUTS_DOC if k in produced] + sorted(set(produced) - set(OUTPUTS_DOC))
   signature = {
-      "format": FORMAT,
-      "version": VERSION,
-      "model": run.config.model.name,
-      "step": int(jax.device_get(state.step)),
-      "workdir": os.path.abspath(workdir) if workdir else "",
-      "platforms": list(platforms),
-      "batch_size": None if batch_size is None else int(batch_size),
-      "call": "jax.export.deserialize(bytes).call({name: array for each input}) -> {output: array}",
-      "inputs": inputs,
-      "outputs": [{"name": k, "dtype": "float32", "shape": ["b" if batch_size is None else int(batch_size)],
-                   "doc": OUTPUTS_DOC.get(k, "")} for k in out_names],
-      "labels": list(run.schema.labels),
-      "jax_version": jax.__version__,
+    "format": FORMAT,
+    "version": VERSION,
+    "model": run.config.model.name,
+    "step": int(jax.device_get(state.step)),
+    "workdir": os.path.abspath(workdir) if workdir else "",
+    "platforms": list(platforms),
+    "batch_size": None if batch_size is None else int(batch_size),
+    "call": "jax.export.deserialize(bytes).call({name: array for each input}) -> {output: array}",
+    "inputs": inputs,
+    "outputs": [
+      {
+        "name": k,
+        "dtype": "float32",
+        "shape": ["b" if batch_size is None else int(batch_size)],
+        "doc": OUTPUTS_DOC.get(k, ""),
+      }
+      for k in out_names
+    ],
+    "labels": list(run.schema.labels),
+    "jax_version": jax.__version__,
   }
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
   _atomic_write(out_path, bytes(exported.serialize()))

@@ -10,13 +10,15 @@ import ctypes
 import ctypes.util
 import os
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 # glibc mallopt parameter -> (value, its environment variable, its GLIBC_TUNABLES name).
 # M_MMAP_THRESHOLD (-3), M_TRIM_THRESHOLD (-1), M_TOP_PAD (-2).
-_MALLOPT = {-3: (32 << 20, "MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold"),
-            -1: (1 << 30, "MALLOC_TRIM_THRESHOLD_", "glibc.malloc.trim_threshold"),
-            -2: (64 << 20, "MALLOC_TOP_PAD_", "glibc.malloc.top_pad")}
+_MALLOPT = {
+  -3: (32 << 20, "MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold"),
+  -1: (1 << 30, "MALLOC_TRIM_THRESHOLD_", "glibc.malloc.trim_threshold"),
+  -2: (64 << 20, "MALLOC_TOP_PAD_", "glibc.malloc.top_pad"),
+}
 _tuned: bool | None = None  # None: not tried yet
 
 
@@ -48,8 +50,11 @@ def tune_host_allocator() -> bool:
   except (OSError, AttributeError, TypeError):
     return False
   tunables = os.environ.get("GLIBC_TUNABLES", "")
-  applied = [bool(mallopt(param, value)) for param, (value, env, tunable) in _MALLOPT.items()
-             if env not in os.environ and tunable not in tunables]
+  applied = [
+    bool(mallopt(param, value))
+    for param, (value, env, tunable) in _MALLOPT.items()
+    if env not in os.environ and tunable not in tunables
+  ]
   _tuned = bool(applied) and all(applied)
   return _tuned
 
@@ -84,8 +89,11 @@ def cli_malloc_env(environ: Mapping[str, str]) -> dict[str, str]:
   ESMJAX_HUGE_PAGE_MALLOC=0 (benchmark workers start in this environment too)."""
   env = dict(environ)
   tunables = env.get("GLIBC_TUNABLES", "")
-  if ("glibc.malloc.hugetlb" in tunables or env.get(OPT_OUT_ENV, "1") == "0"
-      or not huge_page_malloc_supported()):
+  if (
+    "glibc.malloc.hugetlb" in tunables
+    or env.get(OPT_OUT_ENV, "1") == "0"
+    or not huge_page_malloc_supported()
+  ):
     return env
   env["GLIBC_TUNABLES"] = f"{tunables}:{HUGETLB_TUNABLE}" if tunables else HUGETLB_TUNABLE
   return env

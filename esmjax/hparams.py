@@ -34,14 +34,21 @@ class Range:
   def describe(self) -> str:
     if self.choices is not None:
       return f"one of {list(self.choices)}"
-    lo = (f"[{self.ge:g}" if self.ge is not None else
-          f"({self.gt:g}" if self.gt is not None else "(-inf")
-    hi = (f"{self.le:g}]" if self.le is not None else
-          f"{self.lt:g})" if self.lt is not None else "inf)")
+    lo = (
+      f"[{self.ge:g}"
+      if self.ge is not None
+      else f"({self.gt:g}"
+      if self.gt is not None
+      else "(-inf"
+    )
+    hi = (
+      f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else "inf)"
+    )
     interval = f"in {lo}, {hi}"
     if self.length is not None:
-      return (f"{self.length} numbers, each {interval}"
-              + (", not all 0" if self.not_all_zero else ""))
+      return f"{self.length} numbers, each {interval}" + (
+        ", not all 0" if self.not_all_zero else ""
+      )
     return interval
 
   def allows(self, value) -> bool:
@@ -51,19 +58,36 @@ class Range:
       if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         return False
       items = tuple(value)
-      return (len(items) == self.length and all(self._number_ok(v) for v in items)
-              and not (self.not_all_zero and all(float(v) == 0.0 for v in items)))
+      return (
+        len(items) == self.length
+        and all(self._number_ok(v) for v in items)
+        and not (self.not_all_zero and all(float(v) == 0.0 for v in items))
+      )
     return self._number_ok(value)
 
   def _number_ok(self, v) -> bool:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
       return False
-    return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
-            and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+    return (
+      (self.ge is None or v >= self.ge)
+      and (self.gt is None or v > self.gt)
+      and (self.le is None or v <= self.le)
+      and (self.lt is None or v < self.lt)
+    )
 
 
-def field(default, doc: str, *, ge=None, gt=None, le=None, lt=None, choices=None, length=None,
-          not_all_zero: bool = False):
+def field(
+  default,
+  doc: str,
+  *,
+  ge=None,
+  gt=None,
+  le=None,
+  lt=None,
+  choices=None,
+  length=None,
+  not_all_zero: bool = False,
+):
   """A hyperparameter: its default, a one-line description and the values it allows."""
   rng = Range(ge, gt, le, lt, tuple(choices) if choices is not None else None, length, not_all_zero)
   if not rng.allows(default):
@@ -109,8 +133,9 @@ def from_section(cls, section: Mapping[str, Any], name: str):
   return cls(**kwargs)
 
 
-def merge_declarations(owners: Iterable[tuple[str, type]], what: str
-                       ) -> dict[str, dataclasses.Field]:
+def merge_declarations(
+  owners: Iterable[tuple[str, type]], what: str
+) -> dict[str, dataclasses.Field]:
   """{key: field} over several dataclasses sharing one flat config section. A key declared by two
   owners must be declared alike (same default and range), or the section would be ambiguous."""
   out: dict[str, tuple[str, dataclasses.Field]] = {}
@@ -119,8 +144,10 @@ def merge_declarations(owners: Iterable[tuple[str, type]], what: str
       if f.name in out:
         other, g = out[f.name]
         if (g.default, g.metadata["range"]) != (f.default, f.metadata["range"]):
-          raise TypeError(f"{what} hyperparameter {f.name!r} is declared differently by {other!r} "
-                          f"and {owner!r}: give one of them another name")
+          raise TypeError(
+            f"{what} hyperparameter {f.name!r} is declared differently by {other!r} "
+            f"and {owner!r}: give one of them another name"
+          )
       else:
         out[f.name] = (owner, f)
   return {k: f for k, (_, f) in out.items()}

@@ -22,7 +22,8 @@ both read these rules from here; NumPy only, jax.numpy only inside the traced fu
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,11 +51,17 @@ def columns(schema) -> tuple[InputColumns, ...]:
   """The model's inputs for `schema`, in argument order."""
   mv_fields = tuple(f.name for f in schema.multi for _ in range(int(f.max_len)))
   mv_vocab = tuple(int(f.vocab_size) for f in schema.multi for _ in range(int(f.max_len)))
-  return (InputColumns("sparse", "int32", tuple(f.name for f in schema.sparse),
-                       tuple(int(f.vocab_size) for f in schema.sparse)),
-          InputColumns("mv_ids", "int32", mv_fields, mv_vocab),
-          InputColumns("mv_w", "float32", mv_fields),
-          InputColumns("dense", "float32", tuple(f.name for f in schema.dense)))
+  return (
+    InputColumns(
+      "sparse",
+      "int32",
+      tuple(f.name for f in schema.sparse),
+      tuple(int(f.vocab_size) for f in schema.sparse),
+    ),
+    InputColumns("mv_ids", "int32", mv_fields, mv_vocab),
+    InputColumns("mv_w", "float32", mv_fields),
+    InputColumns("dense", "float32", tuple(f.name for f in schema.dense)),
+  )
 
 
 def columns_from_signature(inputs: Sequence[dict[str, Any]]) -> tuple[InputColumns, ...]:
@@ -93,8 +100,10 @@ def check_values(col: InputColumns, a: np.ndarray, where: str) -> None:
     return
   if bad.any():
     row, c = (int(i) for i in np.argwhere(bad)[0])
-    raise ValueError(f"{where}: {col.name} column {c} (field {col.fields[c]!r}) holds "
-                     f"{a[row, c].item()!r} at row {row}, {what}")
+    raise ValueError(
+      f"{where}: {col.name} column {c} (field {col.fields[c]!r}) holds "
+      f"{a[row, c].item()!r} at row {row}, {what}"
+    )
 
 
 def strays(col: InputColumns, a: np.ndarray) -> np.ndarray:
@@ -109,8 +118,10 @@ def describe_stray(col: InputColumns, a: np.ndarray, mask: np.ndarray, where: st
   """One line naming the first stray id of `a` (for callers that refuse strays)."""
   row, c = (int(i) for i in np.argwhere(mask)[0])
   v = a[row, c]
-  return (f"{where}: {col.name} column {c} has ids outside [0, {col.vocab[c]}) of field "
-          f"{col.fields[c]!r} ({v.item()!r} at row {row}); map unseen values to OOV = 1")
+  return (
+    f"{where}: {col.name} column {c} has ids outside [0, {col.vocab[c]}) of field "
+    f"{col.fields[c]!r} ({v.item()!r} at row {row}); map unseen values to OOV = 1"
+  )
 
 
 def map_strays(col: InputColumns, a: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
@@ -143,7 +154,7 @@ def map_strays_in_graph(schema, batch: dict[str, Any]):
     else:
       lo = 0
       for f in schema.multi:
-        counts.append(bad[:, lo:lo + f.max_len].sum(1, keepdims=True))
+        counts.append(bad[:, lo : lo + f.max_len].sum(1, keepdims=True))
         lo += f.max_len
   n = batch["sparse"].shape[0]
   return out, (jnp.concatenate(counts, 1) if counts else jnp.zeros((n, 0), jnp.int32))

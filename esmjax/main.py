@@ -25,41 +25,52 @@ from ml_collections import config_flags
 
 from esmjax import cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/esm2.py.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", "", "Run directory (metrics, checkpoints, summary). "
-                               "Default: workdirs/<model>-<UTC time>.")
-_MODE = flags.DEFINE_enum("mode", "train", ("train", "evaluate", "predict", "export"),
-                          "What to do.")
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Config file, e.g. configs/esm2.py.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir",
+  "",
+  "Run directory (metrics, checkpoints, summary). Default: workdirs/<model>-<UTC time>.",
+)
+_MODE = flags.DEFINE_enum(
+  "mode", "train", ("train", "evaluate", "predict", "export"), "What to do."
+)
 _PREDICT_INPUT = flags.DEFINE_string("predict_input", "", "predict: dataset directory to score.")
 _PREDICT_OUTPUT = flags.DEFINE_string("predict_output", "", "predict: CSV file to write.")
-_EXPORT_PATH = flags.DEFINE_string("export_path", "", "export: file to write (and FILE.json, its "
-                                   "signature). Default: DIR/export/<model>.jaxexport.")
-_EXPORT_BATCH = flags.DEFINE_integer("export_batch_size", 0, "export: fixed batch size; 0 = any "
-                                     "(symbolic batch dimension).")
+_EXPORT_PATH = flags.DEFINE_string(
+  "export_path",
+  "",
+  "export: file to write (and FILE.json, its signature). Default: DIR/export/<model>.jaxexport.",
+)
+_EXPORT_BATCH = flags.DEFINE_integer(
+  "export_batch_size", 0, "export: fixed batch size; 0 = any (symbolic batch dimension)."
+)
 flags.mark_flags_as_required(["config"])
 
 
 def train(config, workdir: str) -> None:
-  from esmjax import metrics_io
-  from esmjax import trainer
+  from esmjax import metrics_io, trainer
 
   logging.info("workdir: %s", os.path.abspath(workdir))
   s = trainer.train_and_evaluate(config, workdir)
   if s.get("preempted"):  # saved: exit 0 so schedulers requeue cleanly
-    print(f"esmjax: {s['preempted']} received: stopped after step {s['steps']}/{s['total_steps']}, "
-          f"checkpoint saved in {s['checkpoint_dir']}; run the same command again to resume",
-          file=sys.stderr)
+    print(
+      f"esmjax: {s['preempted']} received: stopped after step {s['steps']}/{s['total_steps']}, "
+      f"checkpoint saved in {s['checkpoint_dir']}; run the same command again to resume",
+      file=sys.stderr,
+    )
     return
   median, peak = s["examples_per_sec_median_window"], s["examples_per_sec_peak_window"]
-  print(f"\n{config.model.name}: {s['steps']} steps, {s['examples_per_sec']:.0f} examples/s over "
-        f"the run's {s['train_seconds']:.1f}s of training (log windows: median {median:.0f}, "
-        f"peak {peak:.0f}), workdir {workdir}\n" + metrics_io.metrics_table(s["metrics"]))
+  print(
+    f"\n{config.model.name}: {s['steps']} steps, {s['examples_per_sec']:.0f} examples/s over "
+    f"the run's {s['train_seconds']:.1f}s of training (log windows: median {median:.0f}, "
+    f"peak {peak:.0f}), workdir {workdir}\n" + metrics_io.metrics_table(s["metrics"])
+  )
 
 
 def evaluate(config, workdir: str) -> None:
-  from esmjax import metrics_io
-  from esmjax import predict
+  from esmjax import metrics_io, predict
 
   print(metrics_io.metrics_table(predict.evaluate_workdir(config, workdir)))
 
@@ -77,8 +88,9 @@ def predict(config, workdir: str) -> None:
   from esmjax import predict as predict_lib
 
   if not _PREDICT_INPUT.value or not _PREDICT_OUTPUT.value:
-    raise config_lib.ConfigError("--mode=predict needs --predict_input=DATASET_DIR and "
-                                 "--predict_output=FILE.csv")
+    raise config_lib.ConfigError(
+      "--mode=predict needs --predict_input=DATASET_DIR and --predict_output=FILE.csv"
+    )
   n = predict_lib.predict_to_csv(config, workdir, _PREDICT_INPUT.value, _PREDICT_OUTPUT.value)
   print(f"wrote {n} predictions to {_PREDICT_OUTPUT.value}")
 
@@ -91,9 +103,8 @@ def main(argv):
     cli.fail(f"unexpected arguments: {argv[1:]}", cli.USER_ERROR)
   cli.quiet_libraries()
   # Imports after flag parsing: grain workers import the package, never this module's side effects.
-  from esmjax import api
+  from esmjax import api, distributed
   from esmjax import config as config_lib
-  from esmjax import distributed
 
   config = _CONFIG.value
   workdir = _WORKDIR.value or api.default_workdir(config)

@@ -17,13 +17,19 @@ padded rows), so such rows may carry any label or score, NaN included.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
 _PROB_CLIP = 1e-7  # for the log of log-loss only; evaluation, so bending gradients is not a concern
 PRED_KEYS = ("pctr", "pcvr", "pctcvr", "pctavr")
-LABEL_KEYS = ("click", "buy", "cart", "wish", "daction")  # the dataset's labels; cart/wish unused here
+LABEL_KEYS = (
+  "click",
+  "buy",
+  "cart",
+  "wish",
+  "daction",
+)  # the dataset's labels; cart/wish unused here
 TRUTH_KEYS = ("would_buy", "pcvr")
 
 
@@ -36,7 +42,9 @@ def _vector(x, name: str, n: int | None, fn: str) -> np.ndarray:
   if a.ndim != 1:
     raise ValueError(f"{fn}: `{name}` must be 1-D, got shape {a.shape}")
   if n is not None and a.shape[0] != n:
-    raise ValueError(f"{fn}: `{name}` has {a.shape[0]} rows, expected {n} (the length of the first argument)")
+    raise ValueError(
+      f"{fn}: `{name}` has {a.shape[0]} rows, expected {n} (the length of the first argument)"
+    )
   return a
 
 
@@ -174,8 +182,9 @@ def logit_std(probs) -> float:
   if p.size < 2:
     return float("nan")
   if not np.all((p >= 0) & (p <= 1)):
-    raise ValueError("logit_std: `probs` must be probabilities in [0, 1] (NaN found or out of "
-                     "range)")
+    raise ValueError(
+      "logit_std: `probs` must be probabilities in [0, 1] (NaN found or out of range)"
+    )
   p = np.clip(p, _PROB_CLIP, 1.0 - _PROB_CLIP)
   z = np.log(p) - np.log1p(-p)
   return float(np.std(z - z[0]))  # shifted: equal logits give exactly 0
@@ -192,8 +201,13 @@ def _task(out: dict, name: str, y, p, users, w) -> None:
   out[f"{name}/calibration"] = calibration(y, p, w)
 
 
-def evaluate(preds: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray], users,
-             weights=None, truth: Mapping[str, np.ndarray] | None = None) -> dict[str, float]:
+def evaluate(
+  preds: Mapping[str, np.ndarray],
+  labels: Mapping[str, np.ndarray],
+  users,
+  weights=None,
+  truth: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, float]:
   """All metrics of one whole evaluation set.
 
   Args:
@@ -210,8 +224,11 @@ def evaluate(preds: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray], 
     `n/*` are weighted counts.
   """
   fn = "evaluate"
-  for what, d, allowed in (("preds", preds, PRED_KEYS), ("labels", labels, LABEL_KEYS),
-                           ("truth", truth or {}, TRUTH_KEYS)):
+  for what, d, allowed in (
+    ("preds", preds, PRED_KEYS),
+    ("labels", labels, LABEL_KEYS),
+    ("truth", truth or {}, TRUTH_KEYS),
+  ):
     unknown = sorted(set(d) - set(allowed))
     if unknown:
       raise ValueError(f"{fn}: `{what}` has unknown key(s) {unknown}; allowed: {list(allowed)}")
@@ -248,15 +265,17 @@ def evaluate(preds: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray], 
     a = _vector(src[k], f"{what}[{k!r}]", n, fn)
     v = a[live]
     if v.dtype.kind not in "biuf" or not np.all((v >= 0) & (v <= 1)):
-      raise ValueError(f"{fn}: `{what}[{k!r}]` must be probabilities in [0, 1] (NaN found or out of range)")
+      raise ValueError(
+        f"{fn}: `{what}[{k!r}]` must be probabilities in [0, 1] (NaN found or out of range)"
+      )
     return a
 
   p = {k: prob(k, preds, "preds") for k in preds}
 
   out: dict[str, float] = {
-      "n/impressions": float(w.sum()),
-      "n/clicks": float(w[click].sum()),
-      "n/buys": float(w[click & buy].sum()),
+    "n/impressions": float(w.sum()),
+    "n/clicks": float(w[click].sum()),
+    "n/buys": float(w[click & buy].sum()),
   }
   if daction is not None:
     out["n/dactions"] = float(w[click & daction].sum())

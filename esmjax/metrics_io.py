@@ -17,7 +17,8 @@ import json
 import math
 import os
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from absl import logging
 
@@ -40,8 +41,10 @@ def learning_rates(config) -> dict[str, float]:
   """
   if config is None:
     return {}
-  return {"learning_rate/tower": float(config.optimizer.learning_rate),
-          "learning_rate/embedding": float(config.embedding.learning_rate)}
+  return {
+    "learning_rate/tower": float(config.optimizer.learning_rate),
+    "learning_rate/embedding": float(config.embedding.learning_rate),
+  }
 
 
 def tb_tag(key: str) -> str:
@@ -89,8 +92,12 @@ class MetricWriter:
     if not self.enabled:
       return
     values = {**values, **self._lrs} if split == "train" else dict(values)
-    rec = {"step": int(step), "split": split, "time": time.time(),
-           **{k: _plain(v) for k, v in values.items()}}
+    rec = {
+      "step": int(step),
+      "split": split,
+      "time": time.time(),
+      **{k: _plain(v) for k, v in values.items()},
+    }
     with open(self.path, "a") as f:
       f.write(json.dumps(rec) + "\n")
     if self.tensorboard:
@@ -103,9 +110,11 @@ class MetricWriter:
 
       # tensorboardX names files by the second: the suffix keeps a writer reopened within the same
       # second (a quick resume) from overwriting the previous file, and sorts it after it.
-      w = self._tb[split] = SummaryWriter(os.path.join(self.workdir, TB_DIR, split),
-                                          purge_step=self._purge_step,
-                                          filename_suffix=f".{time.time_ns()}")
+      w = self._tb[split] = SummaryWriter(
+        os.path.join(self.workdir, TB_DIR, split),
+        purge_step=self._purge_step,
+        filename_suffix=f".{time.time_ns()}",
+      )
     for k, v in values.items():
       try:
         f = float(v)
@@ -121,7 +130,7 @@ class MetricWriter:
       w.close()
     self._tb = {}
 
-  def __enter__(self) -> "MetricWriter":
+  def __enter__(self) -> MetricWriter:
     return self
 
   def __exit__(self, *exc) -> None:
@@ -148,9 +157,14 @@ def _drop_records_after(path: str, last_step: int) -> None:
       f.writelines(keep)
     os.replace(path + ".tmp", path)
     (logging.info if last_step else logging.warning)(
-        "dropped %d metric record(s) after step %d from %s (%s)", dropped, last_step, path,
-        "they are produced again" if last_step
-        else "an earlier run without a checkpoint to resume from")
+      "dropped %d metric record(s) after step %d from %s (%s)",
+      dropped,
+      last_step,
+      path,
+      "they are produced again"
+      if last_step
+      else "an earlier run without a checkpoint to resume from",
+    )
 
 
 def metrics_table(metrics: Mapping[str, float]) -> str:
@@ -162,8 +176,10 @@ def metrics_table(metrics: Mapping[str, float]) -> str:
     values = (metrics.get(f"{t}/{c}", float("nan")) for c in cols)
     lines.append(f"{t:<8}" + "".join(f"{v:>13.4f}" for v in values))
   if "cvr/entire_space_auc" in metrics:
-    lines.append(f"entire-space CVR AUC (pCVR vs would-buy, all impressions): "
-                 f"{metrics['cvr/entire_space_auc']:.4f}")
+    lines.append(
+      f"entire-space CVR AUC (pCVR vs would-buy, all impressions): "
+      f"{metrics['cvr/entire_space_auc']:.4f}"
+    )
   return "\n".join(lines)
 
 

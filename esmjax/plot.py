@@ -16,8 +16,13 @@ import sys
 from esmjax import metrics_io
 
 TASKS = ("ctr", "cvr", "ctcvr", "ctavr")
-COLORS = {"ctr": "tab:blue", "cvr": "tab:orange", "ctcvr": "tab:green", "ctavr": "tab:red",
-          "total": "black"}
+COLORS = {
+  "ctr": "tab:blue",
+  "cvr": "tab:orange",
+  "ctcvr": "tab:green",
+  "ctavr": "tab:red",
+  "total": "black",
+}
 
 
 def _series(records, split: str, key: str) -> tuple[list[int], list[float]]:
@@ -35,8 +40,15 @@ def _series(records, split: str, key: str) -> tuple[list[int], list[float]]:
 
 def _line(ax, steps, values, label, color, style="-", marker="o"):
   if steps:
-    ax.plot(steps, values, style, label=label, color=color,
-            marker=marker if len(steps) < 12 else None, markersize=5)
+    ax.plot(
+      steps,
+      values,
+      style,
+      label=label,
+      color=color,
+      marker=marker if len(steps) < 12 else None,
+      markersize=5,
+    )
 
 
 def plot(workdir: str, out: str | None = None) -> str:
@@ -48,8 +60,10 @@ def plot(workdir: str, out: str | None = None) -> str:
 
   records = metrics_io.read_metrics(workdir)
   if not records:
-    raise FileNotFoundError(f"no metrics in {os.path.join(workdir, metrics_io.METRICS_FILE)}: "
-                            "not a workdir, or the run has not logged yet")
+    raise FileNotFoundError(
+      f"no metrics in {os.path.join(workdir, metrics_io.METRICS_FILE)}: "
+      "not a workdir, or the run has not logged yet"
+    )
   out = out or os.path.join(workdir, "curves.png")
   fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
   ax_loss, ax_auc, ax_ll, ax_tp = axes.ravel()
@@ -62,8 +76,14 @@ def plot(workdir: str, out: str | None = None) -> str:
   for t in TASKS:
     label = t + (" (clicked rows)" if t == "cvr" else "")
     _line(ax_auc, *_series(records, "eval", f"{t}/auc"), label, COLORS[t])
-  _line(ax_auc, *_series(records, "eval", "cvr/entire_space_auc"), "cvr (entire space)",
-        COLORS["cvr"], "--", "s")
+  _line(
+    ax_auc,
+    *_series(records, "eval", "cvr/entire_space_auc"),
+    "cvr (entire space)",
+    COLORS["cvr"],
+    "--",
+    "s",
+  )
   ax_auc.set_title("eval AUC")
 
   for t in TASKS:
@@ -81,8 +101,9 @@ def plot(workdir: str, out: str | None = None) -> str:
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=8)
     else:
-      ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes,
-              color="gray")
+      ax.text(
+        0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray"
+      )
   fig.suptitle(f"{os.path.basename(os.path.abspath(workdir))}", fontsize=11)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

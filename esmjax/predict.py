@@ -18,18 +18,14 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from esmjax import absl_flags
+from esmjax import absl_flags, evaluation, inputs, steps, trainer
 from esmjax import checkpoint as ckpt_lib
 from esmjax import config as config_lib
-from esmjax import evaluation
-from esmjax import inputs
 from esmjax import sharding as sh
-from esmjax import steps
-from esmjax import trainer
+from esmjax.data import dataset as ds_lib
 from esmjax.loop import data as data_lib
 from esmjax.loop import workdir as workdir_lib
 from esmjax.loop.summary import SUMMARY_FILE
-from esmjax.data import dataset as ds_lib
 
 PRED_COLUMNS = ("pctr", "pcvr", "pctcvr", "pctavr")
 
@@ -56,15 +52,19 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
   if saved is None:
     saved = ckpt_lib.read_config(workdir)
   if saved is None:
-    raise FileNotFoundError(f"{workdir}: no {SUMMARY_FILE} and no checkpoint to read the config "
-                            "from; pass config= explicitly")
+    raise FileNotFoundError(
+      f"{workdir}: no {SUMMARY_FILE} and no checkpoint to read the config "
+      "from; pass config= explicitly"
+    )
   config = config_lib.default_config()
   try:
     config.update(saved)
   except (TypeError, ValueError):  # a key whose type differs from the default's: take it as saved
     config = ml_collections.ConfigDict(saved)
-  if not (os.path.isdir(config.data.train_dir or "/nonexistent")
-          and os.path.isdir(config.data.eval_dir or "/nonexistent")):
+  if not (
+    os.path.isdir(config.data.train_dir or "/nonexistent")
+    and os.path.isdir(config.data.eval_dir or "/nonexistent")
+  ):
     config.data.train_dir = config.data.eval_dir = ""
   return config
 
@@ -107,8 +107,11 @@ def predict_step(c, state, batch) -> dict:
 def jit_predict_step(run):
   """`predict_step` jitted with the run's shardings: (state, batch) -> predictions + counts."""
   bsh = sh.batch_sharding(run.mesh)
-  return jax.jit(functools.partial(predict_step, run.components),
-                 in_shardings=(run.state_sharding, bsh), out_shardings=bsh)
+  return jax.jit(
+    functools.partial(predict_step, run.components),
+    in_shardings=(run.state_sharding, bsh),
+    out_shardings=bsh,
+  )
 
 
 def pop_strays(schema: ds_lib.Schema, cols: dict[str, np.ndarray]) -> dict[str, int]:
@@ -119,12 +122,17 @@ def pop_strays(schema: ds_lib.Schema, cols: dict[str, np.ndarray]) -> dict[str, 
 
 def log_strays(where: str, counts: dict[str, int]) -> None:
   if counts:
-    logging.warning("%s: %d id(s) outside their field's vocabulary were scored as OOV (id 1): %s",
-                    where, sum(counts.values()), ", ".join(f"{k} {v}" for k, v in counts.items()))
+    logging.warning(
+      "%s: %d id(s) outside their field's vocabulary were scored as OOV (id 1): %s",
+      where,
+      sum(counts.values()),
+      ", ".join(f"{k} {v}" for k, v in counts.items()),
+    )
 
 
-def score_dataset(run, state, dataset: ds_lib.Dataset, batch_size: int, step_fn=None,
-                  max_rows: int = -1) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+def score_dataset(
+  run, state, dataset: ds_lib.Dataset, batch_size: int, step_fn=None, max_rows: int = -1
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
   """(columns of every row in file order, {field: stray ids}) after `evaluation.check_schema`.
 
   The columns are the predictions plus the dataset's host columns (`sample_id`, `labels`, ...),
@@ -166,7 +174,8 @@ def evaluate_workdir(config, workdir: str) -> dict[str, float]:
   _, eval_ds = data_lib.resolve_datasets(config)
   evaluation.check_schema(load_schema(workdir), eval_ds)
   run, state = restore(config, workdir)
-  cols, strays = score_dataset(run, state, eval_ds, config.train.eval_batch_size,
-                               max_rows=config.train.max_eval_rows)
+  cols, strays = score_dataset(
+    run, state, eval_ds, config.train.eval_batch_size, max_rows=config.train.max_eval_rows
+  )
   log_strays(f"evaluate {eval_ds.directory}", strays)
   return evaluation.compute_metrics(cols, eval_ds.schema)

@@ -84,8 +84,9 @@ def machine() -> dict[str, Any]:
 def git(root: Path | str, *args: str) -> str:
   """stdout of a read-only git command in `root` ('' when git or the repository is missing)."""
   try:
-    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
-                          timeout=10, check=False).stdout.rstrip()
+    return subprocess.run(
+      ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=False
+    ).stdout.rstrip()
   except (OSError, subprocess.SubprocessError):
     return ""
 
@@ -93,8 +94,10 @@ def git(root: Path | str, *args: str) -> str:
 def code_version(root: Path | str = REPO) -> dict[str, Any]:
   """The commit measured, and which library files differed from it."""
   dirty = [line[3:] for line in git(root, "status", "--porcelain", "--", "esmjax").splitlines()]
-  return {"commit": git(root, "rev-parse", "--short", "HEAD").strip() or "unknown",
-          "esmjax_uncommitted": dirty}
+  return {
+    "commit": git(root, "rev-parse", "--short", "HEAD").strip() or "unknown",
+    "esmjax_uncommitted": dirty,
+  }
 
 
 def code_line(record: Mapping[str, Any]) -> str:
@@ -103,8 +106,11 @@ def code_line(record: Mapping[str, Any]) -> str:
   if not c:
     return ""
   dirty = c.get("esmjax_uncommitted") or []
-  return (f"esmjax at commit {c['commit']}"
-          + (f" with uncommitted changes to {', '.join(dirty)}" if dirty else "") + ". ")
+  return (
+    f"esmjax at commit {c['commit']}"
+    + (f" with uncommitted changes to {', '.join(dirty)}" if dirty else "")
+    + ". "
+  )
 
 
 def command_line(argv: Sequence[str] | None = None, script: str | None = None) -> str:
@@ -126,8 +132,14 @@ def command_line(argv: Sequence[str] | None = None, script: str | None = None) -
 def provenance(command: str | None = None, root: Path | str = REPO) -> dict[str, Any]:
   """What every results file records about how it was made (the load average before the run:
   `finish` adds the one after)."""
-  return {"when": now(), "written_utc": utc_now(), "command": command or command_line(),
-          "machine": machine(), "code": code_version(root), "load_before": load_average()}
+  return {
+    "when": now(),
+    "written_utc": utc_now(),
+    "command": command or command_line(),
+    "machine": machine(),
+    "code": code_version(root),
+    "load_before": load_average(),
+  }
 
 
 def finish(record: dict[str, Any], started: float) -> dict[str, Any]:
@@ -154,8 +166,10 @@ def format_cell(x: Any) -> str:
 
 
 def markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
-  lines = ["| " + " | ".join(str(h) for h in header) + " |",
-           "|" + "|".join("---" for _ in header) + "|"]
+  lines = [
+    "| " + " | ".join(str(h) for h in header) + " |",
+    "|" + "|".join("---" for _ in header) + "|",
+  ]
   lines += ["| " + " | ".join(format_cell(x) for x in r) + " |" for r in rows]
   return "\n".join(lines)
 
@@ -170,11 +184,13 @@ def check(claim: str, holds: bool, detail: str) -> dict[str, Any]:
   return {"claim": claim, "holds": bool(holds), "detail": detail}
 
 
-def checks_markdown(checks: Sequence[Mapping[str, Any]],
-                    words: tuple[str, str] = ("holds", "does NOT hold")) -> str:
+def checks_markdown(
+  checks: Sequence[Mapping[str, Any]], words: tuple[str, str] = ("holds", "does NOT hold")
+) -> str:
   """One bullet per check; `words` = (what a kept claim is called, what a broken one is called)."""
-  return "\n".join(f"- **{words[0] if c['holds'] else words[1]}** — {c['claim']}: {c['detail']}"
-                   for c in checks)
+  return "\n".join(
+    f"- **{words[0] if c['holds'] else words[1]}** — {c['claim']}: {c['detail']}" for c in checks
+  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,9 +214,15 @@ def write_json(path: Path | str, data: Any) -> None:
   os.replace(tmp, path)
 
 
-def write_results(out_dir: Path | str, name: str, record: Mapping[str, Any], markdown: str, *,
-                  figures: Mapping[str, Callable[[Path], None]] | None = None,
-                  header: str = "") -> list[Path]:
+def write_results(
+  out_dir: Path | str,
+  name: str,
+  record: Mapping[str, Any],
+  markdown: str,
+  *,
+  figures: Mapping[str, Callable[[Path], None]] | None = None,
+  header: str = "",
+) -> list[Path]:
   """<out_dir>/<name>.json and <name>.md (`header`, then `markdown`), and one PNG per figure:
   figures[''] draws <name>.png, figures['x'] draws <name>_x.png. Returns the paths written."""
   out = Path(out_dir)
@@ -234,6 +256,7 @@ def apply_overrides(config, overrides: Mapping[str, Any]):
 def override_flags(overrides: Mapping[str, Any]) -> list[str]:
   """The same overrides as `python -m esmjax.main` flags: ['--config.train.batch_size=1024', ...]
   (the CLI checks the keys and exits 2 naming an unknown one)."""
+
   def text(v):
     if isinstance(v, (list, tuple)):
       return "(" + ",".join(text(x) for x in v) + ("," if len(v) == 1 else "") + ")"

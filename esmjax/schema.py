@@ -62,8 +62,9 @@ class Schema:
       raise DatasetError(f"schema.labels has unknown label(s) {unknown}; allowed: {list(LABELS)}")
     for f in self.multi:
       if f.pooling not in ("sum", "mean"):
-        raise DatasetError(f"multi-valued field {f.name!r}: pooling={f.pooling!r}; allowed: "
-                           "['sum', 'mean']")
+        raise DatasetError(
+          f"multi-valued field {f.name!r}: pooling={f.pooling!r}; allowed: ['sum', 'mean']"
+        )
     names = [f.name for f in (*self.sparse, *self.multi, *self.dense)]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -83,16 +84,18 @@ class Schema:
       raise DatasetError(f"label {name!r} is not in this dataset; it has {list(self.labels)}")
     return self.labels.index(name)
 
-  def input_difference(self, other: "Schema") -> str | None:
+  def input_difference(self, other: Schema) -> str | None:
     """The first difference between this schema's model inputs and `other`'s, or None.
 
     Inputs are what a trained model reads: the fields in order, each field's vocabulary size (an
     id means a row of its table), the multi-valued layouts and poolings, and the dense fields with
     the statistics and bucket edges that normalise them. Labels and ground truth are not inputs.
     """
-    for kind, mine, theirs in (("single-valued", self.sparse, other.sparse),
-                               ("multi-valued", self.multi, other.multi),
-                               ("dense", self.dense, other.dense)):
+    for kind, mine, theirs in (
+      ("single-valued", self.sparse, other.sparse),
+      ("multi-valued", self.multi, other.multi),
+      ("dense", self.dense, other.dense),
+    ):
       names, other_names = [f.name for f in mine], [f.name for f in theirs]
       if names != other_names:
         return f"{kind} fields differ: {names} vs {other_names}"
@@ -108,20 +111,21 @@ class Schema:
 
   def to_json(self) -> dict[str, Any]:
     return {
-        "sparse": [dataclasses.asdict(f) for f in self.sparse],
-        "multi": [dataclasses.asdict(f) for f in self.multi],
-        "dense": [dict(dataclasses.asdict(f), boundaries=list(f.boundaries)) for f in self.dense],
-        "labels": list(self.labels),
-        "truth": list(self.truth),
+      "sparse": [dataclasses.asdict(f) for f in self.sparse],
+      "multi": [dataclasses.asdict(f) for f in self.multi],
+      "dense": [dict(dataclasses.asdict(f), boundaries=list(f.boundaries)) for f in self.dense],
+      "labels": list(self.labels),
+      "truth": list(self.truth),
     }
 
   @classmethod
-  def from_json(cls, d: dict[str, Any]) -> "Schema":
+  def from_json(cls, d: dict[str, Any]) -> Schema:
     return cls(
-        sparse=tuple(SparseField(**f) for f in d.get("sparse", [])),
-        multi=tuple(MultiField(**f) for f in d.get("multi", [])),
-        dense=tuple(DenseField(**dict(f, boundaries=tuple(f.get("boundaries", ()))))
-                    for f in d.get("dense", [])),
-        labels=tuple(d.get("labels", ("click", "buy"))),
-        truth=tuple(d.get("truth", ())),
+      sparse=tuple(SparseField(**f) for f in d.get("sparse", [])),
+      multi=tuple(MultiField(**f) for f in d.get("multi", [])),
+      dense=tuple(
+        DenseField(**dict(f, boundaries=tuple(f.get("boundaries", ())))) for f in d.get("dense", [])
+      ),
+      labels=tuple(d.get("labels", ("click", "buy"))),
+      truth=tuple(d.get("truth", ())),
     )

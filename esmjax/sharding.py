@@ -6,7 +6,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 
@@ -17,8 +18,9 @@ def make_mesh(num_devices: int = -1, axis: str = DATA_AXIS) -> Mesh:
   devices = jax.devices()
   if num_devices > 0:
     if num_devices > len(devices):
-      raise ValueError(f"mesh.num_devices={num_devices} but only {len(devices)} device(s) are "
-                       "visible")
+      raise ValueError(
+        f"mesh.num_devices={num_devices} but only {len(devices)} device(s) are visible"
+      )
     devices = devices[:num_devices]
   return Mesh(np.asarray(devices), (axis,), axis_types=(jax.sharding.AxisType.Auto,))
 
@@ -50,8 +52,9 @@ def stacked_batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(None, mesh.axis_names[0]))
 
 
-def put_batch(batch: dict[str, np.ndarray], mesh: Mesh,
-              stacked: bool = False) -> dict[str, jax.Array]:
+def put_batch(
+  batch: dict[str, np.ndarray], mesh: Mesh, stacked: bool = False
+) -> dict[str, jax.Array]:
   """This process's rows -> global arrays sharded by rows over the mesh (`stacked`: arrays of
   [k, rows, ...], k batches, rows on axis 1)."""
   s = stacked_batch_sharding(mesh) if stacked else batch_sharding(mesh)
@@ -83,8 +86,11 @@ def gather_host_columns(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   n = next(iter(cols.values())).shape[0]
   counts = np.asarray(multihost_utils.process_allgather(np.asarray([n], np.int64))).reshape(-1)
   m = int(counts.max())
-  padded = {k: np.concatenate([v, np.zeros((m - n,) + v.shape[1:], v.dtype)])
-            for k, v in cols.items()}
+  padded = {
+    k: np.concatenate([v, np.zeros((m - n,) + v.shape[1:], v.dtype)]) for k, v in cols.items()
+  }
   allg = multihost_utils.process_allgather(padded)  # [P, m, ...]
-  return {k: np.concatenate([np.asarray(v)[p, :counts[p]] for p in range(len(counts))])
-          for k, v in allg.items()}
+  return {
+    k: np.concatenate([np.asarray(v)[p, : counts[p]] for p in range(len(counts))])
+    for k, v in allg.items()
+  }

@@ -65,7 +65,9 @@ def tower_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformat
   elif name == "sgd":
     tx = optax.sgd(lr)
   else:
-    raise ValueError(f"optimizer.name={name!r} is not a tower optimizer; allowed: {list(TOWER_OPTIMIZERS)}")
+    raise ValueError(
+      f"optimizer.name={name!r} is not a tower optimizer; allowed: {list(TOWER_OPTIMIZERS)}"
+    )
   if cfg.get("grad_clip", 0.0):
     tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)
   return tx
@@ -82,7 +84,9 @@ def engine_factory_for(config: ml_collections.ConfigDict, mesh=None):
   engine can be built."""
   mode = config.embedding.get("sharding", "auto")
   if mode not in EMBEDDING_SHARDINGS:
-    raise ValueError(f"embedding.sharding={mode!r} is not allowed; allowed: {list(EMBEDDING_SHARDINGS)}")
+    raise ValueError(
+      f"embedding.sharding={mode!r} is not allowed; allowed: {list(EMBEDDING_SHARDINGS)}"
+    )
   if mesh is None:
     if mode == "row":
       raise ValueError("embedding.sharding='row' needs the run's mesh: pass mesh= to state.build")
@@ -93,29 +97,41 @@ def engine_factory_for(config: ml_collections.ConfigDict, mesh=None):
   return functools.partial(sharded_lib.ShardedEngine, mesh=mesh, axis=axis)
 
 
-def build(config: ml_collections.ConfigDict, schema: schema_lib.Schema, *, row_multiple: int = 1,
-          engine_factory=None, mesh=None) -> Components:
+def build(
+  config: ml_collections.ConfigDict,
+  schema: schema_lib.Schema,
+  *,
+  row_multiple: int = 1,
+  engine_factory=None,
+  mesh=None,
+) -> Components:
   """Components for `config` on `schema`. `mesh` (the run's) lets `embedding.sharding` pick the
   row-sharded engine; `row_multiple` pads the table rows to split evenly over it."""
   model = registry.build(config.model, schema)
   label_columns = model.label_columns(tuple(schema.labels))
   layout = engine_lib.FeatureLayout.from_schema(
-      schema, bucketise_dense=config.model.dense_mode == "bucket", row_multiple=row_multiple)
+    schema, bucketise_dense=config.model.dense_mode == "bucket", row_multiple=row_multiple
+  )
   make = engine_factory or engine_factory_for(config, mesh)
-  engine = make(layout=layout, dim=config.model.embed_dim, table_names=model.table_sets,
-                opt=opt_lib.from_config(config.embedding), init_std=config.embedding.init_std,
-                param_dtype=DTYPES[config.embedding.dtype])
+  engine = make(
+    layout=layout,
+    dim=config.model.embed_dim,
+    table_names=model.table_sets,
+    opt=opt_lib.from_config(config.embedding),
+    init_std=config.embedding.init_std,
+    param_dtype=DTYPES[config.embedding.dtype],
+  )
   return Components(model, engine, tower_optimizer(config.optimizer), layout, schema, label_columns)
 
 
 def dummy_batch(c: Components, batch_size: int) -> dict[str, jax.Array]:
   s = c.schema
   return {
-      "sparse": jnp.zeros((batch_size, len(s.sparse)), jnp.int32),
-      "mv_ids": jnp.zeros((batch_size, s.mv_total_len), jnp.int32),
-      "mv_w": jnp.zeros((batch_size, s.mv_total_len), jnp.float32),
-      "dense": jnp.zeros((batch_size, len(s.dense)), jnp.float32),
-      "labels": jnp.zeros((batch_size, len(s.labels)), jnp.uint8),
+    "sparse": jnp.zeros((batch_size, len(s.sparse)), jnp.int32),
+    "mv_ids": jnp.zeros((batch_size, s.mv_total_len), jnp.int32),
+    "mv_w": jnp.zeros((batch_size, s.mv_total_len), jnp.float32),
+    "dense": jnp.zeros((batch_size, len(s.dense)), jnp.float32),
+    "labels": jnp.zeros((batch_size, len(s.labels)), jnp.uint8),
   }
 
 
@@ -128,8 +144,15 @@ def init_state(c: Components, seed: int) -> TrainState:
   gids = c.layout.global_ids(b["sparse"], b["mv_ids"], b["dense"])
   emb = {n: jnp.zeros(gids.shape + (c.engine.dim,), jnp.float32) for n in tables}
   params = c.model.init(k_params, emb, b["mv_w"], b["dense"])["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=c.tx.init(params),
-                    tables=tables, slots=slots, scratch=scratch, rng=k_state)
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=c.tx.init(params),
+    tables=tables,
+    slots=slots,
+    scratch=scratch,
+    rng=k_state,
+  )
 
 
 def state_fingerprint(state: TrainState) -> str:
@@ -139,7 +162,12 @@ def state_fingerprint(state: TrainState) -> str:
   h = hashlib.sha256()
   for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
     h.update(jax.tree_util.keystr(path).encode())
-    arr = np.asarray(jax.device_get(jax.random.key_data(leaf) if jnp.issubdtype(
-        getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key) else leaf))
+    arr = np.asarray(
+      jax.device_get(
+        jax.random.key_data(leaf)
+        if jnp.issubdtype(getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key)
+        else leaf
+      )
+    )
     h.update(arr.tobytes())
   return h.hexdigest()[:16]

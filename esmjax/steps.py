@@ -31,8 +31,14 @@ def labels(c: Components, batch) -> dict[str, jax.Array]:
 
 
 def _loss_fn(c: Components, params, emb, batch, rng, train: bool):
-  z = c.model.apply({"params": params}, emb, batch["mv_w"], batch["dense"], train=train,
-                    rngs={"dropout": jax.random.fold_in(rng, 1)} if train else None)
+  z = c.model.apply(
+    {"params": params},
+    emb,
+    batch["mv_w"],
+    batch["dense"],
+    train=train,
+    rngs={"dropout": jax.random.fold_in(rng, 1)} if train else None,
+  )
   loss, parts = c.model.loss(z, labels(c, batch), jax.random.fold_in(rng, 2))
   return loss, parts
 
@@ -41,16 +47,24 @@ def train_step(c: Components, state: TrainState, batch) -> tuple[TrainState, dic
   rng = jax.random.fold_in(state.rng, state.step)
   gids = c.layout.global_ids(batch["sparse"], batch["mv_ids"], batch["dense"])
   emb = c.engine.lookup(state.tables, gids)
-  grad_fn = jax.value_and_grad(lambda p, e: _loss_fn(c, p, e, batch, rng, True), argnums=(0, 1),
-                               has_aux=True)
+  grad_fn = jax.value_and_grad(
+    lambda p, e: _loss_fn(c, p, e, batch, rng, True), argnums=(0, 1), has_aux=True
+  )
   (loss, parts), (g_params, g_emb) = grad_fn(state.params, emb)
   updates, opt_state = c.tx.update(g_params, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  tables, slots, scratch = c.engine.update(state.tables, state.slots, state.scratch, gids, g_emb, state.step,
-                                           rows=emb)
+  tables, slots, scratch = c.engine.update(
+    state.tables, state.slots, state.scratch, gids, g_emb, state.step, rows=emb
+  )
   metrics = {"loss": loss, **{f"loss/{k}": v for k, v in parts.items()}}
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state, tables=tables,
-                       slots=slots, scratch=scratch), metrics
+  return state.replace(
+    step=state.step + 1,
+    params=params,
+    opt_state=opt_state,
+    tables=tables,
+    slots=slots,
+    scratch=scratch,
+  ), metrics
 
 
 def predict_step(c: Components, state: TrainState, batch) -> dict[str, jax.Array]:
@@ -70,14 +84,17 @@ def dense_train_step(c: Components, state: TrainState, batch):
     emb = {n: jnp.take(t, gids, axis=0) for n, t in tables.items()}
     return _loss_fn(c, params, emb, batch, rng, True)
 
-  (loss, parts), (g_params, g_tables) = jax.value_and_grad(loss_of_tables, argnums=(0, 1), has_aux=True)(
-      state.params, state.tables)
+  (loss, parts), (g_params, g_tables) = jax.value_and_grad(
+    loss_of_tables, argnums=(0, 1), has_aux=True
+  )(state.params, state.tables)
   updates, opt_state = c.tx.update(g_params, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   tables, slots = {}, {}
   for n, t in state.tables.items():
     touched = jnp.zeros((t.shape[0],), bool).at[gids.reshape(-1)].set(True)
-    tables[n], slots[n] = opt_lib.dense_reference_update(c.engine.opt, t, state.slots[n], g_tables[n],
-                                                         state.step, touched)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state, tables=tables,
-                       slots=slots), {"loss": loss}
+    tables[n], slots[n] = opt_lib.dense_reference_update(
+      c.engine.opt, t, state.slots[n], g_tables[n], state.step, touched
+    )
+  return state.replace(
+    step=state.step + 1, params=params, opt_state=opt_state, tables=tables, slots=slots
+  ), {"loss": loss}

@@ -1,8 +1,8 @@
 """The training loop: its parts (`esmjax.loop`) in the order of events.
 
-  validate → lock the workdir → datasets → `Run` (mesh, components, shardings, jitted steps) →
-  restore or init → compile the dispatch program → loop { n steps → log → evaluate → save →
-  preemption } → final evaluation → final save, on disk → `summary.json`.
+validate → lock the workdir → datasets → `Run` (mesh, components, shardings, jitted steps) →
+restore or init → compile the dispatch program → loop { n steps → log → evaluate → save →
+preemption } → final evaluation → final save, on disk → `summary.json`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import ml_collections
 from absl import logging
 
 from esmjax import config as config_lib
-from esmjax import evaluation
-from esmjax import metrics_io
+from esmjax import evaluation, metrics_io
 from esmjax.loop import data as data_lib
 from esmjax.loop import summary as summary_lib
 from esmjax.loop import workdir as workdir_lib
@@ -33,8 +32,9 @@ from esmjax.loop.train_log import RateMeter, TrainLog
 __all__ = ["Run", "train_and_evaluate", "Hooks"]
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       hooks: Hooks | None = None) -> dict[str, Any]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, hooks: Hooks | None = None
+) -> dict[str, Any]:
   """Trains, evaluates, writes metrics.jsonl and summary.json in `workdir`; returns the summary.
 
   Resumes from the latest readable checkpoint in `workdir`, which this run owns until it returns
@@ -62,7 +62,7 @@ class _Training:
     self.total = data_lib.num_train_steps(config, train_ds)
     self._stack = contextlib.ExitStack()
 
-  def __enter__(self) -> "_Training":
+  def __enter__(self) -> _Training:
     try:
       self._open()
     except BaseException as e:
@@ -75,8 +75,9 @@ class _Training:
     self.t0 = time.perf_counter()
     self.data_iter = data_lib.make_train_iter(config, self.train_ds)
     stack.callback(data_lib.close_iter, self.data_iter)
-    self.writer = metrics_io.MetricWriter(self.workdir, enabled=jax.process_index() == 0,
-                                          config=config)
+    self.writer = metrics_io.MetricWriter(
+      self.workdir, enabled=jax.process_index() == 0, config=config
+    )
     stack.callback(self.writer.close)
     self.guard = NanGuard(run)
     self.checkpoints = CheckpointPolicy(self.workdir, config, run, self.data_iter, self.guard)
@@ -86,8 +87,9 @@ class _Training:
     stack.push(lambda exc_type, exc, tb: self.checkpoints.close(failed=exc_type is not None))
     self.meter = RateMeter(config.train.batch_size)
     self.log = TrainLog(config.train.log_every, self.total, self.writer, self.meter, self.guard)
-    self.evaluator = Evaluator(run, self.eval_ds, self.writer, self.guard, self.meter,
-                               config.train.eval_every, self.total)
+    self.evaluator = Evaluator(
+      run, self.eval_ds, self.writer, self.guard, self.meter, config.train.eval_every, self.total
+    )
     self.preemption = PreemptionHandler(agree_every=config.train.log_every)
     stack.callback(self.preemption.uninstall)
     self.plan = Plan(config.train.steps_per_dispatch, self.total, boundary_intervals(config))
@@ -109,18 +111,27 @@ class _Training:
     self.dispatch.compile()
     self.guard.compile()
     self.compile_seconds = time.perf_counter() - t
-    logging.info("training %s for %d steps (batch %d, %d step(s) per dispatch, %d device(s), "
-                 "%d process(es)); compiled in %.1fs; train rows %d, eval rows %d",
-                 self.config.model.name, self.total, self.config.train.batch_size, self.plan.k,
-                 self.run.mesh.size, jax.process_count(), self.compile_seconds,
-                 self.train_ds.num_rows, self.eval_ds.num_rows)
+    logging.info(
+      "training %s for %d steps (batch %d, %d step(s) per dispatch, %d device(s), "
+      "%d process(es)); compiled in %.1fs; train rows %d, eval rows %d",
+      self.config.model.name,
+      self.total,
+      self.config.train.batch_size,
+      self.plan.k,
+      self.run.mesh.size,
+      jax.process_count(),
+      self.compile_seconds,
+      self.train_ds.num_rows,
+      self.eval_ds.num_rows,
+    )
     batches = self.hooks.batches(self.data_iter, start)
     self.meter.start()
     step = start
     while step < self.total:
       n = self.plan.next_length(step)  # k, or fewer to end exactly on the next log / eval / save
-      state, metrics, self.guard.value = self.dispatch(state, [next(batches) for _ in range(n)],
-                                                       self.guard.value)
+      state, metrics, self.guard.value = self.dispatch(
+        state, [next(batches) for _ in range(n)], self.guard.value
+      )
       step += n
       self.meter.add_steps(n)
       self.hooks.after_dispatch(step)
@@ -140,21 +151,41 @@ class _Training:
   def _stop(self, step: int, state, signal_name: str) -> dict[str, Any]:
     self.checkpoints.save(step, state)  # nothing new when this step was just saved
     self.checkpoints.wait()
-    logging.warning("%s received: stopped after step %d/%d and saved checkpoint step %d in %s; run "
-                    "the same command again to resume", signal_name, step, self.total, step,
-                    self.checkpoints.directory)
-    return summary_lib.preempted(self.config, step=step, total=self.total, signal_name=signal_name,
-                                 checkpoint_dir=self.checkpoints.directory,
-                                 wall_seconds=time.perf_counter() - self.t0)
+    logging.warning(
+      "%s received: stopped after step %d/%d and saved checkpoint step %d in %s; run "
+      "the same command again to resume",
+      signal_name,
+      step,
+      self.total,
+      step,
+      self.checkpoints.directory,
+    )
+    return summary_lib.preempted(
+      self.config,
+      step=step,
+      total=self.total,
+      signal_name=signal_name,
+      checkpoint_dir=self.checkpoints.directory,
+      wall_seconds=time.perf_counter() - self.t0,
+    )
 
   def _finish(self, start: int, step: int, state) -> dict[str, Any]:
     final = self.evaluator.evaluate(step, state)  # checks the whole state first
     self.checkpoints.save_final(step, state, final)  # on disk before anything claims success
     summary = summary_lib.finished(
-        self.config, step=step, start_step=start, state=state, metrics=final,
-        rates=self.meter.summary(), compile_seconds=self.compile_seconds,
-        eval_seconds=self.evaluator.seconds, wall_seconds=time.perf_counter() - self.t0,
-        best_step=self.checkpoints.best_step(), num_devices=self.run.mesh.size,
-        train_dir=self.train_ds.directory, eval_dir=self.eval_ds.directory)
+      self.config,
+      step=step,
+      start_step=start,
+      state=state,
+      metrics=final,
+      rates=self.meter.summary(),
+      compile_seconds=self.compile_seconds,
+      eval_seconds=self.evaluator.seconds,
+      wall_seconds=time.perf_counter() - self.t0,
+      best_step=self.checkpoints.best_step(),
+      num_devices=self.run.mesh.size,
+      train_dir=self.train_ds.directory,
+      eval_dir=self.eval_ds.directory,
+    )
     summary_lib.write(self.workdir, summary)
     return summary

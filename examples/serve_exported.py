@@ -10,6 +10,7 @@ The exported function scores an id outside [0, vocab_size) of its column as the 
 range instead of wrapping to 5) and says on stderr how many ids it mapped; values that are not
 integer ids (NaN, 2.5) stop it with exit code 2.
 """
+
 import json
 import sys
 
@@ -25,9 +26,18 @@ with open(path, "rb") as f:
   exported = jax.export.deserialize(bytearray(f.read()))
 
 rng = np.random.default_rng(0)
-rows = dict(np.load(sys.argv[2])) if len(sys.argv) > 2 else {
-    x["name"]: np.array([rng.integers(0, v, 4) for v in x["vocab_sizes"]]).T.reshape(4, x["shape"][1])
-    if "vocab_sizes" in x else rng.random((4, x["shape"][1])) for x in signature["inputs"]}
+rows = (
+  dict(np.load(sys.argv[2]))
+  if len(sys.argv) > 2
+  else {
+    x["name"]: np.array([rng.integers(0, v, 4) for v in x["vocab_sizes"]]).T.reshape(
+      4, x["shape"][1]
+    )
+    if "vocab_sizes" in x
+    else rng.random((4, x["shape"][1]))
+    for x in signature["inputs"]
+  }
+)
 
 batch = {}
 for x in signature["inputs"]:
@@ -39,8 +49,11 @@ for x in signature["inputs"]:
     vocab = np.asarray(x["vocab_sizes"])
     stray = (a < 0) | (a >= vocab) if a.dtype.kind != "u" else a >= vocab.astype(np.uint64)
     if stray.any():
-      print(f"serve_exported: {int(stray.sum())} {x['name']} id(s) outside their field's "
-            "vocabulary scored as OOV", file=sys.stderr)
+      print(
+        f"serve_exported: {int(stray.sum())} {x['name']} id(s) outside their field's "
+        "vocabulary scored as OOV",
+        file=sys.stderr,
+      )
       a = np.where(stray, OOV, a)
   batch[x["name"]] = np.asarray(a, x["dtype"])
 out = exported.call(batch)  # {output name: [b] float32}

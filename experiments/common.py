@@ -36,12 +36,12 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from esmjax import absl_flags
-from esmjax import reporting
+from esmjax import absl_flags, reporting
 from esmjax.reporting import check, checks_markdown, markdown_table  # noqa: F401 (for the scripts)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,31 +52,60 @@ CACHE_VERSION = 1  # bump when a run's record changes meaning: part of every cac
 # independent of the block size), so `data.train_fraction` can take ~0.1 % steps.
 _FULL_WORLD = {"block_rows": 1024, "blocks_per_shard": 256}
 _QUICK_WORLD = {
-    "num_users": 2_000, "num_items": 1_000, "num_categories": 40, "num_shops": 200, "num_brands": 100,
-    "num_intentions": 100, "cross_buckets": 256, "num_train": 16_384, "num_eval": 4_096,
-    "block_rows": 512, "blocks_per_shard": 16, "chunk_rows": 16_384, "calibration_rows": 20_000,
-    "ctr": 0.1, "cvr": 0.2,  # more positives so a tiny world has both classes in every population
+  "num_users": 2_000,
+  "num_items": 1_000,
+  "num_categories": 40,
+  "num_shops": 200,
+  "num_brands": 100,
+  "num_intentions": 100,
+  "cross_buckets": 256,
+  "num_train": 16_384,
+  "num_eval": 4_096,
+  "block_rows": 512,
+  "blocks_per_shard": 16,
+  "chunk_rows": 16_384,
+  "calibration_rows": 20_000,
+  "ctr": 0.1,
+  "cvr": 0.2,  # more positives so a tiny world has both classes in every population
 }
 
 MODES = {
-    "full": {
-        "world": _FULL_WORLD, "train_fraction": 1.0, "num_epochs": 1.0, "max_eval_rows": -1,
-        "window_blocks": 64,  # 64 × 1,024 rows: the same row-shuffle window as the default 8 × 8,192
-        "batch_size": 1024, "eval_batch_size": 16384, "embed_dim": None, "hidden": None,  # None = paper's
-        "seeds": (0, 1, 2, 3, 4),  # each script's default; the cache lets a later run add seeds
-    },
-    "quick": {
-        "world": _QUICK_WORLD, "train_fraction": 1.0, "num_epochs": 1.0, "max_eval_rows": -1,
-        "window_blocks": 8, "batch_size": 512, "eval_batch_size": 4096, "embed_dim": 4,
-        "hidden": (16, 8), "seeds": (0,),
-    },
+  "full": {
+    "world": _FULL_WORLD,
+    "train_fraction": 1.0,
+    "num_epochs": 1.0,
+    "max_eval_rows": -1,
+    "window_blocks": 64,  # 64 × 1,024 rows: the same row-shuffle window as the default 8 × 8,192
+    "batch_size": 1024,
+    "eval_batch_size": 16384,
+    "embed_dim": None,
+    "hidden": None,  # None = paper's
+    "seeds": (0, 1, 2, 3, 4),  # each script's default; the cache lets a later run add seeds
+  },
+  "quick": {
+    "world": _QUICK_WORLD,
+    "train_fraction": 1.0,
+    "num_epochs": 1.0,
+    "max_eval_rows": -1,
+    "window_blocks": 8,
+    "batch_size": 512,
+    "eval_batch_size": 4096,
+    "embed_dim": 4,
+    "hidden": (16, 8),
+    "seeds": (0,),
+  },
 }
 
 # ESMM paper, Table 2 (Ali-CCP public set; AUC %, mean of 10 runs): CVR AUC on clicked impressions,
 # CTCVR AUC on all impressions.
 ESMM_PAPER = {
-    "base": (66.00, 62.07), "aman": (65.21, 63.53), "oversampling": (67.18, 63.05),
-    "unbias": (66.65, 63.56), "division": (67.56, 63.62), "esmm_ns": (68.25, 64.44), "esmm": (68.56, 65.32),
+  "base": (66.00, 62.07),
+  "aman": (65.21, 63.53),
+  "oversampling": (67.18, 63.05),
+  "unbias": (66.65, 63.56),
+  "division": (67.56, 63.62),
+  "esmm_ns": (68.25, 64.44),
+  "esmm": (68.56, 65.32),
 }
 # ESM2 paper (Wen et al. 2020), offline results on its industrial data set: CVR AUC, CTCVR AUC,
 # CTCVR GAUC. Only the ESMM → ESM2 pair is quoted here (the issue's numbers).
@@ -93,15 +122,32 @@ TRAIN_BUY_GROUPS = ((0, 0), (1, 1), (2, math.inf))  # buys of the user in the tr
 
 def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=description)
-  p.add_argument("--quick", action="store_true", help="tiny world, one seed: a smoke test (< 1 min)")
-  p.add_argument("--seeds", type=str, default="", help="comma-separated train seeds (default: the mode's)")
-  p.add_argument("--out", type=str, default="",
-                 help="results directory (default: experiments/results, or a temp dir for --quick)")
-  p.add_argument("--cache_dir", type=str, default="",
-                 help="dataset + run cache (default: config.data.cache_dir, ~/.cache/esmjax)")
-  p.add_argument("--no_cache", action="store_true", help="retrain every run instead of reusing records")
-  p.add_argument("--cached_only", action="store_true",
-                 help="aggregate only runs already in the cache; the runs left out are listed in the results")
+  p.add_argument(
+    "--quick", action="store_true", help="tiny world, one seed: a smoke test (< 1 min)"
+  )
+  p.add_argument(
+    "--seeds", type=str, default="", help="comma-separated train seeds (default: the mode's)"
+  )
+  p.add_argument(
+    "--out",
+    type=str,
+    default="",
+    help="results directory (default: experiments/results, or a temp dir for --quick)",
+  )
+  p.add_argument(
+    "--cache_dir",
+    type=str,
+    default="",
+    help="dataset + run cache (default: config.data.cache_dir, ~/.cache/esmjax)",
+  )
+  p.add_argument(
+    "--no_cache", action="store_true", help="retrain every run instead of reusing records"
+  )
+  p.add_argument(
+    "--cached_only",
+    action="store_true",
+    help="aggregate only runs already in the cache; the runs left out are listed in the results",
+  )
   args = p.parse_args(argv)
   args.missing = []  # runs left out by --cached_only, listed in the results
   args.started = time.time()
@@ -109,8 +155,9 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
   args.mode = "quick" if args.quick else "full"
   args.seed_list = tuple(int(s) for s in args.seeds.split(",") if s) or MODES[args.mode]["seeds"]
   if not args.out:
-    args.out = (os.path.join(tempfile.gettempdir(), "esmjax-experiments-quick") if args.quick
-                else RESULTS_DIR)
+    args.out = (
+      os.path.join(tempfile.gettempdir(), "esmjax-experiments-quick") if args.quick else RESULTS_DIR
+    )
   _quiet()
   return args
 
@@ -128,8 +175,10 @@ def _quiet() -> None:
 
 def load_config(name: str):
   """get_config() of configs/<name>.py (esmm, esm2) or configs/baselines/<name>.py."""
-  for path in (os.path.join(REPO, "configs", f"{name}.py"),
-               os.path.join(REPO, "configs", "baselines", f"{name}.py")):
+  for path in (
+    os.path.join(REPO, "configs", f"{name}.py"),
+    os.path.join(REPO, "configs", "baselines", f"{name}.py"),
+  ):
     if os.path.exists(path):
       spec = importlib.util.spec_from_file_location(f"_esmjax_cfg_{name}", path)
       mod = importlib.util.module_from_spec(spec)
@@ -168,8 +217,13 @@ def mode_record(args, name: str) -> dict[str, Any]:
   """What every results JSON records about how it was made: the mode, then esmjax.reporting's
   provenance (command, time, machine, load average, commit)."""
   command = " ".join(["python", "-m", f"experiments.{name}", *args.argv])
-  return {"mode": args.mode, "mode_settings": _jsonable(MODES[args.mode]), "seeds": list(args.seed_list),
-          "left_out_runs": list(args.missing), **reporting.provenance(command)}
+  return {
+    "mode": args.mode,
+    "mode_settings": _jsonable(MODES[args.mode]),
+    "seeds": list(args.seed_list),
+    "left_out_runs": list(args.missing),
+    **reporting.provenance(command),
+  }
 
 
 def _jsonable(x):
@@ -205,7 +259,9 @@ def _config_diff(config) -> dict[str, Any]:
 
 
 def _run_key(config, extra: str = "") -> str:
-  blob = json.dumps({"v": CACHE_VERSION, "config": _config_diff(config), "extra": extra}, sort_keys=True)
+  blob = json.dumps(
+    {"v": CACHE_VERSION, "config": _config_diff(config), "extra": extra}, sort_keys=True
+  )
   return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -213,8 +269,14 @@ def _cache_path(config, key: str) -> str:
   return os.path.join(config.data.cache_dir, "experiment-runs", f"{key}.json")
 
 
-def run(config, *, groups: bool = False, use_cache: bool = True, label: str = "",
-        args: argparse.Namespace | None = None) -> dict[str, Any] | None:
+def run(
+  config,
+  *,
+  groups: bool = False,
+  use_cache: bool = True,
+  label: str = "",
+  args: argparse.Namespace | None = None,
+) -> dict[str, Any] | None:
   """Trains + evaluates `config`; returns {metrics, steps, train_rows, seconds[, groups]}.
 
   A record is cached under <cache_dir>/experiment-runs/ keyed by the config (so scripts that need
@@ -233,7 +295,10 @@ def run(config, *, groups: bool = False, use_cache: bool = True, label: str = ""
       return rec
   if args is not None and args.cached_only:
     args.missing.append(f"{label or config.model.name} seed {config.train.seed}")
-    print(f"  {label or config.model.name:<22} seed {config.train.seed}  not in the cache: left out", flush=True)
+    print(
+      f"  {label or config.model.name:<22} seed {config.train.seed}  not in the cache: left out",
+      flush=True,
+    )
     return None
   t = time.time()
   work = tempfile.mkdtemp(prefix="esmjax-exp-")
@@ -244,10 +309,16 @@ def run(config, *, groups: bool = False, use_cache: bool = True, label: str = ""
       cfg.checkpoint.every_steps = 10**9
       cfg.checkpoint.keep = 1
     summary = trainer.train_and_evaluate(cfg, work)
-    rec = {"key": key, "model": config.model.name, "seed": int(config.train.seed),
-           "metrics": {k: float(v) for k, v in summary["metrics"].items()}, "steps": int(summary["steps"]),
-           "train_rows": _train_rows(config), "train_seconds": float(summary["train_seconds"]),
-           "examples_per_sec": float(summary["examples_per_sec"])}
+    rec = {
+      "key": key,
+      "model": config.model.name,
+      "seed": int(config.train.seed),
+      "metrics": {k: float(v) for k, v in summary["metrics"].items()},
+      "steps": int(summary["steps"]),
+      "train_rows": _train_rows(config),
+      "train_seconds": float(summary["train_seconds"]),
+      "examples_per_sec": float(summary["examples_per_sec"]),
+    }
     if groups:
       rec["groups"] = _group_metrics(cfg, work)
   finally:
@@ -263,10 +334,13 @@ def run(config, *, groups: bool = False, use_cache: bool = True, label: str = ""
 
 def _print_run(label: str, rec: dict, cached: bool) -> None:
   m = rec["metrics"]
-  print(f"  {label:<22} seed {rec['seed']}  rows {rec['train_rows']:>8,}  "
-        f"CVR {m.get('cvr/auc', float('nan')):.4f}  CTCVR {m.get('ctcvr/auc', float('nan')):.4f}  "
-        f"ES-CVR {m.get('cvr/entire_space_auc', float('nan')):.4f}  "
-        + ("(cached)" if cached else f"{rec.get('wall_seconds', 0):.0f}s"), flush=True)
+  print(
+    f"  {label:<22} seed {rec['seed']}  rows {rec['train_rows']:>8,}  "
+    f"CVR {m.get('cvr/auc', float('nan')):.4f}  CTCVR {m.get('ctcvr/auc', float('nan')):.4f}  "
+    f"ES-CVR {m.get('cvr/entire_space_auc', float('nan')):.4f}  "
+    + ("(cached)" if cached else f"{rec.get('wall_seconds', 0):.0f}s"),
+    flush=True,
+  )
 
 
 def datasets(config):
@@ -312,8 +386,9 @@ def _group_metrics(config, workdir: str) -> dict[str, Any]:
 
   train_ds, eval_ds = datasets(config)
   r, state = predict.restore(config, workdir)
-  cols = evaluation.predict_dataset(r.predict_step, state, eval_ds, config.train.eval_batch_size, r.mesh,
-                                    config.train.max_eval_rows)
+  cols = evaluation.predict_dataset(
+    r.predict_step, state, eval_ds, config.train.eval_batch_size, r.mesh, config.train.max_eval_rows
+  )
   ev = read_eval_rows(config)  # file order, as predict_dataset scores it
   n = len(ev["user"])
   cols = {**{k: v[:n] for k, v in cols.items()}, "dense": ev["dense"]}
@@ -327,7 +402,9 @@ def groups_json(bounds) -> list[list]:
   return [[lo, None if math.isinf(hi) else hi] for lo, hi in bounds]  # None = no upper bound
 
 
-def purchase_group_aucs(cols: dict[str, np.ndarray], schema, train: dict[str, np.ndarray]) -> dict[str, Any]:
+def purchase_group_aucs(
+  cols: dict[str, np.ndarray], schema, train: dict[str, np.ndarray]
+) -> dict[str, Any]:
   """CVR AUC (clicked rows) and CTCVR AUC per user purchase-count group, two ways:
 
   `history`: the user's past purchase count (dense feature user_buys_hist, the synthetic analogue
@@ -339,27 +416,39 @@ def purchase_group_aucs(cols: dict[str, np.ndarray], schema, train: dict[str, np
   lab = {name: cols["labels"][:, i].astype(bool) for i, name in enumerate(schema.labels)}
   click, buy = lab["click"], lab["buy"]
   dense_names = [f.name for f in schema.dense]
-  hist = cols["dense"][:, dense_names.index("user_buys_hist")] if "user_buys_hist" in dense_names else None
+  hist = (
+    cols["dense"][:, dense_names.index("user_buys_hist")]
+    if "user_buys_hist" in dense_names
+    else None
+  )
   users = cols["user"].astype(np.int64)
   tb = train["labels"][:, schema.labels.index("buy")].astype(bool)
   tu = train["user"].astype(np.int64)
   size = int(max(users.max(initial=0), tu.max(initial=0))) + 1
   buys_per_user = np.bincount(tu[tb], minlength=size)[users]
   out = {}
-  for name, counts, bounds in (("history", hist, PAPER_PURCHASE_GROUPS),
-                               ("train_buys", buys_per_user, TRAIN_BUY_GROUPS)):
+  for name, counts, bounds in (
+    ("history", hist, PAPER_PURCHASE_GROUPS),
+    ("train_buys", buys_per_user, TRAIN_BUY_GROUPS),
+  ):
     if counts is None:
       continue
     rows = []
     for lo, hi in bounds:
       g = (counts >= lo) & (counts <= hi)
       gc = g & click
-      rows.append({
+      rows.append(
+        {
           "group": f"[{lo},{'+' if math.isinf(hi) else int(hi)}]" if lo != hi else f"{lo}",
-          "impressions": int(g.sum()), "clicks": int(gc.sum()), "buys": int((gc & buy).sum()),
+          "impressions": int(g.sum()),
+          "clicks": int(gc.sum()),
+          "buys": int((gc & buy).sum()),
           "cvr_auc": float(metrics.auc(buy[gc], cols["pcvr"][gc])) if gc.any() else float("nan"),
-          "ctcvr_auc": float(metrics.auc((click & buy)[g], cols["pctcvr"][g])) if g.any() else float("nan"),
-      })
+          "ctcvr_auc": float(metrics.auc((click & buy)[g], cols["pctcvr"][g]))
+          if g.any()
+          else float("nan"),
+        }
+      )
     out[name] = rows
   return out
 
@@ -383,8 +472,8 @@ def gbdt_features(cols: dict[str, np.ndarray], schema) -> tuple[np.ndarray, list
     names.append(f"id_{f.name}")
   off = 0
   for f in schema.multi:
-    ids = cols["mv_ids"][:, off:off + f.max_len]
-    w = cols["mv_w"][:, off:off + f.max_len]
+    ids = cols["mv_ids"][:, off : off + f.max_len]
+    w = cols["mv_w"][:, off : off + f.max_len]
     feats += [(ids > 0).sum(1).astype(np.float32), w.sum(1).astype(np.float32)]
     names += [f"count_{f.name}", f"wsum_{f.name}"]
     off += f.max_len
@@ -394,21 +483,34 @@ def gbdt_features(cols: dict[str, np.ndarray], schema) -> tuple[np.ndarray, list
   return np.stack(feats, 1), names, categorical
 
 
-GBDT_PARAMS = {"objective": "binary", "learning_rate": 0.05, "num_leaves": 63, "min_data_in_leaf": 50,
-               "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1,
-               "max_cat_to_onehot": 8, "verbose": -1, "num_threads": 2}
+GBDT_PARAMS = {
+  "objective": "binary",
+  "learning_rate": 0.05,
+  "num_leaves": 63,
+  "min_data_in_leaf": 50,
+  "feature_fraction": 0.8,
+  "bagging_fraction": 0.8,
+  "bagging_freq": 1,
+  "max_cat_to_onehot": 8,
+  "verbose": -1,
+  "num_threads": 2,
+}
 GBDT_ROUNDS = {"full": 300, "quick": 30}
 
 
-def gbdt_run(config, mode: str, *, use_cache: bool = True,
-             args: argparse.Namespace | None = None) -> dict[str, Any] | None:
+def gbdt_run(
+  config, mode: str, *, use_cache: bool = True, args: argparse.Namespace | None = None
+) -> dict[str, Any] | None:
   """LightGBM CVR model on clicked training rows + one CTR model on all; pCTCVR = pCTR·pCVR."""
   import lightgbm as lgb
+
   from esmjax import metrics
 
   params = {**GBDT_PARAMS, "seed": int(config.train.seed)}
   rounds = GBDT_ROUNDS[mode]
-  key = _run_key(config, extra=json.dumps({"gbdt": params, "rounds": rounds, "lgb": lgb.__version__}))
+  key = _run_key(
+    config, extra=json.dumps({"gbdt": params, "rounds": rounds, "lgb": lgb.__version__})
+  )
   path = _cache_path(config, key)
   if use_cache and os.path.exists(path):
     with open(path) as f:
@@ -425,7 +527,10 @@ def gbdt_run(config, mode: str, *, use_cache: bool = True,
   x, names, cat = gbdt_features(tr, schema)
   xe, _, _ = gbdt_features(ev, schema)
   li = {n: i for i, n in enumerate(schema.labels)}
-  click, buy = tr["labels"][:, li["click"]].astype(np.float32), tr["labels"][:, li["buy"]].astype(np.float32)
+  click, buy = (
+    tr["labels"][:, li["click"]].astype(np.float32),
+    tr["labels"][:, li["buy"]].astype(np.float32),
+  )
 
   def fit(xx, yy):
     d = lgb.Dataset(xx, yy, feature_name=names, categorical_feature=cat, free_raw_data=True)
@@ -435,13 +540,32 @@ def gbdt_run(config, mode: str, *, use_cache: bool = True,
   clicked = click > 0
   cvr_model = fit(x[clicked], buy[clicked])
   pctr, pcvr = ctr_model.predict(xe), cvr_model.predict(xe)
-  labels = {n: ev["labels"][:, i].astype(np.float64) for n, i in li.items() if n in metrics.LABEL_KEYS}
-  truth = {n: ev["truth"][:, i].astype(np.float64) for i, n in enumerate(schema.truth)
-           if n in metrics.TRUTH_KEYS} if schema.truth else None
-  m = metrics.evaluate({"pctr": pctr, "pcvr": pcvr, "pctcvr": pctr * pcvr}, labels, ev["user"], truth=truth)
-  rec = {"key": key, "model": "gbdt", "seed": int(config.train.seed), "metrics": {k: float(v) for k, v in m.items()},
-         "train_rows": int(len(click)), "rounds": rounds, "params": params,
-         "lightgbm": lgb.__version__, "wall_seconds": time.time() - t}
+  labels = {
+    n: ev["labels"][:, i].astype(np.float64) for n, i in li.items() if n in metrics.LABEL_KEYS
+  }
+  truth = (
+    {
+      n: ev["truth"][:, i].astype(np.float64)
+      for i, n in enumerate(schema.truth)
+      if n in metrics.TRUTH_KEYS
+    }
+    if schema.truth
+    else None
+  )
+  m = metrics.evaluate(
+    {"pctr": pctr, "pcvr": pcvr, "pctcvr": pctr * pcvr}, labels, ev["user"], truth=truth
+  )
+  rec = {
+    "key": key,
+    "model": "gbdt",
+    "seed": int(config.train.seed),
+    "metrics": {k: float(v) for k, v in m.items()},
+    "train_rows": int(len(click)),
+    "rounds": rounds,
+    "params": params,
+    "lightgbm": lgb.__version__,
+    "wall_seconds": time.time() - t,
+  }
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w") as f:
     json.dump(rec, f, indent=1)
@@ -464,7 +588,9 @@ def fmt_pct(values: Sequence[float], digits: int = 2) -> str:
   m, s = mean_std(values)
   if m != m:
     return "–"
-  return f"{100 * m:.{digits}f} ± {100 * s:.{digits}f}" if len(values) > 1 else f"{100 * m:.{digits}f}"
+  return (
+    f"{100 * m:.{digits}f} ± {100 * s:.{digits}f}" if len(values) > 1 else f"{100 * m:.{digits}f}"
+  )
 
 
 def fmt_num(values: Sequence[float], digits: int = 4) -> str:
@@ -487,8 +613,11 @@ def seeds_of(records: Sequence[dict]) -> str:
 def missing_markdown(args) -> str:
   if not args.missing:
     return ""
-  return ("**Left out** (`--cached_only`; not run in this session's time budget): "
-          + "; ".join(args.missing) + ".")
+  return (
+    "**Left out** (`--cached_only`; not run in this session's time budget): "
+    + "; ".join(args.missing)
+    + "."
+  )
 
 
 def metric_of(records: Sequence[dict], key: str) -> list[float]:
@@ -498,28 +627,43 @@ def metric_of(records: Sequence[dict], key: str) -> list[float]:
 def describe_mode(args, extra: str = "") -> str:
   m = MODES[args.mode]
   if args.mode == "quick":
-    s = ("**Quick mode** (smoke test): a tiny world, tiny towers, one seed — not a result.")
+    s = "**Quick mode** (smoke test): a tiny world, tiny towers, one seed — not a result."
   else:
-    s = (f"Default synthetic world (`esmjax.data.synthetic.default_config()`, stored in 1,024-row blocks), "
-         + ("trained on all" if m["train_fraction"] >= 1 else f"trained on the leading {m['train_fraction']:.0%} of")
-         + " its 1 M training impressions for "
-         f"{m['num_epochs']:g} epoch(s) in batches of {m['batch_size']:,}, evaluated on "
-         + (f"the first {m['max_eval_rows']:,}" if m["max_eval_rows"] > 0 else "all 200,000") + " eval impressions; "
-         f"paper model sizes (embedding 18, towers 200-80-1, Adam + row-wise Adagrad); "
-         f"{len(args.seed_list)} seeds {list(args.seed_list)} (train seed: init, data order; "
-         f"the world is fixed). The papers averaged 10 runs on real data.")
+    s = (
+      "Default synthetic world (`esmjax.data.synthetic.default_config()`, stored in 1,024-row blocks), "
+      + (
+        "trained on all"
+        if m["train_fraction"] >= 1
+        else f"trained on the leading {m['train_fraction']:.0%} of"
+      )
+      + " its 1 M training impressions for "
+      f"{m['num_epochs']:g} epoch(s) in batches of {m['batch_size']:,}, evaluated on "
+      + (f"the first {m['max_eval_rows']:,}" if m["max_eval_rows"] > 0 else "all 200,000")
+      + " eval impressions; "
+      f"paper model sizes (embedding 18, towers 200-80-1, Adam + row-wise Adagrad); "
+      f"{len(args.seed_list)} seeds {list(args.seed_list)} (train seed: init, data order; "
+      f"the world is fixed). The papers averaged 10 runs on real data."
+    )
   return s + (" " + extra if extra else "")
 
 
-def write_results(args, name: str, markdown: str, payload: dict[str, Any],
-                  figures: dict[str, Callable[[str], None]] | None = None) -> list[str]:
+def write_results(
+  args,
+  name: str,
+  markdown: str,
+  payload: dict[str, Any],
+  figures: dict[str, Callable[[str], None]] | None = None,
+) -> list[str]:
   """<out>/<name>.md, <name>.json (+ <name>_<fig>.png); returns the paths written."""
-  header = (f"<!-- written by `python -m experiments.{name}{' --quick' if args.quick else ''}`; "
-            f"regenerate, do not edit -->\n")
+  header = (
+    f"<!-- written by `python -m experiments.{name}{' --quick' if args.quick else ''}`; "
+    f"regenerate, do not edit -->\n"
+  )
   record = reporting.finish({**mode_record(args, name), **payload}, args.started)
   figures = {k: (lambda p, d=d: d(str(p))) for k, d in (figures or {}).items()}
-  paths = reporting.write_results(args.out, name, record, markdown.rstrip() + "\n", header=header,
-                                  figures=figures)
+  paths = reporting.write_results(
+    args.out, name, record, markdown.rstrip() + "\n", header=header, figures=figures
+  )
   paths = [str(p) for p in paths]
   print("wrote " + ", ".join(os.path.relpath(p) for p in paths), flush=True)
   return paths

@@ -23,18 +23,36 @@ from experiments import common
 
 BASE_LABEL = "ESM2 (configs/esm2.py)"
 AXES = (  # (axis, [(label, overrides)]); the unmodified ESM2 run is every axis's reference
-    ("dropout", [("0.2", {"model.dropout": 0.2}), ("0.5", {"model.dropout": 0.5})]),
-    ("hidden layers", [("200", {"model.hidden": (200,)}), ("400-200-80", {"model.hidden": (400, 200, 80)})]),
-    ("embedding dim", [("8", {"model.embed_dim": 8}), ("32", {"model.embed_dim": 32})]),
-    ("dense features", [("bucketised ids", {"model.dense_mode": "bucket"})]),
-    ("DAction", [("SCart only", {"model.daction_label": "cart"}), ("Wish only", {"model.daction_label": "wish"})]),
+  ("dropout", [("0.2", {"model.dropout": 0.2}), ("0.5", {"model.dropout": 0.5})]),
+  (
+    "hidden layers",
+    [("200", {"model.hidden": (200,)}), ("400-200-80", {"model.hidden": (400, 200, 80)})],
+  ),
+  ("embedding dim", [("8", {"model.embed_dim": 8}), ("32", {"model.embed_dim": 32})]),
+  ("dense features", [("bucketised ids", {"model.dense_mode": "bucket"})]),
+  (
+    "DAction",
+    [
+      ("SCart only", {"model.daction_label": "cart"}),
+      ("Wish only", {"model.daction_label": "wish"}),
+    ],
+  ),
 )
-REFERENCE = {"dropout": "0 (reference)", "hidden layers": "200-80 (reference)", "embedding dim": "18 (reference)",
-             "dense features": "normalise + tanh (reference)", "DAction": "SCart or Wish (reference)"}
+REFERENCE = {
+  "dropout": "0 (reference)",
+  "hidden layers": "200-80 (reference)",
+  "embedding dim": "18 (reference)",
+  "dense features": "normalise + tanh (reference)",
+  "DAction": "SCart or Wish (reference)",
+}
 QUICK_VARIANTS = {("DAction", "SCart only")}  # the smoke test exercises model.daction_label
 SEEDS_FULL = (0, 1)  # ablations: two seeds fit the full mode's hour (pass --seeds to add more)
-COLS = (("cvr/auc", "CVR AUC"), ("ctcvr/auc", "CTCVR AUC"), ("ctcvr/gauc", "CTCVR GAUC"),
-        ("cvr/entire_space_auc", "entire-space CVR AUC"))
+COLS = (
+  ("cvr/auc", "CVR AUC"),
+  ("ctcvr/auc", "CTCVR AUC"),
+  ("ctcvr/gauc", "CTCVR GAUC"),
+  ("cvr/entire_space_auc", "entire-space CVR AUC"),
+)
 
 
 def variants(quick: bool):
@@ -66,31 +84,56 @@ def main(argv=None) -> dict:
       if r is not None:
         res.setdefault((axis, label), []).append(r)
 
-  sections = ["# ESM2 paper's ablations — regenerated on synthetic data",
-              common.describe_mode(args, "Seeds here: " + str(list(args.seed_list)) + ".")]
+  sections = [
+    "# ESM2 paper's ablations — regenerated on synthetic data",
+    common.describe_mode(args, "Seeds here: " + str(list(args.seed_list)) + "."),
+  ]
   axes_done = []
   for axis, _ in AXES:
     vs = [(label, r) for (a, label), r in res.items() if a == axis]
     if not vs:
       continue
     axes_done.append(axis)
-    rows = [[REFERENCE[axis], common.seeds_of(ref), *[common.fmt_num(common.metric_of(ref, k)) for k, _ in COLS], ""]]
+    rows = [
+      [
+        REFERENCE[axis],
+        common.seeds_of(ref),
+        *[common.fmt_num(common.metric_of(ref, k)) for k, _ in COLS],
+        "",
+      ]
+    ]
     for label, r in vs:
       d = common.paired(r, ref, "cvr/auc")
-      rows.append([label, common.seeds_of(r), *[common.fmt_num(common.metric_of(r, k)) for k, _ in COLS],
-                   f"{common.mean_std(d)[0]:+.4f}"])
-    sections += [f"## {axis}", common.markdown_table([axis, "seeds", *[t for _, t in COLS], "Δ CVR AUC vs ref."], rows)]
+      rows.append(
+        [
+          label,
+          common.seeds_of(r),
+          *[common.fmt_num(common.metric_of(r, k)) for k, _ in COLS],
+          f"{common.mean_std(d)[0]:+.4f}",
+        ]
+      )
+    sections += [
+      f"## {axis}",
+      common.markdown_table([axis, "seeds", *[t for _, t in COLS], "Δ CVR AUC vs ref."], rows),
+    ]
   checks = []
   if ("dense features", "bucketised ids") in res:
     d = common.paired(ref, res[("dense features", "bucketised ids")], "cvr/auc")
     mu = common.mean_std(d)[0]
-    checks.append(common.check("normalise + tanh dense embeddings above bucketised ids (paper: +0.004 AUC)",
-                               mu > 0, f"tanh − bucket = {mu:+.4f} CVR AUC"))
+    checks.append(
+      common.check(
+        "normalise + tanh dense embeddings above bucketised ids (paper: +0.004 AUC)",
+        mu > 0,
+        f"tanh − bucket = {mu:+.4f} CVR AUC",
+      )
+    )
   sections += ["## Checked against the paper", common.checks_markdown(checks)] if checks else []
   sections += [common.missing_markdown(args)]
 
-  group_kinds = (("history", "user's past purchase count (user_buys_hist), the paper's groups"),
-                 ("train_buys", "user's buys in the training rows used"))
+  group_kinds = (
+    ("history", "user's past purchase count (user_buys_hist), the paper's groups"),
+    ("train_buys", "user's buys in the training rows used"),
+  )
   for kind, title in group_kinds if {"esmm", "esm2"} <= set(groups) else ():
     rows = []
     n_groups = len(groups["esm2"][0]["groups"][kind])
@@ -101,15 +144,34 @@ def main(argv=None) -> dict:
         for col in ("cvr_auc", "ctcvr_auc"):
           cells.append(common.fmt_num([r["groups"][kind][gi][col] for r in groups[name]]))
       rows.append(cells)
-    sections += [f"## AUC by {title}", common.markdown_table(
-        ["group", "impressions", "clicks", "buys", "ESMM CVR AUC", "ESMM CTCVR AUC", "ESM2 CVR AUC",
-         "ESM2 CTCVR AUC"], rows),
-        "Counts are of the evaluation rows (first seed); a group with no positive or no negative has no AUC (–)."]
-  payload = {"axes": [{"axis": a, "variants": [{"label": l, "overrides": o} for l, o in vs]} for a, vs in AXES],
-             "reference_runs": ref, "runs": {f"{a}: {l}": r for (a, l), r in res.items()},
-             "group_runs": groups, "checks": checks,
-             "purchase_groups": common.groups_json(common.PAPER_PURCHASE_GROUPS),
-             "train_buy_groups": common.groups_json(common.TRAIN_BUY_GROUPS)}
+    sections += [
+      f"## AUC by {title}",
+      common.markdown_table(
+        [
+          "group",
+          "impressions",
+          "clicks",
+          "buys",
+          "ESMM CVR AUC",
+          "ESMM CTCVR AUC",
+          "ESM2 CVR AUC",
+          "ESM2 CTCVR AUC",
+        ],
+        rows,
+      ),
+      "Counts are of the evaluation rows (first seed); a group with no positive or no negative has no AUC (–).",
+    ]
+  payload = {
+    "axes": [
+      {"axis": a, "variants": [{"label": l, "overrides": o} for l, o in vs]} for a, vs in AXES
+    ],
+    "reference_runs": ref,
+    "runs": {f"{a}: {l}": r for (a, l), r in res.items()},
+    "group_runs": groups,
+    "checks": checks,
+    "purchase_groups": common.groups_json(common.PAPER_PURCHASE_GROUPS),
+    "train_buy_groups": common.groups_json(common.TRAIN_BUY_GROUPS),
+  }
   common.write_results(args, "esm2_ablations", "\n\n".join(sections), payload)
   return payload
 

@@ -23,12 +23,23 @@ import sys
 
 from experiments import common
 
-MODELS = (("GBDT", "gbdt"), ("DNN", "base"), ("DNN-OS", "oversampling_5"), ("ESMM", "esmm"), ("ESM2", "esm2"))
+MODELS = (
+  ("GBDT", "gbdt"),
+  ("DNN", "base"),
+  ("DNN-OS", "oversampling_5"),
+  ("ESMM", "esmm"),
+  ("ESM2", "esm2"),
+)
 QUICK_MODELS = ("gbdt", "base", "esmm", "esm2")
 GROUPS = ("esmm", "esm2")  # runs that also score per purchase-count group (read by esm2_ablations)
 CONTROL_KAPPA = 0.0  # daction_informativeness of the control world (full mode only)
-COLS = (("cvr/auc", "CVR AUC"), ("ctcvr/auc", "CTCVR AUC"), ("ctcvr/gauc", "CTCVR GAUC"),
-        ("cvr/entire_space_auc", "entire-space CVR AUC"), ("ctavr/auc", "CTAVR AUC"))
+COLS = (
+  ("cvr/auc", "CVR AUC"),
+  ("ctcvr/auc", "CTCVR AUC"),
+  ("ctcvr/gauc", "CTCVR GAUC"),
+  ("cvr/entire_space_auc", "entire-space CVR AUC"),
+  ("ctavr/auc", "CTAVR AUC"),
+)
 
 
 def run_models(args, models, overrides=None, seeds=None) -> tuple[dict, list[str]]:
@@ -46,8 +57,13 @@ def run_models(args, models, overrides=None, seeds=None) -> tuple[dict, list[str
           res.setdefault(name, []).append(r)
         continue
       cfg = common.experiment_config(name, args.mode, seed, args.cache_dir, **(overrides or {}))
-      r = common.run(cfg, groups=name in GROUPS and not overrides, use_cache=not args.no_cache,
-                     label=label + (" (control)" if overrides else ""), args=args)
+      r = common.run(
+        cfg,
+        groups=name in GROUPS and not overrides,
+        use_cache=not args.no_cache,
+        label=label + (" (control)" if overrides else ""),
+        args=args,
+      )
       if r is not None:
         res.setdefault(name, []).append(r)
   return res, notes
@@ -60,10 +76,25 @@ def table(models, res) -> str:
       continue
     r = res[name]
     paper = common.ESM2_PAPER.get(name)
-    rows.append([label, common.seeds_of(r), *[common.fmt_num(common.metric_of(r, k)) for k, _ in COLS],
-                 *([f"{p:.4f}" for p in paper] if paper else ["", "", ""])])
-  return common.markdown_table(["model", "seeds", *[t for _, t in COLS], "paper CVR AUC", "paper CTCVR AUC",
-                                "paper CTCVR GAUC"], rows)
+    rows.append(
+      [
+        label,
+        common.seeds_of(r),
+        *[common.fmt_num(common.metric_of(r, k)) for k, _ in COLS],
+        *([f"{p:.4f}" for p in paper] if paper else ["", "", ""]),
+      ]
+    )
+  return common.markdown_table(
+    [
+      "model",
+      "seeds",
+      *[t for _, t in COLS],
+      "paper CVR AUC",
+      "paper CTCVR AUC",
+      "paper CTCVR GAUC",
+    ],
+    rows,
+  )
 
 
 def claims(res, world: str) -> list[dict]:
@@ -75,21 +106,30 @@ def claims(res, world: str) -> list[dict]:
       d = common.paired(res[a], res[b], key)
       mu, sd = common.mean_std(d)
       name = {"base": "DNN"}.get(b, b.upper())
-      out.append(common.check(f"{a.upper()} above {name} on {key} ({world})", mu > 0,
-                              f"{mu:+.4f} ± {sd:.4f} ({sum(x > 0 for x in d)}/{len(d)} seeds ahead)"))
+      out.append(
+        common.check(
+          f"{a.upper()} above {name} on {key} ({world})",
+          mu > 0,
+          f"{mu:+.4f} ± {sd:.4f} ({sum(x > 0 for x in d)}/{len(d)} seeds ahead)",
+        )
+      )
   return out
 
 
 def main(argv=None) -> dict:
   args = common.parse_args(argv, __doc__)
   models = [m for m in MODELS if not args.quick or m[1] in QUICK_MODELS]
-  print(f"esm2_table ({args.mode}): {len(models)} models × seeds {list(args.seed_list)}", flush=True)
+  print(
+    f"esm2_table ({args.mode}): {len(models)} models × seeds {list(args.seed_list)}", flush=True
+  )
   res, notes = run_models(args, models)
   checks = claims(res, "κ = 2, default world")
   control, control_checks = {}, []
   if not args.quick:
     ctl_models = [("ESMM", "esmm"), ("ESM2", "esm2")]
-    control, _ = run_models(args, ctl_models, {"data.synthetic.daction_informativeness": CONTROL_KAPPA})
+    control, _ = run_models(
+      args, ctl_models, {"data.synthetic.daction_informativeness": CONTROL_KAPPA}
+    )
     control_checks = claims(control, f"control world, κ = {CONTROL_KAPPA:g}")
 
   from esmjax.data import synthetic
@@ -97,28 +137,43 @@ def main(argv=None) -> dict:
   cfg0 = common.experiment_config("esm2", args.mode, args.seed_list[0], args.cache_dir)
   stats = synthetic.world_stats(common.datasets(cfg0)[1].directory)
   sections = [
-      "# ESM2 paper's offline comparison — regenerated on synthetic data",
-      common.describe_mode(args, "GBDT: LightGBM, "
-                           f"{common.GBDT_ROUNDS[args.mode]} rounds, params in the JSON."),
-      table(models, res),
-      (f"Mean ± std over the seeds listed. Paper numbers: ESM2 paper (Wen et al., SIGIR 2020), "
-       "its industrial offline data set (ESMM → ESM2 only). In this world p(buy | click, DAction) = "
-       f"{stats.get('buy_given_daction', float('nan')):.3f} vs p(buy | click, no DAction) = "
-       f"{stats.get('buy_given_oaction', float('nan')):.3f}; DAction per click "
-       f"{stats.get('daction_per_click', float('nan')):.3f} (eval split)."),
-      *(["**Notes:** " + " ".join(notes)] if notes else []),
-      common.missing_markdown(args),
-      "## The paper's findings, checked", common.checks_markdown(checks),
+    "# ESM2 paper's offline comparison — regenerated on synthetic data",
+    common.describe_mode(
+      args, f"GBDT: LightGBM, {common.GBDT_ROUNDS[args.mode]} rounds, params in the JSON."
+    ),
+    table(models, res),
+    (
+      f"Mean ± std over the seeds listed. Paper numbers: ESM2 paper (Wen et al., SIGIR 2020), "
+      "its industrial offline data set (ESMM → ESM2 only). In this world p(buy | click, DAction) = "
+      f"{stats.get('buy_given_daction', float('nan')):.3f} vs p(buy | click, no DAction) = "
+      f"{stats.get('buy_given_oaction', float('nan')):.3f}; DAction per click "
+      f"{stats.get('daction_per_click', float('nan')):.3f} (eval split)."
+    ),
+    *(["**Notes:** " + " ".join(notes)] if notes else []),
+    common.missing_markdown(args),
+    "## The paper's findings, checked",
+    common.checks_markdown(checks),
   ]
   if control:
-    sections += [f"## Control: the same world with κ = {CONTROL_KAPPA:g} (no direct DAction → buy effect; "
-                 "DAction still follows the conversion score)",
-                 table([("ESMM", "esmm"), ("ESM2", "esm2")], control),
-                 common.checks_markdown(control_checks)]
-  payload = {"models": [{"label": l, "config": n} for l, n in models], "paper": common.ESM2_PAPER,
-             "world_stats_eval": stats, "notes": notes, "checks": checks, "runs": res,
-             "control_kappa": CONTROL_KAPPA, "control_runs": control, "control_checks": control_checks,
-             "gbdt_params": common.GBDT_PARAMS, "gbdt_rounds": common.GBDT_ROUNDS[args.mode]}
+    sections += [
+      f"## Control: the same world with κ = {CONTROL_KAPPA:g} (no direct DAction → buy effect; "
+      "DAction still follows the conversion score)",
+      table([("ESMM", "esmm"), ("ESM2", "esm2")], control),
+      common.checks_markdown(control_checks),
+    ]
+  payload = {
+    "models": [{"label": l, "config": n} for l, n in models],
+    "paper": common.ESM2_PAPER,
+    "world_stats_eval": stats,
+    "notes": notes,
+    "checks": checks,
+    "runs": res,
+    "control_kappa": CONTROL_KAPPA,
+    "control_runs": control,
+    "control_checks": control_checks,
+    "gbdt_params": common.GBDT_PARAMS,
+    "gbdt_rounds": common.GBDT_ROUNDS[args.mode],
+  }
   common.write_results(args, "esm2_table", "\n\n".join(sections), payload)
   return payload
 

@@ -20,14 +20,19 @@ import sys
 from experiments import common
 
 MODELS = (  # (label, config name, family in the paper's Table 2)
-    ("BASE", "base", "base"),
-    ("AMAN 10%", "aman_10", "aman"), ("AMAN 20%", "aman_20", "aman"), ("AMAN 50%", "aman_50", "aman"),
-    ("AMAN 100%", "aman_100", "aman"),
-    ("OVERSAMPLING ×2", "oversampling_2", "oversampling"), ("OVERSAMPLING ×3", "oversampling_3", "oversampling"),
-    ("OVERSAMPLING ×5", "oversampling_5", "oversampling"),
-    ("OVERSAMPLING ×10", "oversampling_10", "oversampling"),
-    ("UNBIAS", "unbias", "unbias"), ("DIVISION", "division", "division"),
-    ("ESMM-NS", "esmm_ns", "esmm_ns"), ("ESMM", "esmm", "esmm"),
+  ("BASE", "base", "base"),
+  ("AMAN 10%", "aman_10", "aman"),
+  ("AMAN 20%", "aman_20", "aman"),
+  ("AMAN 50%", "aman_50", "aman"),
+  ("AMAN 100%", "aman_100", "aman"),
+  ("OVERSAMPLING ×2", "oversampling_2", "oversampling"),
+  ("OVERSAMPLING ×3", "oversampling_3", "oversampling"),
+  ("OVERSAMPLING ×5", "oversampling_5", "oversampling"),
+  ("OVERSAMPLING ×10", "oversampling_10", "oversampling"),
+  ("UNBIAS", "unbias", "unbias"),
+  ("DIVISION", "division", "division"),
+  ("ESMM-NS", "esmm_ns", "esmm_ns"),
+  ("ESMM", "esmm", "esmm"),
 )
 QUICK_MODELS = ("base", "esmm")  # a smoke test of the script, not a result
 # Training length is a knob the ranking depends on (a click-only CVR tower learns fast from its 9 %
@@ -40,8 +45,10 @@ EPOCH_SWEEP_MODELS = (("BASE", "base"), ("ESMM", "esmm"))
 # bias (bait raises clicks and lowers conversion, so clicked rows misrepresent the whole space);
 # `shared_structure` is how much of the CVR affinity is the CTR affinity (what shared embeddings
 # can transfer). First WORLD_SWEEP_SEEDS seeds of the run (each world is generated once, ~15 s).
-WORLD_SWEEP = {"full": (("click_bait", (0.0, 1.0, 2.0)), ("shared_structure", (0.1, 0.9))),
-               "quick": (("click_bait", (1.0,)),)}
+WORLD_SWEEP = {
+  "full": (("click_bait", (0.0, 1.0, 2.0)), ("shared_structure", (0.1, 0.9))),
+  "quick": (("click_bait", (1.0,)),),
+}
 WORLD_SWEEP_MODELS = (("BASE", "base"), ("ESMM-NS", "esmm_ns"), ("ESMM", "esmm"))
 WORLD_SWEEP_SEEDS = 2
 
@@ -64,22 +71,37 @@ def claims(res: dict[str, list[dict]]) -> list[dict]:
       return
     mu, sd, wins, n = paired(a, b, key)
     holds = (mu > 0) if better else (mu < 0)
-    out.append(common.check(f"{what}", holds,
-                            f"{a} − {b} = {100 * mu:+.2f} ± {100 * sd:.2f} AUC points on {key} "
-                            f"({wins}/{n} seeds {a} ahead)"))
+    out.append(
+      common.check(
+        f"{what}",
+        holds,
+        f"{a} − {b} = {100 * mu:+.2f} ± {100 * sd:.2f} AUC points on {key} "
+        f"({wins}/{n} seeds {a} ahead)",
+      )
+    )
 
   cmp("esmm", "base", "cvr/auc", "ESMM above BASE on CVR AUC (clicked impressions)")
   cmp("esmm", "base", "ctcvr/auc", "ESMM above BASE on CTCVR AUC")
   cmp("esmm", "esmm_ns", "cvr/auc", "ESMM above ESMM-NS on CVR AUC (shared embeddings help)")
   cmp("esmm", "esmm_ns", "ctcvr/auc", "ESMM above ESMM-NS on CTCVR AUC")
   cmp("division", "esmm", "cvr/auc", "DIVISION below ESMM on CVR AUC", better=False)
-  cmp("esmm", "base", "cvr/entire_space_auc", "ESMM above BASE on entire-space CVR AUC (synthetic truth)")
+  cmp(
+    "esmm",
+    "base",
+    "cvr/entire_space_auc",
+    "ESMM above BASE on entire-space CVR AUC (synthetic truth)",
+  )
   for key, what in (("cvr/auc", "CVR AUC"), ("ctcvr/auc", "CTCVR AUC")):
     if "esmm" not in res:
       continue
     best = max(res, key=lambda n: m(n, key))
-    out.append(common.check(f"ESMM best of all models on {what}", best == "esmm",
-                            f"best is {best} ({100 * m(best, key):.2f}); ESMM {100 * m('esmm', key):.2f}"))
+    out.append(
+      common.check(
+        f"ESMM best of all models on {what}",
+        best == "esmm",
+        f"best is {best} ({100 * m(best, key):.2f}); ESMM {100 * m('esmm', key):.2f}",
+      )
+    )
   return out
 
 
@@ -87,21 +109,28 @@ def main(argv=None) -> dict:
   args = common.parse_args(argv, __doc__)
   models = [x for x in MODELS if not args.quick or x[1] in QUICK_MODELS]
   res: dict[str, list[dict]] = {}
-  print(f"esmm_table ({args.mode}): {len(models)} models × seeds {list(args.seed_list)}", flush=True)
+  print(
+    f"esmm_table ({args.mode}): {len(models)} models × seeds {list(args.seed_list)}", flush=True
+  )
   for seed in args.seed_list:  # seed-major: a partial run still covers every model
     for label, name, _ in models:
       cfg = common.experiment_config(name, args.mode, seed, args.cache_dir)
       # ESMM also scores per purchase-count group: the same run serves esm2_table / esm2_ablations.
-      r = common.run(cfg, groups=name == "esmm", use_cache=not args.no_cache, label=label, args=args)
+      r = common.run(
+        cfg, groups=name == "esmm", use_cache=not args.no_cache, label=label, args=args
+      )
       if r is not None:
         res.setdefault(name, []).append(r)
 
   sweep: dict[str, list[dict]] = {}
   for epochs in EPOCH_SWEEP[args.mode]:
     for label, name in EPOCH_SWEEP_MODELS:
-      cfg = common.experiment_config(name, args.mode, args.seed_list[0], args.cache_dir,
-                                     **{"train.num_epochs": epochs})
-      r = common.run(cfg, use_cache=not args.no_cache, label=f"{label} {epochs:g} epochs", args=args)
+      cfg = common.experiment_config(
+        name, args.mode, args.seed_list[0], args.cache_dir, **{"train.num_epochs": epochs}
+      )
+      r = common.run(
+        cfg, use_cache=not args.no_cache, label=f"{label} {epochs:g} epochs", args=args
+      )
       if r is not None:
         sweep.setdefault(f"{name}@{epochs:g}", []).append(r)
 
@@ -118,45 +147,80 @@ def main(argv=None) -> dict:
     if name not in res:
       continue
     r = res[name]
-    paper = common.ESMM_PAPER.get(fam) if label in ("BASE", "AMAN 10%", "OVERSAMPLING ×5") or fam in (
-        "unbias", "division", "esmm_ns", "esmm") else None
-    rows.append([label, common.seeds_of(r), common.fmt_pct(common.metric_of(r, "cvr/auc")),
-                 common.fmt_pct(common.metric_of(r, "ctcvr/auc")),
-                 common.fmt_pct(common.metric_of(r, "cvr/entire_space_auc")),
-                 common.fmt_num(common.metric_of(r, "cvr/entire_space_calibration"), 2),
-                 common.fmt_pct(common.metric_of(r, "ctr/auc")),
-                 f"{paper[0]:.2f}" if paper else "", f"{paper[1]:.2f}" if paper else ""])
+    paper = (
+      common.ESMM_PAPER.get(fam)
+      if label in ("BASE", "AMAN 10%", "OVERSAMPLING ×5")
+      or fam in ("unbias", "division", "esmm_ns", "esmm")
+      else None
+    )
+    rows.append(
+      [
+        label,
+        common.seeds_of(r),
+        common.fmt_pct(common.metric_of(r, "cvr/auc")),
+        common.fmt_pct(common.metric_of(r, "ctcvr/auc")),
+        common.fmt_pct(common.metric_of(r, "cvr/entire_space_auc")),
+        common.fmt_num(common.metric_of(r, "cvr/entire_space_calibration"), 2),
+        common.fmt_pct(common.metric_of(r, "ctr/auc")),
+        f"{paper[0]:.2f}" if paper else "",
+        f"{paper[1]:.2f}" if paper else "",
+      ]
+    )
   table = common.markdown_table(
-      ["model", "seeds", "CVR AUC % (clicked)", "CTCVR AUC %", "entire-space CVR AUC %", "entire-space pCVR calib.",
-       "CTR AUC %", "paper CVR AUC %", "paper CTCVR AUC %"], rows)
+    [
+      "model",
+      "seeds",
+      "CVR AUC % (clicked)",
+      "CTCVR AUC %",
+      "entire-space CVR AUC %",
+      "entire-space pCVR calib.",
+      "CTR AUC %",
+      "paper CVR AUC %",
+      "paper CTCVR AUC %",
+    ],
+    rows,
+  )
   checks = claims(res)
   any_runs = res.get("esmm") or next(iter(res.values()))
   oracle = common.mean_std(common.metric_of(any_runs, "cvr/entire_space_oracle_auc"))[0]
-  md = "\n\n".join([
+  md = "\n\n".join(
+    [
       "# ESMM paper, Table 2 — regenerated on synthetic data",
       common.describe_mode(args),
       table,
-      (f"Mean ± std over the seeds listed (sample std); train rows per run: "
-       f"{any_runs[0]['train_rows']:,}. Paper numbers: ESMM paper Table 2 (Ali-CCP, 10 runs; the "
-       "paper reports one AMAN and one OVERSAMPLING row — placed here next to AMAN 10% and ×5 for "
-       "reference only, the paper does not say which rate it reported). Entire-space pCVR calibration = "
-       "mean pCVR / mean would-buy over all impressions (1 = unbiased on the whole space). "
-       f"Oracle entire-space CVR AUC (the true pCVR): {oracle:.4f}."),
+      (
+        f"Mean ± std over the seeds listed (sample std); train rows per run: "
+        f"{any_runs[0]['train_rows']:,}. Paper numbers: ESMM paper Table 2 (Ali-CCP, 10 runs; the "
+        "paper reports one AMAN and one OVERSAMPLING row — placed here next to AMAN 10% and ×5 for "
+        "reference only, the paper does not say which rate it reported). Entire-space pCVR calibration = "
+        "mean pCVR / mean would-buy over all impressions (1 = unbiased on the whole space). "
+        f"Oracle entire-space CVR AUC (the true pCVR): {oracle:.4f}."
+      ),
       common.missing_markdown(args),
-      "## The paper's findings, checked", common.checks_markdown(checks),
+      "## The paper's findings, checked",
+      common.checks_markdown(checks),
       *(_sweep_section(args, res, sweep) if EPOCH_SWEEP[args.mode] else []),
       *(_world_section(args, worlds) if worlds else []),
       "## The world's selection (eval split, ground truth)",
-      (f"CTR {stats['ctr']:.4f}; mean true pCVR over clicked impressions {stats.get('mean_pcvr_clicked', float('nan')):.4f} "
-       f"vs over all impressions {stats.get('mean_pcvr_all', float('nan')):.4f} and unclicked "
-       f"{stats.get('mean_pcvr_unclicked', float('nan')):.4f} (selection ratio "
-       f"{stats.get('selection_ratio', float('nan')):.3f}): a click-only CVR model is trained on a "
-       "population that converts differently from the one it is applied to."),
-  ])
-  payload = {"models": [{"label": l, "config": n, "paper_family": f} for l, n, f in models],
-             "paper_table2": common.ESMM_PAPER, "world_stats_eval": stats, "checks": checks,
-             "configs": {n: _cfg_json(n, args) for _, n, _ in models},
-             "runs": res, "epoch_sweep_runs": sweep, "world_sweep": worlds}
+      (
+        f"CTR {stats['ctr']:.4f}; mean true pCVR over clicked impressions {stats.get('mean_pcvr_clicked', float('nan')):.4f} "
+        f"vs over all impressions {stats.get('mean_pcvr_all', float('nan')):.4f} and unclicked "
+        f"{stats.get('mean_pcvr_unclicked', float('nan')):.4f} (selection ratio "
+        f"{stats.get('selection_ratio', float('nan')):.3f}): a click-only CVR model is trained on a "
+        "population that converts differently from the one it is applied to."
+      ),
+    ]
+  )
+  payload = {
+    "models": [{"label": l, "config": n, "paper_family": f} for l, n, f in models],
+    "paper_table2": common.ESMM_PAPER,
+    "world_stats_eval": stats,
+    "checks": checks,
+    "configs": {n: _cfg_json(n, args) for _, n, _ in models},
+    "runs": res,
+    "epoch_sweep_runs": sweep,
+    "world_sweep": worlds,
+  }
   common.write_results(args, "esmm_table", md, payload)
   return payload
 
@@ -177,20 +241,32 @@ def world_sweep(args, res) -> list[dict]:
           if point["default"]:
             r = next((x for x in res.get(name, []) if x["seed"] == seed), None)
           else:
-            cfg = common.experiment_config(name, args.mode, seed, args.cache_dir, **{f"data.synthetic.{knob}": value})
-            r = common.run(cfg, use_cache=not args.no_cache, label=f"{label} {knob}={value:g}", args=args)
+            cfg = common.experiment_config(
+              name, args.mode, seed, args.cache_dir, **{f"data.synthetic.{knob}": value}
+            )
+            r = common.run(
+              cfg, use_cache=not args.no_cache, label=f"{label} {knob}={value:g}", args=args
+            )
           if r is not None:
             point["runs"].setdefault(name, []).append(r)
-      cfg = common.experiment_config("esmm", args.mode, seeds[0], args.cache_dir,
-                                     **({} if point["default"] else {f"data.synthetic.{knob}": value}))
+      cfg = common.experiment_config(
+        "esmm",
+        args.mode,
+        seeds[0],
+        args.cache_dir,
+        **({} if point["default"] else {f"data.synthetic.{knob}": value}),
+      )
       point["world_stats_eval"] = synthetic.world_stats(common.datasets(cfg)[1].directory)
       out.append(point)
   return out
 
 
 def _world_section(args, worlds) -> list[str]:
-  keys = (("cvr/auc", "CVR AUC %"), ("cvr/entire_space_auc", "entire-space CVR AUC %"),
-          ("cvr/entire_space_calibration", "entire-space pCVR calib."))
+  keys = (
+    ("cvr/auc", "CVR AUC %"),
+    ("cvr/entire_space_auc", "entire-space CVR AUC %"),
+    ("cvr/entire_space_calibration", "entire-space pCVR calib."),
+  )
   rows, checks = [], []
   for pt in worlds:
     st = pt["world_stats_eval"]
@@ -198,25 +274,49 @@ def _world_section(args, worlds) -> list[str]:
     for key, _ in keys:
       for _, name in WORLD_SWEEP_MODELS:
         vals = common.metric_of(pt["runs"].get(name, []), key)
-        cells.append(common.fmt_num(vals, 2) if key.endswith("calibration") else common.fmt_pct(vals))
-    rows.append([f"{pt['knob']} = {pt['value']:g}" + (" (default)" if pt["default"] else ""),
-                 f"{st.get('selection_ratio', float('nan')):.3f}", *cells])
-  header = ["world", "selection ratio"] + [f"{t}: {l}" for _, t in keys for l, _ in WORLD_SWEEP_MODELS]
+        cells.append(
+          common.fmt_num(vals, 2) if key.endswith("calibration") else common.fmt_pct(vals)
+        )
+    rows.append(
+      [
+        f"{pt['knob']} = {pt['value']:g}" + (" (default)" if pt["default"] else ""),
+        f"{st.get('selection_ratio', float('nan')):.3f}",
+        *cells,
+      ]
+    )
+  header = ["world", "selection ratio"] + [
+    f"{t}: {l}" for _, t in keys for l, _ in WORLD_SWEEP_MODELS
+  ]
   for knob, _ in WORLD_SWEEP[args.mode]:
     pts = [p for p in worlds if p["knob"] == knob and "esmm" in p["runs"] and "base" in p["runs"]]
-    gaps = [(p["value"], common.mean_std(common.paired(p["runs"]["esmm"], p["runs"]["base"],
-                                                       "cvr/entire_space_auc"))[0]) for p in pts]
+    gaps = [
+      (
+        p["value"],
+        common.mean_std(
+          common.paired(p["runs"]["esmm"], p["runs"]["base"], "cvr/entire_space_auc")
+        )[0],
+      )
+      for p in pts
+    ]
     if len(gaps) >= 2:
       rising = gaps[-1][1] > gaps[0][1]
-      what = {"click_bait": "ESMM − BASE on entire-space CVR AUC grows with the selection bias (click_bait)",
-              "shared_structure": "ESMM − BASE on entire-space CVR AUC grows with the CTR–CVR shared structure"}[knob]
-      checks.append(common.check(what, rising, ", ".join(f"{knob} {v:g}: {100 * g:+.2f}" for v, g in gaps)
-                                 + " AUC points"))
-  return [f"## Why: the same models on worlds that differ in one knob (seeds {list(args.seed_list[:WORLD_SWEEP_SEEDS])})",
-          "Selection ratio = mean true pCVR over clicked impressions / over all impressions (eval split; "
-          "1 = clicked rows convert like the whole space). Cells: mean ± std over the seeds; entire-space pCVR calib. = "
-          "mean pCVR / mean would-buy over all impressions (1 = unbiased on the whole space).",
-          common.markdown_table(header, rows), common.checks_markdown(checks)]
+      what = {
+        "click_bait": "ESMM − BASE on entire-space CVR AUC grows with the selection bias (click_bait)",
+        "shared_structure": "ESMM − BASE on entire-space CVR AUC grows with the CTR–CVR shared structure",
+      }[knob]
+      checks.append(
+        common.check(
+          what, rising, ", ".join(f"{knob} {v:g}: {100 * g:+.2f}" for v, g in gaps) + " AUC points"
+        )
+      )
+  return [
+    f"## Why: the same models on worlds that differ in one knob (seeds {list(args.seed_list[:WORLD_SWEEP_SEEDS])})",
+    "Selection ratio = mean true pCVR over clicked impressions / over all impressions (eval split; "
+    "1 = clicked rows convert like the whole space). Cells: mean ± std over the seeds; entire-space pCVR calib. = "
+    "mean pCVR / mean would-buy over all impressions (1 = unbiased on the whole space).",
+    common.markdown_table(header, rows),
+    common.checks_markdown(checks),
+  ]
 
 
 def _sweep_section(args, res, sweep) -> list[str]:
@@ -227,17 +327,32 @@ def _sweep_section(args, res, sweep) -> list[str]:
       r = res.get(name, []) if epochs == base_epochs else sweep.get(f"{name}@{epochs:g}", [])
       r = [x for x in r if x["seed"] == args.seed_list[0]]
       if r:
-        rows.append([f"{epochs:g}", label, *[f"{100 * r[0]['metrics'][k]:.2f}" for k in
-                                             ("cvr/auc", "ctcvr/auc", "cvr/entire_space_auc", "ctr/auc")]])
-  return ["## Training length (same rows, seed " + str(args.seed_list[0]) + ")",
-          common.markdown_table(["epochs", "model", "CVR AUC %", "CTCVR AUC %", "entire-space CVR AUC %",
-                                 "CTR AUC %"], rows)]
+        rows.append(
+          [
+            f"{epochs:g}",
+            label,
+            *[
+              f"{100 * r[0]['metrics'][k]:.2f}"
+              for k in ("cvr/auc", "ctcvr/auc", "cvr/entire_space_auc", "ctr/auc")
+            ],
+          ]
+        )
+  return [
+    "## Training length (same rows, seed " + str(args.seed_list[0]) + ")",
+    common.markdown_table(
+      ["epochs", "model", "CVR AUC %", "CTCVR AUC %", "entire-space CVR AUC %", "CTR AUC %"], rows
+    ),
+  ]
 
 
 def _cfg_json(name, args):
   import json
 
-  return json.loads(common.experiment_config(name, args.mode, args.seed_list[0], args.cache_dir).to_json_best_effort())
+  return json.loads(
+    common.experiment_config(
+      name, args.mode, args.seed_list[0], args.cache_dir
+    ).to_json_best_effort()
+  )
 
 
 if __name__ == "__main__":

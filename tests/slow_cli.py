@@ -9,14 +9,17 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from esmjax import main  # noqa: E402
-from esmjax import trainer  # noqa: E402
+from esmjax import (
+  main,  # noqa: E402
+  trainer,  # noqa: E402
+)
 from esmjax.loop.hooks import Hooks  # noqa: E402
 
 DELAY_S = float(os.environ.get("ESMJAX_TEST_STEP_DELAY_S", "0"))
 
 trainer.train_and_evaluate = functools.partial(
-    trainer.train_and_evaluate, hooks=Hooks(after_dispatch=lambda step: time.sleep(DELAY_S)))
+  trainer.train_and_evaluate, hooks=Hooks(after_dispatch=lambda step: time.sleep(DELAY_S))
+)
 
 if __name__ == "__main__":
   main.run()

@@ -20,7 +20,21 @@ from esmjax.data import ids as ids_lib
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "tests" / "data" / "public-samples"
 SMALL = SAMPLES / "PaddleRec/models/multitask/esmm/data/train/small.txt"
-USER_FIELDS = {"101", "121", "122", "124", "125", "126", "127", "128", "129", "109_14", "110_14", "127_14", "150_14"}
+USER_FIELDS = {
+  "101",
+  "121",
+  "122",
+  "124",
+  "125",
+  "126",
+  "127",
+  "128",
+  "129",
+  "109_14",
+  "110_14",
+  "127_14",
+  "150_14",
+}
 
 
 def _value(field: str, fid: str) -> str:
@@ -75,8 +89,8 @@ def _row_features(block, schema, r):
     if block["sparse"][r, j]:
       out[f.name] = [int(block["sparse"][r, j])]
   for f, off in zip(schema.multi, schema.mv_offsets):
-    ids = block["mv_ids"][r, off:off + f.max_len]
-    w = block["mv_w"][r, off:off + f.max_len]
+    ids = block["mv_ids"][r, off : off + f.max_len]
+    w = block["mv_w"][r, off : off + f.max_len]
     if (ids != 0).any():
       out[f.name] = sorted(zip(ids[ids != 0].tolist(), np.round(w[ids != 0], 4).tolist()))
   return out
@@ -89,7 +103,9 @@ def _expected_features(items, spec):
   out = {}
   for f, vals in by.items():
     k = spec.names.index(f)
-    h = ids_lib.hash_ids(np.array([v for v, _ in vals]), ids_lib.field_salt(f), int(spec.buckets[k])).tolist()
+    h = ids_lib.hash_ids(
+      np.array([v for v, _ in vals]), ids_lib.field_salt(f), int(spec.buckets[k])
+    ).tolist()
     out[f] = [h[0]] if spec.kinds[k] == "sparse" else sorted(zip(h, [round(w, 4) for _, w in vals]))
   return out
 
@@ -125,18 +141,23 @@ def test_keeps_every_feature_of_every_row(tmp_path):
 
 def test_truncation_keeps_largest_weights_and_is_counted(tmp_path):
   sk, cf, rows = build_raw(tmp_path)
-  m = aliccp.convert(str(sk), str(cf), str(tmp_path / "out"), workers=1, progress=False)  # max_len 32
+  m = aliccp.convert(
+    str(sk), str(cf), str(tmp_path / "out"), workers=1, progress=False
+  )  # max_len 32
   d = ds_lib.open_dataset(str(tmp_path / "out"))
   b = d.read_all()
   for f, off in zip(d.schema.multi, d.schema.mv_offsets):
     n_per_row = [sum(ff == f.name for ff, _ in items) for *_, items in rows]
     dropped = sum(max(0, n - f.max_len) for n in n_per_row)
     assert m["conversion"]["truncated"][f.name] == {
-        "values": dropped, "rows": sum(n > f.max_len for n in n_per_row), "max_len": f.max_len}
+      "values": dropped,
+      "rows": sum(n > f.max_len for n in n_per_row),
+      "max_len": f.max_len,
+    }
     for r, (*_, items) in enumerate(rows):
-      w = b["mv_w"][r, off:off + f.max_len]
+      w = b["mv_w"][r, off : off + f.max_len]
       src = sorted((float(_value(f.name, i)) for ff, i in items if ff == f.name), reverse=True)
-      assert sorted(w[w > 0].tolist(), reverse=True) == pytest.approx(src[:f.max_len])
+      assert sorted(w[w > 0].tolist(), reverse=True) == pytest.approx(src[: f.max_len])
 
 
 def test_parallel_ranges_match_single_process_and_resume(tmp_path):
@@ -180,29 +201,44 @@ def test_bad_lines_are_counted_reported_and_no_good_row_is_lost(tmp_path, capsys
   key = cf.read_text().split(",")[0]
   good = sk.read_text().splitlines()
   bad = [
-      f"101,0,0,{key},1",  # column_count
-      f"102,x,0,{key},1,205\x021\x031.0",  # bad_label
-      f"103,0,1,{key},1,205\x021\x031.0",  # buy_without_click
-      f"104,0,0,{key},1,2051.0",  # bad_feature_item: no separators
-      f"105,0,0,{key},2,205\x021\x031.0\x01206\x022",  # bad_feature_item: no \x03
-      f"106,0,0,ffffffffffffffff,1,205\x021\x031.0",  # unknown_common_feature_index
-      f"107,0,0,{key},1,205\x021\x03x",  # bad_feature_item: non-numeric value
-      f"abc,0,0,{key},1,205\x021\x031.0",  # bad_sample_id
+    f"101,0,0,{key},1",  # column_count
+    f"102,x,0,{key},1,205\x021\x031.0",  # bad_label
+    f"103,0,1,{key},1,205\x021\x031.0",  # buy_without_click
+    f"104,0,0,{key},1,2051.0",  # bad_feature_item: no separators
+    f"105,0,0,{key},2,205\x021\x031.0\x01206\x022",  # bad_feature_item: no \x03
+    "106,0,0,ffffffffffffffff,1,205\x021\x031.0",  # unknown_common_feature_index
+    f"107,0,0,{key},1,205\x021\x03x",  # bad_feature_item: non-numeric value
+    f"abc,0,0,{key},1,205\x021\x031.0",  # bad_sample_id
   ]
   skel = _write(tmp_path / "bad_skeleton.csv", good[:3] + bad + [""] + good[3:])
   cf_lines = cf.read_text().splitlines()
-  common = _write(tmp_path / "bad_common.csv", cf_lines + ["deadbeef,1", cf_lines[0]])  # column_count, duplicate
+  common = _write(
+    tmp_path / "bad_common.csv", cf_lines + ["deadbeef,1", cf_lines[0]]
+  )  # column_count, duplicate
   m = aliccp.convert(str(skel), str(common), str(tmp_path / "out"), workers=1)
   err = capsys.readouterr().err
   b = ds_lib.open_dataset(str(tmp_path / "out")).read_all()
   assert b["sample_id"].tolist() == [r[0] for r in rows]  # every good row, in order
   sk_bad = m["conversion"]["bad_lines"]["skeleton"]
-  assert sk_bad["counts"] == {"column_count": 1, "bad_label": 1, "buy_without_click": 1, "bad_feature_item": 3,
-                              "unknown_common_feature_index": 1, "bad_sample_id": 1}
+  assert sk_bad["counts"] == {
+    "column_count": 1,
+    "bad_label": 1,
+    "buy_without_click": 1,
+    "bad_feature_item": 3,
+    "unknown_common_feature_index": 1,
+    "bad_sample_id": 1,
+  }
   lines = {(l, k) for l, k, _ in sk_bad["examples"]}
-  assert {(4, "column_count"), (5, "bad_label"), (6, "buy_without_click"), (7, "bad_feature_item"),
-          (8, "bad_feature_item"), (9, "unknown_common_feature_index"), (10, "bad_feature_item"),
-          (11, "bad_sample_id")} == lines
+  assert {
+    (4, "column_count"),
+    (5, "bad_label"),
+    (6, "buy_without_click"),
+    (7, "bad_feature_item"),
+    (8, "bad_feature_item"),
+    (9, "unknown_common_feature_index"),
+    (10, "bad_feature_item"),
+    (11, "bad_sample_id"),
+  } == lines
   cf_bad = m["conversion"]["bad_lines"]["common_features"]
   assert cf_bad["counts"] == {"column_count": 1, "duplicate_common_feature_index": 1}
   assert [l for l, _, _ in cf_bad["examples"]] == [len(cf_lines) + 1, len(cf_lines) + 2]
@@ -210,51 +246,84 @@ def test_bad_lines_are_counted_reported_and_no_good_row_is_lost(tmp_path, capsys
   assert f"{common}:{len(cf_lines) + 2}: duplicate_common_feature_index" in err
 
   with pytest.raises(aliccp.ConversionError, match=rf"{skel}:4: column_count"):
-    aliccp.convert(str(skel), str(cf), str(tmp_path / "out_fail"), workers=1, bad_lines="fail", progress=False)
+    aliccp.convert(
+      str(skel), str(cf), str(tmp_path / "out_fail"), workers=1, bad_lines="fail", progress=False
+    )
   assert not (tmp_path / "out_fail" / "manifest.json").exists()
   with pytest.raises(aliccp.ConversionError, match=rf"{common}:{len(cf_lines) + 1}: column_count"):
-    aliccp.convert(str(sk), str(common), str(tmp_path / "out_fail2"), workers=1, bad_lines="fail", progress=False)
+    aliccp.convert(
+      str(sk), str(common), str(tmp_path / "out_fail2"), workers=1, bad_lines="fail", progress=False
+    )
   # The common-features file is read first: its first bad line stops a fail run.
   with pytest.raises(aliccp.ConversionError, match=rf"{common}:{len(cf_lines) + 1}: column_count"):
-    aliccp.convert(str(skel), str(common), str(tmp_path / "out"), workers=1, bad_lines="fail", progress=False)
+    aliccp.convert(
+      str(skel), str(common), str(tmp_path / "out"), workers=1, bad_lines="fail", progress=False
+    )
   # A directory converted with skip, rerun (resumed) with fail: the recorded first bad line stops it.
   aliccp.convert(str(skel), str(cf), str(tmp_path / "out3"), workers=1, progress=False)
   with pytest.raises(aliccp.ConversionError, match=rf"{skel}:4: column_count"):
-    aliccp.convert(str(skel), str(cf), str(tmp_path / "out3"), workers=1, bad_lines="fail", progress=False)
+    aliccp.convert(
+      str(skel), str(cf), str(tmp_path / "out3"), workers=1, bad_lines="fail", progress=False
+    )
 
 
 def test_empty_files(tmp_path):
   sk, cf, rows = build_raw(tmp_path)
   empty = _write(tmp_path / "empty.csv", [])
   m = aliccp.convert(str(empty), str(cf), str(tmp_path / "a"), workers=1, progress=False)
-  assert m["num_rows"] == 0 and m["conversion"]["bad_lines"]["skeleton"]["counts"] == {"empty_file": 1}
+  assert m["num_rows"] == 0 and m["conversion"]["bad_lines"]["skeleton"]["counts"] == {
+    "empty_file": 1
+  }
   m = aliccp.convert(str(sk), str(empty), str(tmp_path / "b"), workers=1, progress=False)
   assert m["num_rows"] == 0
   assert m["conversion"]["bad_lines"]["common_features"]["counts"] == {"empty_file": 1}
-  assert m["conversion"]["bad_lines"]["skeleton"]["counts"] == {"unknown_common_feature_index": len(rows)}
+  assert m["conversion"]["bad_lines"]["skeleton"]["counts"] == {
+    "unknown_common_feature_index": len(rows)
+  }
   with pytest.raises(aliccp.ConversionError, match=rf"{empty}: empty_file"):
-    aliccp.convert(str(empty), str(cf), str(tmp_path / "c"), workers=1, bad_lines="fail", progress=False)
+    aliccp.convert(
+      str(empty), str(cf), str(tmp_path / "c"), workers=1, bad_lines="fail", progress=False
+    )
 
 
 def test_errors_name_the_key_or_path(tmp_path):
   sk, cf, _ = build_raw(tmp_path)
   with pytest.raises(aliccp.ConversionError, match=r"--skeleton: no such file: .*nope.csv"):
     aliccp.convert(str(tmp_path / "nope.csv"), str(cf), str(tmp_path / "o"), progress=False)
-  with pytest.raises(aliccp.ConversionError, match=r"bad_lines='maybe'; allowed: \['skip', 'fail'\]"):
+  with pytest.raises(
+    aliccp.ConversionError, match=r"bad_lines='maybe'; allowed: \['skip', 'fail'\]"
+  ):
     aliccp.convert(str(sk), str(cf), str(tmp_path / "o"), bad_lines="maybe", progress=False)
   cfg = aliccp.default_config()
   cfg.fields["210"].kind = "bag"
-  with pytest.raises(aliccp.ConversionError, match=r"config.fields\['210'\].kind='bag'; allowed: \['sparse', 'multi'\]"):
+  with pytest.raises(
+    aliccp.ConversionError,
+    match=r"config.fields\['210'\].kind='bag'; allowed: \['sparse', 'multi'\]",
+  ):
     aliccp.compile_config(cfg)
 
 
 def test_cli_and_pipeline_read_back(tmp_path):
   sk, cf, rows = build_raw(tmp_path, reps=3)
   out = tmp_path / "cli"
-  res = subprocess.run([sys.executable, "-m", "esmjax.data.aliccp", f"--skeleton={sk}", f"--common_features={cf}",
-                        f"--out_dir={out}", "--workers=1", "--block_rows=8",
-                        f"--config={REPO / 'configs/data/aliccp_raw.py'}", '--config.fields["110_14"].max_len=8'],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+  res = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "esmjax.data.aliccp",
+      f"--skeleton={sk}",
+      f"--common_features={cf}",
+      f"--out_dir={out}",
+      "--workers=1",
+      "--block_rows=8",
+      f"--config={REPO / 'configs/data/aliccp_raw.py'}",
+      '--config.fields["110_14"].max_len=8',
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert res.returncode == 0, res.stderr
   assert "rows/s" in res.stderr
   d = ds_lib.open_dataset(str(out))
@@ -265,9 +334,20 @@ def test_cli_and_pipeline_read_back(tmp_path):
   it = iter(pipeline.train_iter_dataset(d, pipeline.PipelineConfig(batch_size=16, prefetch=0)))
   batch = next(it)
   assert batch["mv_ids"].shape == (16, d.schema.mv_total_len) and batch["labels"].shape == (16, 2)
-  res = subprocess.run([sys.executable, "-m", "esmjax.data.aliccp", f"--skeleton={tmp_path / 'missing.csv'}",
-                        f"--common_features={cf}", f"--out_dir={out}"], cwd=REPO, capture_output=True, text=True,
-                       timeout=120)
+  res = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "esmjax.data.aliccp",
+      f"--skeleton={tmp_path / 'missing.csv'}",
+      f"--common_features={cf}",
+      f"--out_dir={out}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert res.returncode == 1 and f"no such file: {tmp_path / 'missing.csv'}" in res.stderr
 
 
@@ -294,7 +374,9 @@ def _reference_parse(line: str, n_cols: int, skeleton: bool):
   items = []
   if cols[-1]:
     for it in cols[-1].split("\x01"):
-      m = re.fullmatch(r"([^\x02\x03]+)\x02([^\x02\x03]+)\x03(-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)", it)
+      m = re.fullmatch(
+        r"([^\x02\x03]+)\x02([^\x02\x03]+)\x03(-?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)", it
+      )
       if not m:
         return "bad_feature_item", []
       items.append((m.group(1), m.group(2), float(m.group(3))))
@@ -308,14 +390,16 @@ def test_vectorised_parser_matches_a_reference_on_random_lines():
   alphabet = ["1", "0", ",", "\x01", "\x02", "\x03", "x", ".", "-", "e", ""]
   lines = []
   for _ in range(400):
-    items = [f"{rng.choice(fields)}\x02{rng.integers(0, 10**6)}\x03{rng.choice(['1.0', '0.5', '2', '1e-3', '.5'])}"
-             for _ in range(rng.integers(0, 5))]
+    items = [
+      f"{rng.choice(fields)}\x02{rng.integers(0, 10**6)}\x03{rng.choice(['1.0', '0.5', '2', '1e-3', '.5'])}"
+      for _ in range(rng.integers(0, 5))
+    ]
     line = f"{rng.integers(0, 10**9)},{rng.integers(0, 2)},{rng.integers(0, 2)},k{rng.integers(0, 9)},{len(items)},"
     line += "\x01".join(items)
     if rng.random() < 0.5:  # corrupt: replace, insert or delete one character
       k = int(rng.integers(0, len(line) + 1))
       c = str(rng.choice(alphabet))
-      line = line[:k] + c + line[k + int(rng.integers(0, 2)):]
+      line = line[:k] + c + line[k + int(rng.integers(0, 2)) :]
     if rng.random() < 0.1:
       line += "\r"
     lines.append(line)
@@ -330,8 +414,13 @@ def test_vectorised_parser_matches_a_reference_on_random_lines():
     got = {0: "ok", -1: "blank"}.get(int(p.reason[i])) or kinds[int(p.reason[i])]
     assert got == reason, (i, repr(line))
     if reason == "ok":
-      want = [(spec.names.index(f) if f in spec.names else -1, int(i_) if i_.isdigit() else None, v)
-              for f, i_, v in items]
+      want = [
+        (spec.names.index(f) if f in spec.names else -1, int(i_) if i_.isdigit() else None, v)
+        for f, i_, v in items
+      ]
       have = row_items.get(row, [])
-      assert [(f, k if w is not None else None, pytest.approx(v)) for (f, k, v), (_, w, _) in zip(have, want)] == want
+      assert [
+        (f, k if w is not None else None, pytest.approx(v))
+        for (f, k, v), (_, w, _) in zip(have, want)
+      ] == want
       row += 1

@@ -8,15 +8,15 @@ import sys
 
 import numpy as np
 import pytest
+import tiny
 
 import esmjax
-import tiny
 from esmjax import api
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The README's "Python API" example, verbatim (test_readme_shows_this_example keeps them equal).
-README_EXAMPLE = '''\
+README_EXAMPLE = """\
 import esmjax
 from esmjax import config as config_lib
 
@@ -29,7 +29,7 @@ print(summary["metrics"]["ctr/auc"], summary["metrics"]["cvr/auc"])
 model = esmjax.load("workdirs/notebook")    # config and schema come from the workdir
 preds = model.predict(summary["eval_dir"])  # a dataset directory, a Dataset, or a dict of arrays
 print(preds["pctr"][:3], preds["pcvr"][:3], preds["pctcvr"][:3])
-'''
+"""
 
 
 def test_readme_example_runs_as_written(tmp_path, monkeypatch):
@@ -57,7 +57,9 @@ def test_readme_shows_this_example():
   if "## Python API" not in text:
     pytest.skip("README.md has no 'Python API' section yet")
   blocks = re.findall(r"```python\n(.*?)```", text.split("## Python API", 1)[1], re.S)
-  assert blocks and blocks[0] == README_EXAMPLE, "README's Python API example differs from the tested one"
+  assert blocks and blocks[0] == README_EXAMPLE, (
+    "README's Python API example differs from the tested one"
+  )
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +95,9 @@ def test_load_without_summary_uses_checkpoint_config_and_explicit_config(run_dir
     from_ckpt = api.saved_config(wd)
   finally:
     os.rename(os.path.join(wd, "summary.moved"), os.path.join(wd, "summary.json"))
-  assert from_ckpt.model.hidden == cfg.model.hidden and from_ckpt.model.embed_dim == cfg.model.embed_dim
+  assert (
+    from_ckpt.model.hidden == cfg.model.hidden and from_ckpt.model.embed_dim == cfg.model.embed_dim
+  )
   model = esmjax.load(wd, config=cfg)
   assert model.step == 3 and model.schema == tiny.tiny_schema()
 
@@ -113,8 +117,10 @@ def test_clear_errors(run_dir, tmp_path):
 
 
 def test_import_is_cheap_and_versioned():
-  code = ("import sys, esmjax; assert 'jax' not in sys.modules, 'jax imported'; "
-          "assert callable(esmjax.train) and callable(esmjax.load); print(esmjax.__version__)")
+  code = (
+    "import sys, esmjax; assert 'jax' not in sys.modules, 'jax imported'; "
+    "assert callable(esmjax.train) and callable(esmjax.load); print(esmjax.__version__)"
+  )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
   assert out.returncode == 0, out.stderr
   import importlib.metadata

@@ -19,11 +19,10 @@ import time
 import jax
 import numpy as np
 import pytest
-
 import tiny
+
 from esmjax import checkpoint as ckpt_lib
-from esmjax import metrics_io
-from esmjax import trainer
+from esmjax import metrics_io, trainer
 from esmjax.data import dataset as D
 from esmjax.data import pipeline
 from esmjax.loop import data as loop_data
@@ -34,7 +33,9 @@ N = 100  # checkpoint.every_steps; runs go to 2N (4+ epochs of the tiny data)
 
 def esmm_config(**overrides):
   """configs/esmm.py with `overrides` ({"train.batch_size": 64, ...}), as the CLI would build it."""
-  spec = importlib.util.spec_from_file_location("esmm_config", os.path.join(REPO, "configs", "esmm.py"))
+  spec = importlib.util.spec_from_file_location(
+    "esmm_config", os.path.join(REPO, "configs", "esmm.py")
+  )
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   config = mod.get_config()
@@ -45,9 +46,18 @@ def esmm_config(**overrides):
 
 
 def tiny_overrides(data, **kw):
-  o = {"data.train_dir": str(data / "train"), "data.eval_dir": str(data / "eval"), "model.embed_dim": 4,
-       "model.hidden": (8, 4), "train.batch_size": 64, "train.eval_batch_size": 128, "train.num_steps": 2 * N,
-       "train.log_every": 5, "checkpoint.every_steps": N, "mesh.num_devices": 8}
+  o = {
+    "data.train_dir": str(data / "train"),
+    "data.eval_dir": str(data / "eval"),
+    "model.embed_dim": 4,
+    "model.hidden": (8, 4),
+    "train.batch_size": 64,
+    "train.eval_batch_size": 128,
+    "train.num_steps": 2 * N,
+    "train.log_every": 5,
+    "checkpoint.every_steps": N,
+    "mesh.num_devices": 8,
+  }
   o.update(kw)
   return o
 
@@ -64,6 +74,7 @@ def jit_cache(tmp_path_factory):
   same programs are compiled once, not once per run (that is most of this module's time)."""
   try:
     from jax._src import compilation_cache  # reset_cache is private: without it, just no cache
+
     reset = compilation_cache.reset_cache
   except (ImportError, AttributeError):
     yield None
@@ -85,8 +96,13 @@ def data(tmp_path_factory):
   root = tmp_path_factory.mktemp("data")
   schema = tiny_schema()
   for split, rows, seed in (("train", 3000, 0), ("eval", 500, 1)):
-    D.write_dataset(str(root / split), schema, [tiny.random_block(schema, rows, seed, seed * 10**6)],
-                    block_rows=256, blocks_per_shard=3)
+    D.write_dataset(
+      str(root / split),
+      schema,
+      [tiny.random_block(schema, rows, seed, seed * 10**6)],
+      block_rows=256,
+      blocks_per_shard=3,
+    )
   return root
 
 
@@ -99,8 +115,11 @@ def straight(data, tmp_path_factory):
 
 
 def _train_losses(workdir):
-  return [(r["step"], {k: v for k, v in r.items() if k.startswith("loss")})
-          for r in metrics_io.read_metrics(workdir) if r["split"] == "train"]
+  return [
+    (r["step"], {k: v for k, v in r.items() if k.startswith("loss")})
+    for r in metrics_io.read_metrics(workdir)
+    if r["split"] == "train"
+  ]
 
 
 def _logged_step(workdir) -> int:
@@ -119,13 +138,22 @@ def _signal_while_training(workdir, overrides, sig, ready, name, jit_cache, step
   """Starts the CLI on 8 fake devices, slowed by a test hook (`tests/slow_cli.py`: a sleep of
   `step_delay_s` after each dispatch), and sends `sig` as soon as `ready()`.
   -> (exit code, output)."""
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu",
-         "JAX_COMPILATION_CACHE_DIR": jit_cache or os.path.join(os.path.dirname(workdir), "jit-cache"),
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-         "ESMJAX_TEST_STEP_DELAY_S": str(step_delay_s)}
+  env = {
+    **os.environ,
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+    "JAX_PLATFORMS": "cpu",
+    "JAX_COMPILATION_CACHE_DIR": jit_cache or os.path.join(os.path.dirname(workdir), "jit-cache"),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "ESMJAX_TEST_STEP_DELAY_S": str(step_delay_s),
+  }
   flag = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
-  cmd = [sys.executable, os.path.join(REPO, "tests", "slow_cli.py"), "--config=configs/esmm.py",
-         f"--workdir={workdir}", *(f"--config.{k}={flag(v)}" for k, v in overrides.items())]
+  cmd = [
+    sys.executable,
+    os.path.join(REPO, "tests", "slow_cli.py"),
+    "--config=configs/esmm.py",
+    f"--workdir={workdir}",
+    *(f"--config.{k}={flag(v)}" for k, v in overrides.items()),
+  ]
   log = os.path.join(os.path.dirname(workdir), f"{name}.log")
   with open(log, "w") as out:
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -165,22 +193,28 @@ def test_data_position_counts_consumed_batches_not_prefetched_ones(data, prefetc
   loop_data.close_iter(again)
 
 
-def test_sigterm_then_sigkill_then_resume_equals_the_straight_run(data, straight, tmp_path, jit_cache):
+def test_sigterm_then_sigkill_then_resume_equals_the_straight_run(
+  data, straight, tmp_path, jit_cache
+):
   ref, ref_losses, _ = straight
   workdir = str(tmp_path / "B")
   ov = tiny_overrides(data)
   # 10 ms per step (a test hook): the signals land mid-run even when this process is scheduled late.
   # SIGTERM between checkpoints N and 2N: the step in flight finishes, is saved, and the exit is 0.
-  code, out = _signal_while_training(workdir, ov, signal.SIGTERM, lambda: _logged_step(workdir) > N, "sigterm",
-                                     jit_cache)
+  code, out = _signal_while_training(
+    workdir, ov, signal.SIGTERM, lambda: _logged_step(workdir) > N, "sigterm", jit_cache
+  )
   assert code == 0, out[-3000:]
-  line = [l for l in out.splitlines() if l.startswith("esmjax: SIGTERM received: stopped after step")]
+  line = [
+    l for l in out.splitlines() if l.startswith("esmjax: SIGTERM received: stopped after step")
+  ]
   assert line, out[-3000:]
   stopped = int(line[0].split("after step ")[1].split("/")[0])
   assert N < stopped < 2 * N and _saved_steps(workdir) == [N, stopped]
   # Resumed, then SIGKILL 10+ steps later: those steps are lost (no checkpoint after `stopped`).
-  code, out = _signal_while_training(workdir, ov, signal.SIGKILL, lambda: _logged_step(workdir) >= stopped + 10,
-                                     "sigkill", jit_cache)
+  code, out = _signal_while_training(
+    workdir, ov, signal.SIGKILL, lambda: _logged_step(workdir) >= stopped + 10, "sigkill", jit_cache
+  )
   assert code == -signal.SIGKILL, out[-3000:]
   assert f"restored checkpoint step {stopped}" in out
   assert _saved_steps(workdir) == [N, stopped] and _logged_step(workdir) >= stopped + 10
@@ -211,16 +245,21 @@ def test_resume_on_fewer_devices_restores_the_state_with_new_shardings(data, str
   loop_data.close_iter(it2)
   assert ck2.restored_step == 2 * N and it2.get_state() == saved_iter_state(workdir, 2 * N)
   shardings2 = jax.tree_util.tree_leaves(run2.state_sharding)
-  for (path, a), b, sharding in zip(jax.tree_util.tree_flatten_with_path(saved)[0],
-                                    jax.tree_util.tree_leaves(restored), shardings2):
+  for (path, a), b, sharding in zip(
+    jax.tree_util.tree_flatten_with_path(saved)[0], jax.tree_util.tree_leaves(restored), shardings2
+  ):
     a, name = np.asarray(a), jax.tree_util.keystr(path)
     assert b.sharding == sharding and b.sharding.mesh.size == 2, name
     if b.shape != a.shape:  # a table row leaf: 48 -> 42 rows; rows past 41 are never addressed
       assert (a.shape[0], b.shape[0]) == (48, 42), name
-    np.testing.assert_array_equal(np.asarray(b), a[:b.shape[0]] if b.ndim else a, err_msg=name)
+    np.testing.assert_array_equal(np.asarray(b), a[: b.shape[0]] if b.ndim else a, err_msg=name)
   # ... and the run goes on, on 2 devices.
   summary = trainer.train_and_evaluate(cfg2, workdir)
-  assert (summary["resumed_from_step"], summary["steps"], summary["num_devices"]) == (2 * N, 2 * N + 10, 2)
+  assert (summary["resumed_from_step"], summary["steps"], summary["num_devices"]) == (
+    2 * N,
+    2 * N + 10,
+    2,
+  )
   assert np.isfinite(summary["metrics"]["ctr/logloss"])
 
 
@@ -232,8 +271,9 @@ def saved_iter_state(workdir, step):
 def test_workdir_written_with_the_removed_test_hook_keys_resumes_exactly(data, tmp_path, caplog):
   # A workdir whose saved config carries train.inject_nan_at_step and train.step_delay_s (keys
   # default_config() does not have) resumes without a warning, to the uninterrupted run's state.
-  ov = tiny_overrides(data, **{"train.num_steps": 10, "checkpoint.every_steps": 5,
-                               "train.log_every": 5})
+  ov = tiny_overrides(
+    data, **{"train.num_steps": 10, "checkpoint.every_steps": 5, "train.log_every": 5}
+  )
   old = esmm_config(**{**ov, "train.num_steps": 5})
   old.train.inject_nan_at_step, old.train.step_delay_s = -1, 0.0
   workdir = str(tmp_path / "old")

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import tiny
+
 from esmjax import checkpoint as ckpt_lib
 from esmjax import digest as digest_lib
 from esmjax import state as state_lib
@@ -39,9 +39,14 @@ def data(tmp_path_factory):
 def run_config(data, **overrides):
   # embed_dim 64: a table shard (6 rows) is 1.5 KB, above the 1 KB up to which OCDBT inlines a chunk
   # into its checksummed b-tree nodes; larger chunks are stored raw, unchecked, as in real models.
-  base = {"data.train_dir": str(data / "train"), "data.eval_dir": str(data / "eval"),
-          "mesh.num_devices": 8, "train.num_steps": 10, "checkpoint.every_steps": 5,
-          "model.embed_dim": 64}
+  base = {
+    "data.train_dir": str(data / "train"),
+    "data.eval_dir": str(data / "eval"),
+    "mesh.num_devices": 8,
+    "train.num_steps": 10,
+    "checkpoint.every_steps": 5,
+    "model.embed_dim": 64,
+  }
   return tiny.tiny_config("esmm", **{**base, **overrides})
 
 
@@ -79,7 +84,7 @@ def flip_silently(data, workdir, step, fingerprint):
     pristine = f.read()
   for where in (0.5, 0.3, 0.7, 0.4, 0.6):
     at = int(len(pristine) * where)
-    changed = pristine[:at] + bytes(b ^ 0x5A for b in pristine[at:at + 16]) + pristine[at + 16:]
+    changed = pristine[:at] + bytes(b ^ 0x5A for b in pristine[at : at + 16]) + pristine[at + 16 :]
     with open(path, "wb") as f:
       f.write(changed)
     state, restored = restore(data, workdir, verify=False)
@@ -93,7 +98,8 @@ def flip_silently(data, workdir, step, fingerprint):
 
 
 def test_flipped_bytes_fall_back_to_the_previous_checkpoint_and_the_run_ends_the_same(
-    data, trained, tmp_path, caplog):
+  data, trained, tmp_path, caplog
+):
   source, straight = trained
   workdir, only5 = str(tmp_path / "run"), str(tmp_path / "only5")
   shutil.copytree(source, workdir)
@@ -108,8 +114,10 @@ def test_flipped_bytes_fall_back_to_the_previous_checkpoint_and_the_run_ends_the
     state, at = restore(data, workdir)
   assert at == 5
   assert state_lib.state_fingerprint(state) == state_lib.state_fingerprint(step5)
-  assert (f"checkpoint step 10 in {workdir}/checkpoints is corrupt (CorruptCheckpointError: "
-          in caplog.text)
+  assert (
+    f"checkpoint step 10 in {workdir}/checkpoints is corrupt (CorruptCheckpointError: "
+    in caplog.text
+  )
   assert "state arrays differ from the digests recorded at save: state." in caplog.text
   assert "resuming from the previous checkpoint, step 5, instead" in caplog.text
   assert len(glob.glob(os.path.join(workdir, "checkpoints.corrupt", "10-*"))) == 1
@@ -155,19 +163,43 @@ def _two_processes(workdir, data, steps):
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-         "JAX_PLATFORMS": "cpu"}
-  flags = [f"--config.data.train_dir={data / 'train'}", f"--config.data.eval_dir={data / 'eval'}",
-           "--config.model.embed_dim=64", "--config.model.hidden=8,4",
-           "--config.train.batch_size=64", "--config.train.eval_batch_size=128",
-           f"--config.train.num_steps={steps}", "--config.data.prefetch=0",
-           "--config.checkpoint.every_steps=5", "--config.distributed.num_processes=2",
-           f"--config.distributed.coordinator=127.0.0.1:{port}"]
-  command = [sys.executable, "-m", "esmjax.main", "--config=configs/esmm.py",
-             f"--workdir={workdir}", *flags]
-  procs = [subprocess.Popen(command + [f"--config.distributed.process_id={i}"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
+  env = {
+    **os.environ,
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    "JAX_PLATFORMS": "cpu",
+  }
+  flags = [
+    f"--config.data.train_dir={data / 'train'}",
+    f"--config.data.eval_dir={data / 'eval'}",
+    "--config.model.embed_dim=64",
+    "--config.model.hidden=8,4",
+    "--config.train.batch_size=64",
+    "--config.train.eval_batch_size=128",
+    f"--config.train.num_steps={steps}",
+    "--config.data.prefetch=0",
+    "--config.checkpoint.every_steps=5",
+    "--config.distributed.num_processes=2",
+    f"--config.distributed.coordinator=127.0.0.1:{port}",
+  ]
+  command = [
+    sys.executable,
+    "-m",
+    "esmjax.main",
+    "--config=configs/esmm.py",
+    f"--workdir={workdir}",
+    *flags,
+  ]
+  procs = [
+    subprocess.Popen(
+      command + [f"--config.distributed.process_id={i}"],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   logs = [p.communicate(timeout=600)[0] for p in procs]
   for p, log in zip(procs, logs):
     assert p.returncode == 0, log[-3000:]
@@ -201,14 +233,16 @@ def test_two_processes_record_and_verify_the_digests_one_process_computes(tmp_pa
 
 def _tree():
   rng = np.random.default_rng(0)
-  return {"f32": jnp.asarray(rng.normal(size=(48, 4)), jnp.float32),
-          "bf16": jnp.asarray(rng.normal(size=(6, 3)), jnp.bfloat16),
-          "i32": jnp.asarray(rng.integers(-5, 5, (7,)), jnp.int32),
-          "u8": jnp.asarray(rng.integers(0, 255, (2, 3)), jnp.uint8),
-          "flag": jnp.asarray([True, False, True]),
-          "scalar": jnp.float32(0.25),
-          "key": jax.random.key(3),
-          "raw_key": jax.random.PRNGKey(3)}
+  return {
+    "f32": jnp.asarray(rng.normal(size=(48, 4)), jnp.float32),
+    "bf16": jnp.asarray(rng.normal(size=(6, 3)), jnp.bfloat16),
+    "i32": jnp.asarray(rng.integers(-5, 5, (7,)), jnp.int32),
+    "u8": jnp.asarray(rng.integers(0, 255, (2, 3)), jnp.uint8),
+    "flag": jnp.asarray([True, False, True]),
+    "scalar": jnp.float32(0.25),
+    "key": jax.random.key(3),
+    "raw_key": jax.random.PRNGKey(3),
+  }
 
 
 def test_digest_depends_on_values_only_not_on_sharding():
@@ -223,7 +257,9 @@ def test_digest_depends_on_values_only_not_on_sharding():
   assert digest_lib.digests({**tree, "f32": rows}) == base
 
 
-@pytest.mark.parametrize("leaf, change", [
+@pytest.mark.parametrize(
+  "leaf, change",
+  [
     ("f32", lambda x: x.at[17, 2].set(np.nextafter(x[17, 2], np.float32(1e9)))),  # one ulp
     ("f32", lambda x: x.at[jnp.asarray([3, 4])].set(x[jnp.asarray([4, 3])])),  # two rows swapped
     ("f32", lambda x: x.reshape(4, 48)),  # the same bytes in another shape
@@ -235,7 +271,8 @@ def test_digest_depends_on_values_only_not_on_sharding():
     ("scalar", lambda x: x + 1),
     ("key", lambda x: jax.random.key(4)),
     ("raw_key", lambda x: x.at[1].add(1)),
-])
+  ],
+)
 def test_digest_changes_with_any_change_of_a_leaf(leaf, change):
   tree = _tree()
   before = digest_lib.digests(tree)

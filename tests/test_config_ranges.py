@@ -4,25 +4,33 @@ its model / optimizer declares, and an error names the key, the value and the al
 import dataclasses
 
 import pytest
-
 import tiny
+
 from esmjax import config as config_lib
 from esmjax import hparams
 from esmjax.embedding import optimizers as opt_lib
 from esmjax.models import registry
 
 
-@pytest.mark.parametrize("key, value, message", [
+@pytest.mark.parametrize(
+  "key, value, message",
+  [
     ("model.aman_rate", 0.0, "model.aman_rate=0.0 is not allowed: in (0, 1]"),
     ("model.aman_rate", 1.5, "model.aman_rate=1.5 is not allowed: in (0, 1]"),
     ("model.oversample_k", 0.5, "model.oversample_k=0.5 is not allowed: in [1, inf)"),
     ("model.unbias_min_pctr", 0.0, "model.unbias_min_pctr=0.0 is not allowed: in (0, 1]"),
-    ("model.loss_weights", (0.0, 0.0, 0.0),
-     "model.loss_weights=(0.0, 0.0, 0.0) is not allowed: 3 numbers, each in [0, inf), not all 0"),
+    (
+      "model.loss_weights",
+      (0.0, 0.0, 0.0),
+      "model.loss_weights=(0.0, 0.0, 0.0) is not allowed: 3 numbers, each in [0, inf), not all 0",
+    ),
     ("model.loss_weights", (1.0, -1.0, 1.0), "model.loss_weights=(1.0, -1.0, 1.0) is not allowed"),
     ("model.loss_weights", (1.0, 1.0), "model.loss_weights=(1.0, 1.0) is not allowed: 3 numbers"),
-    ("model.daction_label", "basket",
-     "model.daction_label='basket' is not allowed: one of ['daction', 'cart', 'wish']"),
+    (
+      "model.daction_label",
+      "basket",
+      "model.daction_label='basket' is not allowed: one of ['daction', 'cart', 'wish']",
+    ),
     ("model.embed_dim", 0, "model.embed_dim=0 is not allowed: an int > 0"),
     ("model.dropout", 1.0, "model.dropout=1.0 is not allowed: in [0, 1)"),
     ("embedding.learning_rate", 0.0, "embedding.learning_rate=0.0 is not allowed: in (0, inf)"),
@@ -34,7 +42,8 @@ from esmjax.models import registry
     ("embedding.initial_accumulator", -0.1, "embedding.initial_accumulator=-0.1 is not allowed"),
     ("embedding.init_std", -0.01, "embedding.init_std=-0.01 is not allowed: a number >= 0"),
     ("embedding.learning_rate", float("nan"), "embedding.learning_rate=nan is not allowed"),
-])
+  ],
+)
 def test_out_of_range_value_names_key_value_and_range(key, value, message):
   cfg = tiny.tiny_config("esmm")
   config_lib.set_path(cfg, key, value)
@@ -58,13 +67,15 @@ def test_defaults_and_boundaries_are_valid():
 def test_unknown_keys_are_named():
   cfg = tiny.tiny_config("esmm")
   cfg.model.aman_rat = 0.2  # a typo in a config file (the CLI refuses unknown keys itself)
-  with pytest.raises(config_lib.ConfigError,
-                     match=r"model.aman_rat is not a key of any model; keys: .*aman_rate"):
+  with pytest.raises(
+    config_lib.ConfigError, match=r"model.aman_rat is not a key of any model; keys: .*aman_rate"
+  ):
     config_lib.validate(cfg)
   cfg = tiny.tiny_config("esmm")
   cfg.embedding.ftrl_betta = 1.0
-  with pytest.raises(config_lib.ConfigError,
-                     match=r"embedding.ftrl_betta is not a key .*ftrl_beta"):
+  with pytest.raises(
+    config_lib.ConfigError, match=r"embedding.ftrl_betta is not a key .*ftrl_beta"
+  ):
     config_lib.validate(cfg)
 
 

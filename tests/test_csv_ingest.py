@@ -24,7 +24,9 @@ FUXI = SAMPLES / "FuxiCTR/data/tiny_mtl"
 
 
 def _config(name: str):
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "configs" / "data" / f"{name}.py")
+  spec = importlib.util.spec_from_file_location(
+    f"cfg_{name}", REPO / "configs" / "data" / f"{name}.py"
+  )
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod.get_config()
@@ -49,7 +51,11 @@ def _check_against_source(d: ds_lib.Dataset, cfg, header, rows, vocabs=None):
       assert b["labels"][r, d.schema.label_index(lab)] == int(row[col[c]])
     for j, f in enumerate(d.schema.sparse):
       v = row[col[f.name]]
-      want = ids_lib.NUM_RESERVED + vocabs[f.name]["values"].index(v) if v in vocabs[f.name]["values"] else ids_lib.OOV
+      want = (
+        ids_lib.NUM_RESERVED + vocabs[f.name]["values"].index(v)
+        if v in vocabs[f.name]["values"]
+        else ids_lib.OOV
+      )
       assert b["sparse"][r, j] == want, (r, f.name)
     for j, f in enumerate(d.schema.dense):
       assert b["dense"][r, j] == pytest.approx(float(row[col[f.name]]), rel=1e-6)
@@ -67,24 +73,35 @@ def _vocabs(out: Path):
 def test_rechub_aliccp_train_val_test(tmp_path):
   cfg = _config("rechub_aliccp")
   tr = tmp_path / "train"
-  m = csv_ingest.ingest(cfg, [str(RECHUB / "ali-ccp/ali_ccp_train_sample.csv")], str(tr), progress=False)
+  m = csv_ingest.ingest(
+    cfg, [str(RECHUB / "ali-ccp/ali_ccp_train_sample.csv")], str(tr), progress=False
+  )
   header, rows = _rows(RECHUB / "ali-ccp/ali_ccp_train_sample.csv")
   assert m["num_rows"] == 100 and not m["ingest"]["bad_lines"]["counts"]
   d = ds_lib.open_dataset(str(tr))
-  assert len(d.schema.sparse) == 23 and len(d.schema.dense) == 8 and d.schema.labels == ("click", "buy")
+  assert (
+    len(d.schema.sparse) == 23 and len(d.schema.dense) == 8 and d.schema.labels == ("click", "buy")
+  )
   b = _check_against_source(d, cfg, header, rows, _vocabs(tr))
   assert b["labels"].sum(0).tolist() == [7, 1]  # MANIFEST: 7 clicks, 1 purchase
   assert b["sample_id"].tolist() == list(range(100))
   # Dense statistics from the first pass.
   x = np.array([[float(r[header.index(f.name)]) for f in d.schema.dense] for r in rows])
   np.testing.assert_allclose([f.mean for f in d.schema.dense], x.mean(0), rtol=1e-6)
-  np.testing.assert_allclose([f.std for f in d.schema.dense], np.where(x.std(0) > 1e-9, x.std(0), 1.0), rtol=1e-5)
+  np.testing.assert_allclose(
+    [f.std for f in d.schema.dense], np.where(x.std(0) > 1e-9, x.std(0), 1.0), rtol=1e-5
+  )
   assert all(list(f.boundaries) == sorted(set(f.boundaries)) for f in d.schema.dense)
   # Validation and test splits reuse the train vocabularies and dense statistics.
   for split, n, clicks in (("val", 50, 3), ("test", 50, 2)):
     out = tmp_path / split
-    m = csv_ingest.ingest(cfg, [str(RECHUB / f"ali-ccp/ali_ccp_{split}_sample.csv")], str(out), stats_from=str(tr),
-                          progress=False)
+    m = csv_ingest.ingest(
+      cfg,
+      [str(RECHUB / f"ali-ccp/ali_ccp_{split}_sample.csv")],
+      str(out),
+      stats_from=str(tr),
+      progress=False,
+    )
     dd = ds_lib.open_dataset(str(out))
     assert m["num_rows"] == n and dd.schema.dense == d.schema.dense
     assert [f.vocab_size for f in dd.schema.sparse] == [f.vocab_size for f in d.schema.sparse]
@@ -105,7 +122,9 @@ def test_aitm_header_and_headerless_and_buy_without_click(tmp_path):
   keep = [r for r in rows if not (r[0] == "0" and r[1] == "1")]
   _check_against_source(ds_lib.open_dataset(str(tr)), cfg, header, keep, _vocabs(tr))
   te = tmp_path / "test"  # no header line in this file
-  m = csv_ingest.ingest(cfg, [str(AITM / "test/test.csv")], str(te), stats_from=str(tr), progress=False)
+  m = csv_ingest.ingest(
+    cfg, [str(AITM / "test/test.csv")], str(te), stats_from=str(tr), progress=False
+  )
   header, rows = _rows(AITM / "test/test.csv", cfg.columns)
   keep = [r for r in rows if not (r[0] == "0" and r[1] == "1")]
   assert m["num_rows"] == len(keep) == len(rows) - 3
@@ -125,9 +144,14 @@ def test_aliexpress_fuxictr_and_rechub_and_parquet(tmp_path):
   rows += _rows(paths[1])[1]
   assert m["num_rows"] == 200 and len(ds_lib.open_dataset(str(out)).schema.dense) == 63
   b = _check_against_source(ds_lib.open_dataset(str(out)), cfg, header, rows, _vocabs(out))
-  assert b["labels"][:100].sum(0).tolist() == [3, 2]  # MANIFEST: FuxiCTR train 3 clicks, 2 conversions
+  assert b["labels"][:100].sum(0).tolist() == [
+    3,
+    2,
+  ]  # MANIFEST: FuxiCTR train 3 clicks, 2 conversions
   # FuxiCTR test split with the train vocabularies.
-  m = csv_ingest.ingest(cfg, [str(FUXI / "test.csv")], str(tmp_path / "axt"), stats_from=str(out), progress=False)
+  m = csv_ingest.ingest(
+    cfg, [str(FUXI / "test.csv")], str(tmp_path / "axt"), stats_from=str(out), progress=False
+  )
   assert m["num_rows"] == 100
   # Parquet with typed columns gives the same dataset as the CSV.
   pq_path = tmp_path / "train.parquet"
@@ -135,7 +159,10 @@ def test_aliexpress_fuxictr_and_rechub_and_parquet(tmp_path):
   a = csv_ingest.ingest(cfg, [str(paths[0])], str(tmp_path / "c"), progress=False)
   p = csv_ingest.ingest(cfg, [str(pq_path)], str(tmp_path / "p"), progress=False)
   assert a["num_rows"] == p["num_rows"] == 100
-  ba, bp = ds_lib.open_dataset(str(tmp_path / "c")).read_all(), ds_lib.open_dataset(str(tmp_path / "p")).read_all()
+  ba, bp = (
+    ds_lib.open_dataset(str(tmp_path / "c")).read_all(),
+    ds_lib.open_dataset(str(tmp_path / "p")).read_all(),
+  )
   for k in ("labels", "user", "dense"):
     np.testing.assert_array_equal(ba[k], bp[k], err_msg=k)
   # Integer columns print the same in Parquet; vocab ids may differ only by tie order, so compare values.
@@ -162,7 +189,9 @@ def test_hash_mapping_and_overrides(tmp_path):
       assert f.vocab_size == 2 + len(set(raw))
     else:
       assert f.vocab_size == 1002
-      np.testing.assert_array_equal(b["sparse"][:, j], ids_lib.hash_ids(raw, ids_lib.field_salt(f.name), 1000))
+      np.testing.assert_array_equal(
+        b["sparse"][:, j], ids_lib.hash_ids(raw, ids_lib.field_salt(f.name), 1000)
+      )
 
 
 def _write_csv(path: Path, header, rows):
@@ -176,19 +205,28 @@ def test_bad_lines_skip_and_fail(tmp_path):
   lines = [",".join(r) for r in rows]
   good = lines[:5]
   bad = [
-      ",".join(rows[5][:10]),  # column_count
-      "x" + lines[6][1:],  # bad_label
-      "0,1" + lines[7][3:],  # buy_without_click
-      lines[8].rsplit(",", 1)[0] + ",abc",  # bad_dense
+    ",".join(rows[5][:10]),  # column_count
+    "x" + lines[6][1:],  # bad_label
+    "0,1" + lines[7][3:],  # buy_without_click
+    lines[8].rsplit(",", 1)[0] + ",abc",  # bad_dense
   ]
   text = "\n".join([",".join(header)] + good + bad + [""] + lines[9:]) + "\n"
   path = tmp_path / "bad.csv"
   path.write_text(text)
   m = csv_ingest.ingest(cfg, [str(path)], str(tmp_path / "o"), progress=False)
   got = m["ingest"]["bad_lines"]
-  assert got["counts"] == {"column_count": 1, "bad_label": 1, "buy_without_click": 1, "bad_dense": 1}
+  assert got["counts"] == {
+    "column_count": 1,
+    "bad_label": 1,
+    "buy_without_click": 1,
+    "bad_dense": 1,
+  }
   assert sorted((int(w.rsplit(":", 1)[1]), k) for w, k, _ in got["examples"]) == [
-      (7, "column_count"), (8, "bad_label"), (9, "buy_without_click"), (10, "bad_dense")]
+    (7, "column_count"),
+    (8, "bad_label"),
+    (9, "buy_without_click"),
+    (10, "bad_dense"),
+  ]
   assert m["num_rows"] == 5 + len(lines[9:])  # every good row (the blank line is not a row)
   with pytest.raises(csv_ingest.IngestError, match=rf"{path}:7: column_count"):
     cfg.bad_lines = "fail"
@@ -210,18 +248,28 @@ def test_multi_valued_columns_keep_values_and_weights(tmp_path):
   cfg = csv_ingest.base_config()
   cfg.labels = {"click": "click", "buy": "buy"}
   cfg.sparse = ("uid",)
-  cfg.multi = {"hist": {"sep": "|", "weight_sep": ":", "max_len": 3}, "tags": {"sep": " ", "max_len": 2}}
+  cfg.multi = {
+    "hist": {"sep": "|", "weight_sep": ":", "max_len": 3},
+    "tags": {"sep": " ", "max_len": 2},
+  }
   cfg.user = "uid"
   cfg.sample_id = "sid"
-  path = _write_csv(tmp_path / "mv.csv", ["sid", "uid", "click", "buy", "hist", "tags"], [
+  path = _write_csv(
+    tmp_path / "mv.csv",
+    ["sid", "uid", "click", "buy", "hist", "tags"],
+    [
       ["10", "7", "1", "1", "a:0.5|b:2|c", "x y"],
       ["11", "8", "0", "0", "", "y"],
       ["12", "7", "1", "0", "b:1|a:1|d:1|e:3", "x y z"],
       ["13", "9", "0", "0", "a:oops", "x"],  # bad_multi
-  ])
+    ],
+  )
   m = csv_ingest.ingest(cfg, [str(path)], str(tmp_path / "o"), progress=False)
   assert m["ingest"]["bad_lines"]["counts"] == {"bad_multi": 1}
-  assert m["ingest"]["truncated"] == {"hist": {"values": 1, "rows": 1}, "tags": {"values": 1, "rows": 1}}
+  assert m["ingest"]["truncated"] == {
+    "hist": {"values": 1, "rows": 1},
+    "tags": {"values": 1, "rows": 1},
+  }
   d = ds_lib.open_dataset(str(tmp_path / "o"))
   b = d.read_all()
   v = _vocabs(tmp_path / "o")
@@ -232,22 +280,34 @@ def test_multi_valued_columns_keep_values_and_weights(tmp_path):
   np.testing.assert_allclose(b["mv_w"][0, 0:3], [0.5, 2.0, 1.0])
   np.testing.assert_array_equal(hist[1], [0, 0, 0])  # empty cell: all PAD
   np.testing.assert_array_equal(hist[2], [idx("hist", "b"), idx("hist", "a"), idx("hist", "d")])
-  np.testing.assert_array_equal(b["mv_ids"][:, 3:5], [[idx("tags", "x"), idx("tags", "y")], [idx("tags", "y"), 0],
-                                                      [idx("tags", "x"), idx("tags", "y")]])
+  np.testing.assert_array_equal(
+    b["mv_ids"][:, 3:5],
+    [
+      [idx("tags", "x"), idx("tags", "y")],
+      [idx("tags", "y"), 0],
+      [idx("tags", "x"), idx("tags", "y")],
+    ],
+  )
 
 
 def test_config_errors_name_the_key(tmp_path):
   cfg = _config("rechub_aliccp")
   cfg.id_mapping = "lookup"
-  with pytest.raises(csv_ingest.IngestError, match=r"config.id_mapping='lookup'; allowed: \['hash', 'vocab'\]"):
+  with pytest.raises(
+    csv_ingest.IngestError, match=r"config.id_mapping='lookup'; allowed: \['hash', 'vocab'\]"
+  ):
     csv_ingest.ingest(cfg, [str(RECHUB / "ali-ccp/ali_ccp_train_sample.csv")], str(tmp_path / "o"))
   cfg = _config("rechub_aliccp")
   cfg.labels = {"click": "click", "purchase": "purchase"}
-  with pytest.raises(csv_ingest.IngestError, match=r"labels\['purchase'\].*allowed: \['click', 'buy'"):
+  with pytest.raises(
+    csv_ingest.IngestError, match=r"labels\['purchase'\].*allowed: \['click', 'buy'"
+  ):
     csv_ingest.ingest(cfg, [str(RECHUB / "ali-ccp/ali_ccp_train_sample.csv")], str(tmp_path / "o"))
   cfg = _config("rechub_aliccp")
   cfg.dense = ("D508", "no_such_column")
-  with pytest.raises(csv_ingest.IngestError, match=r"column\(s\) \['no_such_column'\] named in the config"):
+  with pytest.raises(
+    csv_ingest.IngestError, match=r"column\(s\) \['no_such_column'\] named in the config"
+  ):
     csv_ingest.ingest(cfg, [str(RECHUB / "ali-ccp/ali_ccp_train_sample.csv")], str(tmp_path / "o"))
   with pytest.raises(csv_ingest.IngestError, match=r"input file does not exist: .*nope.csv"):
     csv_ingest.ingest(_config("rechub_aliccp"), [str(tmp_path / "nope.csv")], str(tmp_path / "o"))
@@ -255,9 +315,23 @@ def test_config_errors_name_the_key(tmp_path):
 
 def test_cli(tmp_path):
   out = tmp_path / "cli"
-  res = subprocess.run([sys.executable, "-m", "esmjax.data.csv_ingest", f"--config={REPO / 'configs/data/aliexpress.py'}",
-                        f"--input={FUXI / 'train.csv'}", f"--out_dir={out}", "--config.id_mapping=hash"],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+  res = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "esmjax.data.csv_ingest",
+      f"--config={REPO / 'configs/data/aliexpress.py'}",
+      f"--input={FUXI / 'train.csv'}",
+      f"--out_dir={out}",
+      "--config.id_mapping=hash",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert res.returncode == 0, res.stderr
   d = ds_lib.open_dataset(str(out))
-  assert d.num_rows == 100 and d.manifest["ingest"]["id_mapping"]["categorical_1"] == f"hash/{1 << 20}"
+  assert (
+    d.num_rows == 100 and d.manifest["ingest"]["id_mapping"]["categorical_1"] == f"hash/{1 << 20}"
+  )

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import tiny
+
 from esmjax import state as state_lib
 from esmjax import steps
 from esmjax.data import dataset as D
@@ -32,8 +32,10 @@ def _batch(n=32, seed=0, names=("ctr", "cvr", "imputation")):
 
 
 def _jax(z, click, buy):
-  return ({k: jnp.asarray(v) for k, v in z.items()},
-          {"click": jnp.asarray(click), "buy": jnp.asarray(buy)})
+  return (
+    {k: jnp.asarray(v) for k, v in z.items()},
+    {"click": jnp.asarray(click), "buy": jnp.asarray(buy)},
+  )
 
 
 def test_escm2_ipw_probabilities_and_loss_match_numpy():
@@ -97,8 +99,9 @@ def test_escm2_dr_risk_imputation_and_gradient_stops_match_numpy():
   assert np.any(grad("cvr", "cvr") != 0) and np.any(grad("imputation", "imputation") != 0)
 
 
-SPARSE_ONLY = D.Schema(sparse=(D.SparseField("user", 7), D.SparseField("item", 5)),
-                       labels=("click", "buy"))
+SPARSE_ONLY = D.Schema(
+  sparse=(D.SparseField("user", 7), D.SparseField("item", 5)), labels=("click", "buy")
+)
 
 
 def _aitm_numpy(params, x):
@@ -151,8 +154,11 @@ def test_aitm_network_probabilities_and_loss_match_numpy():
 
   click = np.asarray(b["labels"][:, 0], np.float64)
   buy = np.asarray(b["labels"][:, 1], np.float64)
-  loss, parts = c.model.loss(z, {"click": jnp.asarray(click, jnp.float32),
-                                 "buy": jnp.asarray(buy, jnp.float32)}, jax.random.PRNGKey(0))
+  loss, parts = c.model.loss(
+    z,
+    {"click": jnp.asarray(click, jnp.float32), "buy": jnp.asarray(buy, jnp.float32)},
+    jax.random.PRNGKey(0),
+  )
   calibrator = np.mean(np.maximum(pctcvr - pctr, 0.0))
   want = np.mean(bce(click, pctr)) + np.mean(bce(click * buy, pctcvr)) + 0.6 * calibrator
   np.testing.assert_allclose(parts["calibrator"], calibrator, rtol=1e-4, atol=1e-7)
@@ -173,8 +179,11 @@ def test_new_models_train_and_predict_every_probability(name):
   c = state_lib.build(cfg, tiny.tiny_schema())
   s = state_lib.init_state(c, 0)
   step = jax.jit(functools.partial(steps.train_step, c))
-  b = {k: jnp.asarray(v) for k, v in tiny.random_block(tiny.tiny_schema(), 64).items()
-       if k in steps.BATCH_KEYS}
+  b = {
+    k: jnp.asarray(v)
+    for k, v in tiny.random_block(tiny.tiny_schema(), 64).items()
+    if k in steps.BATCH_KEYS
+  }
   losses = []
   for _ in range(5):
     s, m = step(s, b)
@@ -229,12 +238,16 @@ def test_esm2_with_cart_only_or_wish_only_logs():
 def test_esm2_daction_label_ablation_still_picks_one_column():
   c = _esm2(("click", "buy", "cart", "wish"), daction_label="wish")
   assert c.label_columns["daction"] == (3,)
-  with pytest.raises(ValueError,
-                     match=r"model.daction_label='cart', but the dataset has only labels"):
+  with pytest.raises(
+    ValueError, match=r"model.daction_label='cart', but the dataset has only labels"
+  ):
     _esm2(("click", "buy", "wish"), daction_label="cart")
 
 
 def test_esm2_without_daction_cart_or_wish_names_what_it_needs():
-  with pytest.raises(ValueError, match=r"model.name='esm2' needs a DAction label: a 'daction' "
-                                       r"column, or 'cart' and/or 'wish'.*\['click', 'buy'\]"):
+  with pytest.raises(
+    ValueError,
+    match=r"model.name='esm2' needs a DAction label: a 'daction' "
+    r"column, or 'cart' and/or 'wish'.*\['click', 'buy'\]",
+  ):
     _esm2(("click", "buy"))

@@ -10,14 +10,13 @@ import os
 import signal
 
 import pytest
-
 import tiny
-from esmjax import metrics_io
-from esmjax import trainer
+from test_checkpoint import jit_cache  # noqa: F401  (autouse: one compilation per program)
+
+from esmjax import metrics_io, trainer
 from esmjax.loop.dispatch import Plan
 from esmjax.loop.hooks import Hooks
 from esmjax.loop.train_log import RateMeter
-from test_checkpoint import jit_cache  # noqa: F401  (autouse: one compilation per program)
 
 
 @pytest.fixture(scope="module")
@@ -29,16 +28,26 @@ def data(tmp_path_factory):
 
 
 def run_config(data, **overrides):
-  base = {"data.train_dir": str(data / "train"), "data.eval_dir": str(data / "eval"),
-          "mesh.num_devices": 8, "train.num_steps": 24, "train.log_every": 6,
-          "train.eval_every": 12, "checkpoint.every_steps": 12, "train.steps_per_dispatch": 1}
+  base = {
+    "data.train_dir": str(data / "train"),
+    "data.eval_dir": str(data / "eval"),
+    "mesh.num_devices": 8,
+    "train.num_steps": 24,
+    "train.log_every": 6,
+    "train.eval_every": 12,
+    "checkpoint.every_steps": 12,
+    "train.steps_per_dispatch": 1,
+  }
   return tiny.tiny_config("esmm", **{**base, **overrides})
 
 
 def records(workdir, split):
   """{step: values} of metrics.jsonl's `split` records, without the timing-dependent rate."""
-  return {r["step"]: {k: v for k, v in r.items() if k not in ("time", "examples_per_sec")}
-          for r in metrics_io.read_metrics(workdir) if r["split"] == split}
+  return {
+    r["step"]: {k: v for k, v in r.items() if k not in ("time", "examples_per_sec")}
+    for r in metrics_io.read_metrics(workdir)
+    if r["split"] == split
+  }
 
 
 def lengths(plan, start=0):
@@ -124,18 +133,31 @@ def test_rate_meter_counts_the_whole_run_without_pauses():
   assert meter.window() == 80.0  # 10 steps in 1 s of training (1.0 .. 1.5, 3.5 .. 4.0)
   meter.add_steps(1)
   assert meter.window() == 4.0  # a short last window: 1 step in 2 s
-  assert meter.summary() == {"examples_per_sec": 168 / 4.0, "examples_per_sec_peak_window": 80.0,
-                             "examples_per_sec_median_window": 80.0, "train_seconds": 4.0,
-                             "log_windows": 3}
+  assert meter.summary() == {
+    "examples_per_sec": 168 / 4.0,
+    "examples_per_sec_peak_window": 80.0,
+    "examples_per_sec_median_window": 80.0,
+    "train_seconds": 4.0,
+    "log_windows": 3,
+  }
 
 
 def test_summary_rate_is_the_runs_not_the_last_windows(data, tmp_path):
   # 7 steps logged every 3: windows of 3, 3 and 1 steps; the last window is short.
-  cfg = run_config(data, **{"train.num_steps": 7, "train.log_every": 3, "train.eval_every": 3,
-                            "checkpoint.every_steps": 100, "train.steps_per_dispatch": 2})
+  cfg = run_config(
+    data,
+    **{
+      "train.num_steps": 7,
+      "train.log_every": 3,
+      "train.eval_every": 3,
+      "checkpoint.every_steps": 100,
+      "train.steps_per_dispatch": 2,
+    },
+  )
   summary = trainer.train_and_evaluate(cfg, str(tmp_path))
-  windows = [r["examples_per_sec"] for r in metrics_io.read_metrics(str(tmp_path))
-             if r["split"] == "train"]
+  windows = [
+    r["examples_per_sec"] for r in metrics_io.read_metrics(str(tmp_path)) if r["split"] == "train"
+  ]
   assert len(windows) == 3 == summary["log_windows"]
   assert summary["examples_per_sec"] == pytest.approx(7 * 64 / summary["train_seconds"], rel=1e-12)
   assert summary["examples_per_sec_peak_window"] == max(windows)

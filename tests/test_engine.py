@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import tiny
+
 from esmjax import config as config_lib
 from esmjax import state as state_lib
 from esmjax import steps
@@ -111,16 +111,18 @@ def test_ftrl_beta_changes_the_step_as_hand_computed():
   g = jnp.asarray([[2.0, -4.0]])
   for beta in (1.0, 3.0):
     opt = opt_lib.make("ftrl", learning_rate=0.5, l1=1.0, l2=0.25, ftrl_beta=beta)
-    t, s = opt_lib.apply_rows(opt, jnp.zeros((1, 2)), opt.init_slots(1, 2), jnp.asarray([0]), g,
-                              jnp.int32(0))
+    t, s = opt_lib.apply_rows(
+      opt, jnp.zeros((1, 2)), opt.init_slots(1, 2), jnp.asarray([0]), g, jnp.int32(0)
+    )
     want = [-(2.0 - 1.0) / ((beta + 2.0) / 0.5 + 0.25), -(-4.0 + 1.0) / ((beta + 4.0) / 0.5 + 0.25)]
     np.testing.assert_allclose(t[0], want, rtol=1e-6)
     np.testing.assert_allclose(s["n"][0], [4.0, 16.0])
 
 
 def test_max_unique_bounds_the_distinct_rows_of_any_batch():
-  layout = state_lib.build(tiny.tiny_config("esmm", **{"model.dense_mode": "bucket"}),
-                           tiny.tiny_schema()).layout
+  layout = state_lib.build(
+    tiny.tiny_config("esmm", **{"model.dense_mode": "bucket"}), tiny.tiny_schema()
+  ).layout
   # Fields in table order: user 12, item 9, ctx 4 | hist 9 (3 slots), tags 6 (2 slots) | price 4,
   # age 4 buckets. A batch of 2 looks each single-valued field up twice and hist 6 times.
   assert layout.vocab_sizes == (12, 9, 4, 9, 6, 4, 4)
@@ -131,8 +133,9 @@ def test_max_unique_bounds_the_distinct_rows_of_any_batch():
     b = tiny.random_block(tiny.tiny_schema(), n, seed=n)
     b["sparse"][:] = rng.integers(-5, 30, b["sparse"].shape)  # ids outside their fields
     b["mv_ids"][:] = rng.integers(-5, 30, b["mv_ids"].shape)
-    gids = np.asarray(layout.global_ids(jnp.asarray(b["sparse"]), jnp.asarray(b["mv_ids"]),
-                                        jnp.asarray(b["dense"])))
+    gids = np.asarray(
+      layout.global_ids(jnp.asarray(b["sparse"]), jnp.asarray(b["mv_ids"]), jnp.asarray(b["dense"]))
+    )
     assert len(np.unique(gids)) <= layout.max_unique(n)
     # Clamped into their own field's rows: column j stays within field j's [offset, offset + vocab).
     starts = np.repeat([0, 12, 21, 25, 34, 40, 44], [1, 1, 1, 3, 2, 1, 1])
@@ -155,7 +158,8 @@ def test_compact_merge_sums_exactly_as_the_full_one():
   want = {int(u): np.asarray(g_full[i]) for i, u in enumerate(np.asarray(u_full)) if u < 50}
   for cap in (distinct, distinct + 7):
     scratch, u, gc = jax.jit(functools.partial(merge.merge_with_scratch, capacity=cap))(
-        jnp.full((50,), -1, jnp.int32), ids, g)
+      jnp.full((50,), -1, jnp.int32), ids, g
+    )
     assert u.shape == (cap,) and np.all(np.asarray(scratch) == -1)
     got = {int(k): np.asarray(gc[i]) for i, k in enumerate(np.asarray(u)) if k < 50}
     assert got.keys() == want.keys() and len(got) == distinct
@@ -175,11 +179,16 @@ def test_compact_merge_updates_as_the_full_one(opt):
   slots = {s: o.init_slots(50, 3) for s in grads}
   scratch = jnp.full((50,), -1, jnp.int32)
   full = jax.jit(functools.partial(engine_lib.merged_update, o, 3))(
-      tables, slots, scratch, ids, grads, jnp.int32(2))
-  check = (functools.partial(np.testing.assert_allclose, rtol=3e-7, atol=0)
-           if opt == "rowwise_adagrad" else np.testing.assert_array_equal)
+    tables, slots, scratch, ids, grads, jnp.int32(2)
+  )
+  check = (
+    functools.partial(np.testing.assert_allclose, rtol=3e-7, atol=0)
+    if opt == "rowwise_adagrad"
+    else np.testing.assert_array_equal
+  )
   for cap in (distinct, distinct + 7, 400):
     compact = jax.jit(functools.partial(engine_lib.merged_update, o, 3, capacity=cap))(
-        tables, slots, scratch, ids, grads, jnp.int32(2))
+      tables, slots, scratch, ids, grads, jnp.int32(2)
+    )
     jax.tree_util.tree_map(lambda x, y: check(np.asarray(x), np.asarray(y)), compact, full)
   assert np.all(np.asarray(full[2]) == -1)

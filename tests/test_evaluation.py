@@ -6,12 +6,12 @@ import logging
 import jax
 import numpy as np
 import pytest
+import tiny
 
 import esmjax
-import tiny
 from esmjax import evaluation
-from esmjax.data import dataset as ds_lib
 from esmjax import metrics as M
+from esmjax.data import dataset as ds_lib
 
 
 def _cols(n=400, seed=0, **preds):
@@ -44,9 +44,10 @@ def test_constant_predictions_are_flagged_and_named(caplog):
   assert m["cvr/collapsed"] == 1.0 and m["cvr/logit_std"] == 0.0 and m["cvr/auc"] == 0.5
   assert m["ctr/collapsed"] == m["ctcvr/collapsed"] == 0.0 and m["ctr/logit_std"] > 0.3
   assert evaluation.collapsed_tasks(m) == ["cvr"]
-  assert ("evaluation: the cvr predictions are collapsed (a dead tower?): their logits' std is 0 "
-          "over 400 rows (below 0.001), pcvr in [0.125, 0.125]; cvr/auc means nothing"
-          in caplog.text)
+  assert (
+    "evaluation: the cvr predictions are collapsed (a dead tower?): their logits' std is 0 "
+    "over 400 rows (below 0.001), pcvr in [0.125, 0.125]; cvr/auc means nothing" in caplog.text
+  )
   assert "the ctr predictions" not in caplog.text
 
 
@@ -111,11 +112,14 @@ def test_ctavr_is_evaluated_on_logs_with_cart_and_wish_but_no_daction():
     return {"labels": np.stack(labels, 1).astype(np.uint8), "user": users, **preds}
 
   with_column = evaluation.compute_metrics(
-      cols([click, buy, cart, wish, cart | wish]),
-      ds_lib.Schema(labels=("click", "buy", "cart", "wish", "daction")))
-  derived = evaluation.compute_metrics(cols([click, buy, cart, wish]),
-                                       ds_lib.Schema(labels=("click", "buy", "cart", "wish")))
+    cols([click, buy, cart, wish, cart | wish]),
+    ds_lib.Schema(labels=("click", "buy", "cart", "wish", "daction")),
+  )
+  derived = evaluation.compute_metrics(
+    cols([click, buy, cart, wish]), ds_lib.Schema(labels=("click", "buy", "cart", "wish"))
+  )
   assert derived["ctavr/auc"] == with_column["ctavr/auc"] and "ctavr/gauc" in derived
-  cart_only = evaluation.compute_metrics(cols([click, buy, cart]),
-                                         ds_lib.Schema(labels=("click", "buy", "cart")))
+  cart_only = evaluation.compute_metrics(
+    cols([click, buy, cart]), ds_lib.Schema(labels=("click", "buy", "cart"))
+  )
   assert cart_only["n/dactions"] == cart.sum()

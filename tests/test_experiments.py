@@ -28,8 +28,12 @@ def test_every_script_runs_in_quick_mode(tmp_path):
     mod = importlib.import_module(f"experiments.{name}")
     payloads[name] = mod.main(["--quick", "--out", out, "--cache_dir", cache])
     md = open(os.path.join(out, f"{name}.md")).read()
-    assert md.startswith("<!-- written by `python -m experiments.") and "| model" in md or "| fraction" in md \
-        or "| group" in md
+    assert (
+      md.startswith("<!-- written by `python -m experiments.")
+      and "| model" in md
+      or "| fraction" in md
+      or "| group" in md
+    )
     with open(os.path.join(out, f"{name}.json")) as f:
       js = json.load(f)
     assert js["mode"] == "quick" and js["seeds"] == [0]
@@ -48,7 +52,10 @@ def test_every_script_runs_in_quick_mode(tmp_path):
   assert default_pt["default"] and default_pt["runs"]["esmm"][0]["key"] == esmm_a["key"]
   assert not bait_pt["default"] and bait_pt["value"] == 1.0
   assert {r["key"] for r in bait_pt["runs"]["esmm"]}.isdisjoint({esmm_a["key"]})
-  assert bait_pt["world_stats_eval"]["selection_ratio"] != default_pt["world_stats_eval"]["selection_ratio"]
+  assert (
+    bait_pt["world_stats_eval"]["selection_ratio"]
+    != default_pt["world_stats_eval"]["selection_ratio"]
+  )
   # The SCart-only ablation trained another model than the reference (it read another label).
   abl = payloads["esm2_ablations"]
   scart = abl["runs"]["DAction: SCart only"][0]
@@ -61,20 +68,33 @@ def test_every_script_runs_in_quick_mode(tmp_path):
 def test_purchase_group_aucs_exact():
   from esmjax.data import dataset as D
 
-  schema = D.Schema(sparse=(D.SparseField("u", 10),), multi=(),
-                    dense=(D.DenseField("user_buys_hist"),), labels=("click", "buy"), truth=())
+  schema = D.Schema(
+    sparse=(D.SparseField("u", 10),),
+    multi=(),
+    dense=(D.DenseField("user_buys_hist"),),
+    labels=("click", "buy"),
+    truth=(),
+  )
   click = np.array([1, 1, 1, 1, 0, 1, 1, 1], np.uint8)
   buy = np.array([1, 0, 1, 0, 0, 0, 1, 0], np.uint8)
-  cols = {"labels": np.stack([click, buy], 1), "user": np.array([1, 1, 2, 2, 3, 3, 4, 4]),
-          "dense": np.array([[0], [0], [15], [15], [60], [60], [30], [30]], np.float32),
-          "pcvr": np.array([.9, .1, .2, .8, .5, .5, .6, .4]), "pctcvr": np.array([.5, .1, .1, .4, .0, .2, .3, .2])}
+  cols = {
+    "labels": np.stack([click, buy], 1),
+    "user": np.array([1, 1, 2, 2, 3, 3, 4, 4]),
+    "dense": np.array([[0], [0], [15], [15], [60], [60], [30], [30]], np.float32),
+    "pcvr": np.array([0.9, 0.1, 0.2, 0.8, 0.5, 0.5, 0.6, 0.4]),
+    "pctcvr": np.array([0.5, 0.1, 0.1, 0.4, 0.0, 0.2, 0.3, 0.2]),
+  }
   train = {"labels": np.array([[1, 1], [1, 1], [1, 0]], np.uint8), "user": np.array([2, 2, 4])}
   g = common.purchase_group_aucs(cols, schema, train)
   hist = {r["group"]: r for r in g["history"]}
   assert hist["[0,10]"]["cvr_auc"] == 1.0 and hist["[11,20]"]["cvr_auc"] == 0.0
-  assert hist["[21,50]"]["cvr_auc"] == 1.0 and math.isnan(hist["[51,+]"]["cvr_auc"])  # no buyer: no AUC
+  assert hist["[21,50]"]["cvr_auc"] == 1.0 and math.isnan(
+    hist["[51,+]"]["cvr_auc"]
+  )  # no buyer: no AUC
   assert hist["[51,+]"]["impressions"] == 2 and hist["[51,+]"]["clicks"] == 1
-  tb = {r["group"]: r for r in g["train_buys"]}  # user 2 bought twice in training, users 1, 3, 4 never
+  tb = {
+    r["group"]: r for r in g["train_buys"]
+  }  # user 2 bought twice in training, users 1, 3, 4 never
   assert tb["[2,+]"]["impressions"] == 2 and tb["0"]["impressions"] == 6
   zero = g["train_buys"][0]
   assert zero["impressions"] == 6
@@ -91,14 +111,19 @@ def test_paired_differences_match_seeds():
 
 def test_baseline_configs_override_only_their_model():
   default = config_lib.default_config()
-  for name, model, key, value in (("aman_50", "aman", "aman_rate", 0.5), ("oversampling_10", "oversampling",
-                                                                          "oversample_k", 10.0),
-                                  ("esmm_ns", "esmm_ns", None, None), ("dnn_os", "dnn_os", "oversample_k", 5.0)):
+  for name, model, key, value in (
+    ("aman_50", "aman", "aman_rate", 0.5),
+    ("oversampling_10", "oversampling", "oversample_k", 10.0),
+    ("esmm_ns", "esmm_ns", None, None),
+    ("dnn_os", "dnn_os", "oversample_k", 5.0),
+  ):
     c = config_lib.validate(common.load_config(name))
     assert c.model.name == model
     if key:
       assert c.model[key] == value
-    assert c.model.embed_dim == default.model.embed_dim and tuple(c.model.hidden) == tuple(default.model.hidden)
+    assert c.model.embed_dim == default.model.embed_dim and tuple(c.model.hidden) == tuple(
+      default.model.hidden
+    )
 
 
 def test_daction_label_is_validated():

@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-
 import tiny
+
 from esmjax import api
 from esmjax import export as export_lib
 
@@ -58,14 +58,22 @@ def test_signature_documents_inputs_and_outputs(trained):
   model, path, sig, _ = trained
   s = tiny.tiny_schema()
   assert export_lib.load_exported(path).signature == sig
-  assert sig["format"] == "esmjax-export" and sig["model"] == "esm2" and sig["step"] == model.step == 3
+  assert (
+    sig["format"] == "esmjax-export" and sig["model"] == "esm2" and sig["step"] == model.step == 3
+  )
   assert [x["name"] for x in sig["inputs"]] == ["sparse", "mv_ids", "mv_w", "dense"]
   assert [x["dtype"] for x in sig["inputs"]] == ["int32", "int32", "float32", "float32"]
   assert [x["shape"] for x in sig["inputs"]] == [["b", 3], ["b", 5], ["b", 5], ["b", 2]]
   sparse, mv_ids, _, dense = sig["inputs"]
-  assert [(f["name"], f["vocab_size"]) for f in sparse["fields"]] == [("user", 12), ("item", 9), ("ctx", 4)]
+  assert [(f["name"], f["vocab_size"]) for f in sparse["fields"]] == [
+    ("user", 12),
+    ("item", 9),
+    ("ctx", 4),
+  ]
   assert [(f["name"], f["columns"], f["pooling"]) for f in mv_ids["fields"]] == [
-      ("hist", [0, 3], "sum"), ("tags", [3, 5], "mean")]
+    ("hist", [0, 3], "sum"),
+    ("tags", [3, 5], "mean"),
+  ]
   assert mv_ids["vocab_sizes"] == [9, 9, 9, 6, 6]
   assert [f["name"] for f in dense["fields"]] == [f.name for f in s.dense]
   assert [o["name"] for o in sig["outputs"]] == ["pctr", "pcvr", "pctcvr", "pctavr"]
@@ -95,11 +103,14 @@ def test_standalone_script_needs_no_esmjax(trained, tmp_path):
   rows = _rows(6, 8)
   np.savez(tmp_path / "rows.npz", **rows)
   script = os.path.join(REPO, "examples", "serve_exported.py")
-  code = BLOCK + f"sys.argv = ['serve', {path!r}, {str(tmp_path / 'rows.npz')!r}]\n" \
-                 f"import runpy; runpy.run_path({script!r}, run_name='__main__')\n"
+  code = (
+    BLOCK + f"sys.argv = ['serve', {path!r}, {str(tmp_path / 'rows.npz')!r}]\n"
+    f"import runpy; runpy.run_path({script!r}, run_name='__main__')\n"
+  )
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTHONPATH")}
-  out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=120)
+  out = subprocess.run(
+    [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   lines = out.stdout.split("\n")
   names = lines[0].split()
@@ -113,18 +124,34 @@ def test_standalone_script_needs_no_esmjax(trained, tmp_path):
 def test_cli_export_mode(trained, tmp_path):
   model, _, _, _ = trained
   cfg_file = tmp_path / "saved_config.py"
-  cfg_file.write_text("from esmjax import api\n\n\ndef get_config():\n"
-                      f"  return api.saved_config({model.workdir!r})\n")
+  cfg_file.write_text(
+    f"from esmjax import api\n\n\ndef get_config():\n  return api.saved_config({model.workdir!r})\n"
+  )
   path = str(tmp_path / "cli" / "m.jaxexport")
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device: restore re-shards
-  out = subprocess.run([sys.executable, "-m", "esmjax.main", f"--config={cfg_file}", "--config.mesh.num_devices=1",
-                        f"--workdir={model.workdir}", "--mode=export", f"--export_path={path}"],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "esmjax.main",
+      f"--config={cfg_file}",
+      "--config.mesh.num_devices=1",
+      f"--workdir={model.workdir}",
+      "--mode=export",
+      f"--export_path={path}",
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=180,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert f"to {path}" in out.stdout
   rows = _rows(9, 9)
-  np.testing.assert_allclose(export_lib.load_exported(path)(rows)["pctcvr"], model.predict(rows)["pctcvr"],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    export_lib.load_exported(path)(rows)["pctcvr"], model.predict(rows)["pctcvr"], rtol=1e-6
+  )
 
 
 # -- stray ids: scored as OOV in the function and the library, refused by load_exported -----------
@@ -136,9 +163,15 @@ def _strays(n=12, seed=11):
   rows = _rows(n, seed)
   bad = {k: v.astype(np.int64) if k in ("sparse", "mv_ids") else v.copy() for k, v in rows.items()}
   oov = {k: v.copy() for k, v in rows.items()}
-  for key, r, c, v in (("sparse", 0, 0, 12), ("sparse", 1, 1, -1), ("sparse", 2, 1, 2**32 + 5),
-                       ("sparse", 3, 2, 104), ("mv_ids", 4, 0, 9), ("mv_ids", 5, 2, -(2**40)),
-                       ("mv_ids", 6, 4, 6)):
+  for key, r, c, v in (
+    ("sparse", 0, 0, 12),
+    ("sparse", 1, 1, -1),
+    ("sparse", 2, 1, 2**32 + 5),
+    ("sparse", 3, 2, 104),
+    ("mv_ids", 4, 0, 9),
+    ("mv_ids", 5, 2, -(2**40)),
+    ("mv_ids", 6, 4, 6),
+  ):
     bad[key][r, c] = v
     oov[key][r, c] = 1
     if key == "mv_ids":  # a weighted slot: the row it reads matters
@@ -198,18 +231,37 @@ def test_load_exported_checks_ids_before_the_cast(trained):
   served = export_lib.load_exported(path)
   rows = _rows(4, 13)
   cases = [
-      ("sparse", np.int64, (1, 1), 2**32 + 5,
-       r"sparse column 1 has ids outside \[0, 9\) of field 'item' \(4294967301 at row 1\)"),
-      ("sparse", np.uint64, (0, 2), 2**63,
-       r"sparse column 2 has ids outside \[0, 4\) of field 'ctx'"),
-      ("mv_ids", np.int64, (3, 0), -1,
-       r"mv_ids column 0 has ids outside \[0, 9\) of field 'hist' \(-1 at row 3\)"),
-      ("mv_ids", np.float64, (2, 4), 2.5, r"mv_ids column 4 \(field 'tags'\) holds 2.5 at row 2"),
-      ("sparse", np.float32, (0, 0), np.nan,
-       r"sparse column 0 \(field 'user'\) holds nan at row 0"),
-      ("mv_w", np.float64, (1, 1), 1e39,
-       r"mv_w column 1 \(field 'hist'\) holds 1e\+39 at row 1, a value that is not a finite "
-       "float32"),
+    (
+      "sparse",
+      np.int64,
+      (1, 1),
+      2**32 + 5,
+      r"sparse column 1 has ids outside \[0, 9\) of field 'item' \(4294967301 at row 1\)",
+    ),
+    (
+      "sparse",
+      np.uint64,
+      (0, 2),
+      2**63,
+      r"sparse column 2 has ids outside \[0, 4\) of field 'ctx'",
+    ),
+    (
+      "mv_ids",
+      np.int64,
+      (3, 0),
+      -1,
+      r"mv_ids column 0 has ids outside \[0, 9\) of field 'hist' \(-1 at row 3\)",
+    ),
+    ("mv_ids", np.float64, (2, 4), 2.5, r"mv_ids column 4 \(field 'tags'\) holds 2.5 at row 2"),
+    ("sparse", np.float32, (0, 0), np.nan, r"sparse column 0 \(field 'user'\) holds nan at row 0"),
+    (
+      "mv_w",
+      np.float64,
+      (1, 1),
+      1e39,
+      r"mv_w column 1 \(field 'hist'\) holds 1e\+39 at row 1, a value that is not a finite "
+      "float32",
+    ),
   ]
   for key, dtype, (r, c), value, message in cases:
     bad = {**rows, key: rows[key].astype(dtype)}
@@ -218,8 +270,11 @@ def test_load_exported_checks_ids_before_the_cast(trained):
       served(bad)
   with pytest.raises(ValueError, match="sparse has dtype <U1"):
     served({**rows, "sparse": np.full((4, 3), "1")})
-  integral = {**rows, "sparse": rows["sparse"].astype(np.float64),
-              "mv_ids": rows["mv_ids"].astype(np.int64)}
+  integral = {
+    **rows,
+    "sparse": rows["sparse"].astype(np.float64),
+    "mv_ids": rows["mv_ids"].astype(np.int64),
+  }
   np.testing.assert_array_equal(served(integral)["pctr"], served(rows)["pctr"])
 
 
@@ -235,20 +290,23 @@ def test_exported_function_scores_stray_ids_as_oov_standalone(trained, tmp_path)
   np.savez(tmp_path / "int32.npz", **_as_int32(bad))  # strays the function itself must map
   script = os.path.join(REPO, "examples", "serve_exported.py")
   code = BLOCK + (
-      f"sys.argv = ['serve', {path!r}, {str(tmp_path / 'bad.npz')!r}]\n"
-      f"import runpy; ns = runpy.run_path({script!r}, run_name='__main__')\n"
-      "import numpy as np\n"
-      f"rows = dict(np.load({str(tmp_path / 'int32.npz')!r}))\n"
-      "names = [x['name'] for x in ns['signature']['inputs']]\n"
-      "out = ns['exported'].call({k: rows[k] for k in names})\n"
-      f"np.savez({str(tmp_path / 'direct.npz')!r},"
-      " **{k: np.asarray(v) for k, v in out.items()})\n")
+    f"sys.argv = ['serve', {path!r}, {str(tmp_path / 'bad.npz')!r}]\n"
+    f"import runpy; ns = runpy.run_path({script!r}, run_name='__main__')\n"
+    "import numpy as np\n"
+    f"rows = dict(np.load({str(tmp_path / 'int32.npz')!r}))\n"
+    "names = [x['name'] for x in ns['signature']['inputs']]\n"
+    "out = ns['exported'].call({k: rows[k] for k in names})\n"
+    f"np.savez({str(tmp_path / 'direct.npz')!r},"
+    " **{k: np.asarray(v) for k, v in out.items()})\n"
+  )
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTHONPATH")}
-  out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=120)
+  out = subprocess.run(
+    [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+  )
   assert out.returncode == 0, out.stderr[-2000:]
-  assert ("serve_exported: 4 sparse id(s) outside their field's vocabulary scored as OOV"
-          in out.stderr)
+  assert (
+    "serve_exported: 4 sparse id(s) outside their field's vocabulary scored as OOV" in out.stderr
+  )
   assert "serve_exported: 3 mv_ids id(s) outside" in out.stderr
   lines = out.stdout.split("\n")
   names = lines[0].split()

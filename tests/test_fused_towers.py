@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import tiny
+
 from esmjax import state as state_lib
 from esmjax import steps
 from esmjax.models import layers
@@ -33,10 +33,14 @@ class SeparateTowers(nn.Module):
 
   @nn.compact
   def __call__(self, emb, mv_w, dense, train=False):
-    feats = {s: layers.FieldInputs(self.spec, name=f"inputs_{s}")(emb[s], mv_w, dense)
-             for s in dict.fromkeys(s for _, s in self.towers)}
-    return {t: layers.Tower(self.hidden, dropout=self.dropout, name=f"tower_{t}")(feats[s], train)
-            for t, s in self.towers}
+    feats = {
+      s: layers.FieldInputs(self.spec, name=f"inputs_{s}")(emb[s], mv_w, dense)
+      for s in dict.fromkeys(s for _, s in self.towers)
+    }
+    return {
+      t: layers.Tower(self.hidden, dropout=self.dropout, name=f"tower_{t}")(feats[s], train)
+      for t, s in self.towers
+    }
 
 
 def _setup(model, fuse, dropout=0.0):
@@ -58,14 +62,23 @@ def _grads(c, state, batch, train):
   emb = c.engine.lookup(state.tables, gids)
   f = lambda p, e: steps._loss_fn(c, p, e, batch, state.rng, train)
   (loss, _), grads = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(state.params, emb)
-  z = c.model.apply({"params": state.params}, emb, batch["mv_w"], batch["dense"], train=train,
-                    rngs={"dropout": jax.random.fold_in(state.rng, 1)} if train else None)
+  z = c.model.apply(
+    {"params": state.params},
+    emb,
+    batch["mv_w"],
+    batch["dense"],
+    train=train,
+    rngs={"dropout": jax.random.fold_in(state.rng, 1)} if train else None,
+  )
   return z, loss, grads
 
 
 def _assert_trees(a, b, exact):
-  check = np.testing.assert_array_equal if exact else functools.partial(
-      np.testing.assert_allclose, rtol=2e-5, atol=1e-7)
+  check = (
+    np.testing.assert_array_equal
+    if exact
+    else functools.partial(np.testing.assert_allclose, rtol=2e-5, atol=1e-7)
+  )
   jax.tree_util.tree_map(lambda x, y: check(np.asarray(x), np.asarray(y)), a, b)
 
 
@@ -80,10 +93,10 @@ def test_unfused_network_is_the_tower_reference_bit_for_bit(dropout):
   params = ref.init(key, emb, b["mv_w"], b["dense"])["params"]
   _assert_trees(params, state.params, exact=True)  # same tree, same initialisation
   rngs = {"dropout": jax.random.PRNGKey(7)}
-  want = jax.jit(lambda p, e: ref.apply({"params": p}, e, b["mv_w"], b["dense"], True,
-                                        rngs=rngs))
-  got = jax.jit(lambda p, e: c.model.apply({"params": p}, e, b["mv_w"], b["dense"], True,
-                                          rngs=rngs))
+  want = jax.jit(lambda p, e: ref.apply({"params": p}, e, b["mv_w"], b["dense"], True, rngs=rngs))
+  got = jax.jit(
+    lambda p, e: c.model.apply({"params": p}, e, b["mv_w"], b["dense"], True, rngs=rngs)
+  )
   _assert_trees(got(state.params, emb), want(state.params, emb), exact=True)
 
 

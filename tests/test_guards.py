@@ -12,17 +12,16 @@ import types
 import jax
 import numpy as np
 import pytest
-
 import tiny
+from test_checkpoint import jit_cache  # noqa: F401  (autouse: one compilation per program)
+
 from esmjax import checkpoint as ckpt_lib
 from esmjax import config as config_lib
 from esmjax import main as main_lib
-from esmjax import metrics_io
-from esmjax import trainer
+from esmjax import metrics_io, trainer
 from esmjax.data import dataset as D
 from esmjax.loop import data as loop_data
 from esmjax.loop import guard as guard_lib
-from test_checkpoint import jit_cache  # noqa: F401  (autouse: one compilation per program)
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +33,13 @@ def data(tmp_path_factory):
 
 
 def run_config(data, **overrides):
-  base = {"data.train_dir": str(data / "train"), "data.eval_dir": str(data / "eval"), "mesh.num_devices": 8,
-          "train.num_steps": 10, "checkpoint.every_steps": 5}
+  base = {
+    "data.train_dir": str(data / "train"),
+    "data.eval_dir": str(data / "eval"),
+    "mesh.num_devices": 8,
+    "train.num_steps": 10,
+    "checkpoint.every_steps": 5,
+  }
   return tiny.tiny_config("esmm", **{**base, **overrides})
 
 
@@ -65,56 +69,97 @@ def run_main(config, workdir, monkeypatch, capsys):
 # -- config errors: named keys, before anything is read or compiled -----------------------------------
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     ({"train.batch_size": 60}, "train.batch_size=60 is not divisible by the 8 devices"),
-    ({"embedding.optimizer": "adamax"}, "embedding.optimizer='adamax' is not a sparse optimizer; allowed"),
+    (
+      {"embedding.optimizer": "adamax"},
+      "embedding.optimizer='adamax' is not a sparse optimizer; allowed",
+    ),
     ({"optimizer.name": "rmsprop"}, "optimizer.name='rmsprop' is not allowed; allowed"),
     ({"model.name": "esmmm"}, "model.name='esmmm' is not a model; allowed"),
     ({"model.hidden": ()}, "model.hidden=(): tower sizes are missing"),
-    ({"data.train_dir": "/nonexistent/train"}, "data.train_dir='/nonexistent/train': directory does not exist"),
+    (
+      {"data.train_dir": "/nonexistent/train"},
+      "data.train_dir='/nonexistent/train': directory does not exist",
+    ),
     ({"data.eval_dir": ""}, "data.train_dir is set but data.eval_dir is empty"),
-    ({"checkpoint.best_metric": "ctr/acu"}, "checkpoint.best_metric='ctr/acu' is not an eval metric"),
+    (
+      {"checkpoint.best_metric": "ctr/acu"},
+      "checkpoint.best_metric='ctr/acu' is not an eval metric",
+    ),
     ({"checkpoint.best_mode": "largest"}, "checkpoint.best_mode='largest' is not allowed"),
     ({"train.steps_per_dispatch": 0}, "train.steps_per_dispatch=0 is out of range"),
-])
+  ],
+)
 def test_config_errors_name_the_key(data, overrides, message):
   with pytest.raises(config_lib.ConfigError) as e:
     config_lib.validate(run_config(data, **overrides))
   assert message in str(e.value)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"optimizer.learning_rate": -1e-4}, "optimizer.learning_rate=-0.0001 is out of range; allowed: a "
-     "finite number in (0, ∞)"),
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
+    (
+      {"optimizer.learning_rate": -1e-4},
+      "optimizer.learning_rate=-0.0001 is out of range; allowed: a finite number in (0, ∞)",
+    ),
     ({"optimizer.learning_rate": float("nan")}, "optimizer.learning_rate=nan is out of range"),
-    ({"optimizer.weight_decay": -0.1}, "optimizer.weight_decay=-0.1 is out of range; allowed: a finite "
-     "number in [0, ∞)"),
-    ({"optimizer.grad_clip": -1.0}, "optimizer.grad_clip=-1.0 is out of range; allowed: a finite number "
-     "in [0, ∞)"),
-    ({"train.num_steps": -1, "train.num_epochs": 0.0}, "train.num_epochs=0.0 is out of range; allowed: a "
-     "finite number in (0, ∞)"),
-    ({"train.num_epochs": -2.0}, "train.num_epochs=-2.0 is out of range; allowed: a finite number in "
-     "[0, ∞)"),
-    ({"train.num_steps": 0}, "train.num_steps=0 is out of range; allowed: an integer in [1, ∞), or -1 "
-     "(from train.num_epochs)"),
+    (
+      {"optimizer.weight_decay": -0.1},
+      "optimizer.weight_decay=-0.1 is out of range; allowed: a finite number in [0, ∞)",
+    ),
+    (
+      {"optimizer.grad_clip": -1.0},
+      "optimizer.grad_clip=-1.0 is out of range; allowed: a finite number in [0, ∞)",
+    ),
+    (
+      {"train.num_steps": -1, "train.num_epochs": 0.0},
+      "train.num_epochs=0.0 is out of range; allowed: a finite number in (0, ∞)",
+    ),
+    (
+      {"train.num_epochs": -2.0},
+      "train.num_epochs=-2.0 is out of range; allowed: a finite number in [0, ∞)",
+    ),
+    (
+      {"train.num_steps": 0},
+      "train.num_steps=0 is out of range; allowed: an integer in [1, ∞), or -1 "
+      "(from train.num_epochs)",
+    ),
     ({"train.batch_size": 0}, "train.batch_size=0 is out of range; allowed: an integer in [1, ∞)"),
     ({"train.eval_batch_size": -8}, "train.eval_batch_size=-8 is out of range"),
     ({"train.log_every": 0}, "train.log_every=0 is out of range; allowed: an integer in [1, ∞)"),
-    ({"train.eval_every": 0}, "train.eval_every=0 is out of range; allowed: an integer in [1, ∞), or -1 "
-     "(at the end only)"),
-    ({"train.max_eval_rows": 0}, "train.max_eval_rows=0 is out of range; allowed: an integer in [1, ∞), "
-     "or -1 (all rows)"),
+    (
+      {"train.eval_every": 0},
+      "train.eval_every=0 is out of range; allowed: an integer in [1, ∞), or -1 (at the end only)",
+    ),
+    (
+      {"train.max_eval_rows": 0},
+      "train.max_eval_rows=0 is out of range; allowed: an integer in [1, ∞), or -1 (all rows)",
+    ),
     ({"train.seed": -1}, "train.seed=-1 is out of range; allowed: an integer in [0, 4294967295]"),
     ({"checkpoint.every_steps": 0}, "checkpoint.every_steps=0 is out of range"),
     ({"checkpoint.keep": 0}, "checkpoint.keep=0 is out of range; allowed: an integer in [1, ∞)"),
-    ({"mesh.num_devices": 0}, "mesh.num_devices=0 is out of range; allowed: an integer in [1, ∞), or -1 "
-     "(all devices)"),
-    ({"distributed.process_id": 1}, "distributed.process_id=1 is out of range; allowed: an integer in "
-     "[0, 0]"),
-    ({"distributed.num_processes": 2, "distributed.process_id": 1},
-     "distributed.num_processes=2 needs distributed.coordinator (host:port)"),
-    ({"distributed.coordinator": "localhost"}, "distributed.coordinator='localhost' is not HOST:PORT"),
-])
+    (
+      {"mesh.num_devices": 0},
+      "mesh.num_devices=0 is out of range; allowed: an integer in [1, ∞), or -1 (all devices)",
+    ),
+    (
+      {"distributed.process_id": 1},
+      "distributed.process_id=1 is out of range; allowed: an integer in [0, 0]",
+    ),
+    (
+      {"distributed.num_processes": 2, "distributed.process_id": 1},
+      "distributed.num_processes=2 needs distributed.coordinator (host:port)",
+    ),
+    (
+      {"distributed.coordinator": "localhost"},
+      "distributed.coordinator='localhost' is not HOST:PORT",
+    ),
+  ],
+)
 def test_numeric_keys_out_of_range_name_key_value_and_range(data, overrides, message):
   with pytest.raises(config_lib.ConfigError) as e:
     config_lib.validate(run_config(data, **overrides))
@@ -126,11 +171,22 @@ def test_data_dir_without_manifest_is_named(data, tmp_path):
     config_lib.validate(run_config(data, **{"data.eval_dir": str(tmp_path)}))
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"mesh.num_devices": -1, "train.batch_size": 60}, "train.batch_size=60 is not divisible by the 8 devices"),
-    ({"mesh.num_devices": 16, "train.batch_size": 64}, "mesh.num_devices=16 but only 8 device(s) are visible"),
-])
-def test_device_errors_come_before_data_and_compilation(data, tmp_path, monkeypatch, overrides, message):
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
+    (
+      {"mesh.num_devices": -1, "train.batch_size": 60},
+      "train.batch_size=60 is not divisible by the 8 devices",
+    ),
+    (
+      {"mesh.num_devices": 16, "train.batch_size": 64},
+      "mesh.num_devices=16 but only 8 device(s) are visible",
+    ),
+  ],
+)
+def test_device_errors_come_before_data_and_compilation(
+  data, tmp_path, monkeypatch, overrides, message
+):
   def built(*args, **kw):
     raise AssertionError("the run got past the config checks")
 
@@ -142,24 +198,35 @@ def test_device_errors_come_before_data_and_compilation(data, tmp_path, monkeypa
 
 
 def test_cli_config_error_is_one_line_and_exit_2(data, tmp_path, monkeypatch, capsys):
-  code, err = run_main(run_config(data, **{"train.batch_size": 60}), str(tmp_path), monkeypatch, capsys)
+  code, err = run_main(
+    run_config(data, **{"train.batch_size": 60}), str(tmp_path), monkeypatch, capsys
+  )
   assert code == 2
-  assert err.startswith("esmjax: error: train.batch_size=60 is not divisible") and err.count("\n") == 1
+  assert (
+    err.startswith("esmjax: error: train.batch_size=60 is not divisible") and err.count("\n") == 1
+  )
 
 
 # -- the NaN guard -----------------------------------------------------------------------------------
 
 
-def test_nan_loss_stops_the_run_naming_step_and_tasks_without_saving_it(data, tmp_path, monkeypatch, capsys):
+def test_nan_loss_stops_the_run_naming_step_and_tasks_without_saving_it(
+  data, tmp_path, monkeypatch, capsys
+):
   # NaN input at step 7; no log step before 20, so the check before the save at step 10 catches it.
   cfg = run_config(data, **{"train.num_steps": 20, "train.log_every": 100})
   workdir = str(tmp_path)
-  monkeypatch.setattr(trainer, "train_and_evaluate",
-                      functools.partial(trainer.train_and_evaluate, hooks=tiny.nan_at_step(7)))
+  monkeypatch.setattr(
+    trainer,
+    "train_and_evaluate",
+    functools.partial(trainer.train_and_evaluate, hooks=tiny.nan_at_step(7)),
+  )
   code, err = run_main(cfg, workdir, monkeypatch, capsys)
   assert code == 3
-  assert err.startswith("esmjax: error: non-finite loss, loss/ctcvr, loss/ctr at step 7 (found at step 10); "
-                        "stopped without checkpointing this state (the last checkpoint is step 5 in ")
+  assert err.startswith(
+    "esmjax: error: non-finite loss, loss/ctcvr, loss/ctr at step 7 (found at step 10); "
+    "stopped without checkpointing this state (the last checkpoint is step 5 in "
+  )
   assert err.count("\n") == 1
   assert saved_steps(workdir) == [5]  # step 10's state is NaN: never written
 
@@ -170,9 +237,12 @@ def test_nan_weights_with_finite_losses_are_caught_before_a_save(data):
   state = run.init_fn()
   params = jax.tree_util.tree_map(lambda x: x, state.params)
   params["tower_cvr"]["Dense_0"]["bias"] = params["tower_cvr"]["Dense_0"]["bias"].at[0].set(np.inf)
-  with pytest.raises(guard_lib.NonFiniteError, match=r"non-finite values in the train state at step 3 "
-                     r"\(state.params\['tower_cvr'\]\['Dense_0'\]\['bias'\]\), although every loss was finite; "
-                     "stopped without checkpointing this state \\(no checkpoint was written\\)"):
+  with pytest.raises(
+    guard_lib.NonFiniteError,
+    match=r"non-finite values in the train state at step 3 "
+    r"\(state.params\['tower_cvr'\]\['Dense_0'\]\['bias'\]\), although every loss was finite; "
+    "stopped without checkpointing this state \\(no checkpoint was written\\)",
+  ):
     guard_lib.NanGuard(run).check(3, state.replace(params=params))
   guard_lib.NanGuard(run).check(3, state)  # a finite state passes
 
@@ -180,17 +250,22 @@ def test_nan_weights_with_finite_losses_are_caught_before_a_save(data):
 # -- checkpoints that cannot be used ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overrides, message", [
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
     ({"model.name": "esm2"}, "model.name='esmm' (checkpoint) vs 'esm2' (this config)"),
     ({"model.hidden": (16, 4)}, "model.hidden=(8, 4) (checkpoint) vs (16, 4) (this config)"),
     ({"model.embed_dim": 8}, "model.embed_dim=4 (checkpoint) vs 8 (this config)"),
     ({"optimizer.grad_clip": 1.0}, "of another state layout: state.opt_state"),
-])
+  ],
+)
 def test_workdir_of_an_incompatible_config_is_refused(data, trained, overrides, message):
   workdir, _ = trained
   with pytest.raises(ckpt_lib.IncompatibleCheckpointError) as e:
     trainer.train_and_evaluate(run_config(data, **{"train.num_steps": 15, **overrides}), workdir)
-  assert message in str(e.value) and f"{workdir}/checkpoints holds checkpoint step 10" in str(e.value)
+  assert message in str(e.value) and f"{workdir}/checkpoints holds checkpoint step 10" in str(
+    e.value
+  )
   assert isinstance(e.value, config_lib.ConfigError)  # so the CLI prints one line and exits 2
   assert saved_steps(workdir) == [5, 10]
 
@@ -200,26 +275,34 @@ def test_workdir_of_other_table_shapes_is_refused(trained, tmp_path):
   schema = dataclasses.replace(base, sparse=(D.SparseField("user", 20),) + base.sparse[1:])
   for split in ("train", "eval"):
     D.write_dataset(str(tmp_path / split), schema, [tiny.random_block(schema, 500)], block_rows=256)
-  with pytest.raises(ckpt_lib.IncompatibleCheckpointError, match="with 40 embedding rows, but this dataset's "
-                     "schema needs 48"):
+  with pytest.raises(
+    ckpt_lib.IncompatibleCheckpointError,
+    match="with 40 embedding rows, but this dataset's schema needs 48",
+  ):
     trainer.train_and_evaluate(run_config(tmp_path, **{"train.num_steps": 15}), trained[0])
 
 
-def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(data, trained, tmp_path, caplog):
+def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
+  data, trained, tmp_path, caplog
+):
   workdir = str(tmp_path / "run")
   shutil.copytree(trained[0], workdir)
   for path in glob.glob(os.path.join(workdir, "checkpoints", "10", "state", "d", "*")):
     with open(path, "r+b") as f:  # the array data of step 10, cut in half
       f.truncate(os.path.getsize(path) // 2)
   # A save that was killed mid-write leaves a temporary directory: never a candidate.
-  os.makedirs(os.path.join(workdir, "checkpoints", "15.orbax-checkpoint-tmp-1764300000000000", "state"))
+  os.makedirs(
+    os.path.join(workdir, "checkpoints", "15.orbax-checkpoint-tmp-1764300000000000", "state")
+  )
   with caplog.at_level(logging.WARNING):
     summary = trainer.train_and_evaluate(run_config(data), workdir)
   assert summary["resumed_from_step"] == 5
   assert "checkpoint step 10 in " in caplog.text and "is unreadable" in caplog.text
   assert "resuming from the previous checkpoint, step 5, instead" in caplog.text
   assert len(glob.glob(os.path.join(workdir, "checkpoints.corrupt", "10-*"))) == 1
-  assert not glob.glob(os.path.join(workdir, "checkpoints", "*tmp*"))  # orbax cleans partial saves up
+  assert not glob.glob(
+    os.path.join(workdir, "checkpoints", "*tmp*")
+  )  # orbax cleans partial saves up
   # Steps 6..10 redone from step 5: the same model as the run that wrote the broken checkpoint.
   assert summary["state_fingerprint"] == trained[1]["state_fingerprint"]
   assert saved_steps(workdir) == [5, 10]
@@ -230,11 +313,21 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(data, traine
 
 def test_best_checkpoint_by_eval_metric_is_kept_besides_the_last(data, tmp_path):
   workdir = str(tmp_path)
-  cfg = run_config(data, **{"train.num_steps": 20, "train.eval_every": 4, "checkpoint.every_steps": 100,
-                            "checkpoint.keep": 1, "checkpoint.best_metric": "ctr/auc",
-                            "checkpoint.best_mode": "max"})
+  cfg = run_config(
+    data,
+    **{
+      "train.num_steps": 20,
+      "train.eval_every": 4,
+      "checkpoint.every_steps": 100,
+      "checkpoint.keep": 1,
+      "checkpoint.best_metric": "ctr/auc",
+      "checkpoint.best_mode": "max",
+    },
+  )
   summary = trainer.train_and_evaluate(cfg, workdir)
-  evals = {r["step"]: r["ctr/auc"] for r in metrics_io.read_metrics(workdir) if r["split"] == "eval"}
+  evals = {
+    r["step"]: r["ctr/auc"] for r in metrics_io.read_metrics(workdir) if r["split"] == "eval"
+  }
   assert sorted(evals) == [4, 8, 12, 16, 20]
   best = max(evals, key=evals.get)
   assert summary["best_checkpoint_step"] == best

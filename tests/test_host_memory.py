@@ -23,19 +23,31 @@ def test_host_memory_helpers_keep_values():
   assert host_memory.back_with_huge_pages({"small": small}) == 0
 
 
-@pytest.mark.parametrize("env, expected", [
+@pytest.mark.parametrize(
+  "env, expected",
+  [
     ({}, "glibc.malloc.hugetlb=1"),
     ({"GLIBC_TUNABLES": "glibc.malloc.top_pad=1"}, "glibc.malloc.top_pad=1:glibc.malloc.hugetlb=1"),
     ({"ESMJAX_HUGE_PAGE_MALLOC": "0"}, None),
-])
+  ],
+)
 def test_cli_restarts_once_with_huge_page_malloc(env, expected):
   from esmjax import host_memory
 
-  code = ("import os; from esmjax import host_memory; host_memory.use_huge_page_malloc(); "
-          "print(repr(os.environ.get('GLIBC_TUNABLES')))")
-  base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "ESMJAX_HUGE_PAGE_MALLOC")}
-  out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True,
-                       timeout=120)
+  code = (
+    "import os; from esmjax import host_memory; host_memory.use_huge_page_malloc(); "
+    "print(repr(os.environ.get('GLIBC_TUNABLES')))"
+  )
+  base = {
+    k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "ESMJAX_HUGE_PAGE_MALLOC")
+  }
+  out = subprocess.run(
+    [sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, timeout=120
+  )
   assert out.returncode == 0, out.stderr
-  want = expected if host_memory.huge_page_malloc_supported() or expected is None else env.get("GLIBC_TUNABLES")
+  want = (
+    expected
+    if host_memory.huge_page_malloc_supported() or expected is None
+    else env.get("GLIBC_TUNABLES")
+  )
   assert out.stdout.strip().splitlines() == [repr(want)]  # printed once: one restart, then no more

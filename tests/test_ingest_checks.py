@@ -16,10 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from esmjax.data import aliccp
-from esmjax.data import csv_ingest
+from esmjax.data import aliccp, csv_ingest, leakage
 from esmjax.data import dataset as ds_lib
-from esmjax.data import leakage
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "tests" / "data" / "public-samples"
@@ -86,8 +84,12 @@ def _raw_files(directory: Path, values):
   common = directory / "common.csv"
   common.write_text("u1,2,101\x027\x031.0\x01121\x023\x031.0\n")
   sk = directory / "skeleton.csv"
-  sk.write_text("".join(_raw_line(i, 1, 0, "u1", [("205", 10 + i, "1.0"), ("508", 3, v)]) + "\n"
-                        for i, v in enumerate(values)))
+  sk.write_text(
+    "".join(
+      _raw_line(i, 1, 0, "u1", [("205", 10 + i, "1.0"), ("508", 3, v)]) + "\n"
+      for i, v in enumerate(values)
+    )
+  )
   return sk, common
 
 
@@ -97,13 +99,18 @@ def test_aliccp_values_beyond_float32_are_bad_lines_of_their_own(tmp_path):
   bad = m["conversion"]["bad_lines"]["skeleton"]
   assert bad["counts"] == {"nonfinite_value": 4, "bad_feature_item": 1}
   assert [(line, kind) for line, kind, _ in bad["examples"]] == [
-      (2, "nonfinite_value"), (3, "nonfinite_value"), (5, "nonfinite_value"),
-      (6, "nonfinite_value"), (7, "bad_feature_item")]
+    (2, "nonfinite_value"),
+    (3, "nonfinite_value"),
+    (5, "nonfinite_value"),
+    (6, "nonfinite_value"),
+    (7, "bad_feature_item"),
+  ]
   assert m["num_rows"] == 2
   assert all(np.isfinite(f["mean"]) and np.isfinite(f["std"]) for f in m["schema"]["dense"])
   with pytest.raises(aliccp.ConversionError, match=rf"{re.escape(str(sk))}:2: nonfinite_value \("):
-    aliccp.convert(str(sk), str(cf), str(tmp_path / "f"), workers=1, bad_lines="fail",
-                   progress=False)
+    aliccp.convert(
+      str(sk), str(cf), str(tmp_path / "f"), workers=1, bad_lines="fail", progress=False
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,17 +135,21 @@ def test_csv_with_a_utf8_bom_reads_like_without(tmp_path):
   ea, eb = a["ingest"]["bad_lines"], b["ingest"]["bad_lines"]
   assert ea["counts"] == eb["counts"] == {"buy_without_click": 3}
   assert [(w.rsplit(":", 1)[1], k, t) for w, k, t in ea["examples"]] == [
-      (w.rsplit(":", 1)[1], k, t) for w, k, t in eb["examples"]]
+    (w.rsplit(":", 1)[1], k, t) for w, k, t in eb["examples"]
+  ]
   assert a["num_rows"] == b["num_rows"]
   _same_rows(str(tmp_path / "a"), str(tmp_path / "b"))
 
 
-@pytest.mark.parametrize("name,compress", [
+@pytest.mark.parametrize(
+  "name,compress",
+  [
     ("train.csv.gz", gzip.compress),
     ("train.csv.bz2", bz2.compress),
     ("train.csv.zst", None),
     ("gzip_named_plain.csv", gzip.compress),  # recognised by its bytes, not its name
-])
+  ],
+)
 def test_compressed_csv_is_read_transparently(tmp_path, name, compress):
   if compress is None:
     if not pa.Codec.is_available("zstd"):
@@ -167,11 +178,14 @@ def _tar_bytes():
   return buf.getvalue()
 
 
-@pytest.mark.parametrize("name,content,message", [
+@pytest.mark.parametrize(
+  "name,content,message",
+  [
     ("train.zip", _zip_bytes(), r"is a zip archive: .*extract it first"),
     ("train.tar", _tar_bytes(), r"is a tar archive: .*extract it first"),
     ("train.csv", b"\x00\x01\x02binary\x00garbage\n" * 10, r"does not look like text"),
-])
+  ],
+)
 def test_archives_and_binary_files_are_refused_with_one_line(tmp_path, name, content, message):
   path = tmp_path / name
   path.write_bytes(content)
@@ -179,11 +193,14 @@ def test_archives_and_binary_files_are_refused_with_one_line(tmp_path, name, con
     csv_ingest.ingest(_config("rechub_aliccp"), [str(path)], str(tmp_path / "o"), progress=False)
 
 
-@pytest.mark.parametrize("kind,make,hint", [
+@pytest.mark.parametrize(
+  "kind,make,hint",
+  [
     ("gzip", gzip.compress, "gunzip -k"),
     ("bzip2", bz2.compress, "bunzip2 -k"),
     ("tar archive", None, "tar -xf"),
-])
+  ],
+)
 def test_aliccp_refuses_compressed_inputs_naming_the_file(tmp_path, kind, make, hint):
   sk, cf = _raw_files(tmp_path / "raw", ["1.0"])
   target = tmp_path / "raw" / "skeleton_packed.csv"
@@ -204,9 +221,11 @@ def test_aliccp_refuses_compressed_inputs_naming_the_file(tmp_path, kind, make, 
 def test_leakage_stats_merge_equals_one_pass():
   rng = np.random.default_rng(0)
   n = 4000
-  block = {"labels": (rng.random((n, 2)) < 0.3).astype(np.uint8),
-           "sparse": rng.integers(0, 5, (n, 2)).astype(np.int32),
-           "dense": rng.normal(size=(n, 3)).astype(np.float32)}
+  block = {
+    "labels": (rng.random((n, 2)) < 0.3).astype(np.uint8),
+    "sparse": rng.integers(0, 5, (n, 2)).astype(np.int32),
+    "dense": rng.normal(size=(n, 3)).astype(np.float32),
+  }
   block["dense"][:, 1] = block["labels"][:, 0]  # a copy of the first label
   block["sparse"][:, 1] = 7 + 3 * block["labels"][:, 1]  # ids that encode the second label
   one = leakage.LeakageStats(["click", "buy"], ["a", "b"], ["x", "y", "z"])
@@ -214,12 +233,21 @@ def test_leakage_stats_merge_equals_one_pass():
   parts = leakage.LeakageStats(["click", "buy"], ["a", "b"], ["x", "y", "z"])
   for lo in range(0, n, 700):
     p = leakage.LeakageStats(["click", "buy"], ["a", "b"], ["x", "y", "z"])
-    p.add({k: v[lo:lo + 700] for k, v in block.items()})
+    p.add({k: v[lo : lo + 700] for k, v in block.items()})
     parts.merge(leakage.LeakageStats.from_json(p.to_json()))
-  assert one.findings() == parts.findings() == [
+  assert (
+    one.findings()
+    == parts.findings()
+    == [
       {"column": "y", "label": "click", "kind": "dense", "detail": "equals click"},
-      {"column": "b", "label": "buy", "kind": "ids",
-       "detail": "its 2 values each occur with one buy value only (1 with buy=1, 1 with buy=0)"}]
+      {
+        "column": "b",
+        "label": "buy",
+        "kind": "ids",
+        "detail": "its 2 values each occur with one buy value only (1 with buy=1, 1 with buy=0)",
+      },
+    ]
+  )
   few = {k: v[:40] for k, v in block.items()}
   few["labels"] = np.zeros_like(few["labels"])
   few["labels"][:4, 0] = 1  # 4 positives: too few to tell a leak from chance
@@ -228,15 +256,34 @@ def test_leakage_stats_merge_equals_one_pass():
   assert small.findings() == []
 
 
-@pytest.mark.parametrize("name,inputs", [
-    ("rechub_aliccp", ["torch-rechub/examples/ranking/data/ali-ccp/ali_ccp_train_sample.csv",
-                       "torch-rechub/examples/ranking/data/ali-ccp/ali_ccp_val_sample.csv",
-                       "torch-rechub/examples/ranking/data/ali-ccp/ali_ccp_test_sample.csv"]),
-    ("aitm_aliccp", ["PaddleRec/models/multitask/aitm/data/sample_data/train/train.csv",
-                     "PaddleRec/models/multitask/aitm/data/sample_data/test/test.csv"]),
-    ("aliexpress", ["FuxiCTR/data/tiny_mtl/train.csv", "FuxiCTR/data/tiny_mtl/test.csv",
-                    "torch-rechub/examples/ranking/data/aliexpress/aliexpress_train_sample.csv"]),
-])
+@pytest.mark.parametrize(
+  "name,inputs",
+  [
+    (
+      "rechub_aliccp",
+      [
+        "torch-rechub/examples/ranking/data/ali-ccp/ali_ccp_train_sample.csv",
+        "torch-rechub/examples/ranking/data/ali-ccp/ali_ccp_val_sample.csv",
+        "torch-rechub/examples/ranking/data/ali-ccp/ali_ccp_test_sample.csv",
+      ],
+    ),
+    (
+      "aitm_aliccp",
+      [
+        "PaddleRec/models/multitask/aitm/data/sample_data/train/train.csv",
+        "PaddleRec/models/multitask/aitm/data/sample_data/test/test.csv",
+      ],
+    ),
+    (
+      "aliexpress",
+      [
+        "FuxiCTR/data/tiny_mtl/train.csv",
+        "FuxiCTR/data/tiny_mtl/test.csv",
+        "torch-rechub/examples/ranking/data/aliexpress/aliexpress_train_sample.csv",
+      ],
+    ),
+  ],
+)
 def test_no_leakage_reported_on_the_public_samples(tmp_path, name, inputs, capsys):
   for i, rel in enumerate(inputs):
     m = csv_ingest.ingest(_config(name), [str(SAMPLES / rel)], str(tmp_path / str(i)))
@@ -259,12 +306,14 @@ def test_csv_leakage_is_reported_recorded_and_optionally_fatal(tmp_path, capsys)
   assert "feature column 'ctr_flag' gives the label 'click' away: equals click" in err
   assert "feature column 'purchase' gives the label 'buy' away: declared as the label 'buy'" in err
   cfg.label_leakage = "fail"
-  with pytest.raises(csv_ingest.IngestError,
-                     match=r"label leakage: feature column 'purchase' gives the label 'buy'"):
+  with pytest.raises(
+    csv_ingest.IngestError, match=r"label leakage: feature column 'purchase' gives the label 'buy'"
+  ):
     csv_ingest.ingest(cfg, [str(path)], str(tmp_path / "f"), progress=False)
   cfg.sparse = cfg.sparse[:-1]
-  with pytest.raises(csv_ingest.IngestError,
-                     match=r"feature column 'ctr_flag' gives the label 'click' away"):
+  with pytest.raises(
+    csv_ingest.IngestError, match=r"feature column 'ctr_flag' gives the label 'click' away"
+  ):
     csv_ingest.ingest(cfg, [str(path)], str(tmp_path / "f"), progress=False)
   assert not (tmp_path / "f" / "manifest.json").exists()
 
@@ -273,8 +322,9 @@ def test_aliccp_leakage_is_reported_and_optionally_fatal(tmp_path):
   import test_aliccp
 
   sk, cf, rows = test_aliccp.build_raw(tmp_path, reps=3)  # 30 rows, 6 clicks
-  m = aliccp.convert(str(sk), str(cf), str(tmp_path / "clean"), workers=2, range_mb=1 / 1024,
-                     progress=False)
+  m = aliccp.convert(
+    str(sk), str(cf), str(tmp_path / "clean"), workers=2, range_mb=1 / 1024, progress=False
+  )
   assert m["conversion"]["label_leakage"] == []
   # 702's value copies the click label: its dense column gives click away.
   leaky = tmp_path / "leaky.csv"
@@ -285,12 +335,17 @@ def test_aliccp_leakage_is_reported_and_optionally_fatal(tmp_path):
     items.append(f"702\x029\x03{click}.0")
     out.append(",".join([sid, click, buy, key, str(len(items)), "\x01".join(items)]))
   leaky.write_text("\n".join(out) + "\n")
-  m = aliccp.convert(str(leaky), str(cf), str(tmp_path / "leak"), workers=2, range_mb=1 / 1024,
-                     progress=False)
+  m = aliccp.convert(
+    str(leaky), str(cf), str(tmp_path / "leak"), workers=2, range_mb=1 / 1024, progress=False
+  )
   assert [(f["column"], f["label"], f["detail"]) for f in m["conversion"]["label_leakage"]] == [
-      ("702_value", "click", "equals click")]
-  with pytest.raises(aliccp.ConversionError,
-                     match=r"label leakage: feature column '702_value' gives the label 'click'"):
-    aliccp.convert(str(leaky), str(cf), str(tmp_path / "fail"), workers=1, label_leakage="fail",
-                   progress=False)
+    ("702_value", "click", "equals click")
+  ]
+  with pytest.raises(
+    aliccp.ConversionError,
+    match=r"label leakage: feature column '702_value' gives the label 'click'",
+  ):
+    aliccp.convert(
+      str(leaky), str(cf), str(tmp_path / "fail"), workers=1, label_leakage="fail", progress=False
+    )
   assert not (tmp_path / "fail" / "manifest.json").exists()

@@ -10,12 +10,10 @@ import struct
 
 import numpy as np
 import pytest
-
 import tiny
-from esmjax.data import blocks
+
+from esmjax.data import blocks, pipeline, shards
 from esmjax.data import dataset as D
-from esmjax.data import pipeline
-from esmjax.data import shards
 
 
 @pytest.fixture
@@ -43,7 +41,7 @@ def _column_offset(path, j, column):
   """File offset of column `column` of block j."""
   rec = shards.ShardReader(path).record(j)
   (hlen,) = struct.unpack("<I", rec[4:8])
-  off = next(o for k, _, _, _, o in blocks._parse_header(bytes(rec[8:8 + hlen])) if k == column)
+  off = next(o for k, _, _, _, o in blocks._parse_header(bytes(rec[8 : 8 + hlen])) if k == column)
   return _record_offset(path, j) + 8 + hlen + off
 
 
@@ -67,8 +65,9 @@ def test_flipped_bytes_raise_naming_the_shard_and_block_everywhere_a_block_is_re
     list(pipeline.eval_batches(ds, 300))
   bad_ids = set(range(5 * 256, 6 * 256))
   for threads, prefetch in ((1, 0), (2, 2)):
-    cfg = pipeline.PipelineConfig(batch_size=100, seed=3, window_blocks=2, num_epochs=1,
-                                  prefetch=prefetch, threads=threads)
+    cfg = pipeline.PipelineConfig(
+      batch_size=100, seed=3, window_blocks=2, num_epochs=1, prefetch=prefetch, threads=threads
+    )
     it = iter(pipeline.train_iter_dataset(ds, cfg))
     seen = []
     with pytest.raises(D.DatasetError, match=_mismatch(path, 2)):
@@ -106,12 +105,15 @@ def test_the_manifest_must_agree_with_the_shards(ds, tmp_path):
   m["shards"][0]["block_sizes"][2] = 257
   with open(os.path.join(ds.directory, "manifest.json"), "w") as f:
     json.dump(m, f)
-  with pytest.raises(D.DatasetError,
-                     match=r"shard-00000.esb, block 1 has 256 rows; the manifest lists 255"):
+  with pytest.raises(
+    D.DatasetError, match=r"shard-00000.esb, block 1 has 256 rows; the manifest lists 255"
+  ):
     D.open_dataset(ds.directory).read_all()
 
 
-@pytest.mark.parametrize("column,value,message", [
+@pytest.mark.parametrize(
+  "column,value,message",
+  [
     ("sparse", (3, 1, 9), r"field 'item' has id 9 at row 3, outside its vocabulary \[0, 9\)"),
     ("sparse", (0, 0, -1), r"field 'user' has id -1 at row 0, outside its vocabulary \[0, 12\)"),
     ("mv_ids", (5, 4, 6), r"field 'tags' has id 6 at row 5, outside its vocabulary \[0, 6\)"),
@@ -119,7 +121,8 @@ def test_the_manifest_must_agree_with_the_shards(ds, tmp_path):
     ("dense", (2, 0, np.nan), r"'dense': field 'price' is nan at row 2; values must be finite"),
     ("mv_w", (1, 1, np.inf), r"column 'mv_w': field 'hist' is inf at row 1; values must be finite"),
     ("truth", (4, 1, -np.inf), r"'truth': field 'pcvr' is -inf at row 4; values must be finite"),
-])
+  ],
+)
 def test_nothing_a_model_cannot_take_is_ever_written(tmp_path, column, value, message):
   schema = tiny.tiny_schema()
   b = tiny.random_block(schema, 10)
@@ -140,7 +143,7 @@ def _write_format_1(directory):
   for path in D.open_dataset(directory).shard_paths:
     data = open(path, "rb").read()
     idx_off, count, _, _ = struct.unpack("<QQI4x8s", data[-32:])
-    index = np.frombuffer(data[idx_off:idx_off + 40 * count], np.uint64).reshape(-1, 5)[:, :2]
+    index = np.frombuffer(data[idx_off : idx_off + 40 * count], np.uint64).reshape(-1, 5)[:, :2]
     footer = struct.pack("<QQ8s", idx_off, count, b"ESBSHRD1")
     open(path, "wb").write(data[:idx_off] + index.tobytes() + footer)
   mpath = os.path.join(directory, "manifest.json")
@@ -169,19 +172,23 @@ def test_datasets_written_before_checksums_are_read_with_one_warning(ds, tmp_pat
   with open(path, "r+b") as f:
     f.seek(_column_offset(path, 1, "sparse") + 12 * 7 + 4)  # row 7, field 'item'
     f.write(np.int32(-5).tobytes())
-  with pytest.raises(D.DatasetError,
-                     match=rf"shard {re.escape(path)}, block 1: .*field 'item' has id -5 at row 7"):
+  with pytest.raises(
+    D.DatasetError, match=rf"shard {re.escape(path)}, block 1: .*field 'item' has id -5 at row 7"
+  ):
     D.open_dataset(old).read_all()
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"{\"format\": \"esmjax-blocks\", \"vers", r"is not readable JSON \(JSONDecodeError"),
+@pytest.mark.parametrize(
+  "content,message",
+  [
+    (b'{"format": "esmjax-blocks", "vers', r"is not readable JSON \(JSONDecodeError"),
     (b"\xff\xfe\x00garbage", r"is not readable JSON \(UnicodeDecodeError"),
     (b"[1, 2, 3]", r"expected a JSON object, found list"),
     (b'{"format": "esmjax-blocks", "version": 2}', r"malformed \(TypeError: 'shards' is not a"),
     (b'{"format": "esmjax-blocks", "version": 99}', r"format version 99; this esmjax reads"),
-    (b"{\"format\": \"parquet\"}", r"format 'parquet', expected 'esmjax-blocks'"),
-])
+    (b'{"format": "parquet"}', r"format 'parquet', expected 'esmjax-blocks'"),
+  ],
+)
 def test_a_garbage_manifest_raises_naming_its_path(ds, content, message):
   mpath = os.path.join(ds.directory, "manifest.json")
   open(mpath, "wb").write(content)
@@ -193,17 +200,25 @@ def test_manifest_structure_and_statistics_are_checked(ds):
   mpath = os.path.join(ds.directory, "manifest.json")
   good = json.loads(open(mpath).read())
   cases = [
-      (lambda m: m["shards"][1].update(num_rows=5),
-       r"shard entry 1 \('shard-00001.esb'\) has inconsistent block"),
-      (lambda m: m.update(num_blocks=9), r"num_blocks / num_rows differ from the sum over its"),
-      (lambda m: m["schema"]["dense"][0].update(mean=float("inf")),
-       r"dense field 'price' has mean=inf"),
-      (lambda m: m["schema"]["dense"][1].update(std=None),
-       r"dense field 'age' has mean=0.5, std=None"),
-      (lambda m: m["schema"]["sparse"][0].update(vocab_size=0), r"field 'user' has vocab_size=0"),
-      (lambda m: m["schema"].update(labels=["click", "purchase"]),
-       r"unknown label\(s\) \['purchase'\]"),
-      (lambda m: m["schema"]["multi"][0].pop("max_len"), r"malformed schema \(TypeError"),
+    (
+      lambda m: m["shards"][1].update(num_rows=5),
+      r"shard entry 1 \('shard-00001.esb'\) has inconsistent block",
+    ),
+    (lambda m: m.update(num_blocks=9), r"num_blocks / num_rows differ from the sum over its"),
+    (
+      lambda m: m["schema"]["dense"][0].update(mean=float("inf")),
+      r"dense field 'price' has mean=inf",
+    ),
+    (
+      lambda m: m["schema"]["dense"][1].update(std=None),
+      r"dense field 'age' has mean=0.5, std=None",
+    ),
+    (lambda m: m["schema"]["sparse"][0].update(vocab_size=0), r"field 'user' has vocab_size=0"),
+    (
+      lambda m: m["schema"].update(labels=["click", "purchase"]),
+      r"unknown label\(s\) \['purchase'\]",
+    ),
+    (lambda m: m["schema"]["multi"][0].pop("max_len"), r"malformed schema \(TypeError"),
   ]
   for edit, message in cases:
     m = json.loads(json.dumps(good))
@@ -220,8 +235,9 @@ def test_write_manifest_refuses_non_finite_statistics(tmp_path):
   schema = tiny.tiny_schema()
   dense = (D.DenseField("price", float("inf"), 1.0),) + schema.dense[1:]
   bad = dataclasses.replace(schema, dense=dense)
-  with pytest.raises(D.DatasetError,
-                     match=r"dense field 'price' has mean=inf, std=1.0; the statistics must be"):
+  with pytest.raises(
+    D.DatasetError, match=r"dense field 'price' has mean=inf, std=1.0; the statistics must be"
+  ):
     D.write_manifest(str(tmp_path), bad, [], 256)
   assert not os.path.exists(tmp_path / "manifest.json")
 
@@ -236,16 +252,33 @@ def test_the_cli_stops_with_one_line_and_exit_2_on_a_corrupt_block(tmp_path):
   _flip(path, _column_offset(path, 0, "sparse") + 40)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-  r = subprocess.run([sys.executable, "-m", "esmjax.main", "--config=configs/esmm.py",
-                      f"--workdir={tmp_path / 'wd'}", f"--config.data.train_dir={train.directory}",
-                      f"--config.data.eval_dir={ev.directory}", "--config.train.batch_size=64",
-                      "--config.train.eval_batch_size=128", "--config.model.hidden=(8,)",
-                      "--config.model.embed_dim=4", "--config.train.num_epochs=1"],
-                     cwd=root, env=env, capture_output=True, text=True, timeout=300)
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "esmjax.main",
+      "--config=configs/esmm.py",
+      f"--workdir={tmp_path / 'wd'}",
+      f"--config.data.train_dir={train.directory}",
+      f"--config.data.eval_dir={ev.directory}",
+      "--config.train.batch_size=64",
+      "--config.train.eval_batch_size=128",
+      "--config.model.hidden=(8,)",
+      "--config.model.embed_dim=4",
+      "--config.train.num_epochs=1",
+    ],
+    cwd=root,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert r.returncode == 2, r.stderr[-3000:]
   last = r.stderr.strip().splitlines()[-1]
-  want = (rf"esmjax: error: shard {re.escape(path)}, block 0: checksum mismatch "
-          r".*re-create the dataset")
+  want = (
+    rf"esmjax: error: shard {re.escape(path)}, block 0: checksum mismatch "
+    r".*re-create the dataset"
+  )
   assert re.fullmatch(want, last), last
   assert "Traceback" not in r.stderr
 
@@ -260,16 +293,19 @@ def test_block_checksum_catches_flips_swaps_zeroed_sectors_and_length():
       b = bytearray(rec)
       b[pos] ^= flip
       assert shards.block_checksum(bytes(b)) != base, (pos, flip)
-  words = np.frombuffer(rec[:3 * 4096], np.uint64).copy()
+  words = np.frombuffer(rec[: 3 * 4096], np.uint64).copy()
   for i, j in ((0, 1), (5, 517), (3, 1024), (100, 1500)):  # same row, other row, same column
     w = words.copy()
     w[[i, j]] = w[[j, i]]
-    assert shards.block_checksum(w.tobytes() + rec[3 * 4096:]) != base, (i, j)
-  rows = [rec[k * 4096:(k + 1) * 4096] for k in range(3)]
-  swapped = rows[1] + rows[0] + rows[2] + rec[3 * 4096:]
+    assert shards.block_checksum(w.tobytes() + rec[3 * 4096 :]) != base, (i, j)
+  rows = [rec[k * 4096 : (k + 1) * 4096] for k in range(3)]
+  swapped = rows[1] + rows[0] + rows[2] + rec[3 * 4096 :]
   assert shards.block_checksum(swapped) != base  # sectors swapped
   assert shards.block_checksum(rec[:4096] + bytes(4096) + rec[8192:]) != base  # a zeroed sector
   assert shards.block_checksum(rec + b"\0") != base  # one zero byte more
   # The value is part of the on-disk format: fixed for fixed bytes.
   assert shards.block_checksum(bytes(range(256)) * 40) == (
-      10126205762569202688, 3237077605472454864, 7238939886502624256)
+    10126205762569202688,
+    3237077605472454864,
+    7238939886502624256,
+  )

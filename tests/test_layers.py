@@ -34,7 +34,9 @@ def import_graph() -> dict[str, set[str]]:
           up = package.split(".")[: len(package.split(".")) - node.level + 1]
           base = ".".join(up + ([base] if base else []))
         # `from esmjax.data import dataset` depends on the module `dataset`, not on the package.
-        targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        targets = [
+          f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names
+        ]
       else:
         continue
       for t in targets:
@@ -62,7 +64,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.pop()
         path.pop()
       elif colour.get(child, 2) == 1:
-        return path[path.index(child):] + [child]
+        return path[path.index(child) :] + [child]
       elif colour.get(child) == 0:
         colour[child] = 1
         stack.append((child, iter(sorted(graph[child]))))
@@ -86,21 +88,40 @@ def test_no_import_cycles():
 # or lower ones, never a higher one. The domain packages (data, embedding, models) do not import
 # each other: the schema is what they share. Every module must be placed here.
 LAYERS = {
-    # 0: foundations, no esmjax imports beyond this layer
-    "esmjax": 0, "esmjax.schema": 0, "esmjax.hparams": 0, "esmjax.metrics": 0,
-    "esmjax.digest": 0, "esmjax.absl_flags": 0, "esmjax.host_memory": 0,
-    "esmjax.orbax_errors": 0, "esmjax.sharding": 0, "esmjax.metrics_io": 0,
-    # 1: the domain packages
-    "esmjax.data": 1, "esmjax.embedding": 1, "esmjax.models": 1,
-    # 2: a run's pieces: components and steps, config, checkpoints, evaluation
-    "esmjax.state": 2, "esmjax.steps": 2, "esmjax.config": 2, "esmjax.inputs": 2,
-    "esmjax.checkpoint": 2, "esmjax.distributed": 2, "esmjax.evaluation": 2,
-    "esmjax.reporting": 2,
-    # 3: the training loop
-    "esmjax.loop": 3, "esmjax.trainer": 3,
-    # 4: what users call
-    "esmjax.predict": 4, "esmjax.export": 4, "esmjax.api": 4, "esmjax.cli": 4, "esmjax.main": 4,
-    "esmjax.plot": 4,
+  # 0: foundations, no esmjax imports beyond this layer
+  "esmjax": 0,
+  "esmjax.schema": 0,
+  "esmjax.hparams": 0,
+  "esmjax.metrics": 0,
+  "esmjax.digest": 0,
+  "esmjax.absl_flags": 0,
+  "esmjax.host_memory": 0,
+  "esmjax.orbax_errors": 0,
+  "esmjax.sharding": 0,
+  "esmjax.metrics_io": 0,
+  # 1: the domain packages
+  "esmjax.data": 1,
+  "esmjax.embedding": 1,
+  "esmjax.models": 1,
+  # 2: a run's pieces: components and steps, config, checkpoints, evaluation
+  "esmjax.state": 2,
+  "esmjax.steps": 2,
+  "esmjax.config": 2,
+  "esmjax.inputs": 2,
+  "esmjax.checkpoint": 2,
+  "esmjax.distributed": 2,
+  "esmjax.evaluation": 2,
+  "esmjax.reporting": 2,
+  # 3: the training loop
+  "esmjax.loop": 3,
+  "esmjax.trainer": 3,
+  # 4: what users call
+  "esmjax.predict": 4,
+  "esmjax.export": 4,
+  "esmjax.api": 4,
+  "esmjax.cli": 4,
+  "esmjax.main": 4,
+  "esmjax.plot": 4,
 }
 DOMAIN = ("esmjax.data", "esmjax.embedding", "esmjax.models")
 
@@ -113,7 +134,9 @@ def _place(module: str) -> str | None:
 
 def test_every_module_has_a_layer():
   unplaced = sorted(m for m in import_graph() if _place(m) is None)
-  assert not unplaced, f"modules without a layer (add them to LAYERS and docs/design.md): {unplaced}"
+  assert not unplaced, (
+    f"modules without a layer (add them to LAYERS and docs/design.md): {unplaced}"
+  )
 
 
 def test_no_module_imports_a_higher_layer_or_another_domain_package():
@@ -121,7 +144,9 @@ def test_no_module_imports_a_higher_layer_or_another_domain_package():
   for mod, deps in import_graph().items():
     for dep in deps:
       if LAYERS[_place(dep)] > LAYERS[_place(mod)]:
-        bad.append(f"{mod} (layer {LAYERS[_place(mod)]}) imports {dep} (layer {LAYERS[_place(dep)]})")
+        bad.append(
+          f"{mod} (layer {LAYERS[_place(mod)]}) imports {dep} (layer {LAYERS[_place(dep)]})"
+        )
       home = next((d for d in DOMAIN if mod.startswith(d + ".")), None)
       other = next((d for d in DOMAIN if dep.startswith(d + ".") and d != home), None)
       if home and other:

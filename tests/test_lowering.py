@@ -3,8 +3,8 @@ device and on 8 row-sharded fake devices) and the predict step lower for CUDA an
 CPU (JAX's cross-platform lowering), so a change that only accelerators would reject fails here."""
 
 import pytest
-
 import tiny
+
 from esmjax.loop.dispatch import Dispatcher
 from esmjax.loop.run import Run
 

@@ -7,32 +7,64 @@ import subprocess
 import sys
 
 import pytest
-
 import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_WORLD = dict(num_users=2_000, num_items=1_000, num_categories=50, num_shops=200, num_brands=100,
-                  num_intentions=150, num_profiles=20, cross_buckets=512, num_train=20_000, num_eval=4_000,
-                  block_rows=2_048, blocks_per_shard=4, chunk_rows=8_192, calibration_rows=20_000)
+TINY_WORLD = dict(
+  num_users=2_000,
+  num_items=1_000,
+  num_categories=50,
+  num_shops=200,
+  num_brands=100,
+  num_intentions=150,
+  num_profiles=20,
+  cross_buckets=512,
+  num_train=20_000,
+  num_eval=4_000,
+  block_rows=2_048,
+  blocks_per_shard=4,
+  chunk_rows=8_192,
+  calibration_rows=20_000,
+)
 
 
 def _main(args, env_devices=1, timeout=300):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={env_devices}",
-             JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "esmjax.main", *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+  env = dict(
+    os.environ,
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={env_devices}",
+    JAX_PLATFORMS="cpu",
+  )
+  return subprocess.run(
+    [sys.executable, "-m", "esmjax.main", *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 def _world_flags(cache):
-  return [f"--config.data.synthetic.{k}={v}" for k, v in TINY_WORLD.items()] + [f"--config.data.cache_dir={cache}"]
+  return [f"--config.data.synthetic.{k}={v}" for k, v in TINY_WORLD.items()] + [
+    f"--config.data.cache_dir={cache}"
+  ]
 
 
 @pytest.mark.parametrize("cfg", ["configs/esmm.py", "configs/esm2.py"])
 def test_two_step_run_of_each_config_on_synthetic_data(cfg, tmp_path):
   wd = tmp_path / "wd"
-  r = _main([f"--config={cfg}", f"--workdir={wd}", "--config.train.num_steps=2", "--config.train.batch_size=256",
-             "--config.train.eval_batch_size=1024", "--config.model.hidden=(16,8)", "--config.model.embed_dim=4",
-             *_world_flags(tmp_path / "cache")])
+  r = _main(
+    [
+      f"--config={cfg}",
+      f"--workdir={wd}",
+      "--config.train.num_steps=2",
+      "--config.train.batch_size=256",
+      "--config.train.eval_batch_size=1024",
+      "--config.model.hidden=(16,8)",
+      "--config.model.embed_dim=4",
+      *_world_flags(tmp_path / "cache"),
+    ]
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   summary = json.loads((wd / "summary.json").read_text())
   assert summary["steps"] == 2
@@ -48,13 +80,22 @@ def test_two_step_run_of_each_config_on_synthetic_data(cfg, tmp_path):
 def test_predict_writes_one_row_per_input_row_in_order(tmp_path):
   train = tiny.tiny_dataset(str(tmp_path / "train"), 1000)
   ev = tiny.tiny_dataset(str(tmp_path / "eval"), 700, seed=1, start_id=10_000)
-  common = ["--config=configs/esm2.py", f"--workdir={tmp_path / 'wd'}", f"--config.data.train_dir={train.directory}",
-            f"--config.data.eval_dir={ev.directory}", "--config.train.batch_size=64",
-            "--config.train.eval_batch_size=128", "--config.model.hidden=(8,)", "--config.model.embed_dim=4"]
+  common = [
+    "--config=configs/esm2.py",
+    f"--workdir={tmp_path / 'wd'}",
+    f"--config.data.train_dir={train.directory}",
+    f"--config.data.eval_dir={ev.directory}",
+    "--config.train.batch_size=64",
+    "--config.train.eval_batch_size=128",
+    "--config.model.hidden=(8,)",
+    "--config.model.embed_dim=4",
+  ]
   r = _main(common + ["--config.train.num_steps=3"])
   assert r.returncode == 0, r.stderr[-3000:]
   out = tmp_path / "preds.csv"
-  r = _main(common + ["--mode=predict", f"--predict_input={ev.directory}", f"--predict_output={out}"])
+  r = _main(
+    common + ["--mode=predict", f"--predict_input={ev.directory}", f"--predict_output={out}"]
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   rows = list(csv.reader(out.open()))
   assert rows[0] == ["sample_id", "pctr", "pcvr", "pctcvr", "pctavr"]
@@ -65,22 +106,40 @@ def test_predict_writes_one_row_per_input_row_in_order(tmp_path):
     assert abs(p[2] - p[0] * p[1]) < 1e-5  # pCTCVR = pCTR · pCVR
 
 
-@pytest.mark.parametrize("flag,expect", [
+@pytest.mark.parametrize(
+  "flag,expect",
+  [
     ("--config.model.nmae=esmm", "unknown config key 'model.nmae'"),
     ("--config.model.name=esmx", "model.name='esmx' is not a model; allowed: ['esmm'"),
-    ("--config.embedding.optimizer=adam", "embedding.optimizer='adam' is not a sparse optimizer; allowed"),
+    (
+      "--config.embedding.optimizer=adam",
+      "embedding.optimizer='adam' is not a sparse optimizer; allowed",
+    ),
     ("--config.model.activation=relu6", "model.activation='relu6' is not allowed; allowed"),
-    ("--config.data.train_dir=/no/such/dir", "data.train_dir='/no/such/dir': directory does not exist"),
-    ("--config.train.batch_size=abc", "--config.train.batch_size='abc' is not a valid value: config key "
-     "train.batch_size takes an int"),
-    ("--config.optimizer.learning_rate=-1e-4", "optimizer.learning_rate=-0.0001 is out of range; allowed: a "
-     "finite number in (0, ∞)"),
-    ("--config.train.steps_per_dispatch=0", "train.steps_per_dispatch=0 is out of range; allowed: an integer "
-     "in [1, ∞)"),
-    ("--config.train.eval_every=0", "train.eval_every=0 is out of range; allowed: an integer in [1, ∞), or -1 "
-     "(at the end only)"),
+    (
+      "--config.data.train_dir=/no/such/dir",
+      "data.train_dir='/no/such/dir': directory does not exist",
+    ),
+    (
+      "--config.train.batch_size=abc",
+      "--config.train.batch_size='abc' is not a valid value: config key "
+      "train.batch_size takes an int",
+    ),
+    (
+      "--config.optimizer.learning_rate=-1e-4",
+      "optimizer.learning_rate=-0.0001 is out of range; allowed: a finite number in (0, ∞)",
+    ),
+    (
+      "--config.train.steps_per_dispatch=0",
+      "train.steps_per_dispatch=0 is out of range; allowed: an integer in [1, ∞)",
+    ),
+    (
+      "--config.train.eval_every=0",
+      "train.eval_every=0 is out of range; allowed: an integer in [1, ∞), or -1 (at the end only)",
+    ),
     ("--mode=serve", "flag --mode=serve: value should be one of"),
-])
+  ],
+)
 def test_bad_config_names_the_key(flag, expect):
   r = _main(["--config=configs/esmm.py", flag], timeout=120)
   assert r.returncode == 2
@@ -89,12 +148,17 @@ def test_bad_config_names_the_key(flag, expect):
   assert r.stderr.count("\n") == 1 and r.stderr.startswith("esmjax: error: ")  # one line
 
 
-@pytest.mark.parametrize("content, expect", [
+@pytest.mark.parametrize(
+  "content, expect",
+  [
     (None, "--config={path}: no such file"),
     ("def get_config(:\n", "--config={path}: invalid syntax (line 1: def get_config(:)"),
-    ("def get_config():\n  return undefined_name\n", "--config={path}: NameError: name 'undefined_name' is "
-     "not defined"),
-])
+    (
+      "def get_config():\n  return undefined_name\n",
+      "--config={path}: NameError: name 'undefined_name' is not defined",
+    ),
+  ],
+)
 def test_missing_or_broken_config_file_is_one_line(tmp_path, content, expect):
   path = tmp_path / "cfg.py"
   if content is not None:

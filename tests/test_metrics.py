@@ -74,7 +74,8 @@ def test_auc_weights_mask_and_multiplicity():
   assert M.auc([0, 1, 7], [0.1, 0.9, 0.5], [1, 1, 0]) == 1.0
   # A weight of 2 counts like a duplicated row.
   assert M.auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], [1, 2, 1, 1]) == pytest.approx(
-      M.auc([0, 0, 0, 1, 1], [0.1, 0.4, 0.4, 0.35, 0.8]))
+    M.auc([0, 0, 0, 1, 1], [0.1, 0.4, 0.4, 0.35, 0.8])
+  )
 
 
 def test_auc_one_class_or_empty_is_nan():
@@ -99,8 +100,15 @@ def test_gauc_hand_case():
   # User 11: labels [1,1,1] -> one class, skipped (its rows do not count in the weights).
   # GAUC = (4 * 0.75 + 2 * 0.5) / (4 + 2) = 4 / 6 = 0.6667.
   rows = [  # (user, label, score), users interleaved and unsorted on purpose
-      (7, 0, 0.3), (3, 1, 0.2), (11, 1, 0.9), (7, 1, 0.6), (11, 1, 0.1),
-      (7, 0, 0.7), (3, 0, 0.2), (7, 1, 0.8), (11, 1, 0.5),
+    (7, 0, 0.3),
+    (3, 1, 0.2),
+    (11, 1, 0.9),
+    (7, 1, 0.6),
+    (11, 1, 0.1),
+    (7, 0, 0.7),
+    (3, 0, 0.2),
+    (7, 1, 0.8),
+    (11, 1, 0.5),
   ]
   g, y, s = map(np.array, zip(*rows))
   assert M.gauc(y, s, g) == pytest.approx(4 / 6)
@@ -131,7 +139,9 @@ def test_auc_and_gauc_match_brute_force(seed):
   assert M.gauc(y, s, g) == pytest.approx(loop_gauc(y, s, g), abs=1e-12)
   assert M.gauc(y, s, g, w) == pytest.approx(loop_gauc(y, s, g, w), abs=1e-12)
   # float32 scores with the same ties give the same answer.
-  assert M.auc(y, s.astype(np.float32)) == pytest.approx(brute_auc(y, s.astype(np.float32)), abs=1e-12)
+  assert M.auc(y, s.astype(np.float32)) == pytest.approx(
+    brute_auc(y, s.astype(np.float32)), abs=1e-12
+  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,7 +154,8 @@ def test_logloss_and_calibration():
   assert M.logloss(y, p) == pytest.approx(expect)
   assert M.logloss([1, 0], [1.0, 0.0]) == pytest.approx(-math.log(1 - 1e-7))  # clipped, finite
   assert M.logloss([1, 0, 1], [0.8, 0.4, 0.0], [1, 1, 0]) == pytest.approx(
-      -(math.log(0.8) + math.log(0.6)) / 2)
+    -(math.log(0.8) + math.log(0.6)) / 2
+  )
   # Mean prediction 0.45 / mean label 0.5.
   assert M.calibration(y, p) == pytest.approx(0.9)
   assert math.isnan(M.calibration([0, 0], [0.1, 0.2]))
@@ -166,7 +177,11 @@ def _world(n=4000, seed=0):
   pcvr = np.clip(pcvr + rng.normal(0, 0.05, n), 0, 1)
   pctr = np.clip(0.3 + 0.4 * click - 0.2 + rng.normal(0, 0.1, n), 0, 1)
   preds = {"pctr": pctr, "pcvr": pcvr, "pctcvr": pctr * pcvr, "pctavr": pctr * 0.5}
-  labels = {"click": click.astype(np.uint8), "buy": buy.astype(np.uint8), "daction": daction.astype(np.uint8)}
+  labels = {
+    "click": click.astype(np.uint8),
+    "buy": buy.astype(np.uint8),
+    "daction": daction.astype(np.uint8),
+  }
   truth = {"would_buy": would_buy.astype(np.uint8), "pcvr": np.where(would_buy, 0.6, 0.4)}
   return preds, labels, users, truth
 
@@ -179,17 +194,27 @@ def test_evaluate_populations():
   cvr_all_rows = M.auc(labels["buy"], preds["pcvr"])
   assert abs(cvr_clicked - cvr_all_rows) > 0.1  # the case is built so the population matters
   assert out["cvr/auc"] == pytest.approx(cvr_clicked)
-  assert out["cvr/gauc"] == pytest.approx(M.gauc(labels["buy"][click], preds["pcvr"][click], users[click]))
-  assert out["cvr/calibration"] == pytest.approx(M.calibration(labels["buy"][click], preds["pcvr"][click]))
+  assert out["cvr/gauc"] == pytest.approx(
+    M.gauc(labels["buy"][click], preds["pcvr"][click], users[click])
+  )
+  assert out["cvr/calibration"] == pytest.approx(
+    M.calibration(labels["buy"][click], preds["pcvr"][click])
+  )
   # Entire space: all rows against would-buy.
   assert out["cvr/entire_space_auc"] == pytest.approx(M.auc(truth["would_buy"], preds["pcvr"]))
   assert out["cvr/entire_space_auc"] != pytest.approx(out["cvr/auc"])
-  assert out["cvr/entire_space_logloss"] == pytest.approx(M.logloss(truth["would_buy"], preds["pcvr"]))
-  assert out["cvr/entire_space_oracle_auc"] == pytest.approx(M.auc(truth["would_buy"], truth["pcvr"]))
+  assert out["cvr/entire_space_logloss"] == pytest.approx(
+    M.logloss(truth["would_buy"], preds["pcvr"])
+  )
+  assert out["cvr/entire_space_oracle_auc"] == pytest.approx(
+    M.auc(truth["would_buy"], truth["pcvr"])
+  )
   assert out["ctr/auc"] == pytest.approx(M.auc(labels["click"], preds["pctr"]))
   ctcvr = labels["click"] & labels["buy"]
   assert out["ctcvr/auc"] == pytest.approx(M.auc(ctcvr, preds["pctcvr"]))
-  assert out["ctavr/auc"] == pytest.approx(M.auc(labels["click"] & labels["daction"], preds["pctavr"]))
+  assert out["ctavr/auc"] == pytest.approx(
+    M.auc(labels["click"] & labels["daction"], preds["pctavr"])
+  )
   assert out["n/impressions"] == 4000
   assert out["n/clicks"] == click.sum()
   assert out["n/buys"] == labels["buy"].sum()
@@ -281,9 +306,12 @@ if __name__ == "__main__":
   scores = rng.random(n).astype(np.float32)
   labels = (rng.random(n) < 0.3 * scores).astype(np.uint8)
   mask = (rng.random(n) < 0.99).astype(np.float32)
-  for name, fn, args in (("auc", M.auc, (labels, scores)), ("auc+mask", M.auc, (labels, scores, mask)),
-                         ("gauc", M.gauc, (labels, scores, users)),
-                         ("gauc+mask", M.gauc, (labels, scores, users, mask))):
+  for name, fn, args in (
+    ("auc", M.auc, (labels, scores)),
+    ("auc+mask", M.auc, (labels, scores, mask)),
+    ("gauc", M.gauc, (labels, scores, users)),
+    ("gauc+mask", M.gauc, (labels, scores, users, mask)),
+  ):
     t = time.perf_counter()
     fn(*args)
     print(f"{name:10s} {n:,} rows: {time.perf_counter() - t:.3f} s")

@@ -57,12 +57,18 @@ def test_log_space_loss_equals_naive_where_finite():
   click = (rng.random(64) < 0.5).astype(np.float32)
   buy = click * (rng.random(64) < 0.5)
   lab = {"click": jnp.asarray(click), "buy": jnp.asarray(buy)}
-  loss, parts = registry.get("esmm")().loss({k: jnp.asarray(v) for k, v in z.items()}, lab,
-                                            jax.random.PRNGKey(0))
-  pctr, pctcvr = sig(z["ctr"].astype(np.float64)), sig(z["ctr"].astype(np.float64)) * sig(z["cvr"].astype(np.float64))
+  loss, parts = registry.get("esmm")().loss(
+    {k: jnp.asarray(v) for k, v in z.items()}, lab, jax.random.PRNGKey(0)
+  )
+  pctr, pctcvr = (
+    sig(z["ctr"].astype(np.float64)),
+    sig(z["ctr"].astype(np.float64)) * sig(z["cvr"].astype(np.float64)),
+  )
   np.testing.assert_allclose(parts["ctr"], naive_bce(click, pctr), rtol=1e-5)
   np.testing.assert_allclose(parts["ctcvr"], naive_bce(click * buy, pctcvr), rtol=1e-5)
-  np.testing.assert_allclose(loss, naive_bce(click, pctr) + naive_bce(click * buy, pctcvr), rtol=1e-5)
+  np.testing.assert_allclose(
+    loss, naive_bce(click, pctr) + naive_bce(click * buy, pctcvr), rtol=1e-5
+  )
 
 
 def test_log_space_loss_finite_where_naive_is_not():
@@ -85,7 +91,9 @@ def test_log_space_loss_finite_where_naive_is_not():
 
 def test_log1mexp_matches_numpy_and_has_finite_grads():
   x = jnp.asarray([-1e-6, -0.1, -0.69, -0.7, -5.0, -50.0])
-  np.testing.assert_allclose(L.log1mexp(x), np.log(-np.expm1(np.asarray(x, np.float64))), rtol=1e-5, atol=1e-20)
+  np.testing.assert_allclose(
+    L.log1mexp(x), np.log(-np.expm1(np.asarray(x, np.float64))), rtol=1e-5, atol=1e-20
+  )
   g = jax.grad(lambda v: jnp.sum(L.log1mexp(v)))(x)
   assert np.all(np.isfinite(g))
 

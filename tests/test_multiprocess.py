@@ -16,8 +16,8 @@ import sys
 
 import numpy as np
 import pytest
-
 import tiny
+
 from esmjax import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,9 +31,19 @@ def _free_port() -> int:
 
 
 def _overrides(tmp, window_blocks):
-  return {"data.train_dir": str(tmp / "train"), "data.eval_dir": str(tmp / "eval"), "model.embed_dim": 4,
-          "model.hidden": (8, 4), "train.batch_size": 64, "train.eval_batch_size": 128, "train.num_steps": STEPS,
-          "train.log_every": 5, "checkpoint.enabled": False, "data.prefetch": 0, "data.window_blocks": window_blocks}
+  return {
+    "data.train_dir": str(tmp / "train"),
+    "data.eval_dir": str(tmp / "eval"),
+    "model.embed_dim": 4,
+    "model.hidden": (8, 4),
+    "train.batch_size": 64,
+    "train.eval_batch_size": 128,
+    "train.num_steps": STEPS,
+    "train.log_every": 5,
+    "checkpoint.enabled": False,
+    "data.prefetch": 0,
+    "data.window_blocks": window_blocks,
+  }
 
 
 def _flag(k, v):
@@ -47,26 +57,48 @@ def _train_losses(workdir):
 
 
 def _metrics_table(stdout: str) -> str:
-  return stdout[stdout.index("task "):]
+  return stdout[stdout.index("task ") :]
 
 
 def test_two_processes_match_one_process(tmp_path):
   tiny.tiny_dataset(str(tmp_path / "train"), n=2048, seed=0, block_rows=32)
   tiny.tiny_dataset(str(tmp_path / "eval"), n=512, seed=1, block_rows=64, start_id=10**6)
   port = _free_port()
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+  env = {
+    **os.environ,
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    "JAX_PLATFORMS": "cpu",
+  }
   # The two processes run 3 steps per dispatch (3 + 2 up to each log step), each stacking its
   # half-batches; the one-process reference runs single steps.
   two_processes = {**_overrides(tmp_path, 1), "train.steps_per_dispatch": 3}
   flags = [_flag(k, v) for k, v in two_processes.items()]
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "esmjax.main", "--config=configs/esmm.py", f"--workdir={tmp_path / 'two'}", *flags,
-       f"--config.distributed.coordinator=127.0.0.1:{port}", "--config.distributed.num_processes=2",
-       f"--config.distributed.process_id={i}"],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "esmjax.main",
+        "--config=configs/esmm.py",
+        f"--workdir={tmp_path / 'two'}",
+        *flags,
+        f"--config.distributed.coordinator=127.0.0.1:{port}",
+        "--config.distributed.num_processes=2",
+        f"--config.distributed.process_id={i}",
+      ],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
 
   # Meanwhile, the reference in this process: 1 process, 4 of the 8 test devices.
-  spec = importlib.util.spec_from_file_location("esmm_config", os.path.join(REPO, "configs", "esmm.py"))
+  spec = importlib.util.spec_from_file_location(
+    "esmm_config", os.path.join(REPO, "configs", "esmm.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   cfg = module.get_config()

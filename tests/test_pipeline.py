@@ -9,11 +9,10 @@ give exactly those batches, resume from any state, and never overwrite a batch s
 import grain
 import numpy as np
 import pytest
-
 import tiny
-from esmjax.data import block_order
+
+from esmjax.data import block_order, pipeline
 from esmjax.data import dataset as D
-from esmjax.data import pipeline
 
 
 @pytest.fixture(scope="module")
@@ -22,24 +21,39 @@ def ds(tmp_path_factory):
   return tiny.tiny_dataset(str(tmp_path_factory.mktemp("pipe") / "d"), n=2000, block_rows=256)
 
 
-def reference_batches(d, *, batch_size, window_blocks, seed, shuffle, fraction=1.0, process_index=0,
-                      process_count=1, num_epochs=1, drop_remainder=True):
+def reference_batches(
+  d,
+  *,
+  batch_size,
+  window_blocks,
+  seed,
+  shuffle,
+  fraction=1.0,
+  process_index=0,
+  process_count=1,
+  num_epochs=1,
+  drop_remainder=True,
+):
   mds = grain.MapDataset.source(D.BlockSource(d))
   if fraction < 1.0:
-    mds = mds[:max(1, int(round(len(mds) * fraction)))]
+    mds = mds[: max(1, int(round(len(mds) * fraction)))]
   if shuffle:
     mds = mds.shuffle(seed=seed)
   mds = mds[process_index::process_count].repeat(num_epochs)
   windows = []
   for w in range(-(-len(mds) // window_blocks)):
-    data = D.concat_blocks([mds[i] for i in range(w * window_blocks, min((w + 1) * window_blocks, len(mds)))])
+    data = D.concat_blocks(
+      [mds[i] for i in range(w * window_blocks, min((w + 1) * window_blocks, len(mds)))]
+    )
     n = len(data["user"])
     perm = np.random.default_rng([seed, w]).permutation(n) if shuffle else np.arange(n)
     windows.append(D.slice_block(data, perm))
   rows = D.concat_blocks(windows)
   n = len(rows["user"])
   stop = n - n % batch_size if drop_remainder else n
-  return [D.slice_block(rows, slice(i, min(i + batch_size, stop))) for i in range(0, stop, batch_size)]
+  return [
+    D.slice_block(rows, slice(i, min(i + batch_size, stop))) for i in range(0, stop, batch_size)
+  ]
 
 
 def assert_same(got, want):
@@ -52,12 +66,24 @@ def assert_same(got, want):
 
 
 CASES = [
-    dict(batch_size=100, window_blocks=2, seed=3, shuffle=True),
-    dict(batch_size=700, window_blocks=3, seed=1, shuffle=True, num_epochs=2),  # batches span windows and epochs
-    dict(batch_size=256, window_blocks=1, seed=0, shuffle=True),  # one block per window: no concatenation
-    dict(batch_size=300, window_blocks=4, seed=5, shuffle=False, drop_remainder=False),
-    dict(batch_size=64, window_blocks=2, seed=7, shuffle=True, fraction=0.6),
-    dict(batch_size=128, window_blocks=2, seed=2, shuffle=True, process_index=1, process_count=2, num_epochs=3),
+  dict(batch_size=100, window_blocks=2, seed=3, shuffle=True),
+  dict(
+    batch_size=700, window_blocks=3, seed=1, shuffle=True, num_epochs=2
+  ),  # batches span windows and epochs
+  dict(
+    batch_size=256, window_blocks=1, seed=0, shuffle=True
+  ),  # one block per window: no concatenation
+  dict(batch_size=300, window_blocks=4, seed=5, shuffle=False, drop_remainder=False),
+  dict(batch_size=64, window_blocks=2, seed=7, shuffle=True, fraction=0.6),
+  dict(
+    batch_size=128,
+    window_blocks=2,
+    seed=2,
+    shuffle=True,
+    process_index=1,
+    process_count=2,
+    num_epochs=3,
+  ),
 ]
 
 
@@ -77,7 +103,9 @@ def test_batches_equal_the_reference(ds, case, threads, prefetch):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_restored_state_replays_the_same_batches(ds, threads):
-  cfg = pipeline.PipelineConfig(batch_size=300, seed=4, window_blocks=3, prefetch=2, threads=threads)
+  cfg = pipeline.PipelineConfig(
+    batch_size=300, seed=4, window_blocks=3, prefetch=2, threads=threads
+  )
   it = iter(pipeline.train_iter_dataset(ds, cfg))
   states, batches = [], []
   for _ in range(20):  # through two epochs
@@ -95,8 +123,9 @@ def test_threaded_gather_equals_serial_gather(ds):
   # Batches big enough that each thread copies a share of every window and batch.
   out = []
   for threads in (1, 2, 4):
-    cfg = pipeline.PipelineConfig(batch_size=1024, seed=9, window_blocks=4, prefetch=0, threads=threads,
-                                  num_epochs=3)
+    cfg = pipeline.PipelineConfig(
+      batch_size=1024, seed=9, window_blocks=4, prefetch=0, threads=threads, num_epochs=3
+    )
     out.append([{k: v.copy() for k, v in b.items()} for b in pipeline.train_iter_dataset(ds, cfg)])
   assert_same(out[1], out[0])
   assert_same(out[2], out[0])
@@ -111,7 +140,7 @@ def test_batch_memory_is_reused_only_after_release(ds):
     next(it)
   assert_same(held, copies)  # the held batches were not written over
   for i, a in enumerate(held):
-    for b in held[i + 1:]:
+    for b in held[i + 1 :]:
       assert not np.shares_memory(a["mv_ids"], b["mv_ids"])
   view = held[0]["dense"][3:5]  # a view alone keeps its batch's memory
   del held, copies
@@ -131,20 +160,33 @@ def test_eval_batches_cover_every_row_once_in_file_order(ds):
   assert not got[-1][0]["user"][200:].any()  # padding rows are PAD
 
 
-@pytest.mark.parametrize("length", [1, 2, 3, 17, 130, 263, 520, 4097, 16385, 20_000, 65536, 65537, 100_003])
+@pytest.mark.parametrize(
+  "length", [1, 2, 3, 17, 130, 263, 520, 4097, 16385, 20_000, 65536, 65537, 100_003]
+)
 def test_vectorised_block_shuffle_equals_grains(length):
-  from grain._src.python.experimental.index_shuffle.python import index_shuffle_module as grain_shuffle
+  from grain._src.python.experimental.index_shuffle.python import (
+    index_shuffle_module as grain_shuffle,
+  )
 
   for seed in (0, 1, 12345, 2**32 - 1):
     got = block_order.grain_shuffle(length, seed)
     idx = range(length) if length <= 600 else np.random.default_rng(seed).integers(0, length, 200)
-    want = [grain_shuffle.index_shuffle(int(i), max_index=max(length - 1, 0), seed=seed, rounds=4) for i in idx]
+    want = [
+      grain_shuffle.index_shuffle(int(i), max_index=max(length - 1, 0), seed=seed, rounds=4)
+      for i in idx
+    ]
     assert got[list(idx)].tolist() == want, (length, seed)
 
 
-@pytest.mark.parametrize("kw", [dict(seed=3, shuffle=True), dict(seed=0, shuffle=False),
-                                dict(seed=5, shuffle=True, fraction=0.6),
-                                dict(seed=2**32 - 2, shuffle=True, process_index=1, process_count=3)])
+@pytest.mark.parametrize(
+  "kw",
+  [
+    dict(seed=3, shuffle=True),
+    dict(seed=0, shuffle=False),
+    dict(seed=5, shuffle=True, fraction=0.6),
+    dict(seed=2**32 - 2, shuffle=True, process_index=1, process_count=3),
+  ],
+)
 def test_block_order_equals_grains_chain(ds, kw, monkeypatch):
   want = block_order.block_order(ds, num_epochs=4, **kw)
   got = block_order.BlockOrder(ds, num_epochs=4, **kw)

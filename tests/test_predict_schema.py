@@ -13,16 +13,17 @@ import sys
 
 import numpy as np
 import pytest
+import tiny
 
 import esmjax
-import tiny
 from esmjax import predict
 from esmjax.data import csv_ingest
 from esmjax.data import dataset as D
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECHUB = os.path.join(REPO, "tests", "data", "public-samples", "torch-rechub", "examples",
-                      "ranking", "data", "ali-ccp")
+RECHUB = os.path.join(
+  REPO, "tests", "data", "public-samples", "torch-rechub", "examples", "ranking", "data", "ali-ccp"
+)
 
 
 def rechub_config():
@@ -44,8 +45,9 @@ def world(tmp_path_factory):
   csv_ingest.ingest(cfg, sample("test"), str(root / "own_vocab"), progress=False)
   fewer = rechub_config()
   fewer.dense = fewer.dense[:-1]
-  csv_ingest.ingest(fewer, sample("test"), str(root / "one_dense_less"), stats_from=train,
-                    progress=False)
+  csv_ingest.ingest(
+    fewer, sample("test"), str(root / "one_dense_less"), stats_from=train, progress=False
+  )
   config = tiny.tiny_config("esmm", **{"train.num_steps": 2})
   config.data.train_dir, config.data.eval_dir = train, str(root / "test")
   esmjax.train(config, str(root / "wd"))
@@ -100,14 +102,33 @@ def test_cli_predict_refuses_with_one_line_and_exit_2(world, tmp_path):
   root, config = world
   out = tmp_path / "preds.csv"
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-  flags = [f"--config.data.train_dir={config.data.train_dir}",
-           f"--config.data.eval_dir={config.data.eval_dir}", "--config.model.hidden=8,4",
-           "--config.model.embed_dim=4", "--config.train.batch_size=64",
-           "--config.train.eval_batch_size=128", "--config.mesh.num_devices=1"]
-  r = subprocess.run([sys.executable, "-m", "esmjax.main", "--config=configs/esmm.py", *flags,
-                      f"--workdir={root / 'wd'}", "--mode=predict",
-                      f"--predict_input={root / 'own_vocab'}", f"--predict_output={out}"],
-                     cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  flags = [
+    f"--config.data.train_dir={config.data.train_dir}",
+    f"--config.data.eval_dir={config.data.eval_dir}",
+    "--config.model.hidden=8,4",
+    "--config.model.embed_dim=4",
+    "--config.train.batch_size=64",
+    "--config.train.eval_batch_size=128",
+    "--config.mesh.num_devices=1",
+  ]
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "esmjax.main",
+      "--config=configs/esmm.py",
+      *flags,
+      f"--workdir={root / 'wd'}",
+      "--mode=predict",
+      f"--predict_input={root / 'own_vocab'}",
+      f"--predict_output={out}",
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert r.returncode == 2, r.stderr[-3000:]
   err = [l for l in r.stderr.splitlines() if l.startswith("esmjax: error:")]
   assert len(err) == 1
@@ -121,26 +142,47 @@ def test_cli_predict_refuses_with_one_line_and_exit_2(world, tmp_path):
 R = dataclasses.replace
 
 
-@pytest.mark.parametrize("change, want", [
-    (lambda s: R(s, sparse=s.sparse[:2]),
-     "single-valued fields differ: ['user', 'item', 'ctx'] vs ['user', 'item']"),
-    (lambda s: R(s, sparse=(s.sparse[1], s.sparse[0], s.sparse[2])),
-     "single-valued fields differ: ['user', 'item', 'ctx'] vs ['item', 'user', 'ctx']"),
-    (lambda s: R(s, sparse=(D.SparseField("user", 13),) + s.sparse[1:]),
-     "single-valued field 'user': vocab_size 12 vs 13"),
-    (lambda s: R(s, multi=(D.MultiField("hist", 9, 4, "sum"), s.multi[1])),
-     "multi-valued field 'hist': max_len 3 vs 4"),
-    (lambda s: R(s, multi=(s.multi[0], D.MultiField("tags", 6, 2, "sum"))),
-     "multi-valued field 'tags': pooling 'mean' vs 'sum'"),
-    (lambda s: R(s, multi=(D.MultiField("hist", 10, 3, "sum"), s.multi[1])),
-     "multi-valued field 'hist': vocab_size 9 vs 10"),
-    (lambda s: R(s, dense=(D.DenseField("price", 1.5, 2.0, (0.0, 1.0, 2.5)), s.dense[1])),
-     "dense field 'price': mean 1.0 vs 1.5"),
-    (lambda s: R(s, dense=(s.dense[0], D.DenseField("age", 0.5, 3.0, (0.0, 0.5, 1.0)))),
-     "dense field 'age': std 1.0 vs 3.0"),
-    (lambda s: R(s, dense=(D.DenseField("price", 1.0, 2.0, (0.0, 1.0)), s.dense[1])),
-     "dense field 'price': boundaries (0.0, 1.0, 2.5) vs (0.0, 1.0)"),
-])
+@pytest.mark.parametrize(
+  "change, want",
+  [
+    (
+      lambda s: R(s, sparse=s.sparse[:2]),
+      "single-valued fields differ: ['user', 'item', 'ctx'] vs ['user', 'item']",
+    ),
+    (
+      lambda s: R(s, sparse=(s.sparse[1], s.sparse[0], s.sparse[2])),
+      "single-valued fields differ: ['user', 'item', 'ctx'] vs ['item', 'user', 'ctx']",
+    ),
+    (
+      lambda s: R(s, sparse=(D.SparseField("user", 13),) + s.sparse[1:]),
+      "single-valued field 'user': vocab_size 12 vs 13",
+    ),
+    (
+      lambda s: R(s, multi=(D.MultiField("hist", 9, 4, "sum"), s.multi[1])),
+      "multi-valued field 'hist': max_len 3 vs 4",
+    ),
+    (
+      lambda s: R(s, multi=(s.multi[0], D.MultiField("tags", 6, 2, "sum"))),
+      "multi-valued field 'tags': pooling 'mean' vs 'sum'",
+    ),
+    (
+      lambda s: R(s, multi=(D.MultiField("hist", 10, 3, "sum"), s.multi[1])),
+      "multi-valued field 'hist': vocab_size 9 vs 10",
+    ),
+    (
+      lambda s: R(s, dense=(D.DenseField("price", 1.5, 2.0, (0.0, 1.0, 2.5)), s.dense[1])),
+      "dense field 'price': mean 1.0 vs 1.5",
+    ),
+    (
+      lambda s: R(s, dense=(s.dense[0], D.DenseField("age", 0.5, 3.0, (0.0, 0.5, 1.0)))),
+      "dense field 'age': std 1.0 vs 3.0",
+    ),
+    (
+      lambda s: R(s, dense=(D.DenseField("price", 1.0, 2.0, (0.0, 1.0)), s.dense[1])),
+      "dense field 'price': boundaries (0.0, 1.0, 2.5) vs (0.0, 1.0)",
+    ),
+  ],
+)
 def test_input_difference_names_the_first_difference(change, want):
   s = tiny.tiny_schema()
   assert s.input_difference(change(s)) == want
@@ -148,8 +190,12 @@ def test_input_difference_names_the_first_difference(change, want):
 
 def test_input_difference_ignores_labels_truth_groups_and_json_round_trips():
   s = tiny.tiny_schema()
-  other = dataclasses.replace(s, labels=("click", "buy"), truth=(),
-                              sparse=(D.SparseField("user", 12, group="item"),) + s.sparse[1:])
+  other = dataclasses.replace(
+    s,
+    labels=("click", "buy"),
+    truth=(),
+    sparse=(D.SparseField("user", 12, group="item"),) + s.sparse[1:],
+  )
   assert s.input_difference(other) is None
   assert s.input_difference(D.Schema.from_json(s.to_json())) is None
   nan = dataclasses.replace(s, dense=(D.DenseField("price", float("nan"), 2.0), s.dense[1]))

@@ -8,13 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import tiny
+
 from esmjax import config as config_lib
 from esmjax import sharding as sh
 from esmjax import state as state_lib
-from esmjax import steps
-from esmjax import trainer
+from esmjax import steps, trainer
 from esmjax.data import dataset as D
 from esmjax.embedding import engine as engine_lib
 from esmjax.embedding import optimizers as opt_lib
@@ -23,10 +22,11 @@ from esmjax.embedding import sharded
 # Vocabularies whose padded total (264 rows, 33 per device on 8) matches no batch, field or tower
 # size, so a table-shaped collective in the compiled step cannot hide behind another array's shape.
 SCHEMA = D.Schema(
-    sparse=(D.SparseField("user", 101), D.SparseField("item", 57), D.SparseField("ctx", 31)),
-    multi=(D.MultiField("hist", 73, 3, "sum"),),
-    dense=(D.DenseField("price", 1.0, 2.0, (0.0, 1.0, 2.5)),),
-    labels=("click", "buy", "cart", "wish", "daction"))
+  sparse=(D.SparseField("user", 101), D.SparseField("item", 57), D.SparseField("ctx", 31)),
+  multi=(D.MultiField("hist", 73, 3, "sum"),),
+  dense=(D.DenseField("price", 1.0, 2.0, (0.0, 1.0, 2.5)),),
+  labels=("click", "buy", "cart", "wish", "daction"),
+)
 ROWS, PADDED8 = 101 + 57 + 31 + 73, 264
 
 
@@ -81,10 +81,15 @@ def test_eight_devices_train_like_one(runs):
   np.testing.assert_allclose(l8, l1, rtol=1e-5)
   assert l1[-1] < l1[0]
   assert s8.tables["shared"].sharding.spec == jax.sharding.PartitionSpec("data")
-  np.testing.assert_allclose(_host(s8.tables["shared"]), _host(s1.tables["shared"]), rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(_host(s8.slots["shared"]["acc"]), _host(s1.slots["shared"]["acc"]), rtol=1e-4,
-                             atol=1e-9)
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), s8.params, s1.params)
+  np.testing.assert_allclose(
+    _host(s8.tables["shared"]), _host(s1.tables["shared"]), rtol=1e-4, atol=1e-6
+  )
+  np.testing.assert_allclose(
+    _host(s8.slots["shared"]["acc"]), _host(s1.slots["shared"]["acc"]), rtol=1e-4, atol=1e-9
+  )
+  jax.tree_util.tree_map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), s8.params, s1.params
+  )
   assert np.all(np.asarray(jax.device_get(s8.scratch)) == -1)  # the merge's row map is clean again
 
 
@@ -98,27 +103,44 @@ def test_sharded_training_equals_dense_autodiff(runs):
     a, ma = eight.train_step(a, sh.put_batch(batch, eight.mesh))
     b, mb = dense(b, {k: jnp.asarray(v) for k, v in batch.items()})
     np.testing.assert_allclose(float(ma["loss"]), float(mb["loss"]), rtol=1e-5)
-  np.testing.assert_allclose(_host(a.tables["shared"]), _host(b.tables["shared"]), rtol=2e-5, atol=1e-7)
-  np.testing.assert_allclose(_host(a.slots["shared"]["acc"]), _host(b.slots["shared"]["acc"]), rtol=2e-5,
-                             atol=1e-9)
+  np.testing.assert_allclose(
+    _host(a.tables["shared"]), _host(b.tables["shared"]), rtol=2e-5, atol=1e-7
+  )
+  np.testing.assert_allclose(
+    _host(a.slots["shared"]["acc"]), _host(b.slots["shared"]["acc"]), rtol=2e-5, atol=1e-9
+  )
 
 
 def test_every_sparse_optimizer_sharded_equals_dense_reference():
   """Each optimizer, row-sharded over 8 devices with two table sets, equals the same optimizer
   applied to the dense [V, D] gradient on touched rows (untouched rows and slots unchanged)."""
   mesh = sh.make_mesh(8)
-  layout = engine_lib.FeatureLayout(sparse_offsets=(0,), mv_offsets=(), mv_lens=(), dense_offsets=(),
-                                    dense_boundaries=(), num_rows=PADDED8, padded_rows=PADDED8)
+  layout = engine_lib.FeatureLayout(
+    sparse_offsets=(0,),
+    mv_offsets=(),
+    mv_lens=(),
+    dense_offsets=(),
+    dense_boundaries=(),
+    num_rows=PADDED8,
+    padded_rows=PADDED8,
+  )
   rng = np.random.default_rng(0)
-  ids = [jnp.asarray(np.minimum(rng.zipf(1.3, (64, 5)) - 1, PADDED8 - 1), jnp.int32) for _ in range(3)]
-  grads = [{n: jnp.asarray(rng.normal(size=(64, 5, 4)), jnp.float32) for n in ("ctr", "cvr")} for _ in range(3)]
+  ids = [
+    jnp.asarray(np.minimum(rng.zipf(1.3, (64, 5)) - 1, PADDED8 - 1), jnp.int32) for _ in range(3)
+  ]
+  grads = [
+    {n: jnp.asarray(rng.normal(size=(64, 5, 4)), jnp.float32) for n in ("ctr", "cvr")}
+    for _ in range(3)
+  ]
   kinds = opt_lib.names()
 
   def run_all(ids, grads):
     out = {}
     for kind in kinds:
       opt = opt_lib.make(kind, learning_rate=0.1, initial_accumulator=0.1, l1=0.01, l2=0.01)
-      eng = sharded.ShardedEngine(layout=layout, dim=4, table_names=("ctr", "cvr"), opt=opt, mesh=mesh)
+      eng = sharded.ShardedEngine(
+        layout=layout, dim=4, table_names=("ctr", "cvr"), opt=opt, mesh=mesh
+      )
       t, s, scr = eng.init(jax.random.PRNGKey(1))
       ref_t, ref_s = dict(t), dict(s)
       for step, (i, g) in enumerate(zip(ids, grads)):
@@ -126,16 +148,20 @@ def test_every_sparse_optimizer_sharded_equals_dense_reference():
         touched = jnp.zeros((PADDED8,), bool).at[i.reshape(-1)].set(True)
         for n in ref_t:
           dense_g = jnp.zeros((PADDED8, 4)).at[i.reshape(-1)].add(g[n].reshape(-1, 4))
-          ref_t[n], ref_s[n] = opt_lib.dense_reference_update(opt, ref_t[n], ref_s[n], dense_g, jnp.int32(step),
-                                                             touched)
+          ref_t[n], ref_s[n] = opt_lib.dense_reference_update(
+            opt, ref_t[n], ref_s[n], dense_g, jnp.int32(step), touched
+          )
       out[kind] = (t, s, ref_t, ref_s, scr)
     return out
 
   out = jax.device_get(jax.jit(run_all)(ids, grads))
+
   def close(a, b, kind, atol):
     # Float rounding of sums in another order, relative to the array's scale: FTRL's z reaches ~60
     # and some entries cancel to ~1e-2, so an absolute 1e-7 would be below f32 resolution there.
-    np.testing.assert_allclose(a, b, rtol=2e-5, atol=atol * max(1.0, float(np.abs(b).max())), err_msg=kind)
+    np.testing.assert_allclose(
+      a, b, rtol=2e-5, atol=atol * max(1.0, float(np.abs(b).max())), err_msg=kind
+    )
 
   for kind, (t, s, ref_t, ref_s, scr) in out.items():
     # Adam divides by |g|: where duplicates nearly cancel, the other summation order of the merge
@@ -167,8 +193,16 @@ def test_compiled_step_moves_no_table(runs):
   state = eight.init_fn()
   batch = sh.put_batch(_batches(1)[0], eight.mesh)
   hlo = eight.train_step.lower(state, batch).compile().as_text()
-  ops = [m.groups() for line in hlo.splitlines() if (m := re.search(
-      r"= (.*?) (all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)(?:-start)?\(", line))]
+  ops = [
+    m.groups()
+    for line in hlo.splitlines()
+    if (
+      m := re.search(
+        r"= (.*?) (all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)(?:-start)?\(",
+        line,
+      )
+    )
+  ]
   kinds = {k for _, k in ops}
   assert {"all-gather", "reduce-scatter"} <= kinds, kinds  # the lookup / update collectives exist
   for shape, kind in ops:
@@ -184,11 +218,13 @@ def test_compiled_step_moves_no_table(runs):
 def _table_sized_work(hlo: str, rows: int) -> list[str]:
   """Instructions of the compiled step that make a table-, slot- or scratch-sized array other than
   the donated inputs and the in-place row scatters into them (a copy or a memset: O(table))."""
-  entry = hlo[hlo.index("\nENTRY"):]
+  entry = hlo[hlo.index("\nENTRY") :]
   bad = []
   for line in entry.splitlines()[1:]:
     m = re.search(rf"= [a-z0-9]+\[{rows}[,\]]\S* ([a-z-]+)\(", line)
-    if m and not (m.group(1) in ("parameter", "scatter") or re.search(r"calls=%[\w.]*scatter", line)):
+    if m and not (
+      m.group(1) in ("parameter", "scatter") or re.search(r"calls=%[\w.]*scatter", line)
+    ):
       bad.append(line.strip()[:160])
   return bad
 
@@ -207,7 +243,10 @@ def test_bf16_tables_and_towers_train_sharded(runs):
   bf16 = _run(cfg, 8)
   batch = _batches(1, seed=3)[0]
   state, losses = _train(bf16, [batch] * 12)  # one batch, over and over: the loss must fall
-  assert state.tables["shared"].dtype == jnp.bfloat16 and state.slots["shared"]["acc"].dtype == jnp.float32
+  assert (
+    state.tables["shared"].dtype == jnp.bfloat16
+    and state.slots["shared"]["acc"].dtype == jnp.float32
+  )
   assert np.all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0], losses
   _, l32 = _train(runs[1], [batch] * 12)
   np.testing.assert_allclose(losses, l32, rtol=0.05)  # bf16 tracks f32 (no drift, no divergence)
@@ -217,11 +256,15 @@ def test_embedding_sharding_config_picks_the_engine():
   mesh1, mesh8 = sh.make_mesh(1), sh.make_mesh(8)
   cfg = _config("esmm")
   assert type(state_lib.build(cfg, SCHEMA, mesh=mesh1).engine) is engine_lib.Engine
-  assert type(state_lib.build(cfg, SCHEMA, mesh=mesh8, row_multiple=8).engine) is sharded.ShardedEngine
+  assert (
+    type(state_lib.build(cfg, SCHEMA, mesh=mesh8, row_multiple=8).engine) is sharded.ShardedEngine
+  )
   cfg.embedding.sharding = "replicated"
   assert type(state_lib.build(cfg, SCHEMA, mesh=mesh8, row_multiple=8).engine) is engine_lib.Engine
   cfg.embedding.sharding = "row"
   assert type(state_lib.build(cfg, SCHEMA, mesh=mesh1).engine) is sharded.ShardedEngine
   cfg.embedding.sharding = "rows"
-  with pytest.raises(config_lib.ConfigError, match=r"embedding.sharding='rows'.*'auto', 'replicated', 'row'"):
+  with pytest.raises(
+    config_lib.ConfigError, match=r"embedding.sharding='rows'.*'auto', 'replicated', 'row'"
+  ):
     config_lib.validate(cfg)

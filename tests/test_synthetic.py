@@ -10,9 +10,22 @@ from esmjax.data import dataset as ds_lib
 from esmjax.data import pipeline
 from esmjax.data import synthetic as syn
 
-TINY = dict(num_users=2_000, num_items=1_000, num_categories=50, num_shops=200, num_brands=100,
-            num_intentions=150, num_profiles=20, cross_buckets=512, num_train=20_000, num_eval=4_000,
-            block_rows=2_048, blocks_per_shard=4, chunk_rows=8_192, calibration_rows=20_000)
+TINY = dict(
+  num_users=2_000,
+  num_items=1_000,
+  num_categories=50,
+  num_shops=200,
+  num_brands=100,
+  num_intentions=150,
+  num_profiles=20,
+  cross_buckets=512,
+  num_train=20_000,
+  num_eval=4_000,
+  block_rows=2_048,
+  blocks_per_shard=4,
+  chunk_rows=8_192,
+  calibration_rows=20_000,
+)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +69,8 @@ def test_generate_is_deterministic(tmp_path, cached):
   assert ma == mb
   assert ma["source"]["seed"] == 0 and ma["source"]["config"]["num_train"] == TINY["num_train"]
   other = next(syn.iter_blocks(syn.build_world(dict(TINY, seed=1)), "train"))
-  assert not np.array_equal(other["sparse"], a["sparse"][:len(other["sparse"])])
-  assert not np.array_equal(other["labels"], a["labels"][:len(other["labels"])])
+  assert not np.array_equal(other["sparse"], a["sparse"][: len(other["sparse"])])
+  assert not np.array_equal(other["labels"], a["labels"][: len(other["labels"])])
 
 
 def test_labels_are_consistent(train_rows):
@@ -89,7 +102,7 @@ def test_schema_is_valid(world, train_rows, cached):
       assert col.min() >= 2, f.name
   ids, w = train_rows["mv_ids"], train_rows["mv_w"]
   for f, off in zip(sch.multi, sch.mv_offsets):
-    fi, fw = ids[:, off:off + f.max_len], w[:, off:off + f.max_len]
+    fi, fw = ids[:, off : off + f.max_len], w[:, off : off + f.max_len]
     assert fi.min() >= 0 and fi.max() < f.vocab_size, f.name
     assert not (fi == ds_lib.OOV).any(), f.name
     np.testing.assert_array_equal(fw == 0, fi == ds_lib.PAD, err_msg=f.name)
@@ -191,12 +204,19 @@ def test_named_worlds_and_the_config_that_selects_them():
 
   paper = syn.world_config("paper")
   assert (paper.ctr, paper.cvr, paper.daction_rate, paper.num_train, paper.num_eval) == (
-      0.04, 0.0053, 0.2, 4_000_000, 1_000_000)
+    0.04,
+    0.0053,
+    0.2,
+    4_000_000,
+    1_000_000,
+  )
   assert syn.world_config("default").to_dict() == syn.default_config().to_dict()
   assert config_lib.default_config(world="paper").data.synthetic.to_dict() == paper.to_dict()
   assert config_lib.default_config().data.synthetic.to_dict() == syn.default_config().to_dict()
   assert syn.world_config("paper", cvr=0.01, num_eval=10).cvr == 0.01
-  with pytest.raises(ValueError, match=r"world 'papr' is not defined; allowed: \['default', 'paper'\]"):
+  with pytest.raises(
+    ValueError, match=r"world 'papr' is not defined; allowed: \['default', 'paper'\]"
+  ):
     syn.world_config("papr")
   with pytest.raises(ValueError, match=r"unknown key 'cvx'"):
     syn.world_config("paper", cvx=0.01)
@@ -236,15 +256,24 @@ def test_cli_prints_a_named_worlds_statistics(tmp_path):
 
   args = [f"--set={k}={v}" for k, v in TINY.items()]
   args += ["--set=num_train=8192", "--set=num_eval=4096"]
-  r = subprocess.run([sys.executable, "-m", "esmjax.data.synthetic", str(tmp_path), "--world=paper",
-                      *args], capture_output=True, text=True, timeout=300)
+  r = subprocess.run(
+    [sys.executable, "-m", "esmjax.data.synthetic", str(tmp_path), "--world=paper", *args],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert r.returncode == 0, r.stderr[-2000:]
-  lines = dict(line.split(" ", 1) for line in r.stdout.splitlines()
-               if line.startswith(("train ", "eval ")))
+  lines = dict(
+    line.split(" ", 1) for line in r.stdout.splitlines() if line.startswith(("train ", "eval "))
+  )
   train = json.loads(lines["train"])
   assert train["rows"] == 8192 and json.loads(lines["eval"])["rows"] == 4096
   assert 0.02 < train["ctr"] < 0.06 and train["mean_pcvr_clicked"] < 0.01
-  r = subprocess.run([sys.executable, "-m", "esmjax.data.synthetic", str(tmp_path), "--world=nope"],
-                     capture_output=True, text=True, timeout=300)
+  r = subprocess.run(
+    [sys.executable, "-m", "esmjax.data.synthetic", str(tmp_path), "--world=nope"],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert r.returncode == 1
   assert "synthetic world 'nope' is not defined; allowed: ['default', 'paper']" in r.stderr

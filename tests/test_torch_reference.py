@@ -13,10 +13,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+sys.path.insert(
+  0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+)
 
 import tiny  # noqa: E402
 import torch_reference as tr  # noqa: E402
+
 from esmjax import state as state_lib  # noqa: E402
 from esmjax import steps  # noqa: E402
 
@@ -45,12 +48,19 @@ def _jax(b):
 
 def _esmjax_forward(c, state, batch):
   """(probabilities, loss, per-task losses) of esmjax's own step code, in one jit."""
-  emb = c.engine.lookup(state.tables, c.layout.global_ids(batch["sparse"], batch["mv_ids"], batch["dense"]))
+  emb = c.engine.lookup(
+    state.tables, c.layout.global_ids(batch["sparse"], batch["mv_ids"], batch["dense"])
+  )
   loss, parts = steps._loss_fn(c, state.params, emb, batch, state.rng, False)
-  return steps.predict_step(c, state, batch), {"loss": loss, **{f"loss/{k}": v for k, v in parts.items()}}
+  return steps.predict_step(c, state, batch), {
+    "loss": loss,
+    **{f"loss/{k}": v for k, v in parts.items()},
+  }
 
 
-@pytest.mark.parametrize("model,dense_mode", [("esmm", "tanh"), ("esm2", "bucket"), ("esmm_ns", "tanh")])
+@pytest.mark.parametrize(
+  "model,dense_mode", [("esmm", "tanh"), ("esm2", "bucket"), ("esmm_ns", "tanh")]
+)
 def test_forward_probabilities_and_loss_equal_esmjax(model, dense_mode):
   cfg, schema, c, state = _setup(model, dense_mode)
   b = _batch(schema)
@@ -80,8 +90,12 @@ def test_train_steps_equal_esmjax(opt):
     state, m = step(state, _jax(b))
     loss = trainer.step(tr.to_torch(b))
     np.testing.assert_allclose(float(loss), float(m["loss"]), rtol=1e-5)
-  np.testing.assert_allclose(tm.tables["shared"].weight.detach().numpy(), np.asarray(state.tables["shared"]),
-                             rtol=1e-4, atol=2e-6)
+  np.testing.assert_allclose(
+    tm.tables["shared"].weight.detach().numpy(),
+    np.asarray(state.tables["shared"]),
+    rtol=1e-4,
+    atol=2e-6,
+  )
   k = np.asarray(state.params["tower_cvr"]["Dense_0"]["kernel"]).T
   np.testing.assert_allclose(tm.tower["cvr"][0].weight.detach().numpy(), k, rtol=1e-4, atol=2e-6)
 
@@ -107,13 +121,16 @@ def _train_both(cfg, schema, c, state, variant: str, batches):
   for i, b in enumerate(batches):
     state, m = step(state, _jax(b))
     loss = trainer.step(tr.to_torch(b))
-    np.testing.assert_allclose(float(loss), float(m["loss"]), rtol=1e-5,
-                               err_msg=f"{variant} step {i + 1}")
+    np.testing.assert_allclose(
+      float(loss), float(m["loss"]), rtol=1e-5, err_msg=f"{variant} step {i + 1}"
+    )
     yield i + 1, state, tm
 
 
-@pytest.mark.parametrize("variant,opt", [("compile-dense-rowwise_adagrad", "rowwise_adagrad"),
-                                         ("compile-dense-adagrad", "adagrad")])
+@pytest.mark.parametrize(
+  "variant,opt",
+  [("compile-dense-rowwise_adagrad", "rowwise_adagrad"), ("compile-dense-adagrad", "adagrad")],
+)
 def test_compiled_dense_variants_equal_esmjax(variant, opt):
   """torch.compile over lookups + towers + loss with dense [V, D] gradients: dense Adagrad
   (element- or row-wise) leaves zero-gradient rows and their accumulators as they are, so it
@@ -136,20 +153,26 @@ def test_compiled_dense_adam_equals_lazy_adam_until_a_row_is_skipped():
   c = state_lib.build(cfg, schema)
   e = cfg.embedding
   batches = [_batch(schema, seed=30 + i, n=4) for i in range(2)]  # small: rows only in step 1
-  looked = [np.unique(np.asarray(c.layout.global_ids(b["sparse"], b["mv_ids"], b["dense"])))
-            for b in batches]
+  looked = [
+    np.unique(np.asarray(c.layout.global_ids(b["sparse"], b["mv_ids"], b["dense"])))
+    for b in batches
+  ]
   only_first = np.setdiff1d(looked[0], looked[1])
   assert only_first.size, "the batches must leave rows to step 2 that step 1 looked up"
   for i, state, tm in _train_both(cfg, schema, c, state, "compile-dense-adam", batches):
     if i == 1:
-      np.testing.assert_allclose(_table(tm), np.asarray(state.tables["shared"]), rtol=1e-4,
-                                 atol=2e-6)
+      np.testing.assert_allclose(
+        _table(tm), np.asarray(state.tables["shared"]), rtol=1e-4, atol=2e-6
+      )
   got, lazy = _table(tm), np.asarray(state.tables["shared"])
   same = np.setdiff1d(np.arange(lazy.shape[0]), only_first)
   np.testing.assert_allclose(got[same], lazy[same], rtol=1e-4, atol=2e-6)
   m, v = (np.asarray(state.slots["shared"][k])[only_first] for k in ("m", "v"))  # from step 1
-  step = e.learning_rate * (e.beta1 * m / (1 - e.beta1**2)) / (
-      np.sqrt(e.beta2 * v / (1 - e.beta2**2)) + e.eps)
+  step = (
+    e.learning_rate
+    * (e.beta1 * m / (1 - e.beta1**2))
+    / (np.sqrt(e.beta2 * v / (1 - e.beta2**2)) + e.eps)
+  )
   np.testing.assert_allclose(got[only_first], lazy[only_first] - step, rtol=1e-4, atol=2e-6)
   assert np.abs(got[only_first] - lazy[only_first]).max() > 1e-3  # the decay shows, not noise
   _assert_towers_equal(tm, state)
@@ -170,8 +193,12 @@ def test_dense_gradients_take_the_same_steps_as_sparse():
 
 
 def test_variant_names_round_trip_and_errors_name_the_values():
-  for name in ("eager-sparse-rowwise_adagrad", "compile-dense-adagrad", "eager-sparse-lazy_adam",
-               "compile-dense-adam"):
+  for name in (
+    "eager-sparse-rowwise_adagrad",
+    "compile-dense-adagrad",
+    "eager-sparse-lazy_adam",
+    "compile-dense-adam",
+  ):
     assert tr.Variant.parse(name).name == name
   with pytest.raises(ValueError, match=r"lazy_adam needs sparse"):
     tr.Variant.parse("eager-dense-lazy_adam")

@@ -18,12 +18,20 @@ import user_path_report as report  # noqa: E402
 
 
 def test_read_run_rate_leaves_out_the_first_step(tmp_path):
-  summary = {"steps": 11, "train_seconds": 3.0, "compile_seconds": 1.0, "examples_per_sec": 7.0,
-             "config": {"train": {"batch_size": 100}}, "metrics": {"ctr/auc": 0.7}}
+  summary = {
+    "steps": 11,
+    "train_seconds": 3.0,
+    "compile_seconds": 1.0,
+    "examples_per_sec": 7.0,
+    "config": {"train": {"batch_size": 100}},
+    "metrics": {"ctr/auc": 0.7},
+  }
   (tmp_path / "summary.json").write_text(json.dumps(summary))
-  lines = [{"step": 5, "split": "train", "loss": 0.5, "examples_per_sec": 400.0},
-           {"step": 10, "split": "train", "loss": 0.25, "examples_per_sec": 600.0},
-           {"step": 11, "split": "eval", "ctr/auc": 0.7}]
+  lines = [
+    {"step": 5, "split": "train", "loss": 0.5, "examples_per_sec": 400.0},
+    {"step": 10, "split": "train", "loss": 0.25, "examples_per_sec": 600.0},
+    {"step": 11, "split": "eval", "ctr/auc": 0.7},
+  ]
   (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
   r = common.read_run(tmp_path)
   assert r["ex_per_s"] == 10 * 100 / 2.0  # steps 2..11 over train_seconds − compile_seconds
@@ -35,9 +43,11 @@ def test_read_run_rate_leaves_out_the_first_step(tmp_path):
 def test_schedule_interleaves_and_rotates():
   systems = ["new", "baseline", "torch-a"]
   r0 = up.schedule(["esmm"], [1024], systems, 0)
-  assert r0 == [("pipeline", None, 1024, "pipeline"),
-                *[("e2e", "esmm", 1024, s) for s in systems],
-                *[("step", "esmm", 1024, s) for s in systems]]
+  assert r0 == [
+    ("pipeline", None, 1024, "pipeline"),
+    *[("e2e", "esmm", 1024, s) for s in systems],
+    *[("step", "esmm", 1024, s) for s in systems],
+  ]
   r1 = up.schedule(["esmm"], [1024], systems, 1)
   assert [s for k, _, _, s in r1 if k == "e2e"] == ["baseline", "torch-a", "new"]
   assert len(up.schedule(["esmm", "esm2"], [1024, 4096], systems, 2)) == 2 + 2 * 2 * 6
@@ -46,21 +56,38 @@ def test_schedule_interleaves_and_rotates():
 def _runs(e2e, step, pipe):
   """runs[kind][point][system] from {point: {system: [rates]}} (e2e: one rate per run; step and
   pipeline: windows)."""
-  def kind(points, rate):
-    return {p: {s: [{"ex_per_s": rate(x), "first_step_s": 1.0} for x in xs] for s, xs in ss.items()}
-            for p, ss in points.items()}
 
-  return {"e2e": kind(e2e, lambda x: x), "step": kind(step, lambda x: [x, x]),
-          "pipeline": kind({p: {"pipeline": xs} for p, xs in pipe.items()}, lambda x: [x])}
+  def kind(points, rate):
+    return {
+      p: {s: [{"ex_per_s": rate(x), "first_step_s": 1.0} for x in xs] for s, xs in ss.items()}
+      for p, ss in points.items()
+    }
+
+  return {
+    "e2e": kind(e2e, lambda x: x),
+    "step": kind(step, lambda x: [x, x]),
+    "pipeline": kind({p: {"pipeline": xs} for p, xs in pipe.items()}, lambda x: [x]),
+  }
 
 
 def test_targets_on_hand_numbers():
-  e2e = {"esmm@1024": {"new": [60e3, 62e3, 58e3], "baseline": [40e3, 41e3, 39e3],
-                       "torch-x": [30e3, 31e3, 29e3], "torch-y": [45e3, 44e3, 46e3]},
-         "esm2@1024": {"new": [50e3, 50e3, 50e3], "baseline": [20e3, 26e3, 27e3],
-                       "torch-x": [30e3, 30e3, 30e3]}}
-  step = {"esmm@1024": {"new": [100e3, 100e3, 100e3], "torch-x": [50e3, 50e3, 50e3]},
-          "esm2@1024": {"new": [80e3, 80e3, 80e3], "torch-x": [40e3, 40e3, 40e3]}}
+  e2e = {
+    "esmm@1024": {
+      "new": [60e3, 62e3, 58e3],
+      "baseline": [40e3, 41e3, 39e3],
+      "torch-x": [30e3, 31e3, 29e3],
+      "torch-y": [45e3, 44e3, 46e3],
+    },
+    "esm2@1024": {
+      "new": [50e3, 50e3, 50e3],
+      "baseline": [20e3, 26e3, 27e3],
+      "torch-x": [30e3, 30e3, 30e3],
+    },
+  }
+  step = {
+    "esmm@1024": {"new": [100e3, 100e3, 100e3], "torch-x": [50e3, 50e3, 50e3]},
+    "esm2@1024": {"new": [80e3, 80e3, 80e3], "torch-x": [40e3, 40e3, 40e3]},
+  }
   runs = _runs(e2e, step, {"pipeline@1024": [450e3, 600e3, 520e3]})
   runs["e2e"]["esm2@1024"]["torch-x"].append({"error": "exit 1: boom"})
   summary = report.summarise(runs)
@@ -77,16 +104,25 @@ def test_targets_on_hand_numbers():
   assert not t[f"ESM2 {at} 2× the baseline"]["holds"]  # 50 / 26
   pipe = t["pipeline ≥ 5× the step at batch 1,024"]
   assert pipe["holds"] and pipe["detail"].startswith("5.2× (520.0 k vs 100.0 k ex/s, ESMM's step)")
-  res = {"when": "now", "machine": {"cpu": "cpu", "cores": 2}, "load_before": [1.0],
-         "load_after": [2.0], "command": "python benchmarks/user_path.py",
-         "baseline": {"ref": "284dab9", "commit": "284dab9"},
-         "args": {"torch_threads": 2, "rounds": 3, "examples": 1000, "models": ["esmm", "esm2"]},
-         "summary": summary, "ratios": rat, "targets": list(t.values())}
+  res = {
+    "when": "now",
+    "machine": {"cpu": "cpu", "cores": 2},
+    "load_before": [1.0],
+    "load_after": [2.0],
+    "command": "python benchmarks/user_path.py",
+    "baseline": {"ref": "284dab9", "commit": "284dab9"},
+    "args": {"torch_threads": 2, "rounds": 3, "examples": 1000, "models": ["esmm", "esm2"]},
+    "summary": summary,
+    "ratios": rat,
+    "targets": list(t.values()),
+  }
   md = report.markdown(res)
   assert f"**not met** — ESM2 {at} 2× the baseline: 1.92×" in md
   assert "e2e esm2@1024 torch-x: exit 1: boom" in md
-  assert ("| ESMM | 1,024 | 60.0 k (58.0–62.0) | 40.0 k (39.0–41.0) | 45.0 k (44.0–46.0) y | 1.33× "
-          "| 1.50× | 60 % |") in md
+  assert (
+    "| ESMM | 1,024 | 60.0 k (58.0–62.0) | 40.0 k (39.0–41.0) | 45.0 k (44.0–46.0) y | 1.33× "
+    "| 1.50× | 60 % |"
+  ) in md
 
 
 def test_a_missing_number_fails_its_target():

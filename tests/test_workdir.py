@@ -11,9 +11,9 @@ import time
 import types
 
 import pytest
+import tiny
 
 import esmjax
-import tiny
 from esmjax import checkpoint as ckpt_lib
 from esmjax import main as main_lib
 from esmjax import trainer
@@ -33,9 +33,18 @@ def data(tmp_path_factory):
 
 
 def cli_flags(data, **overrides):
-  o = {"data.train_dir": data / "train", "data.eval_dir": data / "eval", "model.embed_dim": 4,
-       "model.hidden": "8,4", "train.batch_size": 64, "train.eval_batch_size": 128,
-       "train.num_steps": 20, "train.log_every": 5, "checkpoint.every_steps": 10, **overrides}
+  o = {
+    "data.train_dir": data / "train",
+    "data.eval_dir": data / "eval",
+    "model.embed_dim": 4,
+    "model.hidden": "8,4",
+    "train.batch_size": 64,
+    "train.eval_batch_size": 128,
+    "train.num_steps": 20,
+    "train.log_every": 5,
+    "checkpoint.every_steps": 10,
+    **overrides,
+  }
   return ["--config=configs/esmm.py", *(f"--config.{k}={v}" for k, v in o.items())]
 
 
@@ -43,13 +52,23 @@ def start_cli(args, step_delay_s=0.0, prelude="", log=None):
   """The command line on one CPU device (`tests/slow_cli.py`: with a sleep after each dispatch),
   started through `python -c "<prelude>; exec"` (limits set there hold after the exec); its output
   goes to pipes, or to the file `log` (for a run that goes on while the test waits)."""
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-         "JAX_PLATFORMS": "cpu", "ESMJAX_TEST_STEP_DELAY_S": str(step_delay_s)}
+  env = {
+    **os.environ,
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+    "JAX_PLATFORMS": "cpu",
+    "ESMJAX_TEST_STEP_DELAY_S": str(step_delay_s),
+  }
   out = open(log, "w") if log else subprocess.PIPE
   launch = f"{prelude}\nimport os, sys\nos.execv(sys.executable, [sys.executable] + sys.argv[1:])"
   cmd = [sys.executable, "-c", launch, os.path.join(REPO, "tests", "slow_cli.py"), *args]
-  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, text=True,
-                          stderr=subprocess.STDOUT if log else subprocess.PIPE)
+  return subprocess.Popen(
+    cmd,
+    cwd=REPO,
+    env=env,
+    stdout=out,
+    text=True,
+    stderr=subprocess.STDOUT if log else subprocess.PIPE,
+  )
 
 
 def finish(proc, timeout=300):
@@ -69,8 +88,9 @@ def wait_for_owner(workdir, proc, log, timeout=120) -> str:
     if os.path.exists(path) and open(path).read().startswith(f"pid {proc.pid} "):
       return open(path).read().strip()
     time.sleep(0.05)
-  raise AssertionError(f"the run never locked {workdir}: exit {proc.poll()}; "
-                       f"{open(log).read()[-2000:]}")
+  raise AssertionError(
+    f"the run never locked {workdir}: exit {proc.poll()}; {open(log).read()[-2000:]}"
+  )
 
 
 def run_main(config, workdir, monkeypatch, capsys):
@@ -92,8 +112,12 @@ def run_main(config, workdir, monkeypatch, capsys):
 def test_second_run_on_a_workdir_is_refused_and_a_killed_runs_lock_does_not_block(data, tmp_path):
   workdir, log = str(tmp_path / "wd"), str(tmp_path / "first.log")
   # The owner: endless, slowed down, without checkpoints (a rerun starts from scratch).
-  first = start_cli(cli_flags(data, **{"train.num_steps": 10**6, "checkpoint.enabled": False}) +
-                    [f"--workdir={workdir}"], step_delay_s=0.05, log=log)
+  first = start_cli(
+    cli_flags(data, **{"train.num_steps": 10**6, "checkpoint.enabled": False})
+    + [f"--workdir={workdir}"],
+    step_delay_s=0.05,
+    log=log,
+  )
   try:
     owner = wait_for_owner(workdir, first, log)
     assert owner.startswith(f"pid {first.pid} on host ")
@@ -101,15 +125,19 @@ def test_second_run_on_a_workdir_is_refused_and_a_killed_runs_lock_does_not_bloc
     second = start_cli(cli_flags(data, **{"train.seed": 1}) + [f"--workdir={workdir}"])
     code, out, err = finish(second)
     assert code == 2, err[-3000:]
-    assert err.startswith(f"esmjax: error: --workdir={workdir} is in use by another run: "
-                          f"pid {first.pid} on host ")
-    assert err.endswith(f"holds {workdir}/run-p0.lock; wait for it to finish, stop it, or use "
-                        "another --workdir\n")
+    assert err.startswith(
+      f"esmjax: error: --workdir={workdir} is in use by another run: pid {first.pid} on host "
+    )
+    assert err.endswith(
+      f"holds {workdir}/run-p0.lock; wait for it to finish, stop it, or use another --workdir\n"
+    )
     # The Python API takes the same lock.
-    cfg = tiny.tiny_config("esmm", **{"data.train_dir": str(data / "train"),
-                                      "data.eval_dir": str(data / "eval")})
-    with pytest.raises(workdir_lib.WorkdirError,
-                       match=f"is in use by another run: pid {first.pid} on host "):
+    cfg = tiny.tiny_config(
+      "esmm", **{"data.train_dir": str(data / "train"), "data.eval_dir": str(data / "eval")}
+    )
+    with pytest.raises(
+      workdir_lib.WorkdirError, match=f"is in use by another run: pid {first.pid} on host "
+    ):
       esmjax.train(cfg, workdir)
     assert first.poll() is None  # the owner trains on
   finally:
@@ -124,8 +152,9 @@ def test_second_run_on_a_workdir_is_refused_and_a_killed_runs_lock_does_not_bloc
 
 def test_the_same_process_cannot_own_a_workdir_twice(data, tmp_path):
   with workdir_lib.claim(str(tmp_path)):
-    with pytest.raises(workdir_lib.WorkdirError,
-                       match=f"is in use by another run: pid {os.getpid()} on host"):
+    with pytest.raises(
+      workdir_lib.WorkdirError, match=f"is in use by another run: pid {os.getpid()} on host"
+    ):
       with workdir_lib.claim(str(tmp_path)):
         pass
   with workdir_lib.claim(str(tmp_path)):  # released on exit: claimed again
@@ -139,11 +168,15 @@ def test_workdir_that_is_a_file_is_one_line(data, tmp_path):
   path = tmp_path / "file"
   path.write_text("not a directory")
   code, out, err = finish(start_cli(cli_flags(data) + [f"--workdir={path}"]))
-  assert (code, err) == (2, f"esmjax: error: --workdir={path} is a file, not a directory; give a "
-                            "directory\n")
+  assert (code, err) == (
+    2,
+    f"esmjax: error: --workdir={path} is a file, not a directory; give a directory\n",
+  )
   code, out, err = finish(start_cli(cli_flags(data) + [f"--workdir={path}/sub"]))
-  assert (code, err) == (2, f"esmjax: error: --workdir={path}/sub: a part of the path is a file, "
-                            "not a directory\n")
+  assert (code, err) == (
+    2,
+    f"esmjax: error: --workdir={path}/sub: a part of the path is a file, not a directory\n",
+  )
 
 
 # Root loses its power to write where permission bits forbid it: the bounding set drops
@@ -165,12 +198,17 @@ def test_workdir_that_is_not_writable_is_one_line(data, tmp_path):
   if code == 97:
     pytest.skip("running as root and cannot drop CAP_DAC_OVERRIDE here")
   assert code == 2, err[-3000:]
-  assert err == (f"esmjax: error: --workdir={workdir} is not writable: Permission denied (EACCES) "
-                 f"creating {workdir}/run-p0.lock\n")
-  code, out, err = finish(start_cli(cli_flags(data) + [f"--workdir={workdir}/new"],
-                                    prelude=prelude))
-  assert (code, err) == (2, f"esmjax: error: --workdir={workdir}/new cannot be created: Permission "
-                            "denied (EACCES)\n")
+  assert err == (
+    f"esmjax: error: --workdir={workdir} is not writable: Permission denied (EACCES) "
+    f"creating {workdir}/run-p0.lock\n"
+  )
+  code, out, err = finish(
+    start_cli(cli_flags(data) + [f"--workdir={workdir}/new"], prelude=prelude)
+  )
+  assert (code, err) == (
+    2,
+    f"esmjax: error: --workdir={workdir}/new cannot be created: Permission denied (EACCES)\n",
+  )
 
 
 # -- a checkpoint that cannot be saved ------------------------------------------------------------
@@ -181,22 +219,36 @@ def test_failed_save_stops_the_run_with_exit_3_and_no_summary(data, tmp_path, mo
 
   def failing_save(self, step, *args, **kwargs):
     if step == 10:
-      raise SAVE_ERROR(f"cannot save checkpoint step 10 in {self.directory}: [Errno 28] No space "
-                       "left on device")
+      raise SAVE_ERROR(
+        f"cannot save checkpoint step 10 in {self.directory}: [Errno 28] No space left on device"
+      )
     return save(self, step, *args, **kwargs)
 
   monkeypatch.setattr(ckpt_lib.Checkpointer, "save", failing_save)
   dispatched = []
-  monkeypatch.setattr(trainer, "train_and_evaluate", functools.partial(
-      trainer.train_and_evaluate, hooks=trainer.Hooks(after_dispatch=dispatched.append)))
-  cfg = tiny.tiny_config("esmm", **{"data.train_dir": str(data / "train"),
-                                    "data.eval_dir": str(data / "eval"), "train.num_steps": 20,
-                                    "checkpoint.every_steps": 5})
+  monkeypatch.setattr(
+    trainer,
+    "train_and_evaluate",
+    functools.partial(
+      trainer.train_and_evaluate, hooks=trainer.Hooks(after_dispatch=dispatched.append)
+    ),
+  )
+  cfg = tiny.tiny_config(
+    "esmm",
+    **{
+      "data.train_dir": str(data / "train"),
+      "data.eval_dir": str(data / "eval"),
+      "train.num_steps": 20,
+      "checkpoint.every_steps": 5,
+    },
+  )
   workdir = str(tmp_path)
   code, out, err = run_main(cfg, workdir, monkeypatch, capsys)
   assert code == 3
-  assert err == (f"esmjax: error: cannot save checkpoint step 10 in {workdir}/checkpoints: "
-                 "[Errno 28] No space left on device\n")
+  assert err == (
+    f"esmjax: error: cannot save checkpoint step 10 in {workdir}/checkpoints: "
+    "[Errno 28] No space left on device\n"
+  )
   assert dispatched[-1] == 10  # stopped at the failed save: no step after it
   assert out == ""  # no final line
   assert not os.path.exists(os.path.join(workdir, "summary.json"))  # nothing claims success
@@ -212,8 +264,10 @@ resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
 """
 
 
-@pytest.mark.skipif(not hasattr(ckpt_lib, "CheckpointSaveError"),
-                    reason="needs checkpoint.CheckpointSaveError: a failed save raised as one line")
+@pytest.mark.skipif(
+  not hasattr(ckpt_lib, "CheckpointSaveError"),
+  reason="needs checkpoint.CheckpointSaveError: a failed save raised as one line",
+)
 def test_save_that_hits_a_file_size_limit_fails_the_run_with_exit_3(data, tmp_path):
   # Towers of 512-256: the checkpoint's array file passes 256 KB; logs and metrics stay below.
   workdir = tmp_path / "wd"

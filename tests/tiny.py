@@ -8,12 +8,20 @@ from esmjax import config as config_lib
 from esmjax.data import dataset as D
 
 
-def tiny_schema(labels=("click", "buy", "cart", "wish", "daction"), truth=("pctr", "pcvr", "pdaction", "would_buy")):
+def tiny_schema(
+  labels=("click", "buy", "cart", "wish", "daction"),
+  truth=("pctr", "pcvr", "pdaction", "would_buy"),
+):
   return D.Schema(
-      sparse=(D.SparseField("user", 12), D.SparseField("item", 9), D.SparseField("ctx", 4)),
-      multi=(D.MultiField("hist", 9, 3, "sum"), D.MultiField("tags", 6, 2, "mean")),
-      dense=(D.DenseField("price", 1.0, 2.0, (0.0, 1.0, 2.5)), D.DenseField("age", 0.5, 1.0, (0.0, 0.5, 1.0))),
-      labels=labels, truth=truth)
+    sparse=(D.SparseField("user", 12), D.SparseField("item", 9), D.SparseField("ctx", 4)),
+    multi=(D.MultiField("hist", 9, 3, "sum"), D.MultiField("tags", 6, 2, "mean")),
+    dense=(
+      D.DenseField("price", 1.0, 2.0, (0.0, 1.0, 2.5)),
+      D.DenseField("age", 0.5, 1.0, (0.0, 0.5, 1.0)),
+    ),
+    labels=labels,
+    truth=truth,
+  )
 
 
 def random_block(schema: D.Schema, n: int, seed: int = 0, start_id: int = 0):
@@ -28,7 +36,11 @@ def random_block(schema: D.Schema, n: int, seed: int = 0, start_id: int = 0):
   b["mv_w"][:] = np.where(b["mv_ids"] > 0, rng.uniform(0.5, 2.0, b["mv_ids"].shape), 0.0)
   b["dense"][:] = rng.normal(1.0, 1.5, b["dense"].shape)
   click = rng.random(n) < 0.3
-  lab = {"click": click, "buy": click & (rng.random(n) < 0.3), "cart": click & (rng.random(n) < 0.4)}
+  lab = {
+    "click": click,
+    "buy": click & (rng.random(n) < 0.3),
+    "cart": click & (rng.random(n) < 0.4),
+  }
   lab["wish"] = click & ~lab["cart"] & (rng.random(n) < 0.2)
   lab["daction"] = lab["cart"] | lab["wish"]
   b["labels"][:] = np.stack([lab[l] for l in schema.labels], 1).astype(np.uint8)
@@ -40,9 +52,13 @@ def random_block(schema: D.Schema, n: int, seed: int = 0, start_id: int = 0):
   return b
 
 
-def tiny_dataset(directory: str, n: int = 2000, seed: int = 0, block_rows: int = 256, start_id: int = 0):
+def tiny_dataset(
+  directory: str, n: int = 2000, seed: int = 0, block_rows: int = 256, start_id: int = 0
+):
   s = tiny_schema()
-  D.write_dataset(directory, s, [random_block(s, n, seed, start_id)], block_rows=block_rows, blocks_per_shard=3)
+  D.write_dataset(
+    directory, s, [random_block(s, n, seed, start_id)], block_rows=block_rows, blocks_per_shard=3
+  )
   return D.open_dataset(directory)
 
 
@@ -66,8 +82,11 @@ def tiny_config(model: str = "esmm", **overrides):
 def poisoned(batch):
   """A batch as corrupt input would make it: NaN dense values and multi-valued weights."""
   assert batch["dense"].size or batch["mv_w"].size, "needs dense or multi-valued fields"
-  return {**batch, "dense": np.full_like(batch["dense"], np.nan),
-          "mv_w": np.full_like(batch["mv_w"], np.nan)}
+  return {
+    **batch,
+    "dense": np.full_like(batch["dense"], np.nan),
+    "mv_w": np.full_like(batch["mv_w"], np.nan),
+  }
 
 
 def nan_at_step(step: int):

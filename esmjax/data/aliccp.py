@@ -60,34 +60,52 @@ import multiprocessing as mp
 import os
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from esmjax.data import aliccp_stages as stages
 from esmjax.data import aliccp_work as work
 from esmjax.data import dataset as ds_lib
-from esmjax.data import files
-from esmjax.data import ingestion
-from esmjax.data import leakage
+from esmjax.data import files, ingestion, leakage
 from esmjax.data.aliccp_spec import (  # noqa: F401  (the converter's public names)
-    ALL_KINDS, BAD_KINDS, WARN_KINDS, ConversionError, Spec, compile_config, default_config)
+  ALL_KINDS,
+  BAD_KINDS,
+  WARN_KINDS,
+  ConversionError,
+  Spec,
+  compile_config,
+  default_config,
+)
 from esmjax.data.blocks import auto_block_rows
 from esmjax.data.ingestion import BAD_LINES_MODES
 
 _FORMAT_OF_SIDECARS = 2  # part of the fingerprint: sidecars or shards of another layout are redone
 
 
-def convert(skeleton: str, common_features: str, out_dir: str, *, config=None,
-            bad_lines: str = "skip", block_rows: int = 0, workers: int | None = None,
-            range_mb: float = 64.0,
-            chunk_mb: float = 8.0, stats_from: str | None = None, label_leakage: str = "warn",
-            progress: bool = True, keep_common_index: bool = False) -> dict:
+def convert(
+  skeleton: str,
+  common_features: str,
+  out_dir: str,
+  *,
+  config=None,
+  bad_lines: str = "skip",
+  block_rows: int = 0,
+  workers: int | None = None,
+  range_mb: float = 64.0,
+  chunk_mb: float = 8.0,
+  stats_from: str | None = None,
+  label_leakage: str = "warn",
+  progress: bool = True,
+  keep_common_index: bool = False,
+) -> dict:
   """Converts raw Ali-CCP files into a dataset directory; returns its manifest (see module doc)."""
   t_start = time.time()
   if bad_lines not in BAD_LINES_MODES:
     raise ConversionError(f"bad_lines={bad_lines!r}; allowed: {list(BAD_LINES_MODES)}")
   if label_leakage not in leakage.LEAKAGE_MODES:
-    raise ConversionError(f"label_leakage={label_leakage!r}; allowed: "
-                          f"{list(leakage.LEAKAGE_MODES)}")
+    raise ConversionError(
+      f"label_leakage={label_leakage!r}; allowed: {list(leakage.LEAKAGE_MODES)}"
+    )
   if block_rows < 0:
     raise ConversionError(f"block_rows={block_rows}; must be >= 1, or 0 for automatic")
   for flag, path in (("skeleton", skeleton), ("common_features", common_features)):
@@ -97,25 +115,37 @@ def convert(skeleton: str, common_features: str, out_dir: str, *, config=None,
       raise ConversionError(f"--{flag}: no such file: {path}")
     kind = files.sniff(path)
     if kind == "binary":
-      raise ConversionError(f"--{flag}: {path} does not look like text (it holds NUL bytes at its "
-                            "start); the Ali-CCP files are text")
+      raise ConversionError(
+        f"--{flag}: {path} does not look like text (it holds NUL bytes at its "
+        "start); the Ali-CCP files are text"
+      )
     if kind:
       raise ConversionError(
-          f"--{flag}: {path} is {files.describe_kind(kind)}: the Ali-CCP converter reads byte "
-          f"ranges of its inputs in parallel, so they must be plain text: unpack it first "
-          f"(`{files.UNPACK_HINT.get(kind, '').format(path)}`) and pass the extracted file")
+        f"--{flag}: {path} is {files.describe_kind(kind)}: the Ali-CCP converter reads byte "
+        f"ranges of its inputs in parallel, so they must be plain text: unpack it first "
+        f"(`{files.UNPACK_HINT.get(kind, '').format(path)}`) and pass the extracted file"
+      )
   if not out_dir:
     raise ConversionError("--out_dir is required")
   if stats_from and not os.path.isdir(stats_from):
     raise ConversionError(f"--stats_from: no such dataset directory: {stats_from}")
   spec = compile_config(config if config is not None else default_config())
-  job = stages.Job(skeleton=skeleton, common_features=common_features, out_dir=out_dir, spec=spec,
-             bad_lines=bad_lines, block_rows=block_rows or auto_block_rows(spec.schema),
-             workers=max(1, int(workers or os.cpu_count() or 1)),
-             range_bytes=max(1 << 12, int(range_mb * (1 << 20))),
-             chunk_bytes=max(1 << 12, int(chunk_mb * (1 << 20))),
-             stats_from=stats_from, label_leakage=label_leakage, progress=progress,
-             keep_common_index=keep_common_index, t_start=t_start)
+  job = stages.Job(
+    skeleton=skeleton,
+    common_features=common_features,
+    out_dir=out_dir,
+    spec=spec,
+    bad_lines=bad_lines,
+    block_rows=block_rows or auto_block_rows(spec.schema),
+    workers=max(1, int(workers or os.cpu_count() or 1)),
+    range_bytes=max(1 << 12, int(range_mb * (1 << 20))),
+    chunk_bytes=max(1 << 12, int(chunk_mb * (1 << 20))),
+    stats_from=stats_from,
+    label_leakage=label_leakage,
+    progress=progress,
+    keep_common_index=keep_common_index,
+    t_start=t_start,
+  )
   os.makedirs(out_dir, exist_ok=True)
   lock = _lock(out_dir)
   try:
@@ -134,8 +164,9 @@ def _lock(out_dir: str):
     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError:
     f.close()
-    raise ConversionError(f"another conversion is writing to {out_dir} (it holds {f.name})") \
-        from None
+    raise ConversionError(
+      f"another conversion is writing to {out_dir} (it holds {f.name})"
+    ) from None
   return f
 
 
@@ -174,17 +205,22 @@ def _convert(job: stages.Job) -> dict:
   fp_common = _fingerprint(cf_id, spec.config_json, job.range_bytes)
   fp = _fingerprint(sk_id, fp_common, job.block_rows, ds_lib.VERSION, _FORMAT_OF_SIDECARS)
   # Resume or restart: everything we wrote under another fingerprint goes.
-  stale = any((stages.json_or_none(os.path.join(out_dir, n)) or {}).get("fingerprint") != fp
-              for n in os.listdir(out_dir) if n.startswith("shard-") and n.endswith(".done.json"))
+  stale = any(
+    (stages.json_or_none(os.path.join(out_dir, n)) or {}).get("fingerprint") != fp
+    for n in os.listdir(out_dir)
+    if n.startswith("shard-") and n.endswith(".done.json")
+  )
   cmeta = stages.json_or_none(os.path.join(job.common_dir, "meta.json"))
   stale |= cmeta is not None and cmeta.get("fingerprint") != fp_common
   mpath = os.path.join(out_dir, ds_lib.MANIFEST)
   old = stages.json_or_none(mpath) if os.path.exists(mpath) else None
-  stale |= os.path.exists(mpath) and (not isinstance(old, dict) or
-                                       old.get("conversion", {}).get("fingerprint") != fp)
+  stale |= os.path.exists(mpath) and (
+    not isinstance(old, dict) or old.get("conversion", {}).get("fingerprint") != fp
+  )
   if stale:
-    ingestion.console(f"{out_dir}: holds a conversion with other inputs or settings: restarting "
-                      "from scratch")
+    ingestion.console(
+      f"{out_dir}: holds a conversion with other inputs or settings: restarting from scratch"
+    )
     _clear(out_dir)
   elif old is not None:
     os.remove(mpath)  # rewritten at the end; until then the directory is not a dataset
@@ -192,8 +228,11 @@ def _convert(job: stages.Job) -> dict:
   ctx = mp.get_context("spawn")  # no fork: the caller may hold threads (tqdm, grain, JAX)
   counters = (ctx.Value("q", 0), ctx.Value("q", 0))
   init_args = (spec.config_json, counters[0], counters[1], job.common_dir)
-  pool = (ctx.Pool(job.workers, initializer=work.init_worker, initargs=init_args + (True,))
-          if job.workers > 1 else None)
+  pool = (
+    ctx.Pool(job.workers, initializer=work.init_worker, initargs=init_args + (True,))
+    if job.workers > 1
+    else None
+  )
   if pool is None:
     work.init_worker(*init_args)
   try:
@@ -215,44 +254,64 @@ def _convert(job: stages.Job) -> dict:
   nbytes = sk_id["size"] + cf_id["size"]
   user = spec.names[spec.user_field] if spec.user_field >= 0 else None
   conversion = {
-      "fingerprint": fp,
-      "id_mapping": {
-          "kind": "hash",
-          "function": ("2 + splitmix64(raw_id XOR blake2b8(field name)) % buckets  "
-                       "(esmjax.data.ids.hash_ids)"),
-          "why": ("single streaming pass, bounded memory, no vocabulary shared between workers or "
-                  "splits"),
-          "buckets": {n: int(b) for n, b in zip(spec.names, spec.buckets)},
-          "pad": ds_lib.PAD, "oov": ds_lib.OOV,
-      },
-      "user_key": f"raw id of field {user} (-1 where absent)",
-      "dense_from": "values of fields with value_dense (0 where absent)",
-      "multi_valued_truncation": "largest weights kept, ties in file order",
-      "rows_written": n_rows, "clicks": sk_meta["clicks"], "buys": sk_meta["buys"],
-      "lines": {"skeleton": sk_meta["n_lines"], "common_features": common_meta["n_lines"]},
-      "common_rows": common_meta["n_rows"],
-      "bad_lines": {"mode": job.bad_lines, "skeleton": sk_meta["bad"],
-                    "common_features": common_meta["bad"]},
-      "warnings": {"skeleton": sk_meta["warnings"], "common_features": common_meta["warnings"]},
-      "unknown_fields": sk_meta["unknown_fields"], "label_leakage": leaks,
-      "truncated": {f.name: {"values": int(v), "rows": int(r), "max_len": f.max_len}
-                    for f, v, r in zip(spec.schema.multi, sk_meta["truncated_values"],
-                                       sk_meta["truncated_rows"])},
-      "config": json.loads(spec.config_json),
-      "input_bytes": nbytes, "seconds": round(seconds, 3),
-      "seconds_common_features": round(t_common, 3),
-      "workers": job.workers, "range_bytes": job.range_bytes, "stats_from": job.stats_from,
+    "fingerprint": fp,
+    "id_mapping": {
+      "kind": "hash",
+      "function": (
+        "2 + splitmix64(raw_id XOR blake2b8(field name)) % buckets  (esmjax.data.ids.hash_ids)"
+      ),
+      "why": (
+        "single streaming pass, bounded memory, no vocabulary shared between workers or splits"
+      ),
+      "buckets": {n: int(b) for n, b in zip(spec.names, spec.buckets)},
+      "pad": ds_lib.PAD,
+      "oov": ds_lib.OOV,
+    },
+    "user_key": f"raw id of field {user} (-1 where absent)",
+    "dense_from": "values of fields with value_dense (0 where absent)",
+    "multi_valued_truncation": "largest weights kept, ties in file order",
+    "rows_written": n_rows,
+    "clicks": sk_meta["clicks"],
+    "buys": sk_meta["buys"],
+    "lines": {"skeleton": sk_meta["n_lines"], "common_features": common_meta["n_lines"]},
+    "common_rows": common_meta["n_rows"],
+    "bad_lines": {
+      "mode": job.bad_lines,
+      "skeleton": sk_meta["bad"],
+      "common_features": common_meta["bad"],
+    },
+    "warnings": {"skeleton": sk_meta["warnings"], "common_features": common_meta["warnings"]},
+    "unknown_fields": sk_meta["unknown_fields"],
+    "label_leakage": leaks,
+    "truncated": {
+      f.name: {"values": int(v), "rows": int(r), "max_len": f.max_len}
+      for f, v, r in zip(spec.schema.multi, sk_meta["truncated_values"], sk_meta["truncated_rows"])
+    },
+    "config": json.loads(spec.config_json),
+    "input_bytes": nbytes,
+    "seconds": round(seconds, 3),
+    "seconds_common_features": round(t_common, 3),
+    "workers": job.workers,
+    "range_bytes": job.range_bytes,
+    "stats_from": job.stats_from,
   }
-  source = {"format": "aliccp-raw", "skeleton": sk_id, "common_features": cf_id,
-            "made_by": "python -m esmjax.data.aliccp"}
-  manifest = ds_lib.write_manifest(out_dir, schema, shards, job.block_rows, source,
-                                   {"conversion": conversion})
+  source = {
+    "format": "aliccp-raw",
+    "skeleton": sk_id,
+    "common_features": cf_id,
+    "made_by": "python -m esmjax.data.aliccp",
+  }
+  manifest = ds_lib.write_manifest(
+    out_dir, schema, shards, job.block_rows, source, {"conversion": conversion}
+  )
   if not job.keep_common_index:
     _remove_dir(job.common_dir)
   if job.progress:
-    ingestion.console(f"{out_dir}: {n_rows:,} rows in {len(shards)} shard(s), {seconds:.1f} s "
-                      f"({nbytes / 1e6 / max(seconds, 1e-9):.1f} MB/s, "
-                      f"{n_rows / max(seconds, 1e-9):,.0f} rows/s)")
+    ingestion.console(
+      f"{out_dir}: {n_rows:,} rows in {len(shards)} shard(s), {seconds:.1f} s "
+      f"({nbytes / 1e6 / max(seconds, 1e-9):.1f} MB/s, "
+      f"{n_rows / max(seconds, 1e-9):,.0f} rows/s)"
+    )
   return manifest
 
 
@@ -267,10 +326,19 @@ def main(argv: Sequence[str]) -> None:
   F = flags.FLAGS
   config = F.config if F["config"].present or F.config is not None else None
   try:
-    convert(F.skeleton, F.common_features, F.out_dir, config=config, bad_lines=F.bad_lines,
-            block_rows=F.block_rows, workers=F.workers, range_mb=F.range_mb,
-            stats_from=F.stats_from, label_leakage=F.label_leakage,
-            keep_common_index=F.keep_common_index)
+    convert(
+      F.skeleton,
+      F.common_features,
+      F.out_dir,
+      config=config,
+      bad_lines=F.bad_lines,
+      block_rows=F.block_rows,
+      workers=F.workers,
+      range_mb=F.range_mb,
+      stats_from=F.stats_from,
+      label_leakage=F.label_leakage,
+      keep_common_index=F.keep_common_index,
+    )
   except (ConversionError, ds_lib.DatasetError) as e:
     ingestion.console(f"error: {e}")
     sys.exit(1)
@@ -283,18 +351,28 @@ def _define_flags():
   flags.DEFINE_string("skeleton", None, "sample_skeleton_{train,test}.csv")
   flags.DEFINE_string("common_features", None, "common_features_{train,test}.csv")
   flags.DEFINE_string("out_dir", None, "output dataset directory (resumed if interrupted)")
-  flags.DEFINE_enum("bad_lines", "skip", list(BAD_LINES_MODES),
-                    "skip: count and drop bad lines; fail: stop at the first")
+  flags.DEFINE_enum(
+    "bad_lines",
+    "skip",
+    list(BAD_LINES_MODES),
+    "skip: count and drop bad lines; fail: stop at the first",
+  )
   flags.DEFINE_integer("block_rows", 0, "rows per block; 0: about 1 MB per block")
   flags.DEFINE_integer("workers", os.cpu_count() or 1, "worker processes")
   flags.DEFINE_float("range_mb", 64.0, "skeleton MB per shard / task (also the resume granularity)")
-  flags.DEFINE_string("stats_from", None,
-                      "take dense mean/std/boundaries from this dataset (the train split)")
+  flags.DEFINE_string(
+    "stats_from", None, "take dense mean/std/boundaries from this dataset (the train split)"
+  )
   flags.DEFINE_bool("keep_common_index", False, "keep <out_dir>/_common after success")
-  flags.DEFINE_enum("label_leakage", "warn", list(leakage.LEAKAGE_MODES),
-                    "a feature column that gives a label away: warn (and record it), or fail")
-  config_flags.DEFINE_config_file("config", None,
-                                  "field config (default: configs/data/aliccp_raw.py's)")
+  flags.DEFINE_enum(
+    "label_leakage",
+    "warn",
+    list(leakage.LEAKAGE_MODES),
+    "a feature column that gives a label away: warn (and record it), or fail",
+  )
+  config_flags.DEFINE_config_file(
+    "config", None, "field config (default: configs/data/aliccp_raw.py's)"
+  )
 
 
 if __name__ == "__main__":

@@ -67,12 +67,12 @@ def _parse_float(a, s, e):
     inv = np.searchsorted(uniq, codes)
     uv, uok = np.zeros(len(uniq)), np.zeros(len(uniq), bool)
     raw = uniq.tobytes()
-    for i, u in enumerate(raw[k:k + 8].rstrip(b"\0") for k in range(0, 8 * len(uniq), 8)):
+    for i, u in enumerate(raw[k : k + 8].rstrip(b"\0") for k in range(0, 8 * len(uniq), 8)):
       if _FLOAT_RE.fullmatch(u) or _NONFINITE_RE.fullmatch(u):
         uv[i], uok[i] = float(u), True
     val[idx], ok[idx] = uv[inv], uok[inv]
   for i in np.flatnonzero(~short & (length > 8)):  # rare: long spellings
-    t = bytes(a[s[i]:e[i]])
+    t = bytes(a[s[i] : e[i]])
     if _FLOAT_RE.fullmatch(t) or _NONFINITE_RE.fullmatch(t):
       val[i], ok[i] = float(t), True
   return val, ok
@@ -113,7 +113,7 @@ def parse_chunk(buf: bytes, n_cols: int, spec: Spec, skeleton: bool) -> Parsed:
   read straight off the separator array without searching.
   """
   a = np.frombuffer(buf + bytes(_TAIL), np.uint8)
-  body = a[:len(buf)]
+  body = a[: len(buf)]
   sep = np.flatnonzero((body <= 3) | (body == 44) | (body == 10))
   code = body[sep]
   is_nl = code == 10
@@ -210,16 +210,26 @@ def parse_chunk(buf: bytes, n_cols: int, spec: Spec, skeleton: bool) -> Parsed:
   unknown = collections.Counter()
   if (fld < 0).any():
     for i in np.flatnonzero(fld < 0)[:10000]:
-      unknown[bytes(a[it_s[ik][i]:p2[ik][i]]).decode("utf-8", "replace")] += 1
+      unknown[bytes(a[it_s[ik][i] : p2[ik][i]]).decode("utf-8", "replace")] += 1
   return Parsed(
-      n_lines=n_lines, line=rows, cols=[(col_s[sel, j], col_e[sel, j]) for j in range(n_cols)],
-      item_row=row_of_line[it_l[ik]], item_field=fld, item_key=key[ik],
-      item_val=val[ik].astype(np.float32), reason=reason, warn_mismatch=mismatch,
-      unknown_fields=unknown, a=a, starts=starts, ends=ends)
+    n_lines=n_lines,
+    line=rows,
+    cols=[(col_s[sel, j], col_e[sel, j]) for j in range(n_cols)],
+    item_row=row_of_line[it_l[ik]],
+    item_field=fld,
+    item_key=key[ik],
+    item_val=val[ik].astype(np.float32),
+    reason=reason,
+    warn_mismatch=mismatch,
+    unknown_fields=unknown,
+    a=a,
+    starts=starts,
+    ends=ends,
+  )
 
 
 def line_text(p: Parsed, i: int) -> str:
-  raw = bytes(p.a[p.starts[i]:min(p.ends[i], p.starts[i] + 160)])
+  raw = bytes(p.a[p.starts[i] : min(p.ends[i], p.starts[i] + 160)])
   text = raw.decode("utf-8", "replace")
   return text.replace("\x01", "^A").replace("\x02", "^B").replace("\x03", "^C")
 
@@ -250,11 +260,16 @@ class Rows:
 
 def empty_rows(spec: Spec, n: int) -> Rows:
   lsum = int(spec.schema.mv_total_len)
-  return Rows(np.zeros((n, spec.n_sparse), np.int32),
-              np.zeros((n, len(spec.schema.dense)), np.float32),
-               np.zeros((n, lsum), np.int32), np.zeros((n, lsum), np.float32),
-               np.zeros((n, spec.n_multi), np.int16), np.zeros((n, spec.n_multi), np.int32),
-               np.full(n, -1, np.int64), np.zeros(n, np.int64))
+  return Rows(
+    np.zeros((n, spec.n_sparse), np.int32),
+    np.zeros((n, len(spec.schema.dense)), np.float32),
+    np.zeros((n, lsum), np.int32),
+    np.zeros((n, lsum), np.float32),
+    np.zeros((n, spec.n_multi), np.int16),
+    np.zeros((n, spec.n_multi), np.int32),
+    np.full(n, -1, np.int64),
+    np.zeros(n, np.int64),
+  )
 
 
 def place_items(r: Rows, spec: Spec, row, field, key, val) -> None:
@@ -320,7 +335,6 @@ def place_items(r: Rows, spec: Spec, row, field, key, val) -> None:
     r.mv_ids[rows_f, pos] = hashed[mi[fits]]
     r.mv_w[rows_f, pos] = val[mi[fits]]
     r.mv_len += np.bincount(g[fits], minlength=n * nm).reshape(n, nm).astype(r.mv_len.dtype)
-
 
 
 def record_bad_lines(report: BadLines, p: Parsed, line0: int) -> tuple[int, str, str] | None:

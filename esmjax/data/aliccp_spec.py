@@ -20,22 +20,25 @@ from esmjax.data.ingestion import IngestError
 from esmjax.schema import DenseField, MultiField, Schema, SparseField
 
 BAD_KINDS = {
-    "empty_file": "the file has no data lines",
-    "column_count": "wrong number of comma-separated columns",
-    "bad_label": "click or buy is not 0 or 1",
-    "buy_without_click": "click=0 with buy=1",
-    "bad_sample_id": "sample_id is not a non-negative integer",
-    "bad_feature_item": ("a feature item is not field\\x02id\\x03value (missing separator or "
-                         "empty/non-numeric part)"),
-    "unknown_common_feature_index": "common_feature_index not found in the common-features file",
-    "duplicate_common_feature_index": ("common_feature_index already defined earlier in the "
-                                       "common-features file"),
-    "nonfinite_value": ("a feature value is not a finite float32 number (nan, inf, or beyond "
-                        "±3.4e38)"),
+  "empty_file": "the file has no data lines",
+  "column_count": "wrong number of comma-separated columns",
+  "bad_label": "click or buy is not 0 or 1",
+  "buy_without_click": "click=0 with buy=1",
+  "bad_sample_id": "sample_id is not a non-negative integer",
+  "bad_feature_item": (
+    "a feature item is not field\\x02id\\x03value (missing separator or empty/non-numeric part)"
+  ),
+  "unknown_common_feature_index": "common_feature_index not found in the common-features file",
+  "duplicate_common_feature_index": (
+    "common_feature_index already defined earlier in the common-features file"
+  ),
+  "nonfinite_value": (
+    "a feature value is not a finite float32 number (nan, inf, or beyond ±3.4e38)"
+  ),
 }
 WARN_KINDS = {  # the row is kept
-    "feature_num_mismatch": "feature_num differs from the number of items in feature_list",
-    "duplicate_single_value": "a single-valued field occurs twice in a row (first value kept)",
+  "feature_num_mismatch": "feature_num differs from the number of items in feature_list",
+  "duplicate_single_value": "a single-valued field occurs twice in a row (first value kept)",
 }
 ALL_KINDS = {**BAD_KINDS, **WARN_KINDS}
 FIELD_KINDS = ("sparse", "multi")
@@ -51,29 +54,29 @@ class ConversionError(IngestError):
 _HUGE = 1 << 20
 # name: (kind, buckets, max_len, group, value_as_dense)
 _DEFAULT_FIELDS = {
-    "101": ("sparse", _HUGE, 1, "user", False),
-    "121": ("sparse", 4096, 1, "user", False),
-    "122": ("sparse", 1024, 1, "user", False),
-    "124": ("sparse", 1024, 1, "user", False),
-    "125": ("sparse", 1024, 1, "user", False),
-    "126": ("sparse", 1024, 1, "user", False),
-    "127": ("sparse", 1024, 1, "user", False),
-    "128": ("sparse", 1024, 1, "user", False),
-    "129": ("sparse", 1024, 1, "user", False),
-    "109_14": ("multi", _HUGE, 16, "user", False),
-    "110_14": ("multi", _HUGE, 16, "user", False),
-    "127_14": ("multi", _HUGE, 16, "user", False),
-    "150_14": ("multi", _HUGE, 16, "user", False),
-    "205": ("sparse", _HUGE, 1, "item", False),
-    "206": ("sparse", _HUGE, 1, "item", False),
-    "207": ("sparse", _HUGE, 1, "item", False),
-    "210": ("multi", _HUGE, 8, "item", False),
-    "216": ("sparse", _HUGE, 1, "item", False),
-    "508": ("sparse", _HUGE, 1, "combo", True),
-    "509": ("sparse", _HUGE, 1, "combo", True),
-    "702": ("sparse", _HUGE, 1, "combo", True),
-    "853": ("multi", _HUGE, 4, "combo", False),
-    "301": ("sparse", 1024, 1, "context", False),
+  "101": ("sparse", _HUGE, 1, "user", False),
+  "121": ("sparse", 4096, 1, "user", False),
+  "122": ("sparse", 1024, 1, "user", False),
+  "124": ("sparse", 1024, 1, "user", False),
+  "125": ("sparse", 1024, 1, "user", False),
+  "126": ("sparse", 1024, 1, "user", False),
+  "127": ("sparse", 1024, 1, "user", False),
+  "128": ("sparse", 1024, 1, "user", False),
+  "129": ("sparse", 1024, 1, "user", False),
+  "109_14": ("multi", _HUGE, 16, "user", False),
+  "110_14": ("multi", _HUGE, 16, "user", False),
+  "127_14": ("multi", _HUGE, 16, "user", False),
+  "150_14": ("multi", _HUGE, 16, "user", False),
+  "205": ("sparse", _HUGE, 1, "item", False),
+  "206": ("sparse", _HUGE, 1, "item", False),
+  "207": ("sparse", _HUGE, 1, "item", False),
+  "210": ("multi", _HUGE, 8, "item", False),
+  "216": ("sparse", _HUGE, 1, "item", False),
+  "508": ("sparse", _HUGE, 1, "combo", True),
+  "509": ("sparse", _HUGE, 1, "combo", True),
+  "702": ("sparse", _HUGE, 1, "combo", True),
+  "853": ("multi", _HUGE, 4, "combo", False),
+  "301": ("sparse", 1024, 1, "context", False),
 }
 _FIELD_KEYS = ("kind", "buckets", "max_len", "group", "value_dense", "pooling")
 
@@ -83,8 +86,10 @@ def default_config():
   import ml_collections
 
   c = ml_collections.ConfigDict()
-  c.fields = {n: dict(kind=k, buckets=b, max_len=m, group=g, value_dense=v, pooling="sum")
-              for n, (k, b, m, g, v) in _DEFAULT_FIELDS.items()}
+  c.fields = {
+    n: dict(kind=k, buckets=b, max_len=m, group=g, value_dense=v, pooling="sum")
+    for n, (k, b, m, g, v) in _DEFAULT_FIELDS.items()
+  }
   c.user_field = "101"
   c.dense_buckets = 16  # quantile buckets for DenseField.boundaries
   return c
@@ -135,8 +140,9 @@ def compile_config(config) -> Spec:
     key = f"config.fields[{name!r}]"
     unknown = set(f) - set(_FIELD_KEYS)
     if unknown:
-      raise ConversionError(f"{key}: unknown key(s) {sorted(unknown)}; allowed: "
-                            f"{', '.join(_FIELD_KEYS)}")
+      raise ConversionError(
+        f"{key}: unknown key(s) {sorted(unknown)}; allowed: {', '.join(_FIELD_KEYS)}"
+      )
     if len(name.encode()) > 8:
       raise ConversionError(f"{key}: field names longer than 8 bytes are not supported")
     kind = f.get("kind", "sparse")
@@ -175,20 +181,28 @@ def compile_config(config) -> Spec:
     raise ConversionError(f"config.dense_buckets={dense_buckets}; must be >= 1")
   unknown = set(cfg) - {"fields", "user_field", "dense_buckets"}
   if unknown:
-    raise ConversionError(f"config has unknown key(s) {sorted(unknown)}; allowed: fields, "
-                          "user_field, dense_buckets")
+    raise ConversionError(
+      f"config has unknown key(s) {sorted(unknown)}; allowed: fields, user_field, dense_buckets"
+    )
   packed = np.array([_pack_name(n.encode()) for n in names], np.uint64)
   order = np.argsort(packed)
-  schema = Schema(sparse=tuple(sparse), multi=tuple(multi), dense=tuple(dense),
-                  labels=("click", "buy"))
+  schema = Schema(
+    sparse=tuple(sparse), multi=tuple(multi), dense=tuple(dense), labels=("click", "buy")
+  )
   return Spec(
-      names=tuple(names), kinds=tuple(kinds), buckets=np.array(buckets, np.uint64),
-      salts=np.array(salts, np.uint64), is_multi=np.array([k == "multi" for k in kinds], bool),
-      col=np.array(cols, np.int64), dense_col=np.array(dcols, np.int64),
-      max_len=np.array([f.max_len for f in multi], np.int64),
-      mv_off=np.array(schema.mv_offsets, np.int64),
-      user_field=names.index(user_field) if user_field else -1, codes=packed[order],
-      code_field=order.astype(np.int64), schema=schema, dense_buckets=dense_buckets,
-      config_json=json.dumps(cfg, sort_keys=True))
-
-
+    names=tuple(names),
+    kinds=tuple(kinds),
+    buckets=np.array(buckets, np.uint64),
+    salts=np.array(salts, np.uint64),
+    is_multi=np.array([k == "multi" for k in kinds], bool),
+    col=np.array(cols, np.int64),
+    dense_col=np.array(dcols, np.int64),
+    max_len=np.array([f.max_len for f in multi], np.int64),
+    mv_off=np.array(schema.mv_offsets, np.int64),
+    user_field=names.index(user_field) if user_field else -1,
+    codes=packed[order],
+    code_field=order.astype(np.int64),
+    schema=schema,
+    dense_buckets=dense_buckets,
+    config_json=json.dumps(cfg, sort_keys=True),
+  )

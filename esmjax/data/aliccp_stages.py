@@ -15,8 +15,7 @@ import numpy as np
 
 from esmjax.data import aliccp_work as work
 from esmjax.data import dataset as ds_lib
-from esmjax.data import ingestion
-from esmjax.data import leakage
+from esmjax.data import ingestion, leakage
 from esmjax.data.aliccp_spec import ALL_KINDS, BAD_KINDS, ConversionError, Spec
 from esmjax.data.files import read_json, write_json_atomic
 from esmjax.data.ingestion import MAX_EXAMPLES
@@ -59,8 +58,9 @@ class Job:
 
 
 def _fail(path: str, line, kind: str, text: str) -> ConversionError:
-  return ConversionError("--bad_lines=fail: "
-                         + ingestion.describe(ALL_KINDS, f"{path}:{line}", kind, text))
+  return ConversionError(
+    "--bad_lines=fail: " + ingestion.describe(ALL_KINDS, f"{path}:{line}", kind, text)
+  )
 
 
 def _empty_file(report: dict, path: str, fail: bool) -> None:
@@ -82,8 +82,10 @@ def build_common(job: Job, fp: str, pool, counters) -> dict:
       ingestion.console(f"{path}: reusing the common-feature index in {cdir}")
     return meta
   os.makedirs(cdir, exist_ok=True)
-  tasks = [dict(index=i, path=path, start=s, end=e, chunk_bytes=job.chunk_bytes, fail=job.fail)
-           for i, (s, e) in enumerate(work.ranges(path, job.range_bytes))]
+  tasks = [
+    dict(index=i, path=path, start=s, end=e, chunk_bytes=job.chunk_bytes, fail=job.fail)
+    for i, (s, e) in enumerate(work.ranges(path, job.range_bytes))
+  ]
   results: list[dict] = []
 
   def on_result(res):
@@ -92,8 +94,16 @@ def build_common(job: Job, fp: str, pool, counters) -> dict:
       raise _fail(path, 1 + sum(r["n_lines"] for r in results) + line, kind, text)
     results.append(res)
 
-  _run_tasks(work.common_task, tasks, pool, counters, on_result, job.progress,
-             os.path.getsize(path), f"common features {os.path.basename(path)}")
+  _run_tasks(
+    work.common_task,
+    tasks,
+    pool,
+    counters,
+    on_result,
+    job.progress,
+    os.path.getsize(path),
+    f"common features {os.path.basename(path)}",
+  )
   line0s = np.cumsum([1] + [r["n_lines"] for r in results])[:-1]
   bad = ingestion.BadLines.merged([(int(l0), r["report"]) for l0, r in zip(line0s, results)])
   warnings = ingestion.BadLines.merged([(int(l0), r["warnings"]) for l0, r in zip(line0s, results)])
@@ -117,8 +127,10 @@ def build_common(job: Job, fp: str, pool, counters) -> dict:
     first_lines = sorted(int(x) for x in lines[dup])
     if job.fail:
       raise _fail(path, first_lines[0], "duplicate_common_feature_index", "")
-    bad["examples"] = sorted(bad["examples"] + [[line, "duplicate_common_feature_index", ""]
-                                                for line in first_lines[:MAX_EXAMPLES]])
+    bad["examples"] = sorted(
+      bad["examples"]
+      + [[line, "duplicate_common_feature_index", ""] for line in first_lines[:MAX_EXAMPLES]]
+    )
   if n_lines == 0 or (len(keys) == 0 and not bad["counts"]):
     _empty_file(bad, path, job.fail)
   keep = order[~dup]
@@ -127,8 +139,13 @@ def build_common(job: Job, fp: str, pool, counters) -> dict:
   _save_npy(os.path.join(cdir, "keys.npy"), keys[~dup])
   if job.progress:
     ingestion.print_report(ALL_KINDS, bad, f"{path}: bad lines skipped", path)
-  meta = {"fingerprint": fp, "n_rows": int((~dup).sum()), "n_lines": n_lines, "bad": bad,
-          "warnings": warnings}
+  meta = {
+    "fingerprint": fp,
+    "n_rows": int((~dup).sum()),
+    "n_lines": n_lines,
+    "bad": bad,
+    "warnings": warnings,
+  }
   write_json_atomic(meta_path, meta)
   return meta
 
@@ -148,16 +165,33 @@ def convert_skeleton(job: Job, fp: str, pool, counters) -> dict:
   for i, (s, e) in enumerate(ranges):
     shard, sidecar = f"shard-{i:05d}{ds_lib.SHARD_SUFFIX}", f"shard-{i:05d}.done.json"
     side = json_or_none(os.path.join(out_dir, sidecar))
-    if side is not None and side.get("fingerprint") == fp and side.get("range") == [s, e] and (
-        side["shard"]["num_rows"] == 0 or os.path.exists(os.path.join(out_dir, shard))):
+    if (
+      side is not None
+      and side.get("fingerprint") == fp
+      and side.get("range") == [s, e]
+      and (side["shard"]["num_rows"] == 0 or os.path.exists(os.path.join(out_dir, shard)))
+    ):
       done[i] = side
       continue
-    tasks.append(dict(index=i, path=path, start=s, end=e, chunk_bytes=job.chunk_bytes,
-                      fail=job.fail, out_dir=out_dir, shard=shard, sidecar=sidecar,
-                      block_rows=job.block_rows, fingerprint=fp))
+    tasks.append(
+      dict(
+        index=i,
+        path=path,
+        start=s,
+        end=e,
+        chunk_bytes=job.chunk_bytes,
+        fail=job.fail,
+        out_dir=out_dir,
+        shard=shard,
+        sidecar=sidecar,
+        block_rows=job.block_rows,
+        fingerprint=fp,
+      )
+    )
   if done and job.progress:
-    ingestion.console(f"{out_dir}: resuming: {len(done)} of {len(ranges)} range(s) already "
-                      "converted")
+    ingestion.console(
+      f"{out_dir}: resuming: {len(done)} of {len(ranges)} range(s) already converted"
+    )
   if job.fail:  # ranges converted earlier with --bad_lines=skip may hold bad lines
     for i in sorted(done):
       if done[i]["bad"]["counts"]:
@@ -173,8 +207,16 @@ def convert_skeleton(job: Job, fp: str, pool, counters) -> dict:
       raise _fail(path, line0 + line, kind, text)
     done[res["index"]] = res
 
-  _run_tasks(work.skeleton_task, tasks, pool, counters, on_result, job.progress,
-             sum(t["end"] - t["start"] for t in tasks), f"skeleton {os.path.basename(path)}")
+  _run_tasks(
+    work.skeleton_task,
+    tasks,
+    pool,
+    counters,
+    on_result,
+    job.progress,
+    sum(t["end"] - t["start"] for t in tasks),
+    f"skeleton {os.path.basename(path)}",
+  )
   sides = [done[i] for i in range(len(ranges))]
   line0s = np.cumsum([1] + [s["n_lines"] for s in sides])[:-1]
   bad = ingestion.BadLines.merged([(int(l0), s["bad"]) for l0, s in zip(line0s, sides)])
@@ -189,14 +231,19 @@ def convert_skeleton(job: Job, fp: str, pool, counters) -> dict:
     ingestion.print_report(ALL_KINDS, bad, f"{path}: bad lines skipped", path)
     ingestion.print_report(ALL_KINDS, warnings, f"{path}: warnings (rows kept)", path)
     if unknown:
-      ingestion.console(f"{path}: fields not in the config (ignored): "
-                        f"{dict(unknown.most_common(10))}")
+      ingestion.console(
+        f"{path}: fields not in the config (ignored): {dict(unknown.most_common(10))}"
+      )
   return {
-      "sidecars": sides, "bad": bad, "warnings": warnings, "n_lines": n_lines,
-      "unknown_fields": dict(unknown), "clicks": int(sum(s["clicks"] for s in sides)),
-      "buys": int(sum(s["buys"] for s in sides)),
-      "truncated_values": np.sum([s["truncated_values"] for s in sides], 0).tolist(),
-      "truncated_rows": np.sum([s["truncated_rows"] for s in sides], 0).tolist(),
+    "sidecars": sides,
+    "bad": bad,
+    "warnings": warnings,
+    "n_lines": n_lines,
+    "unknown_fields": dict(unknown),
+    "clicks": int(sum(s["clicks"] for s in sides)),
+    "buys": int(sum(s["buys"] for s in sides)),
+    "truncated_values": np.sum([s["truncated_values"] for s in sides], 0).tolist(),
+    "truncated_rows": np.sum([s["truncated_rows"] for s in sides], 0).tolist(),
   }
 
 

@@ -13,7 +13,8 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -111,8 +112,13 @@ def init_worker(spec_json, progress_bytes, progress_rows, common_dir, in_pool=Fa
   if in_pool:
     _die_with_parent()
   _W.clear()
-  _W.update(spec=compile_config(json.loads(spec_json)), pbytes=progress_bytes, prows=progress_rows,
-            common_dir=common_dir, common=None)
+  _W.update(
+    spec=compile_config(json.loads(spec_json)),
+    pbytes=progress_bytes,
+    prows=progress_rows,
+    common_dir=common_dir,
+    common=None,
+  )
 
 
 def clear_worker() -> None:
@@ -153,8 +159,12 @@ def common_task(task: dict) -> dict:
     parse.record_warnings(warn, "feature_num_mismatch", p, np.flatnonzero(p.warn_mismatch), n_lines)
     _progress(nbytes, n)
     n_lines += p.n_lines
-  out = {"index": task["index"], "n_lines": n_lines, "report": _sorted_report(rep),
-         "warnings": _sorted_report(warn)}
+  out = {
+    "index": task["index"],
+    "n_lines": n_lines,
+    "report": _sorted_report(rep),
+    "warnings": _sorted_report(warn),
+  }
   if parts:
     out.update({k: np.concatenate([getattr(x["rows"], k) for x in parts]) for k in COMMON_COLUMNS})
     out["keys"] = np.concatenate([x["keys"] for x in parts])
@@ -163,8 +173,10 @@ def common_task(task: dict) -> dict:
 
 
 def load_common(directory: str) -> dict[str, np.ndarray]:
-  return {k: np.load(os.path.join(directory, f"{k}.npy"), mmap_mode="r")
-          for k in ("keys",) + COMMON_COLUMNS}
+  return {
+    k: np.load(os.path.join(directory, f"{k}.npy"), mmap_mode="r")
+    for k in ("keys",) + COMMON_COLUMNS
+  }
 
 
 @dataclasses.dataclass
@@ -183,8 +195,9 @@ class _RangeCounts:
   def __post_init__(self):
     schema = self.spec.schema
     self.dense = DenseStats(len(schema.dense), seed=self.seed, sample=DENSE_SAMPLE)
-    self.leakage = LeakageStats(schema.labels, [f.name for f in schema.sparse],
-                                [f.name for f in schema.dense])
+    self.leakage = LeakageStats(
+      schema.labels, [f.name for f in schema.sparse], [f.name for f in schema.dense]
+    )
     self.trunc_values = np.zeros(self.spec.n_multi, np.int64)
     self.trunc_rows = np.zeros(self.spec.n_multi, np.int64)
 
@@ -212,8 +225,9 @@ def _skeleton_blocks(task: dict, spec: Spec, C: dict, acc: _RangeCounts) -> Iter
     if first and task["fail"]:
       raise _FirstBadLine(first, acc.n_lines + p.n_lines)
     acc.unknown.update(p.unknown_fields)
-    parse.record_warnings(acc.warnings, "feature_num_mismatch", p,
-                          np.flatnonzero(p.warn_mismatch & found), acc.n_lines)
+    parse.record_warnings(
+      acc.warnings, "feature_num_mismatch", p, np.flatnonzero(p.warn_mismatch & found), acc.n_lines
+    )
     # Keep the found rows; renumber the items' rows.
     keep_rows = np.flatnonzero(found)
     newidx = np.full(len(found), -1, np.int64)
@@ -221,26 +235,37 @@ def _skeleton_blocks(task: dict, spec: Spec, C: dict, acc: _RangeCounts) -> Iter
     ik = found[p.item_row] if len(p.item_row) else np.zeros(0, bool)
     cidx = pos[keep_rows]
     n = len(keep_rows)
-    r = parse.Rows(*(np.asarray(C[k][cidx]) for k in COMMON_COLUMNS[:-1]),
-                   dup_single=np.zeros(n, np.int64))
+    r = parse.Rows(
+      *(np.asarray(C[k][cidx]) for k in COMMON_COLUMNS[:-1]), dup_single=np.zeros(n, np.int64)
+    )
     r.trunc = r.trunc.astype(np.int32, copy=True)
-    parse.place_items(r, spec, newidx[p.item_row[ik]], p.item_field[ik], p.item_key[ik],
-                      p.item_val[ik])
+    parse.place_items(
+      r, spec, newidx[p.item_row[ik]], p.item_field[ik], p.item_key[ik], p.item_val[ik]
+    )
     dup = r.dup_single + np.asarray(C["dup_single"][cidx])
-    parse.record_warnings(acc.warnings, "duplicate_single_value", p, keep_rows[np.flatnonzero(dup)],
-                          acc.n_lines)
+    parse.record_warnings(
+      acc.warnings, "duplicate_single_value", p, keep_rows[np.flatnonzero(dup)], acc.n_lines
+    )
     acc.trunc_values += r.trunc.sum(0)
     acc.trunc_rows += (r.trunc > 0).sum(0)
     sid, _ = parse.parse_uint(p.a, p.cols[0][0][keep_rows], p.cols[0][1][keep_rows])
-    labels = np.stack([p.a[p.cols[1][0][keep_rows]] == 49, p.a[p.cols[2][0][keep_rows]] == 49],
-                      1).astype(np.uint8)
+    labels = np.stack(
+      [p.a[p.cols[1][0][keep_rows]] == 49, p.a[p.cols[2][0][keep_rows]] == 49], 1
+    ).astype(np.uint8)
     acc.clicks += int(labels[:, 0].sum())
     acc.buys += int(labels[:, 1].sum())
     acc.dense.add(r.dense)
     _progress(nbytes, n)
     acc.n_lines += p.n_lines
-    yield {"sparse": r.sparse, "mv_ids": r.mv_ids, "mv_w": r.mv_w, "dense": r.dense,
-           "labels": labels, "user": r.user, "sample_id": sid}
+    yield {
+      "sparse": r.sparse,
+      "mv_ids": r.mv_ids,
+      "mv_w": r.mv_w,
+      "dense": r.dense,
+      "labels": labels,
+      "user": r.user,
+      "sample_id": sid,
+    }
 
 
 def skeleton_task(task: dict) -> dict:
@@ -264,14 +289,22 @@ def skeleton_task(task: dict) -> dict:
     writer.abort()
     raise
   side = {
-      "fingerprint": task["fingerprint"], "index": task["index"],
-      "range": [task["start"], task["end"]],
-      "shard": entry, "n_lines": acc.n_lines, "bad": _sorted_report(acc.bad),
-      "warnings": _sorted_report(acc.warnings), "unknown_fields": dict(acc.unknown),
-      "dense": acc.dense.to_json(), "leakage": acc.leakage.to_json(),
-      "truncated_values": acc.trunc_values.tolist(),
-      "truncated_rows": acc.trunc_rows.tolist(), "clicks": acc.clicks, "buys": acc.buys,
-      "bytes": task["end"] - task["start"], "seconds": time.time() - t0,
+    "fingerprint": task["fingerprint"],
+    "index": task["index"],
+    "range": [task["start"], task["end"]],
+    "shard": entry,
+    "n_lines": acc.n_lines,
+    "bad": _sorted_report(acc.bad),
+    "warnings": _sorted_report(acc.warnings),
+    "unknown_fields": dict(acc.unknown),
+    "dense": acc.dense.to_json(),
+    "leakage": acc.leakage.to_json(),
+    "truncated_values": acc.trunc_values.tolist(),
+    "truncated_rows": acc.trunc_rows.tolist(),
+    "clicks": acc.clicks,
+    "buys": acc.buys,
+    "bytes": task["end"] - task["start"],
+    "seconds": time.time() - t0,
   }
   if entry["num_rows"] == 0:
     os.remove(os.path.join(task["out_dir"], task["shard"]))

@@ -12,9 +12,16 @@ import numpy as np
 from esmjax.data import dataset as ds_lib
 
 
-def block_order(dataset: ds_lib.Dataset, *, seed: int, shuffle: bool, num_epochs: int | None,
-                process_index: int = 0, process_count: int = 1,
-                fraction: float = 1.0) -> grain.MapDataset:
+def block_order(
+  dataset: ds_lib.Dataset,
+  *,
+  seed: int,
+  shuffle: bool,
+  num_epochs: int | None,
+  process_index: int = 0,
+  process_count: int = 1,
+  fraction: float = 1.0,
+) -> grain.MapDataset:
   """Block indices in reading order: the leading `fraction` of the blocks, shuffled per epoch, this
   process's share, repeated.
 
@@ -23,13 +30,14 @@ def block_order(dataset: ds_lib.Dataset, *, seed: int, shuffle: bool, num_epochs
   """
   mds = grain.MapDataset.range(dataset.num_blocks)
   if fraction < 1.0:
-    mds = mds[:max(1, int(round(len(mds) * fraction)))]
+    mds = mds[: max(1, int(round(len(mds) * fraction)))]
   if shuffle:
     mds = mds.shuffle(seed=seed)
   mds = mds[process_index::process_count]
   if len(mds) == 0:
     raise ds_lib.DatasetError(
-        f"{dataset.directory}: {dataset.num_blocks} block(s) cannot feed {process_count} processes")
+      f"{dataset.directory}: {dataset.num_blocks} block(s) cannot feed {process_count} processes"
+    )
   return mds.repeat(num_epochs)
 
 
@@ -43,11 +51,26 @@ class BlockOrder:
   differently) the order falls back to grain's, index by index.
   """
 
-  def __init__(self, dataset: ds_lib.Dataset, *, seed: int, shuffle: bool, num_epochs: int | None,
-               process_index: int = 0, process_count: int = 1, fraction: float = 1.0):
-    self._ref = block_order(dataset, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-                            process_index=process_index, process_count=process_count,
-                            fraction=fraction)
+  def __init__(
+    self,
+    dataset: ds_lib.Dataset,
+    *,
+    seed: int,
+    shuffle: bool,
+    num_epochs: int | None,
+    process_index: int = 0,
+    process_count: int = 1,
+    fraction: float = 1.0,
+  ):
+    self._ref = block_order(
+      dataset,
+      seed=seed,
+      shuffle=shuffle,
+      num_epochs=num_epochs,
+      process_index=process_index,
+      process_count=process_count,
+      fraction=fraction,
+    )
     n = dataset.num_blocks
     self._blocks = max(1, int(round(n * fraction))) if fraction < 1.0 else n
     self._mine = len(range(process_index, self._blocks, process_count))

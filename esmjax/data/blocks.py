@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import json
 import struct
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -37,13 +37,13 @@ ALIGN = 64
 def empty_block(schema: Schema, n: int = 0) -> dict[str, np.ndarray]:
   """A block of `n` zero rows with the right shapes and dtypes (PAD everywhere)."""
   b = {
-      "sparse": np.zeros((n, len(schema.sparse)), np.int32),
-      "mv_ids": np.zeros((n, schema.mv_total_len), np.int32),
-      "mv_w": np.zeros((n, schema.mv_total_len), np.float32),
-      "dense": np.zeros((n, len(schema.dense)), np.float32),
-      "labels": np.zeros((n, len(schema.labels)), np.uint8),
-      "user": np.zeros((n,), np.int64),
-      "sample_id": np.zeros((n,), np.int64),
+    "sparse": np.zeros((n, len(schema.sparse)), np.int32),
+    "mv_ids": np.zeros((n, schema.mv_total_len), np.int32),
+    "mv_w": np.zeros((n, schema.mv_total_len), np.float32),
+    "dense": np.zeros((n, len(schema.dense)), np.float32),
+    "labels": np.zeros((n, len(schema.labels)), np.uint8),
+    "user": np.zeros((n,), np.int64),
+    "sample_id": np.zeros((n,), np.int64),
   }
   if schema.truth:
     b["truth"] = np.zeros((n, len(schema.truth)), np.float32)
@@ -64,24 +64,40 @@ def check_block(schema: Schema, block: dict[str, np.ndarray], *, values: bool = 
   for k, r in ref.items():
     a = block[k]
     if a.dtype != r.dtype or a.shape[1:] != r.shape[1:] or a.shape[0] != n:
-      raise DatasetError(f"block column {k!r}: {a.dtype}{a.shape}, expected "
-                         f"{r.dtype}(n={n}, *{r.shape[1:]})")
+      raise DatasetError(
+        f"block column {k!r}: {a.dtype}{a.shape}, expected {r.dtype}(n={n}, *{r.shape[1:]})"
+      )
   if values and n:
-    _check_ids(block["sparse"], [f.vocab_size for f in schema.sparse],
-               [f.name for f in schema.sparse], "sparse")
+    _check_ids(
+      block["sparse"],
+      [f.vocab_size for f in schema.sparse],
+      [f.name for f in schema.sparse],
+      "sparse",
+    )
     names = [f.name for f in schema.multi for _ in range(f.max_len)]
-    _check_ids(block["mv_ids"], [f.vocab_size for f in schema.multi for _ in range(f.max_len)],
-               names, "mv_ids")
+    _check_ids(
+      block["mv_ids"],
+      [f.vocab_size for f in schema.multi for _ in range(f.max_len)],
+      names,
+      "mv_ids",
+    )
     if block["labels"].size and block["labels"].max() > 1:
       row, col = np.argwhere(block["labels"] > 1)[0]
-      raise DatasetError(f"block column 'labels': label {schema.labels[col]!r} is "
-                         f"{block['labels'][row, col]} at row {row}; labels are 0 or 1")
-    for k, field_names in (("dense", [f.name for f in schema.dense]), ("mv_w", names),
-                           ("truth", list(schema.truth))):
+      raise DatasetError(
+        f"block column 'labels': label {schema.labels[col]!r} is "
+        f"{block['labels'][row, col]} at row {row}; labels are 0 or 1"
+      )
+    for k, field_names in (
+      ("dense", [f.name for f in schema.dense]),
+      ("mv_w", names),
+      ("truth", list(schema.truth)),
+    ):
       if k in block and block[k].size and not np.isfinite(block[k]).all():
         row, col = np.argwhere(~np.isfinite(block[k]))[0]
-        raise DatasetError(f"block column {k!r}: field {field_names[col]!r} is "
-                           f"{block[k][row, col]} at row {row}; values must be finite")
+        raise DatasetError(
+          f"block column {k!r}: field {field_names[col]!r} is "
+          f"{block[k][row, col]} at row {row}; values must be finite"
+        )
   return n
 
 
@@ -92,8 +108,10 @@ def _check_ids(ids: np.ndarray, vocab: Sequence[int], names: Sequence[str], colu
   bad = ids.view(np.uint32) >= bound  # negative ids wrap to huge unsigned values
   if bad.any():
     row, col = np.argwhere(bad)[0]
-    raise DatasetError(f"block column {column!r}: field {names[col]!r} has id {ids[row, col]} at "
-                       f"row {row}, outside its vocabulary [0, {vocab[col]})")
+    raise DatasetError(
+      f"block column {column!r}: field {names[col]!r} has id {ids[row, col]} at "
+      f"row {row}, outside its vocabulary [0, {vocab[col]})"
+    )
 
 
 def concat_blocks(blocks: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -104,8 +122,9 @@ def slice_block(block: dict[str, np.ndarray], idx) -> dict[str, np.ndarray]:
   return {k: v[idx] for k, v in block.items()}
 
 
-def fixed_size_blocks(blocks: Iterable[dict[str, np.ndarray]], block_rows: int
-                      ) -> Iterator[dict[str, np.ndarray]]:
+def fixed_size_blocks(
+  blocks: Iterable[dict[str, np.ndarray]], block_rows: int
+) -> Iterator[dict[str, np.ndarray]]:
   """A stream of blocks of any sizes, re-cut in order into blocks of `block_rows` rows (the last one
   shorter); empty blocks vanish."""
   pending, pending_n = [], 0
@@ -164,8 +183,10 @@ def decode_block(record) -> dict[str, np.ndarray]:
   (hlen,) = struct.unpack("<I", record[4:8])
   base = 8 + hlen
   try:
-    return {k: np.frombuffer(record, dtype=dtype, count=count, offset=base + off).reshape(shape)
-            for k, dtype, shape, count, off in _parse_header(bytes(record[8:base]))}
+    return {
+      k: np.frombuffer(record, dtype=dtype, count=count, offset=base + off).reshape(shape)
+      for k, dtype, shape, count, off in _parse_header(bytes(record[8:base]))
+    }
   except (ValueError, TypeError, AttributeError) as e:  # a header that does not describe the record
     raise DatasetError(f"block record is corrupt: {e}") from None
 

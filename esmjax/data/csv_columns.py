@@ -5,7 +5,7 @@ dense values, multi-valued lists with weights, labels, user keys and sample ids.
 from __future__ import annotations
 
 import collections
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +16,7 @@ from esmjax.data.blocks import empty_block
 from esmjax.data.csv_config import Cfg, IdCol, MultiCol
 from esmjax.schema import Schema
 
+
 def str_keys(a: pa.Array, numeric: bool = True) -> np.ndarray:
   """An arrow string array -> int64 keys, straight from its buffers: `ids.numeric_or_bytes_keys`
   (integers keep their value, as raw Ali-CCP ids do), or with numeric=False `ids.token_keys`
@@ -24,7 +25,7 @@ def str_keys(a: pa.Array, numeric: bool = True) -> np.ndarray:
   if isinstance(a, pa.ChunkedArray):
     a = a.combine_chunks()
   bufs = a.buffers()
-  off = np.frombuffer(bufs[1], np.int32)[a.offset:a.offset + len(a) + 1]
+  off = np.frombuffer(bufs[1], np.int32)[a.offset : a.offset + len(a) + 1]
   data = np.frombuffer(bufs[2], np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
   fn = ids_lib.numeric_or_bytes_keys if numeric else ids_lib.token_keys
   return fn(data, off[:-1], np.diff(off))
@@ -49,8 +50,9 @@ class Mapper:
 
   def finish(self) -> None:
     if self.col.mapping == "vocab" and self.vocab is None:
-      self.vocab = ids_lib.Vocab.from_counts(self.counts, self.col.min_count,
-                                             self.col.max_vocab or None)
+      self.vocab = ids_lib.Vocab.from_counts(
+        self.counts, self.col.min_count, self.col.max_vocab or None
+      )
     self.counts = collections.Counter()
     if self.vocab is not None:  # lookups by sorted keys: no per-batch hash table of the vocabulary
       keys = str_keys(pa.array(self.vocab.values, pa.string()), numeric=False)
@@ -85,8 +87,9 @@ def dense_values(a: pa.Array) -> tuple[np.ndarray, np.ndarray]:
   return np.asarray(pc.cast(filled, pa.float64())).astype(np.float32), missing
 
 
-def multi_values(a: pa.Array, m: MultiCol,
-                 mapper: Mapper) -> tuple[np.ndarray, np.ndarray, int, int]:
+def multi_values(
+  a: pa.Array, m: MultiCol, mapper: Mapper
+) -> tuple[np.ndarray, np.ndarray, int, int]:
   """A multi-valued column -> ids [n, max_len], weights [n, max_len], values dropped, rows
   truncated."""
   n = len(a)
@@ -115,9 +118,15 @@ def multi_values(a: pa.Array, m: MultiCol,
   return ids, wts, int(over.sum()), int(len(np.unique(row[over])))
 
 
-def make_block(good: pa.RecordBatch, cfg: Cfg, schema: Schema, mappers: Sequence[Mapper],
-               trunc: dict, missing_dense: collections.Counter,
-               first_row: int) -> dict[str, np.ndarray]:
+def make_block(
+  good: pa.RecordBatch,
+  cfg: Cfg,
+  schema: Schema,
+  mappers: Sequence[Mapper],
+  trunc: dict,
+  missing_dense: collections.Counter,
+  first_row: int,
+) -> dict[str, np.ndarray]:
   """The good rows of a batch as a block; truncated multi-valued values and empty dense cells are
   counted into `trunc` and `missing_dense`."""
   n = good.num_rows
@@ -125,10 +134,10 @@ def make_block(good: pa.RecordBatch, cfg: Cfg, schema: Schema, mappers: Sequence
   b = empty_block(schema, n)
   for j, (f, mp_) in enumerate(zip(cfg.sparse, mappers)):
     b["sparse"][:, j] = mp_.map(cols[f.column])
-  for off, m, mp_ in zip(schema.mv_offsets, cfg.multi, mappers[len(cfg.sparse):]):
+  for off, m, mp_ in zip(schema.mv_offsets, cfg.multi, mappers[len(cfg.sparse) :]):
     ids, wts, dropped, rows = multi_values(cols[m.ids.column], m, mp_)
-    b["mv_ids"][:, off:off + m.max_len] = ids
-    b["mv_w"][:, off:off + m.max_len] = wts
+    b["mv_ids"][:, off : off + m.max_len] = ids
+    b["mv_w"][:, off : off + m.max_len] = wts
     trunc[m.ids.column]["values"] += dropped
     trunc[m.ids.column]["rows"] += rows
   for j, c in enumerate(cfg.dense):
@@ -144,4 +153,3 @@ def make_block(good: pa.RecordBatch, cfg: Cfg, schema: Schema, mappers: Sequence
   else:
     b["sample_id"][:] = np.arange(first_row, first_row + n)
   return b
-

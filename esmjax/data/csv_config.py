@@ -14,10 +14,31 @@ from esmjax.schema import LABELS
 
 FORMATS = ("auto", "csv", "parquet")
 HEADER_MODES = ("auto", "yes", "no")
-_KNOWN_KEYS = {"format", "delimiter", "header", "columns", "labels", "sparse", "multi", "dense",
-               "user", "sample_id", "id_mapping", "hash_buckets", "min_count", "max_vocab",
-               "field_overrides", "pad_values", "dense_buckets", "bad_lines", "block_rows",
-               "blocks_per_shard", "read_rows", "name", "label_leakage"}
+_KNOWN_KEYS = {
+  "format",
+  "delimiter",
+  "header",
+  "columns",
+  "labels",
+  "sparse",
+  "multi",
+  "dense",
+  "user",
+  "sample_id",
+  "id_mapping",
+  "hash_buckets",
+  "min_count",
+  "max_vocab",
+  "field_overrides",
+  "pad_values",
+  "dense_buckets",
+  "bad_lines",
+  "block_rows",
+  "blocks_per_shard",
+  "read_rows",
+  "name",
+  "label_leakage",
+}
 
 
 def base_config():
@@ -122,45 +143,60 @@ def validate(config) -> Cfg:
   id_cols = list(raw["sparse"]) + list(raw["multi"])
   for col in overrides:
     if col not in id_cols:
-      raise IngestError(f"config.field_overrides[{col!r}]: not an id column (sparse or multi): "
-                        f"{id_cols}")
+      raise IngestError(
+        f"config.field_overrides[{col!r}]: not an id column (sparse or multi): {id_cols}"
+      )
 
   def id_col(col: str) -> IdCol:
     o = dict(overrides.get(col, {}))
     bad = set(o) - {"mapping", "buckets", "min_count", "max_vocab"}
     if bad:
-      raise IngestError(f"config.field_overrides[{col!r}]: unknown key(s) {sorted(bad)}; allowed: "
-                        "mapping, buckets, min_count, max_vocab")
+      raise IngestError(
+        f"config.field_overrides[{col!r}]: unknown key(s) {sorted(bad)}; allowed: "
+        "mapping, buckets, min_count, max_vocab"
+      )
     mapping = o.get("mapping", raw["id_mapping"])
     _check_choice(f"field_overrides[{col!r}].mapping", mapping, ids_lib.MAPPINGS)
-    return IdCol(col, mapping, int(o.get("buckets", raw["hash_buckets"])),
-                 int(o.get("min_count", raw["min_count"])),
-                 int(o.get("max_vocab", raw["max_vocab"])))
+    return IdCol(
+      col,
+      mapping,
+      int(o.get("buckets", raw["hash_buckets"])),
+      int(o.get("min_count", raw["min_count"])),
+      int(o.get("max_vocab", raw["max_vocab"])),
+    )
 
   multi = []
   for col, m in (raw["multi"] or {}).items():
     m = dict(m)
     bad = set(m) - {"sep", "weight_sep", "max_len", "pooling"}
     if bad:
-      raise IngestError(f"config.multi[{col!r}]: unknown key(s) {sorted(bad)}; allowed: sep, "
-                        "weight_sep, max_len, pooling")
+      raise IngestError(
+        f"config.multi[{col!r}]: unknown key(s) {sorted(bad)}; allowed: sep, "
+        "weight_sep, max_len, pooling"
+      )
     pooling = m.get("pooling", "sum")
     _check_choice(f"multi[{col!r}].pooling", pooling, ("sum", "mean"))
     if not m.get("sep"):
       raise IngestError(f"config.multi[{col!r}].sep is empty")
     if int(m.get("max_len", 16)) < 1:
       raise IngestError(f"config.multi[{col!r}].max_len={m.get('max_len')}; must be >= 1")
-    multi.append(MultiCol(id_col(col), m["sep"], m.get("weight_sep", ""), int(m.get("max_len", 16)),
-                          pooling))
+    multi.append(
+      MultiCol(id_col(col), m["sep"], m.get("weight_sep", ""), int(m.get("max_len", 16)), pooling)
+    )
   # Dataset label order is the canonical one (click, buy, cart, wish, daction): ConfigDict sorts
   # its keys.
   labels = tuple((name, raw["labels"][name]) for name in LABELS if name in raw["labels"])
-  cfg = Cfg(raw=raw, labels=labels, sparse=tuple(id_col(c) for c in raw["sparse"]),
-            multi=tuple(multi), dense=tuple(raw["dense"]), user=raw["user"] or "",
-            sample_id=raw["sample_id"] or "")
+  cfg = Cfg(
+    raw=raw,
+    labels=labels,
+    sparse=tuple(id_col(c) for c in raw["sparse"]),
+    multi=tuple(multi),
+    dense=tuple(raw["dense"]),
+    user=raw["user"] or "",
+    sample_id=raw["sample_id"] or "",
+  )
   names = [f.column for f in cfg.sparse] + [m.ids.column for m in cfg.multi] + list(cfg.dense)
   dup = sorted({n for n in names if names.count(n) > 1})
   if dup:
     raise IngestError(f"config: column(s) {dup} appear in more than one of sparse / multi / dense")
   return cfg
-

@@ -36,17 +36,15 @@ import collections
 import os
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from esmjax.data import csv_read
+from esmjax.data import csv_read, ingestion, leakage
 from esmjax.data import dataset as ds_lib
 from esmjax.data import ids as ids_lib
-from esmjax.data import ingestion
-from esmjax.data import leakage
 from esmjax.data.blocks import auto_block_rows
 from esmjax.data.csv_columns import Mapper, dense_values, make_block
 from esmjax.data.csv_config import Cfg, base_config, validate  # noqa: F401  (public: base_config)
@@ -57,8 +55,14 @@ from esmjax.data.ingestion import IngestError  # noqa: F401  (public: what inges
 DENSE_SAMPLE = 100_000  # rows kept for the dense quantile boundaries
 
 
-def ingest(config, input_paths: Sequence[str] | str, out_dir: str, *, stats_from: str | None = None,
-                 progress: bool = True) -> dict:
+def ingest(
+  config,
+  input_paths: Sequence[str] | str,
+  out_dir: str,
+  *,
+  stats_from: str | None = None,
+  progress: bool = True,
+) -> dict:
   """Ingests CSV/Parquet files into `out_dir` (see the module doc); returns the manifest."""
   t0 = time.time()
   cfg = validate(config)
@@ -71,9 +75,11 @@ def ingest(config, input_paths: Sequence[str] | str, out_dir: str, *, stats_from
   if not out_dir:
     raise IngestError("--out_dir is required")
   fail_on_leakage = cfg.raw["label_leakage"] == "fail"
-  features = {**{f.column: "sparse" for f in cfg.sparse},
-              **{m.ids.column: "multi-valued" for m in cfg.multi},
-              **{c: "dense" for c in cfg.dense}}
+  features = {
+    **{f.column: "sparse" for f in cfg.sparse},
+    **{m.ids.column: "multi-valued" for m in cfg.multi},
+    **{c: "dense" for c in cfg.dense},
+  }
   leaks = leakage.config_findings(dict(cfg.labels), features)
   if leaks and fail_on_leakage:
     raise IngestError(f"{leakage.describe(leaks[0])} (config.label_leakage='fail')")
@@ -106,23 +112,30 @@ def ingest(config, input_paths: Sequence[str] | str, out_dir: str, *, stats_from
   if dense_fields is None:
     dense_fields = stats.fields(cfg.dense, int(cfg.raw["dense_buckets"]))
   schema = ds_lib.Schema(
-      sparse=tuple(ds_lib.SparseField(f.column, mp_.vocab_size)
-                   for f, mp_ in zip(cfg.sparse, mappers)),
-      multi=tuple(ds_lib.MultiField(m.ids.column, mp_.vocab_size, m.max_len, m.pooling)
-                  for m, mp_ in zip(cfg.multi, mappers[len(cfg.sparse):])),
-      dense=tuple(dense_fields), labels=tuple(name for name, _ in cfg.labels))
+    sparse=tuple(
+      ds_lib.SparseField(f.column, mp_.vocab_size) for f, mp_ in zip(cfg.sparse, mappers)
+    ),
+    multi=tuple(
+      ds_lib.MultiField(m.ids.column, mp_.vocab_size, m.max_len, m.pooling)
+      for m, mp_ in zip(cfg.multi, mappers[len(cfg.sparse) :])
+    ),
+    dense=tuple(dense_fields),
+    labels=tuple(name for name, _ in cfg.labels),
+  )
 
   # Pass 2: map and write.
   os.makedirs(out_dir, exist_ok=True)
   for name in os.listdir(out_dir):  # a previous dataset here is replaced, never mixed
-    if name in (ds_lib.MANIFEST, "vocabs.json") or (name.startswith("shard-")
-                                                   and ds_lib.SHARD_SUFFIX in name):
+    if name in (ds_lib.MANIFEST, "vocabs.json") or (
+      name.startswith("shard-") and ds_lib.SHARD_SUFFIX in name
+    ):
       os.remove(os.path.join(out_dir, name))
   trunc = {m.ids.column: {"values": 0, "rows": 0} for m in cfg.multi}  # filled while writing
   missing_dense: collections.Counter = collections.Counter()
   state = {"sample": 0}
-  stats = leakage.LeakageStats(schema.labels, [f.name for f in schema.sparse],
-                               [f.name for f in schema.dense])
+  stats = leakage.LeakageStats(
+    schema.labels, [f.name for f in schema.sparse], [f.name for f in schema.dense]
+  )
 
   def blocks():
     for path in paths:
@@ -145,29 +158,48 @@ def ingest(config, input_paths: Sequence[str] | str, out_dir: str, *, stats_from
         ingestion.console(f"warning: {leakage.describe(f)}")
 
   vocabs = {mp_.col.column: mp_.vocab.to_json() for mp_ in mappers if mp_.vocab is not None}
-  extra = {"ingest": {
-      "config": cfg.raw, "inputs": [os.path.abspath(p) for p in paths], "rows_written": n_good,
-      "id_mapping": {mp_.col.column: ("vocab" if mp_.col.mapping == "vocab" else
-                                      f"hash/{mp_.col.buckets}") for mp_ in mappers},
-      "vocab_file": "vocabs.json" if vocabs else None, "stats_from": stats_from,
+  extra = {
+    "ingest": {
+      "config": cfg.raw,
+      "inputs": [os.path.abspath(p) for p in paths],
+      "rows_written": n_good,
+      "id_mapping": {
+        mp_.col.column: ("vocab" if mp_.col.mapping == "vocab" else f"hash/{mp_.col.buckets}")
+        for mp_ in mappers
+      },
+      "vocab_file": "vocabs.json" if vocabs else None,
+      "stats_from": stats_from,
       "bad_lines": {"mode": cfg.raw["bad_lines"], **bad.report.to_json()},
       "truncated": trunc,
-      "missing_dense": missing_dense, "user_key": cfg.user or None,
+      "missing_dense": missing_dense,
+      "user_key": cfg.user or None,
       "sample_id": cfg.sample_id or "row number",
       "label_leakage": leaks,  # filled when the last block is written
-  }}
+    }
+  }
   if vocabs:
     write_json_atomic(os.path.join(out_dir, "vocabs.json"), vocabs)
-  source = {"format": cfg.raw["format"], "name": cfg.raw.get("name", ""),
-            "made_by": "esmjax.data.csv_ingest"}
+  source = {
+    "format": cfg.raw["format"],
+    "name": cfg.raw.get("name", ""),
+    "made_by": "esmjax.data.csv_ingest",
+  }
   block_rows = int(cfg.raw["block_rows"]) or auto_block_rows(schema)
-  manifest = ds_lib.write_dataset(out_dir, schema, blocks(), block_rows=block_rows,
-                                  blocks_per_shard=int(cfg.raw["blocks_per_shard"]), source=source,
-                                  extra=extra)
+  manifest = ds_lib.write_dataset(
+    out_dir,
+    schema,
+    blocks(),
+    block_rows=block_rows,
+    blocks_per_shard=int(cfg.raw["blocks_per_shard"]),
+    source=source,
+    extra=extra,
+  )
   if progress:
     ingestion.print_report(BAD_KINDS, bad.report.to_json(), "bad rows skipped")
-    ingestion.console(f"{out_dir}: {manifest['num_rows']:,} rows, {manifest['num_blocks']} "
-                      f"block(s) in {time.time() - t0:.1f} s")
+    ingestion.console(
+      f"{out_dir}: {manifest['num_rows']:,} rows, {manifest['num_blocks']} "
+      f"block(s) in {time.time() - t0:.1f} s"
+    )
   return manifest
 
 
@@ -193,8 +225,9 @@ def _load_stats(stats_from: str, cfg: Cfg, mappers) -> list[ds_lib.DenseField]:
   for mp_ in mappers:
     if mp_.col.mapping == "vocab":
       if mp_.col.column not in vocabs:
-        raise IngestError(f"stats_from={stats_from}: no vocabulary for column {mp_.col.column!r} "
-                          f"in {vpath}")
+        raise IngestError(
+          f"stats_from={stats_from}: no vocabulary for column {mp_.col.column!r} in {vpath}"
+        )
       mp_.vocab = ids_lib.Vocab.from_json(vocabs[mp_.col.column])
   dense = {f.name: f for f in ref.schema.dense}
   missing = [c for c in cfg.dense if c not in dense]
@@ -229,6 +262,7 @@ if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", None, "a configs/data/*.py ingestion config")
   flags.DEFINE_list("input", None, "input CSV/Parquet file(s), comma-separated")
   flags.DEFINE_string("out_dir", None, "output dataset directory")
-  flags.DEFINE_string("stats_from", None,
-                      "reuse vocabularies and dense statistics of this dataset (the train split)")
+  flags.DEFINE_string(
+    "stats_from", None, "reuse vocabularies and dense statistics of this dataset (the train split)"
+  )
   app.run(main)

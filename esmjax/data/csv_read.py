@@ -10,26 +10,25 @@ naming the file and what to do.
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from esmjax.data import files
-from esmjax.data import ingestion
+from esmjax.data import files, ingestion
 from esmjax.data.csv_config import Cfg
 from esmjax.data.ingestion import FLOAT32_MAX, MAX_EXAMPLES, IngestError
 
 BAD_KINDS = {
-    "empty_file": "the file has no data rows",
-    "column_count": "wrong number of columns",
-    "bad_label": "a label is not 0 or 1",
-    "buy_without_click": "click=0 with a post-click label = 1",
-    "bad_dense": "a dense value is not a number",
-    "nonfinite_dense": "a dense value is not a finite float32 number (nan, inf, or beyond ±3.4e38)",
-    "bad_multi": "a multi-valued cell has a weight that is not a finite float32 number",
-    "bad_sample_id": "sample_id is not an integer",
+  "empty_file": "the file has no data rows",
+  "column_count": "wrong number of columns",
+  "bad_label": "a label is not 0 or 1",
+  "buy_without_click": "click=0 with a post-click label = 1",
+  "bad_dense": "a dense value is not a number",
+  "nonfinite_dense": "a dense value is not a finite float32 number (nan, inf, or beyond ±3.4e38)",
+  "bad_multi": "a multi-valued cell has a weight that is not a finite float32 number",
+  "bad_sample_id": "sample_id is not an integer",
 }
 _FLOAT_RE = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
 _INT_RE = r"^\s*-?\d{1,18}\s*$"
@@ -61,9 +60,11 @@ class OrderedBadLines:
     self._pending = [e for e in self._pending if not (upto is None or e[0] <= upto)]
     for _, where, kind, text in ready:
       if self.fail:
-        raise IngestError("bad_lines=fail: "
-                          + ingestion.describe(BAD_KINDS, where, kind, text[:200]))
+        raise IngestError(
+          "bad_lines=fail: " + ingestion.describe(BAD_KINDS, where, kind, text[:200])
+        )
       self.report.add(where, kind, text[:200])
+
 
 def _input(path: str, fmt: str) -> tuple[str, str | None]:
   """(csv | parquet, pyarrow codec or None) of an input file; IngestError naming it when it is an
@@ -76,14 +77,18 @@ def _input(path: str, fmt: str) -> tuple[str, str | None]:
   if kind in _CODECS and pa.Codec.is_available(_CODECS[kind]):
     return fmt, _CODECS[kind]
   if kind == "binary":
-    raise IngestError(f"{path} does not look like text (it holds NUL bytes at its start): a CSV "
-                      "input is UTF-8 text (plain or gzip/bzip2/zstd/lz4-compressed), a Parquet "
-                      "one starts with PAR1")
+    raise IngestError(
+      f"{path} does not look like text (it holds NUL bytes at its start): a CSV "
+      "input is UTF-8 text (plain or gzip/bzip2/zstd/lz4-compressed), a Parquet "
+      "one starts with PAR1"
+    )
   if kind and kind != "parquet":
     hint = files.UNPACK_HINT.get(kind, "").format(path)
-    raise IngestError(f"{path} is {files.describe_kind(kind)}: csv_ingest reads CSV files (plain "
-                      f"or gzip/bzip2/zstd/lz4-compressed) and Parquet files; extract it first "
-                      f"(`{hint}`)")
+    raise IngestError(
+      f"{path} is {files.describe_kind(kind)}: csv_ingest reads CSV files (plain "
+      f"or gzip/bzip2/zstd/lz4-compressed) and Parquet files; extract it first "
+      f"(`{hint}`)"
+    )
   return fmt, None
 
 
@@ -111,13 +116,15 @@ def _csv_batches(path: str, cfg: Cfg, bad: OrderedBadLines | None, codec: str | 
       raise IngestError(f"{path}: header {header_cells} differs from config.columns {cols}")
   else:
     if not cols:
-      raise IngestError(f"{path}: config.header={raw['header']!r} needs config.columns (the "
-                        "file has no header)")
+      raise IngestError(
+        f"{path}: config.header={raw['header']!r} needs config.columns (the file has no header)"
+      )
     names, skip = cols, 0
   missing = [c for c in cfg.needed if c not in names]
   if missing:
-    raise IngestError(f"{path}: column(s) {missing} named in the config are not in the file's "
-                      f"columns {names}")
+    raise IngestError(
+      f"{path}: column(s) {missing} named in the config are not in the file's columns {names}"
+    )
   invalid: list[tuple[int, str]] = []
 
   def on_invalid(row):
@@ -125,14 +132,20 @@ def _csv_batches(path: str, cfg: Cfg, bad: OrderedBadLines | None, codec: str | 
     return "skip"
 
   reader = pcsv.open_csv(  # pyarrow skips a UTF-8 byte-order mark itself
-      pa.input_stream(path, compression=codec) if codec else path,
-      read_options=pcsv.ReadOptions(use_threads=False, column_names=names, skip_rows=skip,
-                                    block_size=1 << 22),
-      parse_options=pcsv.ParseOptions(delimiter=raw["delimiter"], invalid_row_handler=on_invalid,
-                                      ignore_empty_lines=False),
-      convert_options=pcsv.ConvertOptions(column_types={c: pa.string() for c in names},
-                                          include_columns=cfg.needed, strings_can_be_null=False,
-                                          quoted_strings_can_be_null=False))
+    pa.input_stream(path, compression=codec) if codec else path,
+    read_options=pcsv.ReadOptions(
+      use_threads=False, column_names=names, skip_rows=skip, block_size=1 << 22
+    ),
+    parse_options=pcsv.ParseOptions(
+      delimiter=raw["delimiter"], invalid_row_handler=on_invalid, ignore_empty_lines=False
+    ),
+    convert_options=pcsv.ConvertOptions(
+      column_types={c: pa.string() for c in names},
+      include_columns=cfg.needed,
+      strings_can_be_null=False,
+      quoted_strings_can_be_null=False,
+    ),
+  )
   next_line, done = skip + 1, set()
   for batch in reader:
     for num, text in invalid:
@@ -165,14 +178,18 @@ def _parquet_batches(path: str, cfg: Cfg, bad) -> Batches:
   names = f.schema_arrow.names
   missing = [c for c in cfg.needed if c not in names]
   if missing:
-    raise IngestError(f"{path}: column(s) {missing} named in the config are not in the file's "
-                      f"columns {names}")
+    raise IngestError(
+      f"{path}: column(s) {missing} named in the config are not in the file's columns {names}"
+    )
   row = 1
   for batch in f.iter_batches(batch_size=int(cfg.raw["read_rows"]), columns=cfg.needed):
     arrays = [pc.cast(a, pa.string()) if a.type != pa.string() else a for a in batch.columns]
     arrays = [pc.fill_null(a, "") for a in arrays]
-    yield (pa.RecordBatch.from_arrays(arrays, names=batch.schema.names),
-           np.arange(row, row + batch.num_rows), "row ")
+    yield (
+      pa.RecordBatch.from_arrays(arrays, names=batch.schema.names),
+      np.arange(row, row + batch.num_rows),
+      "row ",
+    )
     row += batch.num_rows
 
 
@@ -197,8 +214,14 @@ def _numbers(a: pa.Array) -> tuple[np.ndarray, np.ndarray]:
   return number, finite
 
 
-def good_rows(batch: pa.RecordBatch, lines: np.ndarray, where: str, path: str, cfg: Cfg,
-              bad: OrderedBadLines | None) -> np.ndarray:
+def good_rows(
+  batch: pa.RecordBatch,
+  lines: np.ndarray,
+  where: str,
+  path: str,
+  cfg: Cfg,
+  bad: OrderedBadLines | None,
+) -> np.ndarray:
   """Mask of the rows to keep; bad ones are reported (pass 1) in line order, first reason only."""
   n = batch.num_rows
   reason = np.zeros(n, np.int64)  # 0 ok, -1 blank, else index into kinds
@@ -244,8 +267,11 @@ def good_rows(batch: pa.RecordBatch, lines: np.ndarray, where: str, path: str, c
       badrow[row_of[~okw]] = True
       flag(badrow, "bad_multi", m.ids.column)
   if cfg.sample_id:
-    flag(~np.asarray(pc.match_substring_regex(cols[cfg.sample_id], _INT_RE)), "bad_sample_id",
-         cfg.sample_id)
+    flag(
+      ~np.asarray(pc.match_substring_regex(cols[cfg.sample_id], _INT_RE)),
+      "bad_sample_id",
+      cfg.sample_id,
+    )
   if bad is not None:
     for code in np.unique(reason[reason > 0]):  # a kind's first rows as examples, the rest counted
       rows = np.flatnonzero(reason == code)

@@ -19,16 +19,30 @@ import json
 import logging
 import math
 import os
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from esmjax.data import files
 from esmjax.data.blocks import (  # noqa: F401  (re-exported: the dataset's block helpers)
-    check_block, concat_blocks, empty_block, fixed_size_blocks, slice_block)
+  check_block,
+  concat_blocks,
+  empty_block,
+  fixed_size_blocks,
+  slice_block,
+)
 from esmjax.data.shards import SHARD_SUFFIX, ShardReader, ShardWriter  # noqa: F401
 from esmjax.schema import (  # noqa: F401  (re-exported: the dataset's schema types)
-    LABELS, OOV, PAD, DatasetError, DenseField, MultiField, Schema, SparseField)
+  LABELS,
+  OOV,
+  PAD,
+  DatasetError,
+  DenseField,
+  MultiField,
+  Schema,
+  SparseField,
+)
 
 FORMAT = "esmjax-blocks"
 VERSION = 2  # 2: blocks carry checksums; 1: none (still read)
@@ -37,33 +51,46 @@ _log = logging.getLogger(__name__)
 _warned: set[str] = set()  # directories already warned about (one warning per process)
 
 
-def write_manifest(directory: str, schema: Schema, shards: Sequence[dict[str, Any]],
-                   block_rows: int, source: dict[str, Any] | None = None,
-                   extra: dict[str, Any] | None = None) -> dict:
+def write_manifest(
+  directory: str,
+  schema: Schema,
+  shards: Sequence[dict[str, Any]],
+  block_rows: int,
+  source: dict[str, Any] | None = None,
+  extra: dict[str, Any] | None = None,
+) -> dict:
   """Writes manifest.json last and atomically: a directory with a manifest is complete."""
   for f in schema.dense:
     if not (math.isfinite(f.mean) and math.isfinite(f.std)):
-      raise DatasetError(f"{directory}: dense field {f.name!r} has mean={f.mean}, std={f.std}; "
-                         "the statistics must be finite")
+      raise DatasetError(
+        f"{directory}: dense field {f.name!r} has mean={f.mean}, std={f.std}; "
+        "the statistics must be finite"
+      )
   manifest = {
-      "format": FORMAT,
-      "version": VERSION,
-      "schema": schema.to_json(),
-      "num_rows": int(sum(s["num_rows"] for s in shards)),
-      "num_blocks": int(sum(s["num_blocks"] for s in shards)),
-      "block_rows": int(block_rows),
-      "shards": list(shards),
-      "source": source or {},
+    "format": FORMAT,
+    "version": VERSION,
+    "schema": schema.to_json(),
+    "num_rows": int(sum(s["num_rows"] for s in shards)),
+    "num_blocks": int(sum(s["num_blocks"] for s in shards)),
+    "block_rows": int(block_rows),
+    "shards": list(shards),
+    "source": source or {},
   }
   manifest.update(extra or {})
   files.write_json_atomic(os.path.join(directory, MANIFEST), manifest, indent=1)
   return manifest
 
 
-def write_dataset(directory: str, schema: Schema, blocks: Iterable[dict[str, np.ndarray]], *,
-                  block_rows: int = 8192, blocks_per_shard: int = 64,
-                  source: dict[str, Any] | None = None,
-                  extra: dict[str, Any] | None = None) -> dict:
+def write_dataset(
+  directory: str,
+  schema: Schema,
+  blocks: Iterable[dict[str, np.ndarray]],
+  *,
+  block_rows: int = 8192,
+  blocks_per_shard: int = 64,
+  source: dict[str, Any] | None = None,
+  extra: dict[str, Any] | None = None,
+) -> dict:
   """Writes an in-order stream of blocks (any sizes) as blocks of `block_rows` rows in shards."""
   os.makedirs(directory, exist_ok=True)
   shards, writer = [], None
@@ -95,14 +122,16 @@ class BlockSource:
   (a grain random-access data source). `self[i]` is verified (see the module doc); `read(i,
   verify=False)` leaves that to a caller that ran `verify(i)` itself, e.g. in another thread."""
 
-  def __init__(self, dataset: "Dataset"):
+  def __init__(self, dataset: Dataset):
     self._dataset, self._schema = dataset, dataset.schema
     entries = dataset.manifest["shards"]
-    self._readers = [ShardReader(p, int(s["num_blocks"]))
-                     for p, s in zip(dataset.shard_paths, entries)]
+    self._readers = [
+      ShardReader(p, int(s["num_blocks"])) for p, s in zip(dataset.shard_paths, entries)
+    ]
     # (reader, block in its shard, rows) per block, made once: a lookup is a list read.
-    self._where = [(r, j, int(n)) for r, s in zip(self._readers, entries)
-                   for j, n in enumerate(s["block_sizes"])]
+    self._where = [
+      (r, j, int(n)) for r, s in zip(self._readers, entries) for j, n in enumerate(s["block_sizes"])
+    ]
     self._layouts: set[tuple] = set()  # block layouts already checked against the schema
 
   def __len__(self) -> int:
@@ -139,8 +168,9 @@ class BlockSource:
     try:
       check_block(self._schema, block, values=False)
     except DatasetError as e:
-      raise DatasetError(f"shard {reader.path}, block {j} does not match the manifest's schema: "
-                         f"{e}") from None
+      raise DatasetError(
+        f"shard {reader.path}, block {j} does not match the manifest's schema: {e}"
+      ) from None
     self._layouts.add(layout)
 
   def __repr__(self):
@@ -191,8 +221,9 @@ def open_dataset(directory: str) -> Dataset:
     raise DatasetError(f"dataset directory does not exist: {directory}")
   mpath = os.path.join(directory, MANIFEST)
   if not os.path.exists(mpath):
-    raise DatasetError(f"no {MANIFEST} in {directory}: not a dataset, or its writing did not "
-                       "finish")
+    raise DatasetError(
+      f"no {MANIFEST} in {directory}: not a dataset, or its writing did not finish"
+    )
   manifest = _read_manifest(mpath)
   for s in manifest["shards"]:
     p = os.path.join(directory, s["path"])
@@ -201,9 +232,13 @@ def open_dataset(directory: str) -> Dataset:
   ds = Dataset(directory, manifest, _schema(manifest, mpath))
   if ds.version < 2 and os.path.abspath(directory) not in _warned:
     _warned.add(os.path.abspath(directory))
-    _log.warning("%s was written without block checksums (format version %d): its blocks are "
-                 "read unverified (ids and values are range-checked instead); convert it again to "
-                 "verify every block", directory, ds.version)
+    _log.warning(
+      "%s was written without block checksums (format version %d): its blocks are "
+      "read unverified (ids and values are range-checked instead); convert it again to "
+      "verify every block",
+      directory,
+      ds.version,
+    )
   return ds
 
 
@@ -213,27 +248,35 @@ def _read_manifest(mpath: str) -> dict[str, Any]:
     with open(mpath) as f:
       manifest = json.load(f)
   except (OSError, UnicodeDecodeError, ValueError) as e:
-    raise DatasetError(f"{mpath} is not readable JSON ({type(e).__name__}: {e}); the dataset is "
-                       "damaged: convert it again") from None
+    raise DatasetError(
+      f"{mpath} is not readable JSON ({type(e).__name__}: {e}); the dataset is "
+      "damaged: convert it again"
+    ) from None
   if not isinstance(manifest, dict):
     raise DatasetError(f"{mpath}: expected a JSON object, found {type(manifest).__name__}")
   if manifest.get("format") != FORMAT:
     raise DatasetError(f"{mpath}: format {manifest.get('format')!r}, expected {FORMAT!r}")
   version = manifest.get("version")
   if not isinstance(version, int) or not 1 <= version <= VERSION:
-    raise DatasetError(f"{mpath}: format version {version!r}; this esmjax reads versions 1 to "
-                       f"{VERSION}")
+    raise DatasetError(
+      f"{mpath}: format version {version!r}; this esmjax reads versions 1 to {VERSION}"
+    )
   shards = manifest.get("shards")
   try:
     if not isinstance(shards, list):
       raise TypeError("'shards' is not a list")
     for i, s in enumerate(shards):
       sizes = [int(n) for n in s["block_sizes"]]
-      if not isinstance(s["path"], str) or len(sizes) != int(s["num_blocks"]) or sum(sizes) != int(
-          s["num_rows"]) or min(sizes, default=1) < 1:
+      if (
+        not isinstance(s["path"], str)
+        or len(sizes) != int(s["num_blocks"])
+        or sum(sizes) != int(s["num_rows"])
+        or min(sizes, default=1) < 1
+      ):
         raise ValueError(f"shard entry {i} ({s.get('path')!r}) has inconsistent block counts")
     if sum(int(s["num_blocks"]) for s in shards) != int(manifest["num_blocks"]) or sum(
-        int(s["num_rows"]) for s in shards) != int(manifest["num_rows"]):
+      int(s["num_rows"]) for s in shards
+    ) != int(manifest["num_rows"]):
       raise ValueError("num_blocks / num_rows differ from the sum over its shards")
   except (KeyError, TypeError, ValueError) as e:
     raise DatasetError(f"{mpath}: malformed ({type(e).__name__}: {e})") from None
@@ -248,10 +291,16 @@ def _schema(manifest: dict, mpath: str) -> Schema:
   except (KeyError, TypeError, ValueError, AttributeError) as e:
     raise DatasetError(f"{mpath}: malformed schema ({type(e).__name__}: {e})") from None
   for f in schema.dense:
-    if not (isinstance(f.mean, (int, float)) and isinstance(f.std, (int, float))
-            and math.isfinite(f.mean) and math.isfinite(f.std)):
-      raise DatasetError(f"{mpath}: dense field {f.name!r} has mean={f.mean!r}, std={f.std!r}; the "
-                         "statistics must be finite numbers: convert the data again")
+    if not (
+      isinstance(f.mean, (int, float))
+      and isinstance(f.std, (int, float))
+      and math.isfinite(f.mean)
+      and math.isfinite(f.std)
+    ):
+      raise DatasetError(
+        f"{mpath}: dense field {f.name!r} has mean={f.mean!r}, std={f.std!r}; the "
+        "statistics must be finite numbers: convert the data again"
+      )
   for f in (*schema.sparse, *schema.multi):
     if not isinstance(f.vocab_size, int) or f.vocab_size < 1:
       raise DatasetError(f"{mpath}: field {f.name!r} has vocab_size={f.vocab_size!r}")

@@ -8,12 +8,25 @@ import os
 from typing import Any
 
 # First bytes -> kind: compressions and archives an input file may turn out to be.
-_MAGICS = ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"), (b"\xfd7zXZ\x00", "xz"),
-           (b"\x04\x22\x4d\x18", "lz4"), (b"PK\x03\x04", "zip"), (b"PAR1", "parquet"))
+_MAGICS = (
+  (b"\x1f\x8b", "gzip"),
+  (b"\x28\xb5\x2f\xfd", "zstd"),
+  (b"\xfd7zXZ\x00", "xz"),
+  (b"\x04\x22\x4d\x18", "lz4"),
+  (b"PK\x03\x04", "zip"),
+  (b"PAR1", "parquet"),
+)
 COMPRESSIONS = ("gzip", "bzip2", "zstd", "xz", "lz4")
 ARCHIVES = ("zip", "tar")
-UNPACK_HINT = {"gzip": "gunzip -k {}", "bzip2": "bunzip2 -k {}", "zstd": "zstd -d {}",
-               "xz": "xz -dk {}", "lz4": "lz4 -d {}", "zip": "unzip {}", "tar": "tar -xf {}"}
+UNPACK_HINT = {
+  "gzip": "gunzip -k {}",
+  "bzip2": "bunzip2 -k {}",
+  "zstd": "zstd -d {}",
+  "xz": "xz -dk {}",
+  "lz4": "lz4 -d {}",
+  "zip": "unzip {}",
+  "tar": "tar -xf {}",
+}
 
 
 def write_json_atomic(path: str, obj: Any, *, indent: int | None = None) -> None:

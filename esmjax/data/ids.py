@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -130,7 +131,7 @@ def str_keys(values: Sequence[str | bytes]) -> np.ndarray:
   w = max(1, max(len(b) for b in bs))
   mat = np.zeros((len(bs), w), np.uint8)
   for i, b in enumerate(bs):
-    mat[i, :len(b)] = np.frombuffer(b, np.uint8)
+    mat[i, : len(b)] = np.frombuffer(b, np.uint8)
   return bytes_keys(mat, np.array([len(b) for b in bs]))
 
 
@@ -145,8 +146,9 @@ class Vocab:
     return NUM_RESERVED + len(self.values)
 
   @classmethod
-  def from_counts(cls, counts: dict[str, int], min_count: int = 1,
-                  max_size: int | None = None) -> "Vocab":
+  def from_counts(
+    cls, counts: dict[str, int], min_count: int = 1, max_size: int | None = None
+  ) -> Vocab:
     if not counts:
       return cls([])
     vals = np.array(list(counts.keys()), dtype=object)
@@ -155,7 +157,7 @@ class Vocab:
     vals, cnts = vals[keep], cnts[keep]
     order = np.lexsort((vals.astype(str), -cnts))  # most frequent first, ties by value
     if max_size is not None:
-      order = order[:max(0, max_size - NUM_RESERVED)]
+      order = order[: max(0, max_size - NUM_RESERVED)]
     return cls(vals[order].tolist())
 
   def lookup(self, values: Iterable[str]) -> np.ndarray:
@@ -166,7 +168,7 @@ class Vocab:
     return {"values": self.values}
 
   @classmethod
-  def from_json(cls, d: dict[str, Any]) -> "Vocab":
+  def from_json(cls, d: dict[str, Any]) -> Vocab:
     return cls(list(d["values"]))
 
 
@@ -176,6 +178,18 @@ def check_mapping(key: str, value: str) -> str:
   return value
 
 
-__all__ = ["PAD", "OOV", "NUM_RESERVED", "MAPPINGS", "splitmix64", "field_salt", "hash_ids",
-           "bytes_keys", "token_keys", "numeric_or_bytes_keys", "str_keys", "Vocab",
-           "check_mapping"]
+__all__ = [
+  "PAD",
+  "OOV",
+  "NUM_RESERVED",
+  "MAPPINGS",
+  "splitmix64",
+  "field_salt",
+  "hash_ids",
+  "bytes_keys",
+  "token_keys",
+  "numeric_or_bytes_keys",
+  "str_keys",
+  "Vocab",
+  "check_mapping",
+]

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import collections
 import sys
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -82,8 +83,9 @@ class BadLines:
     return {"counts": dict(counts), "examples": kept}
 
 
-def print_report(kinds: Mapping[str, str], report: dict, heading: str,
-                 file: str | None = None) -> None:
+def print_report(
+  kinds: Mapping[str, str], report: dict, heading: str, file: str | None = None
+) -> None:
   """`heading: kind=count, ...` and one line per example (`file:line: kind (...): 'text'`)."""
   if not report["counts"]:
     return
@@ -125,7 +127,7 @@ class DenseStats:
     if len(self._keys) > 2 * self.cap:
       self._trim()
 
-  def merge(self, other: "DenseStats") -> None:
+  def merge(self, other: DenseStats) -> None:
     if other.n:
       self._merge_moments(other.n, other.mean, other.m2)
     self._keys = np.concatenate([self._keys, other._keys])
@@ -141,7 +143,7 @@ class DenseStats:
 
   def _trim(self) -> None:
     if len(self._keys) > self.cap:
-      keep = np.sort(np.argpartition(self._keys, self.cap - 1)[:self.cap])
+      keep = np.sort(np.argpartition(self._keys, self.cap - 1)[: self.cap])
       self._keys, self._sample = self._keys[keep], self._sample[keep]
       self._threshold = float(self._keys.max())
 
@@ -162,11 +164,17 @@ class DenseStats:
 
   def to_json(self) -> dict[str, Any]:
     self._trim()
-    return {"n": int(self.n), "mean": self.mean.tolist(), "m2": self.m2.tolist(), "cap": self.cap,
-            "keys": self._keys.tolist(), "sample": self._sample.T.tolist()}
+    return {
+      "n": int(self.n),
+      "mean": self.mean.tolist(),
+      "m2": self.m2.tolist(),
+      "cap": self.cap,
+      "keys": self._keys.tolist(),
+      "sample": self._sample.T.tolist(),
+    }
 
   @classmethod
-  def from_json(cls, d: dict[str, Any]) -> "DenseStats":
+  def from_json(cls, d: dict[str, Any]) -> DenseStats:
     out = cls(len(d["mean"]), sample=d["cap"])
     out.n, out.mean, out.m2 = int(d["n"]), np.asarray(d["mean"]), np.asarray(d["m2"])
     out._keys = np.asarray(d["keys"], np.float64)
@@ -188,5 +196,12 @@ def progress_bar(total: int | None, desc: str, *, enabled: bool = True, unit: st
     return None
   from tqdm import tqdm
 
-  return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr,
-              dynamic_ncols=True, mininterval=0.5)
+  return tqdm(
+    total=total,
+    desc=desc,
+    unit=unit,
+    unit_scale=True,
+    file=sys.stderr,
+    dynamic_ncols=True,
+    mininterval=0.5,
+  )

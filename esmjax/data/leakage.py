@@ -20,7 +20,8 @@ from the config alone.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -40,8 +41,10 @@ class LeakageStats:
     self.lo = np.full((k, 2, d), np.inf)
     self.hi = np.full((k, 2, d), -np.inf)
     # id column -> (sorted values, rows per value [V], label-1 rows per value [V, K]); None: dropped
-    self.ids: dict[str, Any] = {name: (np.zeros(0, np.int64), np.zeros(0, np.int64),
-                                       np.zeros((0, k), np.int64)) for name in self.sparse}
+    self.ids: dict[str, Any] = {
+      name: (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, k), np.int64))
+      for name in self.sparse
+    }
 
   def add(self, block: dict[str, np.ndarray]) -> None:
     labels = block["labels"].astype(bool)
@@ -63,8 +66,13 @@ class LeakageStats:
           self.ids[name] = None
           continue
         pos = np.bincount(inverse, minlength=len(values))
-        ones = np.stack([np.bincount(inverse, weights=labels[:, li], minlength=len(values))
-                         for li in range(len(self.labels))], 1).astype(np.int64)
+        ones = np.stack(
+          [
+            np.bincount(inverse, weights=labels[:, li], minlength=len(values))
+            for li in range(len(self.labels))
+          ],
+          1,
+        ).astype(np.int64)
         self._merge_ids(name, values.astype(np.int64), pos, ones)
 
   def _merge_ids(self, name, values, rows, ones) -> None:
@@ -82,7 +90,7 @@ class LeakageStats:
     np.add.at(o, inv, np.concatenate([have[2], ones]))
     self.ids[name] = (uniq, r, o)
 
-  def merge(self, other: "LeakageStats") -> None:
+  def merge(self, other: LeakageStats) -> None:
     self.rows += other.rows
     self.lo, self.hi = np.minimum(self.lo, other.lo), np.maximum(self.hi, other.hi)
     for name in self.sparse:
@@ -103,9 +111,11 @@ class LeakageStats:
         lo1, hi1 = self.lo[li, 1, j], self.hi[li, 1, j]
         if hi0 < lo1 or hi1 < lo0:
           side = "above" if hi0 < lo1 else "below"
-          detail = (f"equals {label}" if (lo0, hi0, lo1, hi1) == (0, 0, 1, 1) else
-                    f"every row with {label}=1 ({n1:,}) lies {side} every row with {label}=0 "
-                    f"({n0:,})")
+          detail = (
+            f"equals {label}"
+            if (lo0, hi0, lo1, hi1) == (0, 0, 1, 1)
+            else f"every row with {label}=1 ({n1:,}) lies {side} every row with {label}=0 ({n0:,})"
+          )
           out.append({"column": col, "label": label, "kind": "dense", "detail": detail})
       for col, have in self.ids.items():
         if have is None or not len(have[0]):
@@ -114,39 +124,69 @@ class LeakageStats:
         pure = (ones == 0) | (ones == rows)
         v1, v0 = int((ones > 0).sum()), int((ones < rows).sum())
         if pure.all() and rows[ones > 0].min() >= MIN_ROWS:
-          out.append({"column": col, "label": label, "kind": "ids",
-                      "detail": f"its {len(values)} values each occur with one {label} value only "
-                                f"({v1} with {label}=1, {v0} with {label}=0)"})
+          out.append(
+            {
+              "column": col,
+              "label": label,
+              "kind": "ids",
+              "detail": f"its {len(values)} values each occur with one {label} value only "
+              f"({v1} with {label}=1, {v0} with {label}=0)",
+            }
+          )
     return out
 
   def to_json(self) -> dict[str, Any]:
-    return {"labels": self.labels, "sparse": self.sparse, "dense": self.dense,
-            "rows": self.rows.tolist(), "lo": np.where(np.isfinite(self.lo), self.lo, 0).tolist(),
-            "hi": np.where(np.isfinite(self.hi), self.hi, 0).tolist(),
-            "ids": {k: None if v is None else [v[0].tolist(), v[1].tolist(), v[2].tolist()]
-                    for k, v in self.ids.items()}}
+    return {
+      "labels": self.labels,
+      "sparse": self.sparse,
+      "dense": self.dense,
+      "rows": self.rows.tolist(),
+      "lo": np.where(np.isfinite(self.lo), self.lo, 0).tolist(),
+      "hi": np.where(np.isfinite(self.hi), self.hi, 0).tolist(),
+      "ids": {
+        k: None if v is None else [v[0].tolist(), v[1].tolist(), v[2].tolist()]
+        for k, v in self.ids.items()
+      },
+    }
 
   @classmethod
-  def from_json(cls, d: dict[str, Any]) -> "LeakageStats":
+  def from_json(cls, d: dict[str, Any]) -> LeakageStats:
     out = cls(d["labels"], d["sparse"], d["dense"])
     out.rows = np.asarray(d["rows"], np.int64).reshape(out.rows.shape)
     seen = out.rows[:, :, None] > 0  # min/max of a class with no rows stay at +-inf
     out.lo = np.where(seen, np.asarray(d["lo"], np.float64).reshape(out.lo.shape), np.inf)
     out.hi = np.where(seen, np.asarray(d["hi"], np.float64).reshape(out.hi.shape), -np.inf)
     for k, v in d["ids"].items():
-      out.ids[k] = None if v is None else (np.asarray(v[0], np.int64), np.asarray(v[1], np.int64),
-                                            np.asarray(v[2], np.int64).reshape(-1, len(out.labels)))
+      out.ids[k] = (
+        None
+        if v is None
+        else (
+          np.asarray(v[0], np.int64),
+          np.asarray(v[1], np.int64),
+          np.asarray(v[2], np.int64).reshape(-1, len(out.labels)),
+        )
+      )
     return out
 
 
-def config_findings(label_columns: dict[str, str],
-                    feature_columns: dict[str, str]) -> list[dict[str, str]]:
+def config_findings(
+  label_columns: dict[str, str], feature_columns: dict[str, str]
+) -> list[dict[str, str]]:
   """Columns declared both as a label and as a feature: {label: column}, {column: kind}."""
-  return [{"column": col, "label": label, "kind": "config",
-           "detail": f"declared as the label {label!r} and as a {feature_columns[col]} feature"}
-          for label, col in label_columns.items() if col in feature_columns]
+  return [
+    {
+      "column": col,
+      "label": label,
+      "kind": "config",
+      "detail": f"declared as the label {label!r} and as a {feature_columns[col]} feature",
+    }
+    for label, col in label_columns.items()
+    if col in feature_columns
+  ]
 
 
 def describe(finding: dict[str, str]) -> str:
-  return (f"label leakage: feature column {finding['column']!r} gives the label "
-          f"{finding['label']!r} away: {finding['detail']}")
+  return (
+    f"label leakage: feature column {finding['column']!r} gives the label "
+    f"{finding['label']!r} away: {finding['detail']}"
+  )

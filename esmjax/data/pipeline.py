@@ -21,7 +21,8 @@ from __future__ import annotations
 import dataclasses
 import sys
 import threading
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grain
 import numpy as np
@@ -59,8 +60,10 @@ class _BatchBuffers:
 
   def new_batch(self) -> dict[str, np.ndarray]:
     buf = self._free_slot()
-    return {k: buf[off:off + size].view(dt).reshape((self._rows,) + shape)
-            for k, dt, shape, off, size in self._layout}
+    return {
+      k: buf[off : off + size].view(dt).reshape((self._rows,) + shape)
+      for k, dt, shape, off, size in self._layout
+    }
 
   def _free_slot(self) -> np.ndarray:
     for i in range(len(self._slots)):
@@ -100,9 +103,20 @@ class _RebatchIterator(grain.DatasetIterator):
   read (NumPy's sums release the GIL), so with a spare core they cost no time on this path.
   """
 
-  def __init__(self, order: Sequence[int], source: ds_lib.BlockSource, *, batch_size: int,
-               window_blocks: int, seed: int, shuffle_rows: bool, drop_remainder: bool,
-               threads: int = 1, keep_buffers: int = 8, verify: bool = True):
+  def __init__(
+    self,
+    order: Sequence[int],
+    source: ds_lib.BlockSource,
+    *,
+    batch_size: int,
+    window_blocks: int,
+    seed: int,
+    shuffle_rows: bool,
+    drop_remainder: bool,
+    threads: int = 1,
+    keep_buffers: int = 8,
+    verify: bool = True,
+  ):
     super().__init__()
     self._order, self._source = order, source
     self._bs, self._w = batch_size, window_blocks
@@ -169,8 +183,11 @@ class _RebatchIterator(grain.DatasetIterator):
       blocks = [self._source.read(i, verify=False) for i in indices]
       data = self._concat(blocks) if len(blocks) > 1 else blocks[0]
       # The permutation is applied lazily, one batch's rows at a time (one copy, not two).
-      perm = (np.random.default_rng([self._seed, w]).permutation(len(data["user"]))
-              if self._shuffle else None)
+      perm = (
+        np.random.default_rng([self._seed, w]).permutation(len(data["user"]))
+        if self._shuffle
+        else None
+      )
       window = (data, perm)
     self._cache = (w, window)
     return window
@@ -181,8 +198,9 @@ class _RebatchIterator(grain.DatasetIterator):
     n = sum(sizes)
     buf = self._window_buf
     if buf is None or len(buf["user"]) < n:
-      buf = self._window_buf = {k: np.empty((n,) + v.shape[1:], v.dtype)
-                                for k, v in blocks[0].items()}
+      buf = self._window_buf = {
+        k: np.empty((n,) + v.shape[1:], v.dtype) for k, v in blocks[0].items()
+      }
     data = {k: v[:n] for k, v in buf.items()}
     starts = np.cumsum([0] + sizes).tolist()
 
@@ -192,13 +210,14 @@ class _RebatchIterator(grain.DatasetIterator):
         a, b = max(starts[i], lo), min(starts[i + 1], hi)
         if a < b:
           for k, v in data.items():
-            v[a:b] = blocks[i][k][a - starts[i]:b - starts[i]]
+            v[a:b] = blocks[i][k][a - starts[i] : b - starts[i]]
 
     self._run(copy, self._splits(n))
     return data
 
-  def _gather(self, out: dict[str, np.ndarray], at: int, data: dict[str, np.ndarray], rows: slice,
-              perm) -> None:
+  def _gather(
+    self, out: dict[str, np.ndarray], at: int, data: dict[str, np.ndarray], rows: slice, perm
+  ) -> None:
     """out[at : at + len(rows)] = the window's rows `rows` (through the permutation, if any)."""
     idx = perm[rows] if perm is not None else None
 
@@ -207,7 +226,7 @@ class _RebatchIterator(grain.DatasetIterator):
       dst = slice(at + lo, at + hi)
       if idx is None:
         for k, v in data.items():
-          out[k][dst] = v[rows.start + lo:rows.start + hi]
+          out[k][dst] = v[rows.start + lo : rows.start + hi]
       else:
         # mode="clip" because take's default ("raise") copies through a temporary whenever `out`
         # is given; the indices are a permutation of the window's rows, never out of range.
@@ -279,24 +298,40 @@ class PipelineConfig:
   verify: bool = True  # check every block read against its checksum (off: benchmarks only)
 
 
-def train_iter_dataset(dataset: ds_lib.Dataset, cfg: PipelineConfig, *, process_index: int = 0,
-                       process_count: int = 1) -> grain.IterDataset:
-  order = order_lib.BlockOrder(dataset, seed=cfg.seed, shuffle=cfg.shuffle,
-                               num_epochs=cfg.num_epochs, process_index=process_index,
-                               process_count=process_count, fraction=cfg.fraction)
+def train_iter_dataset(
+  dataset: ds_lib.Dataset, cfg: PipelineConfig, *, process_index: int = 0, process_count: int = 1
+) -> grain.IterDataset:
+  order = order_lib.BlockOrder(
+    dataset,
+    seed=cfg.seed,
+    shuffle=cfg.shuffle,
+    num_epochs=cfg.num_epochs,
+    process_index=process_index,
+    process_count=process_count,
+    fraction=cfg.fraction,
+  )
   # Batch buffers in use at once: the prefetch queue, the one being filled, the consumer's and the
   # few that asynchronous device transfers may still hold.
-  it = RebatchIterDataset(order, ds_lib.BlockSource(dataset), batch_size=cfg.batch_size,
-                          window_blocks=cfg.window_blocks, seed=cfg.seed, shuffle_rows=cfg.shuffle,
-                          drop_remainder=cfg.drop_remainder, threads=cfg.threads,
-                          keep_buffers=cfg.prefetch + 6, verify=cfg.verify)
+  it = RebatchIterDataset(
+    order,
+    ds_lib.BlockSource(dataset),
+    batch_size=cfg.batch_size,
+    window_blocks=cfg.window_blocks,
+    seed=cfg.seed,
+    shuffle_rows=cfg.shuffle,
+    drop_remainder=cfg.drop_remainder,
+    threads=cfg.threads,
+    keep_buffers=cfg.prefetch + 6,
+    verify=cfg.verify,
+  )
   if cfg.prefetch:
     it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=cfg.prefetch)
   return it
 
 
-def eval_batches(dataset: ds_lib.Dataset, batch_size: int, *, process_index: int = 0,
-                 process_count: int = 1) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+def eval_batches(
+  dataset: ds_lib.Dataset, batch_size: int, *, process_index: int = 0, process_count: int = 1
+) -> Iterator[tuple[dict[str, np.ndarray], int]]:
   """Every row once, in file order (this process's blocks), as full batches padded with PAD rows.
 
   Yields (batch, n_valid): rows past n_valid are padding and must be masked out. Processes get
@@ -310,9 +345,15 @@ def eval_batches(dataset: ds_lib.Dataset, batch_size: int, *, process_index: int
   for i, n in enumerate(per_block):
     total_rows[i % process_count] += n
   n_batches = max(-(-r // batch_size) for r in total_rows)
-  it = RebatchIterDataset(grain.MapDataset.range(len(src))[process_index::process_count], src,
-                          batch_size=batch_size, window_blocks=4, seed=0, shuffle_rows=False,
-                          drop_remainder=False)
+  it = RebatchIterDataset(
+    grain.MapDataset.range(len(src))[process_index::process_count],
+    src,
+    batch_size=batch_size,
+    window_blocks=4,
+    seed=0,
+    shuffle_rows=False,
+    drop_remainder=False,
+  )
   it = iter(it) if mine else iter(())
   for _ in range(n_batches):
     b = next(it, None)

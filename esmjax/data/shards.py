@@ -55,15 +55,18 @@ def block_checksum(record) -> tuple[int, int, int]:
   words = np.frombuffer(record, "<u8", rows * _LANES).reshape(rows, _LANES)
   last = np.zeros(8 * _LANES, np.uint8)
   rest = np.frombuffer(record, np.uint8, n - 8 * _LANES * rows, 8 * _LANES * rows)
-  last[:len(rest)] = rest
+  last[: len(rest)] = rest
   last = last.view("<u8")
   with np.errstate(over="ignore"):  # sums are mod 2^64
     col = words.sum(0) + last
     row = np.append(words.sum(1), last.sum())
     row_weights = ids_lib.splitmix64(np.arange(len(row), dtype=np.uint64) + np.uint64(_LANES))
     row_weights |= np.uint64(1)
-    return (int(col.sum()), int((col * _LANE_WEIGHTS).sum()),
-            int((row * row_weights).sum() + np.uint64(n)))
+    return (
+      int(col.sum()),
+      int((col * _LANE_WEIGHTS).sum()),
+      int((row * row_weights).sum() + np.uint64(n)),
+    )
 
 
 class ShardWriter:
@@ -103,8 +106,12 @@ class ShardWriter:
     os.fsync(self._f.fileno())
     self._f.close()
     os.replace(self._tmp, self.path)
-    return {"path": self.name, "num_blocks": self.num_blocks, "num_rows": self.num_rows,
-            "block_sizes": self.block_sizes}
+    return {
+      "path": self.name,
+      "num_blocks": self.num_blocks,
+      "num_rows": self.num_rows,
+      "block_sizes": self.block_sizes,
+    }
 
   def abort(self) -> None:
     """Drops an unfinished shard (only its `.tmp` ever existed)."""
@@ -150,25 +157,28 @@ class ShardReader:
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except OSError as e:
       raise DatasetError(f"shard {self.path} cannot be read: {e}") from None
-    magic = bytes(mm[size - 8:])
+    magic = bytes(mm[size - 8 :])
     if magic == _MAGIC_V2 and size >= _FOOTER_V2.size:
-      idx_off, count, index_crc, _ = _FOOTER_V2.unpack(mm[size - _FOOTER_V2.size:])
+      idx_off, count, index_crc, _ = _FOOTER_V2.unpack(mm[size - _FOOTER_V2.size :])
       width, footer = 5, _FOOTER_V2.size
     elif magic == _MAGIC_V1:
-      idx_off, count, _ = _FOOTER_V1.unpack(mm[size - _FOOTER_V1.size:])
+      idx_off, count, _ = _FOOTER_V1.unpack(mm[size - _FOOTER_V1.size :])
       width, footer, index_crc = 2, _FOOTER_V1.size, None
     else:
       raise DatasetError(f"shard {self.path} is corrupt or not an esmjax shard (bad footer)")
     if idx_off + 8 * width * count + footer != size:
-      raise DatasetError(f"shard {self.path} is corrupt: its footer does not match its size "
-                         f"({size} bytes)")
-    index = mm[idx_off:idx_off + 8 * width * count]
+      raise DatasetError(
+        f"shard {self.path} is corrupt: its footer does not match its size ({size} bytes)"
+      )
+    index = mm[idx_off : idx_off + 8 * width * count]
     if index_crc is not None and zlib.crc32(index) != index_crc:
-      raise DatasetError(f"shard {self.path} is corrupt: the checksum of its block index does not "
-                         "match")
+      raise DatasetError(
+        f"shard {self.path} is corrupt: the checksum of its block index does not match"
+      )
     if self._expected is not None and count != self._expected:
-      raise DatasetError(f"shard {self.path} has {count} blocks; the manifest lists "
-                         f"{self._expected}")
+      raise DatasetError(
+        f"shard {self.path} has {count} blocks; the manifest lists {self._expected}"
+      )
     # Python ints and one memoryview, made once: per block, a lookup and a slice.
     self._index = np.frombuffer(index, np.uint64).reshape(-1, width).tolist()
     if any(off + n > idx_off for off, n, *_ in self._index):
@@ -191,18 +201,19 @@ class ShardReader:
     """Block j's bytes, unverified."""
     self._open()
     off, n, *_ = self._index[j]
-    return self._view[off:off + n]
+    return self._view[off : off + n]
 
   def verify(self, j: int) -> None:
     """Raises DatasetError when block j's bytes differ from those written (format 2 only)."""
     self._open()
     if self._checksummed:
       off, n, *want = self._index[j]
-      got = block_checksum(self._view[off:off + n])
+      got = block_checksum(self._view[off : off + n])
       if list(got) != want:
         raise DatasetError(
-            f"shard {self.path}, block {j}: checksum mismatch ({got[0]:016x}, written "
-            f"{want[0]:016x}): the file changed after it was written; re-create the dataset")
+          f"shard {self.path}, block {j}: checksum mismatch ({got[0]:016x}, written "
+          f"{want[0]:016x}): the file changed after it was written; re-create the dataset"
+        )
 
   def decode(self, j: int) -> dict[str, np.ndarray]:
     """Block j, decoded without verification (the caller verified it)."""
@@ -216,5 +227,11 @@ class ShardReader:
     return self.decode(j)
 
   def __getstate__(self):  # picklable for grain worker processes: reopen there
-    return {"path": self.path, "_expected": self._expected, "_mm": None, "_index": None,
-            "_view": None, "_checksummed": False}
+    return {
+      "path": self.path,
+      "_expected": self._expected,
+      "_mm": None,
+      "_index": None,
+      "_view": None,
+      "_checksummed": False,
+    }

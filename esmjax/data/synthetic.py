@@ -18,8 +18,16 @@ import numpy as np
 
 from esmjax.data import dataset as ds_lib
 from esmjax.data.synthetic_config import (  # noqa: F401  (the synthetic world's public names)
-    DENSE_FIELDS, LABELS, SPLITS, TRUTH, WORLDS, build_schema, default_config, resolve_config,
-    world_config)
+  DENSE_FIELDS,
+  LABELS,
+  SPLITS,
+  TRUTH,
+  WORLDS,
+  build_schema,
+  default_config,
+  resolve_config,
+  world_config,
+)
 from esmjax.data.synthetic_world import World, build_world, iter_blocks  # noqa: F401
 
 GENERATOR = "esmjax.data.synthetic"
@@ -29,8 +37,15 @@ GENERATOR_VERSION = 1  # bump when the process changes: it is part of the cache 
 def config_hash(cfg) -> str:
   """The cache key of a world: its generator, its config and the dataset format it is written in."""
   cfg = resolve_config(cfg)
-  blob = json.dumps({"generator": GENERATOR, "version": GENERATOR_VERSION, "config": cfg.to_dict(),
-                     "format": ds_lib.VERSION}, sort_keys=True)
+  blob = json.dumps(
+    {
+      "generator": GENERATOR,
+      "version": GENERATOR_VERSION,
+      "config": cfg.to_dict(),
+      "format": ds_lib.VERSION,
+    },
+    sort_keys=True,
+  )
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -49,13 +64,22 @@ def generate(cfg, out_dir: str, split: str, world: World | None = None) -> dict:
   elif world.cfg.to_dict() != cfg.to_dict():
     raise ValueError("generate: `world` was built from another config than `cfg`")
   source = {
-      "generator": GENERATOR, "version": GENERATOR_VERSION, "split": split, "seed": int(cfg.seed),
-      "config_hash": config_hash(cfg), "config": cfg.to_dict(),
-      "intercepts": {"c_ctr": world.c_ctr, "c_daction": world.c_daction, "c_cvr": world.c_cvr},
+    "generator": GENERATOR,
+    "version": GENERATOR_VERSION,
+    "split": split,
+    "seed": int(cfg.seed),
+    "config_hash": config_hash(cfg),
+    "config": cfg.to_dict(),
+    "intercepts": {"c_ctr": world.c_ctr, "c_daction": world.c_daction, "c_cvr": world.c_cvr},
   }
-  return ds_lib.write_dataset(out_dir, world.schema, iter_blocks(world, split),
-                              block_rows=cfg.block_rows, blocks_per_shard=cfg.blocks_per_shard,
-                              source=source)
+  return ds_lib.write_dataset(
+    out_dir,
+    world.schema,
+    iter_blocks(world, split),
+    block_rows=cfg.block_rows,
+    blocks_per_shard=cfg.blocks_per_shard,
+    source=source,
+  )
 
 
 def _complete(root: str) -> bool:
@@ -74,8 +98,11 @@ def ensure_dataset(cfg, cache_dir: str) -> tuple[str, str]:
   rows = cfg.num_train + cfg.num_eval
   t0 = time.perf_counter()
   if _complete(root):
-    print(f"synthetic: reused {rows:,} rows ({cfg.num_train:,} train + {cfg.num_eval:,} eval) "
-          f"from {root} in {time.perf_counter() - t0:.2f} s", flush=True)
+    print(
+      f"synthetic: reused {rows:,} rows ({cfg.num_train:,} train + {cfg.num_eval:,} eval) "
+      f"from {root} in {time.perf_counter() - t0:.2f} s",
+      flush=True,
+    )
     return dirs
   os.makedirs(cache_dir, exist_ok=True)
   tmp = f"{root}.tmp-{os.getpid()}"
@@ -93,8 +120,11 @@ def ensure_dataset(cfg, cache_dir: str) -> tuple[str, str]:
         raise
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
-  print(f"synthetic: generated {rows:,} rows ({cfg.num_train:,} train + {cfg.num_eval:,} eval) "
-        f"into {root} in {time.perf_counter() - t0:.2f} s", flush=True)
+  print(
+    f"synthetic: generated {rows:,} rows ({cfg.num_train:,} train + {cfg.num_eval:,} eval) "
+    f"into {root} in {time.perf_counter() - t0:.2f} s",
+    flush=True,
+  )
   return dirs
 
 
@@ -133,11 +163,15 @@ def world_stats(dataset_dir: str) -> dict[str, float]:
           add(f"{k}_all", t[:, ti[k]].sum())
           add(f"{k}_clicked", t[click, ti[k]].sum())
   n, c = max(acc.get("rows", 0.0), 1.0), max(acc.get("clicks", 0.0), 1.0)
-  out = {"rows": int(acc.get("rows", 0)), "clicks": int(acc.get("clicks", 0)),
-         "ctr": acc.get("clicks", 0.0) / n}
+  out = {
+    "rows": int(acc.get("rows", 0)),
+    "clicks": int(acc.get("clicks", 0)),
+    "ctr": acc.get("clicks", 0.0) / n,
+  }
   if "buy" in acc:
-    out.update(buys=int(acc["buy"]), cvr_given_click=acc["buy"] / c,
-               buys_per_impression=acc["buy"] / n)
+    out.update(
+      buys=int(acc["buy"]), cvr_given_click=acc["buy"] / c, buys_per_impression=acc["buy"] / n
+    )
   for k in ("daction", "cart", "wish"):
     if k in acc:
       out[f"{k}_per_click"] = acc[k] / c

@@ -61,7 +61,8 @@ experiments vary `click_bait`, `shared_structure` and `popularity_skew` and repo
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 
@@ -137,16 +138,15 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-
 # Named worlds: the knobs that differ from `default_config`.
 WORLDS = {
-    "default": {},
-    # The ESMM paper's public Ali-CCP set (Table 1): 84 M impressions, 3.4 M clicks, 18 k
-    # conversions: CTR 3.4 / 84 = 4.0 %, CVR | click 18 k / 3.4 M = 0.53 %. DAction stays at the
-    # default 0.2 of clicks (the ESM2 paper's dataset statistics were not at hand). Sized so that a
-    # CVR AUC on clicked rows rests on a few hundred conversions: 4 M training impressions (~850
-    # clicked conversions) and 1 M for evaluation (~210).
-    "paper": {"ctr": 0.04, "cvr": 0.0053, "num_train": 4_000_000, "num_eval": 1_000_000},
+  "default": {},
+  # The ESMM paper's public Ali-CCP set (Table 1): 84 M impressions, 3.4 M clicks, 18 k
+  # conversions: CTR 3.4 / 84 = 4.0 %, CVR | click 18 k / 3.4 M = 0.53 %. DAction stays at the
+  # default 0.2 of clicks (the ESM2 paper's dataset statistics were not at hand). Sized so that a
+  # CVR AUC on clicked rows rests on a few hundred conversions: 4 M training impressions (~850
+  # clicked conversions) and 1 M for evaluation (~210).
+  "paper": {"ctr": 0.04, "cvr": 0.0053, "num_train": 4_000_000, "num_eval": 1_000_000},
 }
 
 
@@ -162,8 +162,9 @@ def world_config(name: str = "default", **overrides) -> ml_collections.ConfigDic
   return resolve_config({**WORLDS[name], **overrides})
 
 
-def resolve_config(cfg: Mapping[str, Any] | ml_collections.ConfigDict | None = None
-                   ) -> ml_collections.ConfigDict:
+def resolve_config(
+  cfg: Mapping[str, Any] | ml_collections.ConfigDict | None = None,
+) -> ml_collections.ConfigDict:
   """Defaults overridden by `cfg`; unknown keys and out-of-range values raise, naming the key."""
   out = default_config()
   given = dict(cfg.items()) if cfg is not None else {}
@@ -173,10 +174,26 @@ def resolve_config(cfg: Mapping[str, Any] | ml_collections.ConfigDict | None = N
     if type(out[k]) is int and float(v) != int(v):
       raise ValueError(f"synthetic config: {k}={v!r} must be an integer")
     out[k] = type(out[k])(v) if type(out[k]) in (int, float) else v  # numpy scalars too
-  for k in ("num_users", "num_items", "num_categories", "num_shops", "num_brands", "num_intentions",
-            "num_profiles", "num_positions", "cross_buckets", "block_rows", "blocks_per_shard",
-            "chunk_rows", "calibration_rows", "latent_dim", "exposure_candidates",
-            "history_candidates", "list_len", "history_len"):
+  for k in (
+    "num_users",
+    "num_items",
+    "num_categories",
+    "num_shops",
+    "num_brands",
+    "num_intentions",
+    "num_profiles",
+    "num_positions",
+    "cross_buckets",
+    "block_rows",
+    "blocks_per_shard",
+    "chunk_rows",
+    "calibration_rows",
+    "latent_dim",
+    "exposure_candidates",
+    "history_candidates",
+    "list_len",
+    "history_len",
+  ):
     if int(out[k]) < 1:
       raise ValueError(f"synthetic config: {k}={out[k]!r} must be >= 1")
   for k in ("num_train", "num_eval"):
@@ -185,12 +202,17 @@ def resolve_config(cfg: Mapping[str, Any] | ml_collections.ConfigDict | None = N
   for k in ("ctr", "cvr", "daction_rate"):
     if not 0.0 < out[k] < 1.0:
       raise ValueError(f"synthetic config: {k}={out[k]!r} must be in (0, 1)")
-  for k in ("shared_structure", "cart_share", "cart_share_buyers", "both_share", "profile_strength",
-            "category_strength"):
+  for k in (
+    "shared_structure",
+    "cart_share",
+    "cart_share_buyers",
+    "both_share",
+    "profile_strength",
+    "category_strength",
+  ):
     if not 0.0 <= out[k] <= 1.0:
       raise ValueError(f"synthetic config: {k}={out[k]!r} must be in [0, 1]")
   return out
-
 
 
 def build_schema(cfg, dense: tuple[DenseField, ...] | None = None) -> Schema:
@@ -200,18 +222,20 @@ def build_schema(cfg, dense: tuple[DenseField, ...] | None = None) -> Schema:
   user_n = (cfg.num_users, cfg.num_profiles, n_groups, *PROFILE_LEVELS.values())
   item_n = (cfg.num_items, cfg.num_categories, cfg.num_shops, cfg.num_brands)
   sparse = [
-      *[SparseField(f, n + g, "user") for f, n in zip(USER_FIELDS, user_n, strict=True)],
-      *[SparseField(f, n + g, "item") for f, n in zip(ITEM_FIELDS, item_n, strict=True)],
-      SparseField(CONTEXT_FIELDS[0], cfg.num_positions + g, "context"),
-      *[SparseField(f, cfg.cross_buckets + g, "combo") for f in CROSS_FIELDS],
+    *[SparseField(f, n + g, "user") for f, n in zip(USER_FIELDS, user_n, strict=True)],
+    *[SparseField(f, n + g, "item") for f, n in zip(ITEM_FIELDS, item_n, strict=True)],
+    SparseField(CONTEXT_FIELDS[0], cfg.num_positions + g, "context"),
+    *[SparseField(f, cfg.cross_buckets + g, "combo") for f in CROSS_FIELDS],
   ]
   short = max(1, (cfg.list_len * 4) // 5)
   list_n = (cfg.num_categories, cfg.num_shops, cfg.num_brands, cfg.num_intentions)
   list_len = (cfg.list_len, short, short, cfg.list_len)
   multi = (
-      *[MultiField(f, n + g, L, "mean", "user")
-        for f, n, L in zip(USER_LISTS, list_n, list_len, strict=True)],
-      MultiField("210", cfg.num_intentions + g, 3, "sum", "item"),
+    *[
+      MultiField(f, n + g, L, "mean", "user")
+      for f, n, L in zip(USER_LISTS, list_n, list_len, strict=True)
+    ],
+    MultiField("210", cfg.num_intentions + g, 3, "sum", "item"),
   )
   if dense is None:
     dense = tuple(DenseField(n) for n in DENSE_FIELDS)

@@ -12,8 +12,15 @@ import ml_collections
 import numpy as np
 
 from esmjax.data.synthetic_config import (
-    CROSS_LEVELS, DENSE_FIELDS, PROFILE_LEVELS, SPLITS, build_schema, resolve_config)
+  CROSS_LEVELS,
+  DENSE_FIELDS,
+  PROFILE_LEVELS,
+  SPLITS,
+  build_schema,
+  resolve_config,
+)
 from esmjax.schema import DenseField, Schema
+
 
 @dataclasses.dataclass
 class World:
@@ -63,8 +70,9 @@ def _zipf_weights(rng, n: int, a: float) -> np.ndarray:
   return w[rng.permutation(n)]
 
 
-def _group_pick(rng, owner_of: np.ndarray, n_owners: int, groups: np.ndarray,
-                stray: float = 0.1) -> np.ndarray:
+def _group_pick(
+  rng, owner_of: np.ndarray, n_owners: int, groups: np.ndarray, stray: float = 0.1
+) -> np.ndarray:
   """For each element of `groups`, one member of that group (members: owner_of == group), uniformly;
   with probability `stray` (or if the group is empty) a member of any group."""
   order = np.argsort(owner_of, kind="stable")
@@ -72,8 +80,9 @@ def _group_pick(rng, owner_of: np.ndarray, n_owners: int, groups: np.ndarray,
   start = np.concatenate([[0], np.cumsum(counts)[:-1]])
   n = len(groups)
   r = rng.random(n)
-  own = start[groups] + np.minimum((r * counts[groups]).astype(np.int64),
-                                   np.maximum(counts[groups] - 1, 0))
+  own = start[groups] + np.minimum(
+    (r * counts[groups]).astype(np.int64), np.maximum(counts[groups] - 1, 0)
+  )
   anyone = rng.integers(0, len(owner_of), n)
   use_any = (rng.random(n) < stray) | (counts[groups] == 0)
   return np.where(use_any, anyone, order[np.minimum(own, len(order) - 1)])  # empty groups: masked
@@ -173,17 +182,22 @@ def build_world(cfg=None) -> World:
   cat_c = _unit(rng, C, d)
   brand_c = _unit(rng, B, d)
   v_s = (math.sqrt(a) * cat_s[item_cat] + math.sqrt(1 - a) * _unit(rng, I, d)) / math.sqrt(d)
-  v_c = (math.sqrt(0.5) * cat_c[item_cat] + math.sqrt(0.3) * brand_c[item_brand]
-         + math.sqrt(0.2) * _unit(rng, I, d)) / math.sqrt(d)
+  v_c = (
+    math.sqrt(0.5) * cat_c[item_cat]
+    + math.sqrt(0.3) * brand_c[item_brand]
+    + math.sqrt(0.2) * _unit(rng, I, d)
+  ) / math.sqrt(d)
   shop_bait, shop_quality = rng.standard_normal(S), rng.standard_normal(S)
   bait = math.sqrt(0.5) * shop_bait[item_shop] + math.sqrt(0.5) * rng.standard_normal(I)
   item_click_bias = cfg.item_bias_std * rng.standard_normal(I)
   log_price = rng.normal(3.5, 1.0, C)[item_cat] + 0.5 * rng.standard_normal(I)
   item_price = np.round(np.exp(log_price), 2)
   z_price = (log_price - log_price.mean()) / log_price.std()
-  item_quality = (cfg.item_bias_std * (math.sqrt(0.5) * shop_quality[item_shop]
-                                       + math.sqrt(0.5) * rng.standard_normal(I))
-                  - cfg.price_effect * z_price)
+  item_quality = (
+    cfg.item_bias_std
+    * (math.sqrt(0.5) * shop_quality[item_shop] + math.sqrt(0.5) * rng.standard_normal(I))
+    - cfg.price_effect * z_price
+  )
   item_daction_bias = cfg.daction_item_std * rng.standard_normal(I)
   ctr_noise = 0.3 * rng.standard_normal(I)
 
@@ -208,21 +222,23 @@ def build_world(cfg=None) -> World:
   u_s = math.sqrt(b) * prof_s[prof] + math.sqrt(1 - b) * _unit(rng, U, d)
   u_c = math.sqrt(b) * prof_c[prof] + math.sqrt(1 - b) * _unit(rng, U, d)
   user_click_bias = cfg.user_bias_std * rng.standard_normal(U)
-  user_propensity = cfg.user_bias_std * (math.sqrt(b) * prof_p[prof]
-                                         + math.sqrt(1 - b) * rng.standard_normal(U))
+  user_propensity = cfg.user_bias_std * (
+    math.sqrt(b) * prof_p[prof] + math.sqrt(1 - b) * rng.standard_normal(U)
+  )
   rel = user_w / user_w.mean()
   n_events = 1 + rng.poisson(cfg.history_len * np.clip(np.sqrt(rel), 0.3, 4.0))
   noise = lambda: 0.5 * rng.standard_normal(U)  # noqa: E731
   profile = {
-      "124": _quantile_levels(u_s[:, 0] + noise(), 2),
-      "125": _quantile_levels(u_s[:, 1] + noise(), 7),
-      "126": _quantile_levels(user_propensity / max(cfg.user_bias_std, 1e-9) + noise(), 3),
-      "127": _quantile_levels(u_c[:, 0] + noise(), 4),
-      "128": _quantile_levels(np.log(n_events) + noise(), 2),
-      "129": rng.integers(0, 4, U),
+    "124": _quantile_levels(u_s[:, 0] + noise(), 2),
+    "125": _quantile_levels(u_s[:, 1] + noise(), 7),
+    "126": _quantile_levels(user_propensity / max(cfg.user_bias_std, 1e-9) + noise(), 3),
+    "127": _quantile_levels(u_c[:, 0] + noise(), 4),
+    "128": _quantile_levels(np.log(n_events) + noise(), 2),
+    "129": rng.integers(0, 4, U),
   }
-  user_sparse = np.stack([np.arange(U) + 2, prof + 2, prof // 8 + 2,
-                          *[profile[f] + 2 for f in PROFILE_LEVELS]], axis=1).astype(np.int32)
+  user_sparse = np.stack(
+    [np.arange(U) + 2, prof + 2, prof // 8 + 2, *[profile[f] + 2 for f in PROFILE_LEVELS]], axis=1
+  ).astype(np.int32)
   user_buys = rng.poisson(0.1 * n_events * np.exp(user_propensity)).astype(np.float64)
 
   # Histories: category by click interest, item inside it by purchase interest.
@@ -236,44 +252,76 @@ def build_world(cfg=None) -> World:
     sl = slice(lo, min(lo + cfg.chunk_rows, n_ev))
     eu = ev_user[sl]
     ec = _choose_category(rng, u_s32[eu], cat_s32, cat_cum, Hc, cfg.interest_temperature)
-    cand = _item_in_category(rng, ec[:, None].repeat(Hc, 1), cat_item_lo, cat_item_hi,
-                             item_cum_by_cat, items_by_cat, cat_first, cat_last)
+    cand = _item_in_category(
+      rng,
+      ec[:, None].repeat(Hc, 1),
+      cat_item_lo,
+      cat_item_hi,
+      item_cum_by_cat,
+      items_by_cat,
+      cat_first,
+      cat_last,
+    )
     score = cfg.purchase_temperature * np.einsum("nd,nkd->nk", u_c32[eu], v_c32[cand])
     ev_cat[sl] = ec
     ev_item[sl] = cand[np.arange(len(eu)), np.argmax(score + rng.gumbel(size=score.shape), axis=1)]
   short = max(1, (cfg.list_len * 4) // 5)
   lists = [
-      _top_counts(ev_user, ev_cat, U, C, cfg.list_len),
-      _top_counts(ev_user, item_shop[ev_item], U, S, short),
-      _top_counts(ev_user, item_brand[ev_item], U, B, short),
+    _top_counts(ev_user, ev_cat, U, C, cfg.list_len),
+    _top_counts(ev_user, item_shop[ev_item], U, S, short),
+    _top_counts(ev_user, item_brand[ev_item], U, B, short),
   ]
   nodes = item_nodes[ev_item]
   has = nodes > 0
-  lists.append(_top_counts(np.broadcast_to(ev_user[:, None], nodes.shape)[has], nodes[has] - 2, U,
-                           N, cfg.list_len))
+  lists.append(
+    _top_counts(
+      np.broadcast_to(ev_user[:, None], nodes.shape)[has], nodes[has] - 2, U, N, cfg.list_len
+    )
+  )
   user_mv_ids = np.concatenate([l[0] for l in lists], axis=1)
   user_mv_w = np.concatenate([l[1] for l in lists], axis=1)
 
   world = World(
-      cfg=cfg, schema=build_schema(cfg),
-      user_cum=user_cum, u_s=u_s.astype(f32), u_c=u_c.astype(f32),
-      user_click_bias=user_click_bias.astype(f32), user_propensity=user_propensity.astype(f32),
-      user_sparse=user_sparse, user_mv_ids=user_mv_ids, user_mv_w=user_mv_w,
-      user_dense=np.stack([n_events, user_buys], 1).astype(f32),
-      cat_cum=cat_cum, cat_item_lo=cat_item_lo, cat_item_hi=cat_item_hi,
-      item_cum_by_cat=item_cum_by_cat, items_by_cat=items_by_cat, cat_first=cat_first,
-      cat_last=cat_last, cat_center=cat_s.astype(f32),
-      item_cat=item_cat, item_shop=item_shop, item_brand=item_brand, item_nodes=item_nodes,
-      v_s=v_s.astype(f32), v_c=v_c.astype(f32), bait=bait.astype(f32),
-      item_click_bias=item_click_bias.astype(f32), item_quality=item_quality.astype(f32),
-      item_daction_bias=item_daction_bias.astype(f32), item_price=item_price.astype(f32),
-      item_ctr_hist=np.zeros(I, f32))
+    cfg=cfg,
+    schema=build_schema(cfg),
+    user_cum=user_cum,
+    u_s=u_s.astype(f32),
+    u_c=u_c.astype(f32),
+    user_click_bias=user_click_bias.astype(f32),
+    user_propensity=user_propensity.astype(f32),
+    user_sparse=user_sparse,
+    user_mv_ids=user_mv_ids,
+    user_mv_w=user_mv_w,
+    user_dense=np.stack([n_events, user_buys], 1).astype(f32),
+    cat_cum=cat_cum,
+    cat_item_lo=cat_item_lo,
+    cat_item_hi=cat_item_hi,
+    item_cum_by_cat=item_cum_by_cat,
+    items_by_cat=items_by_cat,
+    cat_first=cat_first,
+    cat_last=cat_last,
+    cat_center=cat_s.astype(f32),
+    item_cat=item_cat,
+    item_shop=item_shop,
+    item_brand=item_brand,
+    item_nodes=item_nodes,
+    v_s=v_s.astype(f32),
+    v_c=v_c.astype(f32),
+    bait=bait.astype(f32),
+    item_click_bias=item_click_bias.astype(f32),
+    item_quality=item_quality.astype(f32),
+    item_daction_bias=item_daction_bias.astype(f32),
+    item_price=item_price.astype(f32),
+    item_ctr_hist=np.zeros(I, f32),
+  )
 
   # Intercepts from a calibration sample:
   # E[pctr] = ctr, E[pdaction | click] = daction_rate, E[pcvr | click] = cvr.
   cal_rng = np.random.default_rng([cfg.seed, 1])
-  parts = [_draw(world, cal_rng, min(cfg.chunk_rows, cfg.calibration_rows - lo))
-           for lo in range(0, cfg.calibration_rows, cfg.chunk_rows)]
+  parts = [
+    _draw(world, cal_rng, min(cfg.chunk_rows, cfg.calibration_rows - lo))
+    for lo in range(0, cfg.calibration_rows, cfg.chunk_rows)
+  ]
   cal = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   zc, zv, zd = cal["z_click"], cal["z_conv"], cal["z_daction"]
   world.c_ctr = _solve(lambda c: _sigmoid(c + zc).mean(), cfg.ctr)
@@ -282,10 +330,12 @@ def build_world(cfg=None) -> World:
   pd = _sigmoid(world.c_daction + zd)
   kappa = cfg.daction_informativeness
   world.c_cvr = _solve(
-      lambda c: np.average(pd * _sigmoid(c + zv + kappa) + (1 - pd) * _sigmoid(c + zv), weights=w),
-      cfg.cvr)
+    lambda c: np.average(pd * _sigmoid(c + zv + kappa) + (1 - pd) * _sigmoid(c + zv), weights=w),
+    cfg.cvr,
+  )
   world.item_ctr_hist = _sigmoid(
-      world.c_ctr + item_click_bias + cfg.click_bait * bait + ctr_noise).astype(f32)
+    world.c_ctr + item_click_bias + cfg.click_bait * bait + ctr_noise
+  ).astype(f32)
 
   # Dense statistics over the impression distribution (the calibration sample).
   dense = _dense(world, cal["user"], cal["item"])
@@ -293,14 +343,16 @@ def build_world(cfg=None) -> World:
   for j, name in enumerate(DENSE_FIELDS):
     x = dense[:, j].astype(np.float64)
     edges = np.quantile(x, np.linspace(0, 1, 17)[1:-1])
-    fields.append(DenseField(name, float(x.mean()), float(x.std()) or 1.0,
-                                    tuple(float(e) for e in edges)))
+    fields.append(
+      DenseField(name, float(x.mean()), float(x.std()) or 1.0, tuple(float(e) for e in edges))
+    )
   world.schema = build_schema(cfg, tuple(fields))
   return world
 
 
-def _choose_category(rng, u: np.ndarray, centers: np.ndarray, cat_cum: np.ndarray, k: int,
-                     temp: float) -> np.ndarray:
+def _choose_category(
+  rng, u: np.ndarray, centers: np.ndarray, cat_cum: np.ndarray, k: int, temp: float
+) -> np.ndarray:
   """k categories drawn by popularity, the one the interest ranks best (Gumbel noise) is chosen."""
   n = len(u)
   cand = _search(cat_cum, rng.random((n, k)) * cat_cum[-1])
@@ -310,8 +362,16 @@ def _choose_category(rng, u: np.ndarray, centers: np.ndarray, cat_cum: np.ndarra
   return cand[np.arange(n), np.argmax(score + rng.gumbel(size=score.shape), axis=1)]
 
 
-def _item_in_category(rng, cat: np.ndarray, lo: np.ndarray, hi: np.ndarray, cum: np.ndarray,
-                      items_by_cat: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+def _item_in_category(
+  rng,
+  cat: np.ndarray,
+  lo: np.ndarray,
+  hi: np.ndarray,
+  cum: np.ndarray,
+  items_by_cat: np.ndarray,
+  first: np.ndarray,
+  last: np.ndarray,
+) -> np.ndarray:
   """An item of each category by popularity; `first`/`last` bound the category in `items_by_cat`."""
   u = lo[cat] + rng.random(cat.shape) * (hi[cat] - lo[cat])
   pos = np.searchsorted(cum, u, side="right")
@@ -319,8 +379,15 @@ def _item_in_category(rng, cat: np.ndarray, lo: np.ndarray, hi: np.ndarray, cum:
 
 
 def _dense(world: World, user: np.ndarray, item: np.ndarray) -> np.ndarray:
-  return np.stack([world.user_dense[user, 0], world.item_price[item], world.item_ctr_hist[item],
-                   world.user_dense[user, 1]], axis=1).astype(np.float32)
+  return np.stack(
+    [
+      world.user_dense[user, 0],
+      world.item_price[item],
+      world.item_ctr_hist[item],
+      world.user_dense[user, 1],
+    ],
+    axis=1,
+  ).astype(np.float32)
 
 
 def _draw(world: World, rng, n: int) -> dict[str, np.ndarray]:
@@ -328,28 +395,53 @@ def _draw(world: World, rng, n: int) -> dict[str, np.ndarray]:
   cfg = world.cfg
   user = _search(world.user_cum, rng.random(n) * world.user_cum[-1])
   if cfg.targeting > 0:
-    cat = _choose_category(rng, world.u_s[user], world.cat_center, world.cat_cum,
-                           cfg.exposure_candidates, cfg.targeting)
+    cat = _choose_category(
+      rng, world.u_s[user], world.cat_center, world.cat_cum, cfg.exposure_candidates, cfg.targeting
+    )
   else:
     cat = _search(world.cat_cum, rng.random(n) * world.cat_cum[-1])
-  item = _item_in_category(rng, cat, world.cat_item_lo, world.cat_item_hi, world.item_cum_by_cat,
-                           world.items_by_cat, world.cat_first, world.cat_last)
+  item = _item_in_category(
+    rng,
+    cat,
+    world.cat_item_lo,
+    world.cat_item_hi,
+    world.item_cum_by_cat,
+    world.items_by_cat,
+    world.cat_first,
+    world.cat_last,
+  )
   pos = rng.integers(1, cfg.num_positions + 1, n)
   a_s = np.einsum("nd,nd->n", world.u_s[user], world.v_s[item], dtype=np.float64)
   a_c = np.einsum("nd,nd->n", world.u_c[user], world.v_c[item], dtype=np.float64)
   rho = cfg.shared_structure
   bait = world.bait[item].astype(np.float64)
-  z_click = (cfg.ctr_signal * a_s + cfg.click_bait * bait + world.user_click_bias[user]
-             + world.item_click_bias[item] - cfg.position_effect * np.log(pos))
-  z_conv = (cfg.cvr_signal * (math.sqrt(rho) * a_s + math.sqrt(1 - rho) * a_c)
-            - cfg.click_bait * bait + world.item_quality[item] + world.user_propensity[user])
+  z_click = (
+    cfg.ctr_signal * a_s
+    + cfg.click_bait * bait
+    + world.user_click_bias[user]
+    + world.item_click_bias[item]
+    - cfg.position_effect * np.log(pos)
+  )
+  z_conv = (
+    cfg.cvr_signal * (math.sqrt(rho) * a_s + math.sqrt(1 - rho) * a_c)
+    - cfg.click_bait * bait
+    + world.item_quality[item]
+    + world.user_propensity[user]
+  )
   z_daction = cfg.daction_coupling * z_conv + world.item_daction_bias[item]
-  return {"user": user, "item": item, "pos": pos,
-          "z_click": z_click, "z_conv": z_conv, "z_daction": z_daction}
+  return {
+    "user": user,
+    "item": item,
+    "pos": pos,
+    "z_click": z_click,
+    "z_conv": z_conv,
+    "z_daction": z_daction,
+  }
 
 
-def _cross(ids: np.ndarray, w: np.ndarray, value_id: np.ndarray, salt: int,
-           buckets: int) -> np.ndarray:
+def _cross(
+  ids: np.ndarray, w: np.ndarray, value_id: np.ndarray, salt: int, buckets: int
+) -> np.ndarray:
   """PAD if the item's value is not in the user's list, else a hash of (value, count level)."""
   count = (w * (ids == value_id[:, None])).sum(1)
   level = np.searchsorted(np.asarray(CROSS_LEVELS, np.float64), count, side="right")  # 0 = absent
@@ -377,32 +469,45 @@ def _chunk(world: World, rng, n: int, first_sample_id: int) -> dict[str, np.ndar
   buy = click & would_buy
 
   mv_ids = np.concatenate([world.user_mv_ids[user], world.item_nodes[item]], axis=1)
-  mv_w = np.concatenate([world.user_mv_w[user], (world.item_nodes[item] > 0).astype(np.float32)],
-                        axis=1)
+  mv_w = np.concatenate(
+    [world.user_mv_w[user], (world.item_nodes[item] > 0).astype(np.float32)], axis=1
+  )
   offs = world.schema.mv_offsets
   lens = [f.max_len for f in world.schema.multi]
   seg = lambda k: slice(offs[k], offs[k] + lens[k])  # noqa: E731
   cb = cfg.cross_buckets
   crosses = [
-      _cross(mv_ids[:, seg(0)], mv_w[:, seg(0)], world.item_cat[item] + 2, 508, cb),
-      _cross(mv_ids[:, seg(1)], mv_w[:, seg(1)], world.item_shop[item] + 2, 509, cb),
-      _cross(mv_ids[:, seg(2)], mv_w[:, seg(2)], world.item_brand[item] + 2, 702, cb),
-      _cross(mv_ids[:, seg(3)], mv_w[:, seg(3)], world.item_nodes[item, 0].astype(np.int64), 853,
-             cb),
+    _cross(mv_ids[:, seg(0)], mv_w[:, seg(0)], world.item_cat[item] + 2, 508, cb),
+    _cross(mv_ids[:, seg(1)], mv_w[:, seg(1)], world.item_shop[item] + 2, 509, cb),
+    _cross(mv_ids[:, seg(2)], mv_w[:, seg(2)], world.item_brand[item] + 2, 702, cb),
+    _cross(mv_ids[:, seg(3)], mv_w[:, seg(3)], world.item_nodes[item, 0].astype(np.int64), 853, cb),
   ]
-  sparse = np.concatenate([
+  sparse = np.concatenate(
+    [
       world.user_sparse[user],
-      np.stack([item + 2, world.item_cat[item] + 2, world.item_shop[item] + 2,
-                world.item_brand[item] + 2, pos + 1, *crosses], axis=1).astype(np.int32)], axis=1)
+      np.stack(
+        [
+          item + 2,
+          world.item_cat[item] + 2,
+          world.item_shop[item] + 2,
+          world.item_brand[item] + 2,
+          pos + 1,
+          *crosses,
+        ],
+        axis=1,
+      ).astype(np.int32),
+    ],
+    axis=1,
+  )
   return {
-      "sparse": sparse.astype(np.int32),
-      "mv_ids": mv_ids.astype(np.int32),
-      "mv_w": mv_w.astype(np.float32),
-      "dense": _dense(world, user, item),
-      "labels": np.stack([click, buy, cart, wish, daction], axis=1).astype(np.uint8),
-      "user": (user + 2).astype(np.int64),  # = field 101
-      "sample_id": np.arange(first_sample_id, first_sample_id + n, dtype=np.int64),
-      "truth": np.stack([pctr, pcvr, pd, would_buy], axis=1).astype(np.float32),
+    "sparse": sparse.astype(np.int32),
+    "mv_ids": mv_ids.astype(np.int32),
+    "mv_w": mv_w.astype(np.float32),
+    "dense": _dense(world, user, item),
+    "labels": np.stack([click, buy, cart, wish, daction], axis=1).astype(np.uint8),
+    "user": (user + 2).astype(np.int64),  # = field 101
+    "sample_id": np.arange(first_sample_id, first_sample_id + n, dtype=np.int64),
+    "truth": np.stack([pctr, pcvr, pd, would_buy], axis=1).astype(np.float32),
   }
 
 
@@ -417,4 +522,3 @@ def iter_blocks(world: World, split: str):
   for j, start in enumerate(range(0, total, cfg.chunk_rows)):
     n = min(cfg.chunk_rows, total - start)
     yield _chunk(world, np.random.default_rng([cfg.seed, SPLITS[split], j]), n, base + start)
-

@@ -49,8 +49,11 @@ class FeatureLayout:
     """An upper bound on the distinct table rows `batch_rows` examples look up: each field adds
     min(its lookups, its rows). `global_ids` keeps every id inside its field's rows, so the bound
     holds for any input."""
-    looks = ((batch_rows,) * len(self.sparse_offsets) + tuple(batch_rows * n for n in self.mv_lens)
-             + (batch_rows,) * len(self.dense_offsets))
+    looks = (
+      (batch_rows,) * len(self.sparse_offsets)
+      + tuple(batch_rows * n for n in self.mv_lens)
+      + (batch_rows,) * len(self.dense_offsets)
+    )
     return min(self.num_rows, sum(min(n, v) for n, v in zip(looks, self.vocab_sizes)))
 
   @property
@@ -58,7 +61,9 @@ class FeatureLayout:
     return len(self.sparse_offsets) + sum(self.mv_lens) + len(self.dense_offsets)
 
   @classmethod
-  def from_schema(cls, schema: schema_lib.Schema, *, bucketise_dense: bool, row_multiple: int = 1) -> "FeatureLayout":
+  def from_schema(
+    cls, schema: schema_lib.Schema, *, bucketise_dense: bool, row_multiple: int = 1
+  ) -> FeatureLayout:
     off = 0
     sparse_offsets, mv_offsets, dense_offsets, bounds = [], [], [], []
     for f in schema.sparse:
@@ -70,14 +75,23 @@ class FeatureLayout:
     if bucketise_dense:
       for f in schema.dense:
         if not f.boundaries:
-          raise ValueError(f"model.dense_mode='bucket' but dense field {f.name!r} has no boundaries "
-                           "in the dataset manifest; use model.dense_mode='tanh'")
+          raise ValueError(
+            f"model.dense_mode='bucket' but dense field {f.name!r} has no boundaries "
+            "in the dataset manifest; use model.dense_mode='tanh'"
+          )
         dense_offsets.append(off)
         bounds.append(tuple(float(b) for b in f.boundaries))
         off += len(f.boundaries) + 1
     padded = -(-off // row_multiple) * row_multiple
-    return cls(tuple(sparse_offsets), tuple(mv_offsets), tuple(int(f.max_len) for f in schema.multi),
-               tuple(dense_offsets), tuple(bounds), off, padded)
+    return cls(
+      tuple(sparse_offsets),
+      tuple(mv_offsets),
+      tuple(int(f.max_len) for f in schema.multi),
+      tuple(dense_offsets),
+      tuple(bounds),
+      off,
+      padded,
+    )
 
   def global_ids(self, sparse: jax.Array, mv_ids: jax.Array, dense: jax.Array) -> jax.Array:
     """Per-field ids -> stacked-table row ids, [B, C] int32 (inside jit). An id outside its field's
@@ -90,11 +104,13 @@ class FeatureLayout:
       cols.append(ids + jnp.asarray(self.sparse_offsets, jnp.int32))
     if self.mv_lens:
       mv_off = np.repeat(np.asarray(self.mv_offsets, np.int32), self.mv_lens)
-      mv_top = np.repeat(top[n_sparse:n_sparse + n_mv], self.mv_lens)
+      mv_top = np.repeat(top[n_sparse : n_sparse + n_mv], self.mv_lens)
       cols.append(jnp.clip(mv_ids.astype(jnp.int32), 0, jnp.asarray(mv_top)) + jnp.asarray(mv_off))
     if self.dense_offsets:
-      buckets = [jnp.searchsorted(jnp.asarray(b, jnp.float32), dense[:, i], side="right").astype(jnp.int32)
-                 for i, b in enumerate(self.dense_boundaries)]
+      buckets = [
+        jnp.searchsorted(jnp.asarray(b, jnp.float32), dense[:, i], side="right").astype(jnp.int32)
+        for i, b in enumerate(self.dense_boundaries)
+      ]
       cols.append(jnp.stack(buckets, 1) + jnp.asarray(self.dense_offsets, jnp.int32))
     return jnp.concatenate(cols, axis=1)
 
@@ -116,15 +132,18 @@ def init_rows(key: jax.Array, first_row, num_rows: int, dim: int, std: float, dt
   k = min(INIT_CHUNK_ROWS, num_rows)
   if k == 0:
     return jnp.zeros((0, dim), dtype)
-  keypair = jax.random.bits(key, (2,), jnp.uint32)  # a threefry key from any PRNG implementation's key
+  keypair = jax.random.bits(
+    key, (2,), jnp.uint32
+  )  # a threefry key from any PRNG implementation's key
   pairs = -(-dim // 2)  # one threefry call gives two u32 words
   cols = jnp.broadcast_to(jnp.arange(pairs, dtype=jnp.uint32), (k, pairs))
   lo = jnp.nextafter(jnp.float32(-1.0), jnp.float32(0.0))
 
   def body(i, buf):
     start = jnp.minimum(i * k, num_rows - k)
-    rows = jnp.broadcast_to((first_row + start + jnp.arange(k, dtype=jnp.int32)).astype(jnp.uint32)[:, None],
-                            (k, pairs))
+    rows = jnp.broadcast_to(
+      (first_row + start + jnp.arange(k, dtype=jnp.int32)).astype(jnp.uint32)[:, None], (k, pairs)
+    )
     bits = random_ext.threefry_2x32(keypair, jnp.stack([rows, cols]))  # [2, k, pairs]
     bits = jnp.concatenate([bits[0], bits[1]], axis=1)[:, :dim]
     # u32 -> uniform [0, 1) -> (-1, 1) -> normal (jax.random.normal's erfinv transform).
@@ -135,9 +154,18 @@ def init_rows(key: jax.Array, first_row, num_rows: int, dim: int, std: float, dt
   return jax.lax.fori_loop(0, -(-num_rows // k), body, jnp.zeros((num_rows, dim), dtype))
 
 
-def merged_update(opt: opt_lib.SparseOptimizer, dim: int, tables, slots, scratch, ids: jax.Array,
-                  grads: dict[str, jax.Array], step: jax.Array,
-                  rows: dict[str, jax.Array] | None = None, capacity: int | None = None):
+def merged_update(
+  opt: opt_lib.SparseOptimizer,
+  dim: int,
+  tables,
+  slots,
+  scratch,
+  ids: jax.Array,
+  grads: dict[str, jax.Array],
+  step: jax.Array,
+  rows: dict[str, jax.Array] | None = None,
+  capacity: int | None = None,
+):
   """Merge duplicate ids, then the row-wise optimizer on each set: the update of one device.
 
   `ids` [N] index this device's tables (out-of-range ids are skipped: other devices own them);
@@ -168,7 +196,7 @@ def merged_update(opt: opt_lib.SparseOptimizer, dim: int, tables, slots, scratch
     rows = None  # compacted: the U touched rows are gathered from the table
   new_t, new_s = {}, {}
   for i, name in enumerate(names):
-    g = g_all[:, i * dim:(i + 1) * dim]
+    g = g_all[:, i * dim : (i + 1) * dim]
     r = None if rows is None else rows[name].reshape(n, -1)
     new_t[name], new_s[name] = opt_lib.apply_rows(opt, tables[name], slots[name], uids, g, step, r)
   return new_t, new_s, scratch
@@ -191,8 +219,10 @@ class Engine:
     """(tables, slots, scratch): tables ~ N(0, init_std²), a distinct stream per set (so the
     towers of ESMM-NS start apart); scratch is the all -1 row map of `merge_with_scratch`."""
     v = self.layout.padded_rows
-    tables = {name: init_rows(jax.random.fold_in(rng, i), 0, v, self.dim, self.init_std, self.param_dtype)
-              for i, name in enumerate(self.table_names)}
+    tables = {
+      name: init_rows(jax.random.fold_in(rng, i), 0, v, self.dim, self.init_std, self.param_dtype)
+      for i, name in enumerate(self.table_names)
+    }
     slots = {name: self.opt.init_slots(v, self.dim) for name in self.table_names}
     return tables, slots, jnp.full((v,), -1, jnp.int32)
 
@@ -206,11 +236,29 @@ class Engine:
     """
     return {n: t.at[gids].get(mode="clip", wrap_negative_indices=False) for n, t in tables.items()}
 
-  def update(self, tables, slots, scratch, gids: jax.Array, grads: dict[str, jax.Array], step: jax.Array,
-             rows: dict[str, jax.Array] | None = None):
+  def update(
+    self,
+    tables,
+    slots,
+    scratch,
+    gids: jax.Array,
+    grads: dict[str, jax.Array],
+    step: jax.Array,
+    rows: dict[str, jax.Array] | None = None,
+  ):
     """Row-wise update of the touched rows of every set -> (tables, slots, scratch).
 
     `rows`: what `lookup` returned this step (optional; saves a second gather over the table).
     """
-    return merged_update(self.opt, self.dim, tables, slots, scratch, gids.reshape(-1), grads, step,
-                         rows, capacity=self.layout.max_unique(gids.shape[0]))
+    return merged_update(
+      self.opt,
+      self.dim,
+      tables,
+      slots,
+      scratch,
+      gids.reshape(-1),
+      grads,
+      step,
+      rows,
+      capacity=self.layout.max_unique(gids.shape[0]),
+    )

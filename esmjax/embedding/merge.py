@@ -12,8 +12,9 @@ import jax
 import jax.numpy as jnp
 
 
-def merge_duplicates(ids: jax.Array, grads: jax.Array, num_rows: int
-                     ) -> tuple[jax.Array, jax.Array]:
+def merge_duplicates(
+  ids: jax.Array, grads: jax.Array, num_rows: int
+) -> tuple[jax.Array, jax.Array]:
   """Sums the gradients of equal ids: one sort, segment boundaries, one segment-sum.
 
   Returns (uids [N], g [N, D]): the unique ids first (in ascending order) then `num_rows`
@@ -25,14 +26,16 @@ def merge_duplicates(ids: jax.Array, grads: jax.Array, num_rows: int
   sids = ids[perm]
   start = jnp.concatenate([jnp.ones((1,), bool), sids[1:] != sids[:-1]])
   seg = jnp.cumsum(start, dtype=jnp.int32) - 1
-  g = jax.ops.segment_sum(grads[perm].astype(jnp.float32), seg, num_segments=n,
-                          indices_are_sorted=True)
+  g = jax.ops.segment_sum(
+    grads[perm].astype(jnp.float32), seg, num_segments=n, indices_are_sorted=True
+  )
   uids = jnp.full((n,), num_rows, ids.dtype).at[seg].set(sids, mode="drop")
   return uids, g
 
 
-def merge_with_scratch(scratch: jax.Array, ids: jax.Array, grads: jax.Array,
-                       capacity: int | None = None):
+def merge_with_scratch(
+  scratch: jax.Array, ids: jax.Array, grads: jax.Array, capacity: int | None = None
+):
   """Sums the gradients of equal ids without sorting, using a persistent [V] int32 scratch row map.
 
   Every position writes its index into scratch[id]; one writer wins per id, and reading
@@ -65,16 +68,25 @@ def merge_with_scratch(scratch: jax.Array, ids: jax.Array, grads: jax.Array,
   rep = jnp.where(valid, gather_rows(scratch, ids), pos)
   first = valid & (rep == pos)  # the representative of its id
   if u == n:
-    g = jnp.zeros(grads.shape, jnp.float32).at[rep].add(
-        grads.astype(jnp.float32), mode="promise_in_bounds", wrap_negative_indices=False)
+    g = (
+      jnp.zeros(grads.shape, jnp.float32)
+      .at[rep]
+      .add(grads.astype(jnp.float32), mode="promise_in_bounds", wrap_negative_indices=False)
+    )
     uids = jnp.where(first, ids, v)
   else:
     slot = jnp.cumsum(first, dtype=jnp.int32) - 1  # compact row of each representative
     dst = jnp.where(valid, slot[rep], u)  # out of range (dropped) for ids of other devices
-    g = jnp.zeros((u, grads.shape[1]), jnp.float32).at[dst].add(
-        grads.astype(jnp.float32), mode="drop", wrap_negative_indices=False)
-    uids = jnp.full((u,), v, jnp.int32).at[jnp.where(first, slot, u)].set(
-        ids, mode="drop", wrap_negative_indices=False)
+    g = (
+      jnp.zeros((u, grads.shape[1]), jnp.float32)
+      .at[dst]
+      .add(grads.astype(jnp.float32), mode="drop", wrap_negative_indices=False)
+    )
+    uids = (
+      jnp.full((u,), v, jnp.int32)
+      .at[jnp.where(first, slot, u)]
+      .set(ids, mode="drop", wrap_negative_indices=False)
+    )
   scratch = scatter(scratch, uids, jnp.full(uids.shape, -1, jnp.int32))
   return scratch, uids, g
 

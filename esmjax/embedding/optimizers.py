@@ -104,8 +104,9 @@ class SparseOptimizer:
     """Slots of one [num_rows, dim] table (always f32, even for bf16 tables)."""
     return {}
 
-  def update(self, w: jax.Array, slots: dict[str, jax.Array], g: jax.Array, step: jax.Array
-             ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def update(
+    self, w: jax.Array, slots: dict[str, jax.Array], g: jax.Array, step: jax.Array
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """New rows and slot rows from rows `w` [U, D] (f32), their slot rows and merged gradients `g`;
     `step` is the 0-based global step."""
     raise NotImplementedError
@@ -162,15 +163,17 @@ class LazyAdam(SparseOptimizer):
   name = "lazy_adam"
 
   def init_slots(self, num_rows, dim):
-    return {"m": jnp.zeros((num_rows, dim), jnp.float32),
-            "v": jnp.zeros((num_rows, dim), jnp.float32)}
+    return {
+      "m": jnp.zeros((num_rows, dim), jnp.float32),
+      "v": jnp.zeros((num_rows, dim), jnp.float32),
+    }
 
   def update(self, w, slots, g, step):
     b1, b2 = self.beta1, self.beta2
     t = (step + 1).astype(jnp.float32)
     m = b1 * slots["m"] + (1 - b1) * g
     v = b2 * slots["v"] + (1 - b2) * g * g
-    mhat, vhat = m / (1 - b1 ** t), v / (1 - b2 ** t)
+    mhat, vhat = m / (1 - b1**t), v / (1 - b2**t)
     return w - self.learning_rate * mhat / (jnp.sqrt(vhat) + self.eps), {"m": m, "v": v}
 
 
@@ -185,8 +188,10 @@ class Ftrl(SparseOptimizer):
   name = "ftrl"
 
   def init_slots(self, num_rows, dim):
-    return {"z": jnp.zeros((num_rows, dim), jnp.float32),
-            "n": jnp.full((num_rows, dim), self.initial_accumulator, jnp.float32)}
+    return {
+      "z": jnp.zeros((num_rows, dim), jnp.float32),
+      "n": jnp.full((num_rows, dim), self.initial_accumulator, jnp.float32),
+    }
 
   def update(self, w, slots, g, step):
     lr = self.learning_rate
@@ -199,9 +204,15 @@ class Ftrl(SparseOptimizer):
     return w, {"z": z, "n": n_new}
 
 
-def apply_rows(opt: SparseOptimizer, table: jax.Array, slots: dict[str, jax.Array], uids: jax.Array,
-               g: jax.Array, step: jax.Array, rows: jax.Array | None = None
-               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def apply_rows(
+  opt: SparseOptimizer,
+  table: jax.Array,
+  slots: dict[str, jax.Array],
+  uids: jax.Array,
+  g: jax.Array,
+  step: jax.Array,
+  rows: jax.Array | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Updates rows `uids` (unique; out-of-range entries ignored) with merged gradients `g`.
 
   `step` is the 0-based global step (lazy Adam's bias correction uses step + 1). `rows`, if given,
@@ -215,8 +226,14 @@ def apply_rows(opt: SparseOptimizer, table: jax.Array, slots: dict[str, jax.Arra
   return merge.scatter(table, uids, w), new_slots
 
 
-def dense_reference_update(opt: SparseOptimizer, table: jax.Array, slots: dict[str, Any],
-                           dense_grad: jax.Array, step: jax.Array, touched: jax.Array):
+def dense_reference_update(
+  opt: SparseOptimizer,
+  table: jax.Array,
+  slots: dict[str, Any],
+  dense_grad: jax.Array,
+  step: jax.Array,
+  touched: jax.Array,
+):
   """The same optimizer applied to a dense [V, D] gradient (tests only: O(table) by design).
 
   `touched` [V] bool marks looked-up rows; lazy Adam and FTRL update only those, as documented.

@@ -51,8 +51,10 @@ class ShardedEngine:
   def __post_init__(self):
     n = self.mesh.shape[self.axis]
     if self.layout.padded_rows % n:
-      raise ValueError(f"{self.layout.padded_rows} table rows do not split over the {n} devices of mesh "
-                       f"axis {self.axis!r}: build the layout with row_multiple={n}")
+      raise ValueError(
+        f"{self.layout.padded_rows} table rows do not split over the {n} devices of mesh "
+        f"axis {self.axis!r}: build the layout with row_multiple={n}"
+      )
 
   @property
   def rows_per_device(self) -> int:
@@ -71,9 +73,12 @@ class ShardedEngine:
 
     def local(key):
       first = jax.lax.axis_index(self.axis) * vs
-      tables = {name: engine_lib.init_rows(jax.random.fold_in(key, i), first, vs, self.dim, self.init_std,
-                                           self.param_dtype)
-                for i, name in enumerate(self.table_names)}
+      tables = {
+        name: engine_lib.init_rows(
+          jax.random.fold_in(key, i), first, vs, self.dim, self.init_std, self.param_dtype
+        )
+        for i, name in enumerate(self.table_names)
+      }
       slots = {name: self.opt.init_slots(vs, self.dim) for name in self.table_names}
       return tables, slots, jnp.full((vs,), -1, jnp.int32)
 
@@ -85,14 +90,23 @@ class ShardedEngine:
 
     def local(tabs, ids):
       loc = self._local_ids(jax.lax.all_gather(ids, ax, tiled=True))
-      return {n: jax.lax.psum_scatter(merge.gather_rows(t, loc), ax, scatter_dimension=0,
-                                      tiled=True)
-              for n, t in tabs.items()}
+      return {
+        n: jax.lax.psum_scatter(merge.gather_rows(t, loc), ax, scatter_dimension=0, tiled=True)
+        for n, t in tabs.items()
+      }
 
     return self._map(local, (P(ax), P(ax)), P(ax))(tables, gids)
 
-  def update(self, tables, slots, scratch, gids: jax.Array, grads: dict[str, jax.Array], step: jax.Array,
-             rows: dict[str, jax.Array] | None = None):
+  def update(
+    self,
+    tables,
+    slots,
+    scratch,
+    gids: jax.Array,
+    grads: dict[str, jax.Array],
+    step: jax.Array,
+    rows: dict[str, jax.Array] | None = None,
+  ):
     """Row-wise update of the rows each device owns -> (tables, slots, scratch), all row-sharded.
 
     `rows` (the looked-up rows) is accepted for interface parity and not used: they live on the
@@ -107,8 +121,10 @@ class ShardedEngine:
     def local(tabs, slts, scr, ids, grs, stp):
       ids = self._local_ids(jax.lax.all_gather(ids, ax, tiled=True).reshape(-1))
       grs = {n: jax.lax.all_gather(g, ax, tiled=True) for n, g in grs.items()}
-      return engine_lib.merged_update(self.opt, self.dim, tabs, slts, scr, ids, grs, stp,
-                                      capacity=cap)
+      return engine_lib.merged_update(
+        self.opt, self.dim, tabs, slts, scr, ids, grs, stp, capacity=cap
+      )
 
     return self._map(local, (P(ax), P(ax), P(ax), P(ax), P(ax), P()), (P(ax), P(ax), P(ax)))(
-        tables, slots, scratch, gids, grads, step)
+      tables, slots, scratch, gids, grads, step
+    )

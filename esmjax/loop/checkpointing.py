@@ -39,8 +39,11 @@ class CheckpointPolicy:
   def should_save(self, step: int, total: int, evaluated: bool) -> bool:
     """Periodic saves, and one after each evaluation when evaluations rank checkpoints; the last
     step's save comes with the final evaluation (`save_final`)."""
-    return (self.enabled and step < total and
-            (step % self.every == 0 or (evaluated and self.ranks_evaluations)))
+    return (
+      self.enabled
+      and step < total
+      and (step % self.every == 0 or (evaluated and self.ranks_evaluations))
+    )
 
   def maybe_save(self, step: int, total: int, state, evaluation: dict[str, Any] | None) -> None:
     if self.should_save(step, total, evaluation is not None):
@@ -71,8 +74,11 @@ class CheckpointPolicy:
 
   def describe_last(self) -> str:
     last = self.latest_step()
-    return (f"the last checkpoint is step {last} in {self.directory}" if last is not None
-            else "no checkpoint was written")
+    return (
+      f"the last checkpoint is step {last} in {self.directory}"
+      if last is not None
+      else "no checkpoint was written"
+    )
 
   def close(self, failed: bool) -> None:
     """Waits for a save in flight, so what was written is complete. When the run already failed,

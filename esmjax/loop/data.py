@@ -33,11 +33,16 @@ def make_train_iter(config: ml_collections.ConfigDict, train_ds: ds_lib.Dataset)
   """This process's training batches (batch_size / process_count rows each), endless; a grain
   iterator whose position a checkpoint saves."""
   pc = jax.process_count()
-  cfg = pipeline.PipelineConfig(batch_size=config.train.batch_size // pc, seed=config.train.seed,
-                                window_blocks=config.data.window_blocks,
-                                prefetch=config.data.prefetch, fraction=config.data.train_fraction)
-  dataset = pipeline.train_iter_dataset(train_ds, cfg, process_index=jax.process_index(),
-                                        process_count=pc)
+  cfg = pipeline.PipelineConfig(
+    batch_size=config.train.batch_size // pc,
+    seed=config.train.seed,
+    window_blocks=config.data.window_blocks,
+    prefetch=config.data.prefetch,
+    fraction=config.data.train_fraction,
+  )
+  dataset = pipeline.train_iter_dataset(
+    train_ds, cfg, process_index=jax.process_index(), process_count=pc
+  )
   return iter(dataset)
 
 

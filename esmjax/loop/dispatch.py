@@ -12,7 +12,7 @@ log the same losses and end in the same state (tests/test_dispatch.py checks bot
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +62,7 @@ def program(c, names: Sequence[str], capacity: int):
   first n batches, one step each.
   """
   if capacity == 1:
+
     def one(state, batch, guard):
       state, metrics, guard = guarded_step(c, names, state, batch, guard)
       return state, jax.tree_util.tree_map(lambda x: x[None], metrics), guard
@@ -75,8 +76,9 @@ def program(c, names: Sequence[str], capacity: int):
 
     def body(i, carry):
       state, guard, stacked = carry
-      batch = jax.tree_util.tree_map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False),
-                                     batches)
+      batch = jax.tree_util.tree_map(
+        lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), batches
+      )
       state, metrics, guard = guarded_step(c, names, state, batch, guard)
       return state, guard, {k: v.at[i].set(metrics[k]) for k, v in stacked.items()}
 
@@ -103,17 +105,22 @@ class Dispatcher:
       in_shardings = (run.state_sharding, sh.batch_sharding(run.mesh), rep)
     else:
       in_shardings = (run.state_sharding, sh.stacked_batch_sharding(run.mesh), rep, rep)
-    return jax.jit(program(run.components, run.loss_names, self.capacity),
-                   in_shardings=in_shardings, out_shardings=(run.state_sharding, rep, rep),
-                   donate_argnums=(0, 2))
+    return jax.jit(
+      program(run.components, run.loss_names, self.capacity),
+      in_shardings=in_shardings,
+      out_shardings=(run.state_sharding, rep, rep),
+      donate_argnums=(0, 2),
+    )
 
   def abstract_args(self):
     """The program's arguments as shapes with shardings (what it is lowered for)."""
     run, rep = self._run, self._run.replicated
     stacked = 0 if self.capacity == 1 else self.capacity
     batch = run.abstract_batch(run.config.train.batch_size, stacked=stacked)
-    guard = (jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
-             jax.ShapeDtypeStruct((len(run.loss_names),), jnp.bool_, sharding=rep))
+    guard = (
+      jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
+      jax.ShapeDtypeStruct((len(run.loss_names),), jnp.bool_, sharding=rep),
+    )
     args = (run.abstract_state(), batch, guard)
     if self.capacity == 1:
       return args
@@ -129,8 +136,9 @@ class Dispatcher:
     mesh = self._run.mesh
     if self.capacity == 1:
       (batch,) = batches
-      return self._compiled(state, sh.put_batch({k: batch[k] for k in steps.BATCH_KEYS}, mesh),
-                            guard)
+      return self._compiled(
+        state, sh.put_batch({k: batch[k] for k in steps.BATCH_KEYS}, mesh), guard
+      )
     n = len(batches)
     if n not in self._counts:
       self._counts[n] = jax.device_put(np.int32(n), self._run.replicated)

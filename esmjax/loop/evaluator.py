@@ -11,8 +11,18 @@ from absl import logging
 from esmjax.loop import guard as guard_lib
 
 # The metrics an evaluation's log line shows (all of them go to metrics.jsonl).
-LOGGED = ("ctr/auc", "cvr/auc", "ctcvr/auc", "ctavr/auc", "ctr/gauc", "ctcvr/gauc",
-          "cvr/entire_space_auc", "ctr/logloss", "ctcvr/logloss", "cvr/calibration")
+LOGGED = (
+  "ctr/auc",
+  "cvr/auc",
+  "ctcvr/auc",
+  "ctavr/auc",
+  "ctr/gauc",
+  "ctcvr/gauc",
+  "cvr/entire_space_auc",
+  "ctr/logloss",
+  "ctcvr/logloss",
+  "cvr/calibration",
+)
 
 
 class Evaluator:
@@ -44,7 +54,11 @@ class Evaluator:
       self._writer.write(step, "eval", metrics)
       seconds = time.perf_counter() - t
       self.seconds += seconds
-    logging.info("eval at step %d (%.1fs): %s", step, seconds,
-                 "  ".join(f"{k} {metrics[k]:.4f}" for k in LOGGED if k in metrics))
+    logging.info(
+      "eval at step %d (%.1fs): %s",
+      step,
+      seconds,
+      "  ".join(f"{k} {metrics[k]:.4f}" for k in LOGGED if k in metrics),
+    )
     self.last = metrics
     return metrics

@@ -10,7 +10,8 @@ update can overflow while its loss was finite).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -54,30 +55,40 @@ class NanGuard:
   def check(self, step: int, state=None) -> None:
     first, bad = jax.device_get(self.value)
     if first >= 0:
-      what = (f"non-finite {', '.join(n for n, b in zip(self.loss_names, bad) if b)} at step "
-              f"{int(first)} (found at step {step})")
+      what = (
+        f"non-finite {', '.join(n for n, b in zip(self.loss_names, bad) if b)} at step "
+        f"{int(first)} (found at step {step})"
+      )
     elif state is None:
       return
     else:
       leaves = [p for p, b in jax.device_get(self._nonfinite_leaves(state)).items() if b]
       if not leaves:
         return
-      what = (f"non-finite values in the train state at step {step} "
-              f"({', '.join('state' + p for p in leaves[:4])}), although every loss was finite")
-    raise NonFiniteError(f"{what}; stopped without checkpointing this state "
-                         f"({self.last_checkpoint()}). Lower the learning rates, clip the tower "
-                         "gradients (optimizer.grad_clip) or check the input data")
+      what = (
+        f"non-finite values in the train state at step {step} "
+        f"({', '.join('state' + p for p in leaves[:4])}), although every loss was finite"
+      )
+    raise NonFiniteError(
+      f"{what}; stopped without checkpointing this state "
+      f"({self.last_checkpoint()}). Lower the learning rates, clip the tower "
+      "gradients (optimizer.grad_clip) or check the input data"
+    )
 
   def compile(self) -> None:
     """Compiles the whole-state check (ahead of the loop, so no step waits for it)."""
     if self._leaf_check is None:
-      def check(state):
-        return {jax.tree_util.keystr(p): ~jnp.all(jnp.isfinite(x))
-                for p, x in jax.tree_util.tree_flatten_with_path(state)[0]
-                if jnp.issubdtype(x.dtype, jnp.inexact)}
 
-      jitted = jax.jit(check, in_shardings=(self._run.state_sharding,),
-                       out_shardings=self._run.replicated)
+      def check(state):
+        return {
+          jax.tree_util.keystr(p): ~jnp.all(jnp.isfinite(x))
+          for p, x in jax.tree_util.tree_flatten_with_path(state)[0]
+          if jnp.issubdtype(x.dtype, jnp.inexact)
+        }
+
+      jitted = jax.jit(
+        check, in_shardings=(self._run.state_sharding,), out_shardings=self._run.replicated
+      )
       self._leaf_check = jitted.trace(self._run.abstract_state()).lower().compile()
 
   def _nonfinite_leaves(self, state) -> dict[str, jax.Array]:
@@ -95,5 +106,7 @@ def check_metrics(metrics: Mapping[str, Any], step: int) -> None:
       continue
     v = float(np.asarray(v))
     if math.isinf(v):
-      raise NonFiniteError(f"non-finite {k} = {v} at step {step}; stopping without checkpointing "
-                           "this state (lower the learning rates or check the input data)")
+      raise NonFiniteError(
+        f"non-finite {k} = {v} at step {step}; stopping without checkpointing "
+        "this state (lower the learning rates or check the input data)"
+      )

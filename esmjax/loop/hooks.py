@@ -4,7 +4,7 @@ production config keys. `esmjax.trainer.train_and_evaluate(..., hooks=Hooks(...)
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 
 def _same(batches: Iterator, start_step: int) -> Iterator:

@@ -25,37 +25,56 @@ def fingerprint(state) -> str:
   return state_lib.state_fingerprint(state)
 
 
-def finished(config, *, step: int, start_step: int, state, metrics: dict[str, Any],
-             rates: dict[str, float], compile_seconds: float, eval_seconds: float,
-             wall_seconds: float, best_step: int | None, num_devices: int, train_dir: str,
-             eval_dir: str) -> dict[str, Any]:
+def finished(
+  config,
+  *,
+  step: int,
+  start_step: int,
+  state,
+  metrics: dict[str, Any],
+  rates: dict[str, float],
+  compile_seconds: float,
+  eval_seconds: float,
+  wall_seconds: float,
+  best_step: int | None,
+  num_devices: int,
+  train_dir: str,
+  eval_dir: str,
+) -> dict[str, Any]:
   """The summary of a finished run. `examples_per_sec` is the whole run's training rate (see
   `esmjax.loop.train_log` for what is in and out); the log windows' peak and median beside it."""
   return {
-      "model": config.model.name,
-      "steps": int(step),
-      **rates,
-      "compile_seconds": compile_seconds,
-      "eval_seconds": eval_seconds,
-      "wall_seconds": wall_seconds,
-      "steps_per_dispatch": int(config.train.steps_per_dispatch),
-      "metrics": metrics,
-      "collapsed_tasks": evaluation.collapsed_tasks(metrics),  # tasks whose predictions are ~constant
-      "state_fingerprint": fingerprint(state),
-      "resumed_from_step": start_step or None,
-      "best_checkpoint_step": best_step,
-      "num_devices": num_devices,
-      "num_processes": jax.process_count(),
-      "train_dir": train_dir,
-      "eval_dir": eval_dir,
-      "config": json.loads(config.to_json_best_effort()),
+    "model": config.model.name,
+    "steps": int(step),
+    **rates,
+    "compile_seconds": compile_seconds,
+    "eval_seconds": eval_seconds,
+    "wall_seconds": wall_seconds,
+    "steps_per_dispatch": int(config.train.steps_per_dispatch),
+    "metrics": metrics,
+    "collapsed_tasks": evaluation.collapsed_tasks(metrics),  # tasks whose predictions are ~constant
+    "state_fingerprint": fingerprint(state),
+    "resumed_from_step": start_step or None,
+    "best_checkpoint_step": best_step,
+    "num_devices": num_devices,
+    "num_processes": jax.process_count(),
+    "train_dir": train_dir,
+    "eval_dir": eval_dir,
+    "config": json.loads(config.to_json_best_effort()),
   }
 
 
-def preempted(config, *, step: int, total: int, signal_name: str, checkpoint_dir: str,
-              wall_seconds: float) -> dict[str, Any]:
-  return {"model": config.model.name, "steps": int(step), "total_steps": int(total),
-          "preempted": signal_name, "checkpoint_dir": checkpoint_dir, "wall_seconds": wall_seconds}
+def preempted(
+  config, *, step: int, total: int, signal_name: str, checkpoint_dir: str, wall_seconds: float
+) -> dict[str, Any]:
+  return {
+    "model": config.model.name,
+    "steps": int(step),
+    "total_steps": int(total),
+    "preempted": signal_name,
+    "checkpoint_dir": checkpoint_dir,
+    "wall_seconds": wall_seconds,
+  }
 
 
 def write(workdir: str, summary: dict[str, Any]) -> None:

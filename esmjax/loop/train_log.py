@@ -13,7 +13,7 @@ import contextlib
 import math
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 from absl import logging
@@ -77,10 +77,13 @@ class RateMeter:
 
   def summary(self) -> dict[str, float]:
     finite = [r for r in self.windows if math.isfinite(r)]
-    return {"examples_per_sec": self.run_rate(),
-            "examples_per_sec_peak_window": max(finite) if finite else math.nan,
-            "examples_per_sec_median_window": statistics.median(finite) if finite else math.nan,
-            "train_seconds": self.seconds, "log_windows": len(self.windows)}
+    return {
+      "examples_per_sec": self.run_rate(),
+      "examples_per_sec_peak_window": max(finite) if finite else math.nan,
+      "examples_per_sec_median_window": statistics.median(finite) if finite else math.nan,
+      "train_seconds": self.seconds,
+      "log_windows": len(self.windows),
+    }
 
 
 def format_duration(s: float) -> str:
@@ -110,7 +113,13 @@ class TrainLog:
     m = {k: float(v[n - 1]) for k, v in jax.device_get(metrics).items()}
     rate = self._meter.window()
     eta = (self.total - step) * self._meter.batch_size / self._meter.run_rate()
-    logging.info("step %d/%d  loss %.5f  %s  %.0f ex/s  ETA %s", step, self.total, m["loss"],
-                 " ".join(f"{k[5:]} {v:.4f}" for k, v in m.items() if k.startswith("loss/")),
-                 rate, format_duration(eta))
+    logging.info(
+      "step %d/%d  loss %.5f  %s  %.0f ex/s  ETA %s",
+      step,
+      self.total,
+      m["loss"],
+      " ".join(f"{k[5:]} {v:.4f}" for k, v in m.items() if k.startswith("loss/")),
+      rate,
+      format_duration(eta),
+    )
     self._writer.write(step, "train", {**m, "examples_per_sec": rate})

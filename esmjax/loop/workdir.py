@@ -42,11 +42,13 @@ def _create(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
   except FileExistsError:
-    raise WorkdirError(f"--workdir={workdir} is a file, not a directory; give a directory"
-                       ) from None
+    raise WorkdirError(
+      f"--workdir={workdir} is a file, not a directory; give a directory"
+    ) from None
   except NotADirectoryError:
-    raise WorkdirError(f"--workdir={workdir}: a part of the path is a file, not a directory"
-                       ) from None
+    raise WorkdirError(
+      f"--workdir={workdir}: a part of the path is a file, not a directory"
+    ) from None
   except OSError as e:
     raise WorkdirError(f"--workdir={workdir} cannot be created: {_reason(e)}") from None
 
@@ -55,8 +57,9 @@ def _open_lock(path: str, workdir: str):
   try:
     return open(path, "a+")
   except OSError as e:
-    raise WorkdirError(f"--workdir={workdir} is not writable: {_reason(e)} creating {path}"
-                       ) from None
+    raise WorkdirError(
+      f"--workdir={workdir} is not writable: {_reason(e)} creating {path}"
+    ) from None
 
 
 def _owner(f) -> str:
@@ -83,13 +86,17 @@ def claim(workdir: str):
     try:
       fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      refused = (f"--workdir={os.path.abspath(workdir)} is in use by another run: {_owner(f)} "
-                 f"holds {path}; wait for it to finish, stop it, or use another --workdir")
+      refused = (
+        f"--workdir={os.path.abspath(workdir)} is in use by another run: {_owner(f)} "
+        f"holds {path}; wait for it to finish, stop it, or use another --workdir"
+      )
     _agree(refused, index)
     f.seek(0)
     f.truncate()
-    f.write(f"pid {os.getpid()} on host {socket.gethostname()} (process {index} of "
-            f"{jax.process_count()}), since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
+    f.write(
+      f"pid {os.getpid()} on host {socket.gethostname()} (process {index} of "
+      f"{jax.process_count()}), since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n"
+    )
     f.flush()
     yield
   finally:
@@ -105,8 +112,10 @@ def _agree(refused: str | None, index: int) -> None:
     gathered = multihost_utils.process_allgather(np.asarray([refused is not None]))
     failed = np.asarray(gathered).reshape(-1)
     if refused is None and failed.any():
-      refused = (f"process {int(np.flatnonzero(failed)[0])} of this job could not lock its workdir "
-                 "(another run holds it); this process stops too")
+      refused = (
+        f"process {int(np.flatnonzero(failed)[0])} of this job could not lock its workdir "
+        "(another run holds it); this process stops too"
+      )
   if refused:
     raise WorkdirError(refused)
 

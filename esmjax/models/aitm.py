@@ -38,7 +38,8 @@ from esmjax.models import losses as L
 @dataclasses.dataclass(frozen=True)
 class Hparams:
   aitm_calibrator_weight: float = hparams.field(
-      0.6, "AITM: α of the calibrator α·mean(max(pCTCVR − pCTR, 0))", ge=0)
+    0.6, "AITM: α of the calibrator α·mean(max(pCTCVR − pCTR, 0))", ge=0
+  )
 
 
 class InfoTransfer(nn.Module):
@@ -49,8 +50,9 @@ class InfoTransfer(nn.Module):
   @nn.compact
   def __call__(self, x):
     h = x.shape[-1]
-    q, k, v = (nn.Dense(h, use_bias=False, dtype=self.dtype, name=n)(x)
-               for n in ("query", "key", "value"))
+    q, k, v = (
+      nn.Dense(h, use_bias=False, dtype=self.dtype, name=n)(x) for n in ("query", "key", "value")
+    )
     a = jax.nn.softmax(jnp.sum(q * k, axis=-1) / jnp.sqrt(jnp.asarray(h, x.dtype)), axis=1)
     return jnp.sum(a[..., None] * v, axis=1)
 
@@ -67,11 +69,18 @@ class AitmNet(nn.Module):
 
   @nn.compact
   def __call__(self, emb, mv_w, dense, train: bool = False):
-    x = layers.FieldInputs(self.spec, self.dtype, name="inputs_shared")(emb["shared"], mv_w,
-                                                                        dense)
-    q = layers.tower_group(("click", "conversion"), x, hidden=self.hidden,
-                           activation=self.activation, dropout=self.dropout, dtype=self.dtype,
-                           train=train, fuse=self.fuse, head=False)
+    x = layers.FieldInputs(self.spec, self.dtype, name="inputs_shared")(emb["shared"], mv_w, dense)
+    q = layers.tower_group(
+      ("click", "conversion"),
+      x,
+      hidden=self.hidden,
+      activation=self.activation,
+      dropout=self.dropout,
+      dtype=self.dtype,
+      train=train,
+      fuse=self.fuse,
+      head=False,
+    )
     info = nn.Dense(self.hidden[-1], dtype=self.dtype, name="info")(q["click"])
     p = layers.ACTIVATIONS[self.activation](info)
     p = nn.Dropout(self.dropout, deterministic=not train, name="info_dropout")(p)
@@ -90,8 +99,14 @@ class Aitm(model.Model):
   @functools.cached_property
   def module(self):
     n = self.net
-    return AitmNet(spec=n.spec, hidden=n.hidden, activation=n.activation, dropout=n.dropout,
-                   dtype=n.dtype, fuse=n.fuse_towers)
+    return AitmNet(
+      spec=n.spec,
+      hidden=n.hidden,
+      activation=n.activation,
+      dropout=n.dropout,
+      dtype=n.dtype,
+      fuse=n.fuse_towers,
+    )
 
   def tower_flops(self):
     n = self.net

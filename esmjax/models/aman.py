@@ -13,7 +13,8 @@ from esmjax.models import base, registry
 @dataclasses.dataclass(frozen=True)
 class Hparams:
   aman_rate: float = hparams.field(
-      0.1, "AMAN: fraction of unclicked impressions sampled as CVR negatives", gt=0, le=1)
+    0.1, "AMAN: fraction of unclicked impressions sampled as CVR negatives", gt=0, le=1
+  )
 
 
 @registry.register

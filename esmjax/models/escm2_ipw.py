@@ -34,10 +34,15 @@ from esmjax.models import model, registry
 @dataclasses.dataclass(frozen=True)
 class Hparams:
   escm2_loss_weights: tuple[float, float, float] = hparams.field(
-      (1.0, 0.5, 0.5), "ESCM²: w_ctr, w_cvr (counterfactual risk), w_ctcvr", ge=0, length=3,
-      not_all_zero=True)
+    (1.0, 0.5, 0.5),
+    "ESCM²: w_ctr, w_cvr (counterfactual risk), w_ctcvr",
+    ge=0,
+    length=3,
+    not_all_zero=True,
+  )
   escm2_min_pctr: float = hparams.field(
-      0.05, "ESCM²: propensity floor, 1/max(pCTR, floor) weights the clicked rows", gt=0, le=1)
+    0.05, "ESCM²: propensity floor, 1/max(pCTR, floor) weights the clicked rows", gt=0, le=1
+  )
 
 
 @registry.register

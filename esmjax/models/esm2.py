@@ -23,10 +23,13 @@ DACTION_PARTS = ("cart", "wish")  # DAction = cart ∨ wish
 @dataclasses.dataclass(frozen=True)
 class Hparams:
   loss_weights: tuple[float, float, float] = hparams.field(
-      (1.0, 1.0, 1.0), "ESM2 w1 (CTR), w2 (CTAVR), w3 (CTCVR)", ge=0, length=3, not_all_zero=True)
+    (1.0, 1.0, 1.0), "ESM2 w1 (CTR), w2 (CTAVR), w3 (CTCVR)", ge=0, length=3, not_all_zero=True
+  )
   daction_label: str = hparams.field(
-      "daction", "ESM2's DAction label: daction (cart or wish), cart, wish",
-      choices=("daction", *DACTION_PARTS))
+    "daction",
+    "ESM2's DAction label: daction (cart or wish), cart, wish",
+    choices=("daction", *DACTION_PARTS),
+  )
 
 
 @registry.register
@@ -46,25 +49,35 @@ class Esm2(model.Model):
         cols["daction"] = parts  # the paper's definition, from the columns the logs have
     elif want != "daction":
       if want not in cols:
-        raise ValueError(f"model.daction_label={want!r}, but the dataset has only labels "
-                         f"{list(dataset_labels)}")
+        raise ValueError(
+          f"model.daction_label={want!r}, but the dataset has only labels {list(dataset_labels)}"
+        )
       cols["daction"] = cols[want]
     missing = [l for l in ("click", "buy") if l not in cols]
     if "daction" not in cols:
-      raise ValueError(f"model.name='esm2' needs a DAction label: a 'daction' column, or 'cart' "
-                       f"and/or 'wish' (DAction = cart ∨ wish), but the dataset has only "
-                       f"{list(dataset_labels)}")
+      raise ValueError(
+        f"model.name='esm2' needs a DAction label: a 'daction' column, or 'cart' "
+        f"and/or 'wish' (DAction = cart ∨ wish), but the dataset has only "
+        f"{list(dataset_labels)}"
+      )
     if missing:
-      raise ValueError(f"model.name='esm2' needs label(s) {missing}, but the dataset has only "
-                       f"{list(dataset_labels)}")
+      raise ValueError(
+        f"model.name='esm2' needs label(s) {missing}, but the dataset has only "
+        f"{list(dataset_labels)}"
+      )
     return cols
 
   def log_probs(self, z):
     l1, l2 = L.log_sigmoid(z["ctr"]), L.log_sigmoid(z["daction"])
-    log_pcvr = L.log_mix(L.log_sigmoid(z["buy_d"]), L.log_sigmoid(z["buy_o"]), l2,
-                         L.log_sigmoid(-z["daction"]))
-    return {"log_pctr": l1, "log_pcvr": log_pcvr, "log_pctcvr": l1 + log_pcvr,
-            "log_pctavr": l1 + l2}
+    log_pcvr = L.log_mix(
+      L.log_sigmoid(z["buy_d"]), L.log_sigmoid(z["buy_o"]), l2, L.log_sigmoid(-z["daction"])
+    )
+    return {
+      "log_pctr": l1,
+      "log_pcvr": log_pcvr,
+      "log_pctcvr": l1 + log_pcvr,
+      "log_pctavr": l1 + l2,
+    }
 
   def loss(self, z, labels, rng):
     lp = self.log_probs(z)

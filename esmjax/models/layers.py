@@ -23,8 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ACTIVATIONS = {"relu": nn.relu, "gelu": nn.gelu, "tanh": jnp.tanh, "sigmoid": nn.sigmoid,
-               "swish": nn.swish, "leaky_relu": nn.leaky_relu}
+ACTIVATIONS = {
+  "relu": nn.relu,
+  "gelu": nn.gelu,
+  "tanh": jnp.tanh,
+  "sigmoid": nn.sigmoid,
+  "swish": nn.swish,
+  "leaky_relu": nn.leaky_relu,
+}
 DENSE_MODES = ("tanh", "bucket", "none")
 
 
@@ -42,10 +48,14 @@ class InputSpec:
   @classmethod
   def from_schema(cls, schema, dense_mode: str) -> InputSpec:
     dense = schema.dense if dense_mode != "none" else ()
-    return cls(num_sparse=len(schema.sparse), mv_lens=tuple(int(f.max_len) for f in schema.multi),
-               mv_pooling=tuple(f.pooling for f in schema.multi), dense_mode=dense_mode,
-               dense_mean=tuple(float(f.mean) for f in dense),
-               dense_std=tuple(float(f.std) or 1.0 for f in dense))
+    return cls(
+      num_sparse=len(schema.sparse),
+      mv_lens=tuple(int(f.max_len) for f in schema.multi),
+      mv_pooling=tuple(f.pooling for f in schema.multi),
+      dense_mode=dense_mode,
+      dense_mean=tuple(float(f.mean) for f in dense),
+      dense_std=tuple(float(f.std) or 1.0 for f in dense),
+    )
 
   @property
   def num_fields(self) -> int:
@@ -72,14 +82,14 @@ class FieldInputs(nn.Module):
     spec = self.spec
     rows = rows.astype(self.dtype)
     b, _, d = rows.shape
-    parts = [rows[:, :spec.num_sparse]]
+    parts = [rows[:, : spec.num_sparse]]
     off = spec.num_sparse
     if spec.mv_lens:
       w_off = 0
       pooled = []
       for length, pool in zip(spec.mv_lens, spec.mv_pooling):
-        r = rows[:, off:off + length]
-        w = mv_w[:, w_off:w_off + length].astype(self.dtype)
+        r = rows[:, off : off + length]
+        w = mv_w[:, w_off : w_off + length].astype(self.dtype)
         s = jnp.einsum("bld,bl->bd", r, w)
         if pool == "mean":
           s = s / jnp.maximum(jnp.sum(w, axis=1, keepdims=True), 1e-6)
@@ -89,7 +99,7 @@ class FieldInputs(nn.Module):
       parts.append(jnp.stack(pooled, 1))
     n_dense = len(spec.dense_mean)
     if n_dense and spec.dense_mode == "bucket":
-      parts.append(rows[:, off:off + n_dense])
+      parts.append(rows[:, off : off + n_dense])
     elif n_dense and spec.dense_mode == "tanh":
       x = (dense - np.asarray(spec.dense_mean, np.float32)) / np.asarray(spec.dense_std, np.float32)
       u = self.param("dense_u", nn.initializers.normal(1.0), (n_dense, d), jnp.float32)
@@ -124,8 +134,9 @@ class _Affine(nn.Module):
 
   @nn.compact
   def __call__(self):
-    kernel = self.param("kernel", nn.initializers.lecun_normal(), (self.in_features, self.features),
-                        jnp.float32)
+    kernel = self.param(
+      "kernel", nn.initializers.lecun_normal(), (self.in_features, self.features), jnp.float32
+    )
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
     return kernel, bias
 
@@ -150,10 +161,15 @@ class _TowerParts(nn.Module):
 
   @nn.compact
   def __call__(self, batch: int, train: bool):
-    affine = [_Affine(a, b, name=f"Dense_{i}")()
-              for i, (a, b) in enumerate(itertools.pairwise(self.sizes))]
-    masks = [_KeepMask(self.rate, name=f"Dropout_{i}")((batch, self.sizes[i + 1]))
-             if train and self.rate else None for i in range(self.num_hidden)]
+    affine = [
+      _Affine(a, b, name=f"Dense_{i}")() for i, (a, b) in enumerate(itertools.pairwise(self.sizes))
+    ]
+    masks = [
+      _KeepMask(self.rate, name=f"Dropout_{i}")((batch, self.sizes[i + 1]))
+      if train and self.rate
+      else None
+      for i in range(self.num_hidden)
+    ]
     return affine, masks
 
 
@@ -164,14 +180,25 @@ def _dense(x, kernel, bias, dtype):
   return y + bias
 
 
-def tower_group(names: Sequence[str], x, *, hidden: Sequence[int], activation: str, dropout: float,
-                dtype, train: bool, fuse: bool = True, head: bool = True) -> dict[str, jax.Array]:
+def tower_group(
+  names: Sequence[str],
+  x,
+  *,
+  hidden: Sequence[int],
+  activation: str,
+  dropout: float,
+  dtype,
+  train: bool,
+  fuse: bool = True,
+  head: bool = True,
+) -> dict[str, jax.Array]:
   """Towers `tower_<name>` on one input x [B, in] -> {name: logit [B] f32} (head) or {name: last
   hidden [B, h]} (no head). Call inside a compact module: the towers become its submodules."""
   hidden = tuple(hidden)
   sizes = (x.shape[-1], *hidden) + ((1,) if head else ())
-  parts = [_TowerParts(sizes, len(hidden), dropout, name=f"tower_{t}")(x.shape[0], train)
-           for t in names]
+  parts = [
+    _TowerParts(sizes, len(hidden), dropout, name=f"tower_{t}")(x.shape[0], train) for t in names
+  ]
   act = ACTIVATIONS[activation]
   keep = 1.0 - dropout
   hs, first = [x] * len(names), 0
@@ -179,7 +206,7 @@ def tower_group(names: Sequence[str], x, *, hidden: Sequence[int], activation: s
     kernel = jnp.concatenate([p[0][0][0].astype(dtype) for p in parts], axis=1)
     bias = jnp.concatenate([p[0][0][1].astype(dtype) for p in parts])
     y = _dense(x, kernel, bias, dtype)
-    hs, first = [y[:, j * hidden[0]:(j + 1) * hidden[0]] for j in range(len(names))], 1
+    hs, first = [y[:, j * hidden[0] : (j + 1) * hidden[0]] for j in range(len(names))], 1
   for i in range(len(sizes) - 1):
     for j, (affine, masks) in enumerate(parts):
       if i >= first:
@@ -217,6 +244,16 @@ class TowerNet(nn.Module):
     for s in dict.fromkeys(s for _, s in self.towers):
       x = FieldInputs(self.spec, self.dtype, name=f"inputs_{s}")(emb[s], mv_w, dense)
       names = [t for t, ts in self.towers if ts == s]
-      out.update(tower_group(names, x, hidden=self.hidden, activation=self.activation,
-                             dropout=self.dropout, dtype=self.dtype, train=train, fuse=self.fuse))
+      out.update(
+        tower_group(
+          names,
+          x,
+          hidden=self.hidden,
+          activation=self.activation,
+          dropout=self.dropout,
+          dtype=self.dtype,
+          train=train,
+          fuse=self.fuse,
+        )
+      )
     return {t: out[t] for t, _ in self.towers}

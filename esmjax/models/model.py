@@ -27,8 +27,16 @@ from esmjax import hparams
 from esmjax.models import layers
 
 # Keys of `config.model` every model reads (the network's shape); the rest are hyperparameters.
-NETWORK_KEYS = ("name", "embed_dim", "hidden", "activation", "dropout", "dense_mode", "dtype",
-                "fuse_towers")
+NETWORK_KEYS = (
+  "name",
+  "embed_dim",
+  "hidden",
+  "activation",
+  "dropout",
+  "dense_mode",
+  "dtype",
+  "fuse_towers",
+)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -46,10 +54,15 @@ class Network:
 
   @classmethod
   def from_config(cls, section: Mapping[str, Any], schema) -> Network:
-    return cls(spec=layers.InputSpec.from_schema(schema, section["dense_mode"]),
-               embed_dim=int(section["embed_dim"]), hidden=tuple(int(h) for h in section["hidden"]),
-               activation=section["activation"], dropout=float(section["dropout"]),
-               dtype=DTYPES[section["dtype"]], fuse_towers=bool(section.get("fuse_towers", True)))
+    return cls(
+      spec=layers.InputSpec.from_schema(schema, section["dense_mode"]),
+      embed_dim=int(section["embed_dim"]),
+      hidden=tuple(int(h) for h in section["hidden"]),
+      activation=section["activation"],
+      dropout=float(section["dropout"]),
+      dtype=DTYPES[section["dtype"]],
+      fuse_towers=bool(section.get("fuse_towers", True)),
+    )
 
   @property
   def in_dim(self) -> int:
@@ -85,8 +98,9 @@ class Model:
   @classmethod
   def from_config(cls, section: Mapping[str, Any], schema) -> Model:
     """The model for `config.model` on `schema`: network keys, and `Hparams` fields by name."""
-    return cls(Network.from_config(section, schema),
-               hparams.from_section(cls.Hparams, section, "model"))
+    return cls(
+      Network.from_config(section, schema), hparams.from_section(cls.Hparams, section, "model")
+    )
 
   @property
   def table_sets(self) -> tuple[str, ...]:
@@ -99,9 +113,15 @@ class Model:
   def module(self) -> nn.Module:
     """The Flax module mapping ({set: rows [B, C, D]}, mv_w, dense, train) -> {output: [B]}."""
     n = self.net
-    return layers.TowerNet(towers=self.towers, spec=n.spec, hidden=n.hidden,
-                           activation=n.activation, dropout=n.dropout, dtype=n.dtype,
-                           fuse=n.fuse_towers)
+    return layers.TowerNet(
+      towers=self.towers,
+      spec=n.spec,
+      hidden=n.hidden,
+      activation=n.activation,
+      dropout=n.dropout,
+      dtype=n.dtype,
+      fuse=n.fuse_towers,
+    )
 
   def init(self, rng, emb, mv_w, dense):
     return self.module.init(rng, emb, mv_w, dense, train=False)
@@ -125,16 +145,19 @@ class Model:
     cols = {name: (i,) for i, name in enumerate(dataset_labels)}
     missing = [l for l in self.labels if l not in cols]
     if missing:
-      raise ValueError(f"model.name={self.name!r} needs label(s) {missing}, but the dataset has "
-                       f"only {list(dataset_labels)}")
+      raise ValueError(
+        f"model.name={self.name!r} needs label(s) {missing}, but the dataset has "
+        f"only {list(dataset_labels)}"
+      )
     return cols
 
   def log_probs(self, z: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """{log_pctr, log_pcvr, log_pctcvr[, log_pctavr]} from the network's outputs."""
     raise NotImplementedError
 
-  def loss(self, z: dict[str, jax.Array], labels: dict[str, jax.Array], rng: jax.Array
-           ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def loss(
+    self, z: dict[str, jax.Array], labels: dict[str, jax.Array], rng: jax.Array
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(total loss, {per-task losses}) over the batch's impressions; `labels` are float [B]."""
     raise NotImplementedError
 

@@ -12,7 +12,8 @@ from esmjax.models import base, registry
 @dataclasses.dataclass(frozen=True)
 class Hparams:
   oversample_k: float = hparams.field(
-      5.0, "OVERSAMPLING / DNN-OS: copies of each click→buy positive", ge=1)
+    5.0, "OVERSAMPLING / DNN-OS: copies of each click→buy positive", ge=1
+  )
 
 
 @registry.register

@@ -24,8 +24,10 @@ def register(cls: type[model_lib.Model]) -> type[model_lib.Model]:
   if not cls.name or not cls.name.isidentifier():
     raise TypeError(f"{cls.__qualname__}.name={cls.name!r}: a model needs a name (an identifier)")
   if cls.name in _MODELS and _MODELS[cls.name] is not cls:
-    raise TypeError(f"model name {cls.name!r} is registered twice "
-                    f"({_MODELS[cls.name].__qualname__}, {cls.__qualname__})")
+    raise TypeError(
+      f"model name {cls.name!r} is registered twice "
+      f"({_MODELS[cls.name].__qualname__}, {cls.__qualname__})"
+    )
   if not dataclasses.is_dataclass(cls.Hparams):
     raise TypeError(f"{cls.__qualname__}.Hparams must be a frozen dataclass")
   _MODELS[cls.name] = cls
@@ -77,6 +79,8 @@ def check_section(section: Mapping[str, Any]) -> None:
     if key in declared:
       hparams.check("model", key, section[key], declared[key])
     elif key not in model_lib.NETWORK_KEYS:
-      raise ValueError(f"model.{key} is not a key of any model; keys: "
-                       f"{sorted([*model_lib.NETWORK_KEYS, *declared])}")
+      raise ValueError(
+        f"model.{key} is not a key of any model; keys: "
+        f"{sorted([*model_lib.NETWORK_KEYS, *declared])}"
+      )
   get(section["name"])

@@ -19,7 +19,8 @@ from esmjax.models import base, registry
 @dataclasses.dataclass(frozen=True)
 class Hparams:
   unbias_min_pctr: float = hparams.field(
-      0.01, "UNBIAS: pCTR floor of the 1/pCTR weights", gt=0, le=1)
+    0.01, "UNBIAS: pCTR floor of the 1/pCTR weights", gt=0, le=1
+  )
 
 
 @registry.register
