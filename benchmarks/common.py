@@ -385,9 +385,12 @@ def train_batches(config, train_ds):
 def read_run(workdir: Path | str) -> dict[str, Any]:
   """A finished esmjax run's rate and curves from its workdir (summary.json, metrics.jsonl).
 
-  ex_per_s = (steps − 1) · batch / (train_seconds − compile_seconds): examples over the training
-  wall time without the compiling first step; evaluation and the final checkpoint come after
-  train_seconds ends. windows: examples/s between log steps; losses: [(step, loss)].
+  ex_per_s: examples over the training wall time, compilation, evaluation and the final
+  checkpoint left out. A summary with `examples_per_sec_median_window` comes from a loop that
+  compiles before it starts timing: steps · batch / train_seconds. An older summary's
+  train_seconds includes the first step, which compiled (compile_seconds):
+  (steps − 1) · batch / (train_seconds − compile_seconds). windows: examples/s between log steps;
+  losses: [(step, loss)].
   """
   workdir = Path(workdir)
   summary = json.loads((workdir / "summary.json").read_text())
@@ -402,12 +405,18 @@ def read_run(workdir: Path | str) -> dict[str, Any]:
     "batch": batch,
     "train_s": train_s,
     "first_step_s": compile_s,
-    "ex_per_s": (steps - 1) * batch / (train_s - compile_s) if steps > 1 else float("nan"),
+    "ex_per_s": _run_rate(summary, steps, batch, train_s, compile_s),
     "summary_ex_per_s": summary.get("examples_per_sec"),
     "windows": [float(r["examples_per_sec"]) for r in train if "examples_per_sec" in r],
     "losses": [(int(r["step"]), float(r["loss"])) for r in train],
     "metrics": summary.get("metrics") or {},
   }
+
+
+def _run_rate(summary, steps: int, batch: int, train_s: float, compile_s: float) -> float:
+  if "examples_per_sec_median_window" in summary:
+    return steps * batch / train_s
+  return (steps - 1) * batch / (train_s - compile_s) if steps > 1 else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ and three things:
 
   e2e       end to end, as the trainer runs it: dataset on disk → grain reader → step → logging.
             esmjax: the CLI with the shipped config, only train.batch_size and train.num_steps
-            changed; rate = (steps − 1) · batch / (train_seconds − compile_seconds) of its
-            summary.json: examples over the training wall time, the compiling first step left out,
+            changed; rate = examples over the training wall time of its summary.json
+            (benchmarks/common.read_run), compilation left out,
             the final evaluation and checkpoint after it. PyTorch: the same rows in the same order,
             read from esmjax's grain pipeline (the trainer's iterator, same seed: the reader is
             common to both), the loss logged every train.log_every steps to metrics.jsonl and

@@ -260,7 +260,7 @@ def markdown(res: dict) -> str:
     "the rounds' min–max. Ratios divide medians measured in this same run, interleaved, so the "
     "machine's load fell on all.",
     "- End to end = examples over the training wall time without the compiling first step "
-    "(esmjax: (steps − 1) · batch / (train_seconds − compile_seconds) from summary.json; "
+    "(esmjax: examples over training time, compilation left out, from summary.json; "
     "PyTorch: the same), evaluation and checkpointing excluded. PyTorch reads the same batches "
     "through esmjax's grain pipeline and logs through esmjax's metric writer.",
     "- The step alone cycles the first pre-made batches on the device; e2e / step is what the "

@@ -53,15 +53,17 @@ def predict_dataset(
   pc, pi = jax.process_count(), jax.process_index()
   local_bs = batch_size // pc
   out: dict[str, list[np.ndarray]] = {}
-  seen = 0
+  batches = 0
   for batch, n in pipeline.eval_batches(dataset, local_bs, process_index=pi, process_count=pc):
     dev = sh.put_batch({k: batch[k] for k in BATCH_KEYS}, mesh)
     preds = sh.to_host_local(predict_fn(state, dev), mesh)
     cols = {**{k: v for k, v in preds.items()}, **{k: batch[k] for k in HOST_KEYS if k in batch}}
     for k, v in cols.items():
       out.setdefault(k, []).append(np.asarray(v)[:n])
-    seen += n
-    if 0 < max_rows <= seen * pc:
+    batches += 1
+    # Counted in global batches, the same on every process: the predict step is collective, so
+    # all processes must stop after the same batch (their valid rows may differ near the end).
+    if 0 < max_rows <= batches * batch_size:
       break
   return {k: np.concatenate(v) for k, v in out.items()}
 

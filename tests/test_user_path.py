@@ -40,6 +40,21 @@ def test_read_run_rate_leaves_out_the_first_step(tmp_path):
   assert r["metrics"] == {"ctr/auc": 0.7}
 
 
+def test_read_run_rate_of_a_loop_that_compiles_before_timing(tmp_path):
+  # The summary of a loop that compiles ahead: train_seconds holds every step and no compile.
+  summary = {
+    "steps": 11,
+    "train_seconds": 2.0,
+    "compile_seconds": 1.0,
+    "examples_per_sec": 550.0,
+    "examples_per_sec_median_window": 500.0,
+    "config": {"train": {"batch_size": 100}},
+  }
+  (tmp_path / "summary.json").write_text(json.dumps(summary))
+  (tmp_path / "metrics.jsonl").write_text("")
+  assert common.read_run(tmp_path)["ex_per_s"] == 11 * 100 / 2.0 == summary["examples_per_sec"]
+
+
 def test_schedule_interleaves_and_rotates():
   systems = ["new", "baseline", "torch-a"]
   r0 = up.schedule(["esmm"], [1024], systems, 0)
