@@ -46,21 +46,24 @@ def check_schema(schema: ds_lib.Schema, dataset: ds_lib.Dataset) -> None:
 def predict_dataset(
   predict_fn: Callable, state, dataset: ds_lib.Dataset, batch_size: int, mesh, max_rows: int = -1
 ) -> dict[str, np.ndarray]:
-  """Scores every row (in file order, this process's blocks); returns predictions + host columns.
+  """Scores this process's rows (its blocks, in file order); returns predictions, host columns and
+  `row`, each row's index in the file (all processes' rows sorted by it are in file order).
 
   `batch_size` is global; each process feeds batch_size / process_count rows per step.
   """
   pc, pi = jax.process_count(), jax.process_index()
   local_bs = batch_size // pc
   out: dict[str, list[np.ndarray]] = {}
-  batches = 0
+  rows = pipeline.eval_row_index(dataset, process_index=pi, process_count=pc)
+  batches = seen = 0
   for batch, n in pipeline.eval_batches(dataset, local_bs, process_index=pi, process_count=pc):
     dev = sh.put_batch({k: batch[k] for k in BATCH_KEYS}, mesh)
     preds = sh.to_host_local(predict_fn(state, dev), mesh)
     cols = {**{k: v for k, v in preds.items()}, **{k: batch[k] for k in HOST_KEYS if k in batch}}
+    cols["row"] = rows[seen : seen + n]
     for k, v in cols.items():
       out.setdefault(k, []).append(np.asarray(v)[:n])
-    batches += 1
+    batches, seen = batches + 1, seen + n
     # Counted in global batches, the same on every process: the predict step is collective, so
     # all processes must stop after the same batch (their valid rows may differ near the end).
     if 0 < max_rows <= batches * batch_size:

@@ -142,7 +142,9 @@ def score_dataset(
   step_fn = step_fn or jit_predict_step(run)
   bs = -(-batch_size // run.mesh.size) * run.mesh.size
   cols = evaluation.predict_dataset(step_fn, state, dataset, bs, run.mesh, max_rows)
-  cols = sh.gather_host_columns(cols)
+  cols = sh.gather_host_columns(cols)  # process by process: blocks 0, P, 2P, ..., then 1, P+1, ...
+  order = np.argsort(cols.pop("row"), kind="stable")
+  cols = {k: v[order] for k, v in cols.items()}
   return cols, pop_strays(run.schema, cols)
 
 

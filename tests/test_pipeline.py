@@ -160,6 +160,22 @@ def test_eval_batches_cover_every_row_once_in_file_order(ds):
   assert not got[-1][0]["user"][200:].any()  # padding rows are PAD
 
 
+@pytest.mark.parametrize("processes", [2, 3])
+def test_eval_row_index_restores_file_order_across_processes(ds, processes):
+  # Each process scores its own blocks; gathered process by process and sorted by the row index,
+  # the rows are the file's, in its order (what predict's CSV promises).
+  rows = ds.read_all()
+  parts, index = [], []
+  for p in range(processes):
+    got = list(pipeline.eval_batches(ds, 128, process_index=p, process_count=processes))
+    parts.append(np.concatenate([b["sample_id"][:n] for b, n in got]))
+    index.append(pipeline.eval_row_index(ds, process_index=p, process_count=processes))
+    assert len(index[-1]) == len(parts[-1])
+  gathered, order = np.concatenate(parts), np.argsort(np.concatenate(index), kind="stable")
+  assert not np.array_equal(gathered, rows["sample_id"])  # the gathered order is not the file's
+  np.testing.assert_array_equal(gathered[order], rows["sample_id"])
+
+
 @pytest.mark.parametrize(
   "length", [1, 2, 3, 17, 130, 263, 520, 4097, 16385, 20_000, 65536, 65537, 100_003]
 )

@@ -368,3 +368,17 @@ def eval_batches(
 def _block_rows(dataset: ds_lib.Dataset) -> list[int]:
   """Rows per block in source order, from the shard entries of the manifest."""
   return [int(n) for s in dataset.manifest["shards"] for n in s["block_sizes"]]
+
+
+def eval_row_index(
+  dataset: ds_lib.Dataset, *, process_index: int = 0, process_count: int = 1
+) -> np.ndarray:
+  """The file-order index of each valid row `eval_batches` yields to this process, in the order
+  it yields them: the rows of blocks process_index, process_index + process_count, ... Sorting
+  the rows that all processes scored by it restores the file's order."""
+  sizes = _block_rows(dataset)
+  starts = np.cumsum([0, *sizes])
+  mine = [
+    np.arange(starts[b], starts[b + 1]) for b in range(process_index, len(sizes), process_count)
+  ]
+  return np.concatenate(mine) if mine else np.zeros((0,), np.int64)
