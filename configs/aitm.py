@@ -21,8 +21,10 @@ third decimal):
 from esmjax import config as config_lib
 
 
-def get_config():
-  config = config_lib.default_config()  # every key, with its one-line comment: esmjax/config.py
+def get_config(world: str = "default"):
+  config = config_lib.default_config(
+    world
+  )  # every key, with its one-line comment: esmjax/config.py
   config.model.name = "aitm"
   config.model.aitm_calibrator_weight = 0.6  # α of the calibrator (the paper's and PaddleRec's)
   config.train.batch_size = 1024  # the schedule of configs/esmm.py: batch 1024, one epoch

@@ -21,8 +21,10 @@ third decimal):
 from esmjax import config as config_lib
 
 
-def get_config():
-  config = config_lib.default_config()  # every key, with its one-line comment: esmjax/config.py
+def get_config(world: str = "default"):
+  config = config_lib.default_config(
+    world
+  )  # every key, with its one-line comment: esmjax/config.py
   config.model.name = "escm2_ipw"
   config.model.escm2_loss_weights = (1.0, 0.5, 0.5)  # w_ctr, w_cvr (IPW risk), w_ctcvr: PaddleRec's
   config.model.escm2_min_pctr = 0.05  # propensity floor: 1/pCTR weights at most 20

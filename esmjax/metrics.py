@@ -115,6 +115,39 @@ def auc(labels, scores, weights=None) -> float:
   return float(np.dot(p_t, n_before + 0.5 * n_t) / (p * n))
 
 
+def population_auc(probs, scores, weights=None) -> float:
+  """AUC against known label probabilities instead of drawn labels (synthetic truth: row i is
+  positive with probability q_i = probs[i], independently): the chance that a positive row
+  outscores a negative one over the label draws, ties counted half, pairs of distinct rows only:
+
+    sum_{i != j} w_i q_i · w_j (1 − q_j) · ([s_i > s_j] + ½[s_i = s_j])
+    / sum_{i != j} w_i q_i · w_j (1 − q_j).
+
+  An AUC on one draw of rare labels estimates it with the noise of the few positives; with 0/1
+  probabilities it is `auc` exactly. nan when no pair of distinct rows can differ in label.
+  """
+  fn = "population_auc"
+  q = _vector(probs, "probs", None, fn)
+  # `groups` carries q through the same zero-weight filter as the scores.
+  _, s, w, q = _prepare(fn, np.zeros(q.shape[0]), scores, weights, "scores", groups=q)
+  if q.dtype.kind not in "biuf" or not np.all((q >= 0) & (q <= 1)):
+    raise ValueError(f"{fn}: `probs` must be probabilities in [0, 1] (NaN found or out of range)")
+  order = np.argsort(s)
+  s, pos = s[order], (w * q.astype(np.float64))[order]
+  neg = w[order] - pos
+  starts = np.flatnonzero(_run_starts(s))
+  if starts.size == 0:
+    return float("nan")
+  p_t = np.add.reduceat(pos, starts)
+  n_t = np.add.reduceat(neg, starts)
+  own = float(np.dot(pos, neg))  # each row paired with itself: a tie, left out
+  pairs = p_t.sum() * n_t.sum() - own
+  if pairs <= 0:
+    return float("nan")
+  n_before = np.cumsum(n_t) - n_t
+  return float((np.dot(p_t, n_before + 0.5 * n_t) - 0.5 * own) / pairs)
+
+
 def gauc(labels, scores, groups, weights=None) -> float:
   """Group AUC: per-group AUC averaged with weights = the group's (weighted) row count.
 
@@ -301,4 +334,10 @@ def evaluate(
     if "pcvr" in truth:
       # The ceiling: the best entire-space AUC any model could reach in this world.
       out["cvr/entire_space_oracle_auc"] = auc(would_buy, prob("pcvr", truth, "truth"), w)
+  if truth and "pcvr" in truth and "pcvr" in p:
+    # The same CVR AUCs against the true pCVR instead of drawn buys: without the label noise of
+    # rare conversions, which dominates an AUC on a few hundred buyers.
+    q = prob("pcvr", truth, "truth")
+    out["cvr/population_auc"] = population_auc(q[click], p["pcvr"][click], w[click])
+    out["cvr/entire_space_population_auc"] = population_auc(q, p["pcvr"], w)
   return out

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import sys
 
-from experiments import common
+from experiments import common, runs
+from experiments import groups as groups_lib
 
 BASE_LABEL = "ESM2 (configs/esm2.py)"
 AXES = (  # (axis, [(label, overrides)]); the unmodified ESM2 run is every axis's reference
@@ -72,7 +73,7 @@ def main(argv=None) -> dict:
   for seed in args.seed_list:
     for name in ("esmm", "esm2"):
       cfg = common.experiment_config(name, args.mode, seed, args.cache_dir)
-      r = common.run(cfg, groups=True, use_cache=use_cache, label=f"{name} (groups)", args=args)
+      r = runs.run(cfg, groups=True, use_cache=use_cache, label=f"{name} (groups)", args=args)
       if r is None:
         continue
       groups.setdefault(name, []).append(r)
@@ -80,7 +81,7 @@ def main(argv=None) -> dict:
         ref.append(r)
     for axis, label, over in variants(args.quick):
       cfg = common.experiment_config("esm2", args.mode, seed, args.cache_dir, **over)
-      r = common.run(cfg, use_cache=use_cache, label=f"{axis}: {label}", args=args)
+      r = runs.run(cfg, use_cache=use_cache, label=f"{axis}: {label}", args=args)
       if r is not None:
         res.setdefault((axis, label), []).append(r)
 
@@ -159,7 +160,8 @@ def main(argv=None) -> dict:
         ],
         rows,
       ),
-      "Counts are of the evaluation rows (first seed); a group with no positive or no negative has no AUC (–).",
+      "Counts are of the evaluation rows (first seed); a group with no positive or no negative "
+      "has no AUC (–).",
     ]
   payload = {
     "axes": [
@@ -169,8 +171,8 @@ def main(argv=None) -> dict:
     "runs": {f"{a}: {l}": r for (a, l), r in res.items()},
     "group_runs": groups,
     "checks": checks,
-    "purchase_groups": common.groups_json(common.PAPER_PURCHASE_GROUPS),
-    "train_buy_groups": common.groups_json(common.TRAIN_BUY_GROUPS),
+    "purchase_groups": groups_lib.groups_json(groups_lib.PAPER_PURCHASE_GROUPS),
+    "train_buy_groups": groups_lib.groups_json(groups_lib.TRAIN_BUY_GROUPS),
   }
   common.write_results(args, "esm2_ablations", "\n\n".join(sections), payload)
   return payload

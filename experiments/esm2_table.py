@@ -1,8 +1,9 @@
 r"""ESM2 paper's offline comparison, regenerated: GBDT, DNN, DNN-OS, ESMM, ESM2 on a synthetic world
 whose DAction (cart / wish) carries signal about the purchase.
 
-  python -m experiments.esm2_table            # full mode (run times: experiments/common.py)
-  python -m experiments.esm2_table --quick    # smoke test
+  python -m experiments.esm2_table                # full mode, default world (times: common.py)
+  python -m experiments.esm2_table --world=paper  # the paper-regime world (CTR 4 %, CVR 0.53 %)
+  python -m experiments.esm2_table --quick        # smoke test
 
 Columns are the ESM2 paper's: CVR AUC (clicked impressions), CTCVR AUC and CTCVR GAUC (per-user
 AUC weighted by impressions), plus the entire-space CVR AUC (synthetic truth). DNN is the click-only
@@ -13,15 +14,17 @@ LightGBM (the `gbdt` extra) on the same features; skipped with a note when light
 
 The default world has `daction_informativeness` κ = 2 (buy log-odds +2 after a DAction). The full
 mode also runs ESMM and ESM2 in the same world with κ = 0 as a control: buying then does not depend
-on DAction given the conversion score, but DAction still follows that score (`daction_coupling` = 1),
-so it stays an auxiliary label correlated with buying — not a world where DAction is pure noise. Writes experiments/results/esm2_table.{md,json}.
+on DAction given the conversion score, but DAction still follows that score
+(`daction_coupling` = 1), so it stays an auxiliary label correlated with buying — not a world
+where DAction is pure noise.
+Writes experiments/results/esm2_table.{md,json} (`--world=paper`: esm2_table_paper.{md,json}).
 """
 
 from __future__ import annotations
 
 import sys
 
-from experiments import common
+from experiments import common, gbdt, runs
 
 MODELS = (
   ("GBDT", "gbdt"),
@@ -47,19 +50,23 @@ def run_models(args, models, overrides=None, seeds=None) -> tuple[dict, list[str
   for seed in seeds or args.seed_list:
     for label, name in models:
       if name == "gbdt":
-        if not common.lightgbm_available():
+        if not gbdt.available():
           if seed == (seeds or args.seed_list)[0]:
             notes.append("GBDT skipped: lightgbm is not installed (`pip install -e .[gbdt]`).")
           continue
-        cfg = common.experiment_config("base", args.mode, seed, args.cache_dir, **(overrides or {}))
-        r = common.gbdt_run(cfg, args.mode, use_cache=not args.no_cache, args=args)
+        cfg = common.experiment_config(
+          "base", args.mode, seed, args.cache_dir, args.world, **(overrides or {})
+        )
+        r = gbdt.run(cfg, args.mode, use_cache=not args.no_cache, args=args)
         if r is not None:
           res.setdefault(name, []).append(r)
         continue
-      cfg = common.experiment_config(name, args.mode, seed, args.cache_dir, **(overrides or {}))
-      r = common.run(
+      cfg = common.experiment_config(
+        name, args.mode, seed, args.cache_dir, args.world, **(overrides or {})
+      )
+      r = runs.run(
         cfg,
-        groups=name in GROUPS and not overrides,
+        groups=name in GROUPS and not overrides and args.world == "default",
         use_cache=not args.no_cache,
         label=label + (" (control)" if overrides else ""),
         args=args,
@@ -117,13 +124,15 @@ def claims(res, world: str) -> list[dict]:
 
 
 def main(argv=None) -> dict:
-  args = common.parse_args(argv, __doc__)
+  args = common.parse_args(argv, __doc__, worlds=common.WORLDS)
   models = [m for m in MODELS if not args.quick or m[1] in QUICK_MODELS]
   print(
-    f"esm2_table ({args.mode}): {len(models)} models × seeds {list(args.seed_list)}", flush=True
+    f"esm2_table ({args.mode}, {args.world} world): {len(models)} models × seeds "
+    f"{list(args.seed_list)}",
+    flush=True,
   )
   res, notes = run_models(args, models)
-  checks = claims(res, "κ = 2, default world")
+  checks = claims(res, f"κ = 2, {args.world} world")
   control, control_checks = {}, []
   if not args.quick:
     ctl_models = [("ESMM", "esmm"), ("ESM2", "esm2")]
@@ -134,13 +143,15 @@ def main(argv=None) -> dict:
 
   from esmjax.data import synthetic
 
-  cfg0 = common.experiment_config("esm2", args.mode, args.seed_list[0], args.cache_dir)
-  stats = synthetic.world_stats(common.datasets(cfg0)[1].directory)
+  cfg0 = common.experiment_config("esm2", args.mode, args.seed_list[0], args.cache_dir, args.world)
+  stats = synthetic.world_stats(runs.datasets(cfg0)[1].directory)
+  title = {"default": "synthetic data", "paper": "the paper-regime synthetic world"}[args.world]
   sections = [
-    "# ESM2 paper's offline comparison — regenerated on synthetic data",
+    f"# ESM2 paper's offline comparison — regenerated on {title}",
     common.describe_mode(
-      args, f"GBDT: LightGBM, {common.GBDT_ROUNDS[args.mode]} rounds, params in the JSON."
+      args, f"GBDT: LightGBM, {gbdt.ROUNDS[args.mode]} rounds, params in the JSON."
     ),
+    common.world_stats_line(stats),
     table(models, res),
     (
       f"Mean ± std over the seeds listed. Paper numbers: ESM2 paper (Wen et al., SIGIR 2020), "
@@ -171,10 +182,11 @@ def main(argv=None) -> dict:
     "control_kappa": CONTROL_KAPPA,
     "control_runs": control,
     "control_checks": control_checks,
-    "gbdt_params": common.GBDT_PARAMS,
-    "gbdt_rounds": common.GBDT_ROUNDS[args.mode],
+    "gbdt_params": gbdt.PARAMS,
+    "gbdt_rounds": gbdt.ROUNDS[args.mode],
   }
-  common.write_results(args, "esm2_table", "\n\n".join(sections), payload)
+  name = common.results_name("esm2_table", args.world)
+  common.write_results(args, name, "\n\n".join(sections), payload, script="esm2_table")
   return payload
 
 

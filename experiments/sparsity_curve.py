@@ -1,4 +1,4 @@
-r"""ESMM paper, Figs. 6/7, regenerated: AUC of each model against the fraction of training data used.
+r"""ESMM paper, Figs. 6/7, regenerated: AUC of each model against the fraction of training data.
 
   python -m experiments.sparsity_curve            # full mode (run times: experiments/common.py)
   python -m experiments.sparsity_curve --quick    # smoke test
@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from experiments import common
+from experiments import common, runs
 
 MODELS = (("BASE", "base"), ("ESMM-NS", "esmm_ns"), ("ESMM", "esmm"))  # DIVISION: see esmm_table
 FRACTIONS = {"full": (0.01, 0.05, 0.1, 0.25, 0.5, 1.0), "quick": (0.5, 1.0)}
@@ -54,14 +54,14 @@ def gap_claim(res, fracs, key: str) -> dict:
   fracs = [f for f in fracs if ("esmm", f) in res and ("base", f) in res]
   for f in fracs:
     gaps.append(common.mean_std(common.paired(res[("esmm", f)], res[("base", f)], key))[0])
-  sparse = [g for f, g in zip(fracs, gaps) if f <= 0.1]
+  sparse = [g for f, g in zip(fracs, gaps, strict=True) if f <= 0.1]
   full = gaps[fracs.index(1.0)]
   ranks = np.argsort(np.argsort(fracs)), np.argsort(np.argsort(gaps))
   rho = float(np.corrcoef(*ranks)[0, 1]) if len(fracs) > 2 else float("nan")
   holds = bool(sparse) and float(np.mean(sparse)) > full
   detail = (
     "ESMM − BASE by fraction: "
-    + ", ".join(f"{f:g}: {100 * g:+.2f}" for f, g in zip(fracs, gaps))
+    + ", ".join(f"{f:g}: {100 * g:+.2f}" for f, g in zip(fracs, gaps, strict=True))
     + " AUC points; mean gap at ≤ 10 % of the data "
     + (f"{100 * np.mean(sparse):+.2f}" if sparse else "n/a")
     + f" vs {100 * full:+.2f} at 100 %; "
@@ -90,7 +90,7 @@ def main(argv=None) -> dict:
       for label, name in models:
         cfg = fraction_config(name, args, seed, f)
         epochs[f] = cfg.train.num_epochs
-        r = common.run(cfg, use_cache=not args.no_cache, label=f"{label} @ {f:g}", args=args)
+        r = runs.run(cfg, use_cache=not args.no_cache, label=f"{label} @ {f:g}", args=args)
         if r is not None:
           res.setdefault((name, f), []).append(r)
 
@@ -149,7 +149,7 @@ def main(argv=None) -> dict:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.4), dpi=90)
-    for ax, (key, title) in zip(axes, METRICS):
+    for ax, (key, title) in zip(axes, METRICS, strict=True):
       for label, n in models:
         fs = [f for f in fracs if (n, f) in res]
         ms = [common.mean_std(common.metric_of(res[(n, f)], key)) for f in fs]

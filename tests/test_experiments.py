@@ -13,9 +13,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from esmjax import config as config_lib  # noqa: E402
 from esmjax import metrics  # noqa: E402
-from experiments import common  # noqa: E402
+from experiments import common, groups, runs, stats  # noqa: E402
 
 SCRIPTS = ("esmm_table", "sparsity_curve", "esm2_table", "esm2_ablations")
+# In the paper world (quick: a tiny world at lower rates), in an order that lets later scripts
+# reuse earlier runs: the probe's runs are the sweep's lowest rate, the debiasing's and the tables'.
+PAPER_SCRIPTS = (
+  ("eval_size_probe", []),
+  ("cvr_sweep", []),
+  ("debiasing", []),
+  ("esmm_table", ["--world=paper"]),
+  ("esm2_table", ["--world=paper"]),
+)
 
 
 @pytest.mark.slow
@@ -39,7 +48,7 @@ def test_every_script_runs_in_quick_mode(tmp_path):
     assert js["mode"] == "quick" and js["seeds"] == [0]
   assert os.path.getsize(os.path.join(out, "sparsity_curve_auc.png")) > 0
 
-  # One record per run, shared across scripts through the cache: ESMM of the table is ESMM of ESM2's.
+  # One record per run, shared across scripts through the cache: the table's ESMM is ESM2's.
   esmm_a = payloads["esmm_table"]["runs"]["esmm"][0]
   esmm_b = payloads["esm2_table"]["runs"]["esmm"][0]
   assert esmm_a["key"] == esmm_b["key"] and esmm_a["metrics"] == esmm_b["metrics"]
@@ -85,7 +94,7 @@ def test_purchase_group_aucs_exact():
     "pctcvr": np.array([0.5, 0.1, 0.1, 0.4, 0.0, 0.2, 0.3, 0.2]),
   }
   train = {"labels": np.array([[1, 1], [1, 1], [1, 0]], np.uint8), "user": np.array([2, 2, 4])}
-  g = common.purchase_group_aucs(cols, schema, train)
+  g = groups.purchase_group_aucs(cols, schema, train)
   hist = {r["group"]: r for r in g["history"]}
   assert hist["[0,10]"]["cvr_auc"] == 1.0 and hist["[11,20]"]["cvr_auc"] == 0.0
   assert hist["[21,50]"]["cvr_auc"] == 1.0 and math.isnan(
@@ -101,6 +110,135 @@ def test_purchase_group_aucs_exact():
   mask = np.isin(cols["user"], [1, 3, 4])
   c = mask & (click == 1)
   assert zero["cvr_auc"] == metrics.auc(buy[c], cols["pcvr"][c])
+
+
+@pytest.mark.slow
+def test_paper_world_scripts_run_in_quick_mode(tmp_path):
+  import importlib
+
+  out, cache = str(tmp_path / "results"), str(tmp_path / "cache")
+  payloads, files, records = {}, {}, {}
+  for name, flags in PAPER_SCRIPTS:
+    mod = importlib.import_module(f"experiments.{name}")
+    payloads[name] = mod.main(["--quick", *flags, "--out", out, "--cache_dir", cache])
+    files[name] = common.results_name(name, "paper" if flags else "default")
+    md = open(os.path.join(out, f"{files[name]}.md")).read()
+    assert md.startswith(f"<!-- written by `python -m experiments.{name} --quick")
+    assert "| " in md and "regenerate, do not edit" in md
+    with open(os.path.join(out, f"{files[name]}.json")) as f:
+      js = json.load(f)
+    assert js["mode"] == "quick" and js["seeds"] == [0] and js["command"].startswith("python -m")
+    records[name] = js
+  assert files["esmm_table"] == "esmm_table_paper" and files["esm2_table"] == "esm2_table_paper"
+  for png in ("cvr_sweep.png", "debiasing.png"):
+    assert os.path.getsize(os.path.join(out, png)) > 0
+
+  # The paper-world table trained in the paper world (its rates), and shares the probe's runs.
+  table = payloads["esmm_table"]
+  quick_paper = common.WORLD_SETTINGS["quick"]["paper"]["synthetic"]
+  assert records["esmm_table"]["world"] == "paper"
+  assert records["esmm_table"]["world_config"]["cvr"] == quick_paper["cvr"]
+  assert records["esmm_table"]["world_config"]["ctr"] == quick_paper["ctr"]
+  probe_esmm = payloads["eval_size_probe"]["runs"]["esmm"][0]
+  assert table["runs"]["esmm"][0]["key"] == probe_esmm["key"]
+  assert payloads["debiasing"]["runs"]["paper"]["esmm"][0]["key"] == probe_esmm["key"]
+  # The sweep's own-rate point is the paper world; its other rate another world, same clicks.
+  sweep = payloads["cvr_sweep"]
+  low, high = min(sweep["rates"]), max(sweep["rates"])
+  assert sweep["runs"][f"esmm@{low:g}"][0]["key"] == probe_esmm["key"]
+  assert sweep["runs"][f"esmm@{high:g}"][0]["key"] != probe_esmm["key"]
+  ws = sweep["world_stats"]
+  assert ws[str(low)]["eval"]["clicks"] == ws[str(high)]["eval"]["clicks"]
+  assert ws[str(low)]["eval"]["buys"] < ws[str(high)]["eval"]["buys"]
+  # Debiasing: every model in both worlds; the probe measured both noise sources per size.
+  deb = payloads["debiasing"]["runs"]
+  assert set(deb) == {"default", "paper"}
+  for w in deb:
+    assert set(deb[w]) == {"base", "esmm", "escm2_ipw", "escm2_dr", "aitm", "esm2"}
+    for recs in deb[w].values():
+      assert 0 < recs[0]["metrics"]["cvr/entire_space_calibration"] < 100
+  rows = payloads["eval_size_probe"]["measurements"]
+  assert [r["n"] for r in rows if r["key"] == "cvr/auc"] == [2048, 4096]
+  for r in rows:
+    for p in r["pairs"].values():
+      assert all(se > 0 for se in p["eval_se"])
+
+
+def test_delong_matches_structural_components():
+  rng = np.random.default_rng(0)
+  y = rng.random(60) < 0.3
+  a = np.round(rng.normal(size=60) + y, 1)  # ties, within and across the classes
+  b = np.round(rng.normal(size=60) + 0.5 * y, 1)
+  x_a, x_b = (a[y], a[~y]), (b[y], b[~y])
+
+  def psi(p, n):  # 1 if the positive is above, ½ on a tie
+    return (p[:, None] > n[None, :]) + 0.5 * (p[:, None] == n[None, :])
+
+  aucs, cov = stats.delong(y, [a, b])
+  ka, kb = psi(*x_a), psi(*x_b)
+  assert aucs[0] == pytest.approx(ka.mean()) and aucs[1] == pytest.approx(kb.mean())
+  assert aucs[0] == pytest.approx(metrics.auc(y, a))
+  m, n = y.sum(), (~y).sum()
+  v10 = np.stack([ka.mean(1), kb.mean(1)])
+  v01 = np.stack([ka.mean(0), kb.mean(0)])
+  want = np.cov(v10) / m + np.cov(v01) / n
+  np.testing.assert_allclose(cov, want, rtol=1e-12)
+  d, se = stats.paired_se(y, a, b)
+  assert d == pytest.approx(aucs[0] - aucs[1])
+  assert se == pytest.approx(np.sqrt(want[0, 0] + want[1, 1] - 2 * want[0, 1]))
+  assert stats.auc_se(y, a) == pytest.approx(np.sqrt(want[0, 0]))
+  assert stats.paired_se(y, a, a)[1] == 0.0  # a model against itself: no eval noise
+  with pytest.raises(ValueError, match="at least 2 positives"):
+    stats.delong(np.array([1, 0, 0]), [np.array([0.1, 0.2, 0.3])])
+
+
+def test_shipped_configs_take_the_world():
+  from esmjax.data import synthetic
+
+  paper = synthetic.world_config("paper")
+  names = ["esmm", "esm2", "escm2_ipw", "escm2_dr", "aitm"] + [
+    os.path.splitext(f)[0] for f in os.listdir(os.path.join(common.REPO, "configs", "baselines"))
+  ]
+  for name in names:
+    default_cfg, paper_cfg = common.load_config(name), common.load_config(name, "paper")
+    assert default_cfg.data.synthetic.to_dict() == synthetic.world_config("default").to_dict()
+    assert paper_cfg.data.synthetic.to_dict() == paper.to_dict(), name
+    assert paper_cfg.model.to_dict() == default_cfg.model.to_dict()
+    assert paper_cfg.train.to_dict() == default_cfg.train.to_dict()
+  with pytest.raises(ValueError, match="allowed: \\['default', 'paper'\\]"):
+    common.load_config("esmm", "nope")
+
+
+def test_cli_config_flag_passes_the_world():
+  from absl import flags
+  from ml_collections import config_flags
+
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "config", flag_values=fv)
+  path = os.path.join(common.REPO, "configs", "esmm.py")
+  fv(["prog", f"--config={path}:paper"])
+  assert fv.config.data.synthetic.cvr == pytest.approx(0.0053)
+  assert fv.config.data.synthetic.ctr == pytest.approx(0.04)
+  fv2 = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "config", flag_values=fv2)
+  fv2(["prog", f"--config={path}"])
+  assert fv2.config.data.synthetic.cvr == pytest.approx(0.09)
+
+
+def test_experiment_config_sizes_each_world():
+  full_default = common.experiment_config("esmm", "full", 3, world="default")
+  assert full_default.data.synthetic.block_rows == 1024 and full_default.data.window_blocks == 64
+  assert full_default.train.seed == 3 and full_default.train.batch_size == 1024
+  full_paper = common.experiment_config("base", "full", 0, world="paper")
+  from esmjax.data import synthetic
+
+  assert full_paper.data.synthetic.to_dict() == synthetic.world_config("paper").to_dict()
+  assert full_paper.model.name == "base" and full_paper.train.batch_size == 1024
+  over = common.experiment_config("esmm", "full", 0, world="paper", **{"data.synthetic.cvr": 0.01})
+  assert over.data.synthetic.cvr == 0.01 and over.data.synthetic.ctr == 0.04
+  assert runs.run_key(over) != runs.run_key(full_paper)
+  assert common.results_name("esmm_table", "paper") == "esmm_table_paper"
+  assert common.results_name("esmm_table", "default") == "esmm_table"
 
 
 def test_paired_differences_match_seeds():

@@ -6,14 +6,16 @@ independently trained CTR network of the same structure (its own embedding table
   python -m esmjax.main --config=configs/baselines/base.py
 
 Same sizes and data as configs/esmm.py (paper: embedding 18, towers 200-80-1); only what differs
-is set here. Regenerated in experiments/ (esmm_table.py, sparsity_curve.py, esm2_table.py).
+is set here. `--config=configs/baselines/<name>.py:paper` trains on the paper-regime world
+(esmjax.data.synthetic.WORLDS, see configs/esmm.py). Regenerated in experiments/ (results in
+experiments/results/).
 """
 
 from esmjax import config as config_lib
 
 
-def get_config():
-  config = config_lib.default_config()
+def get_config(world: str = "default"):
+  config = config_lib.default_config(world)
   config.model.name = "base"
   config.train.batch_size = 1024  # the schedule of configs/esmm.py: batch 1024, one epoch
   config.train.num_epochs = 1.0

@@ -5,14 +5,16 @@ pCTCVR = pCTR × pCVR with an independently trained CTR network (the paper's pro
   python -m esmjax.main --config=configs/baselines/oversampling_10.py
 
 Same sizes and data as configs/esmm.py (paper: embedding 18, towers 200-80-1); only what differs
-is set here. Regenerated in experiments/ (esmm_table.py, sparsity_curve.py, esm2_table.py).
+is set here. `--config=configs/baselines/<name>.py:paper` trains on the paper-regime world
+(esmjax.data.synthetic.WORLDS, see configs/esmm.py). Regenerated in experiments/ (results in
+experiments/results/).
 """
 
 from esmjax import config as config_lib
 
 
-def get_config():
-  config = config_lib.default_config()
+def get_config(world: str = "default"):
+  config = config_lib.default_config(world)
   config.model.name = "oversampling"
   config.model.oversample_k = 10.0
   config.train.batch_size = 1024  # the schedule of configs/esmm.py: batch 1024, one epoch
