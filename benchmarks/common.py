@@ -5,14 +5,15 @@ Every measured configuration runs in a fresh subprocess (`run_worker`): its peak
 own, a crash or an out-of-memory kill costs one row instead of the run, and each JAX process can
 get its own fake device count. Workers print one `@@RESULT@@ {json}` line.
 
-Throughput data (`zipf_batches`): the ESMM paper's shape, 23 single-valued fields × dim 18, ids drawn
-per field from a Zipf law (exponent `zipf_a`) over that field's vocabulary (table rows / 23), and
-the batches pre-generated and reused, so neither framework pays for input; both frameworks get the
-very same batches (same seed).
+Throughput data (`zipf_batches`): the ESMM paper's shape, 23 single-valued fields × dim 18, ids
+drawn per field from a Zipf law (exponent `zipf_a`) over that field's vocabulary (table rows / 23),
+and the batches pre-generated and reused, so neither framework pays for input; both frameworks get
+the very same batches (same seed).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -226,7 +227,7 @@ def flops_per_example(in_dim: int, hidden, towers: int) -> float:
   """Matmul FLOPs of one example, forward + backward: 2·MACs forward, 4·MACs backward (input and
   weight gradients; the input gradient of the first layer is the embeddings' gradient)."""
   dims = [in_dim, *hidden, 1]
-  macs = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+  macs = sum(a * b for a, b in itertools.pairwise(dims))
   return 6.0 * macs * towers
 
 
@@ -238,7 +239,8 @@ def model_flops(model: str, num_fields: int, dim: int = PAPER_DIM, hidden=(200, 
 def jax_throughput(spec: dict[str, Any]) -> dict[str, Any]:
   """One esmjax configuration on pre-generated Zipf batches (run inside a worker process).
 
-  spec: model, rows, batch, devices, dtype, optimizer, zipf_a, n_batches, warmup_s, windows, window_s.
+  spec: model, rows, batch, devices, dtype, optimizer, zipf_a, n_batches, warmup_s, windows,
+  window_s.
   """
   rss0 = rss_mb()
   import jax

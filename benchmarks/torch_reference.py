@@ -1,4 +1,5 @@
-r"""ESMM, ESMM-NS and ESM2 in PyTorch: the same model as esmjax, written the way a PyTorch user would.
+r"""ESMM, ESMM-NS and ESM2 in PyTorch: the same model as esmjax, written the way a PyTorch user
+would.
 
     from torch_reference import TorchMultiTask, Trainer, Variant
     model = TorchMultiTask.from_config(config, schema)        # esmjax config + dataset schema
@@ -106,7 +107,8 @@ class Variant:
 
   @property
   def name(self) -> str:
-    return f"{'compile' if self.compile else 'eager'}-{'sparse' if self.sparse else 'dense'}-{self.table_optimizer}"
+    mode = "compile" if self.compile else "eager"
+    return f"{mode}-{'sparse' if self.sparse else 'dense'}-{self.table_optimizer}"
 
   @classmethod
   def parse(cls, name: str) -> Variant:
@@ -270,7 +272,7 @@ class TorchMultiTask(nn.Module):
     if not any(self.mv_mean):
       return mv_w
     parts, off = [], 0
-    for length, mean in zip(self.mv_lens, self.mv_mean):
+    for length, mean in zip(self.mv_lens, self.mv_mean, strict=True):
       w = mv_w[:, off : off + length]
       parts.append(w / torch.clamp(w.sum(1, keepdim=True), min=1e-6) if mean else w)
       off += length

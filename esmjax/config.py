@@ -172,7 +172,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
-# -- the train, optimizer, mesh, checkpoint and distributed sections --------------------------------
+# -- the train, optimizer, mesh, checkpoint and distributed sections ------------------------------
 
 _ANY = float("inf")
 

@@ -1,9 +1,9 @@
 """Runs that survive: exact resumption after SIGKILL and SIGTERM, and on another device count.
 
 The interrupted runs are real command-line subprocesses (`tests/slow_cli.py`: `esmjax.main` with a
-test hook that slows each dispatch), signalled while they train between the checkpoints at N and 2N; the reference run and the resumptions run in-process. "Exact"
-is bit for bit: the state fingerprint (a hash of every array), the final eval metrics, and every
-logged train loss.
+test hook that slows each dispatch), signalled while they train between the checkpoints at N and
+2N; the reference run and the resumptions run in-process. "Exact" is bit for bit: the state
+fingerprint (a hash of every array), the final eval metrics, and every logged train loss.
 """
 
 import dataclasses
@@ -82,11 +82,11 @@ def jit_cache(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("jit-cache"))
   keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
   old = [getattr(jax.config, k) for k in keys]
-  for k, v in zip(keys, (path, 0.0)):
+  for k, v in zip(keys, (path, 0.0), strict=True):
     jax.config.update(k, v)
   reset()
   yield path
-  for k, v in zip(keys, old):
+  for k, v in zip(keys, old, strict=True):
     jax.config.update(k, v)
   reset()
 
@@ -246,7 +246,10 @@ def test_resume_on_fewer_devices_restores_the_state_with_new_shardings(data, str
   assert ck2.restored_step == 2 * N and it2.get_state() == saved_iter_state(workdir, 2 * N)
   shardings2 = jax.tree_util.tree_leaves(run2.state_sharding)
   for (path, a), b, sharding in zip(
-    jax.tree_util.tree_flatten_with_path(saved)[0], jax.tree_util.tree_leaves(restored), shardings2
+    jax.tree_util.tree_flatten_with_path(saved)[0],
+    jax.tree_util.tree_leaves(restored),
+    shardings2,
+    strict=True,
   ):
     a, name = np.asarray(a), jax.tree_util.keystr(path)
     assert b.sharding == sharding and b.sharding.mesh.size == 2, name

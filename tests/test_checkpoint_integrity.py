@@ -201,7 +201,7 @@ def _two_processes(workdir, data, steps):
     for i in range(2)
   ]
   logs = [p.communicate(timeout=600)[0] for p in procs]
-  for p, log in zip(procs, logs):
+  for p, log in zip(procs, logs, strict=True):
     assert p.returncode == 0, log[-3000:]
   return logs
 

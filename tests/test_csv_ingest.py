@@ -165,7 +165,8 @@ def test_aliexpress_fuxictr_and_rechub_and_parquet(tmp_path):
   )
   for k in ("labels", "user", "dense"):
     np.testing.assert_array_equal(ba[k], bp[k], err_msg=k)
-  # Integer columns print the same in Parquet; vocab ids may differ only by tie order, so compare values.
+  # Integer columns print the same in Parquet; vocab ids may differ only by tie order, so compare
+  # values.
   va, vp = _vocabs(tmp_path / "c"), _vocabs(tmp_path / "p")
   for j, f in enumerate(ds_lib.open_dataset(str(tmp_path / "c")).schema.sparse):
     ra = [va[f.name]["values"][i - 2] for i in ba["sparse"][:, j]]

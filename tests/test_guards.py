@@ -66,7 +66,7 @@ def run_main(config, workdir, monkeypatch, capsys):
   return code, capsys.readouterr().err
 
 
-# -- config errors: named keys, before anything is read or compiled -----------------------------------
+# -- config errors: named keys, before anything is read or compiled --------------------------------
 
 
 @pytest.mark.parametrize(
@@ -207,7 +207,7 @@ def test_cli_config_error_is_one_line_and_exit_2(data, tmp_path, monkeypatch, ca
   )
 
 
-# -- the NaN guard -----------------------------------------------------------------------------------
+# -- the NaN guard ---------------------------------------------------------------------------------
 
 
 def test_nan_loss_stops_the_run_naming_step_and_tasks_without_saving_it(
@@ -308,7 +308,7 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
   assert saved_steps(workdir) == [5, 10]
 
 
-# -- the best checkpoint ------------------------------------------------------------------------------
+# -- the best checkpoint ---------------------------------------------------------------------------
 
 
 def test_best_checkpoint_by_eval_metric_is_kept_besides_the_last(data, tmp_path):

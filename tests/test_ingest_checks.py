@@ -46,7 +46,7 @@ def test_csv_dense_values_beyond_float32_are_bad_lines_of_their_own(tmp_path):
   lines = RECHUB_CSV.read_text().splitlines()
   header, rows = lines[0], lines[1:]
   odd = ["1e39", "-1e400", "nan", "inf", "-Infinity"]  # D853 is the last column
-  changed = [r.rsplit(",", 1)[0] + "," + v for r, v in zip(rows[10:15], odd)]
+  changed = [r.rsplit(",", 1)[0] + "," + v for r, v in zip(rows[10:15], odd, strict=True)]
   text = "\n".join([header] + rows[:10] + changed + rows[15:]) + "\n"
   path = tmp_path / "odd.csv"
   path.write_text(text)

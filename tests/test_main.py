@@ -1,4 +1,5 @@
-"""The entry point end to end: a 2-step run of each shipped config, predictions out, bad input in."""
+"""The entry point end to end: a 2-step run of each shipped config, predictions out, bad input
+in."""
 
 import csv
 import json

@@ -56,7 +56,7 @@ def world(tmp_path_factory):
 
 def first_vocab_difference(a: D.Schema, b: D.Schema):
   """(field, size in a, size in b) of the first single-valued field whose vocabularies differ."""
-  for fa, fb in zip(a.sparse, b.sparse):
+  for fa, fb in zip(a.sparse, b.sparse, strict=True):
     if fa.vocab_size != fb.vocab_size:
       return fa.name, fa.vocab_size, fb.vocab_size
   return None

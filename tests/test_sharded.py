@@ -143,7 +143,7 @@ def test_every_sparse_optimizer_sharded_equals_dense_reference():
       )
       t, s, scr = eng.init(jax.random.PRNGKey(1))
       ref_t, ref_s = dict(t), dict(s)
-      for step, (i, g) in enumerate(zip(ids, grads)):
+      for step, (i, g) in enumerate(zip(ids, grads, strict=True)):
         t, s, scr = eng.update(t, s, scr, i, g, jnp.int32(step))
         touched = jnp.zeros((PADDED8,), bool).at[i.reshape(-1)].set(True)
         for n in ref_t:
@@ -169,7 +169,7 @@ def test_every_sparse_optimizer_sharded_equals_dense_reference():
     atol = 2e-6 if kind == "lazy_adam" else 1e-7
     for n in ("ctr", "cvr"):
       close(t[n], ref_t[n], kind, atol)
-      jax.tree_util.tree_map(lambda a, b: close(a, b, kind, atol), s[n], ref_s[n])
+      jax.tree_util.tree_map(functools.partial(close, kind=kind, atol=atol), s[n], ref_s[n])
     assert np.all(scr == -1), kind
   assert not np.allclose(out["sgd"][0]["ctr"], out["sgd"][0]["cvr"])  # two sets, two init streams
 
@@ -198,7 +198,8 @@ def test_compiled_step_moves_no_table(runs):
     for line in hlo.splitlines()
     if (
       m := re.search(
-        r"= (.*?) (all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)(?:-start)?\(",
+        r"= (.*?) "
+        r"(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)(?:-start)?\(",
         line,
       )
     )

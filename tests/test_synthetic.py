@@ -101,7 +101,7 @@ def test_schema_is_valid(world, train_rows, cached):
     if f.group != "combo":
       assert col.min() >= 2, f.name
   ids, w = train_rows["mv_ids"], train_rows["mv_w"]
-  for f, off in zip(sch.multi, sch.mv_offsets):
+  for f, off in zip(sch.multi, sch.mv_offsets, strict=True):
     fi, fw = ids[:, off : off + f.max_len], w[:, off : off + f.max_len]
     assert fi.min() >= 0 and fi.max() < f.vocab_size, f.name
     assert not (fi == ds_lib.OOV).any(), f.name

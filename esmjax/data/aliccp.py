@@ -263,7 +263,7 @@ def _convert(job: stages.Job) -> dict:
       "why": (
         "single streaming pass, bounded memory, no vocabulary shared between workers or splits"
       ),
-      "buckets": {n: int(b) for n, b in zip(spec.names, spec.buckets)},
+      "buckets": {n: int(b) for n, b in zip(spec.names, spec.buckets, strict=True)},
       "pad": ds_lib.PAD,
       "oov": ds_lib.OOV,
     },
@@ -285,7 +285,9 @@ def _convert(job: stages.Job) -> dict:
     "label_leakage": leaks,
     "truncated": {
       f.name: {"values": int(v), "rows": int(r), "max_len": f.max_len}
-      for f, v, r in zip(spec.schema.multi, sk_meta["truncated_values"], sk_meta["truncated_rows"])
+      for f, v, r in zip(
+        spec.schema.multi, sk_meta["truncated_values"], sk_meta["truncated_rows"], strict=True
+      )
     },
     "config": json.loads(spec.config_json),
     "input_bytes": nbytes,

@@ -113,11 +113,12 @@ def ingest(
     dense_fields = stats.fields(cfg.dense, int(cfg.raw["dense_buckets"]))
   schema = ds_lib.Schema(
     sparse=tuple(
-      ds_lib.SparseField(f.column, mp_.vocab_size) for f, mp_ in zip(cfg.sparse, mappers)
+      ds_lib.SparseField(f.column, mp_.vocab_size)
+      for f, mp_ in zip(cfg.sparse, mappers[: len(cfg.sparse)], strict=True)
     ),
     multi=tuple(
       ds_lib.MultiField(m.ids.column, mp_.vocab_size, m.max_len, m.pooling)
-      for m, mp_ in zip(cfg.multi, mappers[len(cfg.sparse) :])
+      for m, mp_ in zip(cfg.multi, mappers[len(cfg.sparse) :], strict=True)
     ),
     dense=tuple(dense_fields),
     labels=tuple(name for name, _ in cfg.labels),

@@ -209,7 +209,7 @@ def main(argv) -> None:
     cfg = world_config(flags.FLAGS.world, **overrides)
   except ValueError as e:
     raise SystemExit(f"error: {e}") from None
-  dirs = dict(zip(("train", "eval"), ensure_dataset(cfg, cache)))
+  dirs = dict(zip(("train", "eval"), ensure_dataset(cfg, cache), strict=True))
   for name, d in dirs.items():
     st = world_stats(d)
     print(name, json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in st.items()}))

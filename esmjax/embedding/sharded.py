@@ -85,7 +85,8 @@ class ShardedEngine:
     return self._map(local, P(), rows)(rng)
 
   def lookup(self, tables: dict[str, jax.Array], gids: jax.Array) -> dict[str, jax.Array]:
-    """{set: rows [B, C, D]} sharded like the batch. Ids outside the table read 0 (no device owns them)."""
+    """{set: rows [B, C, D]} sharded like the batch. Ids outside the table read 0 (no device owns
+    them)."""
     ax = self.axis
 
     def local(tabs, ids):
