@@ -1,5 +1,7 @@
-"""The command line's contract: every error a user can make, or a run can hit, ends in one line on
-stderr (`esmjax: error: ...`, naming the flag / key / path) and a documented exit code.
+"""The command line's contract and its modes (`esmjax/main.py` defines the flags).
+
+Every error a user can make, or a run can hit, ends in one line on stderr (`esmjax: error: ...`,
+naming the flag / key / path) and a documented exit code:
 
   0  done, or stopped by SIGTERM / SIGINT after saving a checkpoint (rerun to resume)
   2  a user error: flags, the --config file or its overrides, config values, data, the workdir
@@ -124,3 +126,55 @@ class QuietLibraries:
 def quiet_libraries() -> None:
   logging.get_absl_handler().addFilter(QuietLibraries())
   logging.set_verbosity(logging.INFO)
+
+
+# -- the modes: each runs on a validated config and prints its outcome -----------------------------
+
+
+def train(config, workdir: str) -> None:
+  from esmjax import metrics_io, trainer
+
+  logging.info("workdir: %s", os.path.abspath(workdir))
+  summary = trainer.train_and_evaluate(config, workdir)
+  if summary.get("preempted"):  # saved: exit 0 so schedulers requeue cleanly
+    print(
+      f"esmjax: {summary['preempted']} received: stopped after step "
+      f"{summary['steps']}/{summary['total_steps']}, checkpoint saved in "
+      f"{summary['checkpoint_dir']}; run the same command again to resume",
+      file=sys.stderr,
+    )
+    return
+  median, peak = summary["examples_per_sec_median_window"], summary["examples_per_sec_peak_window"]
+  print(
+    f"\n{config.model.name}: {summary['steps']} steps, {summary['examples_per_sec']:.0f} "
+    f"examples/s over the run's {summary['train_seconds']:.1f}s of training (log windows: "
+    f"median {median:.0f}, peak {peak:.0f}), workdir {workdir}\n"
+    + metrics_io.metrics_table(summary["metrics"])
+  )
+
+
+def evaluate(config, workdir: str) -> None:
+  from esmjax import metrics_io, predict
+
+  print(metrics_io.metrics_table(predict.evaluate_workdir(config, workdir)))
+
+
+def predict(config, workdir: str, input_dir: str, output_csv: str) -> None:
+  from esmjax import config as config_lib
+  from esmjax import predict as predict_lib
+
+  if not input_dir or not output_csv:
+    raise config_lib.ConfigError(
+      "--mode=predict needs --predict_input=DATASET_DIR and --predict_output=FILE.csv"
+    )
+  n = predict_lib.predict_to_csv(config, workdir, input_dir, output_csv)
+  print(f"wrote {n} predictions to {output_csv}")
+
+
+def export(config, workdir: str, path: str, batch_size: int) -> None:
+  """`path` "" = DIR/export/<model>.jaxexport; `batch_size` 0 = any (a symbolic dimension)."""
+  from esmjax import export as export_lib
+
+  path = path or os.path.join(workdir, "export", f"{config.model.name}.jaxexport")
+  sig = export_lib.export(workdir, path, batch_size=batch_size or None, config=config)
+  print(f"exported {sig['model']} (step {sig['step']}) to {path} and {path}.json")
