@@ -139,6 +139,20 @@ def timed_windows(
   return first, rates, i
 
 
+def spec_windows(spec: dict, step, sync, cpu_rates: list[float] | None = None):
+  """`timed_windows` at a worker spec's batch, warmup_s (default 2), windows (3) and window_s (3):
+  one reading of these keys, so every framework's worker is timed alike."""
+  return timed_windows(
+    step,
+    sync,
+    spec["batch"],
+    warmup_s=spec.get("warmup_s", 2.0),
+    windows=spec.get("windows", 3),
+    window_s=spec.get("window_s", 3.0),
+    cpu_rates=cpu_rates,
+  )
+
+
 # ---------------------------------------------------------------------------------------------
 # The ESMM-paper throughput setup (both frameworks).
 
@@ -283,15 +297,7 @@ def jax_throughput(spec: dict[str, Any]) -> dict[str, Any]:
     jax.block_until_ready(box["m"])
 
   cpu = []
-  first, rates, steps_run = timed_windows(
-    step,
-    sync,
-    spec["batch"],
-    warmup_s=spec.get("warmup_s", 2.0),
-    windows=spec.get("windows", 3),
-    window_s=spec.get("window_s", 3.0),
-    cpu_rates=cpu,
-  )
+  first, rates, steps_run = spec_windows(spec, step, sync, cpu_rates=cpu)
   loss = float(jax.device_get(box["m"]["loss"]))
   dev = jax.devices()[0]
   stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
@@ -350,10 +356,10 @@ def jax_probe() -> dict[str, Any]:
 # they use what both have.)
 
 
-def shipped_config(tree: Path | str, model: str, batch_size: int, num_steps: int = -1):
+def shipped_config(tree: Path | str, model: str, batch_size: int = 0, num_steps: int = -1):
   """<tree>/configs/<model>.py loaded as `python -m esmjax.main --config=...` loads it
-  (ml_collections' config-file parser), with only the batch size and, if > 0, the number of steps
-  changed."""
+  (ml_collections' config-file parser), with only the batch size and the number of steps changed,
+  each where it is > 0."""
   from ml_collections.config_flags import config_flags
 
   path = Path(tree) / "configs" / f"{model}.py"
@@ -363,7 +369,8 @@ def shipped_config(tree: Path | str, model: str, batch_size: int, num_steps: int
       f"{sorted(p.stem for p in path.parent.glob('*.py'))}"
     )
   c = config_flags.ConfigFileFlagParser("config", lock_config=False).parse(str(path))
-  c.train.batch_size = int(batch_size)
+  if batch_size > 0:
+    c.train.batch_size = int(batch_size)
   if num_steps > 0:
     c.train.num_steps = int(num_steps)
   return c

@@ -118,15 +118,7 @@ def torch_throughput(spec) -> dict:
     box["loss"] = trainer.step(batches[i % len(batches)])
 
   cpu = []
-  first, rates, steps_run = common.timed_windows(
-    step,
-    sync,
-    spec["batch"],
-    warmup_s=spec.get("warmup_s", 2.0),
-    windows=spec.get("windows", 3),
-    window_s=spec.get("window_s", 3.0),
-    cpu_rates=cpu,
-  )
+  first, rates, steps_run = common.spec_windows(spec, step, sync, cpu_rates=cpu)
   return {
     "framework": "torch",
     "ex_per_s": rates,

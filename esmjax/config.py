@@ -114,9 +114,7 @@ def default_config(world: str = "default") -> ml_collections.ConfigDict:
 
 
 def _choice(config, key: str, allowed) -> None:
-  value = config
-  for part in key.split("."):
-    value = value[part]
+  value = get_path(config, key)
   if value not in allowed:
     raise ConfigError(f"{key}={value!r} is not allowed; allowed: {list(allowed)}")
 
@@ -151,7 +149,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if not 0.0 < config.data.train_fraction <= 1.0:
     raise ConfigError(f"data.train_fraction={config.data.train_fraction!r} must be in (0, 1]")
   for key in ("data.train_dir", "data.eval_dir"):
-    path = config.data[key.split(".")[1]]
+    path = get_path(config, key)
     if path and not os.path.isdir(path):
       raise ConfigError(f"{key}={path!r}: directory does not exist")
     if path and not os.path.exists(os.path.join(path, "manifest.json")):
@@ -302,8 +300,7 @@ def check_devices(config: ml_collections.ConfigDict, num_devices: int, num_proce
   if num_devices <= 0:
     raise ConfigError(f"mesh.num_devices={num_devices}: no devices to run on")
   for key in ("train.batch_size", "train.eval_batch_size"):
-    sect, name = key.split(".")
-    v = int(config[sect][name])
+    v = int(get_path(config, key))
     if v % num_devices:
       raise ConfigError(
         f"{key}={v} is not divisible by the {num_devices} devices "

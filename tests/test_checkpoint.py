@@ -7,7 +7,6 @@ fingerprint (a hash of every array), the final eval metrics, and every logged tr
 """
 
 import dataclasses
-import importlib.util
 import json
 import os
 import shutil
@@ -33,16 +32,7 @@ N = 100  # checkpoint.every_steps; runs go to 2N (4+ epochs of the tiny data)
 
 def esmm_config(**overrides):
   """configs/esmm.py with `overrides` ({"train.batch_size": 64, ...}), as the CLI would build it."""
-  spec = importlib.util.spec_from_file_location(
-    "esmm_config", os.path.join(REPO, "configs", "esmm.py")
-  )
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  config = mod.get_config()
-  for key, value in overrides.items():
-    sect, name = key.split(".")
-    config[sect][name] = value
-  return config
+  return tiny.repo_config("configs/esmm.py", **overrides)
 
 
 def tiny_overrides(data, **kw):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import importlib.util
 import io
 import re
 import tarfile
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import tiny
 
 from esmjax.data import aliccp, csv_ingest, leakage
 from esmjax.data import dataset as ds_lib
@@ -25,11 +25,7 @@ RECHUB_CSV = SAMPLES / "torch-rechub/examples/ranking/data/ali-ccp/ali_ccp_train
 
 
 def _config(name: str):
-  path = REPO / "configs" / "data" / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  return tiny.repo_config(f"configs/data/{name}.py")
 
 
 def _same_rows(a: str, b: str) -> None:

@@ -6,7 +6,6 @@ vocabularies, and the test split with one dense column fewer.
 """
 
 import dataclasses
-import importlib.util
 import os
 import subprocess
 import sys
@@ -27,11 +26,7 @@ RECHUB = os.path.join(
 
 
 def rechub_config():
-  path = os.path.join(REPO, "configs", "data", "rechub_aliccp.py")
-  spec = importlib.util.spec_from_file_location("rechub_aliccp", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  return tiny.repo_config("configs/data/rechub_aliccp.py")
 
 
 @pytest.fixture(scope="module")
