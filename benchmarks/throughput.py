@@ -42,11 +42,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
+import common
 
 from esmjax import (
-  host_memory,  # noqa: E402 (light: no JAX import in the parent)
-  reporting,  # noqa: E402
+  host_memory,  # light: no JAX import in the parent
+  reporting,
 )
 
 ME = Path(__file__).resolve()

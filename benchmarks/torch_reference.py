@@ -143,17 +143,19 @@ def bce_from_logits(y, a):
 
 def log_probs(name: str, z: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
   """{log_pctr, log_pcvr, log_pctcvr[, log_pctavr]} from tower logits (the models' `log_probs`)."""
-  ls = F.logsigmoid
+  log_sigmoid = F.logsigmoid
   if name == "esm2":
-    l1, l2 = ls(z["ctr"]), ls(z["daction"])
-    log_pcvr = torch.logaddexp(l2 + ls(z["buy_d"]), ls(-z["daction"]) + ls(z["buy_o"]))
+    l1, l2 = log_sigmoid(z["ctr"]), log_sigmoid(z["daction"])
+    log_pcvr = torch.logaddexp(
+      l2 + log_sigmoid(z["buy_d"]), log_sigmoid(-z["daction"]) + log_sigmoid(z["buy_o"])
+    )
     return {
       "log_pctr": l1,
       "log_pcvr": log_pcvr,
       "log_pctcvr": l1 + log_pcvr,
       "log_pctavr": l1 + l2,
     }
-  l1, l3 = ls(z["ctr"]), ls(z["cvr"])
+  l1, l3 = log_sigmoid(z["ctr"]), log_sigmoid(z["cvr"])
   return {"log_pctr": l1, "log_pcvr": l3, "log_pctcvr": l1 + l3}
 
 

@@ -9,7 +9,7 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from esmjax import absl_flags  # noqa: E402
+from esmjax import absl_flags
 
 absl_flags.ensure_parsed("pytest")  # grain's mp_prefetch reads absl flags
 

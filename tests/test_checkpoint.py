@@ -136,7 +136,7 @@ def _signal_while_training(workdir, overrides, sig, ready, name, jit_cache, step
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     "ESMJAX_TEST_STEP_DELAY_S": str(step_delay_s),
   }
-  flag = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
+  flag = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
   cmd = [
     sys.executable,
     os.path.join(REPO, "tests", "slow_cli.py"),

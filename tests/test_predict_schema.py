@@ -33,7 +33,7 @@ def rechub_config():
 def world(tmp_path_factory):
   root = tmp_path_factory.mktemp("schema")
   cfg = rechub_config()
-  sample = lambda split: [os.path.join(RECHUB, f"ali_ccp_{split}_sample.csv")]  # noqa: E731
+  sample = lambda split: [os.path.join(RECHUB, f"ali_ccp_{split}_sample.csv")]
   train = str(root / "train")
   csv_ingest.ingest(cfg, sample("train"), train, progress=False)
   csv_ingest.ingest(cfg, sample("test"), str(root / "test"), stats_from=train, progress=False)

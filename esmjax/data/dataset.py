@@ -32,7 +32,7 @@ from esmjax.data.blocks import (  # noqa: F401  (re-exported: the dataset's bloc
   fixed_size_blocks,
   slice_block,
 )
-from esmjax.data.shards import SHARD_SUFFIX, ShardReader, ShardWriter  # noqa: F401
+from esmjax.data.shards import SHARD_SUFFIX, ShardReader, ShardWriter
 from esmjax.schema import (  # noqa: F401  (re-exported: the dataset's schema types)
   LABELS,
   OOV,

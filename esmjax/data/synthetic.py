@@ -28,7 +28,7 @@ from esmjax.data.synthetic_config import (  # noqa: F401  (the synthetic world's
   resolve_config,
   world_config,
 )
-from esmjax.data.synthetic_world import World, build_world, iter_blocks  # noqa: F401
+from esmjax.data.synthetic_world import World, build_world, iter_blocks
 
 GENERATOR = "esmjax.data.synthetic"
 GENERATOR_VERSION = 1  # bump when the process changes: it is part of the cache key
