@@ -12,6 +12,8 @@ import os
 
 import ml_collections
 
+# The walker of dotted keys, also used as config.ConfigError / unknown_key / get_path / set_path.
+from esmjax.config_keys import ConfigError, get_path, set_path, unknown_key  # noqa: F401
 from esmjax.embedding import optimizers as opt_lib
 from esmjax.models import layers
 from esmjax.models import registry as model_registry
@@ -28,10 +30,6 @@ BEST_METRICS = (
   "entire_space_auc",
   "entire_space_logloss",
 )
-
-
-class ConfigError(ValueError):
-  """A config value is invalid or contradicts another; the message names the key."""
 
 
 def default_config(world: str = "default") -> ml_collections.ConfigDict:
@@ -306,40 +304,3 @@ def check_devices(config: ml_collections.ConfigDict, num_devices: int, num_proce
         f"{key}={v} is not divisible by the {num_devices} devices "
         f"({num_processes} process(es)); pick a multiple of {num_devices}"
       )
-
-
-def unknown_key(config: ml_collections.ConfigDict, dotted: str) -> str | None:
-  """Why `dotted` (e.g. 'train.batch_size') is not a key of `config`, naming the keys that are;
-  None when it is one. The one walker of dotted keys: the CLI's override check, the experiments'
-  and benchmarks' overrides."""
-  node, path = config, dotted.split(".")
-  for i, part in enumerate(path):
-    if not hasattr(node, "keys") or part not in node:
-      parent = ".".join(path[:i]) or "config"
-      allowed = sorted(node.keys()) if hasattr(node, "keys") else []
-      return f"unknown config key {'.'.join(path[: i + 1])!r}; keys of {parent}: {allowed}"
-    node = node[part]
-  return None
-
-
-def get_path(config: ml_collections.ConfigDict, dotted: str):
-  """config['a']['b'] for 'a.b'; ConfigError naming the key if it does not exist."""
-  why = unknown_key(config, dotted)
-  if why:
-    raise ConfigError(why)
-  node = config
-  for part in dotted.split("."):
-    node = node[part]
-  return node
-
-
-def set_path(config: ml_collections.ConfigDict, dotted: str, value) -> None:
-  """config['a']['b'] = value for 'a.b' (an existing key only: a typo must not add a new one)."""
-  why = unknown_key(config, dotted)
-  if why:
-    raise ConfigError(why)
-  *path, last = dotted.split(".")
-  node = config
-  for part in path:
-    node = node[part]
-  node[last] = value

@@ -12,7 +12,7 @@ latest checkpoint on data.eval_dir), predict (one CSV row per input row, in inpu
 Any config key can be overridden: --config.model.name=esm2, --config.train.batch_size=8192, ...
 Curves: python -m esmjax.plot DIR; TensorBoard: tensorboard --logdir DIR/tensorboard.
 
-Exit codes (esmjax/cli.py): 0 done, or stopped by SIGTERM / SIGINT after saving a checkpoint
+Exit codes (esmjax/exits.py): 0 done, or stopped by SIGTERM / SIGINT after saving a checkpoint
 (rerun to resume); 2 a user error (flags, config, data, workdir), one line on stderr; 3 the run
 cannot go on (NaN/Inf loss, no readable checkpoint, a failed save), one line on stderr.
 """
@@ -20,7 +20,7 @@ cannot go on (NaN/Inf loss, no readable checkpoint, a failed save), one line on 
 from absl import app, flags
 from ml_collections import config_flags
 
-from esmjax import cli
+from esmjax import cli, exits
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config file, e.g. configs/esm2.py.", lock_config=True
@@ -48,7 +48,7 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
   if len(argv) > 1:
-    cli.fail(f"unexpected arguments: {argv[1:]}", cli.USER_ERROR)
+    exits.fail(f"unexpected arguments: {argv[1:]}", exits.USER_ERROR)
   cli.quiet_libraries()
   # Imports after flag parsing: grain workers import the package, never this module's side effects.
   from esmjax import api, distributed
@@ -73,7 +73,7 @@ def run():
   from esmjax import host_memory  # light: restarts with huge-page malloc before JAX is imported
 
   host_memory.use_huge_page_malloc()
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(main, flags_parser=exits.parse_flags)
 
 
 if __name__ == "__main__":

@@ -357,7 +357,7 @@ def test_cli_and_pipeline_read_back(tmp_path):
     text=True,
     timeout=120,
   )
-  assert res.returncode == 1 and f"no such file: {tmp_path / 'missing.csv'}" in res.stderr
+  assert res.returncode == 2 and f"no such file: {tmp_path / 'missing.csv'}" in res.stderr
 
 
 def _reference_parse(line: str, n_cols: int, skeleton: bool):

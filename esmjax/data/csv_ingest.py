@@ -6,6 +6,10 @@ r"""Preprocessed logs (CSV or Parquet with a declared schema) -> an esmjax block
 
     ingest(config, input_paths, out_dir, stats_from=None) -> manifest
 
+Exit codes of the command (`esmjax.exits`): 0 ingested; 2 a user error (flags, --config and its
+overrides, a missing input, an unusable --out_dir), one line on stderr; 3 the ingestion cannot go
+on (an OS error writing the output), one line on stderr.
+
 The config (an ml_collections ConfigDict; see `base_config` and configs/data/*.py) says which
 columns are single-valued ids (`sparse`), multi-valued ids (`multi`: cell split on `sep`, optional
 `id<weight_sep>weight` items, first `max_len` kept, the rest counted), dense numbers (`dense`),
@@ -34,7 +38,6 @@ from __future__ import annotations
 
 import collections
 import os
-import sys
 import time
 from collections.abc import Sequence
 
@@ -42,6 +45,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from esmjax import exits
 from esmjax.data import csv_read, ingestion, leakage
 from esmjax.data import dataset as ds_lib
 from esmjax.data import ids as ids_lib
@@ -246,18 +250,16 @@ def _load_stats(stats_from: str, cfg: Cfg, mappers) -> list[ds_lib.DenseField]:
 
 
 def main(argv: Sequence[str]) -> None:
-  del argv
   from absl import flags
 
+  if len(argv) > 1:
+    exits.fail(f"unexpected arguments: {list(argv[1:])}", exits.USER_ERROR)
   F = flags.FLAGS
   if F.config is None:
-    print("error: --config is required (e.g. configs/data/rechub_aliccp.py)", file=sys.stderr)
-    sys.exit(1)
-  try:
+    exits.fail("--config is required (e.g. configs/data/rechub_aliccp.py)", exits.USER_ERROR)
+  user_errors = (IngestError, ds_lib.DatasetError, *exits.PATH_ERRORS)
+  with exits.exit_codes(user_errors, run_errors=(OSError,)):
     ingest(F.config, F.input or [], F.out_dir, stats_from=F.stats_from)
-  except (IngestError, ds_lib.DatasetError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
 
 
 if __name__ == "__main__":
@@ -270,4 +272,4 @@ if __name__ == "__main__":
   flags.DEFINE_string(
     "stats_from", None, "reuse vocabularies and dense statistics of this dataset (the train split)"
   )
-  app.run(main)
+  app.run(main, flags_parser=exits.parse_flags)
