@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
 import shutil
@@ -29,13 +28,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def esmm_config():
-  spec = importlib.util.spec_from_file_location("esmm", ROOT / "configs" / "esmm.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
 
 
 def grown(schema, rows: int):
@@ -109,11 +101,14 @@ def main(argv=None) -> None:
   p.add_argument("--dir", default="/tmp/esmjax-ckpt-verify")
   args = p.parse_args(argv)
   sys.path.insert(0, str(ROOT))
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import common
+
   from esmjax import absl_flags
   from esmjax.data import synthetic
 
   absl_flags.ensure_parsed()
-  config = esmm_config()
+  config = common.shipped_config(ROOT, "esmm")
   schema = synthetic.build_schema(config.data.synthetic)
   for name, s in (("esmm-default", schema), (f"esmm-{args.rows}-rows", grown(schema, args.rows))):
     print(json.dumps(measure(name, config, s, args.repeats, args.dir)), flush=True)

@@ -5,14 +5,15 @@ Every measured configuration runs in a fresh subprocess (`run_worker`): its peak
 own, a crash or an out-of-memory kill costs one row instead of the run, and each JAX process can
 get its own fake device count. Workers print one `@@RESULT@@ {json}` line.
 
-Throughput data (`zipf_batches`): the ESMM paper's shape, 23 single-valued fields × dim 18, ids drawn
-per field from a Zipf law (exponent `zipf_a`) over that field's vocabulary (table rows / 23), and
-the batches pre-generated and reused, so neither framework pays for input; both frameworks get the
-very same batches (same seed).
+Throughput data (`zipf_batches`): the ESMM paper's shape, 23 single-valued fields × dim 18, ids
+drawn per field from a Zipf law (exponent `zipf_a`) over that field's vocabulary (table rows / 23),
+and the batches pre-generated and reused, so neither framework pays for input; both frameworks get
+the very same batches (same seed).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -138,6 +139,20 @@ def timed_windows(
   return first, rates, i
 
 
+def spec_windows(spec: dict, step, sync, cpu_rates: list[float] | None = None):
+  """`timed_windows` at a worker spec's batch, warmup_s (default 2), windows (3) and window_s (3):
+  one reading of these keys, so every framework's worker is timed alike."""
+  return timed_windows(
+    step,
+    sync,
+    spec["batch"],
+    warmup_s=spec.get("warmup_s", 2.0),
+    windows=spec.get("windows", 3),
+    window_s=spec.get("window_s", 3.0),
+    cpu_rates=cpu_rates,
+  )
+
+
 # ---------------------------------------------------------------------------------------------
 # The ESMM-paper throughput setup (both frameworks).
 
@@ -226,7 +241,7 @@ def flops_per_example(in_dim: int, hidden, towers: int) -> float:
   """Matmul FLOPs of one example, forward + backward: 2·MACs forward, 4·MACs backward (input and
   weight gradients; the input gradient of the first layer is the embeddings' gradient)."""
   dims = [in_dim, *hidden, 1]
-  macs = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+  macs = sum(a * b for a, b in itertools.pairwise(dims))
   return 6.0 * macs * towers
 
 
@@ -238,7 +253,8 @@ def model_flops(model: str, num_fields: int, dim: int = PAPER_DIM, hidden=(200, 
 def jax_throughput(spec: dict[str, Any]) -> dict[str, Any]:
   """One esmjax configuration on pre-generated Zipf batches (run inside a worker process).
 
-  spec: model, rows, batch, devices, dtype, optimizer, zipf_a, n_batches, warmup_s, windows, window_s.
+  spec: model, rows, batch, devices, dtype, optimizer, zipf_a, n_batches, warmup_s, windows,
+  window_s.
   """
   rss0 = rss_mb()
   import jax
@@ -281,15 +297,7 @@ def jax_throughput(spec: dict[str, Any]) -> dict[str, Any]:
     jax.block_until_ready(box["m"])
 
   cpu = []
-  first, rates, steps_run = timed_windows(
-    step,
-    sync,
-    spec["batch"],
-    warmup_s=spec.get("warmup_s", 2.0),
-    windows=spec.get("windows", 3),
-    window_s=spec.get("window_s", 3.0),
-    cpu_rates=cpu,
-  )
+  first, rates, steps_run = spec_windows(spec, step, sync, cpu_rates=cpu)
   loss = float(jax.device_get(box["m"]["loss"]))
   dev = jax.devices()[0]
   stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
@@ -348,10 +356,10 @@ def jax_probe() -> dict[str, Any]:
 # they use what both have.)
 
 
-def shipped_config(tree: Path | str, model: str, batch_size: int, num_steps: int = -1):
+def shipped_config(tree: Path | str, model: str, batch_size: int = 0, num_steps: int = -1):
   """<tree>/configs/<model>.py loaded as `python -m esmjax.main --config=...` loads it
-  (ml_collections' config-file parser), with only the batch size and, if > 0, the number of steps
-  changed."""
+  (ml_collections' config-file parser), with only the batch size and the number of steps changed,
+  each where it is > 0."""
   from ml_collections.config_flags import config_flags
 
   path = Path(tree) / "configs" / f"{model}.py"
@@ -361,7 +369,8 @@ def shipped_config(tree: Path | str, model: str, batch_size: int, num_steps: int
       f"{sorted(p.stem for p in path.parent.glob('*.py'))}"
     )
   c = config_flags.ConfigFileFlagParser("config", lock_config=False).parse(str(path))
-  c.train.batch_size = int(batch_size)
+  if batch_size > 0:
+    c.train.batch_size = int(batch_size)
   if num_steps > 0:
     c.train.num_steps = int(num_steps)
   return c

@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
+import common
 
 from esmjax import reporting
 
@@ -118,15 +118,7 @@ def torch_throughput(spec) -> dict:
     box["loss"] = trainer.step(batches[i % len(batches)])
 
   cpu = []
-  first, rates, steps_run = common.timed_windows(
-    step,
-    sync,
-    spec["batch"],
-    warmup_s=spec.get("warmup_s", 2.0),
-    windows=spec.get("windows", 3),
-    window_s=spec.get("window_s", 3.0),
-    cpu_rates=cpu,
-  )
+  first, rates, steps_run = common.spec_windows(spec, step, sync, cpu_rates=cpu)
   return {
     "framework": "torch",
     "ex_per_s": rates,
@@ -229,7 +221,8 @@ def quality(spec) -> dict:
 
 
 MALLOC = {
-  "huge": "both frameworks start as `python -m esmjax.main` does (malloc on transparent huge pages: "
+  "huge": "both frameworks start as `python -m esmjax.main` does (malloc on transparent huge "
+  "pages: "
   "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 where glibc and the kernel support it)",
   "os": "both frameworks run with malloc as the OS gives it (4 KB pages)",
 }
@@ -302,13 +295,14 @@ def throughput_section(args, log) -> dict:
         log(
           f"  round {rnd + 1} rows {rows:.0e} {name:<36} "
           + (
-            f"{rate / 1e3:8.1f} k ex/s  (first step {r['first_step_s']:.1f}s, peak RSS {r['peak_rss_mb']:.0f} MB)"
+            f"{rate / 1e3:8.1f} k ex/s  (first step {r['first_step_s']:.1f}s, peak RSS "
+            f"{r['peak_rss_mb']:.0f} MB)"
             if "error" not in r
             else f"ERROR {r['error'][:300]}"
           )
         )
-  for rows, variants in out.items():
-    for name, slot in variants.items():
+  for variants in out.values():
+    for slot in variants.values():
       ok = [r for r in slot["runs"] if "error" not in r]
       slot["windows"] = [x for r in ok for x in r["ex_per_s"]]
       slot["ex_per_s"] = common.spread(slot["windows"])
@@ -395,8 +389,8 @@ def quality_section(args, log) -> dict:
         else:
           m = r["metrics"]
           log(
-            f"  {model} seed {seed} {fw:<5} {common.spread(r['ex_per_s'])['median'] / 1e3:6.1f} k ex/s  "
-            + "  ".join(f"{k} {m[k]:.4f}" for k in QUALITY_KEYS if k in m)
+            f"  {model} seed {seed} {fw:<5} {common.spread(r['ex_per_s'])['median'] / 1e3:6.1f} k "
+            "ex/s  " + "  ".join(f"{k} {m[k]:.4f}" for k in QUALITY_KEYS if k in m)
           )
   summary = {}
   for model, fws in res.items():
@@ -466,8 +460,10 @@ def markdown(res: dict) -> str:
     f"# esmjax vs PyTorch ({res['when']})",
     "",
     f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} usable cores, "
-    f"backend {res['probe'].get('backend')}; jax {res['probe'].get('jax')}, torch {res['probe'].get('torch')} "
-    f"({a['torch_threads']} threads). Load average before/after: {res['load_before']} / {res['load_after']} "
+    f"backend {res['probe'].get('backend')}; jax {res['probe'].get('jax')}, torch "
+    f"{res['probe'].get('torch')} "
+    f"({a['torch_threads']} threads). Load average before/after: {res['load_before']} / "
+    f"{res['load_after']} "
     "(the machine is shared: other jobs ran during the measurement).",
     "",
     reporting.code_line(res) + f"Command: `{res['command']}`",
@@ -531,15 +527,19 @@ def markdown(res: dict) -> str:
         r = rt[rows]
         L.append(
           f"**JAX default (row-wise Adagrad) / best PyTorch ({r['best_torch']}): "
-          f"{r['default_vs_best_torch']:.2f}×** (the two variants' window half-ranges add up to ±{100 * r['ratio_noise']:.0f} %); "
-          f"best JAX ({r['best_jax']}) / best PyTorch: {r['best_jax_vs_best_torch']:.2f}×. Same optimizer: "
+          f"{r['default_vs_best_torch']:.2f}×** (the two variants' window half-ranges add up to "
+          f"±{100 * r['ratio_noise']:.0f} %); "
+          f"best JAX ({r['best_jax']}) / best PyTorch: {r['best_jax_vs_best_torch']:.2f}×. Same "
+          "optimizer: "
           + ", ".join(
             f"{k} {v['ratio']:.2f}× (vs {v['best_torch']})" for k, v in r["matched"].items()
           )
           + "."
           + (
-            f" Per CPU-second (work per example, whatever share of the cores each got): JAX default / best "
-            f"PyTorch ({r['cpu_time']['best_torch']}) {r['cpu_time']['default_vs_best_torch']:.2f}×."
+            " Per CPU-second (work per example, whatever share of the cores each got): JAX "
+            "default / best "
+            f"PyTorch ({r['cpu_time']['best_torch']}) "
+            f"{r['cpu_time']['default_vs_best_torch']:.2f}×."
             if r.get("cpu_time")
             else ""
           )
@@ -552,7 +552,8 @@ def markdown(res: dict) -> str:
     L += [
       f"## Quality: default synthetic data, batch {a['batch']}, "
       + (f"{a['quality_steps']} steps" if a["quality_steps"] else f"{a['epochs']} epoch(s)")
-      + f", seeds {a['seeds']}, same batches for both, evaluated by esmjax.evaluation.compute_metrics",
+      + f", seeds {a['seeds']}, same batches for both, evaluated by "
+      "esmjax.evaluation.compute_metrics",
       "",
     ]
     for model, s in q["summary"].items():
@@ -588,27 +589,38 @@ def markdown(res: dict) -> str:
       ]
       L.append(
         f"Training examples/s incl. the input pipeline (median of {s['jax']['ex_per_s']['n']}/"
-        f"{s['torch']['ex_per_s']['n']} windows): JAX {reporting.fmt_rate(s['jax']['ex_per_s']['median'])}, "
-        f"PyTorch (eager-sparse-rowwise_adagrad) {reporting.fmt_rate(s['torch']['ex_per_s']['median'])}; "
-        f"peak RSS JAX {s['jax']['peak_rss_mb']:,.0f} MB, PyTorch {s['torch']['peak_rss_mb']:,.0f} MB."
+        f"{s['torch']['ex_per_s']['n']} windows): JAX "
+        f"{reporting.fmt_rate(s['jax']['ex_per_s']['median'])}, "
+        "PyTorch (eager-sparse-rowwise_adagrad) "
+        f"{reporting.fmt_rate(s['torch']['ex_per_s']['median'])}; "
+        f"peak RSS JAX {s['jax']['peak_rss_mb']:,.0f} MB, PyTorch {s['torch']['peak_rss_mb']:,.0f} "
+        "MB."
       )
       L.append("")
   L += [
     "## How to read this",
     "",
-    "- Rates are medians of timed windows (after the first step and a warm-up), pooled over rounds in which "
-    "JAX and PyTorch variants alternate; the window range and ± half-range show the noise of this shared "
+    "- Rates are medians of timed windows (after the first step and a warm-up), pooled over rounds "
+    "in which "
+    "JAX and PyTorch variants alternate; the window range and ± half-range show the noise of this "
+    "shared "
     "machine. Ratios are of medians measured in the same invocation.",
-    "- 'ex per CPU-s' divides by the CPU time of the worker process (all threads) instead of wall time: "
-    "on this oversubscribed machine it says what a step costs in work, independent of the share of the "
+    "- 'ex per CPU-s' divides by the CPU time of the worker process (all threads) instead of wall "
+    "time: "
+    "on this oversubscribed machine it says what a step costs in work, independent of the share of "
+    "the "
     "cores the scheduler gave each process.",
-    "- Peak RSS is per worker process and includes the framework runtime; 'over import' subtracts the "
+    "- Peak RSS is per worker process and includes the framework runtime; 'over import' subtracts "
+    "the "
     "RSS right after importing it (the model, optimizer state, batches and compiled code).",
-    "- PyTorch runs with torch.set_num_threads(--torch_threads) and OMP_WAIT_POLICY=PASSIVE: on this "
-    "oversubscribed machine OpenMP spin-waiting made 2 threads up to 5× slower than 1 (measured); passive "
+    "- PyTorch runs with torch.set_num_threads(--torch_threads) and OMP_WAIT_POLICY=PASSIVE: on "
+    "this "
+    "oversubscribed machine OpenMP spin-waiting made 2 threads up to 5× slower than 1 (measured); "
+    "passive "
     "waiting was PyTorch's fastest setting. JAX runs with its defaults.",
     f"- Allocator: {MALLOC[res['args'].get('malloc', 'os')]}.",
-    "- Quality runs feed both frameworks the same batches in the same order; a difference of seed means "
+    "- Quality runs feed both frameworks the same batches in the same order; a difference of seed "
+    "means "
     "within the seed-to-seed range is within run-to-run noise.",
     f"- Regenerate: `{res['command']}`.",
   ]
@@ -631,15 +643,15 @@ def plot(res: dict, path: Path) -> None:
     1, n, figsize=(4.2 * sum(ratios), 3.8), dpi=80, gridspec_kw={"width_ratios": ratios}
   )
   axes = [axes] if n == 1 else list(axes)
-  for ax, (rows, variants) in zip(axes, tp.items()):
+  for ax, (rows, variants) in zip(axes, tp.items(), strict=False):  # + the quality panel
     items = sorted(
       ((k, s) for k, s in variants.items() if s["ex_per_s"]["n"]),
       key=lambda kv: -kv[1]["ex_per_s"]["median"],
     )
     names = [k.replace("torch-", "pt-").replace("rowwise_adagrad", "rw_adagrad") for k, _ in items]
     med = [s["ex_per_s"]["median"] / 1e3 for _, s in items]
-    lo = [m - s["ex_per_s"]["min"] / 1e3 for m, (_, s) in zip(med, items)]
-    hi = [s["ex_per_s"]["max"] / 1e3 - m for m, (_, s) in zip(med, items)]
+    lo = [m - s["ex_per_s"]["min"] / 1e3 for m, (_, s) in zip(med, items, strict=True)]
+    hi = [s["ex_per_s"]["max"] / 1e3 - m for m, (_, s) in zip(med, items, strict=True)]
     ax.barh(
       names,
       med,
@@ -654,7 +666,7 @@ def plot(res: dict, path: Path) -> None:
     ax = axes[-1]
     labels, xs = [], 0
     for model, s in q.items():
-      for k, d in s.get("diff", {}).items():
+      for k in s.get("diff", {}):
         if not (k.endswith("/auc") or k.endswith("entire_space_auc")):
           continue
         for j, fw in enumerate(("jax", "torch")):
@@ -756,7 +768,8 @@ def main(argv=None):
     res["ratios"] = ratios(res["throughput"])
     for rows, r in res["ratios"].items():
       log(
-        f"  {float(rows):.0e} rows: JAX default / best PyTorch ({r['best_torch']}) = {r['default_vs_best_torch']:.2f}x"
+        f"  {float(rows):.0e} rows: JAX default / best PyTorch ({r['best_torch']}) = "
+        f"{r['default_vs_best_torch']:.2f}x"
         + (
           f"; per CPU-second {r['cpu_time']['default_vs_best_torch']:.2f}x"
           if r.get("cpu_time")

@@ -55,11 +55,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _items(field: str, ids, vals) -> list[str]:
-  return [f"{field}\x02{i}\x03{v}" for i, v in zip(ids, vals)]
+  return [f"{field}\x02{i}\x03{v}" for i, v in zip(ids, vals, strict=True)]
 
 
 def generate_raw(directory: Path, skeleton_mb: float, seed: int = 0) -> tuple[Path, Path, int]:
-  """Writes skeleton.csv (≈ skeleton_mb MB) and common.csv; returns their paths and the row count."""
+  """Writes skeleton.csv (≈ skeleton_mb MB) and common.csv; returns their paths and the row
+  count."""
   rng = np.random.default_rng(seed)
   sk_path, cf_path = directory / "skeleton.csv", directory / "common.csv"
   target = int(skeleton_mb * 1e6)
@@ -122,13 +123,14 @@ def generate_raw(directory: Path, skeleton_mb: float, seed: int = 0) -> tuple[Pa
       lines = []
       for j in range(n):
         it = [
-          f"{fld}\x02{v}\x031.0" for fld, v in zip(("205", "206", "207", "216", "301"), base[j])
+          f"{fld}\x02{v}\x031.0"
+          for fld, v in zip(("205", "206", "207", "216", "301"), base[j], strict=True)
         ]
         it += [f"210\x02{v}\x031.0" for v in ids210[o210[j] : o210[j + 1]]]
         it += [f"{fld}\x02{ids[j]}\x03{vals[j]:.5g}" for fld, has, ids, vals in combo if has[j]]
         it += [
           f"853\x02{v}\x03{w:.5g}"
-          for v, w in zip(ids853[o853[j] : o853[j + 1]], v853[o853[j] : o853[j + 1]])
+          for v, w in zip(ids853[o853[j] : o853[j + 1]], v853[o853[j] : o853[j + 1]], strict=True)
         ]
         sid += 1
         lines.append(f"{sid},{int(click[j])},{int(buy[j])},{keys[u]},{len(it)},{chr(1).join(it)}\n")
@@ -179,7 +181,8 @@ def run_converter(
   extra: list[str] = (),
   range_mb: float = 0,
 ) -> dict:
-  """Runs the converter CLI in a subprocess; wall time and peak RSS (whole tree and largest process)."""
+  """Runs the converter CLI in a subprocess; wall time and peak RSS (whole tree and largest
+  process)."""
   import resource
 
   import psutil
@@ -283,7 +286,7 @@ def _open_pipeline(data_dir: Path, variant: dict, batch: int, window_blocks: int
   absl_flags.ensure_parsed("data_throughput")  # grain's mp_prefetch reads absl flags
   d = ds_lib.open_dataset(str(data_dir))
   if variant["pipeline"] == "train_iter_dataset":
-    # As esmjax/trainer.py builds it (config.data defaults: window 8 blocks, prefetch 2), plus threads.
+    # As the trainer builds it (config.data defaults: window 8 blocks, prefetch 2), plus threads.
     cfg = pipeline.PipelineConfig(
       batch_size=batch,
       seed=0,
@@ -308,6 +311,10 @@ def _open_pipeline(data_dir: Path, variant: dict, batch: int, window_blocks: int
     )
   src = iter(ds)
   return d, _rebatch(src, batch), [src]
+
+
+def _median(runs: list[dict], key: str) -> float:
+  return float(np.median([r[key] for r in runs]))
 
 
 def pipeline_rates(
@@ -349,7 +356,7 @@ def pipeline_rates(
     del b
   runs = [[] for _ in variants]
   for _ in range(reps):
-    for (d, it, _, _), out in zip(opened, runs):
+    for (_, it, _, _), out in zip(opened, runs, strict=True):
       load, c0 = os.getloadavg()[0], cpu_now()
       n, t0 = 0, time.time()
       while time.time() - t0 < seconds:
@@ -357,11 +364,10 @@ def pipeline_rates(
       dt, cpu = time.time() - t0, cpu_now() - c0
       out.append({"rows_per_s": n / dt, "rows_per_cpu_s": n / max(cpu, 1e-9), "load": load})
   results = []
-  for v, (d, it, closers, row_bytes), out in zip(variants, opened, runs):
+  for v, (_, _, closers, row_bytes), out in zip(variants, opened, runs, strict=True):
     for c in closers:
       if hasattr(c, "close"):
         c.close()
-    med = lambda key: float(np.median([r[key] for r in out]))
     results.append(
       {
         **v,
@@ -369,11 +375,11 @@ def pipeline_rates(
         "workers": v.get("workers", 0),
         "threads": v.get("threads", 1),
         "verify": v.get("verify", True),
-        "rows_per_s": round(med("rows_per_s")),
+        "rows_per_s": round(_median(out, "rows_per_s")),
         "rows_per_s_runs": [round(r["rows_per_s"]) for r in out],
-        "rows_per_cpu_s": round(med("rows_per_cpu_s")),
+        "rows_per_cpu_s": round(_median(out, "rows_per_cpu_s")),
         "load_1min": [round(r["load"], 2) for r in out],
-        "gb_per_s": round(med("rows_per_s") * row_bytes / 1e9, 3),
+        "gb_per_s": round(_median(out, "rows_per_s") * row_bytes / 1e9, 3),
         "batch": batch,
         "row_bytes": row_bytes,
         "window_rows": window_blocks * d.manifest["block_rows"],
@@ -442,8 +448,9 @@ def checksum_rates(data_dir: Path, reps: int = 5) -> list[dict]:
 
 
 def measure_pipelines(tmp: Path, sk: Path, cf: Path, args) -> list[dict]:
-  """The pipeline variants on the converted default layout (tmp/out_full), then the trainer's pipeline
-  on the same rows with one value per multi-valued field (what peers keep): rows/s against row size."""
+  """The pipeline variants on the converted default layout (tmp/out_full), then the trainer's
+  pipeline on the same rows with one value per multi-valued field (what peers keep): rows/s against
+  row size."""
   pipe = pipeline_rates(
     tmp / "out_full",
     _pipeline_variants(args.pipeline_threads, args.pipeline_workers),
@@ -491,7 +498,8 @@ def main() -> None:
     "--range_mb",
     type=float,
     default=4.0,
-    help="converter byte range per task (4 MB is the floor): both sizes then run equal tasks, only more of them",
+    help="converter byte range per task (4 MB is the floor): both sizes then run equal tasks, only "
+    "more of them",
   )
   ap.add_argument("--keep_tmp", action="store_true")
   args = ap.parse_args()
@@ -537,7 +545,8 @@ def main() -> None:
       "hours_idle_machine": round(FULL_DUMP_BYTES / (full["mb_per_cpu_s"] * 1e6 * cpus) / 3600, 2),
     }
     print(
-      f"estimate for the full 38 GB dump on one such machine: {est['hours_at_measured_mb_per_s']:.2f} h at the "
+      "estimate for the full 38 GB dump on one such machine: "
+      f"{est['hours_at_measured_mb_per_s']:.2f} h at the "
       f"measured MB/s; {est['hours_idle_machine']:.2f} h with {cpus} idle cores",
       flush=True,
     )
@@ -578,7 +587,8 @@ def _markdown(r: dict) -> str:
   lines = [
     "# Data throughput (benchmarks/data_throughput.py)",
     "",
-    f"Machine: {r['machine']['cpus']} CPUs, Python {r['machine']['python']}; {r['time']}; 1-min load average "
+    f"Machine: {r['machine']['cpus']} CPUs, Python {r['machine']['python']}; {r['time']}; 1-min "
+    "load average "
     f"{r['load_average_1min']['start']} at the start, {r['load_average_1min']['end']} at the end "
     "(other jobs shared the CPUs: numbers are lower bounds).",
     f"Input: generated raw Ali-CCP format, skeleton {r['generated']['skeleton_mb']} MB "
@@ -586,7 +596,8 @@ def _markdown(r: dict) -> str:
     "",
     "## Converter (`python -m esmjax.data.aliccp`)",
     "",
-    "| skeleton | rows | wall s | MB/s (skeleton+common) | rows/s | CPU s | MB per CPU-s | rows per CPU-s "
+    "| skeleton | rows | wall s | MB/s (skeleton+common) | rows/s | CPU s | MB per CPU-s | rows "
+    "per CPU-s "
     "| peak RSS, process tree | peak RSS, largest process |",
     "|---|---|---|---|---|---|---|---|---|---|",
   ]
@@ -600,10 +611,14 @@ def _markdown(r: dict) -> str:
   e = r["full_dump_estimate"]
   lines += [
     "",
-    f"Peak RSS full / half skeleton: **{r['peak_rss_ratio_full_over_half']}** (1.0 = independent of skeleton length).",
-    f"Estimate for the full 38 GB dump on one such machine: **{e['hours_at_measured_mb_per_s']} h** at the measured "
-    f"MB/s ({e['hours_at_measured_rows_per_s_train_rows']} h for the 42.3 M train rows at the measured rows/s); "
-    f"**{e['hours_idle_machine']} h** on idle cores (measured CPU time per MB, spread over the workers).",
+    f"Peak RSS full / half skeleton: **{r['peak_rss_ratio_full_over_half']}** (1.0 = independent "
+    "of skeleton length).",
+    f"Estimate for the full 38 GB dump on one such machine: **{e['hours_at_measured_mb_per_s']} "
+    "h** at the measured "
+    f"MB/s ({e['hours_at_measured_rows_per_s_train_rows']} h for the 42.3 M train rows at the "
+    "measured rows/s); "
+    f"**{e['hours_idle_machine']} h** on idle cores (measured CPU time per MB, spread over the "
+    "workers).",
     "",
   ]
   lines += _pipeline_markdown(r["pipeline"], r["targets"])
@@ -635,10 +650,12 @@ def _pipeline_markdown(pipe: list[dict], targets: dict) -> list[str]:
   lines = [
     f"## Pipeline (batch {pipe[0]['batch']}, block and row shuffle on)",
     "",
-    f"Round-robin: {pipe[0]['runs']} runs of {pipe[0]['seconds_per_run']} s per variant, one variant after another; "
+    f"Round-robin: {pipe[0]['runs']} runs of {pipe[0]['seconds_per_run']} s per variant, one "
+    "variant after another; "
     "medians (the runs' rows/s and 1-min load averages are in the JSON).",
     "",
-    "| pipeline | layout | checksums | gather threads | grain worker processes | rows/s (median) | GB/s "
+    "| pipeline | layout | checksums | gather threads | grain worker processes | rows/s (median) | "
+    "GB/s "
     "| rows per CPU-s | bytes/row | block rows | window rows | load avg during runs |",
     "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
@@ -652,13 +669,20 @@ def _pipeline_markdown(pipe: list[dict], targets: dict) -> list[str]:
     )
   lines += [
     "",
-    "`train_iter_dataset` is `esmjax.data.pipeline` as the trainer builds it (in-process, one prefetch thread;",
-    "gather threads 1 is the trainer's default, `PipelineConfig.threads`). It cannot run under grain's",
-    "`mp_prefetch` (it is an IterDataset with (window, offset) state, not a MapDataset), so worker processes are",
-    "measured on an equivalent pipeline: `windows+mp_prefetch` maps a window of blocks to its concatenated,",
-    "row-shuffled rows as a grain element and cuts batches in the main process (0 workers: the same in-process).",
-    "Rows per CPU-second = rows / CPU time of the process (all threads) and its workers: the rate one idle core",
-    "would give. With other jobs on the CPUs, rows/s is a lower bound and extra threads or workers only add CPU.",
+    "`train_iter_dataset` is `esmjax.data.pipeline` as the trainer builds it (in-process, one "
+    "prefetch thread;",
+    "gather threads 1 is the trainer's default, `PipelineConfig.threads`). It cannot run under "
+    "grain's",
+    "`mp_prefetch` (it is an IterDataset with (window, offset) state, not a MapDataset), so worker "
+    "processes are",
+    "measured on an equivalent pipeline: `windows+mp_prefetch` maps a window of blocks to its "
+    "concatenated,",
+    "row-shuffled rows as a grain element and cuts batches in the main process (0 workers: the "
+    "same in-process).",
+    "Rows per CPU-second = rows / CPU time of the process (all threads) and its workers: the rate "
+    "one idle core",
+    "would give. With other jobs on the CPUs, rows/s is a lower bound and extra threads or workers "
+    "only add CPU.",
   ]
   trainer = next(
     (
@@ -695,26 +719,32 @@ def _pipeline_markdown(pipe: list[dict], targets: dict) -> list[str]:
     met = "**met**" if trainer["rows_per_s"] >= t else "**not met**"
     lines += [
       "",
-      f"Verdict: target ≥ {t:,} rows/s — {met}: the trainer's pipeline reads {trainer['rows_per_s']:,} "
+      f"Verdict: target ≥ {t:,} rows/s — {met}: the trainer's pipeline reads "
+      f"{trainer['rows_per_s']:,} "
       f"rows/s (median; default layout, {trainer['row_bytes']} B/row, load average "
-      f"{min(trainer['load_1min'])}-{max(trainer['load_1min'])}), {trainer['rows_per_cpu_s']:,} rows per "
+      f"{min(trainer['load_1min'])}-{max(trainer['load_1min'])}), {trainer['rows_per_cpu_s']:,} "
+      "rows per "
       f"CPU-second, every block verified against its checksum.",
     ]
   if trainer and unverified:
     lines += [
-      f"Checksums off (for comparison only; the trainer always verifies): {unverified['rows_per_s']:,} "
+      "Checksums off (for comparison only; the trainer always verifies): "
+      f"{unverified['rows_per_s']:,} "
       f"rows/s, {unverified['rows_per_cpu_s']:,} rows per CPU-second; verified / off = "
       f"{trainer['rows_per_s'] / max(unverified['rows_per_s'], 1):.2f} (rows/s), "
-      f"{trainer['rows_per_cpu_s'] / max(unverified['rows_per_cpu_s'], 1):.2f} (rows per CPU-second)."
+      f"{trainer['rows_per_cpu_s'] / max(unverified['rows_per_cpu_s'], 1):.2f} (rows per "
+      "CPU-second)."
     ]
   if best and best is not trainer:
     lines += [
       f"Best default-layout variant: {best['pipeline']} ({best['threads']} gather threads, "
-      f"{best['workers']} workers), {best['rows_per_s']:,} rows/s, {best['rows_per_cpu_s']:,} rows per CPU-second."
+      f"{best['workers']} workers), {best['rows_per_s']:,} rows/s, {best['rows_per_cpu_s']:,} rows "
+      "per CPU-second."
     ]
   if lean:
     lines += [
-      f"Lean layout (one value per multi-valued field, {lean['row_bytes']} B/row): {lean['rows_per_s']:,} rows/s "
+      f"Lean layout (one value per multi-valued field, {lean['row_bytes']} B/row): "
+      f"{lean['rows_per_s']:,} rows/s "
       f"(median), {lean['rows_per_cpu_s']:,} rows per CPU-second."
     ]
   return lines + [""]

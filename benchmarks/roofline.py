@@ -17,7 +17,9 @@ roofline line.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import operator
 import statistics
 import sys
 import time
@@ -25,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
+import common
 
 from esmjax import reporting
 
@@ -52,7 +54,7 @@ def jax_matmul(spec) -> dict:
       a = jax.random.normal(k1, (n, n), jnp.float32).astype(dtype)
       b = jax.random.normal(k2, (n, n), jnp.float32).astype(dtype)
       f = jax.jit(lambda x, y: x @ y)
-      s = _time_calls(lambda: f(a, b), jax.block_until_ready, spec["min_s"])
+      s = _time_calls(functools.partial(f, a, b), jax.block_until_ready, spec["min_s"])
       out[f"jax/{dtype}/{n}"] = 2 * n**3 / s
   return {"gflops": {k: v / 1e9 for k, v in out.items()}, "backend": jax.default_backend()}
 
@@ -67,7 +69,7 @@ def torch_matmul(spec) -> dict:
   out = {}
   for n in spec["sizes"]:
     a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
-    s = _time_calls(lambda: a @ b, sync, spec["min_s"])
+    s = _time_calls(functools.partial(operator.matmul, a, b), sync, spec["min_s"])
     out[f"torch/float32/{n}"] = 2 * n**3 / s / 1e9
   return {"gflops": out, "device": dev}
 
@@ -151,7 +153,8 @@ def measure_peak(quick: bool = False, with_torch: bool = True) -> dict:
 def fraction_line(ex_per_s: float, flops_per_ex: float, peak_gflops: float) -> str:
   roof = peak_gflops * 1e9 / flops_per_ex
   return (
-    f"Roofline: matmul peak {peak_gflops:,.0f} GFLOP/s (f32, measured) / {flops_per_ex / 1e6:.2f} MFLOP per "
+    f"Roofline: matmul peak {peak_gflops:,.0f} GFLOP/s (f32, measured) / {flops_per_ex / 1e6:.2f} "
+    "MFLOP per "
     f"example = {roof / 1e3:,.0f} k ex/s; the esmjax step runs at {ex_per_s / 1e3:,.1f} k ex/s = "
     f"{100 * ex_per_s / roof:.0f} % of it ({ex_per_s * flops_per_ex / 1e9:,.1f} GFLOP/s)."
   )

@@ -1,12 +1,13 @@
-r"""Accelerator sweep: esmjax's train step over batch size, table rows, device count, dtype and model.
+r"""Accelerator sweep: esmjax's train step over batch size, table rows, device count, dtype and
+model.
 
     python benchmarks/sweep.py                 # full: ~12 min on the shared 2-core CPU (load ~20)
     python benchmarks/sweep.py --quick         # ~2 min (45 s of points, then the roofline)
-    python benchmarks/sweep.py --budget_s=420 --out_dir=/tmp/out   # stop starting points after 7 min
+    python benchmarks/sweep.py --budget_s=420 --out_dir=/tmp/out  # no new point after 7 min
 
 Detects the backend in a worker process (the parent never imports JAX). On CPU the device axis uses
-1/2/4/8 fake devices (XLA_FLAGS=--xla_force_host_platform_device_count=N per worker); on a GPU or TPU
-it uses 1, 2, 4, ... up to every device present. Each point runs in a fresh subprocess (peak RSS
+1/2/4/8 fake devices (XLA_FLAGS=--xla_force_host_platform_device_count=N per worker); on a GPU or
+TPU it uses 1, 2, 4, ... up to every device present. Each point runs in a fresh subprocess (peak RSS
 and device peak bytes are its own) on pre-generated Zipf batches at the ESMM paper sizes
 (benchmarks/common.py), and reports the median examples/s of timed windows after a warm-up.
 
@@ -35,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
+import common
 
 from esmjax import reporting
 
@@ -102,13 +103,19 @@ def _log_row(row, log):
   key = _key(row)
   if "rate" in row:
     log(
-      f"  {key:<36} {row['rate']['median'] / 1e3:9.1f} k ex/s ±{100 * row['rate']['rel_half_range']:.0f} %  "
+      f"  {key:<36} {row['rate']['median'] / 1e3:9.1f} k ex/s "
+      f"±{100 * row['rate']['rel_half_range']:.0f} %  "
       f"first step {row['first_step_s']:.1f}s  peak RSS {row['peak_rss_mb']:.0f} MB"
       + (f"  device peak {row['device_peak_mb']:.0f} MB" if row.get("device_peak_mb") else "")
     )
   else:
     log(
-      f"  {key:<36} {'skipped: ' + row['skipped'] if row.get('skipped') else 'ERROR ' + row.get('error', '')[:300]}"
+      f"  {key:<36} "
+      + (
+        "skipped: " + row["skipped"]
+        if row.get("skipped")
+        else "ERROR " + row.get("error", "")[:300]
+      )
     )
 
 
@@ -171,7 +178,7 @@ def run_points(points, args, probe, log) -> list[dict]:
         timeout=args.worker_timeout,
       )
       results = r.get("results") or [{"error": r.get("error", "no result")}] * len(idx)
-      for i, one in zip(idx, results):
+      for i, one in zip(idx, results, strict=True):
         record(i, one)
   else:
     for i in todo:
@@ -221,13 +228,16 @@ def markdown(res: dict) -> str:
     f"# esmjax sweep ({res['when']})",
     "",
     f"Backend **{pr.get('backend')}** ({pr.get('device_count')} × {pr.get('device_kind')}), "
-    f"{res['machine']['cpu']}, {res['machine']['cores']} usable cores; jax {pr.get('jax')}, Python {pr.get('python')}. "
-    f"Load average before/after: {res['load_before']} / {res['load_after']} (shared machine: medians of "
+    f"{res['machine']['cpu']}, {res['machine']['cores']} usable cores; jax {pr.get('jax')}, Python "
+    f"{pr.get('python')}. "
+    f"Load average before/after: {res['load_before']} / {res['load_after']} (shared machine: "
+    "medians of "
     "timed windows, ± = half the window range).",
     "",
     reporting.code_line(res) + f"Command: `{res['command']}`",
     "",
-    "ESMM-paper shapes (23 single-valued fields × dim 18, towers 200-80-1), Zipf ids, pre-generated batches; "
+    "ESMM-paper shapes (23 single-valued fields × dim 18, towers 200-80-1), Zipf ids, "
+    "pre-generated batches; "
     + (
       "one process per device count (--quick), so peak RSS is cumulative within it"
       if res["args"].get("quick")
@@ -308,7 +318,8 @@ def markdown(res: dict) -> str:
     ]
     if pr.get("backend") == "cpu":
       L += [
-        "On CPU the devices are fake: all of them share the same cores, so a speedup ≈ 1 (efficiency ≈ 1/N) "
+        "On CPU the devices are fake: all of them share the same cores, so a speedup ≈ 1 "
+        "(efficiency ≈ 1/N) "
         "means sharding costs nothing; more than that cannot come from one machine's cores.",
         "",
       ]
@@ -320,7 +331,8 @@ def markdown(res: dict) -> str:
         if peak.get("peak_bf16_gflops", float("nan")) == peak.get("peak_bf16_gflops")
         else ""
       )
-      + f" (backend {peak.get('backend')}); '% of roofline' = ex/s × model FLOP per example (ESMM 1.19 M, "
+      + f" (backend {peak.get('backend')}); '% of roofline' = ex/s × model FLOP per example (ESMM "
+      "1.19 M, "
       "ESM2 2.37 M, fwd+bwd) / the peak of the point's dtype × its device count.",
       "",
     ]

@@ -42,11 +42,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
+import common
 
 from esmjax import (
-  host_memory,  # noqa: E402 (light: no JAX import in the parent)
-  reporting,  # noqa: E402
+  host_memory,  # light: no JAX import in the parent
+  reporting,
 )
 
 ME = Path(__file__).resolve()
@@ -317,7 +317,7 @@ def points(args) -> list[dict]:
 
 
 def _ratios(a: list[float], b: list[float]) -> list[float]:
-  return [x / y for x, y in zip(a, b) if y]
+  return [x / y for x, y in zip(a, b, strict=False) if y]  # runs may log unequal windows
 
 
 def run_point(p: dict, args, log) -> dict:
@@ -326,7 +326,8 @@ def run_point(p: dict, args, log) -> dict:
   avail = reporting.mem_available_gb()
   if need_gb > args.mem_fraction * avail:
     log(
-      f"  {p['name']:<42} skipped: needs ~{need_gb:.1f} GB; {avail:.1f} GB available × {args.mem_fraction}"
+      f"  {p['name']:<42} skipped: needs ~{need_gb:.1f} GB; {avail:.1f} GB available × "
+      f"{args.mem_fraction}"
     )
     return {"skipped": f"needs ~{need_gb:.1f} GB; {avail:.1f} GB available × {args.mem_fraction}"}
   r = common.run_worker(
@@ -341,8 +342,10 @@ def run_point(p: dict, args, log) -> dict:
   rate, ref = common.spread(r["ex_per_s"]), r["reference"]
   log(
     f"  {p['name']:<42} {rate['median'] / 1e3:7.1f} k ex/s ±{100 * rate['rel_half_range']:.0f} % "
-    f"(best window {rate['max'] / 1e3:.1f} k; {common.spread(r['ex_per_cpu_s'])['median'] / 1e3:.1f} k ex/CPU-s)  "
-    f"= {100 * common.spread(_ratios(r['ex_per_s'], ref['ex_per_s']))['median']:.0f} % of {ref['name']}  "
+    f"(best window {rate['max'] / 1e3:.1f} k; "
+    f"{common.spread(r['ex_per_cpu_s'])['median'] / 1e3:.1f} k ex/CPU-s)  "
+    f"= {100 * common.spread(_ratios(r['ex_per_s'], ref['ex_per_s']))['median']:.0f} % of "
+    f"{ref['name']}  "
     f"peak RSS {r['peak_rss_mb']:.0f} MB" + (f"  init {r['init_s']:.1f} s" if "init_s" in r else "")
   )
   return r
@@ -438,13 +441,17 @@ def markdown(res: dict) -> str:
   lines = [
     "# Throughput: the ESMM-paper step vs table size",
     "",
-    f"`{res['command']}` — {res['when']}; {m['cpu']}, {m['cores']} cores, {m['mem_available_gb']:.1f} GB "
-    f"available; load average before {res['load_before']}, after {res['load_after']} (a shared machine).",
+    f"`{res['command']}` — {res['when']}; {m['cpu']}, {m['cores']} cores, "
+    f"{m['mem_available_gb']:.1f} GB "
+    f"available; load average before {res['load_before']}, after {res['load_after']} (a shared "
+    "machine).",
     "",
-    "ESMM, 23 single-valued fields × dim 18, towers 200-80-1 ×2, batch 4096, row-wise Adagrad (tables) + Adam "
+    "ESMM, 23 single-valued fields × dim 18, towers 200-80-1 ×2, batch 4096, row-wise Adagrad "
+    "(tables) + Adam "
     "(towers), Zipf(1.2) ids on 8 pre-generated device batches; each point in its own process "
     f"({a['repeats']} run(s) per point, round robin, windows pooled), alternating "
-    f"{a['windows']} timed windows of ≥ {a['window_s']} s with a reference measured in the same process "
+    f"{a['windows']} timed windows of ≥ {a['window_s']} s with a reference measured in the same "
+    "process "
     f"(after {a['warmup_s']} s of warm-up each). *vs reference* is the median over window pairs of "
     "point rate / reference rate: it cancels the neighbours' load, which the raw rates do not.",
     "",
@@ -501,25 +508,33 @@ def markdown(res: dict) -> str:
     mark = "met" if v["met"] else "NOT met"
     if "fraction_of_towers_alone" in v:
       lines.append(
-        f"- {v['target']}: median {reporting.fmt_rate(v['measured'])} ex/s under this run's load — **{mark}**; "
-        f"best window {reporting.fmt_rate(v['best_window'])} ex/s (a lower bound of the rate with the machine to "
+        f"- {v['target']}: median {reporting.fmt_rate(v['measured'])} ex/s under this run's load — "
+        f"**{mark}**; "
+        f"best window {reporting.fmt_rate(v['best_window'])} ex/s (a lower bound of the rate with "
+        "the machine to "
         f"itself). The step runs at "
-        f"{100 * v['fraction_of_towers_alone']:.0f} % of the towers alone measured alongside (median "
-        f"{reporting.fmt_rate(v['towers_alone'])}, best {reporting.fmt_rate(v['towers_alone_best'])} ex/s); against "
-        f"the {TOWERS_IDLE_EX_S / 1e3:.0f} k ex/s of the towers alone on an idle machine of this kind that "
+        f"{100 * v['fraction_of_towers_alone']:.0f} % of the towers alone measured alongside "
+        "(median "
+        f"{reporting.fmt_rate(v['towers_alone'])}, best "
+        f"{reporting.fmt_rate(v['towers_alone_best'])} ex/s); against "
+        f"the {TOWERS_IDLE_EX_S / 1e3:.0f} k ex/s of the towers alone on an idle machine of this "
+        "kind that "
         f"fraction projects {reporting.fmt_rate(v['projected_idle'])} ex/s."
       )
     elif "measured_wall" in v:
       lines.append(
-        f"- {v['target']}: {v['measured']:.2f}× load-cancelled (each size against the towers alone in "
-        f"its own process); best windows {v['measured_best']:.2f}×, raw medians {v['measured_wall']:.2f}× "
+        f"- {v['target']}: {v['measured']:.2f}× load-cancelled (each size against the towers alone "
+        "in "
+        f"its own process); best windows {v['measured_best']:.2f}×, raw medians "
+        f"{v['measured_wall']:.2f}× "
         f"wall and {v['measured_cpu']:.2f}× CPU time — **{mark}**."
       )
     else:
       lines.append(
         f"- {v['target']}: "
         + (
-          f"{reporting.fmt_rate(v['measured'])} ex/s ({100 * v['vs_towers']:.0f} % of the towers alone), peak RSS "
+          f"{reporting.fmt_rate(v['measured'])} ex/s ({100 * v['vs_towers']:.0f} % of the towers "
+          "alone), peak RSS "
           f"{v['peak_rss_mb'] / 1024:.1f} GB — **met**."
           if v["met"]
           else f"**NOT met** ({v['why_not']})."
@@ -529,14 +544,18 @@ def markdown(res: dict) -> str:
     "",
     "## Reading these numbers",
     "",
-    "- Every step touches 94 k ids (4096 × 23), ~30 k of them distinct; the engine gathers, merges and "
+    "- Every step touches 94 k ids (4096 × 23), ~30 k of them distinct; the engine gathers, merges "
+    "and "
     "updates only those, so the table size enters through cache misses on the touched rows and the "
     "initialisation time, not through the step's work.",
-    "- ex / CPU-s counts examples per CPU-second of the process (all threads): the work a step costs, "
+    "- ex / CPU-s counts examples per CPU-second of the process (all threads): the work a step "
+    "costs, "
     "whatever share of the cores the scheduler gave it.",
-    "- The 8-device line runs 8 fake CPU devices on the same cores; each device merges all ids of the global "
+    "- The 8-device line runs 8 fake CPU devices on the same cores; each device merges all ids of "
+    "the global "
     "batch (the row-wise scheme), so it measures what the sharded engine costs, not a speed-up.",
-    f"- Malloc: every line runs as `python -m esmjax.main` starts (`GLIBC_TUNABLES={res['cli_tunables']}`) "
+    "- Malloc: every line runs as `python -m esmjax.main` starts "
+    f"(`GLIBC_TUNABLES={res['cli_tunables']}`) "
     "except the `4 KB-page malloc` lines (the environment as the OS gives it); "
     "`back_with_huge_pages(state)` moved only the state's buffers onto huge pages after init.",
   ]
@@ -594,7 +613,8 @@ def main(argv=None):
     "args": vars(args),
   }
   log(
-    f"throughput: ESMM paper config, batch {BATCH}; {res['machine']['cores']} cores, load {res['load_before']}"
+    f"throughput: ESMM paper config, batch {BATCH}; {res['machine']['cores']} cores, load "
+    f"{res['load_before']}"
   )
   pts = points(args)
   runs: list[list[dict]] = [[] for _ in pts]
@@ -603,7 +623,7 @@ def main(argv=None):
       log(f"round {k + 1}/{args.repeats}")
     for i, p in enumerate(pts):
       runs[i].append(run_point(p, args, log))
-  res["points"] = [summarise(p, r) for p, r in zip(pts, runs)]
+  res["points"] = [summarise(p, r) for p, r in zip(pts, runs, strict=True)]
   res["verdicts"] = verdicts(res["points"])
   reporting.finish(res, t0)
   out = Path(args.out_dir)

@@ -1,4 +1,5 @@
-r"""ESMM, ESMM-NS and ESM2 in PyTorch: the same model as esmjax, written the way a PyTorch user would.
+r"""ESMM, ESMM-NS and ESM2 in PyTorch: the same model as esmjax, written the way a PyTorch user
+would.
 
     from torch_reference import TorchMultiTask, Trainer, Variant
     model = TorchMultiTask.from_config(config, schema)        # esmjax config + dataset schema
@@ -106,7 +107,8 @@ class Variant:
 
   @property
   def name(self) -> str:
-    return f"{'compile' if self.compile else 'eager'}-{'sparse' if self.sparse else 'dense'}-{self.table_optimizer}"
+    mode = "compile" if self.compile else "eager"
+    return f"{mode}-{'sparse' if self.sparse else 'dense'}-{self.table_optimizer}"
 
   @classmethod
   def parse(cls, name: str) -> Variant:
@@ -141,17 +143,19 @@ def bce_from_logits(y, a):
 
 def log_probs(name: str, z: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
   """{log_pctr, log_pcvr, log_pctcvr[, log_pctavr]} from tower logits (the models' `log_probs`)."""
-  ls = F.logsigmoid
+  log_sigmoid = F.logsigmoid
   if name == "esm2":
-    l1, l2 = ls(z["ctr"]), ls(z["daction"])
-    log_pcvr = torch.logaddexp(l2 + ls(z["buy_d"]), ls(-z["daction"]) + ls(z["buy_o"]))
+    l1, l2 = log_sigmoid(z["ctr"]), log_sigmoid(z["daction"])
+    log_pcvr = torch.logaddexp(
+      l2 + log_sigmoid(z["buy_d"]), log_sigmoid(-z["daction"]) + log_sigmoid(z["buy_o"])
+    )
     return {
       "log_pctr": l1,
       "log_pcvr": log_pcvr,
       "log_pctcvr": l1 + log_pcvr,
       "log_pctavr": l1 + l2,
     }
-  l1, l3 = ls(z["ctr"]), ls(z["cvr"])
+  l1, l3 = log_sigmoid(z["ctr"]), log_sigmoid(z["cvr"])
   return {"log_pctr": l1, "log_pcvr": l3, "log_pctcvr": l1 + l3}
 
 
@@ -270,7 +274,7 @@ class TorchMultiTask(nn.Module):
     if not any(self.mv_mean):
       return mv_w
     parts, off = [], 0
-    for length, mean in zip(self.mv_lens, self.mv_mean):
+    for length, mean in zip(self.mv_lens, self.mv_mean, strict=True):
       w = mv_w[:, off : off + length]
       parts.append(w / torch.clamp(w.sum(1, keepdim=True), min=1e-6) if mean else w)
       off += length

@@ -62,11 +62,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
+import common
 
 ME = Path(__file__).resolve()
 ROOT = common.ROOT
-DEFAULT_BASELINE = "284dab9"  # main before this round
+DEFAULT_BASELINE = "284dab9"  # the commit the targets are stated against (--baseline_ref)
 MODELS = ("esmm", "esm2")
 BATCHES = (1024, 4096)
 TORCH_VARIANTS = (

@@ -4,7 +4,8 @@ A checkpoint step directory holds four items:
 
 - `state`: the whole TrainState (step, tower params and optimizer state, tables, table slots, the
   merge scratch map, rng), saved with StandardSave;
-- `data`: the grain iterator position (`process_{i}-of-{n}.json`), snapshotted when `save` is called;
+- `data`: the grain iterator position (`process_{i}-of-{n}.json`), snapshotted when `save` is
+  called;
 - `config`: the resolved config as JSON;
 - `meta`: what restoring needs before touching the arrays: every leaf's shape and dtype, the table
   row counts, the device and process counts it was written on; and every leaf's digest
@@ -378,8 +379,8 @@ class Checkpointer:
       )
       if s["dtype"] != str(c.dtype) or (tuple(s["shape"]) != tuple(c.shape) and not resizable):
         raise IncompatibleCheckpointError(
-          f"{where} of an incompatible config: state{path} is {s['dtype']}{tuple(s['shape'])} there "
-          f"and {c.dtype}{tuple(c.shape)} here; {fix}"
+          f"{where} of an incompatible config: state{path} is "
+          f"{s['dtype']}{tuple(s['shape'])} there and {c.dtype}{tuple(c.shape)} here; {fix}"
         )
     changed = [
       f"{k} {old.get(k)!r} -> {new.get(k)!r}"

@@ -12,6 +12,8 @@ import os
 
 import ml_collections
 
+# The walker of dotted keys, also used as config.ConfigError / unknown_key / get_path / set_path.
+from esmjax.config_keys import ConfigError, get_path, set_path, unknown_key  # noqa: F401
 from esmjax.embedding import optimizers as opt_lib
 from esmjax.models import layers
 from esmjax.models import registry as model_registry
@@ -28,10 +30,6 @@ BEST_METRICS = (
   "entire_space_auc",
   "entire_space_logloss",
 )
-
-
-class ConfigError(ValueError):
-  """A config value is invalid or contradicts another; the message names the key."""
 
 
 def default_config(world: str = "default") -> ml_collections.ConfigDict:
@@ -114,9 +112,7 @@ def default_config(world: str = "default") -> ml_collections.ConfigDict:
 
 
 def _choice(config, key: str, allowed) -> None:
-  value = config
-  for part in key.split("."):
-    value = value[part]
+  value = get_path(config, key)
   if value not in allowed:
     raise ConfigError(f"{key}={value!r} is not allowed; allowed: {list(allowed)}")
 
@@ -151,7 +147,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if not 0.0 < config.data.train_fraction <= 1.0:
     raise ConfigError(f"data.train_fraction={config.data.train_fraction!r} must be in (0, 1]")
   for key in ("data.train_dir", "data.eval_dir"):
-    path = config.data[key.split(".")[1]]
+    path = get_path(config, key)
     if path and not os.path.isdir(path):
       raise ConfigError(f"{key}={path!r}: directory does not exist")
     if path and not os.path.exists(os.path.join(path, "manifest.json")):
@@ -172,7 +168,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
-# -- the train, optimizer, mesh, checkpoint and distributed sections --------------------------------
+# -- the train, optimizer, mesh, checkpoint and distributed sections ------------------------------
 
 _ANY = float("inf")
 
@@ -302,47 +298,9 @@ def check_devices(config: ml_collections.ConfigDict, num_devices: int, num_proce
   if num_devices <= 0:
     raise ConfigError(f"mesh.num_devices={num_devices}: no devices to run on")
   for key in ("train.batch_size", "train.eval_batch_size"):
-    sect, name = key.split(".")
-    v = int(config[sect][name])
+    v = int(get_path(config, key))
     if v % num_devices:
       raise ConfigError(
         f"{key}={v} is not divisible by the {num_devices} devices "
         f"({num_processes} process(es)); pick a multiple of {num_devices}"
       )
-
-
-def unknown_key(config: ml_collections.ConfigDict, dotted: str) -> str | None:
-  """Why `dotted` (e.g. 'train.batch_size') is not a key of `config`, naming the keys that are;
-  None when it is one. The one walker of dotted keys: the CLI's override check, the experiments'
-  and benchmarks' overrides."""
-  node, path = config, dotted.split(".")
-  for i, part in enumerate(path):
-    if not hasattr(node, "keys") or part not in node:
-      parent = ".".join(path[:i]) or "config"
-      allowed = sorted(node.keys()) if hasattr(node, "keys") else []
-      return f"unknown config key {'.'.join(path[: i + 1])!r}; keys of {parent}: {allowed}"
-    node = node[part]
-  return None
-
-
-def get_path(config: ml_collections.ConfigDict, dotted: str):
-  """config['a']['b'] for 'a.b'; ConfigError naming the key if it does not exist."""
-  why = unknown_key(config, dotted)
-  if why:
-    raise ConfigError(why)
-  node = config
-  for part in dotted.split("."):
-    node = node[part]
-  return node
-
-
-def set_path(config: ml_collections.ConfigDict, dotted: str, value) -> None:
-  """config['a']['b'] = value for 'a.b' (an existing key only: a typo must not add a new one)."""
-  why = unknown_key(config, dotted)
-  if why:
-    raise ConfigError(why)
-  *path, last = dotted.split(".")
-  node = config
-  for part in path:
-    node = node[part]
-  node[last] = value

@@ -28,7 +28,7 @@ ENV = {
 
 def settings(config) -> tuple[str, int, int]:
   """(coordinator, num_processes, process_id): the config's, else the environment's."""
-  from esmjax.config import ConfigError  # noqa: PLC0415
+  from esmjax.config import ConfigError
 
   d = config.distributed
   coordinator = d.coordinator or os.environ.get(ENV["coordinator"], "")
@@ -54,7 +54,7 @@ def maybe_initialize(config) -> None:
   Only `main` calls this: grain worker processes import the package and must not join the job.
   On CPU, collectives across processes use gloo over the coordinator's address.
   """
-  import jax  # noqa: PLC0415
+  import jax
 
   coordinator, num, pid = settings(config)
   if num <= 1:

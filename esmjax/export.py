@@ -1,12 +1,14 @@
 """A trained model as a serving artifact: serialized StableHLO (jax.export) + a JSON signature.
 
-    python -m esmjax.main --config=configs/esmm.py --workdir=DIR --mode=export --export_path=m.jaxexport
+    python -m esmjax.main --config=configs/esmm.py --workdir=DIR --mode=export \
+        --export_path=m.jaxexport
 
 writes two files:
 
   m.jaxexport       `jax.export.Exported.serialize()` bytes of `predict(batch) -> probabilities`.
                     The trained tower params and embedding tables are closed over, i.e. baked into
-                    the module as constants: no params file, no esmjax, no config is needed to run it.
+                    the module as constants: no params file, no esmjax, no config is needed to run
+                    it.
   m.jaxexport.json  the signature: inputs (name, dtype, shape with "b" the batch dimension, the
                     fields behind each column with their vocab sizes), outputs, model, step.
 
@@ -67,7 +69,8 @@ def export(
   config=None,
   platforms: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-  """Exports the latest checkpoint of `workdir` to `out_path` (+ `out_path.json`); returns the signature.
+  """Exports the latest checkpoint of `workdir` to `out_path` (+ `out_path.json`); returns the
+  signature.
 
   `config` defaults to the one saved in the workdir (see `esmjax.predict.saved_config`).
   """
@@ -241,7 +244,7 @@ class ExportedModel:
   def __call__(self, batch) -> dict[str, np.ndarray]:
     where = "exported model"
     args = {}
-    for col, x in zip(self.columns, self.signature["inputs"]):
+    for col, x in zip(self.columns, self.signature["inputs"], strict=True):
       if col.name not in batch:
         names = [c.name for c in self.columns]
         raise ValueError(f"{where}: batch lacks {col.name!r}; inputs are {names}")

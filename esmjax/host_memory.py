@@ -140,7 +140,7 @@ def back_with_huge_pages(tree, min_bytes: int = 4 << 20) -> int:
   Linux only, best effort: a kernel without MADV_COLLAPSE (< 6.1), THP set to `never`, or no free
   huge pages leave the memory as it was. Accelerator arrays are skipped (not host memory).
   """
-  import jax  # noqa: PLC0415
+  import jax
 
   try:
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -158,7 +158,7 @@ def back_with_huge_pages(tree, min_bytes: int = 4 << 20) -> int:
         continue
       try:
         ptr = shard.data.unsafe_buffer_pointer()
-      except Exception:  # noqa: BLE001 (not every runtime exposes host pointers)
+      except Exception:  # not every runtime exposes host pointers
         continue
       start = -(-ptr // _HUGE) * _HUGE
       end = (ptr + shard.data.nbytes) // _HUGE * _HUGE

@@ -115,7 +115,7 @@ def _coerce(value, default):
   if isinstance(default, tuple):
     if len(value) != len(default):
       return tuple(value)
-    return tuple(type(d)(v) for d, v in zip(default, value))
+    return tuple(type(d)(v) for d, v in zip(default, value, strict=True))
   if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
     return float(value)
   return value

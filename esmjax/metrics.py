@@ -252,9 +252,9 @@ def evaluate(
       and `pcvr` (the true conversion probability).
 
   Returns:
-    Python floats keyed `task/metric` (tasks ctr, cvr, ctcvr, ctavr), only for what the inputs allow;
-    CVR on clicked impressions only, the others (and `cvr/entire_space_*`) on all impressions;
-    `n/*` are weighted counts.
+    Python floats keyed `task/metric` (tasks ctr, cvr, ctcvr, ctavr), only for what the inputs
+    allow; CVR on clicked impressions only, the others (and `cvr/entire_space_*`) on all
+    impressions; `n/*` are weighted counts.
   """
   fn = "evaluate"
   for what, d, allowed in (

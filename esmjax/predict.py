@@ -117,7 +117,7 @@ def jit_predict_step(run):
 def pop_strays(schema: ds_lib.Schema, cols: dict[str, np.ndarray]) -> dict[str, int]:
   """Removes the per-row counts from `cols`; returns {field: stray ids} (fields with any)."""
   totals = np.asarray(cols.pop(inputs.STRAYS_KEY), np.int64).sum(0)
-  return {name: int(n) for name, n in zip(inputs.id_fields(schema), totals) if n}
+  return {name: int(n) for name, n in zip(inputs.id_fields(schema), totals, strict=True) if n}
 
 
 def log_strays(where: str, counts: dict[str, int]) -> None:

@@ -99,7 +99,7 @@ class Schema:
       names, other_names = [f.name for f in mine], [f.name for f in theirs]
       if names != other_names:
         return f"{kind} fields differ: {names} vs {other_names}"
-      for a, b in zip(mine, theirs):
+      for a, b in zip(mine, theirs, strict=True):
         for key in [f.name for f in dataclasses.fields(a) if f.name not in ("name", "group")]:
           va, vb = getattr(a, key), getattr(b, key)
           both_float = isinstance(va, float) and isinstance(vb, float)

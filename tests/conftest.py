@@ -1,4 +1,5 @@
-"""Test set-up: 8 fake CPU devices (before jax is imported anywhere) and parsed absl flags."""
+"""Test set-up: 8 fake CPU devices (before jax is imported anywhere), parsed absl flags, and the
+`data` fixture (a module may define its own)."""
 
 import os
 import sys
@@ -8,10 +9,17 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from absl import flags  # noqa: E402
+from esmjax import absl_flags
 
-if not flags.FLAGS.is_parsed():
-  # grain's mp_prefetch reads absl flags; outside an absl app they must be parsed first.
-  flags.FLAGS(["pytest"], known_only=True)
+absl_flags.ensure_parsed("pytest")  # grain's mp_prefetch reads absl flags
 
 sys.path.insert(0, os.path.dirname(__file__))
+
+import pytest  # noqa: E402
+import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  """A directory with the tiny train and eval datasets (`tiny.train_eval_datasets`)."""
+  return tiny.train_eval_datasets(tmp_path_factory.mktemp("data"))

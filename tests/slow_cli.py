@@ -9,11 +9,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from esmjax import (
-  main,  # noqa: E402
-  trainer,  # noqa: E402
-)
-from esmjax.loop.hooks import Hooks  # noqa: E402
+from esmjax import main, trainer
+from esmjax.loop.hooks import Hooks
 
 DELAY_S = float(os.environ.get("ESMJAX_TEST_STEP_DELAY_S", "0"))
 

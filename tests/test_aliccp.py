@@ -38,7 +38,8 @@ USER_FIELDS = {
 
 
 def _value(field: str, fid: str) -> str:
-  # small.txt dropped the values; give behaviour lists and combinations varied ones so weights are tested.
+  # small.txt dropped the values; behaviour lists and combinations get varied ones, so that weights
+  # are tested.
   if field.endswith("_14") or field in ("508", "509", "702", "853"):
     return f"{(int(fid) % 5) * 0.5 + 0.5:g}"
   return "1.0"
@@ -88,11 +89,13 @@ def _row_features(block, schema, r):
   for j, f in enumerate(schema.sparse):
     if block["sparse"][r, j]:
       out[f.name] = [int(block["sparse"][r, j])]
-  for f, off in zip(schema.multi, schema.mv_offsets):
+  for f, off in zip(schema.multi, schema.mv_offsets, strict=True):
     ids = block["mv_ids"][r, off : off + f.max_len]
     w = block["mv_w"][r, off : off + f.max_len]
     if (ids != 0).any():
-      out[f.name] = sorted(zip(ids[ids != 0].tolist(), np.round(w[ids != 0], 4).tolist()))
+      out[f.name] = sorted(
+        zip(ids[ids != 0].tolist(), np.round(w[ids != 0], 4).tolist(), strict=True)
+      )
   return out
 
 
@@ -106,7 +109,11 @@ def _expected_features(items, spec):
     h = ids_lib.hash_ids(
       np.array([v for v, _ in vals]), ids_lib.field_salt(f), int(spec.buckets[k])
     ).tolist()
-    out[f] = [h[0]] if spec.kinds[k] == "sparse" else sorted(zip(h, [round(w, 4) for _, w in vals]))
+    out[f] = (
+      [h[0]]
+      if spec.kinds[k] == "sparse"
+      else sorted(zip(h, [round(w, 4) for _, w in vals], strict=True))
+    )
   return out
 
 
@@ -146,7 +153,7 @@ def test_truncation_keeps_largest_weights_and_is_counted(tmp_path):
   )  # max_len 32
   d = ds_lib.open_dataset(str(tmp_path / "out"))
   b = d.read_all()
-  for f, off in zip(d.schema.multi, d.schema.mv_offsets):
+  for f, off in zip(d.schema.multi, d.schema.mv_offsets, strict=True):
     n_per_row = [sum(ff == f.name for ff, _ in items) for *_, items in rows]
     dropped = sum(max(0, n - f.max_len) for n in n_per_row)
     assert m["conversion"]["truncated"][f.name] == {
@@ -171,7 +178,8 @@ def test_parallel_ranges_match_single_process_and_resume(tmp_path):
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
-  # An interrupted run: one range's shard never renamed (only a .tmp), its sidecar absent, no manifest.
+  # An interrupted run: one range's shard never renamed (only a .tmp), its sidecar absent, no
+  # manifest.
   os.remove(two / "manifest.json")
   os.remove(two / "shard-00001.done.json")
   os.replace(two / "shard-00001.esb", two / "shard-00001.esb.tmp")
@@ -259,7 +267,8 @@ def test_bad_lines_are_counted_reported_and_no_good_row_is_lost(tmp_path, capsys
     aliccp.convert(
       str(skel), str(common), str(tmp_path / "out"), workers=1, bad_lines="fail", progress=False
     )
-  # A directory converted with skip, rerun (resumed) with fail: the recorded first bad line stops it.
+  # A directory converted with skip, rerun (resumed) with fail: the recorded first bad line stops
+  # it.
   aliccp.convert(str(skel), str(cf), str(tmp_path / "out3"), workers=1, progress=False)
   with pytest.raises(aliccp.ConversionError, match=rf"{skel}:4: column_count"):
     aliccp.convert(
@@ -348,7 +357,7 @@ def test_cli_and_pipeline_read_back(tmp_path):
     text=True,
     timeout=120,
   )
-  assert res.returncode == 1 and f"no such file: {tmp_path / 'missing.csv'}" in res.stderr
+  assert res.returncode == 2 and f"no such file: {tmp_path / 'missing.csv'}" in res.stderr
 
 
 def _reference_parse(line: str, n_cols: int, skeleton: bool):
@@ -391,10 +400,14 @@ def test_vectorised_parser_matches_a_reference_on_random_lines():
   lines = []
   for _ in range(400):
     items = [
-      f"{rng.choice(fields)}\x02{rng.integers(0, 10**6)}\x03{rng.choice(['1.0', '0.5', '2', '1e-3', '.5'])}"
+      f"{rng.choice(fields)}\x02{rng.integers(0, 10**6)}\x03"
+      f"{rng.choice(['1.0', '0.5', '2', '1e-3', '.5'])}"
       for _ in range(rng.integers(0, 5))
     ]
-    line = f"{rng.integers(0, 10**9)},{rng.integers(0, 2)},{rng.integers(0, 2)},k{rng.integers(0, 9)},{len(items)},"
+    line = (
+      f"{rng.integers(0, 10**9)},{rng.integers(0, 2)},{rng.integers(0, 2)},"
+      f"k{rng.integers(0, 9)},{len(items)},"
+    )
     line += "\x01".join(items)
     if rng.random() < 0.5:  # corrupt: replace, insert or delete one character
       k = int(rng.integers(0, len(line) + 1))
@@ -406,7 +419,7 @@ def test_vectorised_parser_matches_a_reference_on_random_lines():
   p = aliccp_parse.parse_chunk(("\n".join(lines) + "\n").encode(), 6, spec, skeleton=True)
   kinds = {v: k for k, v in aliccp_spec.KIND_CODES.items()}
   row_items = {}
-  for r, f, k, v in zip(p.item_row, p.item_field, p.item_key, p.item_val):
+  for r, f, k, v in zip(p.item_row, p.item_field, p.item_key, p.item_val, strict=True):
     row_items.setdefault(int(r), []).append((int(f), int(k), float(v)))
   row = 0
   for i, line in enumerate(lines):
@@ -421,6 +434,6 @@ def test_vectorised_parser_matches_a_reference_on_random_lines():
       have = row_items.get(row, [])
       assert [
         (f, k if w is not None else None, pytest.approx(v))
-        for (f, k, v), (_, w, _) in zip(have, want)
+        for (f, k, v), (_, w, _) in zip(have, want, strict=True)
       ] == want
       row += 1

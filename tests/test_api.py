@@ -1,4 +1,5 @@
-"""The Python API: the README's example, run as written; load / predict / evaluate; a cheap import."""
+"""The Python API: the README's example, run as written; load / predict / evaluate; a cheap
+import."""
 
 import json
 import os
@@ -29,7 +30,7 @@ print(summary["metrics"]["ctr/auc"], summary["metrics"]["cvr/auc"])
 model = esmjax.load("workdirs/notebook")    # config and schema come from the workdir
 preds = model.predict(summary["eval_dir"])  # a dataset directory, a Dataset, or a dict of arrays
 print(preds["pctr"][:3], preds["pcvr"][:3], preds["pctcvr"][:3])
-"""
+"""  # noqa: E501 (verbatim from README.md, whose example has two lines of 101 and 102 columns)
 
 
 def test_readme_example_runs_as_written(tmp_path, monkeypatch):

@@ -1,13 +1,12 @@
 """Runs that survive: exact resumption after SIGKILL and SIGTERM, and on another device count.
 
 The interrupted runs are real command-line subprocesses (`tests/slow_cli.py`: `esmjax.main` with a
-test hook that slows each dispatch), signalled while they train between the checkpoints at N and 2N; the reference run and the resumptions run in-process. "Exact"
-is bit for bit: the state fingerprint (a hash of every array), the final eval metrics, and every
-logged train loss.
+test hook that slows each dispatch), signalled while they train between the checkpoints at N and
+2N; the reference run and the resumptions run in-process. "Exact" is bit for bit: the state
+fingerprint (a hash of every array), the final eval metrics, and every logged train loss.
 """
 
 import dataclasses
-import importlib.util
 import json
 import os
 import shutil
@@ -33,16 +32,7 @@ N = 100  # checkpoint.every_steps; runs go to 2N (4+ epochs of the tiny data)
 
 def esmm_config(**overrides):
   """configs/esmm.py with `overrides` ({"train.batch_size": 64, ...}), as the CLI would build it."""
-  spec = importlib.util.spec_from_file_location(
-    "esmm_config", os.path.join(REPO, "configs", "esmm.py")
-  )
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  config = mod.get_config()
-  for key, value in overrides.items():
-    sect, name = key.split(".")
-    config[sect][name] = value
-  return config
+  return tiny.repo_config("configs/esmm.py", **overrides)
 
 
 def tiny_overrides(data, **kw):
@@ -82,11 +72,11 @@ def jit_cache(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("jit-cache"))
   keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
   old = [getattr(jax.config, k) for k in keys]
-  for k, v in zip(keys, (path, 0.0)):
+  for k, v in zip(keys, (path, 0.0), strict=True):
     jax.config.update(k, v)
   reset()
   yield path
-  for k, v in zip(keys, old):
+  for k, v in zip(keys, old, strict=True):
     jax.config.update(k, v)
   reset()
 
@@ -146,7 +136,7 @@ def _signal_while_training(workdir, overrides, sig, ready, name, jit_cache, step
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     "ESMJAX_TEST_STEP_DELAY_S": str(step_delay_s),
   }
-  flag = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
+  flag = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
   cmd = [
     sys.executable,
     os.path.join(REPO, "tests", "slow_cli.py"),
@@ -246,7 +236,10 @@ def test_resume_on_fewer_devices_restores_the_state_with_new_shardings(data, str
   assert ck2.restored_step == 2 * N and it2.get_state() == saved_iter_state(workdir, 2 * N)
   shardings2 = jax.tree_util.tree_leaves(run2.state_sharding)
   for (path, a), b, sharding in zip(
-    jax.tree_util.tree_flatten_with_path(saved)[0], jax.tree_util.tree_leaves(restored), shardings2
+    jax.tree_util.tree_flatten_with_path(saved)[0],
+    jax.tree_util.tree_leaves(restored),
+    shardings2,
+    strict=True,
   ):
     a, name = np.asarray(a), jax.tree_util.keystr(path)
     assert b.sharding == sharding and b.sharding.mesh.size == 2, name

@@ -28,26 +28,10 @@ from esmjax import trainer
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-  root = tmp_path_factory.mktemp("data")
-  tiny.tiny_dataset(str(root / "train"), n=1500, seed=0)
-  tiny.tiny_dataset(str(root / "eval"), n=300, seed=1, start_id=10**6)
-  return root
-
-
 def run_config(data, **overrides):
   # embed_dim 64: a table shard (6 rows) is 1.5 KB, above the 1 KB up to which OCDBT inlines a chunk
   # into its checksummed b-tree nodes; larger chunks are stored raw, unchecked, as in real models.
-  base = {
-    "data.train_dir": str(data / "train"),
-    "data.eval_dir": str(data / "eval"),
-    "mesh.num_devices": 8,
-    "train.num_steps": 10,
-    "checkpoint.every_steps": 5,
-    "model.embed_dim": 64,
-  }
-  return tiny.tiny_config("esmm", **{**base, **overrides})
+  return tiny.run_config(data, **{"model.embed_dim": 64, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +185,7 @@ def _two_processes(workdir, data, steps):
     for i in range(2)
   ]
   logs = [p.communicate(timeout=600)[0] for p in procs]
-  for p, log in zip(procs, logs):
+  for p, log in zip(procs, logs, strict=True):
     assert p.returncode == 0, log[-3000:]
   return logs
 

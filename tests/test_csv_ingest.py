@@ -4,13 +4,13 @@ AITM, AliExpress from FuxiCTR and torch-rechub) into the blocked format."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny
 
 from esmjax.data import csv_ingest
 from esmjax.data import dataset as ds_lib
@@ -24,12 +24,7 @@ FUXI = SAMPLES / "FuxiCTR/data/tiny_mtl"
 
 
 def _config(name: str):
-  spec = importlib.util.spec_from_file_location(
-    f"cfg_{name}", REPO / "configs" / "data" / f"{name}.py"
-  )
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  return tiny.repo_config(f"configs/data/{name}.py")
 
 
 def _rows(path: Path, columns=None):
@@ -165,7 +160,8 @@ def test_aliexpress_fuxictr_and_rechub_and_parquet(tmp_path):
   )
   for k in ("labels", "user", "dense"):
     np.testing.assert_array_equal(ba[k], bp[k], err_msg=k)
-  # Integer columns print the same in Parquet; vocab ids may differ only by tie order, so compare values.
+  # Integer columns print the same in Parquet; vocab ids may differ only by tie order, so compare
+  # values.
   va, vp = _vocabs(tmp_path / "c"), _vocabs(tmp_path / "p")
   for j, f in enumerate(ds_lib.open_dataset(str(tmp_path / "c")).schema.sparse):
     ra = [va[f.name]["values"][i - 2] for i in ba["sparse"][:, j]]

@@ -19,26 +19,15 @@ from esmjax.loop.hooks import Hooks
 from esmjax.loop.train_log import RateMeter
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-  root = tmp_path_factory.mktemp("data")
-  tiny.tiny_dataset(str(root / "train"), n=1500, seed=0)
-  tiny.tiny_dataset(str(root / "eval"), n=300, seed=1, start_id=10**6)
-  return root
-
-
 def run_config(data, **overrides):
   base = {
-    "data.train_dir": str(data / "train"),
-    "data.eval_dir": str(data / "eval"),
-    "mesh.num_devices": 8,
     "train.num_steps": 24,
     "train.log_every": 6,
     "train.eval_every": 12,
     "checkpoint.every_steps": 12,
     "train.steps_per_dispatch": 1,
   }
-  return tiny.tiny_config("esmm", **{**base, **overrides})
+  return tiny.run_config(data, **{**base, **overrides})
 
 
 def records(workdir, split):

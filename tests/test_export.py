@@ -14,7 +14,11 @@ from esmjax import export as export_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What a serving process must not need: the training code and its configuration machinery.
-BLOCK = "import sys\nfor m in ('esmjax', 'flax', 'optax', 'orbax', 'grain', 'ml_collections'):\n  sys.modules[m] = None\n"
+BLOCK = (
+  "import sys\n"
+  "for m in ('esmjax', 'flax', 'optax', 'orbax', 'grain', 'ml_collections'):\n"
+  "  sys.modules[m] = None\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +208,7 @@ def test_library_predict_scores_stray_ids_as_oov_and_counts_them(trained):
   mesh = model.run.mesh
   out = sh.to_host_local(model._step_fn(model.state, sh.put_batch(_as_int32(bad), mesh)), mesh)
   per_row = np.asarray(out.pop(inputs.STRAYS_KEY))
-  assert dict(zip(inputs.id_fields(model.schema), per_row.sum(0).tolist())) == counts
+  assert dict(zip(inputs.id_fields(model.schema), per_row.sum(0).tolist(), strict=True)) == counts
   for k in want:
     np.testing.assert_allclose(out[k], want[k], rtol=1e-6, err_msg=k)
 

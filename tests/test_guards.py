@@ -7,7 +7,6 @@ import glob
 import logging
 import os
 import shutil
-import types
 
 import jax
 import numpy as np
@@ -17,7 +16,6 @@ from test_checkpoint import jit_cache  # noqa: F401  (autouse: one compilation p
 
 from esmjax import checkpoint as ckpt_lib
 from esmjax import config as config_lib
-from esmjax import main as main_lib
 from esmjax import metrics_io, trainer
 from esmjax.data import dataset as D
 from esmjax.loop import data as loop_data
@@ -25,48 +23,17 @@ from esmjax.loop import guard as guard_lib
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-  root = tmp_path_factory.mktemp("data")
-  tiny.tiny_dataset(str(root / "train"), n=1500, seed=0)
-  tiny.tiny_dataset(str(root / "eval"), n=300, seed=1, start_id=10**6)
-  return root
-
-
-def run_config(data, **overrides):
-  base = {
-    "data.train_dir": str(data / "train"),
-    "data.eval_dir": str(data / "eval"),
-    "mesh.num_devices": 8,
-    "train.num_steps": 10,
-    "checkpoint.every_steps": 5,
-  }
-  return tiny.tiny_config("esmm", **{**base, **overrides})
-
-
-@pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
   """A workdir with checkpoints at steps 5 and 10 -> (workdir, summary)."""
   workdir = str(tmp_path_factory.mktemp("trained"))
-  return workdir, trainer.train_and_evaluate(run_config(data), workdir)
+  return workdir, trainer.train_and_evaluate(tiny.run_config(data), workdir)
 
 
 def saved_steps(workdir):
   return sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
 
 
-def run_main(config, workdir, monkeypatch, capsys):
-  """esmjax.main.main as the CLI runs it -> (exit code, stderr)."""
-  for name, value in (("_CONFIG", config), ("_WORKDIR", workdir), ("_MODE", "train")):
-    monkeypatch.setattr(main_lib, name, types.SimpleNamespace(value=value))
-  code = 0
-  try:
-    main_lib.main(["esmjax"])
-  except SystemExit as e:
-    code = e.code
-  return code, capsys.readouterr().err
-
-
-# -- config errors: named keys, before anything is read or compiled -----------------------------------
+# -- config errors: named keys, before anything is read or compiled --------------------------------
 
 
 @pytest.mark.parametrize(
@@ -95,7 +62,7 @@ def run_main(config, workdir, monkeypatch, capsys):
 )
 def test_config_errors_name_the_key(data, overrides, message):
   with pytest.raises(config_lib.ConfigError) as e:
-    config_lib.validate(run_config(data, **overrides))
+    config_lib.validate(tiny.run_config(data, **overrides))
   assert message in str(e.value)
 
 
@@ -162,13 +129,13 @@ def test_config_errors_name_the_key(data, overrides, message):
 )
 def test_numeric_keys_out_of_range_name_key_value_and_range(data, overrides, message):
   with pytest.raises(config_lib.ConfigError) as e:
-    config_lib.validate(run_config(data, **overrides))
+    config_lib.validate(tiny.run_config(data, **overrides))
   assert message in str(e.value)
 
 
 def test_data_dir_without_manifest_is_named(data, tmp_path):
   with pytest.raises(config_lib.ConfigError, match="data.eval_dir=.*no manifest.json"):
-    config_lib.validate(run_config(data, **{"data.eval_dir": str(tmp_path)}))
+    config_lib.validate(tiny.run_config(data, **{"data.eval_dir": str(tmp_path)}))
 
 
 @pytest.mark.parametrize(
@@ -193,13 +160,13 @@ def test_device_errors_come_before_data_and_compilation(
   monkeypatch.setattr(loop_data, "resolve_datasets", built)
   monkeypatch.setattr(trainer, "Run", built)
   with pytest.raises(config_lib.ConfigError) as e:
-    trainer.train_and_evaluate(run_config(data, **overrides), str(tmp_path))
+    trainer.train_and_evaluate(tiny.run_config(data, **overrides), str(tmp_path))
   assert message in str(e.value)
 
 
 def test_cli_config_error_is_one_line_and_exit_2(data, tmp_path, monkeypatch, capsys):
-  code, err = run_main(
-    run_config(data, **{"train.batch_size": 60}), str(tmp_path), monkeypatch, capsys
+  code, _, err = tiny.run_main(
+    tiny.run_config(data, **{"train.batch_size": 60}), str(tmp_path), monkeypatch, capsys
   )
   assert code == 2
   assert (
@@ -207,21 +174,21 @@ def test_cli_config_error_is_one_line_and_exit_2(data, tmp_path, monkeypatch, ca
   )
 
 
-# -- the NaN guard -----------------------------------------------------------------------------------
+# -- the NaN guard ---------------------------------------------------------------------------------
 
 
 def test_nan_loss_stops_the_run_naming_step_and_tasks_without_saving_it(
   data, tmp_path, monkeypatch, capsys
 ):
   # NaN input at step 7; no log step before 20, so the check before the save at step 10 catches it.
-  cfg = run_config(data, **{"train.num_steps": 20, "train.log_every": 100})
+  cfg = tiny.run_config(data, **{"train.num_steps": 20, "train.log_every": 100})
   workdir = str(tmp_path)
   monkeypatch.setattr(
     trainer,
     "train_and_evaluate",
     functools.partial(trainer.train_and_evaluate, hooks=tiny.nan_at_step(7)),
   )
-  code, err = run_main(cfg, workdir, monkeypatch, capsys)
+  code, _, err = tiny.run_main(cfg, workdir, monkeypatch, capsys)
   assert code == 3
   assert err.startswith(
     "esmjax: error: non-finite loss, loss/ctcvr, loss/ctr at step 7 (found at step 10); "
@@ -233,7 +200,7 @@ def test_nan_loss_stops_the_run_naming_step_and_tasks_without_saving_it(
 
 def test_nan_weights_with_finite_losses_are_caught_before_a_save(data):
   # E.g. an update that overflowed: the step's loss was finite, the state it produced is not.
-  run = trainer.Run(run_config(data), tiny.tiny_schema())
+  run = trainer.Run(tiny.run_config(data), tiny.tiny_schema())
   state = run.init_fn()
   params = jax.tree_util.tree_map(lambda x: x, state.params)
   params["tower_cvr"]["Dense_0"]["bias"] = params["tower_cvr"]["Dense_0"]["bias"].at[0].set(np.inf)
@@ -262,7 +229,9 @@ def test_nan_weights_with_finite_losses_are_caught_before_a_save(data):
 def test_workdir_of_an_incompatible_config_is_refused(data, trained, overrides, message):
   workdir, _ = trained
   with pytest.raises(ckpt_lib.IncompatibleCheckpointError) as e:
-    trainer.train_and_evaluate(run_config(data, **{"train.num_steps": 15, **overrides}), workdir)
+    trainer.train_and_evaluate(
+      tiny.run_config(data, **{"train.num_steps": 15, **overrides}), workdir
+    )
   assert message in str(e.value) and f"{workdir}/checkpoints holds checkpoint step 10" in str(
     e.value
   )
@@ -279,7 +248,7 @@ def test_workdir_of_other_table_shapes_is_refused(trained, tmp_path):
     ckpt_lib.IncompatibleCheckpointError,
     match="with 40 embedding rows, but this dataset's schema needs 48",
   ):
-    trainer.train_and_evaluate(run_config(tmp_path, **{"train.num_steps": 15}), trained[0])
+    trainer.train_and_evaluate(tiny.run_config(tmp_path, **{"train.num_steps": 15}), trained[0])
 
 
 def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
@@ -295,7 +264,7 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
     os.path.join(workdir, "checkpoints", "15.orbax-checkpoint-tmp-1764300000000000", "state")
   )
   with caplog.at_level(logging.WARNING):
-    summary = trainer.train_and_evaluate(run_config(data), workdir)
+    summary = trainer.train_and_evaluate(tiny.run_config(data), workdir)
   assert summary["resumed_from_step"] == 5
   assert "checkpoint step 10 in " in caplog.text and "is unreadable" in caplog.text
   assert "resuming from the previous checkpoint, step 5, instead" in caplog.text
@@ -308,12 +277,12 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
   assert saved_steps(workdir) == [5, 10]
 
 
-# -- the best checkpoint ------------------------------------------------------------------------------
+# -- the best checkpoint ---------------------------------------------------------------------------
 
 
 def test_best_checkpoint_by_eval_metric_is_kept_besides_the_last(data, tmp_path):
   workdir = str(tmp_path)
-  cfg = run_config(
+  cfg = tiny.run_config(
     data,
     **{
       "train.num_steps": 20,

@@ -1,13 +1,15 @@
 """Ingestion that says what is wrong: non-finite numbers, byte-order marks, compressed and binary
-inputs, and label leakage, in both converters (`csv_ingest`, `aliccp`)."""
+inputs, and label leakage, in both converters (`csv_ingest`, `aliccp`); and the data command lines'
+user errors, one line and exit 2."""
 
 from __future__ import annotations
 
 import bz2
 import gzip
-import importlib.util
 import io
 import re
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import tiny
 
 from esmjax.data import aliccp, csv_ingest, leakage
 from esmjax.data import dataset as ds_lib
@@ -25,11 +28,7 @@ RECHUB_CSV = SAMPLES / "torch-rechub/examples/ranking/data/ali-ccp/ali_ccp_train
 
 
 def _config(name: str):
-  path = REPO / "configs" / "data" / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  return tiny.repo_config(f"configs/data/{name}.py")
 
 
 def _same_rows(a: str, b: str) -> None:
@@ -46,7 +45,7 @@ def test_csv_dense_values_beyond_float32_are_bad_lines_of_their_own(tmp_path):
   lines = RECHUB_CSV.read_text().splitlines()
   header, rows = lines[0], lines[1:]
   odd = ["1e39", "-1e400", "nan", "inf", "-Infinity"]  # D853 is the last column
-  changed = [r.rsplit(",", 1)[0] + "," + v for r, v in zip(rows[10:15], odd)]
+  changed = [r.rsplit(",", 1)[0] + "," + v for r, v in zip(rows[10:15], odd, strict=True)]
   text = "\n".join([header] + rows[:10] + changed + rows[15:]) + "\n"
   path = tmp_path / "odd.csv"
   path.write_text(text)
@@ -154,7 +153,7 @@ def test_compressed_csv_is_read_transparently(tmp_path, name, compress):
   if compress is None:
     if not pa.Codec.is_available("zstd"):
       pytest.skip("pyarrow built without zstd")
-    compress = lambda b: pa.Codec("zstd").compress(b, asbytes=True)  # noqa: E731
+    compress = lambda b: pa.Codec("zstd").compress(b, asbytes=True)
   cfg = _config("rechub_aliccp")
   path = tmp_path / name
   path.write_bytes(compress(RECHUB_CSV.read_bytes()))
@@ -349,3 +348,50 @@ def test_aliccp_leakage_is_reported_and_optionally_fatal(tmp_path):
       str(leaky), str(cf), str(tmp_path / "fail"), workers=1, label_leakage="fail", progress=False
     )
   assert not (tmp_path / "fail" / "manifest.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The data command lines (the converters, the synthetic world): a user error is one line on
+# stderr and exit 2.
+
+CSV_CONFIG = f"--config={REPO / 'configs/data/rechub_aliccp.py'}"
+RAW_CONFIG = f"--config={REPO / 'configs/data/aliccp_raw.py'}"
+
+
+@pytest.mark.parametrize(
+  "module,args,message",
+  [
+    ("csv_ingest", [], "--config is required"),
+    ("csv_ingest", [CSV_CONFIG, "--input={tmp}/nope.csv", "--out_dir={tmp}/o"], "nope.csv"),
+    ("csv_ingest", [CSV_CONFIG, f"--input={RECHUB_CSV}"], "--out_dir is required"),
+    ("csv_ingest", [CSV_CONFIG, f"--input={RECHUB_CSV}", "--out_dir={file}"], "File exists"),
+    ("csv_ingest", ["--config={tmp}/none.py"], "--config={tmp}/none.py: no such file"),
+    ("csv_ingest", [CSV_CONFIG, "--config.no_key=1"], "unknown config key 'no_key'; keys of"),
+    ("csv_ingest", [CSV_CONFIG, "--config.block_rows=x"], "config key block_rows takes an int"),
+    ("csv_ingest", [CSV_CONFIG, "--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
+    ("csv_ingest", [CSV_CONFIG, "stray"], "unexpected arguments: ['stray']"),
+    ("aliccp", [], "--skeleton is required"),
+    ("aliccp", ["--skeleton={tmp}/sk.csv"], "--skeleton: no such file: "),
+    ("aliccp", ["--bad_lines=maybe"], "--bad_lines=maybe: value should be one of <skip|fail>"),
+    ("aliccp", [RAW_CONFIG, "--config.fields.x=1"], "unknown config key 'fields.x'"),
+    ("aliccp", ["--config.dense_buckets=1"], "--config.dense_buckets=1 needs --config=FILE"),
+    ("synthetic", ["{tmp}/cache", "--world=nope"], "world 'nope' is not defined; allowed: "),
+    ("synthetic", ["{tmp}/cache", "--set=cvr"], "--set='cvr': give knob=value"),
+    ("synthetic", ["{tmp}/cache", "--set=num_train=x"], "num_train='x' must be a number"),
+    ("synthetic", ["{tmp}/cache", "{tmp}/other"], "unexpected arguments: "),
+  ],
+)
+def test_data_command_user_errors_are_one_line_and_exit_2(tmp_path, module, args, message):
+  (tmp_path / "file").write_text("")
+  fill = lambda s: s.format(tmp=tmp_path, file=tmp_path / "file")
+  res = subprocess.run(
+    [sys.executable, "-m", f"esmjax.data.{module}", *map(fill, args)],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert res.returncode == 2, res.stderr[-3000:]
+  lines = res.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("esmjax: error: "), res.stderr[-3000:]
+  assert fill(message) in lines[0]

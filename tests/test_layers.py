@@ -95,6 +95,8 @@ LAYERS = {
   "esmjax.metrics": 0,
   "esmjax.digest": 0,
   "esmjax.absl_flags": 0,
+  "esmjax.config_keys": 0,
+  "esmjax.exits": 0,
   "esmjax.host_memory": 0,
   "esmjax.orbax_errors": 0,
   "esmjax.sharding": 0,

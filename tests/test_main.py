@@ -1,4 +1,5 @@
-"""The entry point end to end: a 2-step run of each shipped config, predictions out, bad input in."""
+"""The entry point end to end: a 2-step run of each shipped config, predictions out, bad input
+in."""
 
 import csv
 import json
@@ -10,22 +11,6 @@ import pytest
 import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_WORLD = dict(
-  num_users=2_000,
-  num_items=1_000,
-  num_categories=50,
-  num_shops=200,
-  num_brands=100,
-  num_intentions=150,
-  num_profiles=20,
-  cross_buckets=512,
-  num_train=20_000,
-  num_eval=4_000,
-  block_rows=2_048,
-  blocks_per_shard=4,
-  chunk_rows=8_192,
-  calibration_rows=20_000,
-)
 
 
 def _main(args, env_devices=1, timeout=300):
@@ -45,7 +30,7 @@ def _main(args, env_devices=1, timeout=300):
 
 
 def _world_flags(cache):
-  return [f"--config.data.synthetic.{k}={v}" for k, v in TINY_WORLD.items()] + [
+  return [f"--config.data.synthetic.{k}={v}" for k, v in tiny.TINY_WORLD.items()] + [
     f"--config.data.cache_dir={cache}"
   ]
 

@@ -1,4 +1,5 @@
-"""Tests of esmjax.metrics: hand-computed cases, brute-force cross-checks, and `evaluate`'s populations.
+"""Tests of esmjax.metrics: hand-computed cases, brute-force cross-checks, and `evaluate`'s
+populations.
 
 `python tests/test_metrics.py` also prints the time of auc / gauc on 2 M rows and 100 k users.
 """
@@ -110,7 +111,7 @@ def test_gauc_hand_case():
     (7, 1, 0.8),
     (11, 1, 0.5),
   ]
-  g, y, s = map(np.array, zip(*rows))
+  g, y, s = map(np.array, zip(*rows, strict=True))
   assert M.gauc(y, s, g) == pytest.approx(4 / 6)
   # A mask that leaves user 3 single-class drops it: GAUC = user 7 alone = 0.75.
   w = np.where((g == 3) & (y == 0), 0, 1)

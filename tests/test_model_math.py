@@ -83,8 +83,9 @@ def test_log_space_loss_finite_where_naive_is_not():
   loss, grads = jax.value_and_grad(f, argnums=(0, 1))(a_ctr, a_cvr)
   assert np.isfinite(loss)
   assert np.all(np.isfinite(grads[0])) and np.all(np.isfinite(grads[1]))
-  # Row 0: -log(σ(-60)²) = 120 + 2·log1p(e^-60) ≈ 120; row 1: -log(1 - σ(60)²) = -log(-expm1(-2·log1p(e^-60)))
-  # ≈ -log(2e^-60); row 2: -log(1 - σ(30)σ(40)) ≈ -log(e^-30 + e^-40).
+  # Row 0: -log(σ(-60)²) = 120 + 2·log1p(e^-60) ≈ 120;
+  # row 1: -log(1 - σ(60)²) = -log(-expm1(-2·log1p(e^-60))) ≈ -log(2e^-60);
+  # row 2: -log(1 - σ(30)σ(40)) ≈ -log(e^-30 + e^-40).
   expected = np.mean([120.0, -np.log(2 * np.log1p(np.exp(-60.0))), -np.logaddexp(-30.0, -40.0)])
   np.testing.assert_allclose(loss, expected, rtol=1e-4)
 

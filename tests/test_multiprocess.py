@@ -7,7 +7,6 @@ over 4 devices in both, so the runs differ only in float summation order and pro
 in steps per dispatch, which changes no number).
 """
 
-import importlib.util
 import json
 import os
 import socket
@@ -96,16 +95,8 @@ def test_two_processes_match_one_process(tmp_path):
   ]
 
   # Meanwhile, the reference in this process: 1 process, 4 of the 8 test devices.
-  spec = importlib.util.spec_from_file_location(
-    "esmm_config", os.path.join(REPO, "configs", "esmm.py")
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = module.get_config()
   one_process = {**_overrides(tmp_path, 2), "mesh.num_devices": 4, "train.steps_per_dispatch": 1}
-  for k, v in one_process.items():
-    sect, name = k.split(".")
-    cfg[sect][name] = v
+  cfg = tiny.repo_config("configs/esmm.py", **one_process)
   one = trainer.train_and_evaluate(cfg, str(tmp_path / "one"))
 
   outs = []

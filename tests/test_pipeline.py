@@ -58,7 +58,7 @@ def reference_batches(
 
 def assert_same(got, want):
   assert len(got) == len(want)
-  for i, (a, b) in enumerate(zip(got, want)):
+  for i, (a, b) in enumerate(zip(got, want, strict=True)):
     assert list(a) == list(b)
     for k in b:
       assert a[k].dtype == b[k].dtype, (i, k)
@@ -230,6 +230,6 @@ def test_device_arrays_survive_buffer_reuse(ds):
     del b
   for _ in range(30):
     next(it)
-  for dev, want in zip(on_device, copies):
+  for dev, want in zip(on_device, copies, strict=True):
     for k, v in dev.items():
       np.testing.assert_array_equal(np.asarray(v), want[k], err_msg=k)

@@ -6,7 +6,6 @@ vocabularies, and the test split with one dense column fewer.
 """
 
 import dataclasses
-import importlib.util
 import os
 import subprocess
 import sys
@@ -27,18 +26,14 @@ RECHUB = os.path.join(
 
 
 def rechub_config():
-  path = os.path.join(REPO, "configs", "data", "rechub_aliccp.py")
-  spec = importlib.util.spec_from_file_location("rechub_aliccp", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  return tiny.repo_config("configs/data/rechub_aliccp.py")
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
   root = tmp_path_factory.mktemp("schema")
   cfg = rechub_config()
-  sample = lambda split: [os.path.join(RECHUB, f"ali_ccp_{split}_sample.csv")]  # noqa: E731
+  sample = lambda split: [os.path.join(RECHUB, f"ali_ccp_{split}_sample.csv")]
   train = str(root / "train")
   csv_ingest.ingest(cfg, sample("train"), train, progress=False)
   csv_ingest.ingest(cfg, sample("test"), str(root / "test"), stats_from=train, progress=False)
@@ -56,7 +51,7 @@ def world(tmp_path_factory):
 
 def first_vocab_difference(a: D.Schema, b: D.Schema):
   """(field, size in a, size in b) of the first single-valued field whose vocabularies differ."""
-  for fa, fb in zip(a.sparse, b.sparse):
+  for fa, fb in zip(a.sparse, b.sparse, strict=True):
     if fa.vocab_size != fb.vocab_size:
       return fa.name, fa.vocab_size, fb.vocab_size
   return None

@@ -141,17 +141,17 @@ def test_every_sparse_optimizer_sharded_equals_dense_reference():
       eng = sharded.ShardedEngine(
         layout=layout, dim=4, table_names=("ctr", "cvr"), opt=opt, mesh=mesh
       )
-      t, s, scr = eng.init(jax.random.PRNGKey(1))
-      ref_t, ref_s = dict(t), dict(s)
-      for step, (i, g) in enumerate(zip(ids, grads)):
-        t, s, scr = eng.update(t, s, scr, i, g, jnp.int32(step))
+      tables, slots, scratch = eng.init(jax.random.PRNGKey(1))
+      ref_t, ref_s = dict(tables), dict(slots)
+      for step, (i, g) in enumerate(zip(ids, grads, strict=True)):
+        tables, slots, scratch = eng.update(tables, slots, scratch, i, g, jnp.int32(step))
         touched = jnp.zeros((PADDED8,), bool).at[i.reshape(-1)].set(True)
         for n in ref_t:
           dense_g = jnp.zeros((PADDED8, 4)).at[i.reshape(-1)].add(g[n].reshape(-1, 4))
           ref_t[n], ref_s[n] = opt_lib.dense_reference_update(
             opt, ref_t[n], ref_s[n], dense_g, jnp.int32(step), touched
           )
-      out[kind] = (t, s, ref_t, ref_s, scr)
+      out[kind] = (tables, slots, ref_t, ref_s, scratch)
     return out
 
   out = jax.device_get(jax.jit(run_all)(ids, grads))
@@ -163,14 +163,14 @@ def test_every_sparse_optimizer_sharded_equals_dense_reference():
       a, b, rtol=2e-5, atol=atol * max(1.0, float(np.abs(b).max())), err_msg=kind
     )
 
-  for kind, (t, s, ref_t, ref_s, scr) in out.items():
+  for kind, (tables, slots, ref_t, ref_s, scratch) in out.items():
     # Adam divides by |g|: where duplicates nearly cancel, the other summation order of the merge
     # moves the step by ~1e-6 (seen: 7.5e-7); the other optimizers agree to float rounding.
     atol = 2e-6 if kind == "lazy_adam" else 1e-7
     for n in ("ctr", "cvr"):
-      close(t[n], ref_t[n], kind, atol)
-      jax.tree_util.tree_map(lambda a, b: close(a, b, kind, atol), s[n], ref_s[n])
-    assert np.all(scr == -1), kind
+      close(tables[n], ref_t[n], kind, atol)
+      jax.tree_util.tree_map(functools.partial(close, kind=kind, atol=atol), slots[n], ref_s[n])
+    assert np.all(scratch == -1), kind
   assert not np.allclose(out["sgd"][0]["ctr"], out["sgd"][0]["cvr"])  # two sets, two init streams
 
 
@@ -198,7 +198,8 @@ def test_compiled_step_moves_no_table(runs):
     for line in hlo.splitlines()
     if (
       m := re.search(
-        r"= (.*?) (all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)(?:-start)?\(",
+        r"= (.*?) "
+        r"(all-gather|all-reduce|reduce-scatter|all-to-all|collective-permute)(?:-start)?\(",
         line,
       )
     )

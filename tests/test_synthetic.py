@@ -5,27 +5,13 @@ import os
 
 import numpy as np
 import pytest
+import tiny
 
 from esmjax.data import dataset as ds_lib
 from esmjax.data import pipeline
 from esmjax.data import synthetic as syn
 
-TINY = dict(
-  num_users=2_000,
-  num_items=1_000,
-  num_categories=50,
-  num_shops=200,
-  num_brands=100,
-  num_intentions=150,
-  num_profiles=20,
-  cross_buckets=512,
-  num_train=20_000,
-  num_eval=4_000,
-  block_rows=2_048,
-  blocks_per_shard=4,
-  chunk_rows=8_192,
-  calibration_rows=20_000,
-)
+TINY = tiny.TINY_WORLD  # the world of the tests below
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +87,7 @@ def test_schema_is_valid(world, train_rows, cached):
     if f.group != "combo":
       assert col.min() >= 2, f.name
   ids, w = train_rows["mv_ids"], train_rows["mv_w"]
-  for f, off in zip(sch.multi, sch.mv_offsets):
+  for f, off in zip(sch.multi, sch.mv_offsets, strict=True):
     fi, fw = ids[:, off : off + f.max_len], w[:, off : off + f.max_len]
     assert fi.min() >= 0 and fi.max() < f.vocab_size, f.name
     assert not (fi == ds_lib.OOV).any(), f.name

@@ -1,4 +1,5 @@
-"""TensorBoard logging: event files per split, task-first tags, learning rates, read back from disk."""
+"""TensorBoard logging: event files per split, task-first tags, learning rates, read back from
+disk."""
 
 import glob
 import json

@@ -148,7 +148,7 @@ def test_compiled_dense_adam_equals_lazy_adam_until_a_row_is_skipped():
   stays). Step 2: the same losses, towers and every row step 2 looked up or neither step did; a
   row only step 1 looked up is moved again by dense Adam, by exactly lr·m̂/(√v̂ + eps) of its
   decayed moments, and lazy Adam leaves it."""
-  cfg, schema, _, state = _setup("esmm", "tanh", "lazy_adam")
+  cfg, schema, _, initial = _setup("esmm", "tanh", "lazy_adam")
   cfg.embedding.eps = 1e-8  # torch.optim.Adam adds eps to √v̂ as esmjax does: the real value
   c = state_lib.build(cfg, schema)
   e = cfg.embedding
@@ -159,7 +159,7 @@ def test_compiled_dense_adam_equals_lazy_adam_until_a_row_is_skipped():
   ]
   only_first = np.setdiff1d(looked[0], looked[1])
   assert only_first.size, "the batches must leave rows to step 2 that step 1 looked up"
-  for i, state, tm in _train_both(cfg, schema, c, state, "compile-dense-adam", batches):
+  for i, state, tm in _train_both(cfg, schema, c, initial, "compile-dense-adam", batches):
     if i == 1:
       np.testing.assert_allclose(
         _table(tm), np.asarray(state.tables["shared"]), rtol=1e-4, atol=2e-6

@@ -8,28 +8,18 @@ import signal
 import subprocess
 import sys
 import time
-import types
 
 import pytest
 import tiny
 
 import esmjax
 from esmjax import checkpoint as ckpt_lib
-from esmjax import main as main_lib
 from esmjax import trainer
 from esmjax.loop import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The error a failed save raises (a checkpoint.CheckpointError: exit 3).
 SAVE_ERROR = getattr(ckpt_lib, "CheckpointSaveError", ckpt_lib.CheckpointError)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-  root = tmp_path_factory.mktemp("data")
-  tiny.tiny_dataset(str(root / "train"), n=1500, seed=0)
-  tiny.tiny_dataset(str(root / "eval"), n=300, seed=1, start_id=10**6)
-  return root
 
 
 def cli_flags(data, **overrides):
@@ -91,19 +81,6 @@ def wait_for_owner(workdir, proc, log, timeout=120) -> str:
   raise AssertionError(
     f"the run never locked {workdir}: exit {proc.poll()}; {open(log).read()[-2000:]}"
   )
-
-
-def run_main(config, workdir, monkeypatch, capsys):
-  """esmjax.main.main as the CLI runs it -> (exit code, stdout, stderr)."""
-  for name, value in (("_CONFIG", config), ("_WORKDIR", workdir), ("_MODE", "train")):
-    monkeypatch.setattr(main_lib, name, types.SimpleNamespace(value=value))
-  code = 0
-  try:
-    main_lib.main(["esmjax"])
-  except SystemExit as e:
-    code = e.code
-  captured = capsys.readouterr()
-  return code, captured.out, captured.err
 
 
 # -- one run per workdir --------------------------------------------------------------------------
@@ -243,7 +220,7 @@ def test_failed_save_stops_the_run_with_exit_3_and_no_summary(data, tmp_path, mo
     },
   )
   workdir = str(tmp_path)
-  code, out, err = run_main(cfg, workdir, monkeypatch, capsys)
+  code, out, err = tiny.run_main(cfg, workdir, monkeypatch, capsys)
   assert code == 3
   assert err == (
     f"esmjax: error: cannot save checkpoint step 10 in {workdir}/checkpoints: "

@@ -1,11 +1,33 @@
-"""Tiny schemas, blocks and datasets for tests (no synthetic generator needed)."""
+"""Tiny schemas, blocks, datasets and configs for tests, a small synthetic world, and the command
+line run in-process."""
 
 from __future__ import annotations
+
+import pathlib
 
 import numpy as np
 
 from esmjax import config as config_lib
 from esmjax.data import dataset as D
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# A small synthetic world (config.data.synthetic keys): 20 k train and 4 k eval impressions.
+TINY_WORLD = dict(
+  num_users=2_000,
+  num_items=1_000,
+  num_categories=50,
+  num_shops=200,
+  num_brands=100,
+  num_intentions=150,
+  num_profiles=20,
+  cross_buckets=512,
+  num_train=20_000,
+  num_eval=4_000,
+  block_rows=2_048,
+  blocks_per_shard=4,
+  chunk_rows=8_192,
+  calibration_rows=20_000,
+)
 
 
 def tiny_schema(
@@ -62,6 +84,26 @@ def tiny_dataset(
   return D.open_dataset(directory)
 
 
+def train_eval_datasets(root):
+  """`root`/train (1 500 rows) and `root`/eval (300 rows, other user ids) -> `root`."""
+  tiny_dataset(str(root / "train"), n=1500, seed=0)
+  tiny_dataset(str(root / "eval"), n=300, seed=1, start_id=10**6)
+  return root
+
+
+def run_config(data, **overrides):
+  """tiny_config("esmm") on `train_eval_datasets(data)`, 8 devices, 10 steps, checkpoints every 5
+  steps, then `overrides`."""
+  base = {
+    "data.train_dir": str(data / "train"),
+    "data.eval_dir": str(data / "eval"),
+    "mesh.num_devices": 8,
+    "train.num_steps": 10,
+    "checkpoint.every_steps": 5,
+  }
+  return tiny_config("esmm", **{**base, **overrides})
+
+
 def tiny_config(model: str = "esmm", **overrides):
   c = config_lib.default_config()
   c.model.name = model
@@ -73,10 +115,39 @@ def tiny_config(model: str = "esmm", **overrides):
   c.train.log_every = 1
   c.mesh.num_devices = 1
   c.checkpoint.every_steps = 1
-  for k, v in overrides.items():
-    sect, name = k.split(".")
-    c[sect][name] = v
+  for key, value in overrides.items():
+    config_lib.set_path(c, key, value)
   return c
+
+
+def repo_config(path: str, **overrides):
+  """get_config() of the repository's config file `path` (e.g. "configs/esmm.py"), loaded as the
+  command line loads it (ml_collections' config-file parser), with `overrides` by dotted key
+  ({"train.batch_size": 64, ...})."""
+  from ml_collections.config_flags import config_flags
+
+  config = config_flags.ConfigFileFlagParser("config", lock_config=False).parse(str(REPO / path))
+  for key, value in overrides.items():
+    config_lib.set_path(config, key, value)
+  return config
+
+
+def run_main(config, workdir: str, monkeypatch, capsys):
+  """esmjax.main.main on `config` in `workdir` (mode train) as the CLI runs it -> (exit code,
+  stdout, stderr)."""
+  import types
+
+  from esmjax import main as main_lib
+
+  for name, value in (("_CONFIG", config), ("_WORKDIR", workdir), ("_MODE", "train")):
+    monkeypatch.setattr(main_lib, name, types.SimpleNamespace(value=value))
+  code = 0
+  try:
+    main_lib.main(["esmjax"])
+  except SystemExit as e:
+    code = e.code
+  captured = capsys.readouterr()
+  return code, captured.out, captured.err
 
 
 def poisoned(batch):

@@ -1,10 +1,10 @@
 r"""PaddleRec AITM (Xi et al.) preprocessed Ali-CCP CSV -> blocked dataset.
 
+    S=tests/data/public-samples/PaddleRec/models/multitask/aitm/data/sample_data
     python -m esmjax.data.csv_ingest --config=configs/data/aitm_aliccp.py \
-        --input=tests/data/public-samples/PaddleRec/models/multitask/aitm/data/sample_data/train/train.csv \
-        --out_dir=/tmp/aitm_train
-    python -m esmjax.data.csv_ingest --config=configs/data/aitm_aliccp.py --stats_from=/tmp/aitm_train \
-        --input=.../sample_data/test/test.csv --out_dir=/tmp/aitm_test
+        --input=$S/train/train.csv --out_dir=/tmp/aitm_train
+    python -m esmjax.data.csv_ingest --config=configs/data/aitm_aliccp.py \
+        --stats_from=/tmp/aitm_train --input=$S/test/test.csv --out_dir=/tmp/aitm_test
 
 Columns `click,purchase,101,...,301` (18 id fields, re-encoded; 0 = OOV/missing in the source, kept
 as a value of its own). The train file has a header, the test file has none: `columns` names

@@ -3,9 +3,9 @@ r"""Raw Ali-CCP dump (sample_skeleton_* + common_features_*) -> blocked dataset:
     python -m esmjax.data.aliccp --config=configs/data/aliccp_raw.py \
         --skeleton=sample_skeleton_train.csv --common_features=common_features_train.csv \
         --out_dir=data/aliccp_train
-    python -m esmjax.data.aliccp --config=configs/data/aliccp_raw.py --stats_from=data/aliccp_train \
-        --skeleton=sample_skeleton_test.csv --common_features=common_features_test.csv \
-        --out_dir=data/aliccp_test
+    python -m esmjax.data.aliccp --config=configs/data/aliccp_raw.py \
+        --stats_from=data/aliccp_train --skeleton=sample_skeleton_test.csv \
+        --common_features=common_features_test.csv --out_dir=data/aliccp_test
 
 Every field is hashed (deterministic, salted per field) into `buckets` ids shifted past PAD/OOV, so
 the train and test conversions agree without a shared vocabulary. Multi-valued fields keep up to

@@ -1,9 +1,10 @@
 r"""AliExpress (MTReclib layout; FuxiCTR tiny_mtl, torch-rechub sample) CSV -> blocked dataset.
 
+    S=tests/data/public-samples/FuxiCTR/data/tiny_mtl
     python -m esmjax.data.csv_ingest --config=configs/data/aliexpress.py \
-        --input=tests/data/public-samples/FuxiCTR/data/tiny_mtl/train.csv --out_dir=/tmp/aliexpress_train
-    python -m esmjax.data.csv_ingest --config=configs/data/aliexpress.py --stats_from=/tmp/aliexpress_train \
-        --input=tests/data/public-samples/FuxiCTR/data/tiny_mtl/test.csv --out_dir=/tmp/aliexpress_test
+        --input=$S/train.csv --out_dir=/tmp/aliexpress_train
+    python -m esmjax.data.csv_ingest --config=configs/data/aliexpress.py \
+        --stats_from=/tmp/aliexpress_train --input=$S/test.csv --out_dir=/tmp/aliexpress_test
 
 Columns `search_id, categorical_1..16, numerical_1..63, click, conversion`. The dataset has no user
 id: `search_id` (one search's impressions) is the GAUC group key, and not a feature.

@@ -1,10 +1,10 @@
 r"""torch-rechub's preprocessed Ali-CCP CSV -> blocked dataset.
 
+    S=tests/data/public-samples/torch-rechub/examples/ranking/data/ali-ccp
     python -m esmjax.data.csv_ingest --config=configs/data/rechub_aliccp.py \
-        --input=tests/data/public-samples/torch-rechub/examples/ranking/data/ali-ccp/ali_ccp_train_sample.csv \
-        --out_dir=/tmp/rechub_train
-    python -m esmjax.data.csv_ingest --config=configs/data/rechub_aliccp.py --stats_from=/tmp/rechub_train \
-        --input=.../ali_ccp_test_sample.csv --out_dir=/tmp/rechub_test
+        --input=$S/ali_ccp_train_sample.csv --out_dir=/tmp/rechub_train
+    python -m esmjax.data.csv_ingest --config=configs/data/rechub_aliccp.py \
+        --stats_from=/tmp/rechub_train --input=$S/ali_ccp_test_sample.csv --out_dir=/tmp/rechub_test
 
 Header `click,purchase,<23 id columns>,D<8 dense>`: ids already re-encoded per field (small
 integers), so a vocabulary (collision-free) is the mapping; the dense columns are the

@@ -7,7 +7,9 @@ r"""Ali-CCP raw dump -> an esmjax blocked dataset: each file read once, bounded 
         [--label_leakage=warn|fail]
 
 (`--range_mb` caps the byte range per task and shard; smaller files are cut into 16 ranges of at
-least 4 MB each, so both workers stay busy.)
+least 4 MB each, so both workers stay busy.) Exit codes (`esmjax.exits`): 0 converted; 2 a user
+error (flags, --config and its overrides, a missing input, an unusable --out_dir), one line on
+stderr; 3 the conversion cannot go on (an OS error writing the output), one line on stderr.
 
 Input: skeleton rows `sample_id,click,buy,common_feature_index,feature_num,feature_list`, common
 rows `common_feature_index,feature_num,feature_list`, a feature list being `field\x02id\x03value`
@@ -58,11 +60,11 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from esmjax import exits
 from esmjax.data import aliccp_stages as stages
 from esmjax.data import aliccp_work as work
 from esmjax.data import dataset as ds_lib
@@ -263,7 +265,7 @@ def _convert(job: stages.Job) -> dict:
       "why": (
         "single streaming pass, bounded memory, no vocabulary shared between workers or splits"
       ),
-      "buckets": {n: int(b) for n, b in zip(spec.names, spec.buckets)},
+      "buckets": {n: int(b) for n, b in zip(spec.names, spec.buckets, strict=True)},
       "pad": ds_lib.PAD,
       "oov": ds_lib.OOV,
     },
@@ -285,7 +287,9 @@ def _convert(job: stages.Job) -> dict:
     "label_leakage": leaks,
     "truncated": {
       f.name: {"values": int(v), "rows": int(r), "max_len": f.max_len}
-      for f, v, r in zip(spec.schema.multi, sk_meta["truncated_values"], sk_meta["truncated_rows"])
+      for f, v, r in zip(
+        spec.schema.multi, sk_meta["truncated_values"], sk_meta["truncated_rows"], strict=True
+      )
     },
     "config": json.loads(spec.config_json),
     "input_bytes": nbytes,
@@ -320,12 +324,14 @@ def _convert(job: stages.Job) -> dict:
 
 
 def main(argv: Sequence[str]) -> None:
-  del argv
   from absl import flags
 
+  if len(argv) > 1:
+    exits.fail(f"unexpected arguments: {list(argv[1:])}", exits.USER_ERROR)
   F = flags.FLAGS
   config = F.config if F["config"].present or F.config is not None else None
-  try:
+  user_errors = (ConversionError, ds_lib.DatasetError, *exits.PATH_ERRORS)
+  with exits.exit_codes(user_errors, run_errors=(OSError,)):
     convert(
       F.skeleton,
       F.common_features,
@@ -339,9 +345,6 @@ def main(argv: Sequence[str]) -> None:
       label_leakage=F.label_leakage,
       keep_common_index=F.keep_common_index,
     )
-  except (ConversionError, ds_lib.DatasetError) as e:
-    ingestion.console(f"error: {e}")
-    sys.exit(1)
 
 
 def _define_flags():
@@ -379,4 +382,4 @@ if __name__ == "__main__":
   from absl import app
 
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=exits.parse_flags)

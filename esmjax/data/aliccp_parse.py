@@ -341,7 +341,7 @@ def record_bad_lines(report: BadLines, p: Parsed, line0: int) -> tuple[int, str,
   """Records the chunk's bad lines (line numbers from `line0`); returns the first (line, kind,
   text)."""
   bad = np.flatnonzero(p.reason > 0)
-  for kind_code, cnt in zip(*np.unique(p.reason[bad], return_counts=True)):
+  for kind_code, cnt in zip(*np.unique(p.reason[bad], return_counts=True), strict=True):
     kind = CODE_KINDS[int(kind_code)]
     shown = 0
     for i in bad[p.reason[bad] == kind_code][:MAX_EXAMPLES]:

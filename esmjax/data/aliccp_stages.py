@@ -105,12 +105,18 @@ def build_common(job: Job, fp: str, pool, counters) -> dict:
     f"common features {os.path.basename(path)}",
   )
   line0s = np.cumsum([1] + [r["n_lines"] for r in results])[:-1]
-  bad = ingestion.BadLines.merged([(int(l0), r["report"]) for l0, r in zip(line0s, results)])
-  warnings = ingestion.BadLines.merged([(int(l0), r["warnings"]) for l0, r in zip(line0s, results)])
+  bad = ingestion.BadLines.merged(
+    [(int(l0), r["report"]) for l0, r in zip(line0s, results, strict=True)]
+  )
+  warnings = ingestion.BadLines.merged(
+    [(int(l0), r["warnings"]) for l0, r in zip(line0s, results, strict=True)]
+  )
   n_lines = int(sum(r["n_lines"] for r in results))
   have = [r for r in results if "keys" in r]
   if have:
-    lines = np.concatenate([r.pop("lines") + l0 for l0, r in zip(line0s, results) if "keys" in r])
+    lines = np.concatenate(
+      [r.pop("lines") + l0 for l0, r in zip(line0s, results, strict=True) if "keys" in r]
+    )
     keys = np.concatenate([r.pop("keys") for r in have])
     # One column's parts at a time: the peak is one column twice, not the table.
     table = {k: np.concatenate([r.pop(k) for r in have]) for k in work.COMMON_COLUMNS}
@@ -219,11 +225,15 @@ def convert_skeleton(job: Job, fp: str, pool, counters) -> dict:
   )
   sides = [done[i] for i in range(len(ranges))]
   line0s = np.cumsum([1] + [s["n_lines"] for s in sides])[:-1]
-  bad = ingestion.BadLines.merged([(int(l0), s["bad"]) for l0, s in zip(line0s, sides)])
+  bad = ingestion.BadLines.merged(
+    [(int(l0), s["bad"]) for l0, s in zip(line0s, sides, strict=True)]
+  )
   n_lines = int(sum(s["n_lines"] for s in sides))
   if n_lines == 0:
     _empty_file(bad, path, job.fail)
-  warnings = ingestion.BadLines.merged([(int(l0), s["warnings"]) for l0, s in zip(line0s, sides)])
+  warnings = ingestion.BadLines.merged(
+    [(int(l0), s["warnings"]) for l0, s in zip(line0s, sides, strict=True)]
+  )
   unknown: collections.Counter = collections.Counter()
   for s in sides:
     unknown.update(s["unknown_fields"])

@@ -46,7 +46,7 @@ class Mapper:
       return
     a = pc.filter(a, pc.invert(pc.is_in(a, value_set=self.pad)))
     vc = pc.value_counts(a)
-    self.counts.update(dict(zip(vc.field(0).to_pylist(), vc.field(1).to_pylist())))
+    self.counts.update(dict(zip(vc.field(0).to_pylist(), vc.field(1).to_pylist(), strict=True)))
 
   def finish(self) -> None:
     if self.col.mapping == "vocab" and self.vocab is None:
@@ -132,10 +132,10 @@ def make_block(
   n = good.num_rows
   cols = {name: good.column(i) for i, name in enumerate(good.schema.names)}
   b = empty_block(schema, n)
-  for j, (f, mp_) in enumerate(zip(cfg.sparse, mappers)):
-    b["sparse"][:, j] = mp_.map(cols[f.column])
-  for off, m, mp_ in zip(schema.mv_offsets, cfg.multi, mappers[len(cfg.sparse) :]):
-    ids, wts, dropped, rows = multi_values(cols[m.ids.column], m, mp_)
+  for j, (f, mapper) in enumerate(zip(cfg.sparse, mappers[: len(cfg.sparse)], strict=True)):
+    b["sparse"][:, j] = mapper.map(cols[f.column])
+  for off, m, mapper in zip(schema.mv_offsets, cfg.multi, mappers[len(cfg.sparse) :], strict=True):
+    ids, wts, dropped, rows = multi_values(cols[m.ids.column], m, mapper)
     b["mv_ids"][:, off : off + m.max_len] = ids
     b["mv_w"][:, off : off + m.max_len] = wts
     trunc[m.ids.column]["values"] += dropped

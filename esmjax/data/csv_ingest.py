@@ -6,6 +6,10 @@ r"""Preprocessed logs (CSV or Parquet with a declared schema) -> an esmjax block
 
     ingest(config, input_paths, out_dir, stats_from=None) -> manifest
 
+Exit codes of the command (`esmjax.exits`): 0 ingested; 2 a user error (flags, --config and its
+overrides, a missing input, an unusable --out_dir), one line on stderr; 3 the ingestion cannot go
+on (an OS error writing the output), one line on stderr.
+
 The config (an ml_collections ConfigDict; see `base_config` and configs/data/*.py) says which
 columns are single-valued ids (`sparse`), multi-valued ids (`multi`: cell split on `sep`, optional
 `id<weight_sep>weight` items, first `max_len` kept, the rest counted), dense numbers (`dense`),
@@ -34,7 +38,6 @@ from __future__ import annotations
 
 import collections
 import os
-import sys
 import time
 from collections.abc import Sequence
 
@@ -42,15 +45,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from esmjax import exits
 from esmjax.data import csv_read, ingestion, leakage
 from esmjax.data import dataset as ds_lib
 from esmjax.data import ids as ids_lib
 from esmjax.data.blocks import auto_block_rows
 from esmjax.data.csv_columns import Mapper, dense_values, make_block
 from esmjax.data.csv_config import Cfg, base_config, validate  # noqa: F401  (public: base_config)
-from esmjax.data.csv_read import BAD_KINDS  # noqa: F401  (public: the kinds of bad lines)
+from esmjax.data.csv_read import BAD_KINDS  # public: the kinds of bad lines
 from esmjax.data.files import read_json, write_json_atomic
-from esmjax.data.ingestion import IngestError  # noqa: F401  (public: what ingest raises)
+from esmjax.data.ingestion import IngestError  # public: what ingest raises
 
 DENSE_SAMPLE = 100_000  # rows kept for the dense quantile boundaries
 
@@ -107,17 +111,18 @@ def ingest(
     if rows_here == 0:
       bad.note(0, path, "empty_file", "(no data rows)")
       bad.flush()
-  for mp_ in mappers:
-    mp_.finish()
+  for mapper in mappers:
+    mapper.finish()
   if dense_fields is None:
     dense_fields = stats.fields(cfg.dense, int(cfg.raw["dense_buckets"]))
   schema = ds_lib.Schema(
     sparse=tuple(
-      ds_lib.SparseField(f.column, mp_.vocab_size) for f, mp_ in zip(cfg.sparse, mappers)
+      ds_lib.SparseField(f.column, mapper.vocab_size)
+      for f, mapper in zip(cfg.sparse, mappers[: len(cfg.sparse)], strict=True)
     ),
     multi=tuple(
-      ds_lib.MultiField(m.ids.column, mp_.vocab_size, m.max_len, m.pooling)
-      for m, mp_ in zip(cfg.multi, mappers[len(cfg.sparse) :])
+      ds_lib.MultiField(m.ids.column, mapper.vocab_size, m.max_len, m.pooling)
+      for m, mapper in zip(cfg.multi, mappers[len(cfg.sparse) :], strict=True)
     ),
     dense=tuple(dense_fields),
     labels=tuple(name for name, _ in cfg.labels),
@@ -157,15 +162,19 @@ def ingest(
       for f in leaks:
         ingestion.console(f"warning: {leakage.describe(f)}")
 
-  vocabs = {mp_.col.column: mp_.vocab.to_json() for mp_ in mappers if mp_.vocab is not None}
+  vocabs = {
+    mapper.col.column: mapper.vocab.to_json() for mapper in mappers if mapper.vocab is not None
+  }
   extra = {
     "ingest": {
       "config": cfg.raw,
       "inputs": [os.path.abspath(p) for p in paths],
       "rows_written": n_good,
       "id_mapping": {
-        mp_.col.column: ("vocab" if mp_.col.mapping == "vocab" else f"hash/{mp_.col.buckets}")
-        for mp_ in mappers
+        mapper.col.column: (
+          "vocab" if mapper.col.mapping == "vocab" else f"hash/{mapper.col.buckets}"
+        )
+        for mapper in mappers
       },
       "vocab_file": "vocabs.json" if vocabs else None,
       "stats_from": stats_from,
@@ -205,16 +214,16 @@ def ingest(
 
 def _count_values(cfg: Cfg, mappers: Sequence[Mapper], cols: dict) -> None:
   """Pass 1: the values of vocabulary-mapped columns (each item of a multi-valued cell)."""
-  for mp_ in mappers:
-    if mp_.col.mapping != "vocab":
+  for mapper in mappers:
+    if mapper.col.mapping != "vocab":
       continue
-    col = cols[mp_.col.column]
-    mc = next((m for m in cfg.multi if m.ids.column == mp_.col.column), None)
+    col = cols[mapper.col.column]
+    mc = next((m for m in cfg.multi if m.ids.column == mapper.col.column), None)
     if mc is not None:
       col = pc.list_flatten(pc.split_pattern(col, mc.sep))
       if mc.weight_sep:
         col = pc.list_element(pc.split_pattern(col, mc.weight_sep, max_splits=1), 0)
-    mp_.count(col)
+    mapper.count(col)
 
 
 def _load_stats(stats_from: str, cfg: Cfg, mappers) -> list[ds_lib.DenseField]:
@@ -222,13 +231,13 @@ def _load_stats(stats_from: str, cfg: Cfg, mappers) -> list[ds_lib.DenseField]:
   ref = ds_lib.open_dataset(stats_from)
   vpath = os.path.join(stats_from, "vocabs.json")
   vocabs = read_json(vpath) or {}
-  for mp_ in mappers:
-    if mp_.col.mapping == "vocab":
-      if mp_.col.column not in vocabs:
+  for mapper in mappers:
+    if mapper.col.mapping == "vocab":
+      if mapper.col.column not in vocabs:
         raise IngestError(
-          f"stats_from={stats_from}: no vocabulary for column {mp_.col.column!r} in {vpath}"
+          f"stats_from={stats_from}: no vocabulary for column {mapper.col.column!r} in {vpath}"
         )
-      mp_.vocab = ids_lib.Vocab.from_json(vocabs[mp_.col.column])
+      mapper.vocab = ids_lib.Vocab.from_json(vocabs[mapper.col.column])
   dense = {f.name: f for f in ref.schema.dense}
   missing = [c for c in cfg.dense if c not in dense]
   if missing:
@@ -241,18 +250,16 @@ def _load_stats(stats_from: str, cfg: Cfg, mappers) -> list[ds_lib.DenseField]:
 
 
 def main(argv: Sequence[str]) -> None:
-  del argv
   from absl import flags
 
+  if len(argv) > 1:
+    exits.fail(f"unexpected arguments: {list(argv[1:])}", exits.USER_ERROR)
   F = flags.FLAGS
   if F.config is None:
-    print("error: --config is required (e.g. configs/data/rechub_aliccp.py)", file=sys.stderr)
-    sys.exit(1)
-  try:
+    exits.fail("--config is required (e.g. configs/data/rechub_aliccp.py)", exits.USER_ERROR)
+  user_errors = (IngestError, ds_lib.DatasetError, *exits.PATH_ERRORS)
+  with exits.exit_codes(user_errors, run_errors=(OSError,)):
     ingest(F.config, F.input or [], F.out_dir, stats_from=F.stats_from)
-  except (IngestError, ds_lib.DatasetError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
 
 
 if __name__ == "__main__":
@@ -265,4 +272,4 @@ if __name__ == "__main__":
   flags.DEFINE_string(
     "stats_from", None, "reuse vocabularies and dense statistics of this dataset (the train split)"
   )
-  app.run(main)
+  app.run(main, flags_parser=exits.parse_flags)

@@ -171,7 +171,7 @@ def _csv_batches(path: str, cfg: Cfg, bad: OrderedBadLines | None, codec: str | 
       bad.note(num, f"{path}:{num}", "column_count", text)
 
 
-def _parquet_batches(path: str, cfg: Cfg, bad) -> Batches:
+def _parquet_batches(path: str, cfg: Cfg) -> Batches:
   import pyarrow.parquet as pq
 
   f = pq.ParquetFile(path)
@@ -201,7 +201,7 @@ def batches(path: str, cfg: Cfg, bad: OrderedBadLines | None) -> Batches:
   if fmt == "csv":
     yield from _csv_batches(path, cfg, bad, codec)
   else:
-    yield from _parquet_batches(path, cfg, bad)
+    yield from _parquet_batches(path, cfg)
 
 
 def _numbers(a: pa.Array) -> tuple[np.ndarray, np.ndarray]:

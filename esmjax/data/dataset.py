@@ -32,7 +32,7 @@ from esmjax.data.blocks import (  # noqa: F401  (re-exported: the dataset's bloc
   fixed_size_blocks,
   slice_block,
 )
-from esmjax.data.shards import SHARD_SUFFIX, ShardReader, ShardWriter  # noqa: F401
+from esmjax.data.shards import SHARD_SUFFIX, ShardReader, ShardWriter
 from esmjax.schema import (  # noqa: F401  (re-exported: the dataset's schema types)
   LABELS,
   OOV,
@@ -126,11 +126,14 @@ class BlockSource:
     self._dataset, self._schema = dataset, dataset.schema
     entries = dataset.manifest["shards"]
     self._readers = [
-      ShardReader(p, int(s["num_blocks"])) for p, s in zip(dataset.shard_paths, entries)
+      ShardReader(p, int(s["num_blocks"]))
+      for p, s in zip(dataset.shard_paths, entries, strict=True)
     ]
     # (reader, block in its shard, rows) per block, made once: a lookup is a list read.
     self._where = [
-      (r, j, int(n)) for r, s in zip(self._readers, entries) for j, n in enumerate(s["block_sizes"])
+      (r, j, int(n))
+      for r, s in zip(self._readers, entries, strict=True)
+      for j, n in enumerate(s["block_sizes"])
     ]
     self._layouts: set[tuple] = set()  # block layouts already checked against the schema
 

@@ -19,6 +19,7 @@ handed over from another process costs a further copy and pickling, more CPU tha
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -149,7 +150,7 @@ class _RebatchIterator(grain.DatasetIterator):
     """[0, n) in `threads` contiguous pieces (fewer for small n: a thread hand-off costs ~20 µs)."""
     k = max(1, min(self._threads, n // 512))
     edges = [n * i // k for i in range(k + 1)]
-    return list(zip(edges[:-1], edges[1:]))
+    return list(itertools.pairwise(edges))
 
   def _window_blocks(self, w: int) -> list[int]:
     lo = w * self._w

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from esmjax import exits
 from esmjax.data import dataset as ds_lib
 from esmjax.data.synthetic_config import (  # noqa: F401  (the synthetic world's public names)
   DENSE_FIELDS,
@@ -28,7 +29,7 @@ from esmjax.data.synthetic_config import (  # noqa: F401  (the synthetic world's
   resolve_config,
   world_config,
 )
-from esmjax.data.synthetic_world import World, build_world, iter_blocks  # noqa: F401
+from esmjax.data.synthetic_world import World, build_world, iter_blocks
 
 GENERATOR = "esmjax.data.synthetic"
 GENERATOR_VERSION = 1  # bump when the process changes: it is part of the cache key
@@ -195,21 +196,22 @@ def main(argv) -> None:
   world (once; cached in cache_dir, default data_cache) and prints its statistics per split."""
   from absl import flags
 
+  if len(argv) > 2:
+    exits.fail(f"unexpected arguments: {argv[2:]} (one cache directory at most)", exits.USER_ERROR)
   cache = argv[1] if len(argv) > 1 else "data_cache"
   overrides = {}
   for item in flags.FLAGS.set:
     key, sep, value = item.partition("=")
     if not sep:
-      raise SystemExit(f"--set={item!r}: give knob=value, e.g. --set=cvr=0.01")
+      exits.fail(f"--set={item!r}: give knob=value, e.g. --set=cvr=0.01", exits.USER_ERROR)
     try:
       overrides[key] = ast.literal_eval(value)  # numbers as numbers
     except (ValueError, SyntaxError):
       overrides[key] = value
-  try:
+  with exits.exit_codes((ValueError,)):  # an unknown world or knob, a value out of range
     cfg = world_config(flags.FLAGS.world, **overrides)
-  except ValueError as e:
-    raise SystemExit(f"error: {e}") from None
-  dirs = dict(zip(("train", "eval"), ensure_dataset(cfg, cache)))
+  with exits.exit_codes(exits.PATH_ERRORS, run_errors=(OSError,)):
+    dirs = dict(zip(("train", "eval"), ensure_dataset(cfg, cache), strict=True))
   for name, d in dirs.items():
     st = world_stats(d)
     print(name, json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in st.items()}))
@@ -220,4 +222,4 @@ if __name__ == "__main__":
 
   flags.DEFINE_string("world", "default", f"a named world: {', '.join(WORLDS)}")
   flags.DEFINE_multi_string("set", [], "knob=value overrides of the world, e.g. --set=cvr=0.01")
-  app.run(main)
+  app.run(main, flags_parser=exits.parse_flags)

@@ -162,6 +162,14 @@ def world_config(name: str = "default", **overrides) -> ml_collections.ConfigDic
   return resolve_config({**WORLDS[name], **overrides})
 
 
+def _is_number(value) -> bool:
+  try:
+    float(value)
+  except (TypeError, ValueError):
+    return False
+  return True
+
+
 def resolve_config(
   cfg: Mapping[str, Any] | ml_collections.ConfigDict | None = None,
 ) -> ml_collections.ConfigDict:
@@ -171,6 +179,8 @@ def resolve_config(
   for k, v in given.items():
     if k not in out:
       raise ValueError(f"synthetic config: unknown key {k!r}; known keys: {sorted(out.keys())}")
+    if type(out[k]) in (int, float) and not _is_number(v):
+      raise ValueError(f"synthetic config: {k}={v!r} must be a number")
     if type(out[k]) is int and float(v) != int(v):
       raise ValueError(f"synthetic config: {k}={v!r} must be an integer")
     out[k] = type(out[k])(v) if type(out[k]) in (int, float) else v  # numpy scalars too

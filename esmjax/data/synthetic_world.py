@@ -227,7 +227,7 @@ def build_world(cfg=None) -> World:
   )
   rel = user_w / user_w.mean()
   n_events = 1 + rng.poisson(cfg.history_len * np.clip(np.sqrt(rel), 0.3, 4.0))
-  noise = lambda: 0.5 * rng.standard_normal(U)  # noqa: E731
+  noise = lambda: 0.5 * rng.standard_normal(U)
   profile = {
     "124": _quantile_levels(u_s[:, 0] + noise(), 2),
     "125": _quantile_levels(u_s[:, 1] + noise(), 7),
@@ -474,7 +474,7 @@ def _chunk(world: World, rng, n: int, first_sample_id: int) -> dict[str, np.ndar
   )
   offs = world.schema.mv_offsets
   lens = [f.max_len for f in world.schema.multi]
-  seg = lambda k: slice(offs[k], offs[k] + lens[k])  # noqa: E731
+  seg = lambda k: slice(offs[k], offs[k] + lens[k])
   cb = cfg.cross_buckets
   crosses = [
     _cross(mv_ids[:, seg(0)], mv_w[:, seg(0)], world.item_cat[item] + 2, 508, cb),

@@ -43,7 +43,7 @@ class FeatureLayout:
   def vocab_sizes(self) -> tuple[int, ...]:
     """Rows of each field in table order: single-valued, multi-valued, bucketised dense."""
     starts = (*self.sparse_offsets, *self.mv_offsets, *self.dense_offsets)
-    return tuple(e - s for s, e in zip(starts, (*starts[1:], self.num_rows)))
+    return tuple(e - s for s, e in zip(starts, (*starts[1:], self.num_rows), strict=True))
 
   def max_unique(self, batch_rows: int) -> int:
     """An upper bound on the distinct table rows `batch_rows` examples look up: each field adds
@@ -54,7 +54,7 @@ class FeatureLayout:
       + tuple(batch_rows * n for n in self.mv_lens)
       + (batch_rows,) * len(self.dense_offsets)
     )
-    return min(self.num_rows, sum(min(n, v) for n, v in zip(looks, self.vocab_sizes)))
+    return min(self.num_rows, sum(min(n, v) for n, v in zip(looks, self.vocab_sizes, strict=True)))
 
   @property
   def num_columns(self) -> int:
@@ -204,7 +204,8 @@ def merged_update(
 
 @dataclasses.dataclass(frozen=True)
 class Engine:
-  """Single-device (replicated) engine: plain gather for lookup, merge + row-wise optimizer for update."""
+  """Single-device (replicated) engine: plain gather for lookup, merge + row-wise optimizer for
+  update."""
 
   layout: FeatureLayout
   dim: int

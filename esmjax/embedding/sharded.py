@@ -85,14 +85,15 @@ class ShardedEngine:
     return self._map(local, P(), rows)(rng)
 
   def lookup(self, tables: dict[str, jax.Array], gids: jax.Array) -> dict[str, jax.Array]:
-    """{set: rows [B, C, D]} sharded like the batch. Ids outside the table read 0 (no device owns them)."""
+    """{set: rows [B, C, D]} sharded like the batch. Ids outside the table read 0 (no device owns
+    them)."""
     ax = self.axis
 
-    def local(tabs, ids):
+    def local(table_shards, ids):
       loc = self._local_ids(jax.lax.all_gather(ids, ax, tiled=True))
       return {
         n: jax.lax.psum_scatter(merge.gather_rows(t, loc), ax, scatter_dimension=0, tiled=True)
-        for n, t in tabs.items()
+        for n, t in table_shards.items()
       }
 
     return self._map(local, (P(ax), P(ax)), P(ax))(tables, gids)
@@ -118,11 +119,11 @@ class ShardedEngine:
     # a buffer of them would be O(table) work per step wherever the bound exceeds them.
     cap = self.layout.max_unique(gids.shape[0])
 
-    def local(tabs, slts, scr, ids, grs, stp):
+    def local(table_shards, slot_shards, scratch_shard, ids, batch_grads, step):
       ids = self._local_ids(jax.lax.all_gather(ids, ax, tiled=True).reshape(-1))
-      grs = {n: jax.lax.all_gather(g, ax, tiled=True) for n, g in grs.items()}
+      grads = {n: jax.lax.all_gather(g, ax, tiled=True) for n, g in batch_grads.items()}
       return engine_lib.merged_update(
-        self.opt, self.dim, tabs, slts, scr, ids, grs, stp, capacity=cap
+        self.opt, self.dim, table_shards, slot_shards, scratch_shard, ids, grads, step, capacity=cap
       )
 
     return self._map(local, (P(ax), P(ax), P(ax), P(ax), P(ax), P()), (P(ax), P(ax), P(ax)))(

@@ -55,10 +55,8 @@ class NanGuard:
   def check(self, step: int, state=None) -> None:
     first, bad = jax.device_get(self.value)
     if first >= 0:
-      what = (
-        f"non-finite {', '.join(n for n, b in zip(self.loss_names, bad) if b)} at step "
-        f"{int(first)} (found at step {step})"
-      )
+      names = ", ".join(n for n, b in zip(self.loss_names, bad, strict=True) if b)
+      what = f"non-finite {names} at step {int(first)} (found at step {step})"
     elif state is None:
       return
     else:

@@ -90,7 +90,7 @@ def claim(workdir: str):
         f"--workdir={os.path.abspath(workdir)} is in use by another run: {_owner(f)} "
         f"holds {path}; wait for it to finish, stop it, or use another --workdir"
       )
-    _agree(refused, index)
+    _agree(refused)
     f.seek(0)
     f.truncate()
     f.write(
@@ -103,7 +103,7 @@ def claim(workdir: str):
     f.close()  # releases the lock (if held): the file stays, its content names the last owner
 
 
-def _agree(refused: str | None, index: int) -> None:
+def _agree(refused: str | None) -> None:
   """Raises WorkdirError on every process when any process could not lock its file."""
   if jax.process_count() > 1:
     import numpy as np

@@ -87,7 +87,7 @@ class FieldInputs(nn.Module):
     if spec.mv_lens:
       w_off = 0
       pooled = []
-      for length, pool in zip(spec.mv_lens, spec.mv_pooling):
+      for length, pool in zip(spec.mv_lens, spec.mv_pooling, strict=True):
         r = rows[:, off : off + length]
         w = mv_w[:, w_off : w_off + length].astype(self.dtype)
         s = jnp.einsum("bld,bl->bd", r, w)
@@ -216,8 +216,8 @@ def tower_group(
         if masks[i] is not None:
           hs[j] = jax.lax.select(masks[i], hs[j] / keep, jnp.zeros_like(hs[j]))
   if head:
-    return {t: h[:, 0].astype(jnp.float32) for t, h in zip(names, hs)}
-  return dict(zip(names, hs))
+    return {t: h[:, 0].astype(jnp.float32) for t, h in zip(names, hs, strict=True)}
+  return dict(zip(names, hs, strict=True))
 
 
 def mlp_flops(sizes: Sequence[int]) -> float:
