@@ -68,7 +68,7 @@ stage() {
 import importlib, platform, sys
 print("python", platform.python_version(), sys.executable)
 for m in ("jax", "jaxlib", "flax", "optax", "orbax.checkpoint", "grain", "ml_collections", "numpy", "absl",
-          "array_record", "tqdm", "pyarrow", "matplotlib", "tensorboardX", "torch", "pytest"):
+          "tqdm", "pyarrow", "matplotlib", "tensorboardX", "torch", "pytest"):
   try:
     mod = importlib.import_module(m)
     print(f"{m:18s} {getattr(mod, '__version__', '?')}")
@@ -90,7 +90,7 @@ grep MISSING "$OUT_DIR/env.txt" | awk '{print $1}' > "$OUT_DIR/missing.txt"
 if [[ -s "$OUT_DIR/missing.txt" && -n "${ESMJAX_WHEELS:-}" && -d "${ESMJAX_WHEELS}" ]]; then
   log "installing missing modules from $ESMJAX_WHEELS (no index)"
   $PY -m pip install --no-index --find-links "$ESMJAX_WHEELS" \
-    flax optax orbax-checkpoint grain ml-collections array-record tqdm pyarrow matplotlib tensorboardX pytest \
+    flax optax orbax-checkpoint grain ml-collections tqdm pyarrow matplotlib tensorboardX pytest \
     >> "$OUT_DIR/env.txt" 2>&1 || log "wheel install failed (see env.txt)"
 fi
 log "environment: $(grep -E '^(python|jax backend|torch cuda)' "$OUT_DIR/env.txt" | tr '\n' ';')"

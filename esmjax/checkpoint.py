@@ -76,8 +76,6 @@ RESUME_FREE_KEYS = (
   "train.eval_every",
   "train.eval_batch_size",
   "train.max_eval_rows",
-  "train.inject_nan_at_step",
-  "train.step_delay_s",
   "train.steps_per_dispatch",
   "data.prefetch",
   "data.cache_dir",

@@ -261,5 +261,9 @@ def test_cli_prints_a_named_worlds_statistics(tmp_path):
     text=True,
     timeout=300,
   )
-  assert r.returncode == 1
+  assert r.returncode == 2, r.stderr
+  assert (
+    r.stderr
+    == "esmjax: error: synthetic world 'nope' is not defined; allowed: ['default', 'paper']\n"
+  )
   assert "synthetic world 'nope' is not defined; allowed: ['default', 'paper']" in r.stderr
