@@ -37,7 +37,6 @@ Writes benchmarks/results/compare_torch.{json,md,png} (or --out_dir).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -45,390 +44,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
+import compare_torch_env as env
+import compare_torch_quality as quality
+import compare_torch_report as report
+import compare_torch_speed as speed
 
 from esmjax import reporting
-
-ME = Path(__file__).resolve()
-JAX_VARIANTS = ("rowwise_adagrad", "adagrad", "lazy_adam")
-TORCH_VARIANTS = (
-  "eager-sparse-rowwise_adagrad",
-  "eager-sparse-adagrad",
-  "eager-sparse-lazy_adam",
-  "eager-dense-adagrad",
-  "compile-sparse-rowwise_adagrad",
-  "compile-dense-rowwise_adagrad",
-  "compile-dense-adagrad",
-  "compile-dense-adam",
-)
-QUICK_JAX = ("rowwise_adagrad",)
-QUICK_TORCH = ("eager-sparse-rowwise_adagrad", "compile-dense-adam")
-QUALITY_KEYS = (
-  "ctr/auc",
-  "cvr/auc",
-  "ctcvr/auc",
-  "ctavr/auc",
-  "cvr/entire_space_auc",
-  "ctr/gauc",
-  "ctcvr/logloss",
-)
-
-
-# ---------------------------------------------------------------------------------------------
-# Workers (each in its own process).
-
-
-def _torch_setup(threads: int):
-  import torch
-
-  dev = "cuda" if torch.cuda.is_available() else "cpu"
-  torch.set_num_threads(threads)
-  sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-  return torch, dev, sync
-
-
-def torch_throughput(spec) -> dict:
-  rss0 = common.rss_mb()
-  torch, dev, sync = _torch_setup(spec["threads"])
-  import torch_reference as tr
-
-  rss_import = common.rss_mb()
-  variant = tr.Variant.parse(spec["variant"])
-  schema = common.paper_schema(spec["rows"])
-  cfg = common.bench_config(
-    spec.get("model", "esmm"), spec["batch"], table_optimizer=variant.config_optimizer
-  )
-  torch.manual_seed(spec.get("seed", 0))
-  t = time.perf_counter()
-  model = tr.TorchMultiTask.from_config(cfg, schema, sparse=variant.sparse).to(dev)
-  trainer = tr.Trainer(model, cfg, variant)
-  init_s = time.perf_counter() - t
-  batches = [
-    tr.to_torch(b, dev)
-    for b in common.zipf_batches(
-      schema,
-      spec["batch"],
-      spec.get("n_batches", 8),
-      seed=spec.get("seed", 0),
-      a=spec.get("zipf_a", common.ZIPF_A),
-    )
-  ]
-  box = {"loss": None}
-
-  def step(i):
-    box["loss"] = trainer.step(batches[i % len(batches)])
-
-  cpu = []
-  first, rates, steps_run = common.spec_windows(spec, step, sync, cpu_rates=cpu)
-  return {
-    "framework": "torch",
-    "ex_per_s": rates,
-    "ex_per_cpu_s": cpu,
-    "first_step_s": first,
-    "init_s": init_s,
-    "steps": steps_run,
-    "final_loss": float(box["loss"]),
-    "peak_rss_mb": common.peak_rss_mb(),
-    "rss_before_import_mb": rss0,
-    "rss_after_import_mb": rss_import,
-    "state_mb": tr.state_bytes(trainer) / 2**20,
-    "device_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None,
-    "device": dev,
-    "threads": torch.get_num_threads(),
-    "torch": torch.__version__,
-    "flops_per_example": common.model_flops(spec.get("model", "esmm"), common.PAPER_FIELDS),
-  }
-
-
-def _quality_config(spec):
-  from esmjax import config as config_lib
-
-  c = config_lib.default_config()
-  c.model.name = spec["model"]
-  c.train.batch_size = spec["batch"]
-  c.train.seed = spec["seed"]
-  c.train.max_eval_rows = spec.get("max_eval_rows", -1)
-  c.mesh.num_devices = 1
-  c.checkpoint.enabled = False
-  return config_lib.validate(c)
-
-
-def quality(spec) -> dict:
-  """Trains one framework on the default synthetic data and scores it with esmjax's own code: JAX
-  through esmjax's training loop (trainer.train_and_evaluate), PyTorch on the same batches in the
-  same order (common.train_batches) through torch_reference.train_loop, and both evaluated by
-  esmjax.evaluation (predict_dataset, compute_metrics)."""
-  import tempfile
-
-  from esmjax import evaluation
-  from esmjax import sharding as sh
-  from esmjax import trainer as trainer_lib
-
-  cfg = _quality_config(spec)
-  train_ds, eval_ds = common.datasets(cfg)
-  bs = cfg.train.batch_size
-  cfg.train.num_steps = spec["steps"] or int(math.ceil(spec["epochs"] * train_ds.num_rows / bs))
-  cfg.train.log_every = spec.get("window_steps", 25)
-  t0 = time.perf_counter()
-  if spec["framework"] == "jax":
-    with tempfile.TemporaryDirectory(prefix="esmjax-quality-") as work:
-      trainer_lib.train_and_evaluate(cfg, work)
-      run = common.read_run(work)
-    metrics = run["metrics"]
-    eval_s = time.perf_counter() - t0 - run["train_s"]
-  else:
-    torch, dev, _ = _torch_setup(spec["threads"])
-    import torch_reference as tr
-
-    torch.manual_seed(cfg.train.seed)
-    model = tr.TorchMultiTask.from_config(cfg, train_ds.schema, sparse=True).to(dev)
-    tt = tr.Trainer(model, cfg, tr.Variant.parse(spec["variant"]))
-    batches = common.train_batches(cfg, train_ds)
-    try:
-      run = tr.train_loop(tt, batches, cfg.train.num_steps, bs, cfg.train.log_every, dev)
-    finally:
-      getattr(batches, "close", lambda: None)()
-    t = time.perf_counter()
-    cols = evaluation.predict_dataset(
-      tr.predict_fn(model, dev),
-      None,
-      eval_ds,
-      cfg.train.eval_batch_size,
-      sh.make_mesh(1),
-      cfg.train.max_eval_rows,
-    )
-    metrics = evaluation.compute_metrics(cols, eval_ds.schema)
-    eval_s = time.perf_counter() - t
-  losses = [loss for _, loss in run["losses"]]
-  return {
-    "framework": spec["framework"],
-    "model": spec["model"],
-    "seed": spec["seed"],
-    "steps": run["steps"],
-    "examples": run["steps"] * bs,
-    "ex_per_s": run["windows"],
-    "first_step_s": run["first_step_s"],
-    "train_s": run["train_s"],
-    "eval_s": eval_s,
-    "final_loss": losses[-1] if losses else float("nan"),
-    "loss_curve": losses,
-    "peak_rss_mb": common.peak_rss_mb(),
-    "metrics": {k: float(v) for k, v in metrics.items() if k in QUALITY_KEYS},
-  }
-
-
-# ---------------------------------------------------------------------------------------------
-# The comparison.
-
-
-MALLOC = {
-  "huge": "both frameworks start as `python -m esmjax.main` does (malloc on transparent huge "
-  "pages: "
-  "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 where glibc and the kernel support it)",
-  "os": "both frameworks run with malloc as the OS gives it (4 KB pages)",
-}
-
-
-def malloc_env(kind: str) -> dict[str, str]:
-  """The allocator every worker of this run starts with, JAX and PyTorch alike: esmjax's CLI turns
-  huge-page malloc on by itself (`common.worker_env` starts workers that way), and PyTorch gets the
-  same so the comparison stays fair."""
-  return (
-    {} if kind == "huge" else {"GLIBC_TUNABLES": ""}
-  )  # glibc reads an empty value as no tunables
-
-
-def worker_env(fw: str, malloc: str) -> dict[str, str]:
-  """PyTorch workers wait passively in OpenMP: on this shared, oversubscribed machine spin-waiting
-  made 2 threads up to 5× slower than 1 thread (measured); passive waiting was PyTorch's best."""
-  extra = malloc_env(malloc)
-  if fw == "torch":
-    extra["OMP_WAIT_POLICY"] = "PASSIVE"
-  return common.worker_env(devices=1, extra=extra)
-
-
-def _interleave(a, b):
-  out = []
-  for i in range(max(len(a), len(b))):
-    out += ([a[i]] if i < len(a) else []) + ([b[i]] if i < len(b) else [])
-  return out
-
-
-def throughput_section(args, log) -> dict:
-  jv = QUICK_JAX if args.quick else JAX_VARIANTS
-  tv = QUICK_TORCH if args.quick else TORCH_VARIANTS
-  if args.torch_variants:
-    tv = tuple(args.torch_variants.split(","))
-  if args.jax_variants:
-    jv = tuple(args.jax_variants.split(","))
-  runs = _interleave([("jax", v) for v in jv], [("torch", v) for v in tv])
-  timing = dict(
-    warmup_s=args.warmup_s,
-    windows=args.windows,
-    window_s=args.window_s,
-    batch=args.batch,
-    n_batches=8,
-    zipf_a=common.ZIPF_A,
-  )
-  out: dict[str, dict] = {}
-  for rnd in range(args.rounds):
-    for rows in args.rows:
-      for fw, v in runs if rnd % 2 == 0 else runs[::-1]:  # alternate who goes first
-        name = f"{fw}-{v}"
-        if fw == "jax":
-          spec = {"kind": "jax", "rows": rows, "optimizer": v, **timing}
-        else:
-          spec = {
-            "kind": "torch",
-            "rows": rows,
-            "variant": v,
-            "threads": args.torch_threads,
-            **timing,
-          }
-        r = common.run_worker(
-          ME, spec, env=worker_env(fw, args.malloc), timeout=args.worker_timeout
-        )
-        slot = out.setdefault(str(rows), {}).setdefault(
-          name, {"framework": fw, "variant": v, "runs": []}
-        )
-        slot["runs"].append(r)
-        rate = common.spread(r.get("ex_per_s", []))["median"]
-        log(
-          f"  round {rnd + 1} rows {rows:.0e} {name:<36} "
-          + (
-            f"{rate / 1e3:8.1f} k ex/s  (first step {r['first_step_s']:.1f}s, peak RSS "
-            f"{r['peak_rss_mb']:.0f} MB)"
-            if "error" not in r
-            else f"ERROR {r['error'][:300]}"
-          )
-        )
-  for variants in out.values():
-    for slot in variants.values():
-      ok = [r for r in slot["runs"] if "error" not in r]
-      slot["windows"] = [x for r in ok for x in r["ex_per_s"]]
-      slot["ex_per_s"] = common.spread(slot["windows"])
-      slot["ex_per_cpu_s"] = common.spread([x for r in ok for x in r.get("ex_per_cpu_s", [])])
-      slot["run_medians"] = [common.spread(r["ex_per_s"])["median"] for r in ok]
-      slot["peak_rss_mb"] = max([r["peak_rss_mb"] for r in ok] or [float("nan")])
-      slot["rss_after_import_mb"] = min([r["rss_after_import_mb"] for r in ok] or [float("nan")])
-      slot["first_step_s"] = min([r["first_step_s"] for r in ok] or [float("nan")])
-      slot["device_peak_mb"] = max([r.get("device_peak_mb") or 0 for r in ok] or [0]) or None
-      slot["errors"] = [r["error"] for r in slot["runs"] if "error" in r]
-      slot["flops_per_example"] = ok[0]["flops_per_example"] if ok else float("nan")
-      if ok and slot["framework"] == "jax":
-        slot["engine"] = ok[0].get("engine")
-  return out
-
-
-def ratios(tp: dict) -> dict:
-  """Per table size: JAX default / best PyTorch, best JAX / best PyTorch, and per optimizer."""
-  out = {}
-  for rows, variants in tp.items():
-    med = {n: s["ex_per_s"]["median"] for n, s in variants.items() if s["ex_per_s"]["n"]}
-    noise = {n: s["ex_per_s"]["rel_half_range"] for n, s in variants.items() if s["ex_per_s"]["n"]}
-    jax_ = {n: v for n, v in med.items() if n.startswith("jax-")}
-    tor = {n: v for n, v in med.items() if n.startswith("torch-")}
-    if not jax_ or not tor:
-      continue
-    best_t = max(tor, key=tor.get)
-    best_j = max(jax_, key=jax_.get)
-    default = "jax-rowwise_adagrad" if "jax-rowwise_adagrad" in jax_ else best_j
-    r = {
-      "best_torch": best_t,
-      "best_torch_ex_per_s": tor[best_t],
-      "jax_default": default,
-      "jax_default_ex_per_s": jax_[default],
-      "default_vs_best_torch": jax_[default] / tor[best_t],
-      "best_jax": best_j,
-      "best_jax_vs_best_torch": jax_[best_j] / tor[best_t],
-      "ratio_noise": noise.get(default, 0) + noise.get(best_t, 0),
-      "matched": {},
-    }
-    for opt in JAX_VARIANTS:
-      j = jax_.get(f"jax-{opt}")
-      ts = {n: v for n, v in tor.items() if n.endswith(f"-{opt}")}
-      if j and ts:
-        bt = max(ts, key=ts.get)
-        r["matched"][opt] = {"jax": j, "best_torch": bt, "torch": ts[bt], "ratio": j / ts[bt]}
-    cpu = {
-      n: s["ex_per_cpu_s"]["median"]
-      for n, s in variants.items()
-      if s.get("ex_per_cpu_s", {}).get("n")
-    }
-    ct = {n: v for n, v in cpu.items() if n.startswith("torch-")}
-    if default in cpu and ct:
-      bc = max(ct, key=ct.get)
-      r["cpu_time"] = {"best_torch": bc, "default_vs_best_torch": cpu[default] / ct[bc]}
-    out[rows] = r
-  return out
-
-
-def quality_section(args, log) -> dict:
-  res: dict[str, dict] = {}
-  for model in args.models:
-    for seed in args.seeds:
-      order = [("jax", None), ("torch", "eager-sparse-rowwise_adagrad")]
-      for fw, variant in order if seed % 2 == 0 else order[::-1]:
-        spec = {
-          "kind": "quality",
-          "framework": fw,
-          "variant": variant,
-          "model": model,
-          "seed": seed,
-          "batch": args.batch,
-          "epochs": args.epochs,
-          "steps": args.quality_steps,
-          "max_eval_rows": args.max_eval_rows,
-          "threads": args.torch_threads,
-        }
-        r = common.run_worker(
-          ME, spec, env=worker_env(fw, args.malloc), timeout=args.worker_timeout
-        )
-        res.setdefault(model, {}).setdefault(fw, []).append(r)
-        if "error" in r:
-          log(f"  {model} seed {seed} {fw:<5} ERROR {r['error'][:300]}")
-        else:
-          m = r["metrics"]
-          log(
-            f"  {model} seed {seed} {fw:<5} {common.spread(r['ex_per_s'])['median'] / 1e3:6.1f} k "
-            "ex/s  " + "  ".join(f"{k} {m[k]:.4f}" for k in QUALITY_KEYS if k in m)
-          )
-  summary = {}
-  for model, fws in res.items():
-    s = {}
-    for fw, runs in fws.items():
-      ok = [r for r in runs if "error" not in r]
-      keys = [k for k in QUALITY_KEYS if ok and k in ok[0]["metrics"]]
-      s[fw] = {k: common.spread([r["metrics"][k] for r in ok]) for k in keys}
-      s[fw]["ex_per_s"] = common.spread([x for r in ok for x in r["ex_per_s"][1:] or r["ex_per_s"]])
-      s[fw]["peak_rss_mb"] = max([r["peak_rss_mb"] for r in ok] or [float("nan")])
-      s[fw]["per_seed"] = {r["seed"]: r["metrics"] for r in ok}
-      s[fw]["errors"] = [r["error"] for r in runs if "error" in r]
-    # Noise: the largest seed-to-seed spread of either framework; difference: of the seed means.
-    if "jax" in s and "torch" in s:
-      diff = {}
-      for k in QUALITY_KEYS:
-        if k in s["jax"] and k in s["torch"]:
-          pj = s["jax"]["per_seed"]
-          pt = s["torch"]["per_seed"]
-          mj = sum(v[k] for v in pj.values()) / len(pj)
-          mt_ = sum(v[k] for v in pt.values()) / len(pt)
-          noise = max(
-            s["jax"][k]["max"] - s["jax"][k]["min"], s["torch"][k]["max"] - s["torch"][k]["min"]
-          )
-          diff[k] = {
-            "jax_mean": mj,
-            "torch_mean": mt_,
-            "diff": mj - mt_,
-            "seed_range": noise,
-            "within_noise": abs(mj - mt_) <= max(noise, 1e-12),
-          }
-      s["diff"] = diff
-    summary[model] = s
-  return {"runs": res, "summary": summary}
-
-
-# ---------------------------------------------------------------------------------------------
-# Reporting.
 
 
 def _keep_previous(res: dict, path: Path, args) -> None:
@@ -452,245 +73,6 @@ def _keep_previous(res: dict, path: Path, args) -> None:
     for k in ("quality", "throughput")
     if k in res
   }
-
-
-def markdown(res: dict) -> str:
-  a = res["args"]
-  L = [
-    f"# esmjax vs PyTorch ({res['when']})",
-    "",
-    f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} usable cores, "
-    f"backend {res['probe'].get('backend')}; jax {res['probe'].get('jax')}, torch "
-    f"{res['probe'].get('torch')} "
-    f"({a['torch_threads']} threads). Load average before/after: {res['load_before']} / "
-    f"{res['load_after']} "
-    "(the machine is shared: other jobs ran during the measurement).",
-    "",
-    reporting.code_line(res) + f"Command: `{res['command']}`",
-    "",
-  ]
-  for k, when in (res.get("kept_from_previous") or {}).items():
-    L += [
-      f"The {'speed' if k == 'throughput' else k} section is kept from the run of {when} "
-      f"(this run skipped it; its load averages are in that run's JSON).",
-      "",
-    ]
-  tp, rt = res.get("throughput"), res.get("ratios", {})
-  if tp:
-    L += [
-      "## Speed: ESMM, 23 fields × 18, towers 200-80-1, batch "
-      f"{a['batch']}, Zipf({common.ZIPF_A}) ids, pre-generated batches",
-      "",
-    ]
-    for rows, variants in tp.items():
-      L += [f"### {float(rows):.0e} table rows", ""]
-      rws = []
-      for name, s in sorted(
-        variants.items(),
-        key=lambda kv: -kv[1]["ex_per_s"]["median"] if kv[1]["ex_per_s"]["n"] else 0,
-      ):
-        e = s["ex_per_s"]
-        c = s.get("ex_per_cpu_s") or {"median": float("nan")}
-        rws.append(
-          [
-            name,
-            e["median"],
-            f"{e['min'] / 1e3:,.1f}–{e['max'] / 1e3:,.1f} k",
-            f"±{100 * e['rel_half_range']:.0f} %" if e["n"] else "–",
-            e["n"],
-            c["median"],
-            s["first_step_s"],
-            s["peak_rss_mb"],
-            s["peak_rss_mb"] - s["rss_after_import_mb"],
-            "; ".join(x[:80] for x in s["errors"]) or "",
-          ]
-        )
-      L += [
-        reporting.markdown_table(
-          [
-            "variant",
-            "ex/s (median)",
-            "window range",
-            "noise",
-            "windows",
-            "ex per CPU-s",
-            "first step s",
-            "peak RSS MB",
-            "over import MB",
-            "errors",
-          ],
-          rws,
-        ),
-        "",
-      ]
-      if rows in rt:
-        r = rt[rows]
-        L.append(
-          f"**JAX default (row-wise Adagrad) / best PyTorch ({r['best_torch']}): "
-          f"{r['default_vs_best_torch']:.2f}×** (the two variants' window half-ranges add up to "
-          f"±{100 * r['ratio_noise']:.0f} %); "
-          f"best JAX ({r['best_jax']}) / best PyTorch: {r['best_jax_vs_best_torch']:.2f}×. Same "
-          "optimizer: "
-          + ", ".join(
-            f"{k} {v['ratio']:.2f}× (vs {v['best_torch']})" for k, v in r["matched"].items()
-          )
-          + "."
-          + (
-            " Per CPU-second (work per example, whatever share of the cores each got): JAX "
-            "default / best "
-            f"PyTorch ({r['cpu_time']['best_torch']}) "
-            f"{r['cpu_time']['default_vs_best_torch']:.2f}×."
-            if r.get("cpu_time")
-            else ""
-          )
-        )
-        L.append("")
-    if res.get("roofline"):
-      L += [res["roofline"]["line"], ""]
-  q = res.get("quality")
-  if q:
-    L += [
-      f"## Quality: default synthetic data, batch {a['batch']}, "
-      + (f"{a['quality_steps']} steps" if a["quality_steps"] else f"{a['epochs']} epoch(s)")
-      + f", seeds {a['seeds']}, same batches for both, evaluated by "
-      "esmjax.evaluation.compute_metrics",
-      "",
-    ]
-    for model, s in q["summary"].items():
-      if "diff" not in s:
-        continue
-      rws = []
-      for k, d in s["diff"].items():
-        rws.append(
-          [
-            k,
-            f"{d['jax_mean']:.4f}",
-            f"{d['torch_mean']:.4f}",
-            f"{d['diff']:+.4f}",
-            f"{d['seed_range']:.4f}",
-            "yes" if d["within_noise"] else "no",
-          ]
-        )
-      L += [
-        f"### {model}",
-        "",
-        reporting.markdown_table(
-          [
-            "metric",
-            "JAX (seed mean)",
-            "PyTorch (seed mean)",
-            "JAX − PyTorch",
-            "seed-to-seed range (max of the two)",
-            "within noise",
-          ],
-          rws,
-        ),
-        "",
-      ]
-      L.append(
-        f"Training examples/s incl. the input pipeline (median of {s['jax']['ex_per_s']['n']}/"
-        f"{s['torch']['ex_per_s']['n']} windows): JAX "
-        f"{reporting.fmt_rate(s['jax']['ex_per_s']['median'])}, "
-        "PyTorch (eager-sparse-rowwise_adagrad) "
-        f"{reporting.fmt_rate(s['torch']['ex_per_s']['median'])}; "
-        f"peak RSS JAX {s['jax']['peak_rss_mb']:,.0f} MB, PyTorch {s['torch']['peak_rss_mb']:,.0f} "
-        "MB."
-      )
-      L.append("")
-  L += [
-    "## How to read this",
-    "",
-    "- Rates are medians of timed windows (after the first step and a warm-up), pooled over rounds "
-    "in which "
-    "JAX and PyTorch variants alternate; the window range and ± half-range show the noise of this "
-    "shared "
-    "machine. Ratios are of medians measured in the same invocation.",
-    "- 'ex per CPU-s' divides by the CPU time of the worker process (all threads) instead of wall "
-    "time: "
-    "on this oversubscribed machine it says what a step costs in work, independent of the share of "
-    "the "
-    "cores the scheduler gave each process.",
-    "- Peak RSS is per worker process and includes the framework runtime; 'over import' subtracts "
-    "the "
-    "RSS right after importing it (the model, optimizer state, batches and compiled code).",
-    "- PyTorch runs with torch.set_num_threads(--torch_threads) and OMP_WAIT_POLICY=PASSIVE: on "
-    "this "
-    "oversubscribed machine OpenMP spin-waiting made 2 threads up to 5× slower than 1 (measured); "
-    "passive "
-    "waiting was PyTorch's fastest setting. JAX runs with its defaults.",
-    f"- Allocator: {MALLOC[res['args'].get('malloc', 'os')]}.",
-    "- Quality runs feed both frameworks the same batches in the same order; a difference of seed "
-    "means "
-    "within the seed-to-seed range is within run-to-run noise.",
-    f"- Regenerate: `{res['command']}`.",
-  ]
-  return "\n".join(L) + "\n"
-
-
-def plot(res: dict, path: Path) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  tp = res.get("throughput") or {}
-  q = (res.get("quality") or {}).get("summary", {})
-  n = len(tp) + (1 if q else 0)
-  if not n:
-    return
-  ratios = [1.0] * len(tp) + ([1.8] if q else [])
-  fig, axes = plt.subplots(
-    1, n, figsize=(4.2 * sum(ratios), 3.8), dpi=80, gridspec_kw={"width_ratios": ratios}
-  )
-  axes = [axes] if n == 1 else list(axes)
-  for ax, (rows, variants) in zip(axes, tp.items(), strict=False):  # + the quality panel
-    items = sorted(
-      ((k, s) for k, s in variants.items() if s["ex_per_s"]["n"]),
-      key=lambda kv: -kv[1]["ex_per_s"]["median"],
-    )
-    names = [k.replace("torch-", "pt-").replace("rowwise_adagrad", "rw_adagrad") for k, _ in items]
-    med = [s["ex_per_s"]["median"] / 1e3 for _, s in items]
-    lo = [m - s["ex_per_s"]["min"] / 1e3 for m, (_, s) in zip(med, items, strict=True)]
-    hi = [s["ex_per_s"]["max"] / 1e3 - m for m, (_, s) in zip(med, items, strict=True)]
-    ax.barh(
-      names,
-      med,
-      xerr=[lo, hi],
-      color=["tab:blue" if k.startswith("jax") else "tab:orange" for k, _ in items],
-    )
-    ax.invert_yaxis()
-    ax.set_xlabel("k examples/s (median, window range)")
-    ax.set_title(f"ESMM train step, {float(rows):.0e} rows", fontsize=9)
-    ax.tick_params(labelsize=7)
-  if q:
-    ax = axes[-1]
-    labels, xs = [], 0
-    for model, s in q.items():
-      for k in s.get("diff", {}):
-        if not (k.endswith("/auc") or k.endswith("entire_space_auc")):
-          continue
-        for j, fw in enumerate(("jax", "torch")):
-          sp = s[fw][k]
-          ax.errorbar(
-            xs + 0.15 * (j * 2 - 1),
-            sp["median"],
-            yerr=[[sp["median"] - sp["min"]], [sp["max"] - sp["median"]]],
-            fmt="o",
-            color="tab:blue" if fw == "jax" else "tab:orange",
-            label=fw if not labels else None,
-          )
-        labels.append(
-          f"{model} {k.replace('/entire_space_auc', ' entire-space').replace('/auc', '')}"
-        )
-        xs += 1
-    ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=35, ha="right")
-    ax.set_ylabel("AUC (seeds: median, range)")
-    ax.set_title("Quality, same data and metric code", fontsize=9)
-    ax.legend(fontsize=7)
-  fig.tight_layout()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path)
-  plt.close(fig)
 
 
 def main(argv=None):
@@ -729,7 +111,7 @@ def main(argv=None):
   ap.add_argument(
     "--malloc",
     default="huge",
-    choices=sorted(MALLOC),
+    choices=sorted(env.MALLOC),
     help="allocator for every worker, both "
     "frameworks alike: huge = as `python -m esmjax.main` starts; os = the OS default",
   )
@@ -744,7 +126,11 @@ def main(argv=None):
 
     res = json.loads((Path(args.out_dir) / "compare_torch.json").read_text())
     reporting.write_results(
-      args.out_dir, "compare_torch", res, markdown(res), figures={"": lambda p: plot(res, p)}
+      args.out_dir,
+      "compare_torch",
+      res,
+      report.markdown(res),
+      figures={"": lambda p: report.plot(res, p)},
     )
     return
   if args.quick:
@@ -758,14 +144,14 @@ def main(argv=None):
   out_dir = Path(args.out_dir)
   log = lambda s: print(s, flush=True)
   t0 = time.time()
-  probe = common.run_worker(ME, {"kind": "probe"}, env=common.worker_env(devices=1))
+  probe = common.run_worker(env.SCRIPT, {"kind": "probe"}, env=common.worker_env(devices=1))
   if not probe.get("torch"):
     sys.exit("compare_torch needs torch: pip install -e '.[bench]' (torch==2.13.0)")
   res = {**reporting.provenance(), "probe": probe, "args": vars(args)}
   if not args.skip_speed:
     log("speed (examples/s, median of windows):")
-    res["throughput"] = throughput_section(args, log)
-    res["ratios"] = ratios(res["throughput"])
+    res["throughput"] = speed.throughput_section(args, log)
+    res["ratios"] = speed.ratios(res["throughput"])
     for rows, r in res["ratios"].items():
       log(
         f"  {float(rows):.0e} rows: JAX default / best PyTorch ({r['best_torch']}) = "
@@ -794,11 +180,13 @@ def main(argv=None):
         log("  " + res["roofline"]["line"])
   if not args.skip_quality:
     log("quality (AUCs on the synthetic eval split):")
-    res["quality"] = quality_section(args, log)
+    res["quality"] = quality.quality_section(args, log)
   _keep_previous(res, out_dir / "compare_torch.json", args)
   reporting.finish(res, t0)
-  md = markdown(res)
-  reporting.write_results(out_dir, "compare_torch", res, md, figures={"": lambda p: plot(res, p)})
+  md = report.markdown(res)
+  reporting.write_results(
+    out_dir, "compare_torch", res, md, figures={"": lambda p: report.plot(res, p)}
+  )
   log(md)
   log(f"wrote {out_dir}/compare_torch.{{json,md,png}} in {res['elapsed_s']:.0f}s")
 
@@ -808,8 +196,8 @@ if __name__ == "__main__":
     {
       "probe": lambda s: common.jax_probe(),
       "jax": common.jax_throughput,
-      "torch": torch_throughput,
-      "quality": quality,
+      "torch": speed.torch_throughput,
+      "quality": quality.quality,
     }
   ):
     main()
