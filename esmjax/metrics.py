@@ -257,53 +257,15 @@ def evaluate(
     impressions; `n/*` are weighted counts.
   """
   fn = "evaluate"
-  for what, d, allowed in (
-    ("preds", preds, PRED_KEYS),
-    ("labels", labels, LABEL_KEYS),
-    ("truth", truth or {}, TRUTH_KEYS),
-  ):
-    unknown = sorted(set(d) - set(allowed))
-    if unknown:
-      raise ValueError(f"{fn}: `{what}` has unknown key(s) {unknown}; allowed: {list(allowed)}")
-  for k in ("click", "buy"):
-    if k not in labels:
-      raise ValueError(f"{fn}: `labels` needs key {k!r}; got {sorted(labels)}")
-
+  _check_keys(preds, labels, truth)
   u = _vector(users, "users", None, fn)
   n = u.shape[0]
   w = np.ones(n) if weights is None else _vector(weights, "weights", n, fn).astype(np.float64)
   if not np.all(np.isfinite(w)) or np.any(w < 0):
     raise ValueError(f"{fn}: `weights` must be finite and >= 0")
   live = w > 0
-
-  def label(k: str, src: Mapping, what: str) -> np.ndarray:
-    a = _vector(src[k], f"{what}[{k!r}]", n, fn)
-    if not np.all((a[live] == 0) | (a[live] == 1)):
-      raise ValueError(f"{fn}: `{what}[{k!r}]` must be 0/1")
-    return a.astype(bool)
-
-  click = label("click", labels, "labels")
-  buy = label("buy", labels, "labels")
-  # The causal chain is impression -> click -> action -> buy; an unclicked buy is corrupt data.
-  if np.any(buy & ~click & live):
-    raise ValueError(f"{fn}: `labels['buy']` is 1 on an unclicked impression (click=0, buy=1)")
-  daction = None
-  if "daction" in labels:
-    daction = label("daction", labels, "labels")
-    if np.any(daction & ~click & live):
-      raise ValueError(f"{fn}: `labels['daction']` is 1 on an unclicked impression")
-
-  def prob(k: str, src: Mapping, what: str) -> np.ndarray:
-    # Checked here so that an error names the prediction, not the inner metric's argument.
-    a = _vector(src[k], f"{what}[{k!r}]", n, fn)
-    v = a[live]
-    if v.dtype.kind not in "biuf" or not np.all((v >= 0) & (v <= 1)):
-      raise ValueError(
-        f"{fn}: `{what}[{k!r}]` must be probabilities in [0, 1] (NaN found or out of range)"
-      )
-    return a
-
-  p = {k: prob(k, preds, "preds") for k in preds}
+  click, buy, daction = _event_labels(labels, live)
+  p = {k: _prob(preds, k, "preds", live) for k in preds}
 
   out: dict[str, float] = {
     "n/impressions": float(w.sum()),
@@ -312,7 +274,6 @@ def evaluate(
   }
   if daction is not None:
     out["n/dactions"] = float(w[click & daction].sum())
-
   if "pctr" in p:
     _task(out, "ctr", click, p["pctr"], u, w)
   if "pcvr" in p:
@@ -322,9 +283,66 @@ def evaluate(
     _task(out, "ctcvr", click & buy, p["pctcvr"], u, w)
   if "pctavr" in p and daction is not None:
     _task(out, "ctavr", click & daction, p["pctavr"], u, w)
+  if truth:
+    _truth_metrics(out, truth, p, click, w, live)
+  return out
 
-  if truth and "would_buy" in truth:
-    would_buy = label("would_buy", truth, "truth")
+
+def _check_keys(preds: Mapping, labels: Mapping, truth: Mapping | None) -> None:
+  """No unknown key in `preds`, `labels`, `truth`; `labels` has click and buy."""
+  for what, d, allowed in (
+    ("preds", preds, PRED_KEYS),
+    ("labels", labels, LABEL_KEYS),
+    ("truth", truth or {}, TRUTH_KEYS),
+  ):
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+      raise ValueError(f"evaluate: `{what}` has unknown key(s) {unknown}; allowed: {list(allowed)}")
+  for k in ("click", "buy"):
+    if k not in labels:
+      raise ValueError(f"evaluate: `labels` needs key {k!r}; got {sorted(labels)}")
+
+
+def _label(src: Mapping, k: str, what: str, live: np.ndarray) -> np.ndarray:
+  """`src[k]` as bool, checked to be 0/1 on the live rows."""
+  a = _vector(src[k], f"{what}[{k!r}]", live.shape[0], "evaluate")
+  if not np.all((a[live] == 0) | (a[live] == 1)):
+    raise ValueError(f"evaluate: `{what}[{k!r}]` must be 0/1")
+  return a.astype(bool)
+
+
+def _prob(src: Mapping, k: str, what: str, live: np.ndarray) -> np.ndarray:
+  """`src[k]`, checked to be probabilities on the live rows (here, so that an error names the
+  prediction, not the inner metric's argument)."""
+  a = _vector(src[k], f"{what}[{k!r}]", live.shape[0], "evaluate")
+  v = a[live]
+  if v.dtype.kind not in "biuf" or not np.all((v >= 0) & (v <= 1)):
+    raise ValueError(
+      f"evaluate: `{what}[{k!r}]` must be probabilities in [0, 1] (NaN found or out of range)"
+    )
+  return a
+
+
+def _event_labels(labels: Mapping, live: np.ndarray):
+  """(click, buy, daction or None) as bool, checked: 0/1, and nothing after an unclicked
+  impression."""
+  click = _label(labels, "click", "labels", live)
+  buy = _label(labels, "buy", "labels", live)
+  # The causal chain is impression -> click -> action -> buy; an unclicked buy is corrupt data.
+  if np.any(buy & ~click & live):
+    raise ValueError("evaluate: `labels['buy']` is 1 on an unclicked impression (click=0, buy=1)")
+  daction = None
+  if "daction" in labels:
+    daction = _label(labels, "daction", "labels", live)
+    if np.any(daction & ~click & live):
+      raise ValueError("evaluate: `labels['daction']` is 1 on an unclicked impression")
+  return click, buy, daction
+
+
+def _truth_metrics(out: dict, truth: Mapping, p: dict, click, w, live) -> None:
+  """The CVR metrics against the synthetic ground truth, into `out`."""
+  if "would_buy" in truth:
+    would_buy = _label(truth, "would_buy", "truth", live)
     if "pcvr" in p:
       # Entire-space CVR: the whole impression space against the counterfactual buy label,
       # the direct measure of sample selection bias.
@@ -333,11 +351,10 @@ def evaluate(
       out["cvr/entire_space_calibration"] = calibration(would_buy, p["pcvr"], w)
     if "pcvr" in truth:
       # The ceiling: the best entire-space AUC any model could reach in this world.
-      out["cvr/entire_space_oracle_auc"] = auc(would_buy, prob("pcvr", truth, "truth"), w)
-  if truth and "pcvr" in truth and "pcvr" in p:
+      out["cvr/entire_space_oracle_auc"] = auc(would_buy, _prob(truth, "pcvr", "truth", live), w)
+  if "pcvr" in truth and "pcvr" in p:
     # The same CVR AUCs against the true pCVR instead of drawn buys: without the label noise of
     # rare conversions, which dominates an AUC on a few hundred buyers.
-    q = prob("pcvr", truth, "truth")
+    q = _prob(truth, "pcvr", "truth", live)
     out["cvr/population_auc"] = population_auc(q[click], p["pcvr"][click], w[click])
     out["cvr/entire_space_population_auc"] = population_auc(q, p["pcvr"], w)
-  return out

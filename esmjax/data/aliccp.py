@@ -206,7 +206,50 @@ def _convert(job: stages.Job) -> dict:
   sk_id, cf_id = _file_id(job.skeleton), _file_id(job.common_features)
   fp_common = _fingerprint(cf_id, spec.config_json, job.range_bytes)
   fp = _fingerprint(sk_id, fp_common, job.block_rows, ds_lib.VERSION, _FORMAT_OF_SIDECARS)
-  # Resume or restart: everything we wrote under another fingerprint goes.
+  _resume_or_restart(job, fp, fp_common)
+  common_meta, t_common, sk_meta = _run_stages(job, fp, fp_common)
+
+  dense = stages.dense_fields(spec, sk_meta["sidecars"], job.stats_from)
+  leaks = stages.label_leakage(sk_meta["sidecars"], job)
+  schema = dataclasses.replace(spec.schema, dense=tuple(dense))
+  shards = [s["shard"] for s in sk_meta["sidecars"] if s["shard"]["num_rows"] > 0]
+  n_rows = sum(s["num_rows"] for s in shards)
+  seconds = time.time() - job.t_start
+  nbytes = sk_id["size"] + cf_id["size"]
+  conversion = {
+    "fingerprint": fp,
+    **_conversion_record(job, common_meta, sk_meta, leaks, n_rows),
+    "input_bytes": nbytes,
+    "seconds": round(seconds, 3),
+    "seconds_common_features": round(t_common, 3),
+    "workers": job.workers,
+    "range_bytes": job.range_bytes,
+    "stats_from": job.stats_from,
+  }
+  source = {
+    "format": "aliccp-raw",
+    "skeleton": sk_id,
+    "common_features": cf_id,
+    "made_by": "python -m esmjax.data.aliccp",
+  }
+  manifest = ds_lib.write_manifest(
+    out_dir, schema, shards, job.block_rows, source, {"conversion": conversion}
+  )
+  if not job.keep_common_index:
+    _remove_dir(job.common_dir)
+  if job.progress:
+    ingestion.console(
+      f"{out_dir}: {n_rows:,} rows in {len(shards)} shard(s), {seconds:.1f} s "
+      f"({nbytes / 1e6 / max(seconds, 1e-9):.1f} MB/s, "
+      f"{n_rows / max(seconds, 1e-9):,.0f} rows/s)"
+    )
+  return manifest
+
+
+def _resume_or_restart(job: stages.Job, fp: str, fp_common: str) -> None:
+  """Everything written under another fingerprint goes (a restart); else the manifest goes (it
+  is rewritten at the end) and the finished ranges and common table stay (a resume)."""
+  out_dir = job.out_dir
   stale = any(
     (stages.json_or_none(os.path.join(out_dir, n)) or {}).get("fingerprint") != fp
     for n in os.listdir(out_dir)
@@ -227,9 +270,13 @@ def _convert(job: stages.Job) -> dict:
   elif old is not None:
     os.remove(mpath)  # rewritten at the end; until then the directory is not a dataset
 
+
+def _run_stages(job: stages.Job, fp: str, fp_common: str) -> tuple[dict, float, dict]:
+  """The two stages on a worker pool (in process with one worker): (common-features meta, its
+  seconds since the start, skeleton meta)."""
   ctx = mp.get_context("spawn")  # no fork: the caller may hold threads (tqdm, grain, JAX)
   counters = (ctx.Value("q", 0), ctx.Value("q", 0))
-  init_args = (spec.config_json, counters[0], counters[1], job.common_dir)
+  init_args = (job.spec.config_json, counters[0], counters[1], job.common_dir)
   pool = (
     ctx.Pool(job.workers, initializer=work.init_worker, initargs=init_args + (True,))
     if job.workers > 1
@@ -246,17 +293,15 @@ def _convert(job: stages.Job) -> dict:
       pool.terminate()
       pool.join()
     work.clear_worker()
+  return common_meta, t_common, sk_meta
 
-  dense = stages.dense_fields(spec, sk_meta["sidecars"], job.stats_from)
-  leaks = stages.label_leakage(sk_meta["sidecars"], job)
-  schema = dataclasses.replace(spec.schema, dense=tuple(dense))
-  shards = [s["shard"] for s in sk_meta["sidecars"] if s["shard"]["num_rows"] > 0]
-  n_rows = sum(s["num_rows"] for s in shards)
-  seconds = time.time() - job.t_start
-  nbytes = sk_id["size"] + cf_id["size"]
+
+def _conversion_record(job: stages.Job, common_meta, sk_meta, leaks, n_rows: int) -> dict:
+  """The manifest's account of the conversion: id mapping, counts, bad lines, warnings, leakage,
+  truncation and the config."""
+  spec = job.spec
   user = spec.names[spec.user_field] if spec.user_field >= 0 else None
-  conversion = {
-    "fingerprint": fp,
+  return {
     "id_mapping": {
       "kind": "hash",
       "function": (
@@ -292,31 +337,7 @@ def _convert(job: stages.Job) -> dict:
       )
     },
     "config": json.loads(spec.config_json),
-    "input_bytes": nbytes,
-    "seconds": round(seconds, 3),
-    "seconds_common_features": round(t_common, 3),
-    "workers": job.workers,
-    "range_bytes": job.range_bytes,
-    "stats_from": job.stats_from,
   }
-  source = {
-    "format": "aliccp-raw",
-    "skeleton": sk_id,
-    "common_features": cf_id,
-    "made_by": "python -m esmjax.data.aliccp",
-  }
-  manifest = ds_lib.write_manifest(
-    out_dir, schema, shards, job.block_rows, source, {"conversion": conversion}
-  )
-  if not job.keep_common_index:
-    _remove_dir(job.common_dir)
-  if job.progress:
-    ingestion.console(
-      f"{out_dir}: {n_rows:,} rows in {len(shards)} shard(s), {seconds:.1f} s "
-      f"({nbytes / 1e6 / max(seconds, 1e-9):.1f} MB/s, "
-      f"{n_rows / max(seconds, 1e-9):,.0f} rows/s)"
-    )
-  return manifest
 
 
 # ---------------------------------------------------------------------------------------------

@@ -110,15 +110,76 @@ def parse_chunk(buf: bytes, n_cols: int, spec: Spec, skeleton: bool) -> Parsed:
 
   One scan finds every separator (`,` `\\x01` `\\x02` `\\x03` `\\n`); a good line is n_cols-1 commas
   then the items' separators in the exact pattern \\x02 \\x03 (\\x01 \\x02 \\x03)*, so items are
-  read straight off the separator array without searching.
+  read straight off the separator array without searching. The checks run in this order, and a
+  line's reason is the first it fails.
   """
+  s = _scan(buf)
+  rs, sl, col_s, col_e = _split_columns(s, n_cols)
+  shape_ok = s.reason == 0
+  if skeleton:
+    _check_skeleton_columns(s, sl, col_s, col_e)
+  it = _feature_items(s, rs, sl, col_s, shape_ok)
+
+  # feature_num (second-to-last header column) against the items actually there.
+  good = s.reason == 0
+  rows = np.flatnonzero(good)
+  row_of_line = np.full(s.n_lines, -1, np.int64)
+  row_of_line[rows] = np.arange(len(rows))
+  sel = np.flatnonzero(good[sl])  # positions in sl/col_* of good rows
+  fnum, fnum_ok = parse_uint(s.a, col_s[sel, -2], col_e[sel, -2])
+  nfs = it.n_seps[rows]
+  mismatch = ~fnum_ok | (fnum != np.where(nfs > 0, (nfs + 1) // 3, 0))
+
+  ik = good[it.line]
+  fld = _lookup_fields(s.a, it.start[ik], it.p2[ik], spec)
+  return Parsed(
+    n_lines=s.n_lines,
+    line=rows,
+    cols=[(col_s[sel, j], col_e[sel, j]) for j in range(n_cols)],
+    item_row=row_of_line[it.line[ik]],
+    item_field=fld,
+    item_key=it.key[ik],
+    item_val=it.val[ik].astype(np.float32),
+    reason=s.reason,
+    warn_mismatch=mismatch,
+    unknown_fields=_unknown_fields(s.a, it.start[ik], it.p2[ik], fld),
+    a=s.a,
+    starts=s.starts,
+    ends=s.ends,
+  )
+
+
+@dataclasses.dataclass
+class _Scan:
+  """A chunk's separators and line bounds, and each line's reason (0 good, -1 blank, else the
+  KIND_CODES of the first check it failed)."""
+
+  a: np.ndarray  # the chunk's bytes, then _TAIL zero bytes
+  sep: np.ndarray  # positions of the separators `,` `\x01` `\x02` `\x03` `\n`
+  code: np.ndarray  # their bytes
+  is_nl: np.ndarray
+  nl_idx: np.ndarray  # [n_lines] separator index of each line's `\n`
+  first: np.ndarray  # [n_lines] separator index of each line's first separator
+  starts: np.ndarray
+  ends: np.ndarray  # before the `\n` (and a `\r` before it)
+  reason: np.ndarray
+
+  @property
+  def n_lines(self) -> int:
+    return len(self.nl_idx)
+
+  def flag(self, mask: np.ndarray, kind: str) -> None:
+    """Lines of `mask` not yet bad get `kind` as their reason."""
+    self.reason[(self.reason == 0) & mask] = KIND_CODES[kind]
+
+
+def _scan(buf: bytes) -> _Scan:
   a = np.frombuffer(buf + bytes(_TAIL), np.uint8)
   body = a[: len(buf)]
   sep = np.flatnonzero((body <= 3) | (body == 44) | (body == 10))
   code = body[sep]
   is_nl = code == 10
   nl_idx = np.flatnonzero(is_nl)
-  n_lines = len(nl_idx)
   ends = sep[nl_idx]
   starts = np.empty_like(ends)
   starts[:1] = 0
@@ -128,44 +189,64 @@ def parse_chunk(buf: bytes, n_cols: int, spec: Spec, skeleton: bool) -> Parsed:
   first = np.empty_like(nl_idx)
   first[:1] = 0
   first[1:] = nl_idx[:-1] + 1
-  reason = np.zeros(n_lines, np.int64)
+  reason = np.zeros(len(nl_idx), np.int64)
   reason[ends == starts] = -1  # blank lines are ignored
+  return _Scan(a, sep, code, is_nl, nl_idx, first, starts, ends, reason)
 
-  def flag(mask, kind):
-    reason[(reason == 0) & mask] = KIND_CODES[kind]
 
-  ccum = np.zeros(len(code) + 1, np.int64)
-  np.cumsum(code == 44, out=ccum[1:])
-  flag(ccum[nl_idx] - ccum[first] != n_cols - 1, "column_count")
-  rs = first + n_cols - 1  # separator index where the feature list's separators begin
+def _split_columns(s: _Scan, n_cols: int):
+  """Flags lines without n_cols columns or with item separators among the header columns; returns
+  (separator index where each line's feature list begins, the well-shaped lines, their columns'
+  start and end offsets [len(sl), n_cols])."""
+  ccum = np.zeros(len(s.code) + 1, np.int64)
+  np.cumsum(s.code == 44, out=ccum[1:])
+  s.flag(ccum[s.nl_idx] - ccum[s.first] != n_cols - 1, "column_count")
+  rs = s.first + n_cols - 1  # separator index where the feature list's separators begin
   # \x01-\x03 among the header columns:
-  flag(ccum[np.minimum(rs, len(code))] - ccum[first] != n_cols - 1, "bad_feature_item")
-  shape_ok = reason == 0
-  sl = np.flatnonzero(shape_ok)
-  commas = sep[first[sl, None] + np.arange(n_cols - 1)]
-  col_s = np.concatenate([starts[sl, None], commas + 1], axis=1)
-  col_e = np.concatenate([commas, ends[sl, None]], axis=1)
+  s.flag(ccum[np.minimum(rs, len(s.code))] - ccum[s.first] != n_cols - 1, "bad_feature_item")
+  sl = np.flatnonzero(s.reason == 0)
+  commas = s.sep[s.first[sl, None] + np.arange(n_cols - 1)]
+  col_s = np.concatenate([s.starts[sl, None], commas + 1], axis=1)
+  col_e = np.concatenate([commas, s.ends[sl, None]], axis=1)
+  return rs, sl, col_s, col_e
 
-  if skeleton:
-    ch = a[col_s[:, 1:3]]
-    ln = col_e[:, 1:3] - col_s[:, 1:3]
-    m = np.zeros(n_lines, bool)
-    m[sl] = ((ln != 1) | ((ch != 48) & (ch != 49))).any(1)
-    flag(m, "bad_label")
-    m[:] = False
-    m[sl] = (ch[:, 1] == 49) & (ch[:, 0] != 49)
-    flag(m, "buy_without_click")
-    _, sid_ok = parse_uint(a, col_s[:, 0], col_e[:, 0])
-    m[:] = False
-    m[sl] = ~sid_ok
-    flag(m, "bad_sample_id")
 
-  # Feature items: check the separator pattern of the feature list of every line.
-  nfs = nl_idx - rs  # separators in the feature list
+def _check_skeleton_columns(s: _Scan, sl, col_s, col_e) -> None:
+  """Flags skeleton lines whose labels are not 0/1, buy without click, or a bad sample id."""
+  a, n_lines = s.a, s.n_lines
+  ch = a[col_s[:, 1:3]]
+  ln = col_e[:, 1:3] - col_s[:, 1:3]
+  m = np.zeros(n_lines, bool)
+  m[sl] = ((ln != 1) | ((ch != 48) & (ch != 49))).any(1)
+  s.flag(m, "bad_label")
+  m[:] = False
+  m[sl] = (ch[:, 1] == 49) & (ch[:, 0] != 49)
+  s.flag(m, "buy_without_click")
+  _, sid_ok = parse_uint(a, col_s[:, 0], col_e[:, 0])
+  m[:] = False
+  m[sl] = ~sid_ok
+  s.flag(m, "bad_sample_id")
+
+
+@dataclasses.dataclass
+class _Items:
+  n_seps: np.ndarray  # [n_lines] separators in the line's feature list
+  line: np.ndarray  # [k] line of each item
+  start: np.ndarray  # [k] offset of the item's field name
+  p2: np.ndarray  # [k] offset of its \x02
+  key: np.ndarray  # [k] int64 raw id
+  val: np.ndarray  # [k] float64 value
+
+
+def _feature_items(s: _Scan, rs, sl, col_s, shape_ok) -> _Items:
+  """Flags lines whose feature list breaks the separator pattern, has an empty or non-numeric part
+  or a non-finite value; returns the items of the lines still good before these checks."""
+  a, sep, code, is_nl, n_lines = s.a, s.sep, s.code, s.is_nl, s.n_lines
+  nfs = s.nl_idx - rs  # separators in the feature list
   fl_s = np.full(n_lines, -1, np.int64)
   fl_s[sl] = col_s[:, -1]
-  text = ends > fl_s
-  flag(shape_ok & (((nfs == 0) & text) | ((nfs > 0) & (nfs % 3 != 2))), "bad_feature_item")
+  text = s.ends > fl_s
+  s.flag(shape_ok & (((nfs == 0) & text) | ((nfs > 0) & (nfs % 3 != 2))), "bad_feature_item")
   line_of = np.cumsum(is_nl) - is_nl
   line_at = np.minimum(line_of, max(n_lines - 1, 0))
   r = np.arange(len(code)) - rs[line_at] if n_lines else np.zeros(0, np.int64)
@@ -173,11 +254,11 @@ def parse_chunk(buf: bytes, n_cols: int, spec: Spec, skeleton: bool) -> Parsed:
   expect = np.array([2, 3, 1], np.uint8)[r % 3]
   m = np.zeros(n_lines, bool)
   m[line_of[in_fl & (code != expect)]] = True
-  flag(m, "bad_feature_item")
-  k2 = np.flatnonzero(in_fl & (r % 3 == 0) & (reason == 0)[line_at])
+  s.flag(m, "bad_feature_item")
+  k2 = np.flatnonzero(in_fl & (r % 3 == 0) & (s.reason == 0)[line_at])
   it_l = line_of[k2]
   p2, p3 = sep[k2], sep[k2 + 1]
-  it_e = np.where(code[k2 + 2] == 10, ends[it_l], sep[k2 + 2])
+  it_e = np.where(code[k2 + 2] == 10, s.ends[it_l], sep[k2 + 2])
   it_s = np.where(r[k2] == 0, fl_s[it_l], sep[np.maximum(k2 - 1, 0)] + 1)
   it_ok = (p2 > it_s) & (p3 > p2 + 1) & (it_e > p3 + 1)
   key, key_ok = parse_uint(a, p2 + 1, p3)
@@ -190,42 +271,20 @@ def parse_chunk(buf: bytes, n_cols: int, spec: Spec, skeleton: bool) -> Parsed:
   it_ok &= val_ok
   m = np.zeros(n_lines, bool)
   m[it_l[~it_ok]] = True
-  flag(m, "bad_feature_item")
+  s.flag(m, "bad_feature_item")
   m[:] = False
   m[it_l[it_ok & ~(np.abs(val) <= FLOAT32_MAX)]] = True  # nan, inf, or inf once made float32
-  flag(m, "nonfinite_value")
+  s.flag(m, "nonfinite_value")
+  return _Items(nfs, it_l, it_s, p2, key, val)
 
-  # feature_num (second-to-last header column) against the items actually there.
-  good = reason == 0
-  rows = np.flatnonzero(good)
-  row_of_line = np.full(n_lines, -1, np.int64)
-  row_of_line[rows] = np.arange(len(rows))
-  sel = np.flatnonzero(good[sl])  # positions in sl/col_* of good rows
-  fnum, fnum_ok = parse_uint(a, col_s[sel, -2], col_e[sel, -2])
-  counts = np.where(nfs[rows] > 0, (nfs[rows] + 1) // 3, 0)
-  mismatch = ~fnum_ok | (fnum != counts)
 
-  ik = good[it_l]
-  fld = _lookup_fields(a, it_s[ik], p2[ik], spec)
+def _unknown_fields(a, start, p2, fld) -> collections.Counter:
+  """How often each field name not in the config occurs (the first 10000 such items)."""
   unknown = collections.Counter()
   if (fld < 0).any():
     for i in np.flatnonzero(fld < 0)[:10000]:
-      unknown[bytes(a[it_s[ik][i] : p2[ik][i]]).decode("utf-8", "replace")] += 1
-  return Parsed(
-    n_lines=n_lines,
-    line=rows,
-    cols=[(col_s[sel, j], col_e[sel, j]) for j in range(n_cols)],
-    item_row=row_of_line[it_l[ik]],
-    item_field=fld,
-    item_key=key[ik],
-    item_val=val[ik].astype(np.float32),
-    reason=reason,
-    warn_mismatch=mismatch,
-    unknown_fields=unknown,
-    a=a,
-    starts=starts,
-    ends=ends,
-  )
+      unknown[bytes(a[start[i] : p2[i]]).decode("utf-8", "replace")] += 1
+  return unknown
 
 
 def line_text(p: Parsed, i: int) -> str:

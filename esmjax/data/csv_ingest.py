@@ -70,6 +70,68 @@ def ingest(
   """Ingests CSV/Parquet files into `out_dir` (see the module doc); returns the manifest."""
   t0 = time.time()
   cfg = validate(config)
+  paths = _input_paths(input_paths, out_dir)
+  fail_on_leakage = cfg.raw["label_leakage"] == "fail"
+  leaks = _declared_leaks(cfg, fail_on_leakage)
+  mappers = [Mapper(c, cfg.raw["pad_values"]) for c in (*cfg.sparse, *(m.ids for m in cfg.multi))]
+  dense_fields = _load_stats(stats_from, cfg, mappers) if stats_from else None
+
+  # Pass 1: validation, vocabularies, dense statistics.
+  bad, n_good, dense_stats = _validate_and_count(cfg, paths, mappers, dense_fields is None)
+  for mapper in mappers:
+    mapper.finish()
+  if dense_fields is None:
+    dense_fields = dense_stats.fields(cfg.dense, int(cfg.raw["dense_buckets"]))
+  schema = _schema(cfg, mappers, dense_fields)
+
+  # Pass 2: map and write.
+  _clear_dataset(out_dir)
+  trunc = {m.ids.column: {"values": 0, "rows": 0} for m in cfg.multi}  # filled while writing
+  missing_dense: collections.Counter = collections.Counter()
+  vocabs = {
+    mapper.col.column: mapper.vocab.to_json() for mapper in mappers if mapper.vocab is not None
+  }
+  record = {
+    "config": cfg.raw,
+    "inputs": [os.path.abspath(p) for p in paths],
+    "rows_written": n_good,
+    "id_mapping": _id_mappings(mappers),
+    "vocab_file": "vocabs.json" if vocabs else None,
+    "stats_from": stats_from,
+    "bad_lines": {"mode": cfg.raw["bad_lines"], **bad.report.to_json()},
+    "truncated": trunc,
+    "missing_dense": missing_dense,
+    "user_key": cfg.user or None,
+    "sample_id": cfg.sample_id or "row number",
+    "label_leakage": leaks,  # filled when the last block is written
+  }
+  if vocabs:
+    write_json_atomic(os.path.join(out_dir, "vocabs.json"), vocabs)
+  source = {
+    "format": cfg.raw["format"],
+    "name": cfg.raw.get("name", ""),
+    "made_by": "esmjax.data.csv_ingest",
+  }
+  manifest = ds_lib.write_dataset(
+    out_dir,
+    schema,
+    _blocks(paths, cfg, schema, mappers, trunc, missing_dense, leaks, fail_on_leakage, progress),
+    block_rows=int(cfg.raw["block_rows"]) or auto_block_rows(schema),
+    blocks_per_shard=int(cfg.raw["blocks_per_shard"]),
+    source=source,
+    extra={"ingest": record},
+  )
+  if progress:
+    ingestion.print_report(BAD_KINDS, bad.report.to_json(), "bad rows skipped")
+    ingestion.console(
+      f"{out_dir}: {manifest['num_rows']:,} rows, {manifest['num_blocks']} "
+      f"block(s) in {time.time() - t0:.1f} s"
+    )
+  return manifest
+
+
+def _input_paths(input_paths: Sequence[str] | str, out_dir: str) -> list[str]:
+  """The input files (empty names dropped), each checked to exist; `out_dir` checked to be set."""
   paths = [p for p in ([input_paths] if isinstance(input_paths, str) else list(input_paths)) if p]
   if not paths:
     raise IngestError("no input files given (--input)")
@@ -78,7 +140,11 @@ def ingest(
       raise IngestError(f"input file does not exist: {p}")
   if not out_dir:
     raise IngestError("--out_dir is required")
-  fail_on_leakage = cfg.raw["label_leakage"] == "fail"
+  return paths
+
+
+def _declared_leaks(cfg: Cfg, fail_on_leakage: bool) -> list:
+  """Feature columns the config itself also declares as labels (raised with `fail`)."""
   features = {
     **{f.column: "sparse" for f in cfg.sparse},
     **{m.ids.column: "multi-valued" for m in cfg.multi},
@@ -87,10 +153,12 @@ def ingest(
   leaks = leakage.config_findings(dict(cfg.labels), features)
   if leaks and fail_on_leakage:
     raise IngestError(f"{leakage.describe(leaks[0])} (config.label_leakage='fail')")
-  mappers = [Mapper(c, cfg.raw["pad_values"]) for c in (*cfg.sparse, *(m.ids for m in cfg.multi))]
-  dense_fields = _load_stats(stats_from, cfg, mappers) if stats_from else None
+  return leaks
 
-  # Pass 1: validation, vocabularies, dense statistics.
+
+def _validate_and_count(cfg: Cfg, paths: Sequence[str], mappers, want_dense: bool):
+  """Pass 1 over every input: (bad lines, good rows, dense statistics when `want_dense`); the
+  mappers count their values."""
   bad = csv_read.OrderedBadLines(cfg.raw["bad_lines"] == "fail")
   stats = ingestion.DenseStats(len(cfg.dense), sample=DENSE_SAMPLE)
   n_good = 0
@@ -104,18 +172,18 @@ def ingest(
       good = batch.filter(pa.array(ok))
       cols = {name: good.column(i) for i, name in enumerate(good.schema.names)}
       _count_values(cfg, mappers, cols)
-      if dense_fields is None and cfg.dense:
+      if want_dense and cfg.dense:
         stats.add(np.stack([dense_values(cols[c])[0] for c in cfg.dense], 1))
       n_good += good.num_rows
     bad.flush()  # column-count rows after the last batch
     if rows_here == 0:
       bad.note(0, path, "empty_file", "(no data rows)")
       bad.flush()
-  for mapper in mappers:
-    mapper.finish()
-  if dense_fields is None:
-    dense_fields = stats.fields(cfg.dense, int(cfg.raw["dense_buckets"]))
-  schema = ds_lib.Schema(
+  return bad, n_good, stats
+
+
+def _schema(cfg: Cfg, mappers: Sequence[Mapper], dense_fields) -> ds_lib.Schema:
+  return ds_lib.Schema(
     sparse=tuple(
       ds_lib.SparseField(f.column, mapper.vocab_size)
       for f, mapper in zip(cfg.sparse, mappers[: len(cfg.sparse)], strict=True)
@@ -128,88 +196,51 @@ def ingest(
     labels=tuple(name for name, _ in cfg.labels),
   )
 
-  # Pass 2: map and write.
+
+def _clear_dataset(out_dir: str) -> None:
+  """Creates `out_dir`; a previous dataset there is removed (replaced, never mixed)."""
   os.makedirs(out_dir, exist_ok=True)
-  for name in os.listdir(out_dir):  # a previous dataset here is replaced, never mixed
+  for name in os.listdir(out_dir):
     if name in (ds_lib.MANIFEST, "vocabs.json") or (
       name.startswith("shard-") and ds_lib.SHARD_SUFFIX in name
     ):
       os.remove(os.path.join(out_dir, name))
-  trunc = {m.ids.column: {"values": 0, "rows": 0} for m in cfg.multi}  # filled while writing
-  missing_dense: collections.Counter = collections.Counter()
-  state = {"sample": 0}
+
+
+def _id_mappings(mappers: Sequence[Mapper]) -> dict[str, str]:
+  return {
+    mapper.col.column: ("vocab" if mapper.col.mapping == "vocab" else f"hash/{mapper.col.buckets}")
+    for mapper in mappers
+  }
+
+
+def _blocks(
+  paths, cfg: Cfg, schema, mappers, trunc, missing_dense, leaks, fail_on_leakage, progress
+):
+  """Pass 2: the good rows as mapped blocks (counting into `trunc` and `missing_dense`); after the
+  last one, the leaks found in the data join `leaks` (raised with `fail_on_leakage`)."""
   stats = leakage.LeakageStats(
     schema.labels, [f.name for f in schema.sparse], [f.name for f in schema.dense]
   )
-
-  def blocks():
-    for path in paths:
-      for batch, lines, where in csv_read.batches(path, cfg, None):
-        ok = csv_read.good_rows(batch, lines, where, path, cfg, None)
-        first_row = state["sample"]
-        state["sample"] += int(ok.sum())
-        if not ok.any():
-          continue
-        good = batch.filter(pa.array(ok))
-        block = make_block(good, cfg, schema, mappers, trunc, missing_dense, first_row)
-        stats.add(block)
-        yield block
-    # All rows are written and the manifest is not yet: the place to record or refuse a leak.
-    leaks.extend(stats.findings())
-    if leaks and fail_on_leakage:
-      raise IngestError(f"{leakage.describe(leaks[0])} (config.label_leakage='fail')")
-    if progress:
-      for f in leaks:
-        ingestion.console(f"warning: {leakage.describe(f)}")
-
-  vocabs = {
-    mapper.col.column: mapper.vocab.to_json() for mapper in mappers if mapper.vocab is not None
-  }
-  extra = {
-    "ingest": {
-      "config": cfg.raw,
-      "inputs": [os.path.abspath(p) for p in paths],
-      "rows_written": n_good,
-      "id_mapping": {
-        mapper.col.column: (
-          "vocab" if mapper.col.mapping == "vocab" else f"hash/{mapper.col.buckets}"
-        )
-        for mapper in mappers
-      },
-      "vocab_file": "vocabs.json" if vocabs else None,
-      "stats_from": stats_from,
-      "bad_lines": {"mode": cfg.raw["bad_lines"], **bad.report.to_json()},
-      "truncated": trunc,
-      "missing_dense": missing_dense,
-      "user_key": cfg.user or None,
-      "sample_id": cfg.sample_id or "row number",
-      "label_leakage": leaks,  # filled when the last block is written
-    }
-  }
-  if vocabs:
-    write_json_atomic(os.path.join(out_dir, "vocabs.json"), vocabs)
-  source = {
-    "format": cfg.raw["format"],
-    "name": cfg.raw.get("name", ""),
-    "made_by": "esmjax.data.csv_ingest",
-  }
-  block_rows = int(cfg.raw["block_rows"]) or auto_block_rows(schema)
-  manifest = ds_lib.write_dataset(
-    out_dir,
-    schema,
-    blocks(),
-    block_rows=block_rows,
-    blocks_per_shard=int(cfg.raw["blocks_per_shard"]),
-    source=source,
-    extra=extra,
-  )
+  sample = 0
+  for path in paths:
+    for batch, lines, where in csv_read.batches(path, cfg, None):
+      ok = csv_read.good_rows(batch, lines, where, path, cfg, None)
+      first_row = sample
+      sample += int(ok.sum())
+      if not ok.any():
+        continue
+      good = batch.filter(pa.array(ok))
+      block = make_block(good, cfg, schema, mappers, trunc, missing_dense, first_row)
+      stats.add(block)
+      yield block
+  # All rows are written and the manifest is not yet: the place to record or refuse a leak.
+  leaks.extend(stats.findings())
+  if leaks and fail_on_leakage:
+    raise IngestError(f"{leakage.describe(leaks[0])} (config.label_leakage='fail')")
   if progress:
-    ingestion.print_report(BAD_KINDS, bad.report.to_json(), "bad rows skipped")
-    ingestion.console(
-      f"{out_dir}: {manifest['num_rows']:,} rows, {manifest['num_blocks']} "
-      f"block(s) in {time.time() - t0:.1f} s"
-    )
-  return manifest
+    for f in leaks:
+      ingestion.console(f"warning: {leakage.describe(f)}")
 
 
 def _count_values(cfg: Cfg, mappers: Sequence[Mapper], cols: dict) -> None:

@@ -146,22 +146,59 @@ def _solve(f, target: float, lo: float = -30.0, hi: float = 30.0, iters: int = 6
 
 
 def build_world(cfg=None) -> World:
-  """Draws the world of a config (entities, histories, intercepts, dense statistics)."""
+  """Draws the world of a config (entities, histories, intercepts, dense statistics).
+
+  Every draw comes from one stream in a fixed order (catalogue, item latents, users, histories),
+  then the calibration sample from a second one: the order of the calls below is the data.
+  """
   cfg = resolve_config(cfg)
   rng = np.random.default_rng([cfg.seed, 0])
-  U, I, C, d = cfg.num_users, cfg.num_items, cfg.num_categories, cfg.latent_dim
-  S, B, N, K = cfg.num_shops, cfg.num_brands, cfg.num_intentions, cfg.num_profiles
-  f32 = np.float32
+  item_pop, item_cat, item_shop, item_brand, item_nodes = _draw_catalogue(rng, cfg)
+  item_fields, ctr_terms = _draw_item_latents(rng, cfg, item_cat, item_shop, item_brand)
+  pop = _popularity(item_pop, item_cat, cfg.num_categories)
+  user_fields, n_events = _draw_users(rng, cfg)
+  ev_user, ev_cat, ev_item = _draw_histories(rng, cfg, n_events, user_fields, item_fields, pop)
+  user_mv_ids, user_mv_w = _history_lists(
+    cfg, ev_user, ev_cat, ev_item, item_shop, item_brand, item_nodes
+  )
+  world = World(
+    cfg=cfg,
+    schema=build_schema(cfg),
+    **user_fields,
+    user_mv_ids=user_mv_ids,
+    user_mv_w=user_mv_w,
+    **pop,
+    item_cat=item_cat,
+    item_shop=item_shop,
+    item_brand=item_brand,
+    item_nodes=item_nodes,
+    **item_fields,
+    item_ctr_hist=np.zeros(cfg.num_items, np.float32),
+  )
+  cal = _calibrate(world, *ctr_terms)
+  world.schema = build_schema(cfg, _dense_fields(world, cal))
+  return world
 
-  # Items: category, shop, brand, intention nodes.
+
+def _draw_catalogue(rng, cfg):
+  """Items: popularity, category, shop, brand and intention nodes."""
+  I, C = cfg.num_items, cfg.num_categories
   item_pop = _zipf_weights(rng, I, cfg.popularity_skew)
   cat_size = _zipf_weights(rng, C, 0.5)
   item_cat = rng.choice(C, size=I, p=cat_size / cat_size.sum())
-  shop_cat = rng.integers(0, C, S)
-  brand_cat = rng.integers(0, C, B)
-  node_cat = rng.integers(0, C, N)
+  shop_cat = rng.integers(0, C, cfg.num_shops)
+  brand_cat = rng.integers(0, C, cfg.num_brands)
+  node_cat = rng.integers(0, C, cfg.num_intentions)
   item_shop = _group_pick(rng, shop_cat, C, item_cat)
   item_brand = _group_pick(rng, brand_cat, C, item_cat)
+  item_nodes = _draw_item_nodes(rng, node_cat, C, item_cat)
+  return item_pop, item_cat, item_shop, item_brand, item_nodes
+
+
+def _draw_item_nodes(rng, node_cat: np.ndarray, C: int, item_cat: np.ndarray) -> np.ndarray:
+  """int32 [I, 3]: 1 to 3 intention ids (+2, PAD-padded) per item, its category's nodes
+  consecutively from a first node drawn in the category."""
+  N, I = len(node_cat), len(item_cat)
   first_node = _group_pick(rng, node_cat, C, item_cat, stray=0.0)
   node_order = np.argsort(node_cat, kind="stable")
   node_rank = np.empty(N, np.int64)
@@ -175,8 +212,13 @@ def build_world(cfg=None) -> World:
     pos = node_start[item_cat] + (node_rank[first_node] - node_start[item_cat] + j) % cnt
     node = np.where(node_count[item_cat] > 0, node_order[np.minimum(pos, N - 1)], first_node)
     item_nodes[:, j] = np.where(j < n_nodes, node + 2, 0)
+  return item_nodes
 
-  # Item latents and scalars.
+
+def _draw_item_latents(rng, cfg, item_cat, item_shop, item_brand):
+  """Item latents and scalars: the World's item fields (float32), and the float64 terms of the
+  items' historical CTR (click bias, bait, noise), which needs the CTR intercept first."""
+  I, C, B, S, d = cfg.num_items, cfg.num_categories, cfg.num_brands, cfg.num_shops, cfg.latent_dim
   a = cfg.category_strength
   cat_s = _unit(rng, C, d)
   cat_c = _unit(rng, C, d)
@@ -200,22 +242,41 @@ def build_world(cfg=None) -> World:
   )
   item_daction_bias = cfg.daction_item_std * rng.standard_normal(I)
   ctr_noise = 0.3 * rng.standard_normal(I)
+  fields = dict(
+    cat_center=cat_s,
+    v_s=v_s,
+    v_c=v_c,
+    bait=bait,
+    item_click_bias=item_click_bias,
+    item_quality=item_quality,
+    item_daction_bias=item_daction_bias,
+    item_price=item_price,
+  )
+  return {k: v.astype(np.float32) for k, v in fields.items()}, (item_click_bias, bait, ctr_noise)
 
-  # Popularity sampling structures (category, then item inside the category).
+
+def _popularity(item_pop: np.ndarray, item_cat: np.ndarray, C: int) -> dict[str, np.ndarray]:
+  """Popularity sampling structures (category, then item inside the category): World fields."""
   cat_pop = np.bincount(item_cat, weights=item_pop, minlength=C)
   cat_cum = np.cumsum(cat_pop)
   items_by_cat = np.argsort(item_cat, kind="stable")
-  item_cum_by_cat = np.cumsum(item_pop[items_by_cat])
-  cat_item_hi = cat_cum.copy()
-  cat_item_lo = cat_cum - cat_pop
   cat_n = np.bincount(item_cat, minlength=C)
   cat_first = np.concatenate([[0], np.cumsum(cat_n)[:-1]])
-  cat_last = np.maximum(cat_first + cat_n - 1, cat_first)  # empty categories are never drawn
+  return dict(
+    cat_cum=cat_cum,
+    cat_item_lo=cat_cum - cat_pop,
+    cat_item_hi=cat_cum.copy(),
+    item_cum_by_cat=np.cumsum(item_pop[items_by_cat]),
+    items_by_cat=items_by_cat,
+    cat_first=cat_first,
+    cat_last=np.maximum(cat_first + cat_n - 1, cat_first),  # empty categories are never drawn
+  )
 
-  # Users.
-  b = cfg.profile_strength
+
+def _draw_users(rng, cfg):
+  """Users: the World's user fields but the history lists, and each user's event count."""
+  U, K, d, b = cfg.num_users, cfg.num_profiles, cfg.latent_dim, cfg.profile_strength
   user_w = _zipf_weights(rng, U, cfg.user_activity_skew)
-  user_cum = np.cumsum(user_w)
   prof_w = _zipf_weights(rng, K, 0.5)
   prof = rng.choice(K, size=U, p=prof_w / prof_w.sum())
   prof_s, prof_c, prof_p = _unit(rng, K, d), _unit(rng, K, d), rng.standard_normal(K)
@@ -227,8 +288,28 @@ def build_world(cfg=None) -> World:
   )
   rel = user_w / user_w.mean()
   n_events = 1 + rng.poisson(cfg.history_len * np.clip(np.sqrt(rel), 0.3, 4.0))
+  profile = _draw_profile(rng, cfg, u_s, u_c, user_propensity, n_events)
+  user_sparse = np.stack(
+    [np.arange(U) + 2, prof + 2, prof // 8 + 2, *[profile[f] + 2 for f in PROFILE_LEVELS]], axis=1
+  ).astype(np.int32)
+  user_buys = rng.poisson(0.1 * n_events * np.exp(user_propensity)).astype(np.float64)
+  fields = dict(
+    user_cum=np.cumsum(user_w),
+    u_s=u_s.astype(np.float32),
+    u_c=u_c.astype(np.float32),
+    user_click_bias=user_click_bias.astype(np.float32),
+    user_propensity=user_propensity.astype(np.float32),
+    user_sparse=user_sparse,
+    user_dense=np.stack([n_events, user_buys], 1).astype(np.float32),
+  )
+  return fields, n_events
+
+
+def _draw_profile(rng, cfg, u_s, u_c, user_propensity, n_events) -> dict[str, np.ndarray]:
+  """The profile fields' levels: noisy quantiles of the user's latents, 129 uniform."""
+  U = len(u_s)
   noise = lambda: 0.5 * rng.standard_normal(U)
-  profile = {
+  return {
     "124": _quantile_levels(u_s[:, 0] + noise(), 2),
     "125": _quantile_levels(u_s[:, 1] + noise(), 7),
     "126": _quantile_levels(user_propensity / max(cfg.user_bias_std, 1e-9) + noise(), 3),
@@ -236,87 +317,60 @@ def build_world(cfg=None) -> World:
     "128": _quantile_levels(np.log(n_events) + noise(), 2),
     "129": rng.integers(0, 4, U),
   }
-  user_sparse = np.stack(
-    [np.arange(U) + 2, prof + 2, prof // 8 + 2, *[profile[f] + 2 for f in PROFILE_LEVELS]], axis=1
-  ).astype(np.int32)
-  user_buys = rng.poisson(0.1 * n_events * np.exp(user_propensity)).astype(np.float64)
 
-  # Histories: category by click interest, item inside it by purchase interest.
-  ev_user = np.repeat(np.arange(U), n_events)
+
+def _draw_histories(rng, cfg, n_events, users: dict, items: dict, pop: dict):
+  """Behaviour events (user, category, item): the category by click interest, the item inside it
+  by purchase interest."""
+  ev_user = np.repeat(np.arange(cfg.num_users), n_events)
   n_ev = len(ev_user)
   Hc = cfg.history_candidates
   ev_cat = np.empty(n_ev, np.int64)
   ev_item = np.empty(n_ev, np.int64)
-  cat_s32, u_s32, u_c32, v_c32 = (x.astype(f32) for x in (cat_s, u_s, u_c, v_c))
+  u_s32, u_c32, cat_s32, v_c32 = users["u_s"], users["u_c"], items["cat_center"], items["v_c"]
   for lo in range(0, n_ev, cfg.chunk_rows):  # chunks bound the [n, k, d] temporaries
     sl = slice(lo, min(lo + cfg.chunk_rows, n_ev))
     eu = ev_user[sl]
-    ec = _choose_category(rng, u_s32[eu], cat_s32, cat_cum, Hc, cfg.interest_temperature)
+    ec = _choose_category(rng, u_s32[eu], cat_s32, pop["cat_cum"], Hc, cfg.interest_temperature)
     cand = _item_in_category(
       rng,
       ec[:, None].repeat(Hc, 1),
-      cat_item_lo,
-      cat_item_hi,
-      item_cum_by_cat,
-      items_by_cat,
-      cat_first,
-      cat_last,
+      pop["cat_item_lo"],
+      pop["cat_item_hi"],
+      pop["item_cum_by_cat"],
+      pop["items_by_cat"],
+      pop["cat_first"],
+      pop["cat_last"],
     )
     score = cfg.purchase_temperature * np.einsum("nd,nkd->nk", u_c32[eu], v_c32[cand])
     ev_cat[sl] = ec
     ev_item[sl] = cand[np.arange(len(eu)), np.argmax(score + rng.gumbel(size=score.shape), axis=1)]
-  short = max(1, (cfg.list_len * 4) // 5)
-  lists = [
-    _top_counts(ev_user, ev_cat, U, C, cfg.list_len),
-    _top_counts(ev_user, item_shop[ev_item], U, S, short),
-    _top_counts(ev_user, item_brand[ev_item], U, B, short),
-  ]
+  return ev_user, ev_cat, ev_item
+
+
+def _history_lists(cfg, ev_user, ev_cat, ev_item, item_shop, item_brand, item_nodes):
+  """The users' behaviour lists (categories, shops, brands, intentions: most frequent first), side
+  by side: (ids, weights)."""
+  U, L = cfg.num_users, cfg.list_len
+  short = max(1, (L * 4) // 5)
   nodes = item_nodes[ev_item]
   has = nodes > 0
-  lists.append(
-    _top_counts(
-      np.broadcast_to(ev_user[:, None], nodes.shape)[has], nodes[has] - 2, U, N, cfg.list_len
-    )
+  node_user = np.broadcast_to(ev_user[:, None], nodes.shape)[has]
+  ids, w = zip(
+    _top_counts(ev_user, ev_cat, U, cfg.num_categories, L),
+    _top_counts(ev_user, item_shop[ev_item], U, cfg.num_shops, short),
+    _top_counts(ev_user, item_brand[ev_item], U, cfg.num_brands, short),
+    _top_counts(node_user, nodes[has] - 2, U, cfg.num_intentions, L),
+    strict=True,
   )
-  user_mv_ids = np.concatenate([l[0] for l in lists], axis=1)
-  user_mv_w = np.concatenate([l[1] for l in lists], axis=1)
+  return np.concatenate(ids, axis=1), np.concatenate(w, axis=1)
 
-  world = World(
-    cfg=cfg,
-    schema=build_schema(cfg),
-    user_cum=user_cum,
-    u_s=u_s.astype(f32),
-    u_c=u_c.astype(f32),
-    user_click_bias=user_click_bias.astype(f32),
-    user_propensity=user_propensity.astype(f32),
-    user_sparse=user_sparse,
-    user_mv_ids=user_mv_ids,
-    user_mv_w=user_mv_w,
-    user_dense=np.stack([n_events, user_buys], 1).astype(f32),
-    cat_cum=cat_cum,
-    cat_item_lo=cat_item_lo,
-    cat_item_hi=cat_item_hi,
-    item_cum_by_cat=item_cum_by_cat,
-    items_by_cat=items_by_cat,
-    cat_first=cat_first,
-    cat_last=cat_last,
-    cat_center=cat_s.astype(f32),
-    item_cat=item_cat,
-    item_shop=item_shop,
-    item_brand=item_brand,
-    item_nodes=item_nodes,
-    v_s=v_s.astype(f32),
-    v_c=v_c.astype(f32),
-    bait=bait.astype(f32),
-    item_click_bias=item_click_bias.astype(f32),
-    item_quality=item_quality.astype(f32),
-    item_daction_bias=item_daction_bias.astype(f32),
-    item_price=item_price.astype(f32),
-    item_ctr_hist=np.zeros(I, f32),
-  )
 
-  # Intercepts from a calibration sample:
-  # E[pctr] = ctr, E[pdaction | click] = daction_rate, E[pcvr | click] = cvr.
+def _calibrate(world: World, item_click_bias, bait, ctr_noise) -> dict[str, np.ndarray]:
+  """Sets the world's intercepts, E[pctr] = ctr, E[pdaction | click] = daction_rate and
+  E[pcvr | click] = cvr on a calibration sample, then the items' historical CTR; returns the
+  sample."""
+  cfg = world.cfg
   cal_rng = np.random.default_rng([cfg.seed, 1])
   parts = [
     _draw(world, cal_rng, min(cfg.chunk_rows, cfg.calibration_rows - lo))
@@ -335,9 +389,12 @@ def build_world(cfg=None) -> World:
   )
   world.item_ctr_hist = _sigmoid(
     world.c_ctr + item_click_bias + cfg.click_bait * bait + ctr_noise
-  ).astype(f32)
+  ).astype(np.float32)
+  return cal
 
-  # Dense statistics over the impression distribution (the calibration sample).
+
+def _dense_fields(world: World, cal: dict) -> tuple[DenseField, ...]:
+  """Dense statistics over the impression distribution (the calibration sample)."""
   dense = _dense(world, cal["user"], cal["item"])
   fields = []
   for j, name in enumerate(DENSE_FIELDS):
@@ -346,8 +403,7 @@ def build_world(cfg=None) -> World:
     fields.append(
       DenseField(name, float(x.mean()), float(x.std()) or 1.0, tuple(float(e) for e in edges))
     )
-  world.schema = build_schema(cfg, tuple(fields))
-  return world
+  return tuple(fields)
 
 
 def _choose_category(
