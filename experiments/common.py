@@ -133,9 +133,11 @@ def parse_args(
   description: str,
   worlds: Sequence[str] = ("default",),
   models: Sequence[str] = (),
+  add_flags: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> argparse.Namespace:
   """The scripts' common flags; `worlds` are the worlds a script runs in (`--world` when > 1),
-  `models` the config names `--models` may pick from (no `--models` flag when empty)."""
+  `models` the config names `--models` may pick from (no `--models` flag when empty);
+  `add_flags(parser)` adds a script's own."""
   p = argparse.ArgumentParser(description=description)
   p.add_argument(
     "--quick", action="store_true", help="tiny world, one seed: a smoke test (< 1 min)"
@@ -179,6 +181,8 @@ def parse_args(
     action="store_true",
     help="aggregate only runs already in the cache; the runs left out are listed in the results",
   )
+  if add_flags is not None:
+    add_flags(p)
   args = p.parse_args(argv)
   args.world = getattr(args, "world", worlds[0])
   args.models = tuple(m for m in getattr(args, "models", "").split(",") if m)

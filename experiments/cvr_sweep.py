@@ -1,6 +1,7 @@
 r"""Where ESMM's advantage comes from: BASE, ESMM-NS and ESMM as conversions get sparser.
 
   python -m experiments.cvr_sweep            # full mode (~40 min on a quiet 2-core CPU)
+  python -m experiments.cvr_sweep --rates=0.09,0.01,0.0053   # a subset of the rates
   python -m experiments.cvr_sweep --quick    # smoke test
 
 The paper-regime world (`synthetic.world_config('paper')`: CTR 4 %, 4 M training impressions) with
@@ -14,6 +15,7 @@ Writes experiments/results/cvr_sweep.{md,json,png}.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from experiments import common, runs
@@ -60,9 +62,31 @@ def gap_check(res, rates, key: str) -> dict:
   ) | {"gaps": {str(c): g for c, g in gaps}}
 
 
+def _rate_list(text: str) -> tuple[float, ...]:
+  try:
+    rates = tuple(float(r) for r in text.split(",") if r)
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+      f"{text!r}: give comma-separated numbers, e.g. 0.09,0.01"
+    ) from None
+  if not rates or not all(0 < r < 1 for r in rates):
+    raise argparse.ArgumentTypeError(f"{text!r}: every rate must be in (0, 1)")
+  return rates
+
+
+def _rates_flag(parser) -> None:
+  parser.add_argument(
+    "--rates",
+    type=_rate_list,
+    default=(),
+    help="comma-separated CVR | click values to run, e.g. 0.09,0.01,0.0053 (default: the mode's "
+    "RATES)",
+  )
+
+
 def main(argv=None) -> dict:
-  args = common.parse_args(argv, __doc__, worlds=("paper",))
-  rates = RATES[args.mode]
+  args = common.parse_args(argv, __doc__, worlds=("paper",), add_flags=_rates_flag)
+  rates = args.rates or RATES[args.mode]
   print(
     f"cvr_sweep ({args.mode}): {len(MODELS)} models × CVR | click {list(rates)} × seeds "
     f"{list(args.seed_list)}",

@@ -269,3 +269,13 @@ def test_daction_label_is_validated():
   c.model.daction_label = "basket"
   with pytest.raises(config_lib.ConfigError, match="model.daction_label"):
     config_lib.validate(c)
+
+
+@pytest.mark.parametrize("rates", ["0.2,x", "0.2,1.5", ","])
+def test_cvr_sweep_refuses_bad_rates(rates, capsys):
+  from experiments import cvr_sweep
+
+  with pytest.raises(SystemExit) as e:
+    cvr_sweep.main([f"--rates={rates}", "--quick"])
+  assert e.value.code == 2
+  assert f"argument --rates: {rates!r}" in capsys.readouterr().err
