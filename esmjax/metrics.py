@@ -97,17 +97,26 @@ def _run_starts(*sorted_keys: np.ndarray) -> np.ndarray:
 # Metrics.
 
 
+def _tie_runs(scores, pos, weights):
+  """Rows sorted by score: their positive weight `pos` and negative weight `weights − pos`, and
+  both summed per run of equal scores; None without rows. The sort's stability is irrelevant:
+  equal scores are summed as one tie run."""
+  order = np.argsort(scores)
+  s, pos = scores[order], pos[order]
+  neg = weights[order] - pos
+  starts = np.flatnonzero(_run_starts(s))
+  if starts.size == 0:
+    return None
+  return pos, neg, np.add.reduceat(pos, starts), np.add.reduceat(neg, starts)
+
+
 def auc(labels, scores, weights=None) -> float:
   """Exact ROC AUC over all rows, ties counted half; nan when only one class is present."""
   y, s, w = _prepare("auc", labels, scores, weights, "scores")
-  order = np.argsort(s)  # stability is irrelevant: equal scores are summed as one tie run
-  s, pos = s[order], (w * y)[order]
-  neg = w[order] - pos
-  starts = np.flatnonzero(_run_starts(s))
-  if starts.size == 0:
+  runs = _tie_runs(s, w * y, w)
+  if runs is None:
     return float("nan")
-  p_t = np.add.reduceat(pos, starts)
-  n_t = np.add.reduceat(neg, starts)
+  _, _, p_t, n_t = runs
   p, n = p_t.sum(), n_t.sum()
   if p <= 0 or n <= 0:
     return float("nan")
@@ -132,14 +141,10 @@ def population_auc(probs, scores, weights=None) -> float:
   _, s, w, q = _prepare(fn, np.zeros(q.shape[0]), scores, weights, "scores", groups=q)
   if q.dtype.kind not in "biuf" or not np.all((q >= 0) & (q <= 1)):
     raise ValueError(f"{fn}: `probs` must be probabilities in [0, 1] (NaN found or out of range)")
-  order = np.argsort(s)
-  s, pos = s[order], (w * q.astype(np.float64))[order]
-  neg = w[order] - pos
-  starts = np.flatnonzero(_run_starts(s))
-  if starts.size == 0:
+  runs = _tie_runs(s, w * q.astype(np.float64), w)
+  if runs is None:
     return float("nan")
-  p_t = np.add.reduceat(pos, starts)
-  n_t = np.add.reduceat(neg, starts)
+  pos, neg, p_t, n_t = runs
   own = float(np.dot(pos, neg))  # each row paired with itself: a tie, left out
   pairs = p_t.sum() * n_t.sum() - own
   if pairs <= 0:
