@@ -18,6 +18,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -165,12 +166,17 @@ def format_cell(x: Any) -> str:
   return str(x)
 
 
+def _escape_pipes(text: str) -> str:
+  """A '|' inside a cell ('CVR | click') would start a new column: escaped as '\\|'."""
+  return re.sub(r"(?<!\\)\|", r"\\|", text)
+
+
 def markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
   lines = [
-    "| " + " | ".join(str(h) for h in header) + " |",
+    "| " + " | ".join(_escape_pipes(str(h)) for h in header) + " |",
     "|" + "|".join("---" for _ in header) + "|",
   ]
-  lines += ["| " + " | ".join(format_cell(x) for x in r) + " |" for r in rows]
+  lines += ["| " + " | ".join(_escape_pipes(format_cell(x)) for x in r) + " |" for r in rows]
   return "\n".join(lines)
 
 

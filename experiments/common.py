@@ -190,6 +190,7 @@ def parse_args(
   if unknown:
     p.error(f"--models: unknown {unknown}; allowed: {', '.join(models)}")
   args.missing = []  # runs left out by --cached_only, listed in the results
+  args.run_times = {}  # run key -> (wall seconds, reused from the cache): runs.run fills it
   args.started = time.time()
   args.argv = list(sys.argv[1:] if argv is None else argv)
   args.mode = "quick" if args.quick else "full"
@@ -386,6 +387,21 @@ def world_stats_line(stats: dict) -> str:
   )
 
 
+def time_line(args, script: str) -> str:
+  """How long the runs behind the results took (each timed when it trained, also by an earlier
+  invocation whose cache this one reused) and how to regenerate them from scratch."""
+  times = list(getattr(args, "run_times", {}).values())
+  trained = sum(1 for _, cached in times if not cached)
+  total_min = sum(t for t, _ in times if t == t) / 60
+  flags = " ".join(a for a in args.argv if a != "--cached_only")
+  return (
+    f"Time: the {len(times)} runs shown took {total_min:.0f} min of training and evaluation on "
+    f"this machine ({trained} trained by this invocation, {len(times) - trained} reused from the "
+    f"run cache); this invocation took {(time.time() - args.started) / 60:.1f} min. Regenerate "
+    f"from scratch: `python -m experiments.{script}{' ' + flags if flags else ''}`."
+  )
+
+
 def write_results(
   args,
   name: str,
@@ -397,6 +413,7 @@ def write_results(
   """<out>/<name>.md, <name>.json (+ <name>_<fig>.png); returns the paths written. `script` is the
   experiments module that wrote them (default: `name`)."""
   script = script or name
+  markdown = markdown.rstrip() + "\n\n" + time_line(args, script)
   flags = " ".join(args.argv)
   header = (
     f"<!-- written by `python -m experiments.{script}{' ' + flags if flags else ''}`; "

@@ -97,6 +97,7 @@ def run(
       rec = json.load(f)
     if _complete(rec, config, groups, predictions):
       print_run(name, rec, cached=True)
+      _note_time(args, rec, cached=True)
       return rec
   if args is not None and args.cached_only:
     args.missing.append(f"{name} seed {config.train.seed}")
@@ -145,7 +146,15 @@ def run(
     json.dump(rec, f, indent=1)
   os.replace(path + ".tmp", path)
   print_run(name, rec, cached=False)
+  _note_time(args, rec, cached=False)
   return rec
+
+
+def _note_time(args: argparse.Namespace | None, rec: dict, cached: bool) -> None:
+  """Records on `args.run_times` {key: (wall seconds of the run when it trained, cached)}: the
+  results say how long their runs took, also those an earlier invocation trained."""
+  if args is not None and hasattr(args, "run_times"):
+    args.run_times[rec["key"]] = (float(rec.get("wall_seconds", float("nan"))), cached)
 
 
 def load_predictions(config, rec: dict) -> dict[str, np.ndarray]:

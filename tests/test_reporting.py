@@ -27,6 +27,9 @@ def test_cells_and_tables_exact():
     ["variant", "ex/s"], [["jax", 103888.2], ["torch", float("nan")]]
   )
   assert table == "| variant | ex/s |\n|---|---|\n| jax | 103,888 |\n| torch | – |"
+  # A '|' inside a header or cell is escaped (else it starts a column); an escaped one is kept.
+  table = reporting.markdown_table(["CVR | click", "n"], [["9 %", "a|b"], ["x \\| y", 1]])
+  assert table == "| CVR \\| click | n |\n|---|---|\n| 9 % | a\\|b |\n| x \\| y | 1 |"
   assert reporting.fmt_rate(12345.0) == "12.3 k" and reporting.fmt_rate(float("nan")) == "–"
 
 
