@@ -8,8 +8,10 @@ A checkpoint step directory holds four items:
   called;
 - `config`: the resolved config as JSON;
 - `meta`: what restoring needs before touching the arrays: every leaf's shape and dtype, the table
-  row counts, the device and process counts it was written on; and every leaf's digest
-  (`esmjax.digest`), computed on the devices when the state was saved.
+  row counts, the device and process counts it was written on; every leaf's digest
+  (`esmjax.digest`), computed on the devices when the state was saved; the digests of the
+  `config` item and of every process's data iterator position. `meta` itself is sealed with its
+  own digest (`digest.seal`), so none of these can change unnoticed.
 
 Restores go through abstract targets that carry the *current* run's shardings, so a checkpoint
 written on N devices resumes on M. Tables are padded to a multiple of the device count, so their
@@ -18,10 +20,12 @@ row count can differ between N and M: such leaves are restored at the saved shap
 
 Before any array is read, the saved config and shapes are compared with this run's, so a workdir of
 another model is refused with a message that names the differing key or leaf. After the arrays
-are read, their digests are compared with the recorded ones. A latest checkpoint that cannot be
-read (truncated, partially deleted) or whose arrays differ from their digests (bytes changed on
-disk) is moved aside to `checkpoints.corrupt/` with a warning naming it, and the previous one is
-used.
+are read, their digests are compared with the recorded ones, and so is the restored data
+iterator position. A latest checkpoint that cannot be read (truncated, partially deleted) or whose
+meta, config, arrays or data position differ from their digests (bytes changed on disk) is moved
+aside to `checkpoints.corrupt/` with a warning naming it, and the previous one is used. A
+checkpoint written before these digests is restored with a warning (its state arrays are still
+verified when it records their digests): refusing it would throw away the training it holds.
 
 Saves run in the background. A save that fails (disk full, no permission, read-only or size-limited
 file system) raises `CheckpointSaveError` at the next `save`, `wait` or `close`, one line naming
@@ -240,6 +244,13 @@ class Checkpointer:
       "digests": digests,
     }
 
+  def _sealed_meta(self, step, has_data, state, config_json, data_state) -> dict[str, Any]:
+    meta = self._meta(step, has_data, digest_lib.digests(state))
+    meta["config_digest"] = digest_lib.json_digest(config_json)
+    if has_data:
+      meta["data_digests"] = _per_process(digest_lib.json_digest(data_state))
+    return digest_lib.seal(meta)
+
   def has_step(self, step: int) -> bool:
     return step in self.manager.all_steps()
 
@@ -256,13 +267,15 @@ class Checkpointer:
     if self.has_step(step):
       return False
     has_data = isinstance(data_iter, grain.DatasetIterator)
+    config_json = json.loads(self.config.to_json_best_effort())
+    data_state = data_iter.get_state() if has_data else None
     args = {
       "state": ocp.args.StandardSave(state),
-      "config": ocp.args.JsonSave(json.loads(self.config.to_json_best_effort())),
-      "meta": ocp.args.JsonSave(self._meta(step, has_data, digest_lib.digests(state))),
+      "config": ocp.args.JsonSave(config_json),
+      "meta": ocp.args.JsonSave(self._sealed_meta(step, has_data, state, config_json, data_state)),
     }
     if has_data:
-      args["data"] = grain.checkpoint.CheckpointSave(_FrozenIterState(data_iter.get_state()))
+      args["data"] = grain.checkpoint.CheckpointSave(_FrozenIterState(data_state))
     plain = None
     if _best_score(self.config) is not None:  # {}: not evaluated at this step (ranks last)
       plain = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
@@ -333,7 +346,26 @@ class Checkpointer:
     meta = out["meta"]
     if not isinstance(meta, dict) or meta.get("format") != META_FORMAT or "leaves" not in meta:
       raise ValueError(f"meta item is not an esmjax checkpoint description: {str(meta)[:80]}")
-    return out["config"], meta
+    return out["config"], self._verified_meta(step, meta, out["config"])
+
+  def _verified_meta(self, step: int, meta: dict[str, Any], config_json) -> dict[str, Any]:
+    """meta without its seal, after checking it and the config item against their digests."""
+    where = os.path.join(self.directory, str(step))
+    if digest_lib.KEY not in meta:
+      logging.warning(
+        "checkpoint step %d in %s records no digest of its meta, config and data position "
+        "(written by an older esmjax): restored without checking them",
+        step,
+        self.directory,
+      )
+      return meta
+    try:
+      meta = digest_lib.verify_json(meta, f"{where}/meta", "")
+    except digest_lib.IntegrityError:
+      raise CorruptCheckpointError("its meta item differs from its digest") from None
+    if digest_lib.json_digest(config_json) != meta.get("config_digest"):
+      raise CorruptCheckpointError("its config item differs from the digest recorded at save")
+    return meta
 
   def _check_compatible(
     self, step: int, saved_config: dict[str, Any], meta: dict[str, Any]
@@ -422,6 +454,8 @@ class Checkpointer:
       args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     state = self.manager.restore(step, args=ocp.args.Composite(**args))["state"]
     self._verify(step, meta, state)
+    if "data" in args and "data_digests" in meta:
+      self._verify_position(meta, data_iter)
     if resize:
       rows = self._layout().padded_rows
       logging.info(
@@ -452,6 +486,17 @@ class Checkpointer:
         f"{len(bad)} of {len(now)} state arrays differ from the digests recorded at save: "
         + ", ".join("state" + p for p in bad[:3])
         + (", ..." if len(bad) > 3 else "")
+      )
+
+  def _verify_position(self, meta: dict[str, Any], data_iter) -> None:
+    """Raises CorruptCheckpointError when this process's restored data iterator position differs
+    from the one recorded at save (a resume from another position trains on other rows)."""
+    recorded = meta["data_digests"]
+    i = jax.process_index()
+    now = digest_lib.json_digest(data_iter.get_state())
+    if len(recorded) != jax.process_count() or recorded[i] != now:
+      raise CorruptCheckpointError(
+        f"the data iterator position of process {i} differs from the digest recorded at save"
       )
 
   def _quarantine(self, step: int, error: Exception) -> str:
@@ -504,6 +549,18 @@ class Checkpointer:
     )
 
 
+def _per_process(value: str) -> list[str]:
+  """[value of process 0, ..., of process n-1] on every process (meta is written by process 0)."""
+  if jax.process_count() == 1:
+    return [value]
+  import numpy as np
+  from jax.experimental import multihost_utils
+
+  raw = np.frombuffer(value.encode().ljust(80), np.uint8)
+  got = np.asarray(multihost_utils.process_allgather(raw)).reshape(jax.process_count(), -1)
+  return [bytes(row).decode().rstrip() for row in got]
+
+
 def _repad(state, resize: dict[str, Any], rows: int):
   """Cuts or pads axis 0 of the `resize` leaves to `rows` (scratch pads with -1, its idle value)."""
 
@@ -537,6 +594,18 @@ def read_config(workdir: str) -> dict[str, Any] | None:
     step = manager.latest_step()
     if step is None:
       return None
-    return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    out = manager.restore(
+      step, args=ocp.args.Composite(config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore())
+    )
+    meta, config = out["meta"], out["config"]
+    if isinstance(meta, dict) and digest_lib.KEY in meta:  # older checkpoints: no digest to check
+      where = os.path.join(directory, str(step))
+      fix = "use another checkpoint, or pass config= explicitly"
+      meta = digest_lib.verify_json(meta, os.path.join(where, "meta"), fix)
+      if digest_lib.json_digest(config) != meta.get("config_digest"):
+        raise digest_lib.IntegrityError(
+          f"{where}/config changed after esmjax wrote it (its digest differs): {fix}"
+        )
+    return config
   finally:
     manager.close()

@@ -5,6 +5,9 @@ converters `python -m esmjax.data.aliccp` / `python -m esmjax.data.csv_ingest`.
   2  a user error: flags, the --config file or its overrides, config values, input files or
      directories, the output or work directory
   3  the run cannot go on: a NaN/Inf loss, no readable checkpoint, a failed save or write
+  4  a file esmjax wrote and reads back changed since (it does not match its digest), has no
+     digest, or is named by a path outside its directory (`esmjax.digest.IntegrityError`): the
+     line names the file and how to regenerate it
 
 An error a user can make, or a run can hit, ends in one line on stderr (`esmjax: error: ...`,
 naming the flag / key / path); anything else keeps its traceback (a bug to report).
@@ -19,6 +22,7 @@ from typing import NoReturn
 
 USER_ERROR = 2
 CANNOT_GO_ON = 3
+CHANGED_FILE = 4
 # Errors about a path the user named: missing, of the wrong kind, or not theirs to write.
 PATH_ERRORS = (
   FileNotFoundError,
@@ -38,10 +42,15 @@ def fail(message: object, code: int) -> NoReturn:
 @contextlib.contextmanager
 def exit_codes(user_errors: tuple[type, ...], run_errors: tuple[type, ...] = ()):
   """An exception of `user_errors` -> exit 2, else of `run_errors` -> exit 3, each with its one
-  line; anything else keeps its traceback."""
+  line; an `IntegrityError` (a file that changed after esmjax wrote it) -> exit 4 in every
+  command; anything else keeps its traceback."""
   try:
     yield
   except Exception as e:
+    from esmjax.digest import IntegrityError
+
+    if isinstance(e, IntegrityError):
+      fail(e, CHANGED_FILE)
     if isinstance(e, user_errors):
       fail(e, USER_ERROR)
     if isinstance(e, run_errors):

@@ -10,7 +10,11 @@ writes two files:
                     the module as constants: no params file, no esmjax, no config is needed to run
                     it.
   m.jaxexport.json  the signature: inputs (name, dtype, shape with "b" the batch dimension, the
-                    fields behind each column with their vocab sizes), outputs, model, step.
+                    fields behind each column with their vocab sizes), outputs, model, step, and
+                    `artifact_sha256`, the SHA-256 of m.jaxexport's bytes; sealed with its own
+                    digest (`esmjax.digest`). `load_exported` verifies both before deserializing:
+                    a changed byte in either file is refused (a flipped constant would otherwise
+                    score silently with other weights).
 
 The function takes ONE argument, a dict of four arrays (the dataset's input columns; see
 `esmjax.inputs`)
@@ -35,7 +39,7 @@ Load it with `jax.export.deserialize(open(path, "rb").read()).call(batch)`, as
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -44,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from esmjax import inputs
+from esmjax import digest, inputs
 
 FORMAT = "esmjax-export"
 VERSION = 1
@@ -210,8 +214,10 @@ def export_state(
     "jax_version": jax.__version__,
   }
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-  _atomic_write(out_path, bytes(exported.serialize()))
-  _atomic_write(out_path + SIDECAR_SUFFIX, (json.dumps(signature, indent=1) + "\n").encode())
+  artifact = bytes(exported.serialize())
+  signature["artifact_sha256"] = f"{digest.FILE_METHOD}:{hashlib.sha256(artifact).hexdigest()}"
+  digest.write_bytes(out_path, artifact)
+  digest.write_json(out_path + SIDECAR_SUFFIX, signature, indent=1)
   return signature
 
 
@@ -219,13 +225,6 @@ def _default_platforms() -> tuple[str, ...]:
   here = jax.default_backend()
   here = "cuda" if here == "gpu" else here
   return tuple(dict.fromkeys((*DEFAULT_PLATFORMS, here)))
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
 
 
 class ExportedModel:
@@ -262,11 +261,15 @@ class ExportedModel:
 
 
 def load_exported(path: str) -> ExportedModel:
-  """Reads `path` and its `.json` signature (no training code or config involved)."""
+  """Reads `path` and its `.json` signature (no training code or config involved), both verified
+  against their digests (`digest.IntegrityError` naming the file otherwise)."""
   from jax import export as jex
 
+  fix = "export the model again (--mode=export, or Model.export)"
+  signature = digest.read_json(path + SIDECAR_SUFFIX, fix)
   with open(path, "rb") as f:
-    exported = jex.deserialize(bytearray(f.read()))
-  with open(path + SIDECAR_SUFFIX) as f:
-    signature = json.load(f)
-  return ExportedModel(exported, signature)
+    artifact = f.read()
+  if "artifact_sha256" not in signature:
+    raise digest.IntegrityError(f"{path + SIDECAR_SUFFIX} records no digest of {path}: {fix}")
+  digest.check_file(path, signature["artifact_sha256"], fix, data=artifact)
+  return ExportedModel(jex.deserialize(bytearray(artifact)), signature)

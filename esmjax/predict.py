@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
 import os
 
 import jax
@@ -18,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from esmjax import absl_flags, evaluation, inputs, steps, trainer
+from esmjax import absl_flags, digest, evaluation, inputs, steps, trainer
 from esmjax import checkpoint as ckpt_lib
 from esmjax import config as config_lib
 from esmjax import sharding as sh
@@ -28,14 +27,16 @@ from esmjax.loop import workdir as workdir_lib
 from esmjax.loop.summary import SUMMARY_FILE
 
 PRED_COLUMNS = ("pctr", "pcvr", "pctcvr", "pctavr")
+_SUMMARY_FIX = (
+  "restore it from a copy, or delete it (the config is then read from the latest checkpoint)"
+)
 
 
 def load_schema(workdir: str) -> ds_lib.Schema:
   path = os.path.join(workdir, workdir_lib.SCHEMA_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: {workdir} is not the workdir of a training run")
-  with open(path) as f:
-    return ds_lib.Schema.from_json(json.load(f))
+  return ds_lib.Schema.from_json(workdir_lib.read_schema(workdir))
 
 
 def saved_config(workdir: str) -> ml_collections.ConfigDict:
@@ -47,8 +48,7 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
   saved = None
   path = os.path.join(workdir, SUMMARY_FILE)
   if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f).get("config")
+    saved = digest.read_json(path, _SUMMARY_FIX).get("config")
   if saved is None:
     saved = ckpt_lib.read_config(workdir)
   if saved is None:

@@ -9,8 +9,13 @@ The exported function scores an id outside [0, vocab_size) of its column as the 
 (id 1). This script does the same before it casts to int32 (so an int64 2**32 + 5 stays out of
 range instead of wrapping to 5) and says on stderr how many ids it mapped; values that are not
 integer ids (NaN, 2.5) stop it with exit code 2.
+
+Both files are checked against the digests esmjax wrote (`esmjax.digest`, reimplemented here in
+a few lines): the signature's own (`esmjax_digest`, the SHA-256 of its other keys as canonical
+JSON) and the artifact's (`artifact_sha256`). A changed byte stops it with exit code 4.
 """
 
+import hashlib
 import json
 import sys
 
@@ -19,11 +24,27 @@ import numpy as np
 
 OOV = 1
 
+
+def sha256(data: bytes) -> str:
+  return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def canonical(obj) -> bytes:
+  return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
 path = sys.argv[1]
 with open(path + ".json") as f:
   signature = json.load(f)  # inputs (name, dtype, [b, width], vocab sizes per id column), outputs
+sealed = signature.pop("esmjax_digest", None)
 with open(path, "rb") as f:
-  exported = jax.export.deserialize(bytearray(f.read()))
+  artifact = f.read()
+if sealed != sha256(canonical(signature)) or signature.get("artifact_sha256") != sha256(artifact):
+  print(
+    f"serve_exported: {path} or its signature changed since export: export again", file=sys.stderr
+  )
+  sys.exit(4)
+exported = jax.export.deserialize(bytearray(artifact))
 
 rng = np.random.default_rng(0)
 rows = (

@@ -128,13 +128,15 @@ def test_a_checkpoint_without_digests_restores_with_a_warning(data, trained, tmp
   path = os.path.join(workdir, "checkpoints", "10", "meta", "metadata")
   with open(path) as f:
     meta = json.load(f)
-  del meta["digest"], meta["digests"]
+  for key in ("digest", "digests", "config_digest", "data_digests", digest_lib.KEY):
+    del meta[key]
   with open(path, "w") as f:
     json.dump(meta, f)
   with caplog.at_level(logging.WARNING):
     state, at = restore(data, workdir)
   assert at == 10 and "checkpoint step 10 in " in caplog.text
   assert "records no state digest (esmjax-digest-1): restored unverified" in caplog.text
+  assert "records no digest of its meta, config and data position" in caplog.text
   intact, _ = restore(data, trained[0])
   assert state_lib.state_fingerprint(state) == state_lib.state_fingerprint(intact)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import jax
 
-from esmjax import evaluation
+from esmjax import digest, evaluation
 from esmjax import state as state_lib
 
 SUMMARY_FILE = "summary.json"
@@ -79,7 +79,6 @@ def preempted(
 
 def write(workdir: str, summary: dict[str, Any]) -> None:
   if jax.process_index() == 0:
-    path = os.path.join(workdir, SUMMARY_FILE)
-    with open(path + ".tmp", "w") as f:
-      json.dump(summary, f, indent=1, default=str)
-    os.replace(path + ".tmp", path)
+    # Sealed (`esmjax.digest`): `esmjax.load` and predict read the config back from it.
+    plain = json.loads(json.dumps(summary, default=str))
+    digest.write_json(os.path.join(workdir, SUMMARY_FILE), plain, indent=1)

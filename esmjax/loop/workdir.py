@@ -6,7 +6,8 @@ the files that describe the run to the tools that read it afterwards (predict, l
                             when the process ends, however it ends: a killed run never blocks its
                             rerun.
   <workdir>/schema.json     the training data's schema (predict / load / export rebuild the model
-                            from it, without the training data)
+                            from it, without the training data), sealed with its digest
+                            (`esmjax.digest`): `read_schema` refuses it once changed
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 import socket
 import time
 
 import jax
 
+from esmjax import digest
 from esmjax.config import ConfigError
 
 SCHEMA_FILE = "schema.json"
@@ -123,5 +124,14 @@ def _agree(refused: str | None) -> None:
 def write_schema(workdir: str, schema) -> None:
   """The training schema, for predict / load / export (process 0 writes it)."""
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, SCHEMA_FILE), "w") as f:
-      json.dump(schema.to_json(), f, indent=1)
+    digest.write_json(os.path.join(workdir, SCHEMA_FILE), schema.to_json(), indent=1)
+
+
+def read_schema(workdir: str) -> dict:
+  """The training schema's JSON, verified against its digest (`digest.IntegrityError` naming the
+  file otherwise: the model would score with other statistics or vocabularies)."""
+  return digest.read_json(
+    os.path.join(workdir, SCHEMA_FILE),
+    "restore it from a copy, or rerun the training command on the same data (it writes the "
+    "file again from data.train_dir's manifest)",
+  )
