@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tiny
 
+from esmjax import digest
 from esmjax.data import blocks, pipeline, shards
 from esmjax.data import dataset as D
 
@@ -91,20 +92,28 @@ def test_damaged_index_footer_or_size_raise_naming_the_shard(ds):
     ds.read_all()
   open(path, "wb").write(saved[:-8] + b"NOTASHRD")
   with pytest.raises(D.DatasetError, match=rf"shard {shard} is corrupt or not an esmjax shard"):
-    D.open_dataset(ds.directory).read_all()
+    ds.read_all()
   open(path, "wb").write(saved[:1000] + saved[-32:])  # truncated
   with pytest.raises(D.DatasetError, match=rf"shard {shard} is corrupt: its footer does not match"):
-    D.open_dataset(ds.directory).read_all()
+    ds.read_all()
+  # Opened afresh, the manifest's record of the shard's size and tail refuses it before any read.
+  with pytest.raises(digest.IntegrityError, match=rf"{shard} is not the shard .* lists"):
+    D.open_dataset(ds.directory)
   open(path, "wb").write(saved)
   D.open_dataset(ds.directory).read_all()
 
 
 def test_the_manifest_must_agree_with_the_shards(ds, tmp_path):
-  m = json.loads(open(os.path.join(ds.directory, "manifest.json")).read())
+  mpath = os.path.join(ds.directory, "manifest.json")
+  m = json.loads(open(mpath).read())
   m["shards"][0]["block_sizes"][1] = 255
   m["shards"][0]["block_sizes"][2] = 257
-  with open(os.path.join(ds.directory, "manifest.json"), "w") as f:
+  with open(mpath, "w") as f:
     json.dump(m, f)
+  with pytest.raises(digest.IntegrityError, match="changed after esmjax wrote it"):
+    D.open_dataset(ds.directory)
+  # Sealed as written (a writer's bug, not a change on disk), the shards still disagree.
+  digest.write_json(mpath, m)
   with pytest.raises(
     D.DatasetError, match=r"shard-00000.esb, block 1 has 256 rows; the manifest lists 255"
   ):
@@ -149,7 +158,8 @@ def _write_format_1(directory):
   mpath = os.path.join(directory, "manifest.json")
   m = json.loads(open(mpath).read())
   m["version"] = 1
-  open(mpath, "w").write(json.dumps(m))
+  open(mpath, "w").write(json.dumps({k: v for k, v in m.items() if k != digest.KEY}))
+  D.seal_manifest(directory)  # what `python -m esmjax.digest DIR` does for an old dataset
 
 
 def test_datasets_written_before_checksums_are_read_with_one_warning(ds, tmp_path, caplog):

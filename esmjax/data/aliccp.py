@@ -81,7 +81,7 @@ from esmjax.data.aliccp_spec import (  # noqa: F401  (the converter's public nam
 from esmjax.data.blocks import auto_block_rows
 from esmjax.data.ingestion import BAD_LINES_MODES
 
-_FORMAT_OF_SIDECARS = 2  # part of the fingerprint: sidecars or shards of another layout are redone
+_FORMAT_OF_SIDECARS = 3  # part of the fingerprint: sidecars or shards of another layout are redone
 
 
 def convert(
@@ -250,12 +250,18 @@ def _resume_or_restart(job: stages.Job, fp: str, fp_common: str) -> None:
   """Everything written under another fingerprint goes (a restart); else the manifest goes (it
   is rewritten at the end) and the finished ranges and common table stay (a resume)."""
   out_dir = job.out_dir
-  stale = any(
-    (stages.json_or_none(os.path.join(out_dir, n)) or {}).get("fingerprint") != fp
+  sides = [
+    os.path.join(out_dir, n)
     for n in os.listdir(out_dir)
     if n.startswith("shard-") and n.endswith(".done.json")
+  ]
+  stale = any(
+    (stages.state_or_none(p, stages.sidecar_fix(p), "accept") or {}).get("fingerprint") != fp
+    for p in sides
   )
-  cmeta = stages.json_or_none(os.path.join(job.common_dir, "meta.json"))
+  cmeta = stages.state_or_none(
+    os.path.join(job.common_dir, "meta.json"), stages.common_fix(job.common_dir), "accept"
+  )
   stale |= cmeta is not None and cmeta.get("fingerprint") != fp_common
   mpath = os.path.join(out_dir, ds_lib.MANIFEST)
   old = stages.json_or_none(mpath) if os.path.exists(mpath) else None

@@ -13,20 +13,40 @@ import time
 
 import numpy as np
 
+from esmjax import digest
 from esmjax.data import aliccp_work as work
 from esmjax.data import dataset as ds_lib
 from esmjax.data import ingestion, leakage
 from esmjax.data.aliccp_spec import ALL_KINDS, BAD_KINDS, ConversionError, Spec
-from esmjax.data.files import read_json, write_json_atomic
+from esmjax.data.files import read_json
 from esmjax.data.ingestion import MAX_EXAMPLES
 
 
 def json_or_none(path: str):
-  """A file this converter wrote, or None when it is absent or unreadable (then it is redone)."""
+  """A file this converter wrote, or None when it is absent or unreadable (then it is redone).
+  Only for files that are never trusted: a resume decides with `state_or_none`."""
   try:
     return read_json(path)
   except (OSError, ValueError):
     return None
+
+
+def state_or_none(path: str, fix: str, legacy: str = "refuse") -> dict | None:
+  """A resume-state file this converter wrote (a range's sidecar, the common table's meta),
+  verified against its digest (`digest.IntegrityError` naming it and `fix` otherwise), or None
+  when it is absent (a crash before its atomic rename: the work it records is redone).
+  `legacy="accept"`: one without a digest (an older esmjax's, whose fingerprint differs: redone)."""
+  if not os.path.exists(path):
+    return None
+  return digest.read_json(path, fix, legacy=legacy)
+
+
+def common_fix(cdir: str) -> str:
+  return f"delete {cdir} (the common-feature index is built again) and rerun"
+
+
+def sidecar_fix(path: str) -> str:
+  return f"delete {path} (its range is converted again) and rerun"
 
 
 @dataclasses.dataclass
@@ -74,8 +94,11 @@ def build_common(job: Job, fp: str, pool, counters) -> dict:
   """The common-features file -> sorted numeric table in job.common_dir (reused when up to date)."""
   path, cdir = job.common_features, job.common_dir
   meta_path = os.path.join(cdir, "meta.json")
-  meta = json_or_none(meta_path)
-  if meta is not None and meta.get("fingerprint") == fp:
+  # An older esmjax's meta (no digest, no "files") is rebuilt; a changed one is refused.
+  meta = state_or_none(meta_path, common_fix(cdir), "accept")
+  if meta is not None and meta.get("fingerprint") == fp and "files" in meta:
+    for k, want in meta["files"].items():  # the table the workers map: the one written
+      digest.check_file(os.path.join(cdir, k), want, common_fix(cdir))
     if job.fail and meta["bad"]["counts"]:
       raise _fail(path, *min(meta["bad"]["examples"]))
     if job.progress:
@@ -151,8 +174,12 @@ def build_common(job: Job, fp: str, pool, counters) -> dict:
     "n_lines": n_lines,
     "bad": bad,
     "warnings": warnings,
+    "files": {
+      f"{k}.npy": digest.file_digest(os.path.join(cdir, f"{k}.npy"))
+      for k in ("keys", *work.COMMON_COLUMNS)
+    },
   }
-  write_json_atomic(meta_path, meta)
+  digest.write_json(meta_path, meta)
   return meta
 
 
@@ -170,13 +197,21 @@ def convert_skeleton(job: Job, fp: str, pool, counters) -> dict:
   tasks = []
   for i, (s, e) in enumerate(ranges):
     shard, sidecar = f"shard-{i:05d}{ds_lib.SHARD_SUFFIX}", f"shard-{i:05d}.done.json"
-    side = json_or_none(os.path.join(out_dir, sidecar))
+    spath = os.path.join(out_dir, sidecar)
+    side = state_or_none(spath, sidecar_fix(spath))
     if (
       side is not None
       and side.get("fingerprint") == fp
       and side.get("range") == [s, e]
       and (side["shard"]["num_rows"] == 0 or os.path.exists(os.path.join(out_dir, shard)))
     ):
+      if side["shard"]["num_rows"] and digest.tail_digest(
+        digest.confined_file(out_dir, shard, spath)
+      ) != side.get("shard_tail"):
+        raise digest.IntegrityError(
+          f"{os.path.join(out_dir, shard)} is not the shard {spath} recorded (its size or last "
+          f"bytes differ): {sidecar_fix(spath)}"
+        )
       done[i] = side
       continue
     tasks.append(

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from esmjax import digest
 from esmjax.data import aliccp_parse as parse
 from esmjax.data.aliccp_spec import COMMON_COLS, KIND_CODES, SKELETON_COLS, Spec, compile_config
 from esmjax.data.blocks import fixed_size_blocks
-from esmjax.data.files import write_json_atomic
 from esmjax.data.ingestion import BadLines, DenseStats
 from esmjax.data.leakage import LeakageStats
 from esmjax.data.shards import ShardWriter
@@ -308,5 +308,7 @@ def skeleton_task(task: dict) -> dict:
   }
   if entry["num_rows"] == 0:
     os.remove(os.path.join(task["out_dir"], task["shard"]))
-  write_json_atomic(os.path.join(task["out_dir"], task["sidecar"]), side)
+  else:  # the shard this sidecar vouches for: a resume checks it is still that file
+    side["shard_tail"] = digest.tail_digest(os.path.join(task["out_dir"], task["shard"]))
+  digest.write_json(os.path.join(task["out_dir"], task["sidecar"]), side)
   return side

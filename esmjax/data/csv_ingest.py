@@ -45,7 +45,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from esmjax import exits
+from esmjax import digest, exits
 from esmjax.data import csv_read, ingestion, leakage
 from esmjax.data import dataset as ds_lib
 from esmjax.data import ids as ids_lib
@@ -53,7 +53,6 @@ from esmjax.data.blocks import auto_block_rows
 from esmjax.data.csv_columns import Mapper, dense_values, make_block
 from esmjax.data.csv_config import Cfg, base_config, validate  # noqa: F401  (public: base_config)
 from esmjax.data.csv_read import BAD_KINDS  # public: the kinds of bad lines
-from esmjax.data.files import read_json, write_json_atomic
 from esmjax.data.ingestion import IngestError  # public: what ingest raises
 
 DENSE_SAMPLE = 100_000  # rows kept for the dense quantile boundaries
@@ -105,8 +104,8 @@ def ingest(
     "sample_id": cfg.sample_id or "row number",
     "label_leakage": leaks,  # filled when the last block is written
   }
-  if vocabs:
-    write_json_atomic(os.path.join(out_dir, "vocabs.json"), vocabs)
+  if vocabs:  # sealed, and its digest in the (sealed) manifest: --stats_from verifies both
+    record["vocab_digest"] = digest.write_json(os.path.join(out_dir, "vocabs.json"), vocabs)
   source = {
     "format": cfg.raw["format"],
     "name": cfg.raw.get("name", ""),
@@ -259,9 +258,17 @@ def _count_values(cfg: Cfg, mappers: Sequence[Mapper], cols: dict) -> None:
 
 def _load_stats(stats_from: str, cfg: Cfg, mappers) -> list[ds_lib.DenseField]:
   """Vocabularies and dense statistics of an earlier ingestion (the train split)."""
-  ref = ds_lib.open_dataset(stats_from)
+  ref = ds_lib.open_dataset(stats_from)  # its manifest (and dense statistics) verified
   vpath = os.path.join(stats_from, "vocabs.json")
-  vocabs = read_json(vpath) or {}
+  vocabs = {}
+  if os.path.exists(vpath) or ref.manifest.get("ingest", {}).get("vocab_digest"):
+    fix = f"ingest the training data into {stats_from} again"
+    vocabs = digest.read_json(vpath, fix)
+    if digest.json_digest(vocabs) != ref.manifest.get("ingest", {}).get("vocab_digest"):
+      raise digest.IntegrityError(
+        f"{vpath} is not the vocabulary file {stats_from}/manifest.json was written with "
+        f"(their digests differ): {fix}"
+      )
   for mapper in mappers:
     if mapper.col.mapping == "vocab":
       if mapper.col.column not in vocabs:

@@ -5,11 +5,17 @@ the data was made and its bad-line report; it is written last and atomically, so
 manifest is complete. Blocks and their encoding: `blocks`; shard files and checksums: `shards`.
 
 What is checked when a dataset is read: the manifest's structure (a clear error naming it, never a
-traceback), every shard's footer, index and block count, and every block read against its checksum,
+traceback) and its digest (`esmjax.digest`: the manifest is sealed when written); every shard path
+it lists: relative, inside the directory (no '..', no symlink out), a regular file (never a FIFO
+or a device), whose size and last 4 KB (its footer and block index, which hold the checksum of
+every block) match the manifest's record, so no shard can stand in for another; every shard's
+footer, index and block count, and every block read against its checksum,
 so the bytes a model sees are the bytes that were written — and written blocks were validated
 (`blocks.check_block`: ids inside their vocabularies, labels 0/1, finite values). Datasets written
 before checksums (format version 1) are read with one warning; their blocks are checked for ids
-inside the vocabularies and finite values instead, when read.
+inside the vocabularies and finite values instead, when read. A manifest without a digest
+(written by an older esmjax) is refused, naming the fix: convert the data again, or seal it after
+checking it (`python -m esmjax.digest DIR`: `seal_manifest` verifies every block's checksum first).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from esmjax.data import files
+from esmjax import digest
 from esmjax.data.blocks import (  # noqa: F401  (re-exported: the dataset's block helpers)
   check_block,
   concat_blocks,
@@ -49,6 +55,7 @@ VERSION = 2  # 2: blocks carry checksums; 1: none (still read)
 MANIFEST = "manifest.json"
 _log = logging.getLogger(__name__)
 _warned: set[str] = set()  # directories already warned about (one warning per process)
+_FIX = "convert the data again"
 
 
 def write_manifest(
@@ -73,11 +80,33 @@ def write_manifest(
     "num_rows": int(sum(s["num_rows"] for s in shards)),
     "num_blocks": int(sum(s["num_blocks"] for s in shards)),
     "block_rows": int(block_rows),
-    "shards": list(shards),
+    "shards": [_identified(directory, s) for s in shards],
     "source": source or {},
   }
   manifest.update(extra or {})
-  files.write_json_atomic(os.path.join(directory, MANIFEST), manifest, indent=1)
+  digest.write_json(os.path.join(directory, MANIFEST), manifest, indent=1)
+  return manifest
+
+
+def _identified(directory: str, entry: dict[str, Any]) -> dict[str, Any]:
+  """A shard's manifest entry with its size and tail digest (`digest.tail_digest`)."""
+  where = os.path.join(directory, MANIFEST)
+  return {**entry, **digest.tail_digest(digest.confined_file(directory, entry["path"], where))}
+
+
+def seal_manifest(directory: str) -> dict:
+  """Seals the manifest of a dataset written without digests (by an older esmjax), after checking
+  its structure and every block of every shard against its checksum (format 2); returns it."""
+  mpath = os.path.join(directory, MANIFEST)
+  manifest = _read_manifest(mpath)
+  _schema(manifest, mpath)
+  for s in manifest["shards"]:
+    reader = ShardReader(digest.confined_file(directory, s["path"], mpath), int(s["num_blocks"]))
+    for j in range(len(reader)):
+      reader.verify(j)
+  manifest = {k: v for k, v in manifest.items() if k != digest.KEY}
+  manifest["shards"] = [_identified(directory, s) for s in manifest["shards"]]
+  digest.write_json(mpath, manifest, indent=1)
   return manifest
 
 
@@ -228,11 +257,19 @@ def open_dataset(directory: str) -> Dataset:
       f"no {MANIFEST} in {directory}: not a dataset, or its writing did not finish"
     )
   manifest = _read_manifest(mpath)
+  schema = _schema(manifest, mpath)
+  manifest = digest.verify_json(manifest, mpath, _FIX)
   for s in manifest["shards"]:
     p = os.path.join(directory, s["path"])
-    if not os.path.exists(p):
+    if not os.path.lexists(p) and isinstance(s["path"], str) and not os.path.isabs(s["path"]):
       raise DatasetError(f"shard listed in {mpath} is missing: {p}")
-  ds = Dataset(directory, manifest, _schema(manifest, mpath))
+    p = digest.confined_file(directory, s["path"], mpath)
+    if digest.tail_digest(p) != {"bytes": s.get("bytes"), "tail": s.get("tail")}:
+      raise digest.IntegrityError(
+        f"{p} is not the shard {mpath} lists under that name (its size or last bytes differ: "
+        f"replaced, truncated or changed after writing): {_FIX}"
+      )
+  ds = Dataset(directory, manifest, schema)
   if ds.version < 2 and os.path.abspath(directory) not in _warned:
     _warned.add(os.path.abspath(directory))
     _log.warning(

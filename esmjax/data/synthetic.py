@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from esmjax import exits
+from esmjax import digest, exits
 from esmjax.data import dataset as ds_lib
 from esmjax.data.synthetic_config import (  # noqa: F401  (the synthetic world's public names)
   DENSE_FIELDS,
@@ -44,6 +44,7 @@ def config_hash(cfg) -> str:
       "version": GENERATOR_VERSION,
       "config": cfg.to_dict(),
       "format": ds_lib.VERSION,
+      "sealed": digest.KEY,  # manifests with digests: a cache written without them is redone
     },
     sort_keys=True,
   )
