@@ -4,7 +4,8 @@ code, and what each --mode does.
 Exit codes (`esmjax.exits`): 0 done, or stopped by SIGTERM / SIGINT after saving a checkpoint
 (rerun to resume); 2 a user error: flags, the --config file or its overrides, config values, data,
 the workdir (a file, not writable, owned by another run, or holding another model's checkpoints);
-3 the run cannot go on: a NaN/Inf loss, no readable checkpoint, a checkpoint that cannot be saved.
+3 the run cannot go on: a NaN/Inf loss, no readable checkpoint, a checkpoint that cannot be saved;
+4 a file esmjax wrote and reads back (schema.json, a manifest, an export, ...) changed since.
 Each error is one line on stderr.
 """
 

@@ -14,7 +14,8 @@ Curves: python -m esmjax.plot DIR; TensorBoard: tensorboard --logdir DIR/tensorb
 
 Exit codes (esmjax/exits.py): 0 done, or stopped by SIGTERM / SIGINT after saving a checkpoint
 (rerun to resume); 2 a user error (flags, config, data, workdir), one line on stderr; 3 the run
-cannot go on (NaN/Inf loss, no readable checkpoint, a failed save), one line on stderr.
+cannot go on (NaN/Inf loss, no readable checkpoint, a failed save), one line on stderr; 4 a file
+esmjax wrote changed since (it does not match its digest: esmjax/digest.py), one line naming it.
 """
 
 from absl import app, flags

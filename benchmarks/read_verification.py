@@ -1,0 +1,166 @@
+r"""What verifying every file read back costs (esmjax.digest): the data pipeline and checkpoints.
+
+  python benchmarks/read_verification.py [--rows=400000] [--repeats=5] [--dir=/tmp/read-verify]
+
+Interleaved in one process (machine load hits both variants alike), medians of:
+
+- `pipeline`: open_dataset (manifest digest, every shard's size and tail digest, confined paths)
+  plus one epoch of the training pipeline, rows/s, with the file digests on and off (`off`
+  replaces the manifest and shard checks with no-ops; block checksums stay on in both);
+- `save`, `restore`: Checkpointer.save + wait, and restore_latest with a data iterator, with the
+  checkpoint's file digests (sealed meta, config digest, data-position digest) on and off; the
+  state-array digests run in both.
+
+Writes benchmarks/results/read_verification.json and prints it, with the CPU model and load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def cpu() -> dict:
+  info = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+  model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if "Model name" in ln), "")
+  flags = next((ln for ln in info.splitlines() if ln.startswith("Flags")), "")
+  return {
+    "model": model or platform.processor(),
+    "avx512_bf16": "avx512_bf16" in flags,
+    "amx_bf16": "amx_bf16" in flags,
+  }
+
+
+@contextlib.contextmanager
+def file_digests_off():
+  """The manifest / shard checks of open_dataset and the checkpoint's file digests as no-ops."""
+  from esmjax import checkpoint as ckpt_lib
+  from esmjax import digest
+  from esmjax.data import dataset as D
+
+  saved = (
+    D.digest.verify_json,
+    D.digest.tail_digest,
+    D.digest.confined_file,
+    ckpt_lib.Checkpointer._sealed_meta,
+    ckpt_lib.Checkpointer._verified_meta,
+    ckpt_lib.Checkpointer._verify_position,
+  )
+  tail = {}
+  D.digest.verify_json = lambda obj, *a, **k: {k2: v for k2, v in obj.items() if k2 != digest.KEY}
+  D.digest.tail_digest = lambda p: tail.get(p) or tail.setdefault(p, saved[1](p))
+  D.digest.confined_file = lambda d, n, w: os.path.join(d, n)
+  ckpt_lib.Checkpointer._sealed_meta = lambda self, step, has, state, c, d: self._meta(
+    step, has, digest.digests(state)
+  )
+  ckpt_lib.Checkpointer._verified_meta = lambda self, step, meta, c: {
+    k: v for k, v in meta.items() if k != digest.KEY
+  }
+  ckpt_lib.Checkpointer._verify_position = lambda self, meta, it: None
+  try:
+    yield
+  finally:
+    (
+      D.digest.verify_json,
+      D.digest.tail_digest,
+      D.digest.confined_file,
+      ckpt_lib.Checkpointer._sealed_meta,
+      ckpt_lib.Checkpointer._verified_meta,
+      ckpt_lib.Checkpointer._verify_position,
+    ) = saved
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--rows", type=int, default=400_000)
+  ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--dir", default="/tmp/read-verify")
+  args = ap.parse_args()
+
+  import jax
+  import tiny
+
+  from esmjax import checkpoint as ckpt_lib
+  from esmjax import trainer
+  from esmjax.data import dataset as D
+  from esmjax.data import pipeline
+  from esmjax.loop import data as data_lib
+
+  shutil.rmtree(args.dir, ignore_errors=True)
+  os.makedirs(args.dir)
+  data = Path(args.dir)
+  tiny.tiny_dataset(str(data / "train"), n=args.rows, block_rows=4096)
+  tiny.tiny_dataset(str(data / "eval"), n=1000, seed=1)
+  config = tiny.run_config(data, **{"mesh.num_devices": 1, "model.embed_dim": 64})
+  run = trainer.Run(config, tiny.tiny_schema())
+  state = jax.block_until_ready(run.init_fn())
+  cfg = pipeline.PipelineConfig(batch_size=4096, seed=0, window_blocks=4, num_epochs=1, prefetch=0)
+
+  def epoch() -> float:
+    t = time.perf_counter()
+    ds = D.open_dataset(str(data / "train"))
+    rows = sum(len(b["user"]) for b in pipeline.train_iter_dataset(ds, cfg))
+    return rows / (time.perf_counter() - t)
+
+  def save_restore(step: int) -> tuple[float, float]:
+    wd = str(data / f"wd{step}")
+    shutil.rmtree(wd, ignore_errors=True)
+    train_ds, _ = data_lib.resolve_datasets(config)
+    it = data_lib.make_train_iter(config, train_ds)
+    next(it)
+    ck = ckpt_lib.Checkpointer(wd, config, run)
+    t = time.perf_counter()
+    ck.save(step, state, it)
+    ck.wait()
+    t_save = time.perf_counter() - t
+    t = time.perf_counter()
+    jax.block_until_ready(ck.restore_latest(it))
+    t_restore = time.perf_counter() - t
+    ck.close()
+    data_lib.close_iter(it)
+    return t_save, t_restore
+
+  times = {k: [] for k in ("pipeline_on", "pipeline_off", "save_on", "save_off")}
+  times.update(restore_on=[], restore_off=[])
+  epoch(), save_restore(1)  # warm-up: compilation, page cache
+  for r in range(args.repeats):
+    for variant in ("on", "off") if r % 2 == 0 else ("off", "on"):
+      ctx = file_digests_off() if variant == "off" else contextlib.nullcontext()
+      with ctx:
+        times[f"pipeline_{variant}"].append(epoch())
+        s, rs = save_restore(10 + r)
+      times[f"save_{variant}"].append(s)
+      times[f"restore_{variant}"].append(rs)
+  med = {k: statistics.median(v) for k, v in times.items()}
+  out = {
+    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    "cpu": cpu(),
+    "load_avg": os.getloadavg(),
+    "rows": args.rows,
+    "repeats": args.repeats,
+    "median": med,
+    "pipeline_rows_per_s_ratio_on_over_off": med["pipeline_on"] / med["pipeline_off"],
+    "save_time_ratio_on_over_off": med["save_on"] / med["save_off"],
+    "restore_time_ratio_on_over_off": med["restore_on"] / med["restore_off"],
+    "all": times,
+  }
+  path = ROOT / "benchmarks" / "results" / "read_verification.json"
+  path.write_text(json.dumps(out, indent=1) + "\n")
+  print(json.dumps({k: v for k, v in out.items() if k != "all"}, indent=1))
+  shutil.rmtree(args.dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  main()
