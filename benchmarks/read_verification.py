@@ -1,6 +1,9 @@
 r"""What verifying every file read back costs (esmjax.digest): the data pipeline and checkpoints.
 
-  python benchmarks/read_verification.py [--rows=1000000] [--repeats=15] [--dir=/tmp/read-verify]
+  python benchmarks/read_verification.py [--rows=2000000] [--repeats=15] [--dir=/tmp/read-verify]
+
+The dataset: tests/tiny.py's schema, written with the default layout (8192-row blocks, 64 blocks
+per shard) and, as a worst case for the per-shard checks, with 4096-row blocks, 3 per shard.
 
 Interleaved in one process (machine load hits both variants alike; the order alternates), the
 medians of each variant and of the per-repeat ratios (on / off) of:
@@ -13,7 +16,11 @@ medians of each variant and of the per-repeat ratios (on / off) of:
   replaces the manifest and shard checks with no-ops; block checksums stay on in both);
 - `save`, `restore`: Checkpointer.save + wait, and restore_latest with a data iterator, with the
   checkpoint's file digests (sealed meta, config digest, data-position digest) on and off; the
-  state-array digests run in both.
+  state-array digests run in both;
+- `added`: the added work alone, repeated 50 times: sealing the checkpoint meta (config and
+  position digests included) beyond the state digests, verifying it at restore, and the
+  manifest + shard checks of one open_dataset — as fractions of the medians above. On a loaded
+  machine the end-to-end ratios swing by more than the effect; these fractions do not.
 
 Writes benchmarks/results/read_verification.json and prints it, with the CPU model and load.
 """
@@ -88,7 +95,7 @@ def file_digests_off():
 
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--rows", type=int, default=1_000_000)
+  ap.add_argument("--rows", type=int, default=2_000_000)
   ap.add_argument("--repeats", type=int, default=15)
   ap.add_argument("--dir", default="/tmp/read-verify")
   args = ap.parse_args()
@@ -105,7 +112,10 @@ def main() -> None:
   shutil.rmtree(args.dir, ignore_errors=True)
   os.makedirs(args.dir)
   data = Path(args.dir)
-  tiny.tiny_dataset(str(data / "train"), n=args.rows, block_rows=4096)
+  schema = tiny.tiny_schema()
+  chunks = (tiny.random_block(schema, 100_000, seed=i) for i in range(args.rows // 100_000))
+  D.write_dataset(str(data / "train"), schema, chunks, block_rows=8192, blocks_per_shard=64)
+  tiny.tiny_dataset(str(data / "small_shards"), n=args.rows // 4, block_rows=4096)
   tiny.tiny_dataset(str(data / "eval"), n=1000, seed=1)
   config = tiny.run_config(data, **{"mesh.num_devices": 1, "model.embed_dim": 64})
   run = trainer.Run(config, tiny.tiny_schema())
@@ -118,11 +128,47 @@ def main() -> None:
     rows = sum(len(b["user"]) for b in pipeline.train_iter_dataset(ds, cfg))
     return rows / (time.perf_counter() - t)
 
-  def open_ms() -> float:
+  def open_ms(name: str = "train") -> float:
     t = time.perf_counter()
     for _ in range(10):
-      D.open_dataset(str(data / "train"))
+      D.open_dataset(str(data / name))
     return (time.perf_counter() - t) * 100
+
+  def added() -> dict:
+    """ms of the added work alone (50 repetitions each, medians)."""
+    from esmjax import digest
+
+    train_ds, _ = data_lib.resolve_datasets(config)
+    it = data_lib.make_train_iter(config, train_ds)
+    next(it)
+    ck = ckpt_lib.Checkpointer(str(data / "added"), config, run)
+    cj = json.loads(config.to_json_best_effort())
+    position = it.get_state()
+    meta = ck._sealed_meta(1, True, state, cj, position)
+
+    def ms(fn) -> float:
+      out = []
+      for _ in range(50):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1e3)
+      return statistics.median(out)
+
+    base = ms(lambda: ck._meta(1, True, digest.digests(state)))
+    sealed = ms(lambda: ck._sealed_meta(1, True, state, cj, position))
+    res = {
+      "save_seal_ms": sealed - base,
+      "restore_verify_ms": ms(lambda: ck._verified_meta(1, meta, cj))
+      + ms(lambda: digest.json_digest(it.get_state())),
+    }
+    for name in ("train", "small_shards"):
+      on = ms(lambda n=name: D.open_dataset(str(data / n)))
+      with file_digests_off():
+        off = ms(lambda n=name: D.open_dataset(str(data / n)))
+      res[f"open_checks_ms_{name}"] = on - off
+    ck.close()
+    data_lib.close_iter(it)
+    return res
 
   def save_restore(step: int) -> tuple[float, float]:
     wd = str(data / f"wd{step}")
@@ -155,6 +201,8 @@ def main() -> None:
       times[f"save_{variant}"].append(s)
       times[f"restore_{variant}"].append(rs)
   med = {k: statistics.median(v) for k, v in times.items()}
+  extra = added()
+  epoch_s = args.rows / med["pipeline_off"]
   paired = {
     k: statistics.median(a / b for a, b in zip(times[f"{k}_on"], times[f"{k}_off"], strict=True))
     for k in kinds
@@ -167,11 +215,19 @@ def main() -> None:
     "repeats": args.repeats,
     "median": med,
     "shards": len(D.open_dataset(str(data / "train")).shard_paths),
+    "shards_small": len(D.open_dataset(str(data / "small_shards")).shard_paths),
     "pipeline_rows_per_s_ratio_on_over_off": med["pipeline_on"] / med["pipeline_off"],
     "save_time_ratio_on_over_off": med["save_on"] / med["save_off"],
     "restore_time_ratio_on_over_off": med["restore_on"] / med["restore_off"],
     "open_time_ratio_on_over_off": med["open_on"] / med["open_off"],
     "median_of_paired_ratios_on_over_off": paired,
+    "added_ms": extra,
+    "added_fraction": {
+      "save": extra["save_seal_ms"] / 1e3 / med["save_off"],
+      "restore": extra["restore_verify_ms"] / 1e3 / med["restore_off"],
+      "pipeline_epoch_default_layout": extra["open_checks_ms_train"] / 1e3 / epoch_s,
+      "pipeline_epoch_small_shards": extra["open_checks_ms_small_shards"] / 1e3 / epoch_s * 4,
+    },
     "all": times,
   }
   path = ROOT / "benchmarks" / "results" / "read_verification.json"

@@ -169,6 +169,12 @@ def confined_file(directory: str, name: Any, where: str) -> str:
       "files inside the directory are read"
     )
   path = os.path.join(directory, name)
+  if "/" not in name:  # a plain name in the directory: a regular file that is no link is inside
+    try:
+      if stat.S_ISREG(os.lstat(path).st_mode):
+        return path
+    except FileNotFoundError:
+      raise IntegrityError(f"{where} names {name!r}, which is missing: {path}") from None
   root = os.path.realpath(directory)
   real = os.path.realpath(path)
   if os.path.commonpath([root, real]) != root:

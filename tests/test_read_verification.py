@@ -346,3 +346,29 @@ def test_a_changed_converter_state_stops_the_resume(tmp_path, target):
   os.remove(out / "manifest.json")  # an interrupted conversion: the next run resumes
   with pytest.raises(digest.IntegrityError, match=re.escape(path)):
     convert()
+
+
+def test_stats_from_an_older_ingestion_works_once_sealed(tmp_path):
+  cfg = tiny.repo_config("configs/data/rechub_aliccp.py")
+  train = str(RECHUB_TRAIN / "ali_ccp_train_sample.csv")
+  test = str(RECHUB_TRAIN / "ali_ccp_test_sample.csv")
+  tr = tmp_path / "train"
+  csv_ingest.ingest(cfg, [train], str(tr), progress=False)
+  want = csv_ingest.ingest(cfg, [test], str(tmp_path / "t1"), stats_from=str(tr), progress=False)
+  # As an older esmjax wrote them: no digests anywhere.
+  _edit_json(str(tr / "vocabs.json"), lambda v: v.pop(digest.KEY))
+
+  def unseal(m):
+    m.pop(digest.KEY)
+    m["ingest"].pop("vocab_digest")
+
+  _edit_json(str(tr / "manifest.json"), unseal)
+  with pytest.raises(digest.IntegrityError, match="has no digest"):
+    csv_ingest.ingest(cfg, [test], str(tmp_path / "t2"), stats_from=str(tr), progress=False)
+  assert digest.main([str(tr)]) == 0
+  got = csv_ingest.ingest(cfg, [test], str(tmp_path / "t2"), stats_from=str(tr), progress=False)
+  assert got["schema"] == want["schema"] and got["num_rows"] == want["num_rows"]
+  np.testing.assert_array_equal(
+    D.open_dataset(str(tmp_path / "t2")).read_all()["sparse"],
+    D.open_dataset(str(tmp_path / "t1")).read_all()["sparse"],
+  )

@@ -96,7 +96,8 @@ def _identified(directory: str, entry: dict[str, Any]) -> dict[str, Any]:
 
 def seal_manifest(directory: str) -> dict:
   """Seals the manifest of a dataset written without digests (by an older esmjax), after checking
-  its structure and every block of every shard against its checksum (format 2); returns it."""
+  its structure and every block of every shard against its checksum (format 2); returns it. A
+  CSV ingestion's vocabulary file is sealed too, and its digest recorded in the manifest."""
   mpath = os.path.join(directory, MANIFEST)
   manifest = _read_manifest(mpath)
   _schema(manifest, mpath)
@@ -106,6 +107,11 @@ def seal_manifest(directory: str) -> dict:
       reader.verify(j)
   manifest = {k: v for k, v in manifest.items() if k != digest.KEY}
   manifest["shards"] = [_identified(directory, s) for s in manifest["shards"]]
+  ingest = manifest.get("ingest")
+  if isinstance(ingest, dict) and ingest.get("vocab_file"):
+    vpath = digest.confined_file(directory, ingest["vocab_file"], mpath)
+    vocabs = digest.read_json(vpath, _FIX, legacy="accept")
+    ingest["vocab_digest"] = digest.write_json(vpath, vocabs)
   digest.write_json(mpath, manifest, indent=1)
   return manifest
 
