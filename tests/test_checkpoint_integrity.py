@@ -208,6 +208,7 @@ def test_two_processes_record_and_verify_the_digests_one_process_computes(tmp_pa
   try:
     _, meta = ck._read_small_items(10)
     assert meta["num_processes"] == 2
+    assert len(meta["data_digests"]) == 2  # each process's position, gathered by process 0
     state = ck._restore_arrays(10, meta, None)  # verifies: raises CorruptCheckpointError otherwise
   finally:
     ck.close()
