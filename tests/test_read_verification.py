@@ -10,6 +10,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +95,38 @@ def test_an_edited_dense_mean_in_schema_json_stops_load_predict_and_export(workd
     api.load(wd)
   assert digest.main([path]) == 0
   np.testing.assert_array_equal(api.load(wd).predict(rows)["pctr"], before["pctr"])
+
+
+def test_the_cli_export_of_an_edited_schema_exits_4_with_one_line(workdir, tmp_path):
+  wd = str(tmp_path / "wd")
+  shutil.copytree(workdir, wd)
+  path = os.path.join(wd, "schema.json")
+  _edit_json(path, lambda obj: obj["dense"][0].update(mean=obj["dense"][0]["mean"] + 0.5))
+  cfg_file = tmp_path / "saved_config.py"
+  cfg_file.write_text(
+    f"from esmjax import api\n\n\ndef get_config():\n  return api.saved_config({wd!r})\n"
+  )
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "esmjax.main",
+      f"--config={cfg_file}",
+      f"--workdir={wd}",
+      "--mode=export",
+      f"--export_path={tmp_path / 'm.jaxexport'}",
+    ],
+    cwd=REPO,
+    env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert out.returncode == 4, out.stderr[-2000:]
+  errors = [ln for ln in out.stderr.splitlines() if ln.startswith("esmjax: error:")]
+  assert len(errors) == 1
+  assert errors[0].startswith(f"esmjax: error: {path} changed after esmjax wrote it")
+  assert "Traceback" not in out.stderr and not os.path.exists(tmp_path / "m.jaxexport")
 
 
 def test_an_edited_summary_config_stops_load(workdir, tmp_path):
