@@ -321,3 +321,43 @@ def test_token_keys_take_memory_by_tokens_not_tokens_times_the_longest():
   np.testing.assert_array_equal(keys[:3], ids_lib.str_keys(["id00000", "id00001", "id00002"]))
   assert keys[-1] == ids_lib.str_keys([b"z" * 200_000])[0]
   assert len(np.unique(keys)) == 5001
+
+
+# -- on the command line: one line, exit 2 --------------------------------------------------------
+
+
+def _cli(module: str, *args: str):
+  import subprocess
+  import sys
+
+  res = subprocess.run(
+    [sys.executable, "-m", f"esmjax.data.{module}", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  lines = res.stderr.strip().splitlines()
+  assert res.returncode == 2 and len(lines) == 1, res.stderr[-3000:]
+  return lines[0]
+
+
+def test_refusals_are_one_line_and_exit_2_on_the_command_line(tmp_path):
+  (tmp_path / "cfg.py").write_text(
+    "from esmjax.data import csv_ingest\n\n\ndef get_config():\n"
+    "  c = csv_ingest.base_config()\n  c.sparse = ('a', 'b')\n  c.dense = ('d',)\n  return c\n"
+  )
+  csv = write_csv(tmp_path / "t.csv", ROWS)
+  out = tmp_path / "out"
+  args = [f"--config={tmp_path / 'cfg.py'}", f"--input={csv}"]
+  with ingestion.out_dir_lock(str(out)):
+    line = _cli("csv_ingest", *args, f"--out_dir={out}")
+  assert line.startswith(
+    f"esmjax: error: another ingestion is writing to {out}: pid {os.getpid()} "
+  )
+  ingest([csv], tmp_path / "train")
+  line = _cli("csv_ingest", *args, f"--out_dir={tmp_path}", f"--stats_from={tmp_path / 'train'}")
+  assert line.startswith(f"esmjax: error: --out_dir={tmp_path} holds --stats_from=")
+  sk, cf, _ = build_raw(tmp_path)
+  line = _cli("aliccp", f"--skeleton={cf}", f"--common_features={sk}", f"--out_dir={out}")
+  assert line.startswith("esmjax: error: the inputs look swapped: ")

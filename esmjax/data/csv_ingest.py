@@ -28,6 +28,17 @@ A feature column that gives a label away (declared as a label too, or predicting
 the ingested rows: `leakage`) is reported and recorded in the manifest (`label_leakage`); with
 `label_leakage='fail'` the ingestion stops instead, before a manifest is written.
 
+Safety: `out_dir` must not be, hold or lie inside `stats_from` (by real path), checked before
+anything is read or written; `out_dir` is held (`ingestion.out_dir_lock`, the lock the Ali-CCP
+converter takes too) for the whole ingestion, so a second one into it is refused naming the first;
+inputs without a single good row are an error and write nothing. A header, wherever a file has
+one, names the columns (read by name in any order; a name given twice is refused); `columns` is the
+order of a file without a header. A cell over `max_cell_bytes` stops the ingestion naming its
+file, line and column. Id cells are whitespace-trimmed like labels and dense values; the manifest
+records per id column how many values were mapped and how many became OOV (`ingest.oov`), with a
+warning above `oov_warn_share` when the vocabularies come from `stats_from`. Boolean Parquet
+columns read as 1 / 0.
+
 The test split must reuse the train split's vocabularies and dense statistics: `stats_from=`.
 Cells equal to one of `pad_values` (default: empty) are absent -> PAD. The user key is the user
 column's integer value, or a 64-bit hash of its text when it is not an integer (-1 without a user
