@@ -156,8 +156,9 @@ def check_schema(workdir: str, schema, has_model: bool) -> None:
   if not has_model or not os.path.exists(path):
     return
   try:
-    with open(path) as f:
-      saved = Schema.from_json(json.load(f))
+    saved = Schema.from_json(read_schema(workdir))  # verified: a changed file is refused
+  except digest.IntegrityError:
+    raise
   except (OSError, ValueError, TypeError, KeyError) as e:
     raise WorkdirError(
       f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
