@@ -47,9 +47,12 @@ id of field 101 (-1 where absent), `sample_id` the skeleton's first column.
 
 Bad lines (counted per kind, first examples with file and line number in the manifest and on the
 console; `--bad_lines=fail` stops at the first, in file order): see `BAD_KINDS`. Rows are only
-ever dropped for one of those reasons. Inputs must be plain text: compressed files and archives are
-refused with one line naming the file and the command that unpacks it (ranges of a compressed
-file cannot be read independently). A feature column that gives a label away (`leakage`) is
+ever dropped for one of those reasons. Inputs are plain text, or gzip- or zstd-compressed text
+(recognised by their first bytes, whatever their names): a compressed file cannot be entered in the
+middle, so the converting process decompresses it once, streaming, and hands segments of about
+`--range_mb` of text to the workers (`aliccp_work.segments`; at most two per worker in flight).
+Other compressions and archives are refused with one line naming the file and the command that
+unpacks it. A feature column that gives a label away (`leakage`) is
 reported and recorded in the manifest; `--label_leakage=fail` stops the conversion instead.
 """
 
@@ -110,6 +113,7 @@ def convert(
     )
   if block_rows < 0:
     raise ConversionError(f"block_rows={block_rows}; must be >= 1, or 0 for automatic")
+  codecs = {}
   for flag, path in (("skeleton", skeleton), ("common_features", common_features)):
     if not path:
       raise ConversionError(f"--{flag} is required")
@@ -121,10 +125,12 @@ def convert(
         f"--{flag}: {path} does not look like text (it holds NUL bytes at its "
         "start); the Ali-CCP files are text"
       )
-    if kind:
+    if kind and work.codec_of(kind):
+      codecs[path] = work.codec_of(kind)
+    elif kind:
       raise ConversionError(
-        f"--{flag}: {path} is {files.describe_kind(kind)}: the Ali-CCP converter reads byte "
-        f"ranges of its inputs in parallel, so they must be plain text: unpack it first "
+        f"--{flag}: {path} is {files.describe_kind(kind)}: the Ali-CCP converter reads plain "
+        f"text or gzip / zstd-compressed text: unpack it first "
         f"(`{files.UNPACK_HINT.get(kind, '').format(path)}`) and pass the extracted file"
       )
   if not out_dir:
@@ -147,6 +153,7 @@ def convert(
     progress=progress,
     keep_common_index=keep_common_index,
     t_start=t_start,
+    codecs=codecs,
   )
   os.makedirs(out_dir, exist_ok=True)
   lock = _lock(out_dir)
