@@ -48,6 +48,7 @@ class Job:
   keep_common_index: bool
   t_start: float
   codecs: dict = dataclasses.field(default_factory=dict)  # input path -> pyarrow codec (or absent)
+  block_codec: str | None = None  # the shards' block compression (blocks.CODECS)
 
   @property
   def fail(self) -> bool:
@@ -197,6 +198,7 @@ def convert_skeleton(job: Job, fp: str, pool, counters) -> dict:
         sidecar=sidecar,
         block_rows=job.block_rows,
         fingerprint=fp,
+        block_codec=job.block_codec,
         **extra,
       )
 

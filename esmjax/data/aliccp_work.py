@@ -368,7 +368,7 @@ def skeleton_task(task: dict) -> dict:
     _W["common"] = load_common(_W["common_dir"])
   t0 = time.time()
   acc = _RangeCounts(spec, seed=task["index"])
-  writer = ShardWriter(task["out_dir"], task["shard"], spec.schema)
+  writer = ShardWriter(task["out_dir"], task["shard"], spec.schema, task.get("block_codec"))
   try:
     rows = _skeleton_blocks(task, spec, _W["common"], acc)
     for block in fixed_size_blocks(rows, task["block_rows"]):
