@@ -2,7 +2,7 @@ r"""The Ali-CCP public set's size on one machine: raw files -> converted -> ESMM
 the whole test split scored, with time, memory and disk per stage.
 
     python -m experiments.full_scale [--scale=0.01] [--workdir=workdirs/full_scale] [--seed=0]
-        [--fit_from=OTHER_WORKDIR] [--out=experiments/results] [--name=full_scale]
+        [--fit_from=OTHER_WORKDIR] [--out=experiments/results] [--name=full_scale] [--buckets=0]
 
 Stages, each in its own process (its peak RSS is its process tree's, sampled every 0.2 s), each
 with a progress bar and ETA, each skipped when `<workdir>/stages.json` says it finished:
@@ -16,6 +16,9 @@ with a progress bar and ETA, each skipped when `<workdir>/stages.json` says it f
   predict_esmm   the whole test split scored with the latest checkpoint: predictions to
   predict_base   `<workdir>/predictions_<model>.parquet` (sample_id, pctr, pcvr, pctcvr), metrics
                  against the labels and the generator's ground truth (entire-space CVR AUC)
+
+`--buckets=N` caps every field's hash buckets at N (the test suite's tiny run; 0, the default,
+keeps configs/data/aliccp_raw.py's, a million for the id fields, whatever the scale).
 
 A killed run is resumed by the same command: finished stages are skipped, a stage cut short
 continues from what it left (the generator's finished files, the converter's finished ranges, the
@@ -47,12 +50,12 @@ from experiments import full_scale_stages as st
 
 STAGES = tuple(st.STAGES)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Disk a stage needs, per row it handles (measured at scale 0.03, with 1.5x margin): raw files
-# (skeleton + common features gzip, truth), a converted split, predictions. Checkpoints: per table
-# row (embedding dim 18 + row-wise accumulator, float32) times the checkpoints kept at once (3 + 1
-# being written).
+# Disk a stage needs, per row it handles (measured on the generated world, with 1.5x margin): raw
+# files (skeleton + common features gzip, truth), a converted split (lz4 blocks, 62 B/row:
+# benchmarks/results/block_codec.md), predictions. Checkpoints: per table row (embedding dim 18 +
+# row-wise accumulator, float32) times the checkpoints kept at once (3 + 1 being written).
 _GEN_BYTES_PER_ROW = 1.5 * 95
-_CONVERT_BYTES_PER_ROW = 1.5 * 700
+_CONVERT_BYTES_PER_ROW = 1.5 * 100
 _PRED_BYTES_PER_ROW = 1.5 * 16
 _CKPT_BYTES_PER_TABLE_ROW = 4 * 19 * 4
 
@@ -80,7 +83,7 @@ def _train_bar(workdir: str, name: str, stop: threading.Event) -> None:
 
   ds = os.path.join(st.paths(workdir)["data_train"], "manifest.json")
   rows = (read_json(ds) or {}).get("num_rows", 0)
-  bar = tqdm(total=rows // st.BATCH, desc=f"train {name}", unit="step", mininterval=1)
+  bar = tqdm(total=-(-rows // st.BATCH), desc=f"train {name}", unit="step", mininterval=1)
   path = os.path.join(st.paths(workdir)[f"run_{name}"], "metrics.jsonl")
   pos = 0
   while not stop.wait(1.0):
@@ -123,11 +126,11 @@ def check_space(stage: str, workdir: str, scale: float) -> None:
     )
 
 
-def run_stage(stage: str, workdir: str, scale: float, seed: int) -> dict:
+def run_stage(stage: str, workdir: str, scale: float, seed: int, buckets: int) -> dict:
   """Runs one stage in a child process; its record with wall time, peak RSS and disk."""
   cmd = [sys.executable, "-m", "experiments.full_scale_stages", stage, workdir, str(scale)]
   t0, load0 = time.time(), reporting.load_average()
-  proc = subprocess.Popen(cmd + [str(seed)], cwd=REPO)
+  proc = subprocess.Popen(cmd + [str(seed), str(buckets)], cwd=REPO)
   ps, peak = psutil.Process(proc.pid), 0
   stop = threading.Event()
   bar = None
@@ -160,14 +163,14 @@ def run_stage(stage: str, workdir: str, scale: float, seed: int) -> dict:
   return rec
 
 
-def run_all(workdir: str, scale: float, seed: int) -> dict:
+def run_all(workdir: str, scale: float, seed: int, buckets: int = 0) -> dict:
   os.makedirs(workdir, exist_ok=True)
   state_path = os.path.join(workdir, "stages.json")
-  state = read_json(state_path) or {"scale": scale, "seed": seed, "stages": {}}
-  if (state["scale"], state["seed"]) != (scale, seed):
+  state = read_json(state_path) or {"scale": scale, "seed": seed, "buckets": buckets, "stages": {}}
+  if (state["scale"], state["seed"], state.get("buckets", 0)) != (scale, seed, buckets):
     exits.fail(
-      f"full_scale: {workdir} holds a run at scale {state['scale']}, seed {state['seed']}; "
-      "pass another --workdir (or delete it)",
+      f"full_scale: {workdir} holds a run at scale {state['scale']}, seed {state['seed']}, "
+      f"buckets {state.get('buckets', 0)}; pass another --workdir (or delete it)",
       exits.USER_ERROR,
     )
   for stage in STAGES:
@@ -176,7 +179,7 @@ def run_all(workdir: str, scale: float, seed: int) -> dict:
       continue
     check_space(stage, workdir, scale)
     print(f"full_scale: {stage} ...", flush=True)
-    state["stages"][stage] = run_stage(stage, workdir, scale, seed)
+    state["stages"][stage] = run_stage(stage, workdir, scale, seed, buckets)
     write_json_atomic(state_path, state, indent=1)
   return state
 
@@ -386,6 +389,9 @@ def main(argv=None) -> dict:
   ap.add_argument("--fit_from", default=None, help="workdir of a finished run at another scale")
   ap.add_argument("--out", default=os.path.join(REPO, "experiments", "results"))
   ap.add_argument("--name", default="full_scale")
+  ap.add_argument(
+    "--buckets", type=int, default=0, help="cap every field's hash buckets (0: as shipped; tests)"
+  )
   args = ap.parse_args(argv)
   if not 0 < args.scale <= 1:
     exits.fail(f"full_scale: --scale={args.scale}; must be in (0, 1]", exits.USER_ERROR)
@@ -395,7 +401,9 @@ def main(argv=None) -> dict:
     other = read_json(os.path.join(args.fit_from, "stages.json"))
     if other is None or set(other["stages"]) != set(STAGES):
       exits.fail(f"full_scale: --fit_from={args.fit_from} holds no finished run", exits.USER_ERROR)
-  state = run_all(workdir, args.scale, args.seed)
+  if args.buckets < 0:
+    exits.fail(f"full_scale: --buckets={args.buckets}; must be >= 0", exits.USER_ERROR)
+  state = run_all(workdir, args.scale, args.seed, args.buckets)
   command = reporting.command_line(argv, __file__)
   path = write_results(state, other, args.out, args.name, command)
   print(f"wrote {path}", flush=True)

@@ -1,5 +1,5 @@
 """The stages of `experiments.full_scale`, each run in its own process (so that its peak memory is
-its own): `python -m experiments.full_scale_stages STAGE WORKDIR SCALE SEED`.
+its own): `python -m experiments.full_scale_stages STAGE WORKDIR SCALE SEED BUCKETS`.
 
 Each stage writes `<workdir>/stage-<name>.json` (what it did: rows, outputs, stage-specific
 measurements) when it finishes; the driver adds wall time, peak RSS and disk. Every stage reuses
@@ -59,7 +59,19 @@ def generate(workdir: str, scale: float, seed: int) -> dict:
   return {"rows": rows, "world": world, "out_bytes": dir_bytes(p["raw"])}
 
 
-def convert(workdir: str, split: str) -> dict:
+def converter_config(buckets: int):
+  """The converter's field config, every field's hash buckets capped at `buckets` (0: as shipped,
+  configs/data/aliccp_raw.py)."""
+  from esmjax.data import aliccp
+
+  cfg = aliccp.default_config()
+  if buckets > 0:
+    for f in cfg.fields.values():
+      f.buckets = min(f.buckets, buckets)
+  return cfg
+
+
+def convert(workdir: str, split: str, buckets: int) -> dict:
   from esmjax.data import aliccp
 
   p = paths(workdir)
@@ -70,6 +82,7 @@ def convert(workdir: str, split: str) -> dict:
     p[f"data_{split}"],
     workers=os.cpu_count() or 1,
     stats_from=stats_from,
+    config=converter_config(buckets),
   )
   c = m["conversion"]
   return {
@@ -207,19 +220,20 @@ def predict(workdir: str, name: str) -> dict:
 
 
 STAGES = {
-  "generate": lambda w, s, seed: generate(w, s, seed),
-  "convert_train": lambda w, s, seed: convert(w, "train"),
-  "convert_test": lambda w, s, seed: convert(w, "test"),
-  "train_esmm": lambda w, s, seed: train(w, "esmm"),
-  "train_base": lambda w, s, seed: train(w, "base"),
-  "predict_esmm": lambda w, s, seed: predict(w, "esmm"),
-  "predict_base": lambda w, s, seed: predict(w, "base"),
+  "generate": lambda w, s, seed, b: generate(w, s, seed),
+  "convert_train": lambda w, s, seed, b: convert(w, "train", b),
+  "convert_test": lambda w, s, seed, b: convert(w, "test", b),
+  "train_esmm": lambda w, s, seed, b: train(w, "esmm"),
+  "train_base": lambda w, s, seed, b: train(w, "base"),
+  "predict_esmm": lambda w, s, seed, b: predict(w, "esmm"),
+  "predict_base": lambda w, s, seed, b: predict(w, "base"),
 }
 
 
 def main(argv) -> None:
-  stage, workdir, scale, seed = argv[1], argv[2], float(argv[3]), int(argv[4])
-  rec = STAGES[stage](workdir, scale, seed)
+  stage, workdir = argv[1], argv[2]
+  scale, seed, buckets = float(argv[3]), int(argv[4]), int(argv[5])
+  rec = STAGES[stage](workdir, scale, seed, buckets)
   write_json_atomic(os.path.join(workdir, f"stage-{stage}.json"), rec, indent=1)
 
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import io
 import json
 import os
 import time
@@ -254,6 +255,15 @@ def _skeleton_lines(e: Entities, imp: Impressions, sid0: int, key: str, click, b
   return lines
 
 
+def _gzip_text(path: str, level: int) -> io.TextIOWrapper:
+  """A text file written gzip-compressed with no name or time in its header (byte-identical
+  reruns)."""
+  raw = open(path, "wb")
+  z = gzip.GzipFile(filename="", mode="wb", compresslevel=level, fileobj=raw, mtime=0)
+  z.myfileobj = raw  # closed with the GzipFile
+  return io.TextIOWrapper(z, encoding="ascii", newline="")
+
+
 def write_split(
   out_dir: str, split: str, scale: float, seed: int, level: int = 1, progress: bool = True
 ) -> dict:
@@ -276,8 +286,8 @@ def write_split(
     bar = tqdm(total=n_rows, desc=f"generate {split}", unit="rows", unit_scale=True, mininterval=1)
   done = clicks = buys = requests = 0
   with (
-    gzip.open(paths["skeleton"] + ".tmp", "wt", compresslevel=level, newline="") as sk,
-    gzip.open(paths["common"] + ".tmp", "wt", compresslevel=level, newline="") as cf,
+    _gzip_text(paths["skeleton"] + ".tmp", level) as sk,
+    _gzip_text(paths["common"] + ".tmp", level) as cf,
   ):
     while done < n_rows:
       # A batch of requests: each one user, one common row, ~58 impressions.
