@@ -57,7 +57,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _GEN_BYTES_PER_ROW = 1.5 * 95
 _CONVERT_BYTES_PER_ROW = 1.5 * 100
 _PRED_BYTES_PER_ROW = 1.5 * 16
-_CKPT_BYTES_PER_TABLE_ROW = 4 * 19 * 4
+_CKPT_KEEP = 3  # the shipped configs' checkpoint.keep
+_CKPT_BYTES_PER_TABLE_ROW = 4 * 19 * (_CKPT_KEEP + 1)
 
 
 def _tree_rss(proc: psutil.Process) -> int:
@@ -225,21 +226,25 @@ def extrapolate(state: dict, other: dict | None) -> dict[str, dict]:
 
 
 def disk_at_scale_1(state: dict) -> dict[str, float]:
-  """What the path keeps at once, by part, at scale 1 (data parts scale with rows, checkpoints do
-  not: their tables are the hash buckets, whatever the rows)."""
-  p, s = st.paths("."), state["scale"]
-  del p
-  stages = state["stages"]
+  """What the path keeps at once, by part, at scale 1: the data parts scale with rows; a
+  checkpoint does not (its tables are the hash buckets, whatever the rows), but at scale 1 each run
+  holds `checkpoint.keep` (3) of them plus the one being written (its 41 k steps pass the 1,000-step
+  interval many times; the scaled-down runs may have written one)."""
+  s, stages = state["scale"], state["stages"]
   raw = stages["generate"]["out_bytes"] / s
   data = (stages["convert_train"]["out_bytes"] + stages["convert_test"]["out_bytes"]) / s
-  ckpt = sum(stages[f"train_{m}"]["out_bytes"] for m in st.MODELS)
+  runs = 0.0
+  for m in st.MODELS:
+    t = stages[f"train_{m}"]
+    each = t["checkpoint_bytes"] / max(len(t["checkpoint_steps"]), 1)
+    runs += t["out_bytes"] - t["checkpoint_bytes"] + each * (_CKPT_KEEP + 1)
   preds = sum(stages[f"predict_{m}"]["out_bytes"] for m in st.MODELS) / s
   return {
     "raw": raw,
     "converted": data,
-    "runs": ckpt,
+    "runs": runs,
     "predictions": preds,
-    "total": raw + data + ckpt + preds,
+    "total": raw + data + runs + preds,
   }
 
 
@@ -274,6 +279,7 @@ def markdown(state: dict, ext: dict, disk1: dict, command: str, prov: dict) -> s
         x.get("cvr/population_auc", float("nan")),
         x.get("cvr/entire_space_auc", float("nan")),
         x.get("cvr/entire_space_population_auc", float("nan")),
+        x.get("cvr/entire_space_oracle_auc", float("nan")),
         x["ctcvr/auc"],
         x["ctr/auc"],
         x["ctr/calibration"],
@@ -316,10 +322,9 @@ def markdown(state: dict, ext: dict, disk1: dict, command: str, prov: dict) -> s
     f"The path without generation: **{total / 60:.1f} min** here; **{total1 / 60:.0f} min** "
     f"extrapolated to scale 1 ({ext['convert_train']['how']}).",
     "",
-    "Disk at scale 1, everything the path keeps at once (measured bytes / scale; checkpoints as "
-    "measured, their tables do not grow with rows): "
-    + ", ".join(f"{k} {_gb(v)}" for k, v in disk1.items())
-    + ".",
+    "Disk at scale 1, everything the path keeps at once (measured bytes / scale; runs: one "
+    f"checkpoint as measured x {_CKPT_KEEP + 1}, kept and in flight, as their tables do not grow "
+    "with rows): " + ", ".join(f"{k} {_gb(v)}" for k, v in disk1.items()) + ".",
     "",
     "## Metrics (whole test split)",
     "",
@@ -330,6 +335,7 @@ def markdown(state: dict, ext: dict, disk1: dict, command: str, prov: dict) -> s
         "CVR population AUC",
         "entire-space CVR AUC",
         "entire-space population AUC",
+        "entire-space oracle AUC",
         "CTCVR AUC",
         "CTR AUC",
         "CTR calibration",
@@ -340,7 +346,8 @@ def markdown(state: dict, ext: dict, disk1: dict, command: str, prov: dict) -> s
     ),
     "",
     "Calibration: mean prediction / mean label (1 = calibrated). Population AUCs score against "
-    "the true pCVR, entire-space ones over all impressions against would-buy "
+    "the true pCVR, entire-space ones over all impressions against would-buy; the oracle AUC is "
+    "the true pCVR's own entire-space AUC, the ceiling of any model in this world "
     "(`esmjax.metrics.evaluate`).",
     "",
     "## Sizes that grow with the data",
