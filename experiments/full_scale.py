@@ -356,7 +356,8 @@ def markdown(state: dict, ext: dict, disk1: dict, command: str, prov: dict) -> s
   for m in st.MODELS:
     t, p = stg[f"train_{m}"], stg[f"predict_{m}"]
     lines.append(
-      f"- {m.upper()}: checkpoints {_gb(t['checkpoint_bytes'])} ({len(t['checkpoint_steps'])} "
+      f"- {m.upper()}: training {t['trainer_examples_per_sec']:,.0f} ex/s (the trainer's own "
+      f"count, steps only); checkpoints {_gb(t['checkpoint_bytes'])} ({len(t['checkpoint_steps'])} "
       f"kept), one save {p['checkpoint_save_seconds']:.1f} s, restore "
       f"{p['restore_seconds']:.1f} s; scoring {p['score_seconds']:.1f} s, metrics "
       f"{p['metrics_seconds']:.1f} s; predictions file {_gb(p['out_bytes'])} "
