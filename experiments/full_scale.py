@@ -193,35 +193,64 @@ def _gb(b: float) -> str:
   return f"{b / 1e9:,.2f} GB"
 
 
+def _seconds_at(stage: str, r: dict, n1: int) -> tuple[float, str]:
+  """A stage's seconds at n1 rows: its fixed part (start-up, compile, table init, checkpoint
+  restore and save) as measured, its per-row part at the rate measured in this run."""
+  if stage.startswith("train_"):
+    per_row = 1.0 / r["trainer_examples_per_sec"]
+    fixed = max(0.0, r["seconds"] - r["rows"] * per_row)
+    return fixed + n1 * per_row, "fixed part + rows / the trainer's ex/s"
+  if stage.startswith("predict_"):
+    varying = r["score_seconds"] + r["metrics_seconds"]
+    return r["seconds"] - varying + varying * n1 / r["rows"], "fixed part + scoring x rows"
+  return r["seconds"] * n1 / max(r["rows"], 1), "time x rows"
+
+
+def _common_table_bytes(state: dict, split: str, scale: float) -> float:
+  """The converter's common-features table for a split at `scale` (one row of every block column
+  per common row, memory-mapped by each of its processes)."""
+  from esmjax.data import aliccp, blocks
+
+  rows = state["stages"]["generate"]["world"]["splits"][split]["common_rows"]
+  return (
+    rows
+    / state["scale"]
+    * scale
+    * blocks.row_bytes(aliccp.compile_config(aliccp.default_config()).schema)
+  )
+
+
 def extrapolate(state: dict, other: dict | None) -> dict[str, dict]:
-  """Per stage: seconds and peak RSS at scale 1, and how they were obtained."""
-  rows1 = {
-    "generate": sum(aliccp_world.split_rows(1.0).values()),
-    "convert_train": aliccp_world.split_rows(1.0)["train"],
-    "train_esmm": aliccp_world.split_rows(1.0)["train"],
-    "train_base": aliccp_world.split_rows(1.0)["train"],
-  }
+  """Per stage: seconds and peak RSS at scale 1, and how they were obtained.
+
+  Peak RSS: the predict stages hold per-row arrays (predictions, labels, users, truth, and the
+  metrics' sorts), so theirs is fitted as a + b·rows through this run and `other` (a run at another
+  scale); the trainer's pipeline and the converter's segments are bounded by design, so theirs is
+  the measured peak, plus, for the converter, the growth of its common-features table (mapped by
+  the converting process and each worker); the generator holds its entity tables, fitted too.
+  """
+  split1 = aliccp_world.split_rows(1.0)
+  rows1 = {"generate": sum(split1.values()), "convert_train": split1["train"]}
+  rows1.update({f"train_{m}": split1["train"] for m in st.MODELS})
   out = {}
   for stage, r in state["stages"].items():
-    n1 = rows1.get(stage, aliccp_world.split_rows(1.0)["test"])
+    n1 = rows1.get(stage, split1["test"])
+    sec, how_t = _seconds_at(stage, r, n1)
     o = (other or {}).get("stages", {}).get(stage)
-    if o and o["rows"] != r["rows"]:
-      fit = {}
-      for k in ("seconds", "peak_rss_bytes"):
-        b = (r[k] - o[k]) / (r["rows"] - o["rows"])
-        fit[k] = (
-          max(r[k], r[k] + b * (n1 - r["rows"]))
-          if k == "seconds"
-          else r[k] + max(0.0, b) * (n1 - r["rows"])
-        )
-      out[stage] = {**fit, "how": f"a + b·rows through scale {other['scale']} and {state['scale']}"}
-    else:
-      out[stage] = {
-        "seconds": r["seconds"] * n1 / max(r["rows"], 1),
-        "peak_rss_bytes": r["peak_rss_bytes"],
-        "how": "time x rows; RSS as measured",
-      }
-    out[stage]["rows"] = n1
+    rss, how_m = r["peak_rss_bytes"], "RSS as measured (bounded)"
+    if stage.startswith("convert_"):
+      split = stage.split("_")[1]
+      grow = _common_table_bytes(state, split, 1.0) - _common_table_bytes(
+        state, split, state["scale"]
+      )
+      workers = os.cpu_count() or 1
+      rss += (workers + 1) * grow
+      how_m = f"RSS measured + common table growth x {workers + 1} processes"
+    elif o and o["rows"] != r["rows"] and stage.split("_")[0] in ("predict", "generate"):
+      b = (r["peak_rss_bytes"] - o["peak_rss_bytes"]) / (r["rows"] - o["rows"])
+      rss += max(0.0, b) * (n1 - r["rows"])
+      how_m = f"RSS a + b·rows through scales {other['scale']} and {state['scale']}"
+    out[stage] = {"rows": n1, "seconds": sec, "peak_rss_bytes": rss, "how": f"{how_t}; {how_m}"}
   return out
 
 
@@ -265,6 +294,7 @@ def markdown(state: dict, ext: dict, disk1: dict, command: str, prov: dict) -> s
         _gb(r["workdir_bytes"]),
         f"{e['seconds'] / 60:.1f}",
         _gb(e["peak_rss_bytes"]),
+        e["how"],
       ]
     )
   total = sum(r["seconds"] for k, r in stg.items() if k != "generate")
@@ -315,12 +345,13 @@ def markdown(state: dict, ext: dict, disk1: dict, command: str, prov: dict) -> s
         "workdir after",
         "scale 1: min",
         "scale 1: peak RSS",
+        "scale 1: how",
       ],
       rows,
     ),
     "",
     f"The path without generation: **{total / 60:.1f} min** here; **{total1 / 60:.0f} min** "
-    f"extrapolated to scale 1 ({ext['convert_train']['how']}).",
+    "extrapolated to scale 1 (last column: how; the rates are this run's, on a shared machine).",
     "",
     "Disk at scale 1, everything the path keeps at once (measured bytes / scale; runs: one "
     f"checkpoint as measured x {_CKPT_KEEP + 1}, kept and in flight, as their tables do not grow "
