@@ -7,8 +7,9 @@ r"""Ali-CCP raw dump -> an esmjax blocked dataset: each file read once, bounded 
         [--label_leakage=warn|fail] [--compression=lz4|zstd|none]
 
 (`--compression` compresses each block record whole, `esmjax.data.blocks`: lz4, the default, stores
-the Ali-CCP-shaped world in ~62 instead of ~706 bytes a row at no measured cost to the trainer's
-input pipeline; zstd in ~41, the pipeline at ~0.8x: benchmarks/results/block_codec.md.
+the Ali-CCP-shaped world in ~62 instead of ~706 bytes a row, the trainer's input pipeline at
+0.89-1.01x its rows/s on plain blocks (two runs, still ~800 k rows/s); zstd in ~41, the pipeline at
+0.77-0.91x: benchmarks/results/block_codec.md.
 `--range_mb` caps the byte range per task and shard; smaller files are cut into 16 ranges of at
 least 4 MB each, so both workers stay busy.) Exit codes (`esmjax.exits`): 0 converted; 2 a user
 error (flags, --config and its overrides, a missing input, an unusable --out_dir), one line on
@@ -411,8 +412,8 @@ def _define_flags():
     "compression",
     "lz4",
     list(COMPRESSIONS),
-    "each block record compressed whole (lz4: ~11x smaller on Ali-CCP-shaped rows, no cost to "
-    "the pipeline measured; zstd: ~17x, the pipeline ~0.8x)",
+    "each block record compressed whole (lz4: ~11x smaller on Ali-CCP-shaped rows, the "
+    "pipeline at 0.89-1.01x; zstd: ~17x, the pipeline at 0.77-0.91x)",
   )
   flags.DEFINE_enum(
     "label_leakage",
