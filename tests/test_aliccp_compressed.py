@@ -80,3 +80,17 @@ def test_bad_line_in_a_compressed_file_is_numbered_as_in_the_plain_file(tmp_path
         bad_lines="fail",
         progress=False,
       )
+
+
+def test_block_compression_keeps_the_rows_and_is_recorded(tmp_path):
+  sk, cf, _ = build_raw(tmp_path, reps=30)
+  sizes = {}
+  for c in ("none", "lz4", "zstd"):
+    out = str(tmp_path / c)
+    m = aliccp.convert(str(sk), str(cf), out, workers=1, compression=c, progress=False)
+    assert m["conversion"]["block_compression"] == (None if c == "none" else c)
+    sizes[c] = sum(os.path.getsize(tmp_path / c / s["path"]) for s in m["shards"])
+    _same(str(tmp_path / "none"), str(tmp_path / c))
+  assert sizes["lz4"] < sizes["none"] and sizes["zstd"] < sizes["none"]
+  with pytest.raises(aliccp.ConversionError, match=r"compression='gzip'; allowed: \['none'"):
+    aliccp.convert(str(sk), str(cf), str(tmp_path / "x"), compression="gzip", progress=False)
