@@ -142,10 +142,16 @@ def score_dataset(
   step_fn = step_fn or jit_predict_step(run)
   bs = -(-batch_size // run.mesh.size) * run.mesh.size
   cols = evaluation.predict_dataset(step_fn, state, dataset, bs, run.mesh, max_rows)
+  # Stray counts come as per-batch sums (not rows): totalled here, then over the processes.
+  local = np.asarray(cols.pop(inputs.STRAYS_KEY), np.int64).sum(0)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    local = np.asarray(multihost_utils.process_allgather(local)).sum(0)
+  strays = pop_strays(run.schema, {inputs.STRAYS_KEY: local[None]})
   cols = sh.gather_host_columns(cols)  # process by process: blocks 0, P, 2P, ..., then 1, P+1, ...
   order = np.argsort(cols.pop("row"), kind="stable")
-  cols = {k: v[order] for k, v in cols.items()}
-  return cols, pop_strays(run.schema, cols)
+  return {k: v[order] for k, v in cols.items()}, strays
 
 
 def predict_to_csv(config, workdir: str, input_dir: str, output_csv: str) -> int:

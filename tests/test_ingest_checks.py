@@ -7,6 +7,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import lzma
 import re
 import subprocess
 import sys
@@ -195,7 +196,7 @@ def test_archives_and_binary_files_are_refused_with_one_line(tmp_path, name, con
 @pytest.mark.parametrize(
   "kind,make,hint",
   [
-    ("gzip", gzip.compress, "gunzip -k"),
+    ("xz", lzma.compress, "xz -dk"),
     ("bzip2", bz2.compress, "bunzip2 -k"),
     ("tar archive", None, "tar -xf"),
   ],

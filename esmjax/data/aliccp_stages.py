@@ -67,6 +67,8 @@ class Job:
   progress: bool
   keep_common_index: bool
   t_start: float
+  codecs: dict = dataclasses.field(default_factory=dict)  # input path -> pyarrow codec (or absent)
+  block_codec: str | None = None  # the shards' block compression (blocks.CODECS)
 
   @property
   def fail(self) -> bool:
@@ -105,10 +107,11 @@ def build_common(job: Job, fp: str, pool, counters) -> dict:
       ingestion.console(f"{path}: reusing the common-feature index in {cdir}")
     return meta
   os.makedirs(cdir, exist_ok=True)
-  tasks = [
-    dict(index=i, path=path, start=s, end=e, chunk_bytes=job.chunk_bytes, fail=job.fail)
-    for i, (s, e) in enumerate(work.ranges(path, job.range_bytes))
-  ]
+  base = dict(path=path, chunk_bytes=job.chunk_bytes, fail=job.fail)
+  tasks = (
+    dict(base, index=i, start=s, end=e, **extra)
+    for i, (s, e, extra) in enumerate(_ranges(job, path))
+  )
   results: list[dict] = []
 
   def on_result(res):
@@ -126,6 +129,7 @@ def build_common(job: Job, fp: str, pool, counters) -> dict:
     job.progress,
     os.path.getsize(path),
     f"common features {os.path.basename(path)}",
+    window=2 * job.workers,
   )
   line0s = np.cumsum([1] + [r["n_lines"] for r in results])[:-1]
   bad = ingestion.BadLines.merged(
@@ -192,30 +196,32 @@ def _save_npy(path: str, arr: np.ndarray) -> None:
 def convert_skeleton(job: Job, fp: str, pool, counters) -> dict:
   """Skeleton byte ranges -> shards + sidecars (skipping ranges a previous run completed)."""
   path, out_dir = job.skeleton, job.out_dir
-  ranges = work.ranges(path, job.range_bytes)
+  codec = job.codecs.get(path)
+  starts: list[int] = []  # each range's first byte (of the decompressed text)
   done: dict[int, dict] = {}
-  tasks = []
-  for i, (s, e) in enumerate(ranges):
-    shard, sidecar = f"shard-{i:05d}{ds_lib.SHARD_SUFFIX}", f"shard-{i:05d}.done.json"
-    spath = os.path.join(out_dir, sidecar)
-    side = state_or_none(spath, sidecar_fix(spath))
-    if (
-      side is not None
-      and side.get("fingerprint") == fp
-      and side.get("range") == [s, e]
-      and (side["shard"]["num_rows"] == 0 or os.path.exists(os.path.join(out_dir, shard)))
-    ):
-      if side["shard"]["num_rows"] and digest.tail_digest(
-        digest.confined_file(out_dir, shard, spath)
-      ) != side.get("shard_tail"):
-        raise digest.IntegrityError(
-          f"{os.path.join(out_dir, shard)} is not the shard {spath} recorded (its size or last "
-          f"bytes differ): {sidecar_fix(spath)}"
-        )
-      done[i] = side
-      continue
-    tasks.append(
-      dict(
+
+  def tasks():
+    for i, (s, e, extra) in enumerate(_ranges(job, path)):
+      starts.append(s)
+      shard, sidecar = f"shard-{i:05d}{ds_lib.SHARD_SUFFIX}", f"shard-{i:05d}.done.json"
+      spath = os.path.join(out_dir, sidecar)
+      side = state_or_none(spath, sidecar_fix(spath))
+      if (
+        side is not None
+        and side.get("fingerprint") == fp
+        and side.get("range") == [s, e]
+        and (side["shard"]["num_rows"] == 0 or os.path.exists(os.path.join(out_dir, shard)))
+      ):
+        if side["shard"]["num_rows"] and digest.tail_digest(
+          digest.confined_file(out_dir, shard, spath)
+        ) != side.get("shard_tail"):
+          raise digest.IntegrityError(
+            f"{os.path.join(out_dir, shard)} is not the shard {spath} recorded (its size or "
+            f"last bytes differ): {sidecar_fix(spath)}"
+          )
+        done[i] = side
+        continue
+      yield dict(
         index=i,
         path=path,
         start=s,
@@ -227,38 +233,47 @@ def convert_skeleton(job: Job, fp: str, pool, counters) -> dict:
         sidecar=sidecar,
         block_rows=job.block_rows,
         fingerprint=fp,
+        block_codec=job.block_codec,
+        **extra,
       )
-    )
-  if done and job.progress:
+
+  if codec is None:  # plain text: the ranges are known up front, and so is what is left to do
+    pending = list(tasks())
+    total = sum(t["end"] - t["start"] for t in pending)
+  else:
+    pending, total = tasks(), os.path.getsize(path)
+  if done and job.progress and codec is None:
     ingestion.console(
-      f"{out_dir}: resuming: {len(done)} of {len(ranges)} range(s) already converted"
+      f"{out_dir}: resuming: {len(done)} of {len(starts)} range(s) already converted"
     )
-  if job.fail:  # ranges converted earlier with --bad_lines=skip may hold bad lines
-    for i in sorted(done):
-      if done[i]["bad"]["counts"]:
-        line, kind, text = min(done[i]["bad"]["examples"])
-        raise _fail(path, work.first_line_number(path, ranges[i][0]) + line, kind, text)
+  if job.fail and codec is None:
+    _fail_on_done(path, done, starts, codec)
 
   def on_result(res):
     if "error" in res:
       i = res["index"]
       prev = [done[j]["n_lines"] for j in range(i) if j in done]
-      line0 = 1 + sum(prev) if len(prev) == i else work.first_line_number(path, ranges[i][0])
+      line0 = 1 + sum(prev) if len(prev) == i else work.first_line_number(path, starts[i], codec)
       line, kind, text = res["error"]
       raise _fail(path, line0 + line, kind, text)
     done[res["index"]] = res
 
   _run_tasks(
     work.skeleton_task,
-    tasks,
+    pending,
     pool,
     counters,
     on_result,
     job.progress,
-    sum(t["end"] - t["start"] for t in tasks),
+    total,
     f"skeleton {os.path.basename(path)}",
+    window=2 * job.workers,
   )
-  sides = [done[i] for i in range(len(ranges))]
+  if job.fail and codec is not None:
+    _fail_on_done(path, done, starts, codec)
+  if done and job.progress and codec is not None:
+    ingestion.console(f"{out_dir}: {len(starts)} range(s) converted or reused")
+  sides = [done[i] for i in range(len(starts))]
   line0s = np.cumsum([1] + [s["n_lines"] for s in sides])[:-1]
   bad = ingestion.BadLines.merged(
     [(int(l0), s["bad"]) for l0, s in zip(line0s, sides, strict=True)]
@@ -292,8 +307,34 @@ def convert_skeleton(job: Job, fp: str, pool, counters) -> dict:
   }
 
 
-def _run_tasks(fn, tasks, pool, counters, on_result, progress: bool, total: int, desc: str) -> None:
-  """Runs tasks (in the pool, or here), results in task order, with a progress bar of bytes read."""
+def _ranges(job: Job, path: str):
+  """(start, end, task extras) of the input's ranges: byte ranges of a plain file (read by the
+  workers), or segments of a compressed one's decompressed text, their bytes in the task."""
+  codec = job.codecs.get(path)
+  if codec is None:
+    for s, e in work.ranges(path, job.range_bytes):
+      yield s, e, {}
+  else:
+    for s, e, data, raw in work.segments(path, codec, job.range_bytes):
+      yield s, e, {"data": data, "raw_bytes": raw}
+
+
+def _fail_on_done(path: str, done: dict, starts: list[int], codec) -> None:
+  """--bad_lines=fail: ranges converted earlier with --bad_lines=skip may hold bad lines."""
+  for i in sorted(done):
+    if done[i]["bad"]["counts"]:
+      line, kind, text = min(done[i]["bad"]["examples"])
+      raise _fail(path, work.first_line_number(path, starts[i], codec) + line, kind, text)
+
+
+def _run_tasks(
+  fn, tasks, pool, counters, on_result, progress: bool, total: int, desc: str, window: int = 4
+) -> None:
+  """Runs tasks (in the pool, or here), results in task order, with a progress bar of bytes read.
+
+  `tasks` may be a generator: at most `window` tasks are submitted and not yet finished, so tasks
+  that carry their input's bytes (compressed inputs) hold a bounded amount of memory.
+  """
   for c in counters:
     with c.get_lock():
       c.value = 0
@@ -312,15 +353,24 @@ def _run_tasks(fn, tasks, pool, counters, on_result, progress: bool, total: int,
         tick()
         on_result(res)
       return
-    it = pool.imap(fn, tasks)
-    done = 0
-    while done < len(tasks):
+    inflight: collections.deque = collections.deque()
+    it = iter(tasks)
+    more = True
+    while more or inflight:
+      while more and len(inflight) < window:
+        t = next(it, None)
+        if t is None:
+          more = False
+        else:
+          inflight.append(pool.apply_async(fn, (t,)))
+      if not inflight:
+        break
       try:
-        res = it.next(timeout=0.25)
+        res = inflight[0].get(timeout=0.25)
       except mp.TimeoutError:
         tick()
         continue
-      done += 1
+      inflight.popleft()
       tick()
       on_result(res)
   finally:

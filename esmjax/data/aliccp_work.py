@@ -73,21 +73,114 @@ def iter_chunks(path: str, start: int, end: int, chunk_bytes: int) -> Iterator[t
       yield carry + b"\n", 0
 
 
-def first_line_number(path: str, start: int) -> int:
-  """1-based number of the first line that starts at or after byte `start` (one pass up to it)."""
+def first_line_number(path: str, start: int, codec: str | None = None) -> int:
+  """1-based number of the first line that starts at or after byte `start` of the (decompressed)
+  text (one pass up to it)."""
   if start == 0:
     return 1
-  n = 0
-  with open(path, "rb") as f:
-    while f.tell() < start:
-      b = f.read(min(1 << 24, start - f.tell()))
+  n, pos, last = 0, 0, b"\n"
+  with open_input(path, codec) as f:
+    while pos < start:
+      b = f.read(min(1 << 24, start - pos))
       if not b:
         break
       n += b.count(b"\n")
-    f.seek(start - 1)
-    if f.read(1) != b"\n":
-      n += 1  # the line crossing `start` belongs to the previous range
+      pos += len(b)
+      last = b[-1:]
+  if last != b"\n":
+    n += 1  # the line crossing `start` belongs to the previous range
   return 1 + n
+
+
+# ---------------------------------------------------------------------------------------------
+# Compressed inputs: segments of the decompressed stream.
+#
+# A gzip or zstd stream cannot be entered in the middle, so byte ranges of a compressed file cannot
+# be read by independent workers. The converting process decompresses the stream once, cuts it
+# into segments of about range_bytes ending at a line end (which depend on the content and
+# range_bytes only: a rerun finds the same segments) and hands each segment's bytes to the pool;
+# at most a few segments are in flight at once, so memory stays bounded by the segment size.
+
+CODECS = {"gzip": "gzip", "zstd": "zstd"}  # files.sniff kind -> pyarrow codec
+
+
+def codec_of(kind: str | None) -> str | None:
+  """The pyarrow codec that streams a file of this sniffed kind, None when it is not one or this
+  pyarrow build lacks it."""
+  import pyarrow as pa
+
+  codec = CODECS.get(kind or "")
+  return codec if codec and pa.Codec.is_available(codec) else None
+
+
+class _Input:
+  """A binary input, decompressed on the fly when `codec` is set; `raw_pos()` is the position in
+  the file on disk (for progress bars)."""
+
+  def __init__(self, path: str, codec: str | None):
+    import pyarrow as pa
+
+    self._raw = pa.OSFile(path, "rb")
+    self._f = pa.CompressedInputStream(self._raw, codec) if codec else self._raw
+
+  def read(self, n: int) -> bytes:
+    return self._f.read(n)
+
+  def raw_pos(self) -> int:
+    return self._raw.tell()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self._f.close()
+    self._raw.close()
+
+
+def open_input(path: str, codec: str | None) -> _Input:
+  return _Input(path, codec)
+
+
+def segments(path: str, codec: str, range_bytes: int) -> Iterator[tuple[int, int, bytes, int]]:
+  """(start, end, bytes, compressed bytes read for it) of the decompressed text, each segment
+  complete lines of about range_bytes (the last may lack its final newline; one is added)."""
+  with open_input(path, codec) as f:
+    pos, carry, raw0 = 0, b"", 0
+    while True:
+      data = f.read(range_bytes)
+      buf = carry + data if carry else data
+      if not data:
+        if buf:
+          yield pos, pos + len(buf), buf + b"\n", f.raw_pos() - raw0
+        return
+      cut = buf.rfind(b"\n") + 1
+      if cut == 0:
+        carry = buf
+        continue
+      raw = f.raw_pos()
+      yield pos, pos + cut, buf[:cut], raw - raw0
+      raw0, pos, carry = raw, pos + cut, buf[cut:]
+
+
+def data_chunks(data: bytes, chunk_bytes: int) -> Iterator[tuple[bytes, int]]:
+  """A segment (complete lines) -> pieces of complete lines of about chunk_bytes, as
+  (buffer, its length)."""
+  start, n = 0, len(data)
+  while start < n:
+    end = data.find(b"\n", min(start + chunk_bytes, n) - 1) + 1 or n
+    yield data[start:end], end - start
+    start = end
+
+
+def task_chunks(task: dict) -> Iterator[tuple[bytes, int]]:
+  """The task's lines in chunks, as (buffer, bytes to report on the progress bar): a segment's
+  bytes scaled to the compressed file's, so the bar and its ETA run over the file on disk."""
+  if "data" in task:
+    scale = task["raw_bytes"] / max(len(task["data"]), 1)
+    for buf, n in data_chunks(task["data"], task["chunk_bytes"]):
+      yield buf, int(n * scale)
+  else:
+    yield from iter_chunks(task["path"], task["start"], task["end"], task["chunk_bytes"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,7 +240,7 @@ def common_task(task: dict) -> dict:
   """One byte range of the common-features file -> its rows of the (unsorted) common table."""
   spec = _W["spec"]
   rep, warn, n_lines, parts = BadLines(), BadLines(), 0, []
-  for buf, nbytes in iter_chunks(task["path"], task["start"], task["end"], task["chunk_bytes"]):
+  for buf, nbytes in task_chunks(task):
     p = parse.parse_chunk(buf, COMMON_COLS, spec, skeleton=False)
     first = parse.record_bad_lines(rep, p, n_lines)
     if first and task["fail"]:
@@ -212,7 +305,7 @@ class _FirstBadLine(Exception):
 
 def _skeleton_blocks(task: dict, spec: Spec, C: dict, acc: _RangeCounts) -> Iterator[dict]:
   """The range's good rows, joined with the common table, one block per parsed chunk."""
-  for buf, nbytes in iter_chunks(task["path"], task["start"], task["end"], task["chunk_bytes"]):
+  for buf, nbytes in task_chunks(task):
     p = parse.parse_chunk(buf, SKELETON_COLS, spec, skeleton=True)
     # Join: common_feature_index -> row of the common table.
     keys = parse.keys_of(p.a, *p.cols[3])
@@ -275,7 +368,7 @@ def skeleton_task(task: dict) -> dict:
     _W["common"] = load_common(_W["common_dir"])
   t0 = time.time()
   acc = _RangeCounts(spec, seed=task["index"])
-  writer = ShardWriter(task["out_dir"], task["shard"], spec.schema)
+  writer = ShardWriter(task["out_dir"], task["shard"], spec.schema, task.get("block_codec"))
   try:
     rows = _skeleton_blocks(task, spec, _W["common"], acc)
     for block in fixed_size_blocks(rows, task["block_rows"]):

@@ -16,7 +16,16 @@ Why blocks of thousands of rows: a grain record costs ~100 µs of Python whateve
 record per row would cap the input at ~10 k rows/s (docs/design.md, Data).
 
 `encode_block` turns a block into one bytes record (a small JSON header and the raw arrays, 64-byte
-aligned), so decoding is `np.frombuffer`: no copies, no pickle.
+aligned), so decoding is `np.frombuffer`: no copies, no pickle. With `codec` ("zstd", "lz4") the
+record is compressed whole (pyarrow's codecs) behind a small header of its own (magic `ESBZ`, the
+codec, the plain record's size); `decode_block` decompresses it into one buffer and reads that as
+above. Why whole records, and why not narrower dtypes: the columns are mostly padding and values
+that repeat across the rows of one request (the user's features, the behaviour lists), which a
+byte compressor removes wholesale: on the Ali-CCP-shaped world lz4 took a row from 706 to 62 bytes,
+zstd level 1 to 41 (benchmarks/results/block_codec.md, with the pipeline's rows/s for each), and
+narrowing the integer columns first (user and sample ids to 32 bits) saved nothing on top of zstd
+(38.58 against 38.55 B/row on one block; the ids need their 32 bits at a million hash buckets), so
+the columns keep the dtypes the model reads.
 """
 
 from __future__ import annotations
@@ -31,7 +40,10 @@ import numpy as np
 from esmjax.schema import DatasetError, Schema
 
 _MAGIC = b"ESB1"
+_MAGIC_Z = b"ESBZ"
 ALIGN = 64
+CODECS = ("zstd", "lz4")
+_LEVELS = {"zstd": 1, "lz4": None}  # zstd 1: ~3 µs/row to compress, ~0.6 µs/row to decompress
 
 
 def empty_block(schema: Schema, n: int = 0) -> dict[str, np.ndarray]:
@@ -158,8 +170,9 @@ def auto_block_rows(schema: Schema, target_bytes: int = 1 << 20) -> int:
   return int(min(16384, max(256, 2 ** round(np.log2(n)))))
 
 
-def encode_block(block: dict[str, np.ndarray]) -> bytes:
-  """Block -> bytes: MAGIC, u32 header length, JSON header, 64-byte aligned raw arrays."""
+def encode_block(block: dict[str, np.ndarray], codec: str | None = None) -> bytes:
+  """Block -> bytes: MAGIC, u32 header length, JSON header, 64-byte aligned raw arrays; with
+  `codec`, that record compressed behind a `ESBZ` header."""
   entries, chunks, off = {}, [], 0
   for k in sorted(block):
     a = np.ascontiguousarray(block[k])
@@ -170,14 +183,41 @@ def encode_block(block: dict[str, np.ndarray]) -> bytes:
     entries[k] = [a.dtype.str, list(a.shape), off]
     chunks.append(a.tobytes())
     off += a.nbytes
-  header = json.dumps(entries).encode()
-  head_len = len(_MAGIC) + 4 + len(header)
+  rec = _with_header(_MAGIC, json.dumps(entries).encode(), b"".join(chunks))
+  if codec is None:
+    return rec
+  import pyarrow as pa
+
+  if codec not in CODECS:
+    raise ValueError(f"block codec {codec!r}; allowed: {list(CODECS)} or None")
+  packed = pa.Codec(codec, compression_level=_LEVELS[codec]).compress(rec, asbytes=True)
+  return _with_header(_MAGIC_Z, json.dumps([codec, len(rec)]).encode(), packed)
+
+
+def _with_header(magic: bytes, header: bytes, payload: bytes) -> bytes:
+  head_len = len(magic) + 4 + len(header)
   lead = (-head_len) % ALIGN
-  return _MAGIC + struct.pack("<I", len(header) + lead) + header + b" " * lead + b"".join(chunks)
+  return magic + struct.pack("<I", len(header) + lead) + header + b" " * lead + payload
+
+
+def _decompress(record) -> memoryview:
+  """An `ESBZ` record -> the plain record's bytes."""
+  import pyarrow as pa
+
+  (hlen,) = struct.unpack("<I", record[4:8])
+  try:
+    codec, size = json.loads(bytes(record[8 : 8 + hlen]))
+    plain = pa.Codec(codec).decompress(record[8 + hlen :], decompressed_size=size)
+  except (ValueError, TypeError, OSError, pa.ArrowException) as e:
+    raise DatasetError(f"compressed block record is corrupt: {e}") from None
+  return memoryview(plain)
 
 
 def decode_block(record) -> dict[str, np.ndarray]:
-  """bytes (or a memoryview) of `encode_block` -> the block, as views of `record` (no copies)."""
+  """bytes (or a memoryview) of `encode_block` -> the block, as views of `record` (no copies), or
+  of its decompressed bytes (a compressed record)."""
+  if bytes(record[:4]) == _MAGIC_Z:
+    record = _decompress(record)
   if bytes(record[:4]) != _MAGIC:
     raise DatasetError("record is not an esmjax block (bad magic); is this an esmjax dataset?")
   (hlen,) = struct.unpack("<I", record[4:8])

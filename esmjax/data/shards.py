@@ -77,8 +77,9 @@ class ShardWriter:
   leaves only a `.tmp` file, never a shard that looks complete.
   """
 
-  def __init__(self, directory: str, name: str, schema: Schema):
+  def __init__(self, directory: str, name: str, schema: Schema, codec: str | None = None):
     self.name, self.path, self.schema = name, os.path.join(directory, name), schema
+    self.codec = codec  # blocks_lib.CODECS: each block record compressed whole
     self._tmp = self.path + ".tmp"
     self._f = open(self._tmp, "wb")
     self._index: list[tuple[int, ...]] = []
@@ -89,7 +90,7 @@ class ShardWriter:
     n = blocks_lib.check_block(self.schema, block)
     if n == 0:
       return
-    rec = blocks_lib.encode_block(block)
+    rec = blocks_lib.encode_block(block, self.codec)
     self._f.write(rec)
     pad = (-len(rec)) % blocks_lib.ALIGN
     self._f.write(b"\0" * pad)
