@@ -149,7 +149,7 @@ def convert(
   if stats_from and not os.path.isdir(stats_from):
     raise ConversionError(f"--stats_from: no such dataset directory: {stats_from}")
   ingestion.check_out_dir(out_dir, stats_from, ConversionError)
-  _check_roles(skeleton, common_features)
+  _check_roles(skeleton, common_features, codecs)
   spec = compile_config(config if config is not None else default_config())
   job = stages.Job(
     skeleton=skeleton,
@@ -174,10 +174,11 @@ def convert(
     return _convert(job)
 
 
-def _columns(path: str) -> int | None:
+def _columns(path: str, codec: str | None) -> int | None:
   """The comma-separated columns of the file's first non-empty line (None: no such line in its
-  first MB). Feature lists hold no commas, so a skeleton line has 6 and a common-features one 3."""
-  with open(path, "rb") as f:
+  first MB of text, decompressed where the file is). Feature lists hold no commas, so a skeleton
+  line has 6 and a common-features one 3."""
+  with work.open_input(path, codec) as f:
     head = f.read(1 << 20)
   for line in head.split(b"\n"):
     if line.strip():
@@ -185,10 +186,11 @@ def _columns(path: str) -> int | None:
   return None
 
 
-def _check_roles(skeleton: str, common_features: str) -> None:
+def _check_roles(skeleton: str, common_features: str, codecs: dict) -> None:
   """Refuses inputs given in each other's place (or a common-features file as both): their rows
   would all be bad lines and the output empty."""
-  sk, cf = _columns(skeleton), _columns(common_features)
+  sk = _columns(skeleton, codecs.get(skeleton))
+  cf = _columns(common_features, codecs.get(common_features))
   if sk == 3 and cf == 6:
     raise ConversionError(
       f"the inputs look swapped: --skeleton={skeleton} has common-features rows (3 columns) and "
