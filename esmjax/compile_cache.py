@@ -3,7 +3,8 @@ second run of the same config (same shapes, jax and devices) loads them instead 
 
 On by default under `default_dir()`: $ESMJAX_COMPILE_CACHE when set (a directory, or "" / "off"
 for no cache), else ~/.cache/esmjax/jax-compile. `train.compile_cache_dir` overrides it ("" = off).
-A cache set up by the user through JAX's own `JAX_COMPILATION_CACHE_DIR` is left as it is.
+A cache directory JAX already has (the user's `JAX_COMPILATION_CACHE_DIR`, or an earlier run in
+this process) is left as it is.
 `enable` runs at the command line's and the Python API's start-up, before anything compiles.
 """
 
@@ -29,8 +30,8 @@ def default_dir() -> str:
 
 
 def enable(config) -> str | None:
-  """Points JAX's persistent cache at the config's directory; returns it (None: off, or the user's
-  own JAX_COMPILATION_CACHE_DIR kept). An unusable directory is a warning, never an error: the
+  """Points JAX's persistent cache at the config's directory; returns it (None: off, or a
+  directory JAX already had is kept). An unusable directory is a warning, never an error: the
   run compiles as without a cache."""
   import jax
 
@@ -38,9 +39,9 @@ def enable(config) -> str | None:
   if path.strip().lower() in OFF:
     logging.info("compilation cache: off (train.compile_cache_dir='')")
     return None
-  own = os.environ.get("JAX_COMPILATION_CACHE_DIR")
-  if own and jax.config.jax_compilation_cache_dir:
-    logging.info("compilation cache: %s (JAX_COMPILATION_CACHE_DIR)", own)
+  own = jax.config.jax_compilation_cache_dir
+  if own:  # JAX reads its cache directory once: one set before (JAX_COMPILATION_CACHE_DIR) stays
+    logging.info("compilation cache: %s (set for JAX before esmjax started)", own)
     return None
   path = os.path.abspath(os.path.expanduser(path))
   try:

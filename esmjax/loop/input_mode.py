@@ -73,8 +73,8 @@ def fits(run, dataset, fraction: float) -> tuple[bool, str]:
   limit, source = device_memory_bytes()
   ok = data + state <= MEMORY_SHARE * limit
   why = (
-    f"rows {data / 2**20:.0f} MiB + state {state / 2**20:.0f} MiB per device "
-    f"{'<=' if ok else '>'} {MEMORY_SHARE:.0%} of {limit / 2**30:.1f} GiB ({source})"
+    f"rows {data / 2**20:.1f} MiB + state {state / 2**20:.1f} MiB per device "
+    f"{'<=' if ok else '>'} {MEMORY_SHARE:.0%} of {limit / 2**20:.1f} MiB ({source})"
   )
   return ok, why
 
@@ -100,7 +100,12 @@ def resolve(config, run, dataset, *, custom_batches: bool = False) -> str:
     logging.info("input: resident on the devices (data.input_mode='device'; %s)", why)
     return "device"
   on_cpu = jax.default_backend() == "cpu"
-  if not ok:
+  rows = resident.resident_bytes(dataset, float(config.data.train_fraction)) // max(
+    1, resident.row_bytes(dataset)
+  )
+  if rows < int(config.train.batch_size):
+    choice, reason = "stream", f"{rows} rows are fewer than a batch"
+  elif not ok:
     choice, reason = "stream", f"the rows do not fit: {why}"
   elif on_cpu and not CPU_PREFERS_DEVICE:
     choice, reason = "stream", f"on CPU the stream measured faster ({why})"
