@@ -156,11 +156,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   mode = config.data.get("input_mode", "auto")  # absent from configs saved before it existed
   if mode not in INPUT_MODES:
     raise ConfigError(f"data.input_mode={mode!r} is not allowed; allowed: {list(INPUT_MODES)}")
-  cache_dir = config.train.get("compile_cache_dir", "")
-  if not isinstance(cache_dir, str):
-    raise ConfigError(
-      f"train.compile_cache_dir={cache_dir!r}: give a directory, or '' to turn the cache off"
-    )
   if not 0.0 < config.data.train_fraction <= 1.0:
     raise ConfigError(f"data.train_fraction={config.data.train_fraction!r} must be in (0, 1]")
   for key in ("data.train_dir", "data.eval_dir"):
