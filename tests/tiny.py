@@ -115,7 +115,6 @@ def tiny_config(model: str = "esmm", **overrides):
   c.train.log_every = 1
   c.mesh.num_devices = 1
   c.checkpoint.every_steps = 1
-  c.train.compile_cache_dir = ""  # tests never write to the user's compilation cache
   for key, value in overrides.items():
     config_lib.set_path(c, key, value)
   return c
