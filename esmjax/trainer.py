@@ -1,8 +1,13 @@
 """The training loop: its parts (`esmjax.loop`) in the order of events.
 
 validate → lock the workdir → datasets → `Run` (mesh, components, shardings, jitted steps) →
-restore or init → compile the dispatch program → loop { n steps → log → evaluate → save →
-preemption } → final evaluation → final save, on disk → `summary.json`.
+input mode (the grain stream, or the rows resident on the devices: `loop.input_mode`) → restore
+or init → compile the dispatch program → loop { n steps → the previous log step's line →
+evaluate → save → preemption } → final evaluation → final save, on disk → `summary.json`.
+
+A log step's values are read once the next dispatch is queued behind it, so the devices never
+wait for the host between dispatches; where the host waits anyway (an evaluation, a save, a stop,
+the last step) the line is written at once.
 """
 
 from __future__ import annotations
