@@ -57,5 +57,5 @@ def test_resident_train_dispatch_lowers_for_cuda_and_tpu(data, devices):
   # device the region is inlined).
   assert "stablehlo.while" in text
   assert "manual_computation" in text if devices > 1 else "stablehlo.gather" in text
-  rows_arg = f"tensor<{rows.rows}x{len(tiny.tiny_schema().sparse)}xi32>"
+  rows_arg = f"tensor<{rows.rows}x{rows.columns['rows'].shape[1]}xi32>"
   assert rows_arg in signature  # the resident rows are an argument, not a constant

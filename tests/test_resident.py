@@ -48,6 +48,18 @@ def test_the_order_is_a_pure_function_of_seed_epoch_and_device():
   assert np.mean(base == np.arange(500)) < 0.05  # shuffled at all
 
 
+def test_packed_columns_read_back_bit_for_bit():
+  block = tiny.random_block(tiny.tiny_schema(), 50)
+  cols = {k: block[k] for k in ("sparse", "mv_ids", "mv_w", "dense", "labels")}
+  cols["mv_w"][3, 1] = np.float32(-0.0)  # floats travel as their bits
+  rows, layout = resident.pack(cols)
+  assert rows.dtype == np.int32 and rows.shape == (50, sum(v.shape[1] for v in cols.values()))
+  back = resident.unpack(rows, layout)
+  for k, v in cols.items():
+    assert back[k].dtype == v.dtype
+    np.testing.assert_array_equal(np.asarray(back[k]).view(np.uint8), v.view(np.uint8))
+
+
 def test_position_of_a_step_is_exact_past_int32():
   assert resident.position(0, 8, 100) == (0, 0)
   assert resident.position(13, 8, 100) == (1, 4)
@@ -116,7 +128,9 @@ def test_the_resident_rows_are_the_rows_the_stream_reads_in_an_epoch(data):
   np.testing.assert_array_equal(np.sort(stream_ids), np.sort(resident_ids))
   # The resident columns hold exactly those rows, in block order.
   labels = np.concatenate([src.read(i)["labels"] for i in range(used)])
-  np.testing.assert_array_equal(np.asarray(res.columns["labels"]), labels)
+  got = resident.unpack(np.asarray(res.columns["rows"]), res.layout)
+  np.testing.assert_array_equal(np.asarray(got["labels"]), labels)
+  assert got["labels"].dtype == labels.dtype
 
 
 # -- runs -----------------------------------------------------------------------------------------
