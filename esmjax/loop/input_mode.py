@@ -4,9 +4,10 @@ the devices (`esmjax.loop.resident`).
 'stream' always works; 'device' needs the used rows to fit the devices' memory with room for the
 train state (tables, their slots, the towers) and the step's own buffers; 'auto' takes 'device'
 where it fits and measured faster, else 'stream'. Measured (benchmarks/input_modes.py, results in
-benchmarks/results/input_modes.md): on CPU the resident gather runs in series with the step on the
-same cores while the stream's gather overlaps it on a thread, so 'auto' keeps the stream on CPU
-when `CPU_PREFERS_DEVICE` is False; on GPU and TPU the rows sit in HBM, next to the step.
+benchmarks/results/input_modes.md): on CPU the resident gather (2.4-2.7 M rows/s,
+benchmarks/results/resident_feed.md) runs in series with the step on the same cores while the
+stream's gather overlaps it on a thread, so 'auto' keeps the stream on CPU (`CPU_PREFERS_DEVICE`);
+on GPU and TPU the rows sit in device memory, next to the step, and 'auto' takes them there.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from esmjax import config as config_lib
 from esmjax.loop import resident
 
 MODES = config_lib.INPUT_MODES
-# What benchmarks/input_modes.py measured faster end to end on CPU where the rows fit.
+# What benchmarks/input_modes.py measured faster end to end on CPU where the rows fit: the stream
+# (device / stream 0.81, 1.08, 0.80, 0.92 for ESMM and ESM2 at batch 1 024 and 4 096 on 2 cores;
+# benchmarks/results/input_modes.md).
 CPU_PREFERS_DEVICE = False
 # Share of a device's memory the resident rows and the state may take together (the rest: the
 # step's activations, gradients and XLA's buffers).
