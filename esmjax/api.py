@@ -39,11 +39,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict
   evaluation: `ctr/auc`, `cvr/auc`, …), `steps`, `examples_per_sec`, `train_dir`, `eval_dir`,
   `config`, and `workdir`.
   """
-  from esmjax import absl_flags, trainer
+  from esmjax import absl_flags, compile_cache, trainer
   from esmjax import config as config_lib
 
   absl_flags.ensure_parsed()
   config_lib.validate(config)
+  compile_cache.enable(config)
   workdir = workdir or default_workdir(config)
   summary = trainer.train_and_evaluate(config, workdir)
   return {**summary, "workdir": workdir}

@@ -83,6 +83,8 @@ RESUME_FREE_KEYS = (
   "train.steps_per_dispatch",
   "data.prefetch",
   "data.cache_dir",
+  "data.input_mode",  # the mode actually used is in the meta, and checked on resume
+  "train.compile_cache_dir",
   # Test hooks that configs saved in older workdirs carry; they never changed a result.
   "train.inject_nan_at_step",
   "train.step_delay_s",
@@ -199,10 +201,19 @@ def _cpu_array_handler() -> None:
 class Checkpointer:
   """Saves the train state, data position and config; restores the latest usable checkpoint."""
 
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict, run, read_only=False):
+  def __init__(
+    self,
+    workdir: str,
+    config: ml_collections.ConfigDict,
+    run,
+    read_only=False,
+    input_mode: str = "stream",
+  ):
     """`read_only`: for `check_resumable` before the run owns the workdir's contents (creates,
-    cleans and saves nothing)."""
+    cleans and saves nothing). `input_mode`: 'stream' or 'device', how the saved position is
+    read."""
     _cpu_array_handler()
+    self.input_mode = input_mode  # 'stream' or 'device': how the saved position is read
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, CKPT_DIR)
     self.config = config
@@ -235,6 +246,7 @@ class Checkpointer:
       "format": META_FORMAT,
       "step": int(step),
       "has_data": has_data,
+      "input_mode": self.input_mode,
       "num_devices": int(self.run.mesh.size),
       "num_processes": int(jax.process_count()),
       "num_rows": int(layout.num_rows),
@@ -401,6 +413,21 @@ class Checkpointer:
     if diffs:
       raise IncompatibleCheckpointError(
         f"{where} of an incompatible config: {'; '.join(diffs)}; {fix}"
+      )
+    saved_mode = meta.get("input_mode", "stream")  # checkpoints from before the key: the stream
+    if saved_mode != self.input_mode:
+      raise IncompatibleCheckpointError(
+        f"{where} trained with data.input_mode={saved_mode!r}, whose data position this run "
+        f"({self.input_mode!r}) cannot continue; resume with --config.data.input_mode={saved_mode}"
+      )
+    if self.input_mode == "device" and meta["num_devices"] != self.run.mesh.size:
+      logging.warning(
+        "checkpoint step %d was trained on %d device(s), this run has %d: the resident rows are "
+        "split over the devices differently, so the data order from here on differs from an "
+        "uninterrupted run's",
+        step,
+        meta["num_devices"],
+        self.run.mesh.size,
       )
     if meta["num_processes"] != jax.process_count():
       raise IncompatibleCheckpointError(

@@ -12,6 +12,8 @@ import os
 
 import ml_collections
 
+from esmjax import compile_cache
+
 # The walker of dotted keys, also used as config.ConfigError / unknown_key / get_path / set_path.
 from esmjax.config_keys import ConfigError, get_path, set_path, unknown_key  # noqa: F401
 from esmjax.embedding import optimizers as opt_lib
@@ -21,6 +23,7 @@ from esmjax.models import registry as model_registry
 C = ml_collections.ConfigDict
 
 
+INPUT_MODES = ("auto", "stream", "device")  # data.input_mode (esmjax/loop/input_mode.py)
 BEST_TASKS = ("ctr", "cvr", "ctcvr", "ctavr")  # tasks of checkpoint.best_metric
 BEST_METRICS = (
   "auc",
@@ -81,6 +84,9 @@ def default_config(world: str = "default") -> ml_collections.ConfigDict:
   c.data.window_blocks = 8  # blocks whose rows are shuffled together
   c.data.prefetch = 2  # batches prepared ahead in a background thread
   c.data.train_fraction = 1.0  # use this leading fraction of the training blocks (sparsity curves)
+  # auto, stream (grain, from disk) or device (rows resident on the devices, batched there);
+  # auto: device where the rows fit and that measured faster (esmjax/loop/input_mode.py)
+  c.data.input_mode = "auto"
 
   c.train = C()
   c.train.batch_size = 4096  # global batch (split over devices and processes)
@@ -92,6 +98,9 @@ def default_config(world: str = "default") -> ml_collections.ConfigDict:
   c.train.eval_batch_size = 16384  # rows per evaluation step
   c.train.max_eval_rows = -1  # evaluate on at most this many rows; -1 = all
   c.train.steps_per_dispatch = 8  # steps per host dispatch (one device loop); k changes no result
+  # JAX's persistent compilation cache: a second run skips compiling; "" = off
+  # (default: $ESMJAX_COMPILE_CACHE, else ~/.cache/esmjax/jax-compile; esmjax/compile_cache.py)
+  c.train.compile_cache_dir = compile_cache.default_dir()
 
   c.mesh = C()
   c.mesh.axis = "data"  # mesh axis of batches and table rows
@@ -144,6 +153,9 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       f"model.hidden={hidden!r}: tower sizes are missing; give a non-empty list of "
       "positive ints, e.g. --config.model.hidden=200,80"
     )
+  mode = config.data.get("input_mode", "auto")  # absent from configs saved before it existed
+  if mode not in INPUT_MODES:
+    raise ConfigError(f"data.input_mode={mode!r} is not allowed; allowed: {list(INPUT_MODES)}")
   if not 0.0 < config.data.train_fraction <= 1.0:
     raise ConfigError(f"data.train_fraction={config.data.train_fraction!r} must be in (0, 1]")
   for key in ("data.train_dir", "data.eval_dir"):

@@ -52,7 +52,7 @@ def main(argv):
     exits.fail(f"unexpected arguments: {argv[1:]}", exits.USER_ERROR)
   cli.quiet_libraries()
   # Imports after flag parsing: grain workers import the package, never this module's side effects.
-  from esmjax import api, distributed
+  from esmjax import api, compile_cache, distributed
   from esmjax import config as config_lib
 
   config = _CONFIG.value
@@ -60,6 +60,7 @@ def main(argv):
   with cli.exit_codes():
     config_lib.validate(config)
     distributed.maybe_initialize(config)
+    compile_cache.enable(config)  # before anything compiles
     if _MODE.value == "predict":
       cli.predict(config, workdir, _PREDICT_INPUT.value, _PREDICT_OUTPUT.value)
     elif _MODE.value == "export":

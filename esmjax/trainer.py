@@ -1,9 +1,14 @@
 """The training loop: its parts (`esmjax.loop`) in the order of events.
 
 validate → lock the workdir → datasets → `Run` (mesh, components, shardings, jitted steps) →
-the checks against the workdir (checkpoint compatibility, schema) → first write → restore or
-init → compile the dispatch program → loop { n steps → log → evaluate → save → preemption } →
-final evaluation → final save, on disk → `summary.json`.
+the checks against the workdir (checkpoint compatibility, schema) → first write → input mode
+(the grain stream, or the rows resident on the devices: `loop.input_mode`) → restore or init →
+compile the dispatch program → loop { n steps → the previous log step's line → evaluate → save →
+preemption } → final evaluation → final save, on disk → `summary.json`.
+
+A log step's values are read once the next dispatch is queued behind it, so the devices never
+wait for the host between dispatches; where the host waits anyway (an evaluation, a save, a stop,
+the last step) the line is written at once.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from absl import logging
 from esmjax import config as config_lib
 from esmjax import evaluation, metrics_io
 from esmjax.loop import data as data_lib
+from esmjax.loop import input_mode, resident
 from esmjax.loop import summary as summary_lib
 from esmjax.loop import workdir as workdir_lib
 from esmjax.loop.checkpointing import CheckpointPolicy, check_resumable
@@ -79,14 +85,20 @@ class _Training:
   def _open(self) -> None:
     config, run, stack = self.config, self.run, self._stack
     self.t0 = time.perf_counter()
-    self.data_iter = data_lib.make_train_iter(config, self.train_ds)
-    stack.callback(data_lib.close_iter, self.data_iter)
+    custom = self.hooks.batches is not Hooks().batches
+    self.input_mode = input_mode.resolve(config, run, self.train_ds, custom_batches=custom)
+    self.data_iter = None
+    if self.input_mode == "stream":
+      self.data_iter = data_lib.make_train_iter(config, self.train_ds)
+      stack.callback(data_lib.close_iter, self.data_iter)
     self.writer = metrics_io.MetricWriter(
       self.workdir, enabled=jax.process_index() == 0, config=config
     )
     stack.callback(self.writer.close)
     self.guard = NanGuard(run)
-    self.checkpoints = CheckpointPolicy(self.workdir, config, run, self.data_iter, self.guard)
+    self.checkpoints = CheckpointPolicy(
+      self.workdir, config, run, self.data_iter, self.guard, self.input_mode
+    )
     # Closed before the iterator and the writer (it waits for a save in flight, which reads the
     # iterator's position); when the run failed, an error of that save is logged, not raised over
     # the run's own.
@@ -99,7 +111,19 @@ class _Training:
     self.preemption = PreemptionHandler(agree_every=config.train.log_every)
     stack.callback(self.preemption.uninstall)
     self.plan = Plan(config.train.steps_per_dispatch, self.total, boundary_intervals(config))
-    self.dispatch = Dispatcher(run, config.train.steps_per_dispatch)
+    if self.input_mode == "device":
+      data = resident.ResidentData(self.train_ds, config, run.mesh)
+      logging.info(
+        "resident rows: %d on %d device(s) (%d each, %.0f MiB in all); %d row(s) left out",
+        data.rows,
+        run.mesh.size,
+        data.m,
+        data.nbytes / 2**20,
+        data.dropped,
+      )
+      self.dispatch = resident.ResidentDispatcher(run, data, config.train.steps_per_dispatch)
+    else:
+      self.dispatch = Dispatcher(run, config.train.steps_per_dispatch)
 
   def __exit__(self, exc_type, exc, tb) -> None:
     self._stack.__exit__(exc_type, exc, tb)
@@ -119,30 +143,39 @@ class _Training:
     self.compile_seconds = time.perf_counter() - t
     logging.info(
       "training %s for %d steps (batch %d, %d step(s) per dispatch, %d device(s), "
-      "%d process(es)); compiled in %.1fs; train rows %d, eval rows %d",
+      "%d process(es), input %s); compiled in %.1fs; train rows %d, eval rows %d",
       self.config.model.name,
       self.total,
       self.config.train.batch_size,
       self.plan.k,
       self.run.mesh.size,
       jax.process_count(),
+      self.input_mode,
       self.compile_seconds,
       self.train_ds.num_rows,
       self.eval_ds.num_rows,
     )
-    batches = self.hooks.batches(self.data_iter, start)
+    if self.input_mode == "device":
+      self.dispatch.start(start)  # the position is the step's: nothing to read from the host
+      take = lambda n: n
+    else:
+      batches = self.hooks.batches(self.data_iter, start)
+      take = lambda n: [next(batches) for _ in range(n)]
     self.meter.start()
-    step = start
+    step, pending = start, None
     while step < self.total:
       n = self.plan.next_length(step)  # k, or fewer to end exactly on the next log / eval / save
-      state, metrics, self.guard.value = self.dispatch(
-        state, [next(batches) for _ in range(n)], self.guard.value
-      )
+      state, metrics, self.guard.value = self.dispatch(state, take(n), self.guard.value)
+      # 1. Log the previous dispatch's last step, now that this one is queued behind it: reading
+      #    its values waits for it alone, so the devices never wait for the host's log work.
+      pending = self._flush(pending)
       step += n
       self.meter.add_steps(n)
       self.hooks.after_dispatch(step)
-      # 1. Log: the guard is read first, so a NaN loss stops the run before its record is written.
-      self.log.maybe_log(step, metrics, n)
+      if self.log.should_log(step):
+        pending = (step, metrics, n, self.guard.value)
+      if self._syncs(step):  # an evaluation, a save, a stop or the end waits for the devices anyway
+        pending = self._flush(pending)
       # 2. Evaluate: the whole state is checked first; the time is left out of the run's rate.
       evaluation = self.evaluator.maybe_evaluate(step, state)
       # 3. Save: after the evaluation, whose metrics rank the checkpoint for checkpoint.best_metric;
@@ -151,8 +184,29 @@ class _Training:
       # 4. Preemption: after this step's save, so a signal at a save step costs no second save.
       signal_name = self.preemption.should_stop(step)
       if signal_name:
+        self._flush(pending)
         return self._stop(step, state, signal_name)
+    self._flush(pending)
     return self._finish(start, step, state)
+
+  def _flush(self, pending) -> None:
+    """Writes the log of `pending` (a log step's (step, metrics, n, guard)), if any: its guard is
+    read first, so a NaN loss stops the run before its record is written."""
+    if pending is not None:
+      step, metrics, n, guard = pending
+      self.log.maybe_log(step, metrics, n, guard=guard)
+    return None
+
+  def _syncs(self, step: int) -> bool:
+    """Whether the host waits for the devices after this step's dispatch (no next one to hide the
+    log's read behind)."""
+    evaluates = self.evaluator.should_evaluate(step)
+    return (
+      step >= self.total
+      or evaluates
+      or self.checkpoints.should_save(step, self.total, evaluates)
+      or self.preemption.received is not None
+    )
 
   def _stop(self, step: int, state, signal_name: str) -> dict[str, Any]:
     self.checkpoints.save(step, state)  # nothing new when this step was just saved

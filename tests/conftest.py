@@ -8,6 +8,8 @@ os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# No test writes to the user's compilation cache (tests/test_host_sync.py turns one on itself).
+os.environ.setdefault("ESMJAX_COMPILE_CACHE", "")
 
 from esmjax import absl_flags
 

@@ -1,11 +1,14 @@
 """GPU / TPU readiness without a device: the guarded train step (1 and k steps per dispatch, on one
-device and on 8 row-sharded fake devices) and the predict step lower for CUDA and for TPU on this
+device and on 8 row-sharded fake devices; from host batches and from device-resident rows) and
+the predict step lower for CUDA and for TPU on this
 CPU (JAX's cross-platform lowering), so a change that only accelerators would reject fails here."""
 
 import pytest
 import tiny
 
+from esmjax.data import dataset as ds_lib
 from esmjax.loop.dispatch import Dispatcher
+from esmjax.loop.resident import ResidentData, ResidentDispatcher
 from esmjax.loop.run import Run
 
 PLATFORMS = ("cuda", "tpu")
@@ -38,3 +41,21 @@ def test_predict_step_lowers_for_cuda_and_tpu(devices):
   text = lowered.lower(lowering_platforms=PLATFORMS).as_text()
   assert "_platform_index" in _main_signature(text)
   assert ("manual_computation" in text) == (devices > 1)
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_resident_train_dispatch_lowers_for_cuda_and_tpu(data, devices):
+  cfg = tiny.run_config(data, **{"mesh.num_devices": devices, "train.steps_per_dispatch": 4})
+  run = Run(cfg, tiny.tiny_schema())
+  rows = ResidentData(ds_lib.open_dataset(str(data / "train")), cfg, run.mesh)
+  dispatch = ResidentDispatcher(run, rows, 4)
+  text = dispatch.jitted().trace(*dispatch.abstract_args()).lower(lowering_platforms=PLATFORMS)
+  text = text.as_text()
+  signature = _main_signature(text)
+  assert "_platform_index" in signature and "tf.aliasing_output" in signature
+  # The gather runs inside the steps' loop, per device on its own rows (a shard_map region; on one
+  # device the region is inlined).
+  assert "stablehlo.while" in text
+  assert "manual_computation" in text if devices > 1 else "stablehlo.gather" in text
+  rows_arg = f"tensor<{rows.rows}x{rows.columns['rows'].shape[1]}xi32>"
+  assert rows_arg in signature  # the resident rows are an argument, not a constant

@@ -136,3 +136,70 @@ def test_distributed_settings_from_flags_or_env(monkeypatch):
   cfg.distributed.process_id = 2
   with pytest.raises(config_lib.ConfigError, match=r"distributed.process_id=2 must be in \[0, 2\)"):
     distributed.settings(cfg)
+
+
+def test_two_processes_match_one_process_with_rows_resident_on_the_devices(tmp_path):
+  # data.input_mode='device': process p keeps its blocks p, p+2, ..., split over its 2 devices in
+  # order. One process on 4 devices keeps the blocks in file order, so its reference reads the
+  # same blocks reordered (even ones first): then every mesh device holds the same rows in both
+  # runs, gathers them in the same order, and the runs agree up to float summation order.
+  from esmjax.data import dataset as D
+
+  tiny.tiny_dataset(str(tmp_path / "train"), n=2048, seed=0, block_rows=32)
+  tiny.tiny_dataset(str(tmp_path / "eval"), n=512, seed=1, block_rows=64, start_id=10**6)
+  src = D.BlockSource(D.open_dataset(str(tmp_path / "train")))
+  order = list(range(0, len(src), 2)) + list(range(1, len(src), 2))
+  D.write_dataset(
+    str(tmp_path / "train-even-first"),
+    tiny.tiny_schema(),
+    [src.read(i) for i in order],
+    block_rows=32,
+    blocks_per_shard=3,
+  )
+  port = _free_port()
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  env["JAX_PLATFORMS"] = "cpu"
+  two_processes = {**_overrides(tmp_path, 1), "data.input_mode": "device"}
+  flags = [_flag(k, v) for k, v in two_processes.items()]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "-m",
+        "esmjax.main",
+        "--config=configs/esmm.py",
+        f"--workdir={tmp_path / 'two'}",
+        *flags,
+        f"--config.distributed.coordinator=127.0.0.1:{port}",
+        "--config.distributed.num_processes=2",
+        f"--config.distributed.process_id={i}",
+      ],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  one_process = {
+    **_overrides(tmp_path, 1),
+    "data.input_mode": "device",
+    "data.train_dir": str(tmp_path / "train-even-first"),
+    "mesh.num_devices": 4,
+  }
+  one = trainer.train_and_evaluate(
+    tiny.repo_config("configs/esmm.py", **one_process), str(tmp_path / "one")
+  )
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+    assert "resident rows: 2048 on 4 device(s) (512 each" in err
+  with open(tmp_path / "two" / "summary.json") as f:
+    two = json.load(f)
+  assert two["num_processes"] == 2 and two["steps"] == one["steps"] == STEPS
+  for k, v in one["metrics"].items():
+    np.testing.assert_allclose(two["metrics"][k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+  l1, l2 = _train_losses(tmp_path / "one"), _train_losses(tmp_path / "two")
+  assert sorted(l1) == sorted(l2) == [5, STEPS]
+  np.testing.assert_allclose([l2[s] for s in sorted(l2)], [l1[s] for s in sorted(l1)], rtol=1e-5)

@@ -32,7 +32,7 @@ class CheckpointPolicy:
   messages name the checkpoint a rerun would resume from (`describe_last`).
   """
 
-  def __init__(self, workdir: str, config, run, data_iter, guard):
+  def __init__(self, workdir: str, config, run, data_iter, guard, input_mode: str = "stream"):
     self.enabled = bool(config.checkpoint.enabled)
     self.every = int(config.checkpoint.every_steps)
     self.ranks_evaluations = bool(config.checkpoint.best_metric)
@@ -41,7 +41,7 @@ class CheckpointPolicy:
     if self.enabled:
       from esmjax import checkpoint as ckpt_lib  # orbax is heavy: import when a run starts
 
-      self._ckpt = ckpt_lib.Checkpointer(workdir, config, run)
+      self._ckpt = ckpt_lib.Checkpointer(workdir, config, run, input_mode=input_mode)
     guard.last_checkpoint = self.describe_last
 
   @property

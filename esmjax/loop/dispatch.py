@@ -98,7 +98,8 @@ class Dispatcher:
     self._counts: dict[int, jax.Array] = {}  # n -> n on the devices (made once per n)
 
   def jitted(self):
-    """The jitted program (state and guard donated)."""
+    """The jitted program (the state donated; the guard is not, as the log reads it one dispatch
+    later)."""
     run = self._run
     rep = run.replicated
     if self.capacity == 1:
@@ -109,7 +110,7 @@ class Dispatcher:
       program(run.components, run.loss_names, self.capacity),
       in_shardings=in_shardings,
       out_shardings=(run.state_sharding, rep, rep),
-      donate_argnums=(0, 2),
+      donate_argnums=(0,),
     )
 
   def abstract_args(self):

@@ -39,7 +39,8 @@ def update(guard, metrics: Mapping[str, jax.Array], names: Sequence[str], step: 
 class NanGuard:
   """The host's side of the guard of one run.
 
-  `value` is the device guard the dispatches thread through (donated and replaced each time);
+  `value` is the device guard the dispatches thread through (replaced each time, never donated:
+  the log reads a dispatch's guard after the next dispatch has taken it);
   `check(step)` raises NonFiniteError if a loss went non-finite, `check(step, state)` also if any
   state leaf did. `last_checkpoint()` describes what is left to resume from, for the message (the
   checkpoint policy sets it).
@@ -52,8 +53,10 @@ class NanGuard:
     self._run = run
     self._leaf_check = None
 
-  def check(self, step: int, state=None) -> None:
-    first, bad = jax.device_get(self.value)
+  def check(self, step: int, state=None, value=None) -> None:
+    """`value`: a guard read earlier (a dispatch's, on the host or the devices); default: the
+    latest."""
+    first, bad = jax.device_get(self.value if value is None else value)
     if first >= 0:
       names = ", ".join(n for n, b in zip(self.loss_names, bad, strict=True) if b)
       what = f"non-finite {names} at step {int(first)} (found at step {step})"

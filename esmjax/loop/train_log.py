@@ -94,8 +94,9 @@ def format_duration(s: float) -> str:
 
 
 class TrainLog:
-  """Every `train.log_every` steps and at the last one: the guard is read, the step's losses are
-  fetched (the only host sync of a log step), a log line and a `train` record are written."""
+  """Every `train.log_every` steps and at the last one: the guard and the step's losses are fetched
+  in one read, a log line and a `train` record are written. The trainer calls it once the next
+  dispatch is queued, so the read never leaves the devices idle."""
 
   def __init__(self, every: int, total: int, writer, meter: RateMeter, guard):
     self.every, self.total = int(every), int(total)
@@ -104,13 +105,15 @@ class TrainLog:
   def should_log(self, step: int) -> bool:
     return step % self.every == 0 or step == self.total
 
-  def maybe_log(self, step: int, metrics, n: int) -> None:
-    """`metrics`: the last dispatch's per-step values, stacked, its n steps first; the line shows
-    the last of them (`step`)."""
+  def maybe_log(self, step: int, metrics, n: int, guard=None) -> None:
+    """`metrics`: a dispatch's per-step values, stacked, its n steps first; the line shows the last
+    of them (`step`). `guard`: the NaN guard as that dispatch left it (default: the latest). One
+    `jax.device_get` reads both."""
     if not self.should_log(step):
       return
-    self._guard.check(step)  # a NaN loss stops the run before its losses are written
-    m = {k: float(v[n - 1]) for k, v in jax.device_get(metrics).items()}
+    guard, metrics = jax.device_get((self._guard.value if guard is None else guard, metrics))
+    self._guard.check(step, value=guard)  # a NaN loss stops the run before its losses are written
+    m = {k: float(v[n - 1]) for k, v in metrics.items()}
     rate = self._meter.window()
     eta = (self.total - step) * self._meter.batch_size / self._meter.run_rate()
     logging.info(
