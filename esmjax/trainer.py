@@ -57,19 +57,23 @@ def train_and_evaluate(
     train_ds, eval_ds = data_lib.resolve_datasets(config)
     evaluation.check_schema(train_ds.schema, eval_ds)  # else it is scored with other rows' ids
     run = Run(config, train_ds.schema)
-    resumes = check_resumable(workdir, config, run)
+    hooks = hooks or Hooks()
+    custom = hooks.batches is not Hooks().batches
+    mode = input_mode.resolve(config, run, train_ds, custom_batches=custom)
+    resumes = check_resumable(workdir, config, run, mode)
     workdir_lib.check_schema(workdir, train_ds.schema, has_model=resumes is not None)
     owner.announce()
     workdir_lib.write_schema(workdir, train_ds.schema)
-    with _Training(config, workdir, run, train_ds, eval_ds, hooks or Hooks()) as training:
+    with _Training(config, workdir, run, train_ds, eval_ds, hooks, mode) as training:
       return training.train()
 
 
 class _Training:
   """One run's parts, opened together and closed together (also when the run fails)."""
 
-  def __init__(self, config, workdir: str, run: Run, train_ds, eval_ds, hooks: Hooks):
+  def __init__(self, config, workdir: str, run: Run, train_ds, eval_ds, hooks: Hooks, mode: str):
     self.config, self.workdir, self.run, self.hooks = config, workdir, run, hooks
+    self.input_mode = mode  # 'stream' or 'device' (`loop.input_mode.resolve`)
     self.train_ds, self.eval_ds = train_ds, eval_ds
     self.total = data_lib.num_train_steps(config, train_ds)
     self._stack = contextlib.ExitStack()
@@ -85,8 +89,6 @@ class _Training:
   def _open(self) -> None:
     config, run, stack = self.config, self.run, self._stack
     self.t0 = time.perf_counter()
-    custom = self.hooks.batches is not Hooks().batches
-    self.input_mode = input_mode.resolve(config, run, self.train_ds, custom_batches=custom)
     self.data_iter = None
     if self.input_mode == "stream":
       self.data_iter = data_lib.make_train_iter(config, self.train_ds)

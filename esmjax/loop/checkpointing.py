@@ -9,7 +9,7 @@ from typing import Any
 from absl import logging
 
 
-def check_resumable(workdir: str, config, run) -> int | None:
+def check_resumable(workdir: str, config, run, input_mode: str = "stream") -> int | None:
   """Before the run writes anything: the checkpoint step it would resume from (None: none), or
   `checkpoint.IncompatibleCheckpointError` when that checkpoint is of another config or layout.
   With checkpoints disabled nothing is resumed, so nothing is checked."""
@@ -17,7 +17,7 @@ def check_resumable(workdir: str, config, run) -> int | None:
 
   if not config.checkpoint.enabled or not os.path.isdir(os.path.join(workdir, ckpt_lib.CKPT_DIR)):
     return None
-  ckpt = ckpt_lib.Checkpointer(workdir, config, run, read_only=True)
+  ckpt = ckpt_lib.Checkpointer(workdir, config, run, read_only=True, input_mode=input_mode)
   try:
     return ckpt.check_resumable()
   finally:
