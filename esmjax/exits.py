@@ -5,6 +5,8 @@ converters `python -m esmjax.data.aliccp` / `python -m esmjax.data.csv_ingest`.
   2  a user error: flags, the --config file or its overrides, config values, input files or
      directories, the output or work directory
   3  the run cannot go on: a NaN/Inf loss, no readable checkpoint, a failed save or write
+     (disk full, read-only file system, I/O error)
+  130 interrupted by Ctrl-C before training started (a training run saves and exits 0)
 
 An error a user can make, or a run can hit, ends in one line on stderr (`esmjax: error: ...`,
 naming the flag / key / path); anything else keeps its traceback (a bug to report).
@@ -13,12 +15,16 @@ naming the flag / key / path); anything else keeps its traceback (a bug to repor
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 from typing import NoReturn
 
 USER_ERROR = 2
 CANNOT_GO_ON = 3
+INTERRUPTED = 130  # the shell's code for a SIGINT (128 + 2)
+# OS errors of the machine rather than of the command: the run cannot go on, whatever file it was.
+MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
 # Errors about a path the user named: missing, of the wrong kind, or not theirs to write.
 PATH_ERRORS = (
   FileNotFoundError,
@@ -27,6 +33,26 @@ PATH_ERRORS = (
   IsADirectoryError,
   PermissionError,
 )
+
+
+def describe_os_error(e: OSError) -> str:
+  """`<file>: <strerror> (<ERRNO>)`, e.g. `/w/metrics.jsonl: No space left on device (ENOSPC)`."""
+  code = errno.errorcode.get(e.errno, str(e.errno)) if e.errno is not None else ""
+  where = f"{e.filename}: " if e.filename else ""
+  return f"{where}{e.strerror or e} ({code})"
+
+
+@contextlib.contextmanager
+def interrupts():
+  """Ctrl-C (KeyboardInterrupt) outside a training loop -> one line and exit 130, not the
+  traceback of whatever was importing or reading at the time. (A training run catches SIGINT
+  itself: it saves a checkpoint and exits 0.)"""
+  try:
+    yield
+  except KeyboardInterrupt:
+    print("esmjax: interrupted (Ctrl-C); nothing was finished: rerun the command", file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(INTERRUPTED)  # no interpreter shutdown: its threads' tracebacks would follow
 
 
 def fail(message: object, code: int) -> NoReturn:

@@ -44,7 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from esmjax import inputs
+from esmjax import inputs, outputs
+from esmjax.config import ConfigError
 
 FORMAT = "esmjax-export"
 VERSION = 1
@@ -62,21 +63,28 @@ OUTPUTS_DOC = {
 }
 
 
+class ExportError(ConfigError, ValueError):
+  """An export option that cannot be honoured (a batch size below 1); names the value."""
+
+
 def export(
   workdir: str,
   out_path: str,
   batch_size: int | None = None,
   config=None,
   platforms: Sequence[str] | None = None,
+  step: int | None = None,
 ) -> dict[str, Any]:
-  """Exports the latest checkpoint of `workdir` to `out_path` (+ `out_path.json`); returns the
-  signature.
+  """Exports checkpoint `step` (default: the latest; one that cannot be read is an error, never
+  replaced by an older one) of `workdir` to `out_path` (+ `out_path.json`); returns the signature.
 
   `config` defaults to the one saved in the workdir (see `esmjax.predict.saved_config`).
   """
   from esmjax import predict
 
-  run, state = predict.load(workdir, config)
+  check_batch_size(batch_size)  # before any work
+  outputs.check_target(out_path, "export")
+  run, state = predict.load(workdir, config, step)
   return export_state(
     run, state, out_path, batch_size=batch_size, platforms=platforms, workdir=workdir
   )
@@ -176,11 +184,11 @@ def export_state(
   from jax import export as jex
 
   inputs = input_signature(run.schema, batch_size)
+  check_batch_size(batch_size)
+  outputs.check_target(out_path, "export")
   if batch_size is None:
     (b,) = jex.symbolic_shape("b")
   else:
-    if int(batch_size) < 1:
-      raise ValueError(f"export: batch_size={batch_size} must be >= 1 (or None for any batch)")
     b = int(batch_size)
   args = {x["name"]: jax.ShapeDtypeStruct((b, x["shape"][1]), np.dtype(x["dtype"])) for x in inputs}
   platforms = tuple(platforms or _default_platforms())
@@ -209,23 +217,26 @@ def export_state(
     "labels": list(run.schema.labels),
     "jax_version": jax.__version__,
   }
-  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-  _atomic_write(out_path, bytes(exported.serialize()))
-  _atomic_write(out_path + SIDECAR_SUFFIX, (json.dumps(signature, indent=1) + "\n").encode())
+  outputs.atomic_write(out_path, bytes(exported.serialize()), "export")
+  outputs.atomic_write(
+    out_path + SIDECAR_SUFFIX, (json.dumps(signature, indent=1) + "\n").encode(), "export signature"
+  )
   return signature
+
+
+def check_batch_size(batch_size: int | None) -> None:
+  """A fixed batch size is >= 1 (None: any batch); a ConfigError naming the value otherwise."""
+  if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
+    raise ExportError(
+      f"export batch size {batch_size} must be >= 1 (--export_batch_size=0 or "
+      "batch_size=None: any batch)"
+    )
 
 
 def _default_platforms() -> tuple[str, ...]:
   here = jax.default_backend()
   here = "cuda" if here == "gpu" else here
   return tuple(dict.fromkeys((*DEFAULT_PLATFORMS, here)))
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
 
 
 class ExportedModel:

@@ -6,15 +6,18 @@ r"""esmjax entry point: train (and evaluate), score a dataset, or export a train
   python -m esmjax.main --config=configs/esm2.py --workdir=DIR --mode=export \
       --export_path=model.jaxexport
 
-Modes: train (train, evaluate, checkpoint; resumes from DIR's latest checkpoint), evaluate (the
-latest checkpoint on data.eval_dir), predict (one CSV row per input row, in input order), export
-(the latest checkpoint as serialized StableHLO + a JSON signature; see esmjax/export.py).
+Modes: train (train, evaluate, checkpoint; resumes from DIR's latest readable checkpoint),
+evaluate (the latest checkpoint, or --checkpoint_step, on data.eval_dir), predict (one CSV row per
+input row, in input order, and FILE.json naming the checkpoint step), export (the checkpoint as
+serialized StableHLO + a JSON signature; see esmjax/export.py). evaluate / predict / export never
+fall back to an older checkpoint: one that cannot be read stops them (exit 3).
 Any config key can be overridden: --config.model.name=esm2, --config.train.batch_size=8192, ...
 Curves: python -m esmjax.plot DIR; TensorBoard: tensorboard --logdir DIR/tensorboard.
 
 Exit codes (esmjax/exits.py): 0 done, or stopped by SIGTERM / SIGINT after saving a checkpoint
 (rerun to resume); 2 a user error (flags, config, data, workdir), one line on stderr; 3 the run
-cannot go on (NaN/Inf loss, no readable checkpoint, a failed save), one line on stderr.
+cannot go on (NaN/Inf loss, no readable checkpoint, a failed save or write), one line on stderr;
+130 interrupted (Ctrl-C) before a run started or outside training, one line on stderr.
 """
 
 from absl import app, flags
@@ -43,6 +46,12 @@ _EXPORT_PATH = flags.DEFINE_string(
 _EXPORT_BATCH = flags.DEFINE_integer(
   "export_batch_size", 0, "export: fixed batch size; 0 = any (symbolic batch dimension)."
 )
+_CHECKPOINT_STEP = flags.DEFINE_integer(
+  "checkpoint_step",
+  -1,
+  "evaluate / predict / export: the checkpoint step to use; -1 = the latest. Never replaced by "
+  "another: a checkpoint that cannot be read is an error.",
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -59,12 +68,13 @@ def main(argv):
   with cli.exit_codes():
     config_lib.validate(config)
     distributed.maybe_initialize(config)
+    step = None if _CHECKPOINT_STEP.value < 0 else _CHECKPOINT_STEP.value
     if _MODE.value == "predict":
-      cli.predict(config, workdir, _PREDICT_INPUT.value, _PREDICT_OUTPUT.value)
+      cli.predict(config, workdir, _PREDICT_INPUT.value, _PREDICT_OUTPUT.value, step)
     elif _MODE.value == "export":
-      cli.export(config, workdir, _EXPORT_PATH.value, _EXPORT_BATCH.value)
+      cli.export(config, workdir, _EXPORT_PATH.value, _EXPORT_BATCH.value, step)
     elif _MODE.value == "evaluate":
-      cli.evaluate(config, workdir)
+      cli.evaluate(config, workdir, step)
     else:
       cli.train(config, workdir)
 
@@ -72,8 +82,9 @@ def main(argv):
 def run():
   from esmjax import host_memory  # light: restarts with huge-page malloc before JAX is imported
 
-  host_memory.use_huge_page_malloc()
-  app.run(main, flags_parser=exits.parse_flags)
+  with exits.interrupts():  # Ctrl-C while importing, parsing, reading or compiling: one line
+    host_memory.use_huge_page_malloc()
+    app.run(main, flags_parser=exits.parse_flags)
 
 
 if __name__ == "__main__":
