@@ -350,7 +350,10 @@ def test_serving_and_evaluation_never_fall_back_to_an_older_checkpoint(
   assert sig["step"] == 5
   code, out, err = run_mode("evaluate", config, workdir, monkeypatch, capsys, _CHECKPOINT_STEP=5)
   assert code == 0 and out.startswith(f"checkpoint step 5 of {workdir}\n"), err
-  with pytest.raises(ckpt_lib.StepNotFoundError, match=r"checkpoint step 7 is not in .*/checkpoints; its steps are 5, 10$"):
+  with pytest.raises(
+    ckpt_lib.StepNotFoundError,
+    match=r"checkpoint step 7 is not in .*/checkpoints; its steps are 5, 10$",
+  ):
     esmjax.load(workdir, step=7)
 
 
