@@ -30,6 +30,16 @@ def trained(data, tmp_path_factory):
   return workdir, trainer.train_and_evaluate(tiny.run_config(data), workdir)
 
 
+@pytest.fixture(scope="module")
+def unfinished(trained, tmp_path_factory):
+  """`trained`'s workdir without its summary.json: a run stopped after its step-10 checkpoint (a
+  finished one of another config is refused before its checkpoints are read: test_workdir.py)."""
+  workdir = str(tmp_path_factory.mktemp("unfinished") / "run")
+  shutil.copytree(trained[0], workdir)
+  os.remove(os.path.join(workdir, "summary.json"))
+  return workdir
+
+
 def saved_steps(workdir):
   return sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
 
@@ -227,8 +237,8 @@ def test_nan_weights_with_finite_losses_are_caught_before_a_save(data):
     ({"optimizer.grad_clip": 1.0}, "of another state layout: state.opt_state"),
   ],
 )
-def test_workdir_of_an_incompatible_config_is_refused(data, trained, overrides, message):
-  workdir, _ = trained
+def test_workdir_of_an_incompatible_config_is_refused(data, unfinished, overrides, message):
+  workdir = unfinished
   with pytest.raises(ckpt_lib.IncompatibleCheckpointError) as e:
     trainer.train_and_evaluate(
       tiny.run_config(data, **{"train.num_steps": 15, **overrides}), workdir
@@ -240,7 +250,7 @@ def test_workdir_of_an_incompatible_config_is_refused(data, trained, overrides, 
   assert saved_steps(workdir) == [5, 10]
 
 
-def test_workdir_of_other_table_shapes_is_refused(trained, tmp_path):
+def test_workdir_of_other_table_shapes_is_refused(unfinished, tmp_path):
   base = tiny.tiny_schema()
   schema = dataclasses.replace(base, sparse=(D.SparseField("user", 20),) + base.sparse[1:])
   for split in ("train", "eval"):
@@ -249,7 +259,7 @@ def test_workdir_of_other_table_shapes_is_refused(trained, tmp_path):
     ckpt_lib.IncompatibleCheckpointError,
     match="with 40 embedding rows, but this dataset's schema needs 48",
   ):
-    trainer.train_and_evaluate(tiny.run_config(tmp_path, **{"train.num_steps": 15}), trained[0])
+    trainer.train_and_evaluate(tiny.run_config(tmp_path, **{"train.num_steps": 15}), unfinished)
 
 
 def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
