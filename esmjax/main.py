@@ -17,13 +17,17 @@ Curves: python -m esmjax.plot DIR; TensorBoard: tensorboard --logdir DIR/tensorb
 Exit codes (esmjax/exits.py): 0 done, or stopped by SIGTERM / SIGINT after saving a checkpoint
 (rerun to resume); 2 a user error (flags, config, data, workdir), one line on stderr; 3 the run
 cannot go on (NaN/Inf loss, no readable checkpoint, a failed save or write), one line on stderr;
-130 interrupted (Ctrl-C) before a run started or outside training, one line on stderr.
+130 interrupted (Ctrl-C) outside the training loop, one line on stderr.
 """
 
-from absl import app, flags
-from ml_collections import config_flags
+from esmjax import exits
 
-from esmjax import cli, exits
+exits.exit_on_interrupt()  # Ctrl-C from here on: one line, exit 130 (the imports take seconds)
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from esmjax import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config file, e.g. configs/esm2.py.", lock_config=True

@@ -15,6 +15,7 @@ import errno
 import os
 
 from esmjax import config as config_lib
+from esmjax import exits
 
 # OS errors of the path itself (not of the machine): the user picks another path.
 _PATH_ERRNOS = (errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT)
@@ -58,6 +59,7 @@ def atomic_open(path: str, what: str, mode: str = "w", **kwargs):
   on any error the temporary is removed, an OSError re-raised as OutputError / WriteError."""
   check_target(path, what)
   tmp = f"{path}.tmp-{os.getpid()}"
+  exits.TEMPORARIES.add(tmp)  # removed by a Ctrl-C too
   try:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(tmp, mode, **kwargs) as f:
@@ -69,6 +71,8 @@ def atomic_open(path: str, what: str, mode: str = "w", **kwargs):
   except BaseException:
     _remove(tmp)
     raise
+  finally:
+    exits.TEMPORARIES.discard(tmp)
 
 
 def atomic_write(path: str, data: bytes, what: str) -> None:
