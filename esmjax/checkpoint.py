@@ -362,6 +362,7 @@ class Checkpointer:
     return state
 
   def _unreadable(self, step: int, latest: bool, steps: list[int], error: Exception):
+    orbax_errors.contain_aborted_reads()
     reason = _first_line(error)
     verdict = "is corrupt" if isinstance(error, CorruptCheckpointError) else "is unreadable"
     which = "the latest" if latest else "the one asked for"
@@ -508,6 +509,7 @@ class Checkpointer:
 
   def _quarantine(self, step: int, error: Exception) -> str:
     """Moves an unreadable step aside (kept for inspection) so a later save can reuse its number."""
+    orbax_errors.contain_aborted_reads()  # its aborted reads' coroutines: counted, not printed
     src = os.path.join(self.directory, str(step))
     dst = os.path.join(self.workdir, CORRUPT_DIR, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
     reason = _first_line(error)
