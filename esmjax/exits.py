@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import sys
 from typing import NoReturn
 
@@ -158,8 +159,6 @@ def _config_file_error(error: Exception) -> str:
   flag = text.split(marker, 1)[0].strip().rstrip(":")
   last = text.strip().splitlines()[-1].strip()
   # The flattened traceback's last frame ends with "<Type>Error: <message>".
-  import re
-
   found = re.findall(r"(\b[A-Z]\w*(?:Error|Exception)\b: .*)$", last)
   return f"{flag}: {found[-1] if found else last[-300:]}"
 

@@ -39,7 +39,7 @@ def error(path: str, what: str, e: OSError) -> Exception:
   message = f"cannot write {what} {path}: {describe(e)}"
   if e.errno in _PATH_ERRNOS:
     return OutputError(message + "; give a writable file path")
-  return WriteError(message + "; nothing was written (free space, or write elsewhere)")
+  return WriteError(message + "; free space or write elsewhere, then rerun")
 
 
 def check_target(path: str, what: str) -> None:

@@ -249,7 +249,7 @@ def test_a_full_disk_while_writing_metrics_stops_the_run_in_one_line(
   assert code == 3 and err.count("\n") == 1, err
   assert err == (
     f"esmjax: error: cannot write metrics {workdir}/metrics.jsonl: No space left on device "
-    "(ENOSPC); nothing was written (free space, or write elsewhere)\n"
+    "(ENOSPC); free space or write elsewhere, then rerun\n"
   )
   assert not os.path.exists(os.path.join(workdir, "summary.json"))
 
