@@ -21,9 +21,10 @@ from esmjax import exits
 
 def _user_errors() -> tuple[type, ...]:
   from esmjax import config as config_lib
+  from esmjax import outputs
   from esmjax.schema import DatasetError
 
-  return config_lib.ConfigError, DatasetError, FileNotFoundError
+  return config_lib.ConfigError, DatasetError, FileNotFoundError, outputs.OutputError
 
 
 def _run_errors() -> tuple[type, ...]:

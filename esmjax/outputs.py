@@ -14,15 +14,15 @@ import contextlib
 import errno
 import os
 
-from esmjax import config as config_lib
 from esmjax import exits
 
 # OS errors of the path itself (not of the machine): the user picks another path.
 _PATH_ERRNOS = (errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT)
 
 
-class OutputError(config_lib.ConfigError):
-  """An output path that cannot be written (a directory, read-only, no permission); names it."""
+class OutputError(ValueError):
+  """An output path that cannot be written (a directory, read-only, no permission); names it.
+  A user error: the command line exits 2 (`esmjax.cli`)."""
 
 
 class WriteError(RuntimeError):

@@ -11,6 +11,7 @@ import time
 
 import pytest
 import tiny
+from test_checkpoint import jit_cache  # noqa: F401  (autouse: one compilation per program)
 
 import esmjax
 from esmjax import checkpoint as ckpt_lib
@@ -261,6 +262,19 @@ def test_save_that_hits_a_file_size_limit_fails_the_run_with_exit_3(data, tmp_pa
 # -- a finished workdir ----------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def finished(data, tmp_path_factory):
+  """A finished tiny run (checkpoints at steps 5 and 10) -> (workdir, summary); tests copy it."""
+  workdir = str(tmp_path_factory.mktemp("finished") / "wd")
+  return workdir, trainer.train_and_evaluate(tiny.run_config(data), workdir)
+
+
+def _copy(finished, tmp_path) -> str:
+  workdir = str(tmp_path / "wd")
+  shutil.copytree(finished[0], workdir)
+  return workdir
+
+
 def _snapshot(workdir):
   """{relative path: bytes} of every file in `workdir` but the lock files (their content names
   the last process that held them)."""
@@ -275,14 +289,12 @@ def _snapshot(workdir):
 
 
 def test_rerunning_a_finished_workdir_reports_it_and_changes_nothing(
-  data, tmp_path, monkeypatch, capsys
+  data, finished, tmp_path, monkeypatch, capsys
 ):
-  workdir = str(tmp_path / "wd")
-  cfg = tiny.run_config(data)
-  first = trainer.train_and_evaluate(cfg, workdir)
+  workdir = _copy(finished, tmp_path)
   before = _snapshot(workdir)
   again = trainer.train_and_evaluate(tiny.run_config(data), workdir)
-  assert again == {**first, "already_finished": True}  # examples_per_sec etc. as they were
+  assert again == {**finished[1], "already_finished": True}  # examples_per_sec etc. as they were
   assert _snapshot(workdir) == before  # no record appended, no file rewritten
   code, out, err = tiny.run_main(tiny.run_config(data), workdir, monkeypatch, capsys)
   assert code == 0 and out.startswith(f"esmjax: {workdir} already finished at step 10; nothing")
@@ -300,10 +312,9 @@ def test_rerunning_a_finished_workdir_reports_it_and_changes_nothing(
   ],
 )
 def test_a_finished_workdir_of_another_config_is_refused_untouched(
-  data, tmp_path, overrides, named
+  data, finished, tmp_path, overrides, named
 ):
-  workdir = str(tmp_path / "wd")
-  trainer.train_and_evaluate(tiny.run_config(data), workdir)
+  workdir = _copy(finished, tmp_path)
   before = _snapshot(workdir)
   with pytest.raises(workdir_lib.WorkdirError) as e:
     trainer.train_and_evaluate(tiny.run_config(data, **overrides), workdir)
@@ -314,19 +325,17 @@ def test_a_finished_workdir_of_another_config_is_refused_untouched(
   assert _snapshot(workdir) == before
 
 
-def test_a_finished_run_whose_final_checkpoint_is_unreadable_trains_again(data, tmp_path):
-  workdir = str(tmp_path / "wd")
-  first = trainer.train_and_evaluate(tiny.run_config(data), workdir)
+def test_a_finished_run_whose_final_checkpoint_is_unreadable_trains_again(data, finished, tmp_path):
+  workdir = _copy(finished, tmp_path)
   shutil.rmtree(os.path.join(workdir, "checkpoints", "10", "state"))
   again = trainer.train_and_evaluate(tiny.run_config(data), workdir)
   assert "already_finished" not in again and again["resumed_from_step"] == 5
   assert again["skipped_checkpoints"][0].startswith("step 10 (")
-  assert again["state_fingerprint"] == first["state_fingerprint"]
+  assert again["state_fingerprint"] == finished[1]["state_fingerprint"]
 
 
-def test_a_corrupt_summary_is_one_line_naming_it(data, tmp_path):
-  workdir = str(tmp_path / "wd")
-  trainer.train_and_evaluate(tiny.run_config(data), workdir)
+def test_a_corrupt_summary_is_one_line_naming_it(data, finished, tmp_path):
+  workdir = _copy(finished, tmp_path)
   path = os.path.join(workdir, "summary.json")
   with open(path, "r+b") as f:
     f.seek(10)
