@@ -22,7 +22,8 @@ cannot go on (NaN/Inf loss, no readable checkpoint, a failed save or write), one
 
 from esmjax import exits
 
-exits.exit_on_interrupt()  # Ctrl-C from here on: one line, exit 130 (the imports take seconds)
+if __name__ == "__main__":  # the command, not a module imported by tests or scripts
+  exits.exit_on_interrupt()  # Ctrl-C from here on: one line, exit 130 (the imports take seconds)
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -86,6 +87,7 @@ def main(argv):
 def run():
   from esmjax import host_memory  # light: restarts with huge-page malloc before JAX is imported
 
+  exits.exit_on_interrupt()  # (again, for callers of run() that imported this module)
   with exits.interrupts():  # Ctrl-C while importing, parsing, reading or compiling: one line
     host_memory.use_huge_page_malloc()
     app.run(main, flags_parser=exits.parse_flags)
