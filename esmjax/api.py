@@ -57,11 +57,15 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
   return predict.saved_config(workdir)
 
 
-def load(workdir: str, config: ml_collections.ConfigDict | None = None) -> Model:
-  """The latest checkpoint of `workdir` as a `Model` (config from the workdir unless given)."""
+def load(
+  workdir: str, config: ml_collections.ConfigDict | None = None, step: int | None = None
+) -> Model:
+  """Checkpoint `step` (default: the latest) of `workdir` as a `Model` (config from the workdir
+  unless given). A checkpoint that cannot be read raises `esmjax.checkpoint.CheckpointError`
+  naming it: no older checkpoint is loaded in its place."""
   from esmjax import predict
 
-  run, state = predict.load(workdir, config)
+  run, state = predict.load(workdir, config, step)
   return Model(run, state, workdir)
 
 

@@ -21,11 +21,15 @@ row count can differ between N and M: such leaves are restored at the saved shap
 Before any array is read, the saved config and shapes are compared with this run's, so a workdir of
 another model is refused with a message that names the differing key or leaf. After the arrays
 are read, their digests are compared with the recorded ones, and so is the restored data
-iterator position. A latest checkpoint that cannot be read (truncated, partially deleted) or whose
-meta, config, arrays or data position differ from their digests (bytes changed on disk) is moved
-aside to `checkpoints.corrupt/` with a warning naming it, and the previous one is used. A
-checkpoint written before these digests is restored with a warning (its state arrays are still
-verified when it records their digests): refusing it would throw away the training it holds.
+iterator position. When training resumes (`restore_latest`), a latest checkpoint that cannot be
+read (truncated, partially deleted) or whose meta, config, arrays or data position differ from
+their digests (bytes changed on disk) is moved aside to `checkpoints.corrupt/` with a warning
+naming it, and the previous one is used; `skipped` lists the steps passed over, for the run's
+summary. Serving and evaluation (`restore_step`) read the one checkpoint asked for (the latest by
+default) or stop with a `CheckpointError` naming it: their results would otherwise be an older
+model's under the latest one's name. A checkpoint written before these digests is restored with
+a warning (its state arrays are still verified when it records their digests): refusing it would
+throw away the training it holds.
 
 Saves run in the background. A save that fails (disk full, no permission, read-only or size-limited
 file system) raises `CheckpointSaveError` at the next `save`, `wait` or `close`, one line naming
@@ -101,6 +105,10 @@ class CheckpointError(RuntimeError):
 
 class CorruptCheckpointError(CheckpointError):
   """A checkpoint's arrays read back differ from the digests recorded when it was saved."""
+
+
+class StepNotFoundError(config_lib.ConfigError):
+  """A checkpoint step asked for by number is not in the workdir; the message lists its steps."""
 
 
 class CheckpointSaveError(CheckpointError):
@@ -219,6 +227,7 @@ class Checkpointer:
     self.config = config
     self.run = run
     self.restored_step: int | None = None
+    self.skipped: list[str] = []  # "step N (why)" of each checkpoint the resume passed over
     self._in_flight: int | None = None  # the step whose background save has not been waited for
     orbax_errors.drop_write_error_logs()
     orbax_errors.drop_closed_loop_errors()
@@ -342,7 +351,7 @@ class Checkpointer:
         continue
       if failed:
         logging.warning("resuming from the previous checkpoint, step %d, instead", step)
-      self.restored_step = step
+      self.restored_step, self.skipped = step, failed
       logging.info("restored checkpoint step %d from %s", step, self.directory)
       return state
     if failed:
@@ -367,6 +376,51 @@ class Checkpointer:
       self._check_compatible(step, saved_config, meta, warn=False)
       return step
     return None
+
+  def restore_step(self, step: int | None = None):
+    """Checkpoint `step` (default: the latest) for serving and evaluation: never another step,
+    nothing moved. Raises FileNotFoundError (no checkpoint), StepNotFoundError (no such step),
+    CheckpointError (one line: the step, why, what to do) when it is unreadable or corrupt."""
+    steps = sorted(self.manager.all_steps())
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    latest = step is None
+    step = steps[-1] if latest else int(step)
+    if step not in steps:
+      raise StepNotFoundError(
+        f"checkpoint step {step} is not in {self.directory}; its steps are "
+        f"{', '.join(map(str, steps))}"
+      )
+    try:
+      saved_config, meta = self._read_small_items(step)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._unreadable(step, latest, steps, e) from None
+    self._check_compatible(step, saved_config, meta)
+    try:
+      state = self._restore_arrays(step, meta, None)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._unreadable(step, latest, steps, e) from None
+    self.restored_step = step
+    logging.info("restored checkpoint step %d from %s", step, self.directory)
+    return state
+
+  def _unreadable(self, step: int, latest: bool, steps: list[int], error: Exception):
+    orbax_errors.contain_aborted_reads()
+    reason = _first_line(error)
+    verdict = "is corrupt" if isinstance(error, CorruptCheckpointError) else "is unreadable"
+    which = "the latest" if latest else "the one asked for"
+    older = [s for s in steps if s < step]
+    hint = (
+      f"; or name an older one explicitly (--checkpoint_step={older[-1]}, "
+      f"esmjax.load(workdir, step={older[-1]}))"
+      if older
+      else ""
+    )
+    return CheckpointError(
+      f"checkpoint step {step} in {self.directory} ({which}) {verdict} "
+      f"({type(error).__name__}: {reason}); no older checkpoint is used in its place: rerun "
+      f"training in this workdir to resume from the last readable one{hint}"
+    )
 
   def _read_small_items(self, step: int):
     out = self.manager.restore(
@@ -545,11 +599,10 @@ class Checkpointer:
 
   def _quarantine(self, step: int, error: Exception) -> str:
     """Moves an unreadable step aside (kept for inspection) so a later save can reuse its number."""
+    orbax_errors.contain_aborted_reads()  # its aborted reads' coroutines: counted, not printed
     src = os.path.join(self.directory, str(step))
     dst = os.path.join(self.workdir, CORRUPT_DIR, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-    reason = (
-      str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-    )
+    reason = _first_line(error)
     if jax.process_index() == 0 and os.path.isdir(src):
       os.makedirs(os.path.dirname(dst), exist_ok=True)
       shutil.move(src, dst)
@@ -603,6 +656,11 @@ def _per_process(value: str) -> list[str]:
   raw = np.frombuffer(value.encode().ljust(80), np.uint8)
   got = np.asarray(multihost_utils.process_allgather(raw)).reshape(jax.process_count(), -1)
   return [bytes(row).decode().rstrip() for row in got]
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 def _repad(state, resize: dict[str, Any], rows: int):

@@ -22,26 +22,31 @@ from esmjax import exits
 
 def _user_errors() -> tuple[type, ...]:
   from esmjax import config as config_lib
+  from esmjax import outputs
   from esmjax.schema import DatasetError
 
-  return config_lib.ConfigError, DatasetError, FileNotFoundError
+  return config_lib.ConfigError, DatasetError, FileNotFoundError, outputs.OutputError
 
 
 def _run_errors() -> tuple[type, ...]:
   from esmjax import checkpoint as ckpt_lib
+  from esmjax import outputs
   from esmjax.loop.guard import NonFiniteError
 
-  return NonFiniteError, ckpt_lib.CheckpointError
+  return NonFiniteError, ckpt_lib.CheckpointError, outputs.WriteError
 
 
 @contextlib.contextmanager
 def exit_codes():
-  """A user error -> exit 2, a run that cannot go on -> exit 3, each with its one line; anything
-  else keeps its traceback (a bug to report). The error classes are imported only once an error
-  happened: `esmjax.checkpoint` imports orbax and JAX."""
+  """A user error -> exit 2, a run that cannot go on -> exit 3, each with its one line; so is an
+  OS error of the machine (disk full, read-only file system, I/O error) wherever it is raised,
+  naming the file. Anything else keeps its traceback (a bug to report). The error classes are
+  imported only once an error happened: `esmjax.checkpoint` imports orbax and JAX."""
   try:
     yield
-  except Exception:
+  except Exception as e:
+    if isinstance(e, OSError) and e.errno in exits.MACHINE_ERRNOS:
+      exits.fail(exits.describe_os_error(e), exits.CANNOT_GO_ON)
     with exits.exit_codes(_user_errors(), _run_errors()):
       raise
 
@@ -75,6 +80,13 @@ def train(config, workdir: str) -> None:
       file=sys.stderr,
     )
     return
+  if summary.get("already_finished"):
+    print(
+      f"esmjax: {workdir} already finished at step {summary['steps']}; nothing changed (its "
+      "summary.json below). Raise train.num_steps / train.num_epochs to train on, or use another "
+      "--workdir\n" + metrics_io.metrics_table(summary["metrics"])
+    )
+    return
   median, peak = summary["examples_per_sec_median_window"], summary["examples_per_sec_peak_window"]
   print(
     f"\n{config.model.name}: {summary['steps']} steps, {summary['examples_per_sec']:.0f} "
@@ -84,13 +96,14 @@ def train(config, workdir: str) -> None:
   )
 
 
-def evaluate(config, workdir: str) -> None:
+def evaluate(config, workdir: str, step: int | None = None) -> None:
   from esmjax import metrics_io, predict
 
-  print(metrics_io.metrics_table(predict.evaluate_workdir(config, workdir)))
+  step, metrics = predict.evaluate_workdir(config, workdir, step)
+  print(f"checkpoint step {step} of {workdir}\n" + metrics_io.metrics_table(metrics))
 
 
-def predict(config, workdir: str, input_dir: str, output_csv: str) -> None:
+def predict(config, workdir: str, input_dir: str, output_csv: str, step: int | None = None) -> None:
   from esmjax import config as config_lib
   from esmjax import predict as predict_lib
 
@@ -98,14 +111,17 @@ def predict(config, workdir: str, input_dir: str, output_csv: str) -> None:
     raise config_lib.ConfigError(
       "--mode=predict needs --predict_input=DATASET_DIR and --predict_output=FILE.csv"
     )
-  n = predict_lib.predict_to_csv(config, workdir, input_dir, output_csv)
-  print(f"wrote {n} predictions to {output_csv}")
+  meta = predict_lib.predict_to_csv(config, workdir, input_dir, output_csv, step)
+  print(
+    f"wrote {meta['rows']} predictions of checkpoint step {meta['checkpoint_step']} to "
+    f"{output_csv} (and {output_csv}{predict_lib.META_SUFFIX})"
+  )
 
 
-def export(config, workdir: str, path: str, batch_size: int) -> None:
+def export(config, workdir: str, path: str, batch_size: int, step: int | None = None) -> None:
   """`path` "" = DIR/export/<model>.jaxexport; `batch_size` 0 = any (a symbolic dimension)."""
   from esmjax import export as export_lib
 
   path = path or os.path.join(workdir, "export", f"{config.model.name}.jaxexport")
-  sig = export_lib.export(workdir, path, batch_size=batch_size or None, config=config)
+  sig = export_lib.export(workdir, path, batch_size=batch_size or None, config=config, step=step)
   print(f"exported {sig['model']} (step {sig['step']}) to {path} and {path}.json")

@@ -176,8 +176,31 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ConfigError(
       f"{given} is set but {empty} is empty: give both (or neither, for synthetic data)"
     )
+  if not config.data.train_dir:
+    _validate_synthetic(config)
   _validate_run_sections(config)
   return config
+
+
+def _validate_synthetic(config: ml_collections.ConfigDict) -> None:
+  """The synthetic world's keys (read when data.train_dir is empty), before anything is generated:
+  a ConfigError naming `data.synthetic.<key>` and its range."""
+  from esmjax.data import synthetic_config
+
+  try:
+    world = synthetic_config.resolve_config(config.data.synthetic)
+  except ValueError as e:
+    detail = str(e).removeprefix("synthetic config: ")
+    raise ConfigError(
+      f"data.synthetic.{detail.replace(' must ', ' is out of range: must ', 1)}"
+      if " must " in detail
+      else f"data.synthetic: {detail}"
+    ) from None
+  for k in ("num_train", "num_eval"):
+    if int(world[k]) < 1:
+      raise ConfigError(
+        f"data.synthetic.{k}={world[k]!r} is out of range: must be >= 1 to train and evaluate"
+      )
 
 
 # -- the train, optimizer, mesh, checkpoint and distributed sections ------------------------------

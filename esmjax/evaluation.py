@@ -5,9 +5,12 @@ global (never averaged over batches).
 
 A task whose predictions are (nearly) constant, as a dead tower's are, has an AUC of about 0.5
 that looks like a weak model rather than a broken one. Every evaluation therefore reports, per
-prediction, `<task>/logit_std` (the spread of its logits over all evaluated rows,
-`metrics.logit_std`) and `<task>/collapsed`: 1.0 when that spread is below COLLAPSED_LOGIT_STD,
-with a warning naming the task; `collapsed_tasks(metrics)` lists them. Healthy models are far
+prediction, `<task>/logit_std` (the spread of its logits, `metrics.logit_std`, over the rows the
+task is scored and trained on: the clicked rows for CVR, every row for the others) and
+`<task>/collapsed`: 1.0 when that spread is below COLLAPSED_LOGIT_STD, with a warning naming the
+task; `collapsed_tasks(metrics)` lists them. Judged over every row, a CVR tower that is constant
+on the clicked rows escapes: a handful of unclicked rows with other values (3 of 8 000) lift the
+spread above the threshold while `cvr/auc` is exactly 0.5. Healthy models are far
 above it: after one step on the tiny test worlds the smallest spread is 0.016.
 """
 
@@ -93,29 +96,36 @@ def compute_metrics(cols: dict[str, np.ndarray], schema: ds_lib.Schema) -> dict[
       if name in metrics_lib.TRUTH_KEYS
     }
   out = metrics_lib.evaluate(preds, labels, cols["user"], truth=truth)
-  out.update(collapse_flags(preds))
+  out.update(collapse_flags(preds, labels.get("click")))
   return out
 
 
-def collapse_flags(preds: dict[str, np.ndarray]) -> dict[str, float]:
-  """{`<task>/logit_std`, `<task>/collapsed` (1.0 or 0.0)} per prediction; warns for each collapsed
-  task, naming it and its spread."""
+def collapse_flags(
+  preds: dict[str, np.ndarray], click: np.ndarray | None = None
+) -> dict[str, float]:
+  """{`<task>/logit_std`, `<task>/collapsed` (1.0 or 0.0)} per prediction, each task judged on its
+  own rows: CVR on the clicked ones (`click` > 0; all rows when `click` is None), the others on
+  all. Warns for each collapsed task, naming it, its rows and its spread."""
   out = {}
   for key, task in TASKS.items():
     if key not in preds:
       continue
-    spread = metrics_lib.logit_std(preds[key])
+    p = np.asarray(preds[key])
+    rows = "rows"
+    if key == "pcvr" and click is not None:
+      p, rows = p[np.asarray(click) > 0], "clicked rows"
+    spread = metrics_lib.logit_std(p)
     collapsed = spread < COLLAPSED_LOGIT_STD  # False for nan (fewer than two rows)
     out[f"{task}/logit_std"], out[f"{task}/collapsed"] = spread, float(collapsed)
     if collapsed:
-      p = preds[key]
       logging.warning(
         "evaluation: the %s predictions are collapsed (a dead tower?): their "
-        "logits' std is %.3g over %d rows (below %g), %s in [%.6g, %.6g]; %s/auc "
+        "logits' std is %.3g over %d %s (below %g), %s in [%.6g, %.6g]; %s/auc "
         "means nothing",
         task,
         spread,
         len(p),
+        rows,
         COLLAPSED_LOGIT_STD,
         key,
         float(np.min(p)),

@@ -5,9 +5,11 @@ converters `python -m esmjax.data.aliccp` / `python -m esmjax.data.csv_ingest`.
   2  a user error: flags, the --config file or its overrides, config values, input files or
      directories, the output or work directory
   3  the run cannot go on: a NaN/Inf loss, no readable checkpoint, a failed save or write
+     (disk full, read-only file system, I/O error)
   4  a file esmjax wrote and reads back changed since (it does not match its digest), has no
      digest, or is named by a path outside its directory (`esmjax.digest.IntegrityError`): the
      line names the file and how to regenerate it
+  130 interrupted by Ctrl-C, outside the training loop (which saves a checkpoint and exits 0)
 
 An error a user can make, or a run can hit, ends in one line on stderr (`esmjax: error: ...`,
 naming the flag / key / path); anything else keeps its traceback (a bug to report).
@@ -16,13 +18,18 @@ naming the flag / key / path); anything else keeps its traceback (a bug to repor
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import sys
 from typing import NoReturn
 
 USER_ERROR = 2
 CANNOT_GO_ON = 3
 CHANGED_FILE = 4
+INTERRUPTED = 130  # the shell's code for a SIGINT (128 + 2)
+# OS errors of the machine rather than of the command: the run cannot go on, whatever file it was.
+MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG)
 # Errors about a path the user named: missing, of the wrong kind, or not theirs to write.
 PATH_ERRORS = (
   FileNotFoundError,
@@ -31,6 +38,53 @@ PATH_ERRORS = (
   IsADirectoryError,
   PermissionError,
 )
+
+
+def describe_os_error(e: OSError) -> str:
+  """`<file>: <strerror> (<ERRNO>)`, e.g. `/w/metrics.jsonl: No space left on device (ENOSPC)`."""
+  code = errno.errorcode.get(e.errno, str(e.errno)) if e.errno is not None else ""
+  where = f"{e.filename}: " if e.filename else ""
+  return f"{where}{e.strerror or e} ({code})"
+
+
+INTERRUPTED_LINE = (
+  "esmjax: interrupted (Ctrl-C); rerun the command (training resumes from its last checkpoint)"
+)
+# Temporary files being written (`esmjax.outputs`): removed when Ctrl-C ends the process.
+TEMPORARIES: set[str] = set()
+
+
+def exit_on_interrupt() -> None:
+  """Ctrl-C (SIGINT) -> one line on stderr and exit 130, from the first line of `esmjax.main` on.
+
+  The handler exits at once instead of raising KeyboardInterrupt: raised while libraries import
+  or read, that exception prints a traceback of hundreds of lines, or is swallowed by a library's
+  catch-all and the command carries on as if nothing happened. A training run replaces it with
+  its own (`loop.preemption`: finish the dispatch, save, exit 0) while it trains; a second Ctrl-C
+  comes back here. A SIGINT ignored by the parent (a background job) stays ignored.
+  """
+  import signal
+
+  if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+    signal.signal(signal.SIGINT, _interrupted)
+
+
+def _interrupted(signum, frame) -> None:
+  for path in list(TEMPORARIES):
+    with contextlib.suppress(OSError):
+      os.remove(path)
+  os.write(2, (INTERRUPTED_LINE + "\n").encode())
+  os._exit(INTERRUPTED)  # no interpreter shutdown: other threads' tracebacks would follow
+
+
+@contextlib.contextmanager
+def interrupts():
+  """A KeyboardInterrupt raised anyway (a handler that raises it, restored by a library) -> the
+  same one line and exit 130."""
+  try:
+    yield
+  except KeyboardInterrupt:
+    _interrupted(2, None)
 
 
 def fail(message: object, code: int) -> NoReturn:
@@ -88,17 +142,34 @@ def _override_error(argv: list[str], error: Exception, path: str | None, flag: s
     return None
   if not isinstance(base, ml_collections.ConfigDict):  # unreadable, or not a ConfigDict
     return None
+  text = str(error)
   for arg in overrides:
     name, _, value = arg.partition("=")
     key = name[len(f"--{flag}.") :]
     why = config_keys.unknown_key(base, key)
     if why:
       return f"{why} (from {name})"
-    if name in str(error):  # absl names the flag whose value did not parse
+    # absl names the flag whose value did not parse, and the value: an override given twice is
+    # quoted with the value that failed, not the other one.
+    if f"flag {name}={value}:" in text or (name in text and f"{name}=" not in text):
       kind = type(config_keys.get_path(base, key)).__name__
       article = "an" if kind[0] in "aeiou" else "a"
       return f"{name}={value!r} is not a valid value: config key {key} takes {article} {kind}"
   return None
+
+
+def _config_file_error(error: Exception) -> str:
+  """absl's error for a config file whose get_config raised carries that call's whole traceback,
+  flattened into its message: keep the flag and the error's own last line."""
+  text = str(error)
+  marker = "Error whilst parsing config file:"
+  if marker not in text or "Traceback" not in text:
+    return text
+  flag = text.split(marker, 1)[0].strip().rstrip(":")
+  last = text.strip().splitlines()[-1].strip()
+  # The flattened traceback's last frame ends with "<Type>Error: <message>".
+  found = re.findall(r"(\b[A-Z]\w*(?:Error|Exception)\b: .*)$", last)
+  return f"{flag}: {found[-1] if found else last[-300:]}"
 
 
 def parse_flags(argv: list[str], config_flag: str = "config") -> list[str]:
@@ -122,7 +193,7 @@ def parse_flags(argv: list[str], config_flag: str = "config") -> list[str]:
   except SyntaxError as e:
     fail(f"--{config_flag}={path}: {e.msg} (line {e.lineno}: {(e.text or '').strip()})", USER_ERROR)
   except flags.Error as e:
-    fail(_override_error(argv, e, path, config_flag) or e, USER_ERROR)
+    fail(_override_error(argv, e, path, config_flag) or _config_file_error(e), USER_ERROR)
   except Exception as e:  # raised while the config file ran, or while an override was applied
     message = _override_error(argv, e, path, config_flag)
     if message is None:

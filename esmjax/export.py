@@ -40,6 +40,7 @@ Load it with `jax.export.deserialize(open(path, "rb").read()).call(batch)`, as
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -48,7 +49,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from esmjax import digest, inputs
+from esmjax import digest, inputs, outputs
+from esmjax.config import ConfigError
 
 FORMAT = "esmjax-export"
 VERSION = 1
@@ -66,21 +68,28 @@ OUTPUTS_DOC = {
 }
 
 
+class ExportError(ConfigError, ValueError):
+  """An export option that cannot be honoured (a batch size below 1); names the value."""
+
+
 def export(
   workdir: str,
   out_path: str,
   batch_size: int | None = None,
   config=None,
   platforms: Sequence[str] | None = None,
+  step: int | None = None,
 ) -> dict[str, Any]:
-  """Exports the latest checkpoint of `workdir` to `out_path` (+ `out_path.json`); returns the
-  signature.
+  """Exports checkpoint `step` (default: the latest; one that cannot be read is an error, never
+  replaced by an older one) of `workdir` to `out_path` (+ `out_path.json`); returns the signature.
 
   `config` defaults to the one saved in the workdir (see `esmjax.predict.saved_config`).
   """
   from esmjax import predict
 
-  run, state = predict.load(workdir, config)
+  check_batch_size(batch_size)  # before any work
+  outputs.check_target(out_path, "export")
+  run, state = predict.load(workdir, config, step)
   return export_state(
     run, state, out_path, batch_size=batch_size, platforms=platforms, workdir=workdir
   )
@@ -180,11 +189,11 @@ def export_state(
   from jax import export as jex
 
   inputs = input_signature(run.schema, batch_size)
+  check_batch_size(batch_size)
+  outputs.check_target(out_path, "export")
   if batch_size is None:
     (b,) = jex.symbolic_shape("b")
   else:
-    if int(batch_size) < 1:
-      raise ValueError(f"export: batch_size={batch_size} must be >= 1 (or None for any batch)")
     b = int(batch_size)
   args = {x["name"]: jax.ShapeDtypeStruct((b, x["shape"][1]), np.dtype(x["dtype"])) for x in inputs}
   platforms = tuple(platforms or _default_platforms())
@@ -213,12 +222,23 @@ def export_state(
     "labels": list(run.schema.labels),
     "jax_version": jax.__version__,
   }
-  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
   artifact = bytes(exported.serialize())
   signature["artifact_sha256"] = f"{digest.FILE_METHOD}:{hashlib.sha256(artifact).hexdigest()}"
-  digest.write_bytes(out_path, artifact)
-  digest.write_json(out_path + SIDECAR_SUFFIX, signature, indent=1)
+  outputs.atomic_write(out_path, artifact, "export")
+  sealed = digest.seal(signature)  # the signature names the artifact's digest and seals itself
+  outputs.atomic_write(
+    out_path + SIDECAR_SUFFIX, (json.dumps(sealed, indent=1) + "\n").encode(), "export signature"
+  )
   return signature
+
+
+def check_batch_size(batch_size: int | None) -> None:
+  """A fixed batch size is >= 1 (None: any batch); a ConfigError naming the value otherwise."""
+  if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
+    raise ExportError(
+      f"export batch size {batch_size} must be >= 1 (--export_batch_size=0 or "
+      "batch_size=None: any batch)"
+    )
 
 
 def _default_platforms() -> tuple[str, ...]:

@@ -6,22 +6,30 @@ r"""esmjax entry point: train (and evaluate), score a dataset, or export a train
   python -m esmjax.main --config=configs/esm2.py --workdir=DIR --mode=export \
       --export_path=model.jaxexport
 
-Modes: train (train, evaluate, checkpoint; resumes from DIR's latest checkpoint), evaluate (the
-latest checkpoint on data.eval_dir), predict (one CSV row per input row, in input order), export
-(the latest checkpoint as serialized StableHLO + a JSON signature; see esmjax/export.py).
+Modes: train (train, evaluate, checkpoint; resumes from DIR's latest readable checkpoint),
+evaluate (the latest checkpoint, or --checkpoint_step, on data.eval_dir), predict (one CSV row per
+input row, in input order, and FILE.json naming the checkpoint step), export (the checkpoint as
+serialized StableHLO + a JSON signature; see esmjax/export.py). evaluate / predict / export never
+fall back to an older checkpoint: one that cannot be read stops them (exit 3).
 Any config key can be overridden: --config.model.name=esm2, --config.train.batch_size=8192, ...
 Curves: python -m esmjax.plot DIR; TensorBoard: tensorboard --logdir DIR/tensorboard.
 
 Exit codes (esmjax/exits.py): 0 done, or stopped by SIGTERM / SIGINT after saving a checkpoint
 (rerun to resume); 2 a user error (flags, config, data, workdir), one line on stderr; 3 the run
-cannot go on (NaN/Inf loss, no readable checkpoint, a failed save), one line on stderr; 4 a file
-esmjax wrote changed since (it does not match its digest: esmjax/digest.py), one line naming it.
+cannot go on (NaN/Inf loss, no readable checkpoint, a failed save or write), one line on stderr;
+4 a file esmjax wrote changed since (it does not match its digest: esmjax/digest.py), one line
+naming it; 130 interrupted (Ctrl-C) outside the training loop, one line on stderr.
 """
 
-from absl import app, flags
-from ml_collections import config_flags
+from esmjax import exits
 
-from esmjax import cli, exits
+if __name__ == "__main__":  # the command, not a module imported by tests or scripts
+  exits.exit_on_interrupt()  # Ctrl-C from here on: one line, exit 130 (the imports take seconds)
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from esmjax import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Config file, e.g. configs/esm2.py.", lock_config=True
@@ -44,6 +52,12 @@ _EXPORT_PATH = flags.DEFINE_string(
 _EXPORT_BATCH = flags.DEFINE_integer(
   "export_batch_size", 0, "export: fixed batch size; 0 = any (symbolic batch dimension)."
 )
+_CHECKPOINT_STEP = flags.DEFINE_integer(
+  "checkpoint_step",
+  -1,
+  "evaluate / predict / export: the checkpoint step to use; -1 = the latest. Never replaced by "
+  "another: a checkpoint that cannot be read is an error.",
+)
 flags.mark_flags_as_required(["config"])
 
 
@@ -61,12 +75,13 @@ def main(argv):
     config_lib.validate(config)
     distributed.maybe_initialize(config)
     compile_cache.enable(config)  # before anything compiles
+    step = None if _CHECKPOINT_STEP.value < 0 else _CHECKPOINT_STEP.value
     if _MODE.value == "predict":
-      cli.predict(config, workdir, _PREDICT_INPUT.value, _PREDICT_OUTPUT.value)
+      cli.predict(config, workdir, _PREDICT_INPUT.value, _PREDICT_OUTPUT.value, step)
     elif _MODE.value == "export":
-      cli.export(config, workdir, _EXPORT_PATH.value, _EXPORT_BATCH.value)
+      cli.export(config, workdir, _EXPORT_PATH.value, _EXPORT_BATCH.value, step)
     elif _MODE.value == "evaluate":
-      cli.evaluate(config, workdir)
+      cli.evaluate(config, workdir, step)
     else:
       cli.train(config, workdir)
 
@@ -74,8 +89,10 @@ def main(argv):
 def run():
   from esmjax import host_memory  # light: restarts with huge-page malloc before JAX is imported
 
-  host_memory.use_huge_page_malloc()
-  app.run(main, flags_parser=exits.parse_flags)
+  exits.exit_on_interrupt()  # (again, for callers of run() that imported this module)
+  with exits.interrupts():  # Ctrl-C while importing, parsing, reading or compiling: one line
+    host_memory.use_huge_page_malloc()
+    app.run(main, flags_parser=exits.parse_flags)
 
 
 if __name__ == "__main__":

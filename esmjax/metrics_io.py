@@ -98,8 +98,14 @@ class MetricWriter:
       "time": time.time(),
       **{k: _plain(v) for k, v in values.items()},
     }
-    with open(self.path, "a") as f:
-      f.write(json.dumps(rec) + "\n")
+    line = json.dumps(rec) + "\n"
+    try:
+      with open(self.path, "a") as f:
+        f.write(line)
+    except OSError as e:  # disk full, read-only: one line naming the file (esmjax.outputs)
+      from esmjax import outputs
+
+      raise outputs.error(self.path, "metrics", e) from None
     if self.tensorboard:
       self._write_tb(int(step), split, values, rec["time"])
 

@@ -89,8 +89,12 @@ def drop_closed_loop_errors() -> None:
     previous_unraisable = sys.unraisablehook
 
     def unraisable(report):
-      if not _closed_loop(report.exc_value):
-        previous_unraisable(report)
+      if _closed_loop(report.exc_value):
+        return
+      if _CONTAIN["armed"] and _is_coroutine(report.object):
+        _CONTAIN["dropped"] += 1
+        return
+      previous_unraisable(report)
 
     unraisable.drops_closed_loop = True
     sys.unraisablehook = unraisable
@@ -103,3 +107,27 @@ def drop_closed_loop_errors() -> None:
 
     excepthook.drops_closed_loop = True
     sys.excepthook = excepthook
+
+
+# After a checkpoint failed to read, the coroutines of its aborted reads (one per chunk) are
+# garbage-collected with their errors unretrieved, each printed as "Exception ignored in
+# <coroutine ...>" with a traceback: thousands of lines after the one warning that names the
+# checkpoint. `contain_aborted_reads` counts them instead.
+_CONTAIN = {"armed": False, "dropped": 0}
+
+
+def _is_coroutine(obj) -> bool:
+  import inspect
+
+  return inspect.iscoroutine(obj) or type(obj).__name__ in ("coroutine", "Task", "Future")
+
+
+def contain_aborted_reads() -> None:
+  """From now on, unraisable errors reported for coroutines (orbax's aborted reads of a checkpoint
+  that could not be read) are counted (`dropped_reads()`), not printed; others still print."""
+  drop_closed_loop_errors()
+  _CONTAIN["armed"] = True
+
+
+def dropped_reads() -> int:
+  return _CONTAIN["dropped"]

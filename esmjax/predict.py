@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 import os
 
 import jax
@@ -17,19 +18,18 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from esmjax import absl_flags, digest, evaluation, inputs, steps, trainer
+from esmjax import absl_flags, evaluation, inputs, outputs, steps, trainer
 from esmjax import checkpoint as ckpt_lib
 from esmjax import config as config_lib
 from esmjax import sharding as sh
 from esmjax.data import dataset as ds_lib
 from esmjax.loop import data as data_lib
+from esmjax.loop import summary as summary_lib
 from esmjax.loop import workdir as workdir_lib
 from esmjax.loop.summary import SUMMARY_FILE
 
 PRED_COLUMNS = ("pctr", "pcvr", "pctcvr", "pctavr")
-_SUMMARY_FIX = (
-  "restore it from a copy, or delete it (the config is then read from the latest checkpoint)"
-)
+META_SUFFIX = ".json"  # predictions.csv.json: the model, workdir and checkpoint step behind them
 
 
 def load_schema(workdir: str) -> ds_lib.Schema:
@@ -45,10 +45,8 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
   Rebuilt on top of `default_config()` so tuples stay tuples; data directories that no longer
   exist (a model copied to another machine) are cleared, since loading a model does not read them.
   """
-  saved = None
-  path = os.path.join(workdir, SUMMARY_FILE)
-  if os.path.exists(path):
-    saved = digest.read_json(path, _SUMMARY_FIX).get("config")
+  summary = summary_lib.read(workdir)  # a corrupt summary.json: one line naming it
+  saved = summary.get("config") if summary is not None else None
   if saved is None:
     saved = ckpt_lib.read_config(workdir)
   if saved is None:
@@ -69,22 +67,23 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
-def restore(config, workdir: str):
-  """(Run, state) from the latest checkpoint in `workdir`, on this process's devices."""
+def restore(config, workdir: str, step: int | None = None):
+  """(Run, state) from checkpoint `step` (default: the latest) in `workdir`, on this process's
+  devices. Never another checkpoint: one that cannot be read stops with `CheckpointError` (only a
+  training resume falls back to an older one, and its summary says so)."""
   config_lib.validate(config)
   run = trainer.Run(config, load_schema(workdir))
   ck = ckpt_lib.Checkpointer(workdir, config, run)
   try:
-    state = ck.restore_latest()
+    state = ck.restore_step(step)
   finally:
     ck.close()
-  if state is None:
-    raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, ckpt_lib.CKPT_DIR)}")
   return run, state
 
 
-def load(workdir: str, config: ml_collections.ConfigDict | None = None):
-  """(Run, state) of the latest checkpoint of `workdir`, with its saved config unless given.
+def load(workdir: str, config: ml_collections.ConfigDict | None = None, step: int | None = None):
+  """(Run, state) of checkpoint `step` (default: the latest) of `workdir`, with its saved config
+  unless given.
 
   A saved config that asks for more devices than are here uses all devices here instead: restore
   re-shards the state.
@@ -94,7 +93,7 @@ def load(workdir: str, config: ml_collections.ConfigDict | None = None):
     config = saved_config(workdir)
     if config.mesh.num_devices > jax.device_count():
       config.mesh.num_devices = -1
-  return restore(config, workdir)
+  return restore(config, workdir, step)
 
 
 def predict_step(c, state, batch) -> dict:
@@ -154,36 +153,50 @@ def score_dataset(
   return {k: v[order] for k, v in cols.items()}, strays
 
 
-def predict_to_csv(config, workdir: str, input_dir: str, output_csv: str) -> int:
-  """Writes `sample_id,pctr,pcvr,pctcvr[,pctavr]`, one row per input row, in input order."""
+def predict_to_csv(
+  config, workdir: str, input_dir: str, output_csv: str, step: int | None = None
+) -> dict:
+  """Writes `sample_id,pctr,pcvr,pctcvr[,pctavr]`, one row per input row, in input order, and
+  `<output_csv>.json`, what produced them (model, workdir, checkpoint step, input, rows); returns
+  that description. Checkpoint `step` (default: the latest) or a one-line error, never another."""
+  outputs.check_target(output_csv, "--predict_output")  # before any work
   dataset = ds_lib.open_dataset(input_dir)
   evaluation.check_schema(load_schema(workdir), dataset)  # before a checkpoint is read
-  run, state = restore(config, workdir)
+  run, state = restore(config, workdir, step)
   cols, strays = score_dataset(run, state, dataset, config.train.eval_batch_size)
   log_strays(f"predict {input_dir}", strays)
+  meta = {
+    "model": run.config.model.name,
+    "workdir": os.path.abspath(workdir),
+    "checkpoint_step": int(jax.device_get(state.step)),
+    "input": os.path.abspath(input_dir),
+    "rows": len(cols["sample_id"]),
+    "oov_counts": strays,
+  }
   if jax.process_index() != 0:
-    return len(cols["sample_id"])
+    return meta
   names = [c for c in PRED_COLUMNS if c in cols]
-  os.makedirs(os.path.dirname(os.path.abspath(output_csv)), exist_ok=True)
-  tmp = output_csv + ".tmp"
-  with open(tmp, "w", newline="") as f:
+  with outputs.atomic_open(output_csv, "predictions", newline="") as f:
     w = csv.writer(f)
     w.writerow(["sample_id", *names])
     ids = cols["sample_id"]
     vals = np.stack([cols[c] for c in names], 1)
     for i in range(len(ids)):
       w.writerow([int(ids[i]), *(f"{v:.7g}" for v in vals[i])])
-  os.replace(tmp, output_csv)
-  return len(cols["sample_id"])
+  outputs.atomic_write(
+    output_csv + META_SUFFIX, (json.dumps(meta, indent=1) + "\n").encode(), "predictions metadata"
+  )
+  return meta
 
 
-def evaluate_workdir(config, workdir: str) -> dict[str, float]:
-  """The latest checkpoint's metrics on `data.eval_dir` (`train.max_eval_rows` rows at most)."""
+def evaluate_workdir(config, workdir: str, step: int | None = None) -> tuple[int, dict[str, float]]:
+  """(the checkpoint's step, its metrics on `data.eval_dir`, `train.max_eval_rows` rows at most);
+  checkpoint `step` (default: the latest) or a one-line error, never another."""
   _, eval_ds = data_lib.resolve_datasets(config)
   evaluation.check_schema(load_schema(workdir), eval_ds)
-  run, state = restore(config, workdir)
+  run, state = restore(config, workdir, step)
   cols, strays = score_dataset(
     run, state, eval_ds, config.train.eval_batch_size, max_rows=config.train.max_eval_rows
   )
   log_strays(f"evaluate {eval_ds.directory}", strays)
-  return evaluation.compute_metrics(cols, eval_ds.schema)
+  return int(jax.device_get(state.step)), evaluation.compute_metrics(cols, eval_ds.schema)

@@ -108,7 +108,10 @@ def build(
   """Components for `config` on `schema`. `mesh` (the run's) lets `embedding.sharding` pick the
   row-sharded engine; `row_multiple` pads the table rows to split evenly over it."""
   model = registry.build(config.model, schema)
-  label_columns = model.label_columns(tuple(schema.labels))
+  try:
+    label_columns = model.label_columns(tuple(schema.labels))
+  except ValueError as e:  # a label the model needs is missing from the data: the user's data
+    raise schema_lib.DatasetError(str(e)) from None
   layout = engine_lib.FeatureLayout.from_schema(
     schema, bucketise_dense=config.model.dense_mode == "bucket", row_multiple=row_multiple
   )

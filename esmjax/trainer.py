@@ -27,7 +27,7 @@ from esmjax.loop import data as data_lib
 from esmjax.loop import input_mode, resident
 from esmjax.loop import summary as summary_lib
 from esmjax.loop import workdir as workdir_lib
-from esmjax.loop.checkpointing import CheckpointPolicy, check_resumable
+from esmjax.loop.checkpointing import CheckpointPolicy, check_resumable, final_checkpoint_intact
 from esmjax.loop.dispatch import Dispatcher, Plan, boundary_intervals
 from esmjax.loop.evaluator import Evaluator
 from esmjax.loop.guard import NanGuard
@@ -45,9 +45,11 @@ def train_and_evaluate(
   """Trains, evaluates, writes metrics.jsonl and summary.json in `workdir`; returns the summary.
 
   Resumes from the latest readable checkpoint in `workdir`, which this run owns until it returns
-  (a second run on it is refused: `loop.workdir.WorkdirError`). On SIGTERM / SIGINT it finishes
-  the dispatch in flight, saves, and returns a summary with `preempted` set (no final evaluation,
-  no summary.json). `hooks` are for tests.
+  (a second run on it is refused: `loop.workdir.WorkdirError`). A workdir whose run finished
+  (summary.json) is left as it is: with the same config and no more steps asked for, its summary
+  is returned with `already_finished` set; another config is refused (`summary.check_finished`).
+  On SIGTERM / SIGINT it finishes the dispatch in flight, saves, and returns a summary with
+  `preempted` set (no final evaluation, no summary.json). `hooks` are for tests.
   """
   config_lib.validate(config)
   check_device_count(config)  # before any data is generated or read
@@ -56,26 +58,37 @@ def train_and_evaluate(
   with workdir_lib.claim(workdir, announce=False) as owner:
     train_ds, eval_ds = data_lib.resolve_datasets(config)
     evaluation.check_schema(train_ds.schema, eval_ds)  # else it is scored with other rows' ids
+    total = data_lib.num_train_steps(config, train_ds)  # refuses a batch larger than the data
+    done = summary_lib.check_finished(workdir, config, total)  # refuses another run's workdir
     run = Run(config, train_ds.schema)
     hooks = hooks or Hooks()
     custom = hooks.batches is not Hooks().batches
     mode = input_mode.resolve(config, run, train_ds, custom_batches=custom)
+    if done is not None and final_checkpoint_intact(workdir, config, run, done["steps"], mode):
+      logging.warning(
+        "%s already finished at step %d (summary.json); nothing to do, nothing changed",
+        workdir,
+        done["steps"],
+      )
+      return done
     resumes = check_resumable(workdir, config, run, mode)
     workdir_lib.check_schema(workdir, train_ds.schema, has_model=resumes is not None)
     owner.announce()
     workdir_lib.write_schema(workdir, train_ds.schema)
-    with _Training(config, workdir, run, train_ds, eval_ds, hooks, mode) as training:
+    with _Training(config, workdir, run, train_ds, eval_ds, total, hooks, mode) as training:
       return training.train()
 
 
 class _Training:
   """One run's parts, opened together and closed together (also when the run fails)."""
 
-  def __init__(self, config, workdir: str, run: Run, train_ds, eval_ds, hooks: Hooks, mode: str):
+  def __init__(
+    self, config, workdir: str, run: Run, train_ds, eval_ds, total: int, hooks: Hooks, mode: str
+  ):
     self.config, self.workdir, self.run, self.hooks = config, workdir, run, hooks
     self.input_mode = mode  # 'stream' or 'device' (`loop.input_mode.resolve`)
     self.train_ds, self.eval_ds = train_ds, eval_ds
-    self.total = data_lib.num_train_steps(config, train_ds)
+    self.total = total
     self._stack = contextlib.ExitStack()
 
   def __enter__(self) -> _Training:
@@ -245,6 +258,7 @@ class _Training:
       eval_seconds=self.evaluator.seconds,
       wall_seconds=time.perf_counter() - self.t0,
       best_step=self.checkpoints.best_step(),
+      skipped_checkpoints=self.checkpoints.skipped,
       num_devices=self.run.mesh.size,
       train_dir=self.train_ds.directory,
       eval_dir=self.eval_ds.directory,

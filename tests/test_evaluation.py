@@ -46,9 +46,34 @@ def test_constant_predictions_are_flagged_and_named(caplog):
   assert evaluation.collapsed_tasks(m) == ["cvr"]
   assert (
     "evaluation: the cvr predictions are collapsed (a dead tower?): their logits' std is 0 "
-    "over 400 rows (below 0.001), pcvr in [0.125, 0.125]; cvr/auc means nothing" in caplog.text
+    f"over {int(m['n/clicks'])} clicked rows (below 0.001), pcvr in [0.125, 0.125]; cvr/auc "
+    "means nothing" in caplog.text
   )
   assert "the ctr predictions" not in caplog.text
+
+
+def test_a_cvr_tower_constant_on_the_clicked_rows_is_flagged_whatever_the_unclicked_rows_say(
+  caplog,
+):
+  # ESMM at lr 0.3: pCVR constant on all but a few unclicked rows, cvr/auc exactly 0.5. Over
+  # every row the outliers lift the spread far above the threshold; over the clicked rows (the
+  # CVR task's own) it is 0.
+  cols = _cols(n=8000, pcvr=0.25)
+  unclicked = np.flatnonzero(cols["labels"][:, 0] == 0)[:3]
+  cols["pcvr"][unclicked] = [0.01, 0.9, 0.5]
+  cols["pctcvr"] = cols["pctr"] * cols["pcvr"]
+  assert M.logit_std(cols["pcvr"]) > 0.05  # what a judge over every row sees
+  with caplog.at_level(logging.WARNING):
+    m = evaluation.compute_metrics(cols, SCHEMA)
+  assert m["cvr/auc"] == 0.5 and m["cvr/logit_std"] == 0.0 and m["cvr/collapsed"] == 1.0
+  assert evaluation.collapsed_tasks(m) == ["cvr"]
+  assert f"over {int(m['n/clicks'])} clicked rows" in caplog.text
+  # The CTR head, constant on the clicked rows only, is judged on every row: not collapsed.
+  cols = _cols(n=8000)
+  click = cols["labels"][:, 0] == 1
+  cols["pctr"][click] = 0.3
+  m = evaluation.compute_metrics(cols, SCHEMA)
+  assert m["ctr/collapsed"] == 0.0 and m["cvr/collapsed"] == 0.0
 
 
 def test_nearly_constant_predictions_are_flagged_and_a_small_real_spread_is_not():

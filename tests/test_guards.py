@@ -4,6 +4,7 @@ and the best checkpoint kept by an eval metric."""
 import dataclasses
 import functools
 import glob
+import json
 import logging
 import os
 import shutil
@@ -27,6 +28,16 @@ def trained(data, tmp_path_factory):
   """A workdir with checkpoints at steps 5 and 10 -> (workdir, summary)."""
   workdir = str(tmp_path_factory.mktemp("trained"))
   return workdir, trainer.train_and_evaluate(tiny.run_config(data), workdir)
+
+
+@pytest.fixture(scope="module")
+def unfinished(trained, tmp_path_factory):
+  """`trained`'s workdir without its summary.json: a run stopped after its step-10 checkpoint (a
+  finished one of another config is refused before its checkpoints are read: test_workdir.py)."""
+  workdir = str(tmp_path_factory.mktemp("unfinished") / "run")
+  shutil.copytree(trained[0], workdir)
+  os.remove(os.path.join(workdir, "summary.json"))
+  return workdir
 
 
 def saved_steps(workdir):
@@ -226,8 +237,8 @@ def test_nan_weights_with_finite_losses_are_caught_before_a_save(data):
     ({"optimizer.grad_clip": 1.0}, "of another state layout: state.opt_state"),
   ],
 )
-def test_workdir_of_an_incompatible_config_is_refused(data, trained, overrides, message):
-  workdir, _ = trained
+def test_workdir_of_an_incompatible_config_is_refused(data, unfinished, overrides, message):
+  workdir = unfinished
   with pytest.raises(ckpt_lib.IncompatibleCheckpointError) as e:
     trainer.train_and_evaluate(
       tiny.run_config(data, **{"train.num_steps": 15, **overrides}), workdir
@@ -239,7 +250,7 @@ def test_workdir_of_an_incompatible_config_is_refused(data, trained, overrides, 
   assert saved_steps(workdir) == [5, 10]
 
 
-def test_workdir_of_other_table_shapes_is_refused(trained, tmp_path):
+def test_workdir_of_other_table_shapes_is_refused(unfinished, tmp_path):
   base = tiny.tiny_schema()
   schema = dataclasses.replace(base, sparse=(D.SparseField("user", 20),) + base.sparse[1:])
   for split in ("train", "eval"):
@@ -248,7 +259,7 @@ def test_workdir_of_other_table_shapes_is_refused(trained, tmp_path):
     ckpt_lib.IncompatibleCheckpointError,
     match="with 40 embedding rows, but this dataset's schema needs 48",
   ):
-    trainer.train_and_evaluate(tiny.run_config(tmp_path, **{"train.num_steps": 15}), trained[0])
+    trainer.train_and_evaluate(tiny.run_config(tmp_path, **{"train.num_steps": 15}), unfinished)
 
 
 def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
@@ -275,6 +286,85 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(
   # Steps 6..10 redone from step 5: the same model as the run that wrote the broken checkpoint.
   assert summary["state_fingerprint"] == trained[1]["state_fingerprint"]
   assert saved_steps(workdir) == [5, 10]
+  # The fallback is named in the run's summary.
+  (skipped,) = summary["skipped_checkpoints"]
+  assert skipped.startswith("step 10 (") and summary["resumed_from_step"] == 5
+
+
+def _truncate(workdir, step):
+  for path in glob.glob(os.path.join(workdir, "checkpoints", str(step), "state", "d", "*")):
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+
+
+def run_mode(mode, config, workdir, monkeypatch, capsys, **flags):
+  """esmjax.main.main in `mode` with `flags` (name -> value), as the CLI runs it -> (code, out,
+  err)."""
+  import types
+
+  from esmjax import main as main_lib
+
+  values = {"_CONFIG": config, "_WORKDIR": workdir, "_MODE": mode, **flags}
+  for name, value in values.items():
+    monkeypatch.setattr(main_lib, name, types.SimpleNamespace(value=value))
+  code = 0
+  try:
+    main_lib.main(["esmjax"])
+  except SystemExit as e:
+    code = e.code
+  captured = capsys.readouterr()
+  return code, captured.out, captured.err
+
+
+def test_serving_and_evaluation_never_fall_back_to_an_older_checkpoint(
+  data, trained, tmp_path, monkeypatch, capsys
+):
+  import esmjax
+  from esmjax import export as export_lib
+  from esmjax import predict
+
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained[0], workdir)
+  _truncate(workdir, 10)
+  before = sorted(glob.glob(os.path.join(workdir, "**"), recursive=True))
+  message = (
+    rf"checkpoint step 10 in {workdir}/checkpoints \(the latest\) is unreadable \(.*\); no older "
+    r"checkpoint is used in its place: rerun training in this workdir to resume from the last "
+    r"readable one; or name an older one explicitly \(--checkpoint_step=5, "
+    r"esmjax.load\(workdir, step=5\)\)"
+  )
+  config = tiny.run_config(data)
+  preds = str(tmp_path / "p.csv")
+  for call in (
+    lambda: esmjax.load(workdir),
+    lambda: predict.evaluate_workdir(config, workdir),
+    lambda: predict.predict_to_csv(config, workdir, str(data / "eval"), preds),
+    lambda: export_lib.export(workdir, str(tmp_path / "m.jaxexport")),
+  ):
+    with pytest.raises(ckpt_lib.CheckpointError, match=message):
+      call()
+  # Nothing was moved aside or written: the workdir is as it was.
+  assert sorted(glob.glob(os.path.join(workdir, "**"), recursive=True)) == before
+  assert not os.path.exists(preds) and not os.path.exists(str(tmp_path / "m.jaxexport"))
+  # On the command line: one line, exit 3.
+  code, out, err = run_mode("evaluate", config, workdir, monkeypatch, capsys, _CHECKPOINT_STEP=-1)
+  assert code == 3 and err.startswith("esmjax: error: checkpoint step 10 in ")
+  assert err.count("\n") == 1 and out == ""
+  # An older step asked for by name is served, and every output names it.
+  model = esmjax.load(workdir, step=5)
+  assert model.step == 5
+  meta = predict.predict_to_csv(config, workdir, str(data / "eval"), preds, step=5)
+  with open(preds + ".json") as f:
+    assert json.load(f) == meta and meta["checkpoint_step"] == 5
+  sig = export_lib.export(workdir, str(tmp_path / "m.jaxexport"), step=5, platforms=["cpu"])
+  assert sig["step"] == 5
+  code, out, err = run_mode("evaluate", config, workdir, monkeypatch, capsys, _CHECKPOINT_STEP=5)
+  assert code == 0 and out.startswith(f"checkpoint step 5 of {workdir}\n"), err
+  with pytest.raises(
+    ckpt_lib.StepNotFoundError,
+    match=r"checkpoint step 7 is not in .*/checkpoints; its steps are 5, 10$",
+  ):
+    esmjax.load(workdir, step=7)
 
 
 # -- the best checkpoint ---------------------------------------------------------------------------

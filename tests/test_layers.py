@@ -97,6 +97,7 @@ LAYERS = {
   "esmjax.absl_flags": 0,
   "esmjax.config_keys": 0,
   "esmjax.exits": 0,
+  "esmjax.outputs": 0,
   "esmjax.host_memory": 0,
   "esmjax.orbax_errors": 0,
   "esmjax.sharding": 0,

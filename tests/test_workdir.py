@@ -11,6 +11,7 @@ import time
 
 import pytest
 import tiny
+from test_checkpoint import jit_cache  # noqa: F401  (autouse: one compilation per program)
 
 import esmjax
 from esmjax import checkpoint as ckpt_lib
@@ -256,3 +257,102 @@ def test_save_that_hits_a_file_size_limit_fails_the_run_with_exit_3(data, tmp_pa
   assert err.count("\n") == 1 and out == ""
   assert not (workdir / "summary.json").exists()
   shutil.rmtree(workdir, ignore_errors=True)
+
+
+# -- a finished workdir ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finished(data, tmp_path_factory):
+  """A finished tiny run (checkpoints at steps 5 and 10) -> (workdir, summary); tests copy it."""
+  workdir = str(tmp_path_factory.mktemp("finished") / "wd")
+  return workdir, trainer.train_and_evaluate(tiny.run_config(data), workdir)
+
+
+def _copy(finished, tmp_path) -> str:
+  workdir = str(tmp_path / "wd")
+  shutil.copytree(finished[0], workdir)
+  return workdir
+
+
+def _snapshot(workdir):
+  """{relative path: bytes} of every file in `workdir` but the lock files (their content names
+  the last process that held them)."""
+  out = {}
+  for root, _, files in os.walk(workdir):
+    for name in files:
+      path = os.path.join(root, name)
+      if not name.startswith("run-p"):
+        with open(path, "rb") as f:
+          out[os.path.relpath(path, workdir)] = f.read()
+  return out
+
+
+def test_rerunning_a_finished_workdir_reports_it_and_changes_nothing(
+  data, finished, tmp_path, monkeypatch, capsys
+):
+  workdir = _copy(finished, tmp_path)
+  before = _snapshot(workdir)
+  again = trainer.train_and_evaluate(tiny.run_config(data), workdir)
+  assert again == {**finished[1], "already_finished": True}  # examples_per_sec etc. as they were
+  assert _snapshot(workdir) == before  # no record appended, no file rewritten
+  code, out, err = tiny.run_main(tiny.run_config(data), workdir, monkeypatch, capsys)
+  assert code == 0 and out.startswith(f"esmjax: {workdir} already finished at step 10; nothing")
+  assert _snapshot(workdir) == before
+  # More steps asked for: the run goes on from its last checkpoint.
+  more = trainer.train_and_evaluate(tiny.run_config(data, **{"train.num_steps": 12}), workdir)
+  assert more["steps"] == 12 and more["resumed_from_step"] == 10
+
+
+@pytest.mark.parametrize(
+  "overrides, named",
+  [
+    ({"train.seed": 1}, "train.seed=0 there vs 1 here"),
+    ({"optimizer.learning_rate": 0.3}, "optimizer.learning_rate=0.001 there vs 0.3 here"),
+  ],
+)
+def test_a_finished_workdir_of_another_config_is_refused_untouched(
+  data, finished, tmp_path, overrides, named
+):
+  workdir = _copy(finished, tmp_path)
+  before = _snapshot(workdir)
+  with pytest.raises(workdir_lib.WorkdirError) as e:
+    trainer.train_and_evaluate(tiny.run_config(data, **overrides), workdir)
+  assert str(e.value) == (
+    f"--workdir={workdir} holds another run, finished at step 10 with another config "
+    f"({named}); use another --workdir"
+  )
+  assert _snapshot(workdir) == before
+
+
+def test_a_finished_run_whose_final_checkpoint_is_unreadable_trains_again(data, finished, tmp_path):
+  workdir = _copy(finished, tmp_path)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "10", "state"))
+  again = trainer.train_and_evaluate(tiny.run_config(data), workdir)
+  assert "already_finished" not in again and again["resumed_from_step"] == 5
+  assert again["skipped_checkpoints"][0].startswith("step 10 (")
+  assert again["state_fingerprint"] == finished[1]["state_fingerprint"]
+
+
+def test_a_corrupt_summary_is_one_line_naming_it(data, finished, tmp_path):
+  workdir = _copy(finished, tmp_path)
+  path = os.path.join(workdir, "summary.json")
+  with open(path, "r+b") as f:
+    f.seek(10)
+    f.write(b"\xff\xfe")
+  message = rf"{path} is not a readable run summary \(UnicodeDecodeError: .*\); it is corrupt"
+  with pytest.raises(workdir_lib.WorkdirError, match=message):
+    esmjax.load(workdir)
+  with pytest.raises(workdir_lib.WorkdirError, match=message):
+    trainer.train_and_evaluate(tiny.run_config(data), workdir)
+
+
+def test_a_batch_larger_than_the_training_rows_is_refused(data, tmp_path):
+  from esmjax import config as config_lib
+
+  cfg = tiny.run_config(data, **{"train.batch_size": 4096})  # the train split: 1 500 rows
+  with pytest.raises(config_lib.ConfigError) as e:
+    trainer.train_and_evaluate(cfg, str(tmp_path / "wd"))
+  assert str(e.value).startswith("train.batch_size=4096 is larger than the 1500 training rows (")
+  assert "every batch would hold rows more than once" in str(e.value)
+  assert not os.path.exists(tmp_path / "wd" / "schema.json")  # refused before any write

@@ -226,14 +226,32 @@ def _as_text(a: pa.Array) -> pa.Array:
 
 
 def batches(path: str, cfg: Cfg, bad: OrderedBadLines | None) -> Batches:
-  """The file's rows in batches (`bad` collects the rows the CSV parser rejects)."""
+  """The file's rows in batches (`bad` collects the rows the CSV parser rejects). A file pyarrow
+  cannot decode (not UTF-8, a compressed stream or a Parquet file cut short) raises IngestError
+  naming it."""
   if os.path.getsize(path) == 0:
     return
   fmt, codec = _input(path, cfg.raw["format"])
-  if fmt == "csv":
-    yield from _csv_batches(path, cfg, bad, codec)
+  try:
+    if fmt == "csv":
+      yield from _csv_batches(path, cfg, bad, codec)
+    else:
+      yield from _parquet_batches(path, cfg)
+  except (pa.ArrowInvalid, OSError, EOFError) as e:
+    raise _undecodable(path, fmt, codec, e) from None
+
+
+def _undecodable(path: str, fmt: str, codec: str | None, e: Exception) -> IngestError:
+  detail = " ".join(str(e).split())[:240] or type(e).__name__
+  if "UTF8" in detail or "UTF-8" in detail:
+    why = "is not UTF-8 text; re-encode it (e.g. `iconv -f latin1 -t utf-8`)"
+  elif codec:
+    why = f"is a {codec} stream that cannot be decompressed (cut short or corrupt); copy it again"
+  elif fmt == "parquet":
+    why = "is not a readable Parquet file (cut short or corrupt); write or copy it again"
   else:
-    yield from _parquet_batches(path, cfg)
+    why = "cannot be read as CSV"
+  return IngestError(f"{path} {why} ({detail})")
 
 
 def _numbers(a: pa.Array) -> tuple[np.ndarray, np.ndarray]:

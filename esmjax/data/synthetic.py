@@ -11,7 +11,9 @@ import ast
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import time
 
 import numpy as np
@@ -88,11 +90,46 @@ def _complete(root: str) -> bool:
   return all(os.path.exists(os.path.join(root, s, ds_lib.MANIFEST)) for s in ("train", "eval"))
 
 
+_TMP = re.compile(r"^synthetic-[0-9a-f]+\.tmp-(\d+)(?:-(.+))?$")
+
+
+def remove_stale_temporaries(cache_dir: str) -> list[str]:
+  """Removes the temporary world directories (`synthetic-<hash>.tmp-<pid>-<host>`) of generations
+  that died (SIGKILL, power loss) on this host: their pid no longer runs. Another host's, and a
+  live process's, are left alone. Returns the paths removed (each logged with its size)."""
+  host, removed = socket.gethostname(), []
+  for name in sorted(os.listdir(cache_dir)) if os.path.isdir(cache_dir) else ():
+    m = _TMP.match(name)
+    if not m or (m.group(2) is not None and m.group(2) != host) or _alive(int(m.group(1))):
+      continue
+    path = os.path.join(cache_dir, name)
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+    shutil.rmtree(path, ignore_errors=True)
+    print(
+      f"synthetic: removed {path} ({size / 2**20:.0f} MB), left by generation process "
+      f"{m.group(1)}, which no longer runs",
+      flush=True,
+    )
+    removed.append(path)
+  return removed
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's process
+    return True
+  return True
+
+
 def ensure_dataset(cfg, cache_dir: str) -> tuple[str, str]:
   """(train_dir, eval_dir) of the world of `cfg` under `cache_dir/synthetic-<hash>`, generated once.
 
   Written into a temporary directory renamed into place, so an interrupted run never leaves a
-  directory that looks complete.
+  directory that looks complete; the temporaries of killed generations are removed first
+  (`remove_stale_temporaries`).
   """
   cfg = resolve_config(cfg)
   root = os.path.join(cache_dir, f"synthetic-{config_hash(cfg)}")
@@ -107,7 +144,8 @@ def ensure_dataset(cfg, cache_dir: str) -> tuple[str, str]:
     )
     return dirs
   os.makedirs(cache_dir, exist_ok=True)
-  tmp = f"{root}.tmp-{os.getpid()}"
+  remove_stale_temporaries(cache_dir)
+  tmp = f"{root}.tmp-{os.getpid()}-{socket.gethostname()}"
   shutil.rmtree(tmp, ignore_errors=True)
   try:
     world = build_world(cfg)

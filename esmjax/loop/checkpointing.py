@@ -85,6 +85,11 @@ class CheckpointPolicy:
   def latest_step(self) -> int | None:
     return self._ckpt.latest_step() if self._ckpt is not None else None
 
+  @property
+  def skipped(self) -> list[str]:
+    """The checkpoints the resume passed over as unreadable or corrupt ("step N (why)")."""
+    return list(self._ckpt.skipped) if self._ckpt is not None else []
+
   def best_step(self) -> int | None:
     return self._ckpt.best_step() if self._ckpt is not None else None
 
@@ -109,3 +114,34 @@ class CheckpointPolicy:
     except Exception as e:  # pylint: disable=broad-except
       first_line = str(e).splitlines()[0] if str(e) else ""
       logging.warning("while stopping: %s: %s", type(e).__name__, first_line)
+
+
+def final_checkpoint_intact(
+  workdir: str, config, run, step: int, input_mode: str = "stream"
+) -> bool:
+  """Whether the checkpoint of a finished run's last `step` reads back whole (digests verified).
+
+  When it does not (truncated, bytes changed, deleted), rerunning the run's command trains again
+  from the last readable checkpoint, as a resume does, and the new summary names what it skipped.
+  A run without checkpoints has nothing to check.
+  """
+  if not config.checkpoint.enabled:
+    return True
+  from esmjax import checkpoint as ckpt_lib
+
+  ck = ckpt_lib.Checkpointer(workdir, config, run, read_only=True, input_mode=input_mode)
+  try:
+    ck.restore_step(step)
+    return True
+  except (ckpt_lib.CheckpointError, ckpt_lib.StepNotFoundError, FileNotFoundError) as e:
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    logging.warning(
+      "%s finished at step %d, but its final checkpoint cannot be used (%s): training again "
+      "from the last readable checkpoint",
+      workdir,
+      step,
+      first,
+    )
+    return False
+  finally:
+    ck.close()

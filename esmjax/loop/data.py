@@ -7,6 +7,7 @@ import math
 import jax
 import ml_collections
 
+from esmjax import config as config_lib
 from esmjax.data import dataset as ds_lib
 from esmjax.data import pipeline
 
@@ -22,10 +23,25 @@ def resolve_datasets(config: ml_collections.ConfigDict) -> tuple[ds_lib.Dataset,
 
 
 def num_train_steps(config: ml_collections.ConfigDict, train_ds: ds_lib.Dataset) -> int:
-  """train.num_steps, or the steps of train.num_epochs over the used fraction of the rows."""
+  """train.num_steps, or the steps of train.num_epochs over the used fraction of the rows.
+
+  A batch larger than those rows is refused (ConfigError): each batch would hold every row more
+  than once (100 000 of 40 000 rows: each 2.5 times in one step), which no epoch count describes.
+  """
+  rows = train_ds.num_rows * config.data.train_fraction
+  if config.train.batch_size > rows:
+    used = (
+      f"{int(rows)} training rows ({train_ds.num_rows} in {train_ds.directory})"
+      if config.data.train_fraction == 1
+      else f"{int(rows)} training rows (data.train_fraction={config.data.train_fraction} of "
+      f"{train_ds.num_rows} in {train_ds.directory})"
+    )
+    raise config_lib.ConfigError(
+      f"train.batch_size={config.train.batch_size} is larger than the {used}: every batch would "
+      "hold rows more than once; use a batch size no larger than the training rows"
+    )
   if config.train.num_steps > 0:
     return int(config.train.num_steps)
-  rows = train_ds.num_rows * config.data.train_fraction
   return max(1, int(math.ceil(config.train.num_epochs * rows / config.train.batch_size)))
 
 

@@ -13,6 +13,9 @@ from esmjax import digest, evaluation
 from esmjax import state as state_lib
 
 SUMMARY_FILE = "summary.json"
+SUMMARY_FIX = (
+  "restore it from a copy, or delete it (the config is then read from the latest checkpoint)"
+)
 
 
 def fingerprint(state) -> str:
@@ -37,6 +40,7 @@ def finished(
   eval_seconds: float,
   wall_seconds: float,
   best_step: int | None,
+  skipped_checkpoints: list[str] = (),
   num_devices: int,
   train_dir: str,
   eval_dir: str,
@@ -55,6 +59,9 @@ def finished(
     "collapsed_tasks": evaluation.collapsed_tasks(metrics),  # tasks whose predictions are ~constant
     "state_fingerprint": fingerprint(state),
     "resumed_from_step": start_step or None,
+    # Newer checkpoints the resume found unreadable or corrupt and moved to checkpoints.corrupt/:
+    # this run went on from an older step than its latest.
+    "skipped_checkpoints": list(skipped_checkpoints),
     "best_checkpoint_step": best_step,
     "num_devices": num_devices,
     "num_processes": jax.process_count(),
@@ -79,6 +86,52 @@ def preempted(
 
 def write(workdir: str, summary: dict[str, Any]) -> None:
   if jax.process_index() == 0:
+    from esmjax import outputs
+
     # Sealed (`esmjax.digest`): `esmjax.load` and predict read the config back from it.
     plain = json.loads(json.dumps(summary, default=str))
-    digest.write_json(os.path.join(workdir, SUMMARY_FILE), plain, indent=1)
+    path = os.path.join(workdir, SUMMARY_FILE)
+    with outputs.atomic_open(path, "the run summary") as f:
+      json.dump(digest.seal(plain), f, indent=1)
+      f.write("\n")
+
+
+def read(workdir: str) -> dict[str, Any] | None:
+  """`<workdir>/summary.json`, verified against its digest, or None when the run has not
+  finished; a file that is corrupt, cut short or edited raises `digest.IntegrityError` naming it."""
+  path = os.path.join(workdir, SUMMARY_FILE)
+  if not os.path.exists(path):
+    return None
+  return digest.read_json(path, SUMMARY_FIX)
+
+
+def check_finished(workdir: str, config, total: int) -> dict[str, Any] | None:
+  """For a run about to start in `workdir`: None when no run finished there, or when the finished
+  one is to be trained further (`total` above its steps, same config). Its summary, marked
+  `already_finished`, when it already reached `total` (the caller then checks that its final
+  checkpoint is intact, and writes nothing: a rerun of the same command leaves the workdir as it
+  was). Raises WorkdirError naming the differing keys when the
+  finished run had another config (a seed, a learning rate): its model and summary are that run's.
+  """
+  from esmjax import checkpoint as ckpt_lib
+  from esmjax.loop.workdir import WorkdirError
+
+  summary = read(workdir)
+  if summary is None or "config" not in summary:
+    return None
+  old = ckpt_lib._flat_config(summary["config"])
+  new = ckpt_lib._flat_config(json.loads(config.to_json_best_effort()))
+  diffs = [
+    f"{k}={old.get(k)!r} there vs {new.get(k)!r} here"
+    for k in sorted(set(old) | set(new))
+    if old.get(k) != new.get(k) and not k.startswith(ckpt_lib.RESUME_FREE_KEYS)
+  ]
+  if diffs:
+    raise WorkdirError(
+      f"--workdir={os.path.abspath(workdir)} holds another run, finished at step "
+      f"{summary.get('steps')} with another config ({'; '.join(diffs[:4])}"
+      f"{'; ...' if len(diffs) > 4 else ''}); use another --workdir"
+    )
+  if int(summary.get("steps", 0)) < total:
+    return None
+  return {**summary, "already_finished": True}
