@@ -340,10 +340,12 @@ def test_a_corrupt_summary_is_one_line_naming_it(data, finished, tmp_path):
   with open(path, "r+b") as f:
     f.seek(10)
     f.write(b"\xff\xfe")
-  message = rf"{path} is not a readable run summary \(UnicodeDecodeError: .*\); it is corrupt"
-  with pytest.raises(workdir_lib.WorkdirError, match=message):
+  from esmjax import digest
+
+  message = rf"{path} is not readable JSON \(UnicodeDecodeError: .*\): restore it from a copy"
+  with pytest.raises(digest.IntegrityError, match=message):
     esmjax.load(workdir)
-  with pytest.raises(workdir_lib.WorkdirError, match=message):
+  with pytest.raises(digest.IntegrityError, match=message):
     trainer.train_and_evaluate(tiny.run_config(data), workdir)
 
 

@@ -107,7 +107,8 @@ def read(workdir: str) -> dict[str, Any] | None:
 
 def check_finished(workdir: str, config, total: int) -> dict[str, Any] | None:
   """For a run about to start in `workdir`: None when no run finished there, or when the finished
-  one is to be trained further (`total` above its steps, same config). Its summary, marked
+  one is to be trained further (`total` above its steps: the checkpoint's compatibility checks
+  then decide, as for any resume). Its summary, marked
   `already_finished`, when it already reached `total` (the caller then checks that its final
   checkpoint is intact, and writes nothing: a rerun of the same command leaves the workdir as it
   was). Raises WorkdirError naming the differing keys when the
@@ -118,6 +119,8 @@ def check_finished(workdir: str, config, total: int) -> dict[str, Any] | None:
 
   summary = read(workdir)
   if summary is None or "config" not in summary:
+    return None
+  if int(summary.get("steps", 0)) < total:  # trained further: the checkpoint checks decide
     return None
   old = ckpt_lib._flat_config(summary["config"])
   new = ckpt_lib._flat_config(json.loads(config.to_json_best_effort()))
@@ -132,6 +135,4 @@ def check_finished(workdir: str, config, total: int) -> dict[str, Any] | None:
       f"{summary.get('steps')} with another config ({'; '.join(diffs[:4])}"
       f"{'; ...' if len(diffs) > 4 else ''}); use another --workdir"
     )
-  if int(summary.get("steps", 0)) < total:
-    return None
   return {**summary, "already_finished": True}
