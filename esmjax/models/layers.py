@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from esmjax.models import mixed
+
 ACTIVATIONS = {
   "relu": nn.relu,
   "gelu": nn.gelu,
@@ -201,6 +203,14 @@ def tower_group(
   ]
   act = ACTIVATIONS[activation]
   keep = 1.0 - dropout
+  if jnp.dtype(dtype) == jnp.bfloat16:
+    fused = fuse and len(names) > 1 and bool(hidden)
+    params = [[tuple(a) for a in p[0]] for p in parts]
+    masks = [list(p[1]) + [None] * (len(sizes) - 1 - len(p[1])) for p in parts]
+    outs = mixed.mixed_towers(act, keep, fused, not head, x, params, masks)
+    if head:
+      return {t: h[:, 0] for t, h in zip(names, outs, strict=True)}
+    return dict(zip(names, outs, strict=True))
   hs, first = [x] * len(names), 0
   if fuse and len(names) > 1 and hidden:
     kernel = jnp.concatenate([p[0][0][0].astype(dtype) for p in parts], axis=1)
