@@ -252,7 +252,9 @@ class TowerNet(nn.Module):
   def __call__(self, emb: dict[str, jax.Array], mv_w, dense, train: bool = False):
     out = {}
     for s in dict.fromkeys(s for _, s in self.towers):
-      x = FieldInputs(self.spec, self.dtype, name=f"inputs_{s}")(emb[s], mv_w, dense)
+      # Pooling and the dense embeddings stay f32 (the towers cast their input to bf16 for the
+      # matmul), so the rows' gradient, which the table optimizers read, is f32 too.
+      x = FieldInputs(self.spec, jnp.float32, name=f"inputs_{s}")(emb[s], mv_w, dense)
       names = [t for t, ts in self.towers if ts == s]
       out.update(
         tower_group(

@@ -142,7 +142,8 @@ def _bwd(act, keep, fused, has_tail, saved, cts):
     dwT = _mm(gb, xb)  # [T·h, in]
     width = params[0][0][0].shape[1]
     for t in range(n_towers):
-      grads[t][0] = (_transpose(dwT[t * width : (t + 1) * width]), jnp.sum(gT[t * width : (t + 1) * width], 1))
+      cols = slice(t * width, (t + 1) * width)
+      grads[t][0] = (_transpose(dwT[cols]), jnp.sum(gT[cols], 1))
     kernel = jnp.concatenate([p[0][0] for p in params], axis=1)
     dxT = _mm(kernel, gb)
   else:
