@@ -19,9 +19,13 @@ TORCH_VARIANTS = (
   "compile-dense-rowwise_adagrad",
   "compile-dense-adagrad",
   "compile-dense-adam",
+  # bf16 autocast (torch_reference.Variant.bf16): what a PyTorch user turns on for speed.
+  "eager-sparse-rowwise_adagrad-bf16",
+  "compile-sparse-rowwise_adagrad-bf16",
+  "compile-dense-adam-bf16",
 )
 QUICK_JAX = ("rowwise_adagrad",)
-QUICK_TORCH = ("eager-sparse-rowwise_adagrad", "compile-dense-adam")
+QUICK_TORCH = ("eager-sparse-rowwise_adagrad", "compile-dense-adam", "compile-dense-adam-bf16")
 
 
 # ---------------------------------------------------------------------------------------------
