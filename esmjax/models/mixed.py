@@ -46,12 +46,17 @@ def _mm(a, b):
   )
 
 
-def _transpose(a):
-  """a.T as a gather, so that XLA keeps it as a copy: an in-graph transpose that feeds or follows
-  a dot is folded into the dot's dimension numbers, which sends the dot to the f32 kernel."""
+def _gather_transpose(a):
   m, n = a.shape
   perm = np.arange(m * n, dtype=np.int32).reshape(m, n).T.reshape(-1)
   return a.reshape(-1)[perm].reshape(n, m)
+
+
+def _transpose(a):
+  """a.T, on CPU as a gather so that XLA keeps it a copy: an in-graph transpose that feeds or
+  follows a dot is folded into the dot's dimension numbers, which sends the dot to XLA:CPU's f32
+  kernel. GPUs and TPUs take the plain transpose."""
+  return jax.lax.platform_dependent(a, cpu=_gather_transpose, default=lambda a: a.T)
 
 
 def _forward(act, keep, fused, has_tail, x, params, masks):
