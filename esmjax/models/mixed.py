@@ -29,6 +29,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.layout import Layout, with_layout_constraint
 
 BF16, F32 = jnp.bfloat16, jnp.float32
 
@@ -46,17 +47,24 @@ def _mm(a, b):
   )
 
 
+def _copy_transpose(a):
+  """a.T materialised row-major: the layout constraint stops XLA from giving the transpose (and
+  what it feeds) a transposed layout, which would send the dots reading it to f32."""
+  return with_layout_constraint(a.T, Layout(major_to_minor=(0, 1)))
+
+
 def _gather_transpose(a):
+  """a.T as a gather: the transpose of a dot's *result* is otherwise rewritten into the dot (its
+  operands swapped and transposed: the slow form), layout constraint or not."""
   m, n = a.shape
   perm = np.arange(m * n, dtype=np.int32).reshape(m, n).T.reshape(-1)
   return a.reshape(-1)[perm].reshape(n, m)
 
 
-def _transpose(a):
-  """a.T, on CPU as a gather so that XLA keeps it a copy: an in-graph transpose that feeds or
-  follows a dot is folded into the dot's dimension numbers, which sends the dot to XLA:CPU's f32
-  kernel. GPUs and TPUs take the plain transpose."""
-  return jax.lax.platform_dependent(a, cpu=_gather_transpose, default=lambda a: a.T)
+def _transpose(a, of_dot: bool = False):
+  """a.T as a real copy on CPU (`of_dot`: a is a dot's result); GPUs and TPUs take a.T."""
+  cpu = _gather_transpose if of_dot else _copy_transpose
+  return jax.lax.platform_dependent(a, cpu=cpu, default=lambda a: a.T)
 
 
 def _forward(act, keep, fused, has_tail, x, params, masks):
@@ -133,7 +141,7 @@ def _bwd(act, keep, fused, has_tail, saved, cts):
       kernel = params[t][i][0]
       gb = gT.astype(BF16)
       if i >= first:
-        grads[t][i] = (_transpose(_mm(gb, ins[t][i])), jnp.sum(gT, axis=1))
+        grads[t][i] = (_transpose(_mm(gb, ins[t][i]), of_dot=True), jnp.sum(gT, axis=1))
         daT = _mm(kernel, gb)  # [in, B]
         if i == 0:
           g_first.append(daT)
@@ -148,13 +156,14 @@ def _bwd(act, keep, fused, has_tail, saved, cts):
     width = params[0][0][0].shape[1]
     for t in range(n_towers):
       cols = slice(t * width, (t + 1) * width)
-      grads[t][0] = (_transpose(dwT[cols]), jnp.sum(gT[cols], 1))
+      grads[t][0] = (_transpose(dwT[cols], of_dot=True), jnp.sum(gT[cols], 1))
     kernel = jnp.concatenate([p[0][0] for p in params], axis=1)
     dxT = _mm(kernel, gb)
   else:
     dxT = functools.reduce(jnp.add, g_first)
   grads = [[(g.astype(F32), b.astype(F32)) for g, b in gt] for gt in grads]
-  return _transpose(dxT).astype(x_zero.dtype), grads, jax.tree_util.tree_map(lambda m: None, masks)
+  dx = _transpose(dxT, of_dot=True).astype(x_zero.dtype)
+  return dx, grads, jax.tree_util.tree_map(lambda m: None, masks)
 
 
 mixed_towers.defvjp(_fwd, _bwd)
