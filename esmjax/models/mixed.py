@@ -47,6 +47,13 @@ def _mm(a, b):
   )
 
 
+def _mm_nt(a, b):
+  """a [M, K] @ b [N, K]ᵀ in bf16 with f32 accumulation."""
+  return jax.lax.dot_general(
+    a.astype(BF16), b.astype(BF16), (((1,), (1,)), ((), ())), preferred_element_type=F32
+  )
+
+
 def _copy_transpose(a):
   """a.T materialised row-major: the layout constraint stops XLA from giving the transpose (and
   what it feeds) a transposed layout, which would send the dots reading it to f32."""
@@ -158,11 +165,13 @@ def _bwd(act, keep, fused, has_tail, saved, cts):
       cols = slice(t * width, (t + 1) * width)
       grads[t][0] = (_transpose(dwT[cols], of_dot=True), jnp.sum(gT[cols], 1))
     kernel = jnp.concatenate([p[0][0] for p in params], axis=1)
-    dxT = _mm(kernel, gb)
+    # dx [B, in] = g [B, T·h] @ kernelᵀ: a right operand contracting its minor dimension is a
+    # fast form too, and g's copy [B, T·h] is cheaper than transposing the result [in, B].
+    dx = _mm_nt(_transpose(gb), kernel)
   else:
-    dxT = functools.reduce(jnp.add, g_first)
+    dx = _transpose(functools.reduce(jnp.add, g_first), of_dot=True)
   grads = [[(g.astype(F32), b.astype(F32)) for g, b in gt] for gt in grads]
-  dx = _transpose(dxT, of_dot=True).astype(x_zero.dtype)
+  dx = dx.astype(x_zero.dtype)
   return dx, grads, jax.tree_util.tree_map(lambda m: None, masks)
 
 
