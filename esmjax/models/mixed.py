@@ -15,11 +15,15 @@ a free reshape of [B]), and then every dot has its left operand contracting its 
 
   weight gradient   dWᵀ [out, in] = gᵀ [out, B] @ a [B, in]      (a: the layer's bf16 input)
   input gradient    daᵀ [in, B]  = W [in, out] @ gᵀ [out, B]
-  activation        gᵀ of the layer below = daᵀ · act'(yᵀ) (yᵀ read transposed inside the fusion)
+  activation        gᵀ of the layer below = daᵀ · act'(y)ᵀ
 
-and the towers' input gradient [B, in] is one transpose of dxᵀ at the end. The forward pass is
-batch-major as usual (`x @ W`, already the fast form). Dropout masks and activations match
-`layers.tower_group` (same params, masks and RNG), so f32 and bf16 are one model.
+and the towers' input gradient is dx [B, in] = g [B, T·h] @ kernelᵀ (a right operand contracting
+its minor dimension is a fast form too). The transposes that must stay copies (act'(y)ᵀ and g:
+a row-major layout constraint; the small weight gradients dWᵀ → dW, results of dots: gathers,
+since XLA rewrites a dot result's transpose into the dot) are CPU-only: GPUs and TPUs take plain
+transposes. The forward pass is batch-major as usual (`x @ W`, already the fast form). Dropout
+masks and activations match `layers.tower_group` (same params, masks and RNG), so f32 and bf16 are
+one model.
 """
 
 from __future__ import annotations
