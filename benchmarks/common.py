@@ -272,6 +272,8 @@ def jax_throughput(spec: dict[str, Any]) -> dict[str, Any]:
     spec.get("optimizer", "rowwise_adagrad"),
     devices=devices,
   )
+  if spec.get("model_dtype"):  # the towers' dtype alone (tables keep `dtype`)
+    cfg.model.dtype = spec["model_dtype"]
   rss_import = rss_mb()
   t = time.perf_counter()
   run = trainer.Run(cfg, schema, mesh=mesh)

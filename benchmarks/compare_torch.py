@@ -95,7 +95,9 @@ def main(argv=None):
     "--torch_variants", default="", help="comma-separated torch variants (default: all)"
   )
   ap.add_argument(
-    "--jax_variants", default="", help="comma-separated row-wise optimizers for JAX (default: all)"
+    "--jax_variants",
+    default="",
+    help="comma-separated row-wise optimizers for JAX, '-bf16' for bf16 towers (default: all)",
   )
   ap.add_argument("--models", default="esmm,esm2")
   ap.add_argument("--seeds", default="0,1")

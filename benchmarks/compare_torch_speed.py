@@ -9,7 +9,7 @@ import time
 import common
 import compare_torch_env as env
 
-JAX_VARIANTS = ("rowwise_adagrad", "adagrad", "lazy_adam")
+JAX_VARIANTS = ("rowwise_adagrad", "adagrad", "lazy_adam", "rowwise_adagrad-bf16")
 TORCH_VARIANTS = (
   "eager-sparse-rowwise_adagrad",
   "eager-sparse-adagrad",
@@ -19,9 +19,13 @@ TORCH_VARIANTS = (
   "compile-dense-rowwise_adagrad",
   "compile-dense-adagrad",
   "compile-dense-adam",
+  # bf16 autocast (torch_reference.Variant.bf16): what a PyTorch user turns on for speed.
+  "eager-sparse-rowwise_adagrad-bf16",
+  "compile-sparse-rowwise_adagrad-bf16",
+  "compile-dense-adam-bf16",
 )
-QUICK_JAX = ("rowwise_adagrad",)
-QUICK_TORCH = ("eager-sparse-rowwise_adagrad", "compile-dense-adam")
+QUICK_JAX = ("rowwise_adagrad", "rowwise_adagrad-bf16")
+QUICK_TORCH = ("eager-sparse-rowwise_adagrad", "compile-dense-adam", "compile-dense-adam-bf16")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +118,11 @@ def throughput_section(args, log) -> dict:
       for fw, v in runs if rnd % 2 == 0 else runs[::-1]:  # alternate who goes first
         name = f"{fw}-{v}"
         if fw == "jax":
-          spec = {"kind": "jax", "rows": rows, "optimizer": v, **timing}
+          # '<optimizer>-bf16': model.dtype=bfloat16 (bf16 towers, f32 tables).
+          opt = v.removesuffix("-bf16")
+          spec = {"kind": "jax", "rows": rows, "optimizer": opt, **timing}
+          if v != opt:
+            spec["model_dtype"] = "bfloat16"
         else:
           spec = {
             "kind": "torch",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import operator
 import statistics
@@ -59,6 +60,73 @@ def jax_matmul(spec) -> dict:
   return {"gflops": {k: v / 1e9 for k, v in out.items()}, "backend": jax.default_backend()}
 
 
+def tower_dots(batch: int, in_dim: int, hidden, towers: int) -> list[tuple[str, int, int, int]]:
+  """(name, M, K, N) of every matmul of the towers' step, forward and backward: the first layers
+  of the towers as one fused [B, in] × [in, T·h] matmul, the later layers per tower (×T)."""
+  sizes = [in_dim, *hidden, 1]
+  out = []
+  for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+    n = b * towers if i == 0 else b
+    reps = 1 if i == 0 else towers
+    if min(a, n) < 16:  # the heads: matrix-vector products, a negligible share of the FLOPs
+      continue
+    for _ in range(reps):
+      out += [(f"L{i} fwd", batch, a, n), (f"L{i} dx", batch, n, a), (f"L{i} dW", a, batch, n)]
+  return out
+
+
+def jax_tower_dots(spec) -> dict:
+  """GFLOP/s of each tower matmul shape as a plain [M, K] @ [K, N] in JAX: f32, and bf16 operands
+  with f32 accumulation (operands in the layout the fast kernel takes: the best case)."""
+  import jax
+  import jax.numpy as jnp
+
+  out = {}
+  for _, m, k, n in {(s[1], s[2], s[3]): s for s in spec["shapes"]}.values():
+    for label, dtype, acc in (("jax f32", jnp.float32, None), ("jax bf16→f32", jnp.bfloat16, 1)):
+      a = jnp.ones((m, k), dtype)
+      b = jnp.ones((k, n), dtype)
+      f = jax.jit(
+        lambda x, y, acc=acc: jax.lax.dot_general(
+          x, y, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32 if acc else None
+        )
+      )
+      s = _time_calls(functools.partial(f, a, b), jax.block_until_ready, spec["min_s"])
+      out[f"{label}/{m}x{k}x{n}"] = 2 * m * k * n / s / 1e9
+  return {"gflops": out}
+
+
+def torch_tower_dots(spec) -> dict:
+  """The same shapes in PyTorch: f32, and bf16 (what autocast runs: oneDNN, AMX where present)."""
+  import torch
+
+  torch.set_num_threads(reporting.usable_cores())
+  out = {}
+  for _, m, k, n in {(s[1], s[2], s[3]): s for s in spec["shapes"]}.values():
+    for label, dtype in (("torch f32", torch.float32), ("torch bf16", torch.bfloat16)):
+      a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+      s = _time_calls(functools.partial(operator.matmul, a, b), lambda x: x, spec["min_s"])
+      out[f"{label}/{m}x{k}x{n}"] = 2 * m * k * n / s / 1e9
+  return {"gflops": out}
+
+
+def best_tower_kernel(shapes, gflops: dict) -> dict:
+  """Per shape the fastest kernel measured, and the towers' best rate: all their FLOPs over the
+  time the per-shape best kernels take ({'gflops', 'by_shape'})."""
+  by_shape, flops, secs = {}, 0.0, 0.0
+  for name, m, k, n in shapes:
+    key = f"{m}x{k}x{n}"
+    cands = {lab.split("/")[0]: v for lab, v in gflops.items() if lab.endswith("/" + key)}
+    if not cands:
+      continue
+    best = max(cands, key=cands.get)
+    by_shape[f"{name} {key}"] = {"best": best, **cands}
+    f = 2.0 * m * k * n
+    flops += f
+    secs += f / (cands[best] * 1e9)
+  return {"gflops": flops / secs / 1e9 if secs else float("nan"), "by_shape": by_shape}
+
+
 def torch_matmul(spec) -> dict:
   import torch
 
@@ -86,10 +154,14 @@ def towers_only(spec) -> dict:
   b, in_dim = spec["batch"], spec["in_dim"]
   towers = len(common.model_towers(spec["model"]))
 
+  dtype = jnp.bfloat16 if spec.get("dtype") == "bfloat16" else jnp.float32
+
   class Towers(nn.Module):
     @nn.compact
     def __call__(self, x):
-      return [layers.Tower((200, 80), name=f"t{i}")(x) for i in range(towers)]
+      names = [f"t{i}" for i in range(towers)]
+      kw = dict(hidden=(200, 80), activation="relu", dropout=0.0, dtype=dtype, train=True)
+      return list(layers.tower_group(names, x, **kw).values())
 
   m = Towers()
   x = jax.random.normal(jax.random.PRNGKey(0), (b, in_dim))
@@ -160,6 +232,40 @@ def fraction_line(ex_per_s: float, flops_per_ex: float, peak_gflops: float) -> s
   )
 
 
+def tower_limit_md(res: dict) -> list[str]:
+  """The towers' own limit: every kernel at the towers' matmul shapes, and each step's tower
+  FLOP/s against the best of them."""
+  best = res.get("best_tower_kernel")
+  if not best:
+    return []
+  labels = ["jax f32", "jax bf16→f32", "torch f32", "torch bf16"]
+  rows = [
+    [shape, *[v.get(k, float("nan")) for k in labels], v["best"]]
+    for shape, v in best["by_shape"].items()
+  ]
+  rates = [
+    [k, v["ex_per_s"], v["tower_gflops"], v["fraction_of_best_kernel"]]
+    for k, v in res["tower_rates"].items()
+  ]
+  return [
+    "## The towers' limit: matmul at their own shapes (batch 4096), GFLOP/s",
+    "",
+    "Operands in the layout each kernel takes best (the best case for every kernel); "
+    "`jax bf16→f32` is bf16 operands with f32 accumulation (`preferred_element_type`), "
+    "`torch bf16` what `torch.autocast` runs.",
+    "",
+    reporting.markdown_table(["dot (name M×K×N)", *labels, "best"], rows),
+    "",
+    f"Best kernel per shape over all the towers' FLOPs: **{best['gflops']:,.0f} GFLOP/s** (the "
+    "limit the fractions below use).",
+    "",
+    reporting.markdown_table(
+      ["what (ESMM, batch 4096)", "ex/s", "tower GFLOP/s", "fraction of best kernel"], rates
+    ),
+    "",
+  ]
+
+
 def markdown(res: dict) -> str:
   flops, roof = res["esmm_flops_per_example"], res["roofline_ex_per_s"]
   tw_rate, st_rate = res["towers_only_ex_per_s"], res["esmm_step_1e5_ex_per_s"]
@@ -186,6 +292,7 @@ def markdown(res: dict) -> str:
     "",
     fraction_line(st_rate, flops, res["peak_gflops"]),
     "",
+    *tower_limit_md(res),
     "Regenerate: `python benchmarks/roofline.py`.",
   ]
   return "\n".join(md) + "\n"
@@ -210,15 +317,35 @@ def main(argv=None):
   w = dict(windows=3, window_s=1.5 if args.quick else 3.0)
   me = Path(__file__).resolve()
   in_dim = common.PAPER_FIELDS * common.PAPER_DIM
-  tw = common.run_worker(
-    me, {"kind": "towers", "batch": 4096, "in_dim": in_dim, "model": "esmm", **w}
-  )
-  st = common.run_worker(
-    me, {"kind": "step", "model": "esmm", "rows": 100_000, "batch": 4096, "warmup_s": 1.0, **w}
-  )
+  shapes = tower_dots(4096, in_dim, (200, 80), 2)
+  dot_spec = {"shapes": shapes, "min_s": 0.3 if args.quick else 1.0}
+  kernels = {}
+  for kind in ("jax_tower_dots", "torch_tower_dots"):
+    r = common.run_worker(me, {"kind": kind, **dot_spec})
+    kernels.update(r.get("gflops", {}))
+  best = best_tower_kernel(shapes, kernels)
+  runs = {}
+  for dtype in ("float32", "bfloat16"):
+    runs[f"towers/{dtype}"] = common.run_worker(
+      me,
+      {"kind": "towers", "batch": 4096, "in_dim": in_dim, "model": "esmm", "dtype": dtype, **w},
+    )
+    runs[f"step/{dtype}"] = common.run_worker(
+      me,
+      {
+        "kind": "step",
+        "model": "esmm",
+        "rows": 100_000,
+        "batch": 4096,
+        "dtype": dtype,
+        "warmup_s": 1.0,
+        **w,
+      },
+    )
+  st, tw = runs["step/float32"], runs["towers/float32"]
   flops = st.get("flops_per_example", float("nan"))  # the step's worker counts the model's towers
-  tw_rate = common.spread(tw.get("ex_per_s", []))["median"]
-  st_rate = common.spread(st.get("ex_per_s", []))["median"]
+  rates = {k: common.spread(r.get("ex_per_s", []))["median"] for k, r in runs.items()}
+  tw_rate, st_rate = rates["towers/float32"], rates["step/float32"]
   roof = peak["peak_gflops"] * 1e9 / flops
   res = {
     "when": prov["when"],
@@ -232,8 +359,18 @@ def main(argv=None):
     "towers_only_fraction": tw_rate / roof,
     "esmm_step_1e5_ex_per_s": st_rate,
     "esmm_step_fraction": st_rate / roof,
+    "tower_kernels_gflops": kernels,
+    "best_tower_kernel": best,
+    "tower_rates": {
+      k: {
+        "ex_per_s": v,
+        "tower_gflops": v * flops / 1e9,
+        "fraction_of_best_kernel": v * flops / 1e9 / best["gflops"],
+      }
+      for k, v in rates.items()
+    },
     "step_engine": st.get("engine"),
-    "errors": [r["error"] for r in (tw, st) if "error" in r],
+    "errors": [r["error"] for r in runs.values() if "error" in r],
     **{k: prov[k] for k in ("command", "machine", "code", "load_before")},
   }
   md = markdown(reporting.finish(res, t0))
@@ -248,6 +385,8 @@ if __name__ == "__main__":
       "jax_matmul": jax_matmul,
       "torch_matmul": torch_matmul,
       "towers": towers_only,
+      "jax_tower_dots": jax_tower_dots,
+      "torch_tower_dots": torch_tower_dots,
       "step": common.jax_throughput,
     }
   ):

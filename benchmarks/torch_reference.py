@@ -33,9 +33,12 @@ What is mirrored exactly (and checked by tests/test_torch_reference.py on copied
                        skips was skipped by all the steps before (the test checks this and the
                        difference).
 Variants (`Variant`): sparse or dense [V, D] table gradients (`nn.Embedding(sparse=...)`), eager or
-`torch.compile`. With sparse gradients compile takes the dense part (pooling, towers, loss) and the
-lookups stay eager (inductor does not produce sparse gradients); with dense gradients it takes the
-whole forward pass and loss, lookups included.
+`torch.compile`, f32 or bf16 autocast (suffix `-bf16`: `torch.autocast(device, torch.bfloat16)`
+around the forward pass, the one line a PyTorch user adds for mixed precision: the towers' matmuls
+run in bf16 (oneDNN, AMX where the CPU has it), weights, tables and optimizer state stay f32, and
+the logits are cast to f32 before the log-space loss). With sparse gradients compile takes the
+dense part (pooling, towers, loss) and the lookups stay eager (inductor does not produce sparse
+gradients); with dense gradients it takes the whole forward pass and loss, lookups included.
 
 Only the entire-space models (esmm, esmm_ns, esm2) are mirrored; the baselines are not needed for
 the comparison. Torch is an optional dependency (`pip install -e '.[bench]'`).
@@ -82,6 +85,7 @@ class Variant:
   table_optimizer: str = "rowwise_adagrad"  # rowwise_adagrad | adagrad | lazy_adam | adam
   sparse: bool = True  # nn.Embedding(sparse=True): gradients of touched rows only
   compile: bool = False  # torch.compile: pooling + towers + loss; with dense gradients lookups too
+  bf16: bool = False  # torch.autocast(bfloat16) around the forward pass; loss in f32
 
   def __post_init__(self):
     if self.table_optimizer not in TABLE_OPTIMIZERS:
@@ -108,20 +112,22 @@ class Variant:
   @property
   def name(self) -> str:
     mode = "compile" if self.compile else "eager"
-    return f"{mode}-{'sparse' if self.sparse else 'dense'}-{self.table_optimizer}"
+    grads = "sparse" if self.sparse else "dense"
+    return f"{mode}-{grads}-{self.table_optimizer}" + ("-bf16" if self.bf16 else "")
 
   @classmethod
   def parse(cls, name: str) -> Variant:
-    """'eager-sparse-rowwise_adagrad', 'compile-dense-adagrad', ... (see `name`)."""
-    parts = name.split("-", 2)
+    """'eager-sparse-rowwise_adagrad', 'compile-dense-adam-bf16', ... (see `name`)."""
+    bf16 = name.endswith("-bf16")
+    parts = name.removesuffix("-bf16").split("-", 2)
     if (
       len(parts) != 3 or parts[0] not in ("eager", "compile") or parts[1] not in ("sparse", "dense")
     ):
       raise ValueError(
         f"torch variant {name!r}: expected '{{eager|compile}}-{{sparse|dense}}-"
-        f"{{{'|'.join(TABLE_OPTIMIZERS)}}}'"
+        f"{{{'|'.join(TABLE_OPTIMIZERS)}}}[-bf16]'"
       )
-    return cls(parts[2], sparse=parts[1] == "sparse", compile=parts[0] == "compile")
+    return cls(parts[2], sparse=parts[1] == "sparse", compile=parts[0] == "compile", bf16=bf16)
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -325,7 +331,8 @@ class TorchMultiTask(nn.Module):
         x = (dense - self.dense_mean) / self.dense_std
         parts.append(torch.tanh(x[:, :, None] * self.dense_u[s] + self.dense_b[s]))
       feats[s] = torch.cat(parts, 1).flatten(1)
-    return {t: self.tower[t](feats[s])[:, 0] for t, s in self.towers}
+    # .float(): under bf16 autocast the towers return bf16 logits; the loss is computed in f32.
+    return {t: self.tower[t](feats[s])[:, 0].float() for t, s in self.towers}
 
   def head_loss(self, rows, dense, labels: torch.Tensor):
     z = self.head(rows, dense)
@@ -457,10 +464,12 @@ class Trainer:
     self.model.train()
     self.tower_opt.zero_grad(set_to_none=True)
     self.table_opt.zero_grad(set_to_none=True)
-    if self.whole:
-      loss, _ = self.loss(batch)
-    else:
-      loss, _ = self.head_loss(self.model.lookup(batch), batch["dense"], batch["labels"])
+    device = batch["labels"].device.type
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=self.variant.bf16):
+      if self.whole:
+        loss, _ = self.loss(batch)
+      else:
+        loss, _ = self.head_loss(self.model.lookup(batch), batch["dense"], batch["labels"])
     loss.backward()
     if self.grad_clip:
       nn.utils.clip_grad_norm_(self.model.dense_parameters(), self.grad_clip)

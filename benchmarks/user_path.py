@@ -74,8 +74,10 @@ TORCH_VARIANTS = (
   "compile-sparse-rowwise_adagrad",
   "compile-dense-rowwise_adagrad",
   "compile-dense-adam",
+  "compile-sparse-rowwise_adagrad-bf16",  # bf16 autocast (torch_reference.Variant.bf16)
+  "compile-dense-adam-bf16",
 )
-QUICK_TORCH = ("eager-sparse-rowwise_adagrad", "compile-dense-adam")
+QUICK_TORCH = ("eager-sparse-rowwise_adagrad", "compile-dense-adam", "compile-dense-adam-bf16")
 
 
 class UsageError(ValueError):
@@ -435,13 +437,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     if m not in MODELS:
       raise UsageError(f"--models: {m!r} has no shipped config here; allowed: {list(MODELS)}")
   for v in args.torch_variants:
-    parts = v.split("-", 2)
+    parts = v.removesuffix("-bf16").split("-", 2)
     if (
       len(parts) != 3 or parts[0] not in ("eager", "compile") or parts[1] not in ("sparse", "dense")
     ):
       raise UsageError(
         f"--torch_variants: {v!r} is not "
-        "'{eager|compile}-{sparse|dense}-<optimizer>' (torch_reference.Variant)"
+        "'{eager|compile}-{sparse|dense}-<optimizer>[-bf16]' (torch_reference.Variant)"
       )
   return args
 

@@ -50,7 +50,9 @@ def default_config(world: str = "default") -> ml_collections.ConfigDict:
   c.model.dense_mode = (
     "tanh"  # dense features: tanh (normalise + tanh embedding), bucket (ids), none
   )
-  c.model.dtype = "float32"  # activation dtype of the towers: float32 or bfloat16
+  # Tower matmuls: float32, bfloat16 (bf16 operands, f32 accumulation, f32 master weights), or
+  # auto (bfloat16 on GPU/TPU and on CPUs with avx512_bf16/amx_bf16, else float32; logged).
+  c.model.dtype = "float32"
   c.model.fuse_towers = True  # towers on one input computed together (f32 roundoff from separate)
   # Each model's own hyperparameters (loss_weights, daction_label, aman_rate, oversample_k, ...):
   # declared, documented and range-checked in its module, esmjax/models/<name>.py (class Hparams).
@@ -135,7 +137,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ConfigError(str(e)) from None
   _choice(config, "model.activation", layers.ACTIVATIONS)
   _choice(config, "model.dense_mode", layers.DENSE_MODES)
-  _choice(config, "model.dtype", ("float32", "bfloat16"))
+  _choice(config, "model.dtype", ("auto", "float32", "bfloat16"))
   _choice(config, "embedding.dtype", ("float32", "bfloat16"))
   sharding = config.embedding.get("sharding", "auto")  # absent from configs saved before it existed
   if sharding not in ("auto", "replicated", "row"):

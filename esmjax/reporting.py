@@ -78,8 +78,23 @@ def load_average() -> list[float]:
     return []
 
 
+def cpu_bf16_flags() -> list[str]:
+  """Which of the CPU's bf16 matmul flags (avx512_bf16, amx_bf16) it has: they decide whether
+  bf16 towers run faster than f32 (esmjax.models.model.auto_dtype)."""
+  for line in _lines("/proc/cpuinfo"):
+    if line.startswith("flags"):
+      have = set(line.split(":", 1)[1].split())
+      return [f for f in ("avx512_bf16", "amx_bf16") if f in have]
+  return []
+
+
 def machine() -> dict[str, Any]:
-  return {"cpu": cpu_model(), "cores": usable_cores(), "mem_available_gb": mem_available_gb()}
+  return {
+    "cpu": cpu_model(),
+    "cpu_bf16_flags": cpu_bf16_flags(),
+    "cores": usable_cores(),
+    "mem_available_gb": mem_available_gb(),
+  }
 
 
 def git(root: Path | str, *args: str) -> str:

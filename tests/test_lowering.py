@@ -3,6 +3,8 @@ device and on 8 row-sharded fake devices; from host batches and from device-resi
 the predict step lower for CUDA and for TPU on this
 CPU (JAX's cross-platform lowering), so a change that only accelerators would reject fails here."""
 
+import re
+
 import pytest
 import tiny
 
@@ -59,3 +61,17 @@ def test_resident_train_dispatch_lowers_for_cuda_and_tpu(data, devices):
   assert "manual_computation" in text if devices > 1 else "stablehlo.gather" in text
   rows_arg = f"tensor<{rows.rows}x{rows.columns['rows'].shape[1]}xi32>"
   assert rows_arg in signature  # the resident rows are an argument, not a constant
+
+
+def test_bf16_train_step_lowers_for_cuda_and_tpu_with_f32_accumulation():
+  """model.dtype=bfloat16: the towers' dots take bf16 operands and return f32 on every platform."""
+  cfg = tiny.tiny_config("esmm", **{"model.dtype": "bfloat16", "model.hidden": (32, 16)})
+  cfg.model.embed_dim = 8
+  run = Run(cfg, tiny.tiny_schema())
+  dispatch = Dispatcher(run, 1)
+  traced = dispatch.jitted().trace(*dispatch.abstract_args())
+  text = traced.lower(lowering_platforms=PLATFORMS).as_text()
+  mixed = re.findall(
+    r"dot_general.*\(tensor<\S+xbf16>, tensor<\S+xbf16>\) -> tensor<\S+xf32>", text
+  )
+  assert len(mixed) >= 6, len(mixed)  # forward, and the backward's weight and input gradients

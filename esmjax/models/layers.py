@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from esmjax.models import mixed
+
 ACTIVATIONS = {
   "relu": nn.relu,
   "gelu": nn.gelu,
@@ -201,6 +203,14 @@ def tower_group(
   ]
   act = ACTIVATIONS[activation]
   keep = 1.0 - dropout
+  if jnp.dtype(dtype) == jnp.bfloat16:
+    fused = fuse and len(names) > 1 and bool(hidden)
+    params = [[tuple(a) for a in p[0]] for p in parts]
+    masks = [list(p[1]) + [None] * (len(sizes) - 1 - len(p[1])) for p in parts]
+    outs = mixed.mixed_towers(act, keep, fused, not head, x, params, masks)
+    if head:
+      return {t: h[:, 0] for t, h in zip(names, outs, strict=True)}
+    return dict(zip(names, outs, strict=True))
   hs, first = [x] * len(names), 0
   if fuse and len(names) > 1 and hidden:
     kernel = jnp.concatenate([p[0][0][0].astype(dtype) for p in parts], axis=1)
@@ -242,7 +252,9 @@ class TowerNet(nn.Module):
   def __call__(self, emb: dict[str, jax.Array], mv_w, dense, train: bool = False):
     out = {}
     for s in dict.fromkeys(s for _, s in self.towers):
-      x = FieldInputs(self.spec, self.dtype, name=f"inputs_{s}")(emb[s], mv_w, dense)
+      # Pooling and the dense embeddings stay f32 (the towers cast their input to bf16 for the
+      # matmul), so the rows' gradient, which the table optimizers read, is f32 too.
+      x = FieldInputs(self.spec, jnp.float32, name=f"inputs_{s}")(emb[s], mv_w, dense)
       names = [t for t, ts in self.towers if ts == s]
       out.update(
         tower_group(

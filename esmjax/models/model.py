@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 from esmjax import hparams
 from esmjax.models import layers
@@ -38,6 +39,49 @@ NETWORK_KEYS = (
   "fuse_towers",
 )
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPE_CHOICES = ("auto", *DTYPES)
+# CPU flags of a bf16 matmul unit: with either, XLA:CPU's bf16 × bf16 → f32 kernel (YNNPACK)
+# outruns its f32 one; without, bf16 operands are widened and f32 is as fast or faster.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> frozenset[str]:
+  """The flags line of /proc/cpuinfo (empty where there is none: not Linux)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          return frozenset(line.split(":", 1)[1].split())
+  except OSError:
+    pass
+  return frozenset()
+
+
+def auto_dtype(backend: str | None = None, flags: frozenset[str] | None = None) -> tuple[str, str]:
+  """(dtype name, why) of `model.dtype=auto`: bfloat16 on GPU/TPU and on CPUs with a bf16 matmul
+  unit (`BF16_CPU_FLAGS`), float32 elsewhere."""
+  backend = backend or jax.default_backend()
+  if backend != "cpu":
+    return "bfloat16", f"backend {backend} computes bf16 natively"
+  flags = cpu_flags() if flags is None else flags
+  have = [f for f in BF16_CPU_FLAGS if f in flags]
+  if have:
+    return "bfloat16", f"CPU has {'/'.join(have)}"
+  return "float32", f"CPU has none of {'/'.join(BF16_CPU_FLAGS)}"
+
+
+@functools.cache
+def _auto_dtype_logged() -> str:
+  name, why = auto_dtype()
+  logging.info("model.dtype=auto -> %s (%s; override with --config.model.dtype)", name, why)
+  return name
+
+
+def resolve_dtype(name: str) -> Any:
+  """`config.model.dtype` -> the towers' compute dtype ('auto' decided once per process, logged)."""
+  if name not in DTYPE_CHOICES:
+    raise ValueError(f"model.dtype={name!r} is not allowed; allowed: {list(DTYPE_CHOICES)}")
+  return DTYPES[_auto_dtype_logged() if name == "auto" else name]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +104,7 @@ class Network:
       hidden=tuple(int(h) for h in section["hidden"]),
       activation=section["activation"],
       dropout=float(section["dropout"]),
-      dtype=DTYPES[section["dtype"]],
+      dtype=resolve_dtype(section["dtype"]),
       fuse_towers=bool(section.get("fuse_towers", True)),
     )
 
