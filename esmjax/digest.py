@@ -14,7 +14,7 @@ bytes; `tail_digest`, its size and the SHA-256 of its last 4 KB, for shards whos
 checksums cover the rest) in a sealed file. Paths read from a sealed file are confined to its
 directory and to regular files (`confined_file`). A file without a digest was written by an older
 esmjax (or not by esmjax): the reader refuses it and says how to regenerate it, or how to seal it
-after checking it (`python -m esmjax.digest PATH`), except where the caller documents otherwise.
+after checking it (`python -m esmjax.seal PATH`), except where the caller documents otherwise.
 These guard against accidental change, not against someone forging a file with its digest.
 
 Arrays. Per-leaf digests of a train state are computed on the devices that hold it. A checkpoint
@@ -48,7 +48,6 @@ import hashlib
 import json
 import os
 import stat
-import sys
 import zlib
 from typing import Any
 
@@ -57,7 +56,7 @@ import numpy as np
 KEY = "esmjax_digest"  # the key a sealed JSON object carries its digest under
 FILE_METHOD = "sha256"  # the prefix of every file digest: "sha256:<64 hex digits>"
 TAIL_BYTES = 4096
-SEAL_HINT = "python -m esmjax.digest {}"
+SEAL_HINT = "python -m esmjax.seal {}"
 
 
 class IntegrityError(ValueError):
@@ -259,36 +258,3 @@ def digests(tree) -> dict[str, str]:
 
   out = jax.device_get(_program()(tree))
   return {p: "".join(f"{int(w):08x}" for w in np.asarray(v)) for p, v in out.items()}
-
-
-# -- sealing a checked file by hand -----------------------------------------------------------
-
-
-def main(argv: list[str]) -> int:
-  """`python -m esmjax.digest PATH...`: seals JSON files written without a digest (by an older
-  esmjax) after their owner checked them; a dataset directory or its manifest.json also gets the
-  size and tail digest of every shard it lists (`esmjax.data.dataset.seal_manifest`)."""
-  if not argv:
-    print("usage: python -m esmjax.digest PATH... (JSON files, or dataset directories)")
-    return 2
-  for path in argv:
-    try:
-      if os.path.isdir(path) or os.path.basename(path) == "manifest.json":
-        from esmjax.data import dataset
-
-        dataset.seal_manifest(path if os.path.isdir(path) else os.path.dirname(path) or ".")
-      else:
-        with open(path, "rb") as f:
-          obj = json.loads(f.read())
-        if not isinstance(obj, dict):
-          raise IntegrityError(f"{path}: not a JSON object, cannot be sealed")
-        write_json(path, obj, indent=1)
-    except (OSError, ValueError) as e:
-      print(f"esmjax: error: {e}", file=sys.stderr)
-      return 4 if isinstance(e, IntegrityError) else 2
-    print(f"sealed {path}")
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))

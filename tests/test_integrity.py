@@ -159,7 +159,7 @@ def _write_format_1(directory):
   m = json.loads(open(mpath).read())
   m["version"] = 1
   open(mpath, "w").write(json.dumps({k: v for k, v in m.items() if k != digest.KEY}))
-  D.seal_manifest(directory)  # what `python -m esmjax.digest DIR` does for an old dataset
+  D.seal_manifest(directory)  # what `python -m esmjax.seal DIR` does for an old dataset
 
 
 def test_datasets_written_before_checksums_are_read_with_one_warning(ds, tmp_path, caplog):

@@ -124,6 +124,7 @@ LAYERS = {
   "esmjax.api": 4,
   "esmjax.cli": 4,
   "esmjax.main": 4,
+  "esmjax.seal": 4,
   "esmjax.plot": 4,
 }
 DOMAIN = ("esmjax.data", "esmjax.embedding", "esmjax.models")

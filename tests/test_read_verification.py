@@ -19,7 +19,7 @@ import pytest
 import tiny
 from test_aliccp import build_raw
 
-from esmjax import api, cli, digest, trainer
+from esmjax import api, cli, digest, seal, trainer
 from esmjax import checkpoint as ckpt_lib
 from esmjax import export as export_lib
 from esmjax import predict as predict_lib
@@ -91,9 +91,9 @@ def test_an_edited_dense_mean_in_schema_json_stops_load_predict_and_export(workd
   np.testing.assert_array_equal(api.load(wd).predict(rows)["pctr"], before["pctr"])
   # Without a digest (an older esmjax): refused, saying how to seal it.
   _edit_json(path, lambda obj: obj.pop(digest.KEY))
-  with pytest.raises(digest.IntegrityError, match=r"has no digest .*python -m esmjax.digest"):
+  with pytest.raises(digest.IntegrityError, match=r"has no digest .*python -m esmjax.seal"):
     api.load(wd)
-  assert digest.main([path]) == 0
+  assert seal.main([path]) == 0
   np.testing.assert_array_equal(api.load(wd).predict(rows)["pctr"], before["pctr"])
 
 
@@ -237,7 +237,7 @@ def test_a_manifest_without_digest_is_refused_until_sealed(ds):
   _edit_json(mpath, lambda obj: obj.pop(digest.KEY))
   with pytest.raises(digest.IntegrityError, match="has no digest"):
     D.open_dataset(ds.directory)
-  assert digest.main([ds.directory]) == 0
+  assert seal.main([ds.directory]) == 0
   np.testing.assert_array_equal(D.open_dataset(ds.directory).read_all()["sparse"], want["sparse"])
 
 
@@ -399,7 +399,7 @@ def test_stats_from_an_older_ingestion_works_once_sealed(tmp_path):
   _edit_json(str(tr / "manifest.json"), unseal)
   with pytest.raises(digest.IntegrityError, match="has no digest"):
     csv_ingest.ingest(cfg, [test], str(tmp_path / "t2"), stats_from=str(tr), progress=False)
-  assert digest.main([str(tr)]) == 0
+  assert seal.main([str(tr)]) == 0
   got = csv_ingest.ingest(cfg, [test], str(tmp_path / "t2"), stats_from=str(tr), progress=False)
   assert got["schema"] == want["schema"] and got["num_rows"] == want["num_rows"]
   np.testing.assert_array_equal(

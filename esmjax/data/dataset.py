@@ -15,7 +15,7 @@ so the bytes a model sees are the bytes that were written — and written blocks
 before checksums (format version 1) are read with one warning; their blocks are checked for ids
 inside the vocabularies and finite values instead, when read. A manifest without a digest
 (written by an older esmjax) is refused, naming the fix: convert the data again, or seal it after
-checking it (`python -m esmjax.digest DIR`: `seal_manifest` verifies every block's checksum first).
+checking it (`python -m esmjax.seal DIR`: `seal_manifest` verifies every block's checksum first).
 """
 
 from __future__ import annotations
