@@ -76,6 +76,7 @@ RESUME_FREE_KEYS = (
   "train.eval_every",
   "train.eval_batch_size",
   "train.max_eval_rows",
+  "train.eval_metrics_on",
   "train.steps_per_dispatch",
   "data.prefetch",
   "data.cache_dir",

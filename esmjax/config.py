@@ -95,6 +95,7 @@ def default_config(world: str = "default") -> ml_collections.ConfigDict:
   c.train.eval_every = -1  # steps between evaluations; -1 = at the end only
   c.train.eval_batch_size = 16384  # rows per evaluation step
   c.train.max_eval_rows = -1  # evaluate on at most this many rows; -1 = all
+  c.train.eval_metrics_on = "auto"  # AUC etc. sorted on: device, host, auto (device on a GPU)
   c.train.steps_per_dispatch = 8  # steps per host dispatch (one device loop); k changes no result
 
   c.mesh = C()
@@ -235,6 +236,8 @@ def _validate_run_sections(config: ml_collections.ConfigDict) -> None:
   _number(config, "optimizer.learning_rate", low=0, low_open=True)
   _number(config, "optimizer.weight_decay", low=0)
   _number(config, "optimizer.grad_clip", low=0)
+  if "eval_metrics_on" in config.train:  # absent from configs saved before it existed
+    _choice(config, "train.eval_metrics_on", ("auto", "device", "host"))
   if "lr_batch_scaling" in config.optimizer:  # absent from configs saved before it existed
     _choice(config, "optimizer.lr_batch_scaling", ("none", "linear", "sqrt"))
     _number(config, "optimizer.lr_reference_batch", low=1, integer=True)
