@@ -36,12 +36,12 @@ the tables too (compile-dense-adam: what a PyTorch user writes first). At every 
 variant is the comparator.
 
 Every measurement runs in a fresh subprocess that inherits this process's environment, PYTHONPATH
-included (the measured tree and benchmarks/ go first). Rounds interleave the systems (new,
-baseline, torch, …, the order rotated each round) so the machine's load falls on all alike; rates
-are medians over rounds and the ratios are of those medians, computed within this run; the load average is
-recorded before and after. Targets, printed met / not met: end to end at batch 1,024 ESMM and ESM2
-≥ 1.5× the best PyTorch; ESM2 ≥ 2× the baseline, ESMM ≥ 1.5× the baseline; the pipeline ≥ 5× what
-the step consumes (this checkout's faster model) at every batch size.
+included (the measured tree and benchmarks/ go first). Rounds interleave the systems (new, baseline,
+torch, …, the order rotated each round) so the machine's load falls on all alike; rates are medians
+over rounds and the ratios are of those medians, computed within this run; the load average is
+recorded before and after. Targets, printed met / not met: end to end at batch 1,024 ESMM and ESM2 ≥
+1.5× the best PyTorch; ESM2 ≥ 2× the baseline, ESMM ≥ 1.5× the baseline; the pipeline ≥ 5× what the
+step consumes (this checkout's faster model) at every batch size.
 
 Writes benchmarks/results/user_path.{json,md} (or --out_dir). Exit codes: 0 measured (met or not),
 2 bad arguments (an unknown baseline ref, model or variant), 3 a measurement failed (the results
