@@ -174,7 +174,18 @@ def predict_dataset_on_device(
     if 0 < max_rows <= batches * batch_size:
       break
   with jax.enable_x64(True):
-    return {k: jnp.concatenate(v) if len(v) > 1 else v[0] for k, v in out.items()}
+    return {k: _concatenate(v) for k, v in out.items()}
+
+
+def _concatenate(parts: list[jax.Array], fan_in: int = 64) -> jax.Array:
+  """jnp.concatenate in rounds of at most `fan_in` arrays: thousands of batches make no
+  thousand-operand program (one compilation per shape signature)."""
+  while len(parts) > 1:
+    parts = [
+      jnp.concatenate(parts[i : i + fan_in]) if len(parts[i : i + fan_in]) > 1 else parts[i]
+      for i in range(0, len(parts), fan_in)
+    ]
+  return parts[0]
 
 
 def compute_metrics_on_device(

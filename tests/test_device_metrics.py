@@ -131,3 +131,9 @@ def test_metrics_on_is_resolved_and_checked():
   assert evaluation.resolve_metrics_on("device") == "device"
   with pytest.raises(ValueError, match="train.eval_metrics_on='gpu' is not allowed"):
     evaluation.resolve_metrics_on("gpu")
+
+
+def test_batches_are_concatenated_in_rounds_in_order():
+  parts = [jax.numpy.arange(3 * i, 3 * i + 3) for i in range(70)]
+  assert (np.asarray(evaluation._concatenate(parts, fan_in=8)) == np.arange(210)).all()
+  assert evaluation._concatenate(parts[:1]) is parts[0]
