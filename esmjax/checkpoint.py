@@ -134,6 +134,20 @@ def _flat_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+  """'key old -> new' for every flat config key that differs, except the resume-free ones and
+  keys the saved config lacks that hold their default here (keys added to esmjax after the
+  checkpoint was written; their defaults keep the behaviour it was written with)."""
+  defaults = _flat_config(json.loads(config_lib.default_config().to_json_best_effort()))
+  return [
+    f"{k} {old.get(k)!r} -> {new.get(k)!r}"
+    for k in sorted(set(old) | set(new))
+    if old.get(k) != new.get(k)
+    and not k.startswith(RESUME_FREE_KEYS)
+    and not (k not in old and k in defaults and new.get(k) == defaults[k])
+  ]
+
+
 def _leaves(tree) -> dict[str, Any]:
   return {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
@@ -384,11 +398,7 @@ class Checkpointer:
           f"{where} of an incompatible config: state{path} is "
           f"{s['dtype']}{tuple(s['shape'])} there and {c.dtype}{tuple(c.shape)} here; {fix}"
         )
-    changed = [
-      f"{k} {old.get(k)!r} -> {new.get(k)!r}"
-      for k in sorted(set(old) | set(new))
-      if old.get(k) != new.get(k) and not k.startswith(RESUME_FREE_KEYS)
-    ]
+    changed = changed_settings(old, new)
     if changed:
       logging.warning(
         "resuming step %d with changed settings (the run will differ from an "

@@ -1,5 +1,7 @@
 """optimizer.lr_batch_scaling: the learning rates the built optimizers use at a batch size."""
 
+import json
+
 import jax.numpy as jnp
 import pytest
 import tiny
@@ -61,3 +63,13 @@ def test_bad_scaling_keys_are_named(key, value, message):
   config_lib.set_path(cfg, key, value)
   with pytest.raises(config_lib.ConfigError, match=message):
     config_lib.validate(cfg)
+
+
+def test_resuming_a_checkpoint_written_before_the_keys_warns_of_nothing():
+  from esmjax import checkpoint
+
+  new = checkpoint._flat_config(json.loads(tiny.tiny_config("esmm").to_json_best_effort()))
+  old = {k: v for k, v in new.items() if not k.startswith("optimizer.lr_")}
+  assert checkpoint.changed_settings(old, new) == []
+  scaled = {**new, "optimizer.lr_batch_scaling": "sqrt"}  # set away from the default: a change
+  assert checkpoint.changed_settings(old, scaled) == ["optimizer.lr_batch_scaling None -> 'sqrt'"]
