@@ -13,10 +13,11 @@
 # missing they are listed in OUT_DIR/missing.txt, and installed from wheels only if ESMJAX_WHEELS
 # names a folder of them (pip --no-index).
 # Every stage has its own timeout, a failing stage does not stop the others. Time: every stage's
-# timeout comes out of ESMJAX_CHECK_BUDGET_S (default 465 s after the ~15 s environment stage; a
-# stage that times out is killed 5 s later), so the whole check ends inside 8 minutes: tests <= 90 s
-# (compile-light: JAX_DISABLE_MOST_OPTIMIZATIONS as the flax examples' tests, no GEMM autotuning),
-# sweep <= 90 s of points + 40 s, device metrics <= 45 s, comparison <= 70 s, user_path <= 110 s
+# timeout comes out of ESMJAX_CHECK_BUDGET_S (default 440 s from the start, the ~15 s environment
+# stage included; a stage that times out is killed 5 s later, and the summary takes ~2 s), so the
+# whole check ends inside 8 minutes: tests <= 90 s (compile-light: JAX_DISABLE_MOST_OPTIMIZATIONS as
+# the flax examples' tests, no GEMM autotuning), sweep <= 90 s of points + 30 s, device metrics
+# <= 40 s, comparison <= 60 s, user_path <= 100 s
 # (ESMM at batch 1,024 against PyTorch; its baseline commit is a CPU-run question), roofline with
 # what is left.
 set -uo pipefail
@@ -25,7 +26,7 @@ ROOT=$PWD
 OUT_DIR=$(mkdir -p "${1:-${OUT:-$ROOT/accelerator_out}}" && cd "${1:-${OUT:-$ROOT/accelerator_out}}" && pwd)
 PY=${PYTHON:-python3}
 QUICK=${ESMJAX_CHECK_QUICK:-0}
-BUDGET=${ESMJAX_CHECK_BUDGET_S:-465}
+BUDGET=${ESMJAX_CHECK_BUDGET_S:-440}
 START=$(date +%s)
 export PYTHONPATH="$ROOT:$ROOT/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # measured peaks; JAX and PyTorch workers take turns
@@ -114,7 +115,7 @@ TESTS="tests/test_device_metrics.py tests/test_engine.py tests/test_model_math.p
 FAST_COMPILE=(JAX_DISABLE_MOST_OPTIMIZATIONS=1)
 [[ $PLATFORM == cuda ]] && FAST_COMPILE+=("XLA_FLAGS=${XLA_FLAGS:-} --xla_gpu_autotune_level=0")
 if $PY -c "import pytest" 2> /dev/null; then
-  T=$(( $(left) - 355 )); (( T > 90 )) && T=90
+  T=$(( $(left) - 320 )); (( T > 90 )) && T=90
   stage tests $T env JAX_PLATFORMS=$PLATFORM JAX_DEFAULT_MATMUL_PRECISION=highest "${FAST_COMPILE[@]}" \
     $PY -m pytest -q -p no:cacheprovider $TESTS
 else
@@ -127,9 +128,9 @@ fi
 if [[ $QUICK == 1 ]]; then
   stage sweep 200 $PY benchmarks/sweep.py --quick --out_dir "$OUT_DIR"
 else
-  SB=$(( $(left) - 265 ))  # 40 s: the last point and the matmul peak; then 225 s for the rest
+  SB=$(( $(left) - 230 ))  # 30 s: the last point and the matmul peak; then 200 s for the rest
   (( SB > 90 )) && SB=90
-  stage sweep $(( SB + 40 )) $PY benchmarks/sweep.py --budget_s "$SB" --windows 2 --window_s 0.5 \
+  stage sweep $(( SB + 30 )) $PY benchmarks/sweep.py --budget_s "$SB" --windows 2 --window_s 0.5 \
     --warmup_s 0.5 --out_dir "$OUT_DIR"
 fi
 
@@ -138,7 +139,7 @@ fi
 if [[ $QUICK == 1 || $PLATFORM == cpu ]]; then
   stage eval_metrics 120 $PY benchmarks/eval_metrics.py --rows 200000 --rounds 1 --out_dir "$OUT_DIR"
 else
-  T=$(( $(left) - 180 )); (( T > 45 )) && T=45
+  T=$(( $(left) - 160 )); (( T > 40 )) && T=40
   stage eval_metrics $T $PY benchmarks/eval_metrics.py --rows 43000000 --rounds 2 --skip_host \
     --out_dir "$OUT_DIR"
 fi
@@ -148,7 +149,7 @@ if $PY -c "import torch" 2> /dev/null; then
   if [[ $QUICK == 1 ]]; then
     stage compare_torch 150 $PY benchmarks/compare_torch.py --quick --skip_quality --out_dir "$OUT_DIR"
   else
-    T=$(( $(left) - 110 )); (( T > 70 )) && T=70
+    T=$(( $(left) - 100 )); (( T > 60 )) && T=60
     stage compare_torch $T $PY benchmarks/compare_torch.py --skip_quality --skip_roofline --rounds 1 \
       --windows 2 --window_s 1 --warmup_s 1 --jax_variants rowwise_adagrad \
       --torch_variants eager-sparse-rowwise_adagrad,compile-dense-adam \
@@ -166,7 +167,7 @@ if $PY -c "import torch" 2> /dev/null; then
     stage user_path 300 $PY benchmarks/user_path.py --quick --models esm2 --batches 1024 \
       --torch_variants compile-dense-adam --baseline_ref "" --out_dir "$OUT_DIR"
   else
-    T=$(( $(left) - 5 )); (( T > 110 )) && T=110
+    T=$(( $(left) - 5 )); (( T > 100 )) && T=100
     stage user_path $T $PY benchmarks/user_path.py --quick --models esmm --batches 1024 \
       --torch_variants compile-dense-adam --baseline_ref "" --worker_timeout 60 --out_dir "$OUT_DIR"
   fi
