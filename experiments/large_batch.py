@@ -26,9 +26,9 @@ VARIANTS = {
     (16384, "sqrt", True),
     (65536, "none", True),
     (65536, "sqrt", True),
+    (16384, "sqrt", False),
     (16384, "linear", True),
     (65536, "linear", True),
-    (16384, "sqrt", False),
   ),
   "quick": ((512, "none", True), (2048, "none", True), (2048, "sqrt", True)),
 }
