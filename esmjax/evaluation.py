@@ -224,7 +224,9 @@ def evaluate(
 ) -> dict[str, float]:
   """The global metrics of `dataset` scored by `predict_fn`, computed where `metrics_on` resolves
   to (resolve_metrics_on)."""
-  if resolve_metrics_on(metrics_on) == "device":
+  where = resolve_metrics_on(metrics_on)
+  logging.log_first_n(logging.INFO, "evaluation: metrics computed on the %s", 1, where)
+  if where == "device":
     cols = predict_dataset_on_device(predict_fn, state, dataset, batch_size, mesh, max_rows)
     return compute_metrics_on_device(cols, dataset.schema)
   cols = predict_dataset(predict_fn, state, dataset, batch_size, mesh, max_rows)
