@@ -64,6 +64,10 @@ def _label(scaling: str, tables: bool) -> str:
   return f"{scaling} (towers + tables)" if tables else f"{scaling} (towers only)"
 
 
+def _mean(records: list[dict], key: str) -> float:
+  return common.mean_std(common.metric_of(records, key))[0]
+
+
 def main(argv=None) -> dict:
   args = common.parse_args(argv, __doc__, worlds=("paper",), models=MODELS)
   models = args.models or ("esmm",)
@@ -74,7 +78,7 @@ def main(argv=None) -> dict:
   from esmjax import lr_scaling
 
   res: dict[tuple, list[dict]] = {}
-  rows = []
+  rows, deltas = [], []
   for name in models:
     for seed in seeds:
       for batch, scaling, tables in variants:
@@ -95,6 +99,20 @@ def main(argv=None) -> dict:
       times = [r.get("wall_seconds", float("nan")) for r in got]
       train_s = [r["train_seconds"] for r in got]
       eps = [r["examples_per_sec"] for r in got]
+      ref = res.get((name, variants[0][0], "none", True), [])
+      if got and ref and batch != variants[0][0]:
+        deltas.append(
+          [
+            LABELS[name],
+            f"{batch:,}",
+            _label(scaling, tables),
+            *[
+              f"{100 * (_mean(got, k) - _mean(ref, k)):+.2f}"
+              for k, _, kind in METRICS
+              if kind == "pct"
+            ],
+          ]
+        )
       rows.append(
         [
           LABELS[name],
@@ -123,14 +141,21 @@ def main(argv=None) -> dict:
     "# Large batches: quality at batch 16,384 and 65,536 against 1,024",
     common.describe_mode(
       args,
-      "Batch size and `optimizer.lr_batch_scaling` (reference batch 1,024) are the only knobs that "
-      "differ between the rows; one epoch each, so a larger batch takes fewer steps.",
+      "The batch size (each row's, not only 1,024) and `optimizer.lr_batch_scaling` (reference "
+      "batch 1,024) are the only knobs that differ between the rows; one epoch each, so a larger "
+      "batch takes fewer steps.",
     ),
     common.markdown_table(header, rows),
     "Calibration = mean prediction / mean label on the same rows (1 = calibrated). Run wall s: "
-    "training, evaluation on all eval impressions, compilation and start-up, on a shared 2-core "
-    "CPU (see the JSON for the machine and its load). One seed per row: differences below ~1 AUC "
-    "point are within the seed spread of experiments/results/esmm_table_paper.md.",
+    "training, evaluation on all eval impressions, compilation and start-up, one run at a time on "
+    "a shared 2-core CPU whose load (other jobs) varied between runs: the times say how long the "
+    "runs took, not which batch is faster (benchmarks/ measure speed). One seed per row: "
+    "differences below ~1 AUC point are within the seed spread of "
+    "experiments/results/esmm_table_paper.md.",
+    f"## Against batch {variants[0][0]:,} (AUC points, same seed)",
+    common.markdown_table(
+      ["model", "batch", "lr scaling", *[t for _, t, kind in METRICS if kind == "pct"]], deltas
+    ),
     common.missing_markdown(args),
   ]
   payload = {
