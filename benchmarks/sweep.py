@@ -3,17 +3,20 @@ model.
 
     python benchmarks/sweep.py                 # full: ~12 min on the shared 2-core CPU (load ~20)
     python benchmarks/sweep.py --quick         # ~2 min (45 s of points, then the roofline)
-    python benchmarks/sweep.py --budget_s=420 --out_dir=/tmp/out  # no new point after 7 min
+    python benchmarks/sweep.py --budget_s=90 --window_s=0.5 --warmup_s=0.5 --windows=2  # a GPU
 
 Detects the backend in a worker process (the parent never imports JAX). On CPU the device axis uses
 1/2/4/8 fake devices (XLA_FLAGS=--xla_force_host_platform_device_count=N per worker); on a GPU or
-TPU it uses 1, 2, 4, ... up to every device present. Each point runs in a fresh subprocess (peak RSS
-and device peak bytes are its own) on pre-generated Zipf batches at the ESMM paper sizes
-(benchmarks/common.py), and reports the median examples/s of timed windows after a warm-up.
+TPU it uses 1, 2, 4, ... up to every device present. The points of one (device count, dtype) run
+in one worker process, each compiled once (--isolate: a fresh process per point, so that peak RSS
+and device peak bytes are its own), on pre-generated Zipf batches at the ESMM paper sizes
+(benchmarks/common.py), and report the median examples/s of timed windows after a warm-up. A group
+costs one start-up and JAX import, a point only its compilation and its windows (the accelerator
+check gives the whole grid 90 s).
 
 The grid is one factor at a time around a base point (ESMM, f32, batch 4096, 1e6 rows, 1 device),
-plus both dtypes for both models:
-  batch    512 … 65536                  (examples/s vs batch)
+plus both dtypes (model.dtype and embedding.dtype = bfloat16) for both models:
+  batch    512 … 65536 in f32, 1024 … 65536 in bf16   (examples/s vs batch)
   rows     1e5 … 1e8                    (examples/s vs table rows; points that would not fit in
                                          memory are skipped and listed, never silently dropped)
   devices  1/2/4/8 (CPU) or all present (weak scaling: the per-device batch stays at the base batch;
@@ -30,6 +33,7 @@ not what more chips buy (ideal there is a flat total rate; efficiency ≈ 1/N).
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from pathlib import Path
@@ -44,15 +48,20 @@ ME = Path(__file__).resolve()
 ACCEL = ("gpu", "tpu", "cuda", "rocm")
 
 
+F32_BATCHES = (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+BF16_BATCHES = (1024, 4096, 16384, 32768, 65536)  # where the step may be compute bound
+
+
 def grid(
   quick: bool, accel: bool, device_count: int, base_rows: int, base_batch: int
 ) -> list[dict]:
   """Sweep points in priority order (the base point first)."""
   if quick:
     batches, rows = [1024, base_batch, 16384], [int(1e5), int(1e6)]  # grouped per device count
+    bf16_batches = [base_batch]
     devices = [1, 2, 8] if not accel else sorted({1, device_count})
   else:
-    batches = [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536]
+    batches, bf16_batches = list(F32_BATCHES), list(BF16_BATCHES)
     rows = [int(1e5), int(1e6), int(1e7), int(1e8)]
     devices = (
       [1, 2, 4, 8]
@@ -60,16 +69,24 @@ def grid(
       else sorted({d for d in (1, 2, 4, 8, 16, 32, 64) if d <= device_count} | {device_count})
     )
   base = dict(model="esmm", dtype="float32", batch=base_batch, rows=base_rows, devices=1)
+  bf16 = dict(base, dtype="bfloat16")
   pts = [dict(base, axis="base")]
   pts += [dict(base, devices=d, batch=base_batch * d, axis="devices") for d in devices if d != 1]
   pts += [dict(base, batch=b, axis="batch") for b in batches if b != base_batch]
   pts += [dict(base, rows=r, axis="rows") for r in rows if r != base_rows]
-  pts += [
-    dict(base, dtype="bfloat16", axis="dtype"),
-    dict(base, model="esm2", axis="model"),
-    dict(base, model="esm2", dtype="bfloat16", axis="model"),
-  ]
+  pts += [dict(bf16, axis="dtype")]
+  pts += [dict(bf16, batch=b, axis="batch") for b in bf16_batches if b != base_batch]
+  pts += [dict(base, model="esm2", axis="model"), dict(bf16, model="esm2", axis="model")]
   return pts
+
+
+def groups_of(points: list[dict], todo: list[int]) -> dict[tuple[int, str], list[int]]:
+  """The points `todo` (indices) by (devices, dtype): one worker process each, in the order of
+  their first point, each group's points in priority order."""
+  out: dict[tuple[int, str], list[int]] = {}
+  for i in todo:
+    out.setdefault((points[i]["devices"], points[i]["dtype"]), []).append(i)
+  return out
 
 
 def footprint_gb(p: dict) -> float:
@@ -94,6 +111,7 @@ def many(spec) -> dict:
       continue
     try:
       out.append({**common.jax_throughput(p), "rss_cumulative": True})
+      gc.collect()  # the point's state and batches go before the next point allocates its own
     except Exception as e:  # one failing point must not lose the others
       out.append({"error": f"{type(e).__name__}: {str(e)[:500]}"})
   return {"results": out}
@@ -120,7 +138,8 @@ def _log_row(row, log):
 
 
 def run_points(points, args, probe, log) -> list[dict]:
-  """Runs every point (a fresh process each; grouped by device count with --quick)."""
+  """Runs every point: one process per (device count, dtype) group (each point compiled once,
+  start-up and the JAX import paid once per group), or a fresh process per point (--isolate)."""
   accel = probe.get("backend") in ACCEL
   mem_gb = reporting.mem_available_gb() if not accel else float("inf")
   t0 = time.time()
@@ -157,14 +176,12 @@ def run_points(points, args, probe, log) -> list[dict]:
     rows[i] = row
     _log_row(row, log)
 
-  if args.quick:  # one process per device count
-    groups: dict[int, list[int]] = {}
-    for i in todo:
-      groups.setdefault(points[i]["devices"], []).append(i)
-    # The 1-device group (base point first) goes first; each group gets a share of what is left
-    # in proportion to its points, and always runs its first point (so scaling has its points).
+  if not args.isolate:
+    groups = groups_of(points, todo)
+    # The 1-device f32 group (base point first) goes first; each group gets a share of what is
+    # left in proportion to its points, and always runs its first point (so scaling has its points).
     n_left = len(todo)
-    for d, idx in groups.items():
+    for (d, _), idx in groups.items():
       share = (args.budget_s - (time.time() - t0)) * len(idx) / max(n_left, 1)
       n_left -= len(idx)
       r = common.run_worker(
@@ -239,9 +256,10 @@ def markdown(res: dict) -> str:
     "ESMM-paper shapes (23 single-valued fields × dim 18, towers 200-80-1), Zipf ids, "
     "pre-generated batches; "
     + (
-      "one process per device count (--quick), so peak RSS is cumulative within it"
-      if res["args"].get("quick")
-      else "one fresh process per point"
+      "one fresh process per point"
+      if res["args"].get("isolate")
+      else "one process per (devices, dtype) group, so peak RSS and the device peak are "
+      "cumulative within a group (the group's largest point so far)"
     )
     + ". Engine: "
     + ", ".join(sorted({str(r.get("engine")) for r in rows if r.get("engine")}))
@@ -350,26 +368,36 @@ def plot(res: dict, path: Path) -> None:
 
   rows = [r for r in res["points"] if "rate" in r]
   fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), dpi=80)
-  by = lambda axis: sorted(
-    [r for r in rows if r["axis"] in (axis, "base")],
-    key=lambda r: r[{"batch": "batch", "rows": "rows", "devices": "devices"}[axis]],
-  )
+
+  def by(axis, dtype):
+    pts = [
+      r
+      for r in rows
+      if r["axis"] in (axis, "base", "dtype") and r["model"] == "esmm" and r["dtype"] == dtype
+    ]
+    return sorted(pts, key=lambda r: r[axis])
+
   for ax, axis, xlabel in ((axes[0], "batch", "batch size"), (axes[2], "rows", "table rows")):
-    pts = by(axis)
-    xs = [r[axis] for r in pts]
-    ax.errorbar(
-      xs,
-      [_rate(r) / 1e3 for r in pts],
-      yerr=[
-        [(_rate(r) - r["rate"]["min"]) / 1e3 for r in pts],
-        [(r["rate"]["max"] - _rate(r)) / 1e3 for r in pts],
-      ],
-      marker="o",
-    )
+    for dtype in ("float32", "bfloat16") if axis == "batch" else ("float32",):
+      pts = by(axis, dtype)
+      if not pts:
+        continue
+      ax.errorbar(
+        [r[axis] for r in pts],
+        [_rate(r) / 1e3 for r in pts],
+        yerr=[
+          [(_rate(r) - r["rate"]["min"]) / 1e3 for r in pts],
+          [(r["rate"]["max"] - _rate(r)) / 1e3 for r in pts],
+        ],
+        marker="o",
+        label=dtype,
+      )
     ax.set_xscale("log", base=2 if axis == "batch" else 10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("k examples/s")
-    ax.set_title(f"ESMM f32, {'1 device' if axis != 'devices' else ''} vs {xlabel}", fontsize=9)
+    ax.set_title(f"ESMM, 1 device, vs {xlabel}", fontsize=9)
+    if axis == "batch":
+      ax.legend(fontsize=7)
   sc = res.get("scaling") or []
   ax = axes[1]
   if sc:
@@ -396,11 +424,12 @@ def plot(res: dict, path: Path) -> None:
 
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--quick", action="store_true", help="~2 minutes on CPU: 9 points, short windows")
   ap.add_argument(
-    "--quick",
+    "--isolate",
     action="store_true",
-    help="~2 minutes: 9 points, short windows, one process "
-    "per device count (peak RSS then cumulative)",
+    help="a fresh process per point (its own peak RSS and device peak) instead of one per "
+    "(devices, dtype) group; each point then pays start-up and the JAX import",
   )
   ap.add_argument("--out_dir", default=str(common.RESULTS))
   ap.add_argument(

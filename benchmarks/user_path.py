@@ -10,7 +10,8 @@ shipped configs') and 4,096, three systems are measured:
 
   new       esmjax in this checkout;
   baseline  esmjax at --baseline_ref (default 284dab9), from a temporary `git worktree add --detach`
-            with PYTHONPATH pointing there, removed afterwards;
+            with PYTHONPATH pointing there, removed afterwards (the default commit, when this
+            checkout lacks it, is left out with one line saying so);
   torch-V   benchmarks/torch_reference.py, the same models (weighted multi-valued pooling, dense
             tanh embeddings, the same optimizers), variant V (see below).
 
@@ -34,12 +35,13 @@ optimizer (row-wise Adagrad; compile-dense-rowwise_adagrad is its dense equivale
 the tables too (compile-dense-adam: what a PyTorch user writes first). At every point the best
 variant is the comparator.
 
-Every measurement runs in a fresh subprocess. Rounds interleave the systems (new, baseline, torch,
-…, the order rotated each round) so the machine's load falls on all alike; rates are medians over
-rounds and the ratios are of those medians, computed within this run; the load average is
-recorded before and after. Targets, printed met / not met: end to end at batch 1,024 ESMM and ESM2
-≥ 1.5× the best PyTorch; ESM2 ≥ 2× the baseline, ESMM ≥ 1.5× the baseline; the pipeline ≥ 5× what
-the step consumes (this checkout's faster model) at every batch size.
+Every measurement runs in a fresh subprocess that inherits this process's environment, PYTHONPATH
+included (the measured tree and benchmarks/ go first). Rounds interleave the systems (new, baseline,
+torch, …, the order rotated each round) so the machine's load falls on all alike; rates are medians
+over rounds and the ratios are of those medians, computed within this run; the load average is
+recorded before and after. Targets, printed met / not met: end to end at batch 1,024 ESMM and ESM2 ≥
+1.5× the best PyTorch; ESM2 ≥ 2× the baseline, ESMM ≥ 1.5× the baseline; the pipeline ≥ 5× what the
+step consumes (this checkout's faster model) at every batch size.
 
 Writes benchmarks/results/user_path.{json,md} (or --out_dir). Exit codes: 0 measured (met or not),
 2 bad arguments (an unknown baseline ref, model or variant), 3 a measurement failed (the results
@@ -237,11 +239,20 @@ def pipeline(spec) -> dict:
 # The CLI end to end, and the checkouts measured.
 
 
+def worker_pythonpath(tree: Path, inherited: str = "") -> str:
+  """PYTHONPATH of a measurement of `tree`'s esmjax: the tree and benchmarks/ first, then every
+  inherited entry (where the dependencies may come from, e.g. a `pip --target` folder) except this
+  checkout and its benchmarks/, so that a baseline tree's esmjax is the one imported."""
+  own = {os.path.realpath(p) for p in (ROOT, common.BENCH, tree)}
+  rest = [p for p in inherited.split(os.pathsep) if p and os.path.realpath(p) not in own]
+  return os.pathsep.join((str(tree), str(common.BENCH), *rest))
+
+
 def tree_env(tree: Path, torch: bool = False) -> dict[str, str]:
-  """The environment of a measurement of `tree`'s esmjax: the CLI's (common.worker_env), with
-  PYTHONPATH = the tree and benchmarks/ only; PyTorch waits passively in OpenMP (its fastest
-  setting on a shared CPU, see compare_torch.py)."""
-  extra = {"PYTHONPATH": os.pathsep.join((str(tree), str(common.BENCH)))}
+  """The environment of a measurement of `tree`'s esmjax: the CLI's (common.worker_env, which
+  inherits this process's), PYTHONPATH by worker_pythonpath; PyTorch waits passively in OpenMP
+  (its fastest setting on a shared CPU, see compare_torch.py)."""
+  extra = {"PYTHONPATH": worker_pythonpath(tree, os.environ.get("PYTHONPATH", ""))}
   if torch:
     extra["OMP_WAIT_POLICY"] = "PASSIVE"
   return common.worker_env(extra=extra)
@@ -318,6 +329,12 @@ def baseline_tree(ref: str, repo: Path | str = ROOT):
       check=False,
     )
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _has_commit(repo: Path | str, ref: str) -> bool:
+  from esmjax import reporting
+
+  return bool(reporting.git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,6 +511,14 @@ def main(argv=None) -> int:
   res = {**reporting.provenance(), "args": vars(args)}
   with contextlib.ExitStack() as stack:
     trees = {"new": ROOT}
+    if args.baseline_ref == DEFAULT_BASELINE and not _has_commit(ROOT, args.baseline_ref):
+      # A checkout without history (an archive, a shallow clone) lacks it: measure without it.
+      log(
+        f"user_path: baseline {args.baseline_ref} is not in this checkout (no git history?): "
+        "measuring without it"
+      )
+      res["baseline"] = {"ref": args.baseline_ref, "skipped": "commit not in the checkout"}
+      args.baseline_ref = ""
     if args.baseline_ref:
       try:
         path, commit = stack.enter_context(baseline_tree(args.baseline_ref))

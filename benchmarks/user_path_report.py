@@ -150,7 +150,10 @@ def _cell(summary: dict, kind: str, point: str, system: str | None) -> str:
 
 def _header(res: dict) -> list[str]:
   a, base = res["args"], res.get("baseline") or {}
-  baseline = f"Baseline: `{base['ref']}` = commit {base['commit']}. " if base else "No baseline. "
+  if base.get("skipped"):
+    baseline = f"No baseline: `{base['ref']}` {base['skipped']}. "
+  else:
+    baseline = f"Baseline: `{base['ref']}` = commit {base['commit']}. " if base else "No baseline. "
   return [
     f"# What users run: esmjax end to end against PyTorch and its baseline ({res['when']})",
     "",

@@ -84,6 +84,7 @@ RESUME_FREE_KEYS = (
   "train.eval_every",
   "train.eval_batch_size",
   "train.max_eval_rows",
+  "train.eval_metrics_on",
   "train.steps_per_dispatch",
   "data.prefetch",
   "data.cache_dir",
@@ -145,6 +146,20 @@ def _flat_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     else:
       out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
   return out
+
+
+def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+  """'key old -> new' for every flat config key that differs, except the resume-free ones and
+  keys the saved config lacks that hold their default here (keys added to esmjax after the
+  checkpoint was written; their defaults keep the behaviour it was written with)."""
+  defaults = _flat_config(json.loads(config_lib.default_config().to_json_best_effort()))
+  return [
+    f"{k} {old.get(k)!r} -> {new.get(k)!r}"
+    for k in sorted(set(old) | set(new))
+    if old.get(k) != new.get(k)
+    and not k.startswith(RESUME_FREE_KEYS)
+    and not (k not in old and k in defaults and new.get(k) == defaults[k])
+  ]
 
 
 def _leaves(tree) -> dict[str, Any]:
@@ -513,11 +528,7 @@ class Checkpointer:
           f"{where} of an incompatible config: state{path} is "
           f"{s['dtype']}{tuple(s['shape'])} there and {c.dtype}{tuple(c.shape)} here; {fix}"
         )
-    changed = [
-      f"{k} {old.get(k)!r} -> {new.get(k)!r}"
-      for k in sorted(set(old) | set(new))
-      if old.get(k) != new.get(k) and not k.startswith(RESUME_FREE_KEYS)
-    ]
+    changed = changed_settings(old, new)
     if changed and warn:
       logging.warning(
         "resuming step %d with changed settings (the run will differ from an "

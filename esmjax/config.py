@@ -77,6 +77,10 @@ def default_config(world: str = "default") -> ml_collections.ConfigDict:
   c.optimizer.learning_rate = 1e-3  # tower learning rate
   c.optimizer.weight_decay = 0.0  # adamw only
   c.optimizer.grad_clip = 0.0  # global-norm clip of tower gradients; 0 = off
+  # learning rates × f(batch / lr_reference_batch): none (f = 1), linear, sqrt (lr_scaling.py)
+  c.optimizer.lr_batch_scaling = "none"
+  c.optimizer.lr_reference_batch = 1024  # the batch the learning rates were tuned at
+  c.optimizer.lr_scale_tables = True  # scale embedding.learning_rate too (else the towers' only)
 
   c.data = C()
   c.data.train_dir = ""  # dataset directory to train on; empty = generated synthetic data
@@ -99,6 +103,7 @@ def default_config(world: str = "default") -> ml_collections.ConfigDict:
   c.train.eval_every = -1  # steps between evaluations; -1 = at the end only
   c.train.eval_batch_size = 16384  # rows per evaluation step
   c.train.max_eval_rows = -1  # evaluate on at most this many rows; -1 = all
+  c.train.eval_metrics_on = "auto"  # AUC etc. sorted on: device, host, auto (device on a GPU)
   c.train.steps_per_dispatch = 8  # steps per host dispatch (one device loop); k changes no result
   # JAX's persistent compilation cache: a second run skips compiling; "" = off
   # (default: $ESMJAX_COMPILE_CACHE, else ~/.cache/esmjax/jax-compile; esmjax/compile_cache.py)
@@ -268,6 +273,16 @@ def _validate_run_sections(config: ml_collections.ConfigDict) -> None:
   _number(config, "optimizer.learning_rate", low=0, low_open=True)
   _number(config, "optimizer.weight_decay", low=0)
   _number(config, "optimizer.grad_clip", low=0)
+  if "eval_metrics_on" in config.train:  # absent from configs saved before it existed
+    _choice(config, "train.eval_metrics_on", ("auto", "device", "host"))
+  if "lr_batch_scaling" in config.optimizer:  # absent from configs saved before it existed
+    _choice(config, "optimizer.lr_batch_scaling", ("none", "linear", "sqrt"))
+    _number(config, "optimizer.lr_reference_batch", low=1, integer=True)
+    if not isinstance(config.optimizer.lr_scale_tables, bool):
+      raise ConfigError(
+        f"optimizer.lr_scale_tables={config.optimizer.lr_scale_tables!r} is not allowed; "
+        "allowed: [True, False]"
+      )
   _number(config, "mesh.num_devices", low=1, integer=True, unset=-1)
   if not isinstance(config.mesh.axis, str) or not config.mesh.axis:
     raise ConfigError(f"mesh.axis={config.mesh.axis!r}: give a non-empty name, e.g. 'data'")

@@ -1,7 +1,11 @@
 """Scoring a whole dataset and computing its global metrics (docs/design.md, Evaluation).
 
-Predictions are gathered to the host for the whole evaluation set, so AUC and GAUC are exact and
-global (never averaged over batches).
+AUC and GAUC are exact and global (never averaged over batches): computed over the whole
+evaluation set, either on the host (predictions gathered to NumPy, esmjax.metrics) or on the
+device (predictions and the label columns stay on the accelerator and are sorted there,
+esmjax.device_metrics; the host holds one batch at a time). `metrics_on` picks: 'auto' is the
+device on a GPU with one process, the host otherwise (on CPU both are the same memory, and the
+host path serves several processes by gathering their rows).
 
 A task whose predictions are (nearly) constant, as a dead tower's are, has an AUC of about 0.5
 that looks like a weak model rather than a broken one. Every evaluation therefore reports, per
@@ -19,10 +23,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from esmjax import inputs
+from esmjax import device_metrics, inputs
 from esmjax import metrics as metrics_lib
 from esmjax import sharding as sh
 from esmjax.data import dataset as ds_lib
@@ -32,6 +37,7 @@ from esmjax.steps import BATCH_KEYS
 HOST_KEYS = ("labels", "user", "sample_id", "truth")
 TASKS = {"pctr": "ctr", "pcvr": "cvr", "pctcvr": "ctcvr", "pctavr": "ctavr"}  # prediction -> task
 COLLAPSED_LOGIT_STD = 1e-3  # a task's predictions are collapsed below this spread of their logits
+METRICS_ON = ("auto", "device", "host")  # values of train.eval_metrics_on
 
 
 def check_schema(schema: ds_lib.Schema, dataset: ds_lib.Dataset) -> None:
@@ -106,15 +112,25 @@ def collapse_flags(
   """{`<task>/logit_std`, `<task>/collapsed` (1.0 or 0.0)} per prediction, each task judged on its
   own rows: CVR on the clicked ones (`click` > 0; all rows when `click` is None), the others on
   all. Warns for each collapsed task, naming it, its rows and its spread."""
+  spreads, rows = {}, {}
+  for k, p in preds.items():
+    p, rows[k] = np.asarray(p), (len(p), "rows")
+    if k == "pcvr" and click is not None:
+      p = p[np.asarray(click) > 0]
+      rows[k] = (len(p), "clicked rows")
+    spreads[k] = (
+      (metrics_lib.logit_std(p), float(np.min(p)), float(np.max(p))) if len(p) else (np.nan,) * 3
+    )
+  return _collapse_from_spreads(spreads, rows)
+
+
+def _collapse_from_spreads(spreads: dict, rows: dict) -> dict[str, float]:
+  """collapse_flags from {prediction key: (logit std, min, max)} and {key: (rows, what rows)}."""
   out = {}
   for key, task in TASKS.items():
-    if key not in preds:
+    if key not in spreads:
       continue
-    p = np.asarray(preds[key])
-    rows = "rows"
-    if key == "pcvr" and click is not None:
-      p, rows = p[np.asarray(click) > 0], "clicked rows"
-    spread = metrics_lib.logit_std(p)
+    spread, lo, hi = spreads[key]
     collapsed = spread < COLLAPSED_LOGIT_STD  # False for nan (fewer than two rows)
     out[f"{task}/logit_std"], out[f"{task}/collapsed"] = spread, float(collapsed)
     if collapsed:
@@ -124,12 +140,11 @@ def collapse_flags(
         "means nothing",
         task,
         spread,
-        len(p),
-        rows,
+        *rows[key],
         COLLAPSED_LOGIT_STD,
         key,
-        float(np.min(p)),
-        float(np.max(p)),
+        lo,
+        hi,
         task,
       )
   return out
@@ -140,9 +155,97 @@ def collapsed_tasks(metrics: dict[str, float]) -> list[str]:
   return [t for t in TASKS.values() if metrics.get(f"{t}/collapsed", 0.0) == 1.0]
 
 
-def evaluate(
+def resolve_metrics_on(where: str) -> str:
+  """'device' or 'host' for train.eval_metrics_on `where` on this backend and process count."""
+  if where not in METRICS_ON:
+    raise ValueError(f"train.eval_metrics_on={where!r} is not allowed; allowed: {list(METRICS_ON)}")
+  if where == "auto":
+    on_gpu = jax.default_backend() == "gpu"
+    return "device" if on_gpu and jax.process_count() == 1 else "host"
+  if where == "device" and (jax.process_count() > 1 or not device_metrics.supported()):
+    logging.warning(
+      "train.eval_metrics_on='device' needs one process and float64 on the device (%d processes, "
+      "backend %s): the metrics are computed on the host",
+      jax.process_count(),
+      jax.default_backend(),
+    )
+    return "host"
+  return where
+
+
+def predict_dataset_on_device(
   predict_fn: Callable, state, dataset: ds_lib.Dataset, batch_size: int, mesh, max_rows: int = -1
+) -> dict[str, jax.Array]:
+  """predict_dataset's predictions and the label, user and truth columns, kept on the devices
+  (one process): the host holds one batch at a time, whatever the number of rows."""
+  out: dict[str, list[jax.Array]] = {}
+  rows = sh.batch_sharding(mesh)
+  batches = 0
+  for batch, n in pipeline.eval_batches(dataset, batch_size):
+    preds = predict_fn(state, sh.put_batch({k: batch[k] for k in BATCH_KEYS}, mesh))
+    with jax.enable_x64(True):  # the user ids stay int64
+      host = jax.device_put({k: batch[k] for k in HOST_KEYS if k in batch and k != "row"}, rows)
+      for k, v in {**preds, **host}.items():
+        out.setdefault(k, []).append(v if n == batch_size else v[:n])
+    batches += 1
+    if 0 < max_rows <= batches * batch_size:
+      break
+  with jax.enable_x64(True):
+    return {k: _concatenate(v) for k, v in out.items()}
+
+
+def _concatenate(parts: list[jax.Array], fan_in: int = 64) -> jax.Array:
+  """jnp.concatenate in rounds of at most `fan_in` arrays: thousands of batches make no
+  thousand-operand program (one compilation per shape signature)."""
+  while len(parts) > 1:
+    parts = [
+      jnp.concatenate(parts[i : i + fan_in]) if len(parts[i : i + fan_in]) > 1 else parts[i]
+      for i in range(0, len(parts), fan_in)
+    ]
+  return parts[0]
+
+
+def compute_metrics_on_device(
+  cols: dict[str, jax.Array], schema: ds_lib.Schema
 ) -> dict[str, float]:
+  """compute_metrics on device columns (predict_dataset_on_device): the same metrics, sorted on
+  the device (esmjax.device_metrics); only the results come to the host."""
+  with jax.enable_x64(True):
+    labels = {name: cols["labels"][:, i] for i, name in enumerate(schema.labels)}
+    if "daction" not in labels and ("cart" in labels or "wish" in labels):
+      zero = jnp.zeros_like(cols["labels"][:, 0])
+      labels["daction"] = jnp.maximum(labels.get("cart", zero), labels.get("wish", zero))
+    labels = {k: v for k, v in labels.items() if k in metrics_lib.LABEL_KEYS}
+    truth = {}
+    if "truth" in cols and "would_buy" in schema.truth:
+      truth = {
+        name: cols["truth"][:, i]
+        for i, name in enumerate(schema.truth)
+        if name in metrics_lib.TRUTH_KEYS
+      }
+  preds = {k: cols[k] for k in TASKS if k in cols}
+  out, spreads = device_metrics.evaluate(preds, labels, cols["user"], truth)
+  rows = {k: (int(n), "clicked rows" if k == "pcvr" else "rows") for k, (*_, n) in spreads.items()}
+  out.update(_collapse_from_spreads({k: v[:3] for k, v in spreads.items()}, rows))
+  return out
+
+
+def evaluate(
+  predict_fn: Callable,
+  state,
+  dataset: ds_lib.Dataset,
+  batch_size: int,
+  mesh,
+  max_rows: int = -1,
+  metrics_on: str = "auto",
+) -> dict[str, float]:
+  """The global metrics of `dataset` scored by `predict_fn`, computed where `metrics_on` resolves
+  to (resolve_metrics_on)."""
+  where = resolve_metrics_on(metrics_on)
+  logging.log_first_n(logging.INFO, "evaluation: metrics computed on the %s", 1, where)
+  if where == "device":
+    cols = predict_dataset_on_device(predict_fn, state, dataset, batch_size, mesh, max_rows)
+    return compute_metrics_on_device(cols, dataset.schema)
   cols = predict_dataset(predict_fn, state, dataset, batch_size, mesh, max_rows)
   cols = sh.gather_host_columns(cols)
   return compute_metrics(cols, dataset.schema)

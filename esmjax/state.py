@@ -16,7 +16,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from absl import logging
 
+from esmjax import lr_scaling
 from esmjax import schema as schema_lib
 from esmjax.embedding import engine as engine_lib
 from esmjax.embedding import optimizers as opt_lib
@@ -54,8 +56,13 @@ class Components:
     return {name: cols[0] for name, cols in self.label_columns.items() if len(cols) == 1}
 
 
-def tower_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  name, lr = cfg.name, cfg.learning_rate
+def tower_optimizer(
+  cfg: ml_collections.ConfigDict, learning_rate: float | None = None
+) -> optax.GradientTransformation:
+  """The towers' optax optimizer; `learning_rate` overrides cfg.learning_rate (the batch-scaled
+  rate, `esmjax.lr_scaling`)."""
+  name = cfg.name
+  lr = cfg.learning_rate if learning_rate is None else learning_rate
   if name == "adam":
     tx = optax.adam(lr)
   elif name == "adamw":
@@ -116,15 +123,22 @@ def build(
     schema, bucketise_dense=config.model.dense_mode == "bucket", row_multiple=row_multiple
   )
   make = engine_factory or engine_factory_for(config, mesh)
+  tower_lr, table_lr = lr_scaling.learning_rates(config)
+  if lr_scaling.factor(config) != 1.0:
+    logging.info("%s", lr_scaling.describe(config))
+  table_section = dict(config.embedding)
+  if "learning_rate" in table_section:
+    table_section["learning_rate"] = table_lr
   engine = make(
     layout=layout,
     dim=config.model.embed_dim,
     table_names=model.table_sets,
-    opt=opt_lib.from_config(config.embedding),
+    opt=opt_lib.from_config(table_section),
     init_std=config.embedding.init_std,
     param_dtype=DTYPES[config.embedding.dtype],
   )
-  return Components(model, engine, tower_optimizer(config.optimizer), layout, schema, label_columns)
+  tx = tower_optimizer(config.optimizer, tower_lr)
+  return Components(model, engine, tx, layout, schema, label_columns)
 
 
 def dummy_batch(c: Components, batch_size: int) -> dict[str, jax.Array]:

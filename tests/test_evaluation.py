@@ -148,3 +148,26 @@ def test_ctavr_is_evaluated_on_logs_with_cart_and_wish_but_no_daction():
     cols([click, buy, cart]), ds_lib.Schema(labels=("click", "buy", "cart"))
   )
   assert cart_only["n/dactions"] == cart.sum()
+
+
+def test_metrics_sorted_on_the_device_equal_the_host_ones(trained):
+  # 300 eval rows in batches of 128: the padding of the last batch is cut on the device.
+  root, _ = trained
+  for name in ("esmm", "esm2"):
+    model = esmjax.load(str(root / name))
+    dataset = ds_lib.open_dataset(str(root / "eval"))
+    run = model.run
+    got = {
+      where: evaluation.evaluate(
+        run.predict_step, model.state, dataset, 128, run.mesh, metrics_on=where
+      )
+      for where in ("host", "device")
+    }
+    assert sorted(got["device"]) == sorted(got["host"]) and got["host"]["n/impressions"] == 300
+    for k, v in got["host"].items():
+      assert got["device"][k] == pytest.approx(v, rel=1e-12, nan_ok=True), (name, k)
+    assert got["device"]["cvr/auc"] == got["host"]["cvr/auc"]  # 0/1 labels: bit-equal
+    capped = evaluation.evaluate(
+      run.predict_step, model.state, dataset, 128, run.mesh, max_rows=128, metrics_on="device"
+    )
+    assert capped["n/impressions"] == 128

@@ -279,3 +279,18 @@ def test_cvr_sweep_refuses_bad_rates(rates, capsys):
     cvr_sweep.main([f"--rates={rates}", "--quick"])
   assert e.value.code == 2
   assert f"argument --rates: {rates!r}" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_large_batch_quick_scales_the_learning_rates(tmp_path):
+  from experiments import large_batch
+
+  out, cache = str(tmp_path / "results"), str(tmp_path / "cache")
+  payload = large_batch.main(["--quick", "--out", out, "--cache_dir", cache])
+  md = open(os.path.join(out, "large_batch.md")).read()
+  # Quick mode: reference batch 512, so sqrt at 2,048 doubles both rates.
+  assert "| ESMM | 2,048 | sqrt (towers + tables) | 0.002 / 0.1 |" in md
+  assert "| ESMM | 2,048 | none | 0.001 / 0.05 |" in md and "## Against batch 512" in md
+  none, scaled = payload["runs"]["esmm/b2048/none/all"], payload["runs"]["esmm/b2048/sqrt/all"]
+  assert none[0]["key"] != scaled[0]["key"]
+  assert none[0]["metrics"]["ctr/logloss"] != scaled[0]["metrics"]["ctr/logloss"]

@@ -75,3 +75,24 @@ def test_bf16_train_step_lowers_for_cuda_and_tpu_with_f32_accumulation():
     r"dot_general.*\(tensor<\S+xbf16>, tensor<\S+xbf16>\) -> tensor<\S+xf32>", text
   )
   assert len(mixed) >= 6, len(mixed)  # forward, and the backward's weight and input gradients
+
+
+def test_evaluation_metrics_sorted_on_the_device_lower_for_cuda():
+  # float64 sorts and scans on the GPU: the whole evaluation (AUC, GAUC, population AUC, ...).
+  import jax
+  import jax.numpy as jnp
+
+  from esmjax import device_metrics
+
+  n = 1000
+
+  def spec(dtype):
+    return jax.ShapeDtypeStruct((n,), dtype)
+
+  preds = {k: spec(jnp.float32) for k in ("pctr", "pcvr", "pctcvr", "pctavr")}
+  labels = {k: spec(jnp.uint8) for k in ("click", "buy", "daction")}
+  truth = {"would_buy": spec(jnp.float32), "pcvr": spec(jnp.float32)}
+  with jax.enable_x64(True):
+    traced = device_metrics._evaluate.trace(preds, labels, spec(jnp.int64), truth)
+    text = traced.lower(lowering_platforms=("cuda",)).as_text()
+  assert "stablehlo.sort" in text and "f64" in text and "i64" in text

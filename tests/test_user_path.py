@@ -177,3 +177,33 @@ def test_bad_arguments_exit_2_naming_them(capsys):
   assert "--models: 'dnn' has no shipped config here; allowed: ['esmm', 'esm2']" in err
   assert up.main(["--torch_variants", "fast"]) == 2
   assert "--torch_variants: 'fast' is not" in capsys.readouterr().err
+
+
+def test_workers_inherit_pythonpath_with_the_measured_tree_first(tmp_path, monkeypatch):
+  deps = str(tmp_path / "deps")  # e.g. a `pip install --target` folder the dependencies live in
+  bench = str(common.BENCH)
+  inherited = os.pathsep.join([str(up.ROOT), bench, deps])
+  assert up.worker_pythonpath(up.ROOT, inherited).split(os.pathsep) == [str(up.ROOT), bench, deps]
+  # A baseline tree: its esmjax first, this checkout's left out, the dependencies kept.
+  base = tmp_path / "baseline"
+  assert up.worker_pythonpath(base, inherited).split(os.pathsep) == [str(base), bench, deps]
+  monkeypatch.setenv("PYTHONPATH", inherited)
+  env = up.tree_env(base, torch=True)
+  assert env["PYTHONPATH"].split(os.pathsep)[-1] == deps and env["OMP_WAIT_POLICY"] == "PASSIVE"
+
+
+def test_a_missing_default_baseline_is_skipped_with_one_line(monkeypatch, tmp_path, capsys):
+  # A checkout without history: the default baseline is left out, the run goes on (here it stops
+  # at the data step, stubbed to fail, so nothing is measured).
+  monkeypatch.setattr(up, "_has_commit", lambda repo, ref: False)
+  monkeypatch.setattr(common, "run_worker", lambda *a, **k: {"error": "stub: no data"})
+  assert up.main(["--quick", "--out_dir", str(tmp_path)]) == 3
+  out, err = capsys.readouterr()
+  assert (
+    f"user_path: baseline {up.DEFAULT_BASELINE} is not in this checkout (no git history?): "
+    "measuring without it" in out
+  )
+  assert "the datasets cannot be opened" in err
+  # An explicitly named commit that is absent stays an error (a typo is not skipped).
+  assert up.main(["--quick", "--baseline_ref", "nope123", "--out_dir", str(tmp_path)]) == 2
+  assert "--baseline_ref='nope123' is not a commit of" in capsys.readouterr().err

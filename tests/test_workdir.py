@@ -307,8 +307,8 @@ def test_rerunning_a_finished_workdir_reports_it_and_changes_nothing(
 @pytest.mark.parametrize(
   "overrides, named",
   [
-    ({"train.seed": 1}, "train.seed=0 there vs 1 here"),
-    ({"optimizer.learning_rate": 0.3}, "optimizer.learning_rate=0.001 there vs 0.3 here"),
+    ({"train.seed": 1}, "train.seed 0 -> 1"),
+    ({"optimizer.learning_rate": 0.3}, "optimizer.learning_rate 0.001 -> 0.3"),
   ],
 )
 def test_a_finished_workdir_of_another_config_is_refused_untouched(

@@ -77,6 +77,7 @@ class Run:
       self.config.train.eval_batch_size,
       self.mesh,
       self.config.train.max_eval_rows,
+      self.config.train.get("eval_metrics_on", "auto"),
     )
 
   def abstract_batch(self, batch_size: int, stacked: int = 0) -> dict[str, jax.ShapeDtypeStruct]:

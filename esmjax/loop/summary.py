@@ -122,17 +122,14 @@ def check_finished(workdir: str, config, total: int) -> dict[str, Any] | None:
     return None
   if int(summary.get("steps", 0)) < total:  # trained further: the checkpoint checks decide
     return None
-  old = ckpt_lib._flat_config(summary["config"])
-  new = ckpt_lib._flat_config(json.loads(config.to_json_best_effort()))
-  diffs = [
-    f"{k}={old.get(k)!r} there vs {new.get(k)!r} here"
-    for k in sorted(set(old) | set(new))
-    if old.get(k) != new.get(k) and not k.startswith(ckpt_lib.RESUME_FREE_KEYS)
-  ]
+  diffs = ckpt_lib.changed_settings(
+    ckpt_lib._flat_config(summary["config"]),
+    ckpt_lib._flat_config(json.loads(config.to_json_best_effort())),
+  )
   if diffs:
     raise WorkdirError(
       f"--workdir={os.path.abspath(workdir)} holds another run, finished at step "
-      f"{summary.get('steps')} with another config ({'; '.join(diffs[:4])}"
+      f"{summary.get('steps')} with another config (there -> here: {'; '.join(diffs[:4])}"
       f"{'; ...' if len(diffs) > 4 else ''}); use another --workdir"
     )
   return {**summary, "already_finished": True}
