@@ -129,7 +129,7 @@ def check_finished(workdir: str, config, total: int) -> dict[str, Any] | None:
   if diffs:
     raise WorkdirError(
       f"--workdir={os.path.abspath(workdir)} holds another run, finished at step "
-      f"{summary.get('steps')} with another config (there -> here: {'; '.join(diffs[:4])}"
+      f"{summary.get('steps')} with another config ({'; '.join(diffs[:4])}"
       f"{'; ...' if len(diffs) > 4 else ''}); use another --workdir"
     )
   return {**summary, "already_finished": True}
