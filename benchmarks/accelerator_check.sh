@@ -95,7 +95,7 @@ if [[ -s "$OUT_DIR/missing.txt" && -n "${ESMJAX_WHEELS:-}" && -d "${ESMJAX_WHEEL
 fi
 log "environment: $(grep -E '^(python|jax backend|torch cuda)' "$OUT_DIR/env.txt" | tr '\n' ';')"
 [[ -s "$OUT_DIR/missing.txt" ]] && log "missing modules: $(tr '\n' ' ' < "$OUT_DIR/missing.txt")"
-if ! $PY -c "import esmjax.trainer" 2> "$OUT_DIR/import_error.txt"; then
+if ! $PY -c "import esmjax.training.trainer" 2> "$OUT_DIR/import_error.txt"; then
   log "esmjax cannot be imported here (see import_error.txt, missing.txt): stopping"
   echo "| import esmjax | failed | – | import_error.txt |" >> "$OUT_DIR/summary.md"
   exit 1

@@ -18,13 +18,13 @@ third decimal):
   entire-space CVR AUC (pCVR vs would-buy, all impressions): 0.735
 """
 
-from esmjax import config as config_lib
+from esmjax.config import defaults as config_lib
 
 
 def get_config(world: str = "default"):
   config = config_lib.default_config(
     world
-  )  # every key, with its one-line comment: esmjax/config.py
+  )  # every key, with its one-line comment: esmjax/config/defaults.py
   config.model.name = "aitm"
   config.model.aitm_calibrator_weight = 0.6  # α of the calibrator (the paper's and PaddleRec's)
   config.train.batch_size = 1024  # the schedule of configs/esmm.py: batch 1024, one epoch

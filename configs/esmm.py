@@ -25,13 +25,13 @@ On your own data (converted with esmjax.data.aliccp or esmjax.data.csv_ingest):
       --config.data.eval_dir=D/test
 """
 
-from esmjax import config as config_lib
+from esmjax.config import defaults as config_lib
 
 
 def get_config(world: str = "default"):
   config = config_lib.default_config(
     world
-  )  # every key, with its one-line comment: esmjax/config.py
+  )  # every key, with its one-line comment: esmjax/config/defaults.py
   config.model.name = "esmm"  # pCTCVR = pCTR · pCVR; loss on CTR and CTCVR over all impressions
   # The ESMM paper's mini-batch (1,000), one epoch: 977 steps over the 1 M synthetic impressions.
   # Batches of 4,096 for 2 epochs (489 steps) leave every model less trained (ESMM's CVR AUC 0.725

@@ -66,7 +66,7 @@ def _override_error(argv: list[str], error: Exception, path: str | None, flag: s
   import ml_collections
   from ml_collections.config_flags import config_flags
 
-  from esmjax import config_keys
+  from esmjax.common import config_keys
 
   overrides = [a for a in argv[1:] if a.startswith(f"--{flag}.")]
   if not overrides:

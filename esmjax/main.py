@@ -8,7 +8,7 @@ r"""esmjax entry point: train (and evaluate), score a dataset, or export a train
 
 Modes: train (train, evaluate, checkpoint; resumes from DIR's latest checkpoint), evaluate (the
 latest checkpoint on data.eval_dir), predict (one CSV row per input row, in input order), export
-(the latest checkpoint as serialized StableHLO + a JSON signature; see esmjax/export.py).
+(the latest checkpoint as serialized StableHLO + a JSON signature; see esmjax/serving/export.py).
 Any config key can be overridden: --config.model.name=esm2, --config.train.batch_size=8192, ...
 Curves: python -m esmjax.plot DIR; TensorBoard: tensorboard --logdir DIR/tensorboard.
 
@@ -51,8 +51,9 @@ def main(argv):
     exits.fail(f"unexpected arguments: {argv[1:]}", exits.USER_ERROR)
   cli.quiet_libraries()
   # Imports after flag parsing: grain workers import the package, never this module's side effects.
-  from esmjax import api, distributed
-  from esmjax import config as config_lib
+  from esmjax import api
+  from esmjax.config import defaults as config_lib
+  from esmjax.core import distributed
 
   config = _CONFIG.value
   workdir = _WORKDIR.value or api.default_workdir(config)
@@ -70,7 +71,9 @@ def main(argv):
 
 
 def run():
-  from esmjax import host_memory  # light: restarts with huge-page malloc before JAX is imported
+  from esmjax.core import (
+    host_memory,  # light: restarts with huge-page malloc before JAX is imported
+  )
 
   host_memory.use_huge_page_malloc()
   app.run(main, flags_parser=exits.parse_flags)

@@ -141,7 +141,7 @@ def main(argv=None) -> dict:
     )
     control_checks = claims(control, f"control world, κ = {CONTROL_KAPPA:g}")
 
-  from esmjax.data import synthetic
+  from esmjax.data.synthetic import cache as synthetic
 
   cfg0 = common.experiment_config("esm2", args.mode, args.seed_list[0], args.cache_dir, args.world)
   stats = synthetic.world_stats(runs.datasets(cfg0)[1].directory)

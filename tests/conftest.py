@@ -9,7 +9,7 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from esmjax import absl_flags
+from esmjax.common import absl_flags
 
 absl_flags.ensure_parsed("pytest")  # grain's mp_prefetch reads absl flags
 

@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 import tiny
 
-from esmjax import config as config_lib
-from esmjax import hparams
+from esmjax.common import hparams
+from esmjax.config import defaults as config_lib
 from esmjax.embedding import optimizers as opt_lib
 from esmjax.models import registry
 

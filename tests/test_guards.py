@@ -14,12 +14,13 @@ import pytest
 import tiny
 from test_checkpoint import jit_cache  # noqa: F401  (autouse: one compilation per program)
 
-from esmjax import checkpoint as ckpt_lib
-from esmjax import config as config_lib
-from esmjax import metrics_io, trainer
-from esmjax.data import dataset as D
-from esmjax.loop import data as loop_data
-from esmjax.loop import guard as guard_lib
+from esmjax.checkpoints import checkpoint as ckpt_lib
+from esmjax.config import defaults as config_lib
+from esmjax.core import feed as loop_data
+from esmjax.core import guard as guard_lib
+from esmjax.data.format import dataset as D
+from esmjax.evaluation import metrics_io
+from esmjax.training import trainer
 
 
 @pytest.fixture(scope="module")

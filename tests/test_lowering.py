@@ -5,8 +5,8 @@ CPU (JAX's cross-platform lowering), so a change that only accelerators would re
 import pytest
 import tiny
 
-from esmjax.loop.dispatch import Dispatcher
-from esmjax.loop.run import Run
+from esmjax.core.run import Run
+from esmjax.training.dispatch import Dispatcher
 
 PLATFORMS = ("cuda", "tpu")
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tiny
 
-from esmjax import trainer
+from esmjax.training import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 10
@@ -120,8 +120,8 @@ def test_two_processes_match_one_process(tmp_path):
 
 
 def test_distributed_settings_from_flags_or_env(monkeypatch):
-  from esmjax import config as config_lib
-  from esmjax import distributed
+  from esmjax.config import defaults as config_lib
+  from esmjax.core import distributed
 
   cfg = config_lib.default_config()
   for k in distributed.ENV.values():

@@ -15,9 +15,9 @@ import pytest
 import tiny
 
 import esmjax
-from esmjax import predict
-from esmjax.data import csv_ingest
-from esmjax.data import dataset as D
+from esmjax.data.format import dataset as D
+from esmjax.data.ingest.csv import ingest as csv_ingest
+from esmjax.serving import predict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECHUB = os.path.join(

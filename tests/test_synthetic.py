@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tiny
 
-from esmjax.data import dataset as ds_lib
-from esmjax.data import pipeline
-from esmjax.data import synthetic as syn
+from esmjax.data.format import dataset as ds_lib
+from esmjax.data.pipeline import batches as pipeline
+from esmjax.data.synthetic import cache as syn
 
 TINY = tiny.TINY_WORLD  # the world of the tests below
 
@@ -186,7 +186,7 @@ def test_world_stats(cached):
 
 
 def test_named_worlds_and_the_config_that_selects_them():
-  from esmjax import config as config_lib
+  from esmjax.config import defaults as config_lib
 
   paper = syn.world_config("paper")
   assert (paper.ctr, paper.cvr, paper.daction_rate, paper.num_train, paper.num_eval) == (

@@ -13,9 +13,9 @@ import pytest
 import tiny
 
 import esmjax
-from esmjax import checkpoint as ckpt_lib
-from esmjax import trainer
-from esmjax.loop import workdir as workdir_lib
+from esmjax.checkpoints import checkpoint as ckpt_lib
+from esmjax.core import workdir as workdir_lib
+from esmjax.training import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The error a failed save raises (a checkpoint.CheckpointError: exit 3).

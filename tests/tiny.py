@@ -7,8 +7,8 @@ import pathlib
 
 import numpy as np
 
-from esmjax import config as config_lib
-from esmjax.data import dataset as D
+from esmjax.config import defaults as config_lib
+from esmjax.data.format import dataset as D
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # A small synthetic world (config.data.synthetic keys): 20 k train and 4 k eval impressions.
@@ -162,7 +162,7 @@ def poisoned(batch):
 
 def nan_at_step(step: int):
   """Test hooks: the batch of step `step` (counted from 1) is `poisoned`."""
-  from esmjax.loop.hooks import Hooks
+  from esmjax.training.hooks import Hooks
 
   def batches(it, start):
     for i, b in enumerate(it, start + 1):

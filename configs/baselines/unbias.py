@@ -8,11 +8,11 @@ by 1/pCTR is its expectation (importance weighting) without discarding rows.
 
 Same sizes and data as configs/esmm.py (paper: embedding 18, towers 200-80-1); only what differs
 is set here. `--config=configs/baselines/<name>.py:paper` trains on the paper-regime world
-(esmjax.data.synthetic.WORLDS, see configs/esmm.py). Regenerated in experiments/ (results in
+(esmjax.data.synthetic.cache.WORLDS, see configs/esmm.py). Regenerated in experiments/ (results in
 experiments/results/).
 """
 
-from esmjax import config as config_lib
+from esmjax.config import defaults as config_lib
 
 
 def get_config(world: str = "default"):

@@ -13,7 +13,7 @@ import pkgutil
 from collections.abc import Mapping
 from typing import Any
 
-from esmjax import hparams
+from esmjax.common import hparams
 from esmjax.models import model as model_lib
 
 _MODELS: dict[str, type[model_lib.Model]] = {}

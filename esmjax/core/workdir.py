@@ -1,0 +1,127 @@
+"""The workdir a run owns: created (or refused with the reason), locked for the run's life, and
+the files that describe the run to the tools that read it afterwards (predict, load, export).
+
+  <workdir>/run-p<i>.lock   held (flock) by process i of the run that owns the workdir; it names
+                            that process (pid, host, start time). The kernel releases the lock
+                            when the process ends, however it ends: a killed run never blocks its
+                            rerun.
+  <workdir>/schema.json     the training data's schema (predict / load / export rebuild the model
+                            from it, without the training data)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+
+import jax
+
+from esmjax.config.defaults import ConfigError
+
+SCHEMA_FILE = "schema.json"
+
+
+class WorkdirError(ConfigError):
+  """The workdir cannot be used (a file, not writable, or owned by another run); names the path."""
+
+
+def _lock_path(workdir: str, process_index: int) -> str:
+  return os.path.join(workdir, f"run-p{process_index}.lock")
+
+
+def _reason(e: OSError) -> str:
+  return f"{e.strerror} ({errno.errorcode.get(e.errno, e.errno)})"
+
+
+def _create(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except FileExistsError:
+    raise WorkdirError(
+      f"--workdir={workdir} is a file, not a directory; give a directory"
+    ) from None
+  except NotADirectoryError:
+    raise WorkdirError(
+      f"--workdir={workdir}: a part of the path is a file, not a directory"
+    ) from None
+  except OSError as e:
+    raise WorkdirError(f"--workdir={workdir} cannot be created: {_reason(e)}") from None
+
+
+def _open_lock(path: str, workdir: str):
+  try:
+    return open(path, "a+")
+  except OSError as e:
+    raise WorkdirError(
+      f"--workdir={workdir} is not writable: {_reason(e)} creating {path}"
+    ) from None
+
+
+def _owner(f) -> str:
+  f.seek(0)
+  text = f.read().strip()
+  return text or "another process (it has not written its name yet)"
+
+
+@contextlib.contextmanager
+def claim(workdir: str):
+  """Creates `workdir` if needed and holds its lock until the block ends.
+
+  Raises WorkdirError (a ConfigError: exit 2 on the command line) naming the path when the workdir
+  is a file or cannot be written, and naming the owner (pid, host) when another run holds it. Each
+  process of a multi-process job locks its own file; the processes agree, so a job whose process
+  is refused stops everywhere rather than waiting for it.
+  """
+  _create(workdir)
+  index = jax.process_index()
+  path = _lock_path(workdir, index)
+  f = _open_lock(path, workdir)
+  refused = None
+  try:
+    try:
+      fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      refused = (
+        f"--workdir={os.path.abspath(workdir)} is in use by another run: {_owner(f)} "
+        f"holds {path}; wait for it to finish, stop it, or use another --workdir"
+      )
+    _agree(refused)
+    f.seek(0)
+    f.truncate()
+    f.write(
+      f"pid {os.getpid()} on host {socket.gethostname()} (process {index} of "
+      f"{jax.process_count()}), since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n"
+    )
+    f.flush()
+    yield
+  finally:
+    f.close()  # releases the lock (if held): the file stays, its content names the last owner
+
+
+def _agree(refused: str | None) -> None:
+  """Raises WorkdirError on every process when any process could not lock its file."""
+  if jax.process_count() > 1:
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(np.asarray([refused is not None]))
+    failed = np.asarray(gathered).reshape(-1)
+    if refused is None and failed.any():
+      refused = (
+        f"process {int(np.flatnonzero(failed)[0])} of this job could not lock its workdir "
+        "(another run holds it); this process stops too"
+      )
+  if refused:
+    raise WorkdirError(refused)
+
+
+def write_schema(workdir: str, schema) -> None:
+  """The training schema, for predict / load / export (process 0 writes it)."""
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, SCHEMA_FILE), "w") as f:
+      json.dump(schema.to_json(), f, indent=1)
