@@ -153,3 +153,15 @@ def test_the_layer_check_catches_an_upward_import(monkeypatch):
     AssertionError, match="esmjax.common.schema .layer 0. imports esmjax.training.trainer"
   ):
     test_no_module_imports_a_higher_layer_or_another_domain_package()
+
+
+def test_serving_reads_workdirs_without_the_training_loop():
+  # Serving restores through esmjax.core and esmjax.checkpoints: a serving host needs no loop.
+  bad = sorted(
+    f"{mod} imports {dep}"
+    for mod, deps in import_graph().items()
+    if mod.startswith("esmjax.serving")
+    for dep in deps
+    if dep.startswith("esmjax.training")
+  )
+  assert not bad, "\n".join(bad)

@@ -16,7 +16,6 @@ from esmjax.config import defaults as config_lib
 from esmjax.core import host_memory, steps
 from esmjax.core import sharding as sh
 from esmjax.core import state as state_lib
-from esmjax.evaluation import scoring as evaluation
 
 
 def check_device_count(config: ml_collections.ConfigDict) -> None:
@@ -68,16 +67,6 @@ class Run:
       functools.partial(steps.predict_step, self.components),
       in_shardings=(self.state_sharding, rows),
       out_shardings=rows,
-    )
-
-  def evaluate(self, state, dataset) -> dict[str, float]:
-    return evaluation.evaluate(
-      self.predict_step,
-      state,
-      dataset,
-      self.config.train.eval_batch_size,
-      self.mesh,
-      self.config.train.max_eval_rows,
     )
 
   def abstract_batch(self, batch_size: int, stacked: int = 0) -> dict[str, jax.ShapeDtypeStruct]:

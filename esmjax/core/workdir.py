@@ -24,6 +24,7 @@ import jax
 from esmjax.config.defaults import ConfigError
 
 SCHEMA_FILE = "schema.json"
+SUMMARY_FILE = "summary.json"  # written by esmjax.training.summary, read by serving
 
 
 class WorkdirError(ConfigError):

@@ -9,6 +9,7 @@ from typing import Any
 from absl import logging
 
 from esmjax.core import guard as guard_lib
+from esmjax.evaluation import scoring
 
 # The metrics an evaluation's log line shows (all of them go to metrics.jsonl).
 LOGGED = (
@@ -49,7 +50,7 @@ class Evaluator:
     self._guard.check(step, state)  # NaN weights would otherwise surface as a metrics error
     with self._meter.paused():  # the check above synced the devices
       t = time.perf_counter()
-      metrics = self._run.evaluate(state, self._dataset)
+      metrics = scoring.evaluate_run(self._run, state, self._dataset)
       guard_lib.check_metrics(metrics, step)
       self._writer.write(step, "eval", metrics)
       seconds = time.perf_counter() - t

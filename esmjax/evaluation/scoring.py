@@ -129,3 +129,11 @@ def evaluate(
   cols = predict_dataset(predict_fn, state, dataset, batch_size, mesh, max_rows)
   cols = sh.gather_host_columns(cols)
   return compute_metrics(cols, dataset.schema)
+
+
+def evaluate_run(run, state, dataset: ds_lib.Dataset) -> dict[str, float]:
+  """`evaluate` with a `core.run.Run`'s jitted predict step, mesh and evaluation settings."""
+  train = run.config.train
+  return evaluate(
+    run.predict_step, state, dataset, train.eval_batch_size, run.mesh, train.max_eval_rows
+  )

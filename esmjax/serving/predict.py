@@ -23,14 +23,14 @@ from esmjax.checkpoints import checkpoint as ckpt_lib
 from esmjax.common import absl_flags
 from esmjax.config import defaults as config_lib
 from esmjax.core import feed as data_lib
+from esmjax.core import run as run_lib
 from esmjax.core import sharding as sh
 from esmjax.core import steps
 from esmjax.core import workdir as workdir_lib
+from esmjax.core.workdir import SUMMARY_FILE
 from esmjax.data.format import dataset as ds_lib
 from esmjax.evaluation import scoring as evaluation
 from esmjax.serving import inputs
-from esmjax.training import trainer
-from esmjax.training.summary import SUMMARY_FILE
 
 PRED_COLUMNS = ("pctr", "pcvr", "pctcvr", "pctavr")
 
@@ -77,7 +77,7 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
 def restore(config, workdir: str):
   """(Run, state) from the latest checkpoint in `workdir`, on this process's devices."""
   config_lib.validate(config)
-  run = trainer.Run(config, load_schema(workdir))
+  run = run_lib.Run(config, load_schema(workdir))
   ck = ckpt_lib.Checkpointer(workdir, config, run)
   try:
     state = ck.restore_latest()

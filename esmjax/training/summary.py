@@ -10,9 +10,8 @@ from typing import Any
 import jax
 
 from esmjax.core import state as state_lib
+from esmjax.core.workdir import SUMMARY_FILE
 from esmjax.evaluation import scoring as evaluation
-
-SUMMARY_FILE = "summary.json"
 
 
 def fingerprint(state) -> str:
