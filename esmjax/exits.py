@@ -113,6 +113,9 @@ def parse_flags(argv: list[str], config_flag: str = "config") -> list[str]:
   except SyntaxError as e:
     fail(f"--{config_flag}={path}: {e.msg} (line {e.lineno}: {(e.text or '').strip()})", USER_ERROR)
   except flags.Error as e:
+    if "Error whilst parsing config file" in str(e):  # get_config(ARG) of `FILE:ARG` raised
+      last = str(e).strip().splitlines()[-1].strip()
+      fail(f"--{config_flag}={path}: {last}", USER_ERROR)
     fail(_override_error(argv, e, path, config_flag) or e, USER_ERROR)
   except Exception as e:  # raised while the config file ran, or while an override was applied
     message = _override_error(argv, e, path, config_flag)

@@ -225,7 +225,9 @@ def results_name(script: str, world: str) -> str:
 
 
 def load_config(name: str, world: str = "default"):
-  """get_config(world) of configs/<name>.py (esmm, esm2, ...) or configs/baselines/<name>.py."""
+  """The config `name` (`esmm`, `aman:rate=0.2`: configs/<name>.py or configs/baselines/<name>.py
+  with the argument after the colon) in `world`."""
+  name, _, arg = name.partition(":")
   for path in (
     os.path.join(REPO, "configs", f"{name}.py"),
     os.path.join(REPO, "configs", "baselines", f"{name}.py"),
@@ -234,7 +236,7 @@ def load_config(name: str, world: str = "default"):
       spec = importlib.util.spec_from_file_location(f"_esmjax_cfg_{name}", path)
       mod = importlib.util.module_from_spec(spec)
       spec.loader.exec_module(mod)
-      return mod.get_config(world)
+      return mod.get_config(",".join(filter(None, (arg, f"world={world}"))))
   raise FileNotFoundError(f"no config {name!r} in configs/ or configs/baselines/")
 
 

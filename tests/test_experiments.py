@@ -250,8 +250,8 @@ def test_paired_differences_match_seeds():
 def test_baseline_configs_override_only_their_model():
   default = config_lib.default_config()
   for name, model, key, value in (
-    ("aman_50", "aman", "aman_rate", 0.5),
-    ("oversampling_10", "oversampling", "oversample_k", 10.0),
+    ("aman:rate=0.5", "aman", "aman_rate", 0.5),
+    ("oversampling:k=10", "oversampling", "oversample_k", 10.0),
     ("esmm_ns", "esmm_ns", None, None),
     ("dnn_os", "dnn_os", "oversample_k", 5.0),
   ):

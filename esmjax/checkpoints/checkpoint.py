@@ -47,6 +47,7 @@ from absl import logging
 
 from esmjax.checkpoints import digest as digest_lib
 from esmjax.checkpoints import orbax_errors
+from esmjax.config import compat
 from esmjax.config import defaults as config_lib
 
 CKPT_DIR = "checkpoints"
@@ -79,9 +80,7 @@ RESUME_FREE_KEYS = (
   "train.steps_per_dispatch",
   "data.prefetch",
   "data.cache_dir",
-  # Test hooks that configs saved in older workdirs carry; they never changed a result.
-  "train.inject_nan_at_step",
-  "train.step_delay_s",
+  *compat.OLD_TEST_HOOKS,
 )
 
 
@@ -144,7 +143,7 @@ def _is_row_leaf(path: str, shape, padded_rows: int) -> bool:
 
 def _best_score(config):
   """checkpoint.best_metric as a 'higher is better' score of a metrics dict, or None when unset."""
-  metric = config.checkpoint.get("best_metric", "")
+  metric = compat.get(config, "checkpoint.best_metric")
   if not metric:
     return None
   sign = 1.0 if config.checkpoint.best_mode == "max" else -1.0

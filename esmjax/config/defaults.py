@@ -12,8 +12,10 @@ import os
 
 import ml_collections
 
-# The walker of dotted keys, also used as config.ConfigError / unknown_key / get_path / set_path.
 from esmjax.common.config_keys import ConfigError, get_path, set_path, unknown_key  # noqa: F401
+
+# The walker of dotted keys, also used as config.ConfigError / unknown_key / get_path / set_path.
+from esmjax.config import compat
 from esmjax.embedding import optimizers as opt_lib
 from esmjax.models import layers
 from esmjax.models import registry as model_registry
@@ -129,7 +131,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _choice(config, "model.dense_mode", layers.DENSE_MODES)
   _choice(config, "model.dtype", ("float32", "bfloat16"))
   _choice(config, "embedding.dtype", ("float32", "bfloat16"))
-  sharding = config.embedding.get("sharding", "auto")  # absent from configs saved before it existed
+  sharding = compat.get(config, "embedding.sharding")
   if sharding not in ("auto", "replicated", "row"):
     raise ConfigError(
       f"embedding.sharding={sharding!r} is not allowed; allowed: ['auto', 'replicated', 'row']"
@@ -238,7 +240,7 @@ def _validate_run_sections(config: ml_collections.ConfigDict) -> None:
   if config.mesh.num_devices > 0:  # -1 (all devices) is checked against the devices at start-up
     check_devices(config, int(config.mesh.num_devices), int(config.distributed.num_processes))
   _choice(config, "checkpoint.best_mode", ("max", "min"))
-  metric = config.checkpoint.best_metric
+  metric = compat.get(config, "checkpoint.best_metric")
   if metric and (
     metric.count("/") != 1
     or metric.split("/")[0] not in BEST_TASKS
@@ -272,7 +274,7 @@ def _check_model(model: ml_collections.ConfigDict) -> None:
   dropout = model.dropout
   if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
     raise ValueError(f"model.dropout={dropout!r} is not allowed: in [0, 1)")
-  if not isinstance(model.get("fuse_towers", True), bool):
+  if not isinstance(model.get("fuse_towers", compat.ABSENT_MEANS["model.fuse_towers"]), bool):
     raise ValueError(f"model.fuse_towers={model.fuse_towers!r} is not allowed: True or False")
 
 

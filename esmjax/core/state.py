@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from esmjax.common import schema as schema_lib
+from esmjax.config import compat
 from esmjax.embedding import engine as engine_lib
 from esmjax.embedding import optimizers as opt_lib
 from esmjax.embedding import sharded as sharded_lib
@@ -82,7 +83,7 @@ def engine_factory_for(config: ml_collections.ConfigDict, mesh=None):
   mesh axis `mesh.axis` (`esmjax.embedding.sharded`); 'auto' is 'row' when that axis has more
   than one device. Without a mesh (tests, tools that build components alone) only the replicated
   engine can be built."""
-  mode = config.embedding.get("sharding", "auto")
+  mode = compat.get(config, "embedding.sharding")
   if mode not in EMBEDDING_SHARDINGS:
     raise ValueError(
       f"embedding.sharding={mode!r} is not allowed; allowed: {list(EMBEDDING_SHARDINGS)}"
