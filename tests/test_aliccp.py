@@ -281,16 +281,19 @@ def test_bad_lines_are_counted_reported_and_no_good_row_is_lost(tmp_path, capsys
 def test_empty_files(tmp_path):
   sk, cf, rows = build_raw(tmp_path)
   empty = _write(tmp_path / "empty.csv", [])
-  m = aliccp.convert(str(empty), str(cf), str(tmp_path / "a"), workers=1, progress=False)
-  assert m["num_rows"] == 0 and m["conversion"]["bad_lines"]["skeleton"]["counts"] == {
-    "empty_file": 1
-  }
-  m = aliccp.convert(str(sk), str(empty), str(tmp_path / "b"), workers=1, progress=False)
-  assert m["num_rows"] == 0
-  assert m["conversion"]["bad_lines"]["common_features"]["counts"] == {"empty_file": 1}
-  assert m["conversion"]["bad_lines"]["skeleton"]["counts"] == {
-    "unknown_common_feature_index": len(rows)
-  }
+  # No row converted is an error naming why, and no manifest claims a (0-row) dataset.
+  with pytest.raises(
+    aliccp.ConversionError,
+    match=r"no rows converted from --skeleton=.*empty.csv \(bad lines: "
+    r"empty_file=1\); no dataset was written",
+  ):
+    aliccp.convert(str(empty), str(cf), str(tmp_path / "a"), workers=1, progress=False)
+  assert not (tmp_path / "a" / "manifest.json").exists()
+  with pytest.raises(
+    aliccp.ConversionError, match=rf"\(bad lines: unknown_common_feature_index={len(rows)}\)"
+  ):
+    aliccp.convert(str(sk), str(empty), str(tmp_path / "b"), workers=1, progress=False)
+  assert not (tmp_path / "b" / "manifest.json").exists()
   with pytest.raises(aliccp.ConversionError, match=rf"{empty}: empty_file"):
     aliccp.convert(
       str(empty), str(cf), str(tmp_path / "c"), workers=1, bad_lines="fail", progress=False

@@ -236,8 +236,12 @@ def test_bad_lines_skip_and_fail(tmp_path):
   empty = tmp_path / "empty.csv"
   empty.write_text(",".join(header) + "\n")
   cfg.bad_lines = "skip"
-  m = csv_ingest.ingest(cfg, [str(empty)], str(tmp_path / "e"), progress=False)
-  assert m["num_rows"] == 0 and m["ingest"]["bad_lines"]["counts"] == {"empty_file": 1}
+  # A header and no row: nothing to write is an error, and nothing is written.
+  with pytest.raises(
+    csv_ingest.IngestError, match=r"no rows to write: .* \(bad lines: empty_file=1;"
+  ):
+    csv_ingest.ingest(cfg, [str(empty)], str(tmp_path / "e"), progress=False)
+  assert not (tmp_path / "e").exists()
 
 
 def test_multi_valued_columns_keep_values_and_weights(tmp_path):

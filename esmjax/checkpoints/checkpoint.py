@@ -194,7 +194,9 @@ def _cpu_array_handler() -> None:
 class Checkpointer:
   """Saves the train state, data position and config; restores the latest usable checkpoint."""
 
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict, run):
+  def __init__(self, workdir: str, config: ml_collections.ConfigDict, run, read_only=False):
+    """`read_only`: for `check_resumable` before the run owns the workdir's contents (creates,
+    cleans and saves nothing)."""
     _cpu_array_handler()
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, CKPT_DIR)
@@ -210,9 +212,10 @@ class Checkpointer:
       preservation_policy=_preservation(config),
       best_fn=_best_score(config),
       best_mode="max",
-      create=True,
-      enable_async_checkpointing=True,
-      cleanup_tmp_directories=True,
+      create=not read_only,
+      enable_async_checkpointing=not read_only,
+      cleanup_tmp_directories=not read_only,
+      read_only=read_only,
     )
     self.manager = ocp.CheckpointManager(self.directory, options=opts)
 
@@ -325,6 +328,20 @@ class Checkpointer:
       )
     return None
 
+  def check_resumable(self) -> int | None:
+    """The step a restore would start from, refused (IncompatibleCheckpointError) when it is of
+    another config or layout; None when there is no readable one. Reads only the small items, and
+    moves nothing: steps whose small items cannot be read are skipped (the restore quarantines
+    them)."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        saved_config, meta = self._read_small_items(step)
+      except Exception:  # pylint: disable=broad-except
+        continue
+      self._check_compatible(step, saved_config, meta, warn=False)
+      return step
+    return None
+
   def _read_small_items(self, step: int):
     out = self.manager.restore(
       step, args=ocp.args.Composite(config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore())
@@ -335,7 +352,7 @@ class Checkpointer:
     return out["config"], meta
 
   def _check_compatible(
-    self, step: int, saved_config: dict[str, Any], meta: dict[str, Any]
+    self, step: int, saved_config: dict[str, Any], meta: dict[str, Any], warn: bool = True
   ) -> None:
     where = f"{self.directory} holds checkpoint step {step}"
     fix = "use another --workdir, or the config that wrote it"
@@ -387,7 +404,7 @@ class Checkpointer:
       for k in sorted(set(old) | set(new))
       if old.get(k) != new.get(k) and not k.startswith(RESUME_FREE_KEYS)
     ]
-    if changed:
+    if changed and warn:
       logging.warning(
         "resuming step %d with changed settings (the run will differ from an "
         "uninterrupted one): %s",

@@ -2,9 +2,14 @@
 the files that describe the run to the tools that read it afterwards (predict, load, export).
 
   <workdir>/run-p<i>.lock   held (flock) by process i of the run that owns the workdir; it names
-                            that process (pid, host, start time). The kernel releases the lock
-                            when the process ends, however it ends: a killed run never blocks its
-                            rerun.
+                            that process (pid, host, start time) once the run has passed every
+                            check that can refuse it (`Claim.announce`). The kernel releases the
+                            lock when the process ends, however it ends: a killed run never
+                            blocks its rerun.
+
+A run that is refused (another owner, an incompatible config or checkpoint, data with another
+schema than the workdir's model) leaves the workdir byte-identical: every check runs while the
+lock is held and before the first write (the owner line, schema.json, metrics, checkpoints).
   <workdir>/schema.json     the training data's schema (predict / load / export rebuild the model
                             from it, without the training data)
 """
@@ -21,6 +26,7 @@ import time
 
 import jax
 
+from esmjax.common.schema import Schema
 from esmjax.config.defaults import ConfigError
 
 SCHEMA_FILE = "schema.json"
@@ -69,9 +75,31 @@ def _owner(f) -> str:
   return text or "another process (it has not written its name yet)"
 
 
+class Claim:
+  """A held workdir lock; `announce()` writes this process's name into the lock file."""
+
+  def __init__(self, f, index: int):
+    self._f, self._index = f, index
+
+  def announce(self) -> None:
+    """Names this process as the owner (called once the run has passed its refusing checks)."""
+    f = self._f
+    f.seek(0)
+    f.truncate()
+    f.write(
+      f"pid {os.getpid()} on host {socket.gethostname()} (process {self._index} of "
+      f"{jax.process_count()}), since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n"
+    )
+    f.flush()
+
+
 @contextlib.contextmanager
-def claim(workdir: str):
-  """Creates `workdir` if needed and holds its lock until the block ends.
+def claim(workdir: str, announce: bool = True):
+  """Creates `workdir` if needed and holds its lock until the block ends; yields a `Claim`.
+
+  `announce=False` leaves the lock file's content (the last owner's name) as it is until the
+  caller's `Claim.announce()`, so a run refused by a later check has written nothing; a contender
+  in that window is refused all the same (the lock is held), naming the file's last owner.
 
   Raises WorkdirError (a ConfigError: exit 2 on the command line) naming the path when the workdir
   is a file or cannot be written, and naming the owner (pid, host) when another run holds it. Each
@@ -92,14 +120,10 @@ def claim(workdir: str):
         f"holds {path}; wait for it to finish, stop it, or use another --workdir"
       )
     _agree(refused)
-    f.seek(0)
-    f.truncate()
-    f.write(
-      f"pid {os.getpid()} on host {socket.gethostname()} (process {index} of "
-      f"{jax.process_count()}), since {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n"
-    )
-    f.flush()
-    yield
+    held = Claim(f, index)
+    if announce:
+      held.announce()
+    yield held
   finally:
     f.close()  # releases the lock (if held): the file stays, its content names the last owner
 
@@ -119,6 +143,33 @@ def _agree(refused: str | None) -> None:
       )
   if refused:
     raise WorkdirError(refused)
+
+
+def check_schema(workdir: str, schema, has_model: bool) -> None:
+  """Refuses data whose model inputs differ from those of the model the workdir holds.
+
+  `has_model`: the workdir has a checkpoint this run would resume. Its schema.json describes the
+  inputs that model was trained on (vocabularies, dense statistics); replacing it would make
+  predict / load / export feed that model other inputs. Without a model it is simply rewritten.
+  """
+  path = os.path.join(workdir, SCHEMA_FILE)
+  if not has_model or not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      saved = Schema.from_json(json.load(f))
+  except (OSError, ValueError, TypeError, KeyError) as e:
+    raise WorkdirError(
+      f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+      "it describes the inputs of the model in this workdir: restore it, or use another --workdir"
+    ) from None
+  diff = saved.input_difference(schema)
+  if diff is not None:
+    raise WorkdirError(
+      f"--workdir={os.path.abspath(workdir)} holds a model trained on data with other inputs "
+      f"than this run's training data ({diff}; {path} vs the data); use another --workdir, or "
+      "the data it was trained on"
+    )
 
 
 def write_schema(workdir: str, schema) -> None:

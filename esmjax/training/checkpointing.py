@@ -3,9 +3,25 @@ unfinished is claimed (all orbax calls are `esmjax.checkpoints.checkpoint`'s).""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from absl import logging
+
+
+def check_resumable(workdir: str, config, run) -> int | None:
+  """Before the run writes anything: the checkpoint step it would resume from (None: none), or
+  `checkpoint.IncompatibleCheckpointError` when that checkpoint is of another config or layout.
+  With checkpoints disabled nothing is resumed, so nothing is checked."""
+  from esmjax.checkpoints import checkpoint as ckpt_lib  # orbax is heavy: import when a run starts
+
+  if not config.checkpoint.enabled or not os.path.isdir(os.path.join(workdir, ckpt_lib.CKPT_DIR)):
+    return None
+  ckpt = ckpt_lib.Checkpointer(workdir, config, run, read_only=True)
+  try:
+    return ckpt.check_resumable()
+  finally:
+    ckpt.manager.close()
 
 
 class CheckpointPolicy:

@@ -1,8 +1,9 @@
 """The training loop: its parts (`esmjax.training`) in the order of events.
 
 validate → lock the workdir → datasets → `Run` (mesh, components, shardings, jitted steps) →
-restore or init → compile the dispatch program → loop { n steps → log → evaluate → save →
-preemption } → final evaluation → final save, on disk → `summary.json`.
+the checks against the workdir (checkpoint compatibility, schema) → first write → restore or
+init → compile the dispatch program → loop { n steps → log → evaluate → save → preemption } →
+final evaluation → final save, on disk → `summary.json`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from esmjax.evaluation import metrics_io
 from esmjax.evaluation import scoring as evaluation
 from esmjax.evaluation.evaluator import Evaluator
 from esmjax.training import summary as summary_lib
-from esmjax.training.checkpointing import CheckpointPolicy
+from esmjax.training.checkpointing import CheckpointPolicy, check_resumable
 from esmjax.training.dispatch import Dispatcher, Plan, boundary_intervals
 from esmjax.training.hooks import Hooks
 from esmjax.training.preemption import PreemptionHandler
@@ -45,10 +46,15 @@ def train_and_evaluate(
   """
   config_lib.validate(config)
   check_device_count(config)  # before any data is generated or read
-  with workdir_lib.claim(workdir):
+  # Every check that can refuse the run comes before its first write to the workdir (the owner
+  # line, schema.json, metrics, checkpoints): a refused run leaves the workdir as it found it.
+  with workdir_lib.claim(workdir, announce=False) as owner:
     train_ds, eval_ds = data_lib.resolve_datasets(config)
     evaluation.check_schema(train_ds.schema, eval_ds)  # else it is scored with other rows' ids
     run = Run(config, train_ds.schema)
+    resumes = check_resumable(workdir, config, run)
+    workdir_lib.check_schema(workdir, train_ds.schema, has_model=resumes is not None)
+    owner.announce()
     workdir_lib.write_schema(workdir, train_ds.schema)
     with _Training(config, workdir, run, train_ds, eval_ds, hooks or Hooks()) as training:
       return training.train()

@@ -73,49 +73,80 @@ def bytes_keys(mat: np.ndarray, lengths: np.ndarray) -> np.ndarray:
   if pad:
     mat = np.concatenate([mat, np.zeros((n, pad), np.uint8)], axis=1)
   words = np.ascontiguousarray(mat).view(np.uint64).reshape(n, -1)
-  h = splitmix64(np.asarray(lengths, np.uint64) ^ np.uint64(0x5BD1E995))
+  lengths = np.asarray(lengths, np.int64)
+  h = splitmix64(lengths.astype(np.uint64) ^ np.uint64(0x5BD1E995))
+  # Each token folds its own words only (at least one), so its key does not depend on the widest
+  # token beside it: the same string has the same key in every batch and every vocabulary.
+  own = np.maximum((lengths + 7) // 8, 1)
   for j in range(words.shape[1]):
-    h = splitmix64(h ^ words[:, j])
+    h = np.where(j < own, splitmix64(h ^ words[:, j]), h)
   return h.view(np.int64)
+
+
+# Token bytes gathered at once: tokens are keyed in groups of similar length whose padded matrix
+# stays under this, so memory follows the number of tokens, not tokens x the longest one.
+GATHER_BYTES = 1 << 24
+
+
+def _by_length(data, starts, lengths, keys_of) -> np.ndarray:
+  """keys_of(zero-padded token matrix [m, w], lengths [m]) over groups of tokens sorted by length,
+  each group's matrix at most GATHER_BYTES (or one token)."""
+  starts = np.asarray(starts, np.int64)
+  lengths = np.maximum(np.asarray(lengths, np.int64), 0)
+  n = len(starts)
+  out = np.zeros((n,), np.int64)
+  if not n:
+    return out
+  order = np.argsort(lengths, kind="stable")
+  sorted_w = np.maximum(lengths[order], 1)
+  data = np.asarray(data, np.uint8)
+  i = 0
+  while i < n:
+    # The longest group [i, j) whose matrix (j - i) x its widest token fits (at least one token);
+    # sizes grow with j, so a binary search finds j.
+    lo, hi = i + 1, n
+    while lo < hi:
+      mid = (lo + hi + 1) // 2
+      if (mid - i) * int(sorted_w[mid - 1]) <= GATHER_BYTES:
+        lo = mid
+      else:
+        hi = mid - 1
+    j, w = lo, int(sorted_w[lo - 1])
+    idx = order[i:j]
+    padded = np.concatenate([data, np.zeros(w, np.uint8)])
+    mat = np.lib.stride_tricks.sliding_window_view(padded, w)[starts[idx]]
+    mat = (mat * (np.arange(w) < lengths[idx, None])).astype(np.uint8, copy=False)
+    out[idx] = keys_of(mat, lengths[idx])
+    i = j
+  return out
 
 
 def token_keys(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
   """Tokens data[starts[i] : starts[i] + lengths[i]] of a uint8 buffer -> int64 keys
-  (`bytes_keys`)."""
-  starts = np.asarray(starts, np.int64)
-  lengths = np.maximum(np.asarray(lengths, np.int64), 0)
-  if not len(starts):
-    return np.zeros((0,), np.int64)
-  w = max(int(lengths.max()), 1)
-  padded = np.concatenate([np.asarray(data, np.uint8), np.zeros(w, np.uint8)])
-  mat = np.lib.stride_tricks.sliding_window_view(padded, w)[starts]
-  mat = mat * (np.arange(w) < lengths[:, None])
-  return bytes_keys(mat.astype(np.uint8, copy=False), lengths)
+  (`bytes_keys`), in memory bounded by the token count (`GATHER_BYTES`)."""
+  return _by_length(data, starts, lengths, bytes_keys)
 
 
 def numeric_or_bytes_keys(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
   """Tokens -> int64 keys: plain decimal integers (up to 18 digits, optional '-') are their value,
-  so hashed ids match the Ali-CCP converter's; anything else is `bytes_keys` of the text."""
-  starts = np.asarray(starts, np.int64)
-  lengths = np.maximum(np.asarray(lengths, np.int64), 0)
-  n = len(starts)
-  if not n:
-    return np.zeros((0,), np.int64)
-  w = max(int(lengths.max()), 1)
-  padded = np.concatenate([np.asarray(data, np.uint8), np.zeros(w, np.uint8)])
-  mat = np.lib.stride_tricks.sliding_window_view(padded, w)[starts]
-  mat = mat * (np.arange(w) < lengths[:, None])
-  mat = mat.astype(np.uint8, copy=False)
-  neg = (mat[:, 0] == 45) & (lengths > 1)
+  so hashed ids match the Ali-CCP converter's; anything else is `bytes_keys` of the text. Memory
+  as `token_keys`."""
+  return _by_length(data, starts, lengths, _numeric_or_bytes)
+
+
+def _numeric_or_bytes(mat: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+  n, c = mat.shape[0], min(mat.shape[1], 19)  # a numeric token has at most '-' and 18 digits
+  head = mat[:, :c]
+  neg = (head[:, 0] == 45) & (lengths > 1)
   body_len = lengths - neg
-  j = np.arange(w)
+  j = np.arange(c)
   act = (j >= neg[:, None]) & (j < lengths[:, None])
-  dig = (mat >= 48) & (mat <= 57)
-  numeric = (lengths > 0) & (body_len <= 18) & (dig | ~act).all(1)
+  dig = (head >= 48) & (head <= 57)
+  numeric = (lengths > 0) & (lengths <= c) & (body_len <= 18) & (dig | ~act).all(1)
   val = np.zeros(n, np.int64)
-  for k in range(w):
+  for k in range(c):
     a = act[:, k] & numeric
-    val = np.where(a, val * 10 + (mat[:, k].astype(np.int64) - 48), val)
+    val = np.where(a, val * 10 + (head[:, k].astype(np.int64) - 48), val)
   val = np.where(neg, -val, val)
   other = ~numeric
   if other.any():

@@ -6,7 +6,12 @@ atomic JSON is `files.write_json_atomic`; the label-leakage guard is `leakage`.
 from __future__ import annotations
 
 import collections
+import contextlib
+import fcntl
+import os
+import socket
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +26,72 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 class IngestError(RuntimeError):
   """Stops an ingestion; the message names the file and line, the config key, or the path."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The output directory.
+
+
+def check_out_dir(out_dir: str, stats_from: str | None, error=IngestError) -> None:
+  """Raises `error` when `out_dir` is `stats_from`, lies inside it, or holds it (compared by real
+  path, so a symlink to either is caught): writing the output there would replace or delete the
+  dataset whose vocabularies and statistics this ingestion reads. Called before anything is
+  written."""
+  if not out_dir or not stats_from:
+    return
+  out, ref = os.path.realpath(out_dir), os.path.realpath(stats_from)
+  if out == ref:
+    relation = "is"
+  elif out.startswith(ref.rstrip(os.sep) + os.sep):
+    relation = "is inside"
+  elif ref.startswith(out.rstrip(os.sep) + os.sep):
+    relation = "holds"
+  else:
+    return
+  raise error(
+    f"--out_dir={out_dir} {relation} --stats_from={stats_from} ({out} vs {ref}): writing there "
+    "would replace the dataset whose vocabularies and statistics are read; give another --out_dir"
+  )
+
+
+LOCK_FILE = ".converting.lock"
+
+
+@contextlib.contextmanager
+def out_dir_lock(out_dir: str, error=IngestError):
+  """Holds `<out_dir>/.converting.lock` (an exclusive flock, released when the block ends or the
+  process dies) with this process's name in it; raises `error` naming the holder when another
+  ingestion or conversion writes to `out_dir`. Creates `out_dir`; when the block fails, an
+  `out_dir` it created is removed again if only the lock file is in it."""
+  created = not os.path.isdir(out_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, LOCK_FILE)
+  f = open(path, "a+")
+  ok = False
+  try:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      f.seek(0)
+      owner = f.read().strip() or "another process (it has not written its name yet)"
+      raise error(
+        f"another ingestion is writing to {out_dir}: {owner} holds {path}; wait for it to "
+        "finish, stop it, or give another --out_dir"
+      ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(
+      f"pid {os.getpid()} on host {socket.gethostname()}, since "
+      f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n"
+    )
+    f.flush()
+    yield
+    ok = True
+  finally:
+    if not ok and created and os.listdir(out_dir) == [LOCK_FILE]:
+      os.remove(path)
+      os.rmdir(out_dir)
+    f.close()
 
 
 # ---------------------------------------------------------------------------------------------

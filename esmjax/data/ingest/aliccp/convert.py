@@ -31,8 +31,11 @@ Resume: a rerun with the same inputs (path, size, mtime), config, block rows and
 every range whose sidecar exists and reuses the common table (deleted once the manifest is
 written). A rerun with anything different first deletes what this converter wrote in `out_dir`
 (shards, sidecars, `.tmp` files, the common table, the manifest) and starts over: never a mix of two
-configurations. Workers die with the converter (Linux PR_SET_PDEATHSIG) and an flock keeps a second
-conversion out of the same directory.
+configurations. Workers die with the converter (Linux PR_SET_PDEATHSIG) and an flock
+(`ingestion.out_dir_lock`, shared with `csv_ingest`) keeps a second conversion out of the same
+directory. Before anything is written, `--out_dir` is checked not to be, hold or lie inside
+`--stats_from`, and the two inputs not to be given in each other's place; a conversion that
+yields no row is an error, never a 0-row dataset.
 
 Ids: every field is hashed (`ids.hash_ids`: splitmix64 of the integer id salted per field) into
 its configured bucket count, shifted to [2, buckets + 2): PAD = 0 is an absent field or an empty
@@ -132,6 +135,8 @@ def convert(
     raise ConversionError("--out_dir is required")
   if stats_from and not os.path.isdir(stats_from):
     raise ConversionError(f"--stats_from: no such dataset directory: {stats_from}")
+  ingestion.check_out_dir(out_dir, stats_from, ConversionError)
+  _check_roles(skeleton, common_features)
   spec = compile_config(config if config is not None else default_config())
   job = stages.Job(
     skeleton=skeleton,
@@ -149,28 +154,42 @@ def convert(
     keep_common_index=keep_common_index,
     t_start=t_start,
   )
-  os.makedirs(out_dir, exist_ok=True)
-  lock = _lock(out_dir)
-  try:
+  # One conversion or ingestion per output directory at a time (released on exit or crash).
+  with ingestion.out_dir_lock(out_dir, ConversionError):
     return _convert(job)
-  finally:
-    lock.close()
 
 
-def _lock(out_dir: str):
-  """One conversion per output directory at a time (an exclusive flock, released on exit or
-  crash)."""
-  import fcntl
+def _columns(path: str) -> int | None:
+  """The comma-separated columns of the file's first non-empty line (None: no such line in its
+  first MB). Feature lists hold no commas, so a skeleton line has 6 and a common-features one 3."""
+  with open(path, "rb") as f:
+    head = f.read(1 << 20)
+  for line in head.split(b"\n"):
+    if line.strip():
+      return line.count(b",") + 1
+  return None
 
-  f = open(os.path.join(out_dir, ".converting.lock"), "w")
-  try:
-    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except OSError:
-    f.close()
+
+def _check_roles(skeleton: str, common_features: str) -> None:
+  """Refuses inputs given in each other's place (or a common-features file as both): their rows
+  would all be bad lines and the output empty."""
+  sk, cf = _columns(skeleton), _columns(common_features)
+  if sk == 3 and cf == 6:
     raise ConversionError(
-      f"another conversion is writing to {out_dir} (it holds {f.name})"
-    ) from None
-  return f
+      f"the inputs look swapped: --skeleton={skeleton} has common-features rows (3 columns) and "
+      f"--common_features={common_features} skeleton rows (6 columns); exchange them"
+    )
+  if sk == 3:
+    raise ConversionError(
+      f"--skeleton={skeleton} has common-features rows (3 columns: common_feature_index, "
+      "feature_num, feature_list); the skeleton has 6 (sample_id, click, buy, "
+      "common_feature_index, feature_num, feature_list)"
+    )
+  if cf == 6:
+    raise ConversionError(
+      f"--common_features={common_features} has skeleton rows (6 columns); the common-features "
+      "file has 3 (common_feature_index, feature_num, feature_list)"
+    )
 
 
 def _file_id(path: str) -> dict:
@@ -209,12 +228,20 @@ def _convert(job: stages.Job) -> dict:
   fp = _fingerprint(sk_id, fp_common, job.block_rows, ds_lib.VERSION, _FORMAT_OF_SIDECARS)
   _resume_or_restart(job, fp, fp_common)
   common_meta, t_common, sk_meta = _run_stages(job, fp, fp_common)
+  shards = [s["shard"] for s in sk_meta["sidecars"] if s["shard"]["num_rows"] > 0]
+  n_rows = sum(s["num_rows"] for s in shards)
+  if n_rows == 0:  # an empty dataset is never what was asked for: no manifest claims one
+    counts = (sk_meta.get("bad") or {}).get("counts") or {}
+    detail = ", ".join(f"{k}={v:,}" for k, v in sorted(counts.items()))
+    raise ConversionError(
+      f"no rows converted from --skeleton={job.skeleton}"
+      + (f" (bad lines: {detail})" if detail else " (it holds no data lines)")
+      + f"; no dataset was written to {out_dir}"
+    )
 
   dense = stages.dense_fields(spec, sk_meta["sidecars"], job.stats_from)
   leaks = stages.label_leakage(sk_meta["sidecars"], job)
   schema = dataclasses.replace(spec.schema, dense=tuple(dense))
-  shards = [s["shard"] for s in sk_meta["sidecars"] if s["shard"]["num_rows"] > 0]
-  n_rows = sum(s["num_rows"] for s in shards)
   seconds = time.time() - job.t_start
   nbytes = sk_id["size"] + cf_id["size"]
   conversion = {

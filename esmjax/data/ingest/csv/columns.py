@@ -32,11 +32,17 @@ def str_keys(a: pa.Array, numeric: bool = True) -> np.ndarray:
 
 
 class Mapper:
-  """One id column's mapping (vocab or hash), its counts during pass 1."""
+  """One id column's mapping (vocab or hash), its counts during pass 1, and in pass 2 how many of
+  the values it mapped (`values`, PAD not counted) were OOV (`oov`).
+
+  Ids are whitespace-trimmed like labels and dense values, so a file written with ", " separators
+  maps as one written with ",".
+  """
 
   def __init__(self, col: IdCol, pad_values: Sequence[str]):
     self.col, self.pad = col, pa.array(list(pad_values), pa.string())
     self.counts: collections.Counter = collections.Counter()
+    self.values = self.oov = 0
     self.vocab: ids_lib.Vocab | None = None
     self._keys = self._ids = None  # vocab as sorted 64-bit keys of its strings -> ids
     self.salt = ids_lib.field_salt(col.column)
@@ -44,6 +50,7 @@ class Mapper:
   def count(self, a: pa.Array) -> None:
     if self.col.mapping != "vocab" or self.vocab is not None:
       return
+    a = pc.utf8_trim_whitespace(a)
     a = pc.filter(a, pc.invert(pc.is_in(a, value_set=self.pad)))
     vc = pc.value_counts(a)
     self.counts.update(dict(zip(vc.field(0).to_pylist(), vc.field(1).to_pylist(), strict=True)))
@@ -67,6 +74,7 @@ class Mapper:
     return self.vocab.size
 
   def map(self, a: pa.Array) -> np.ndarray:
+    a = pc.utf8_trim_whitespace(a)
     is_pad = np.asarray(pc.is_in(a, value_set=self.pad))
     if self.col.mapping == "hash":
       out = ids_lib.hash_ids(str_keys(a), self.salt, self.col.buckets)
@@ -77,7 +85,14 @@ class Mapper:
       pos = np.minimum(np.searchsorted(self._keys, k), len(self._keys) - 1)
       out = np.where(self._keys[pos] == k, self._ids[pos], ids_lib.OOV).astype(np.int32)
     out[is_pad] = ids_lib.PAD
+    self.values += int(len(out) - is_pad.sum())
+    self.oov += int((out == ids_lib.OOV).sum())
     return out
+
+  def oov_report(self) -> dict:
+    """{"values", "oov", "share"} of the values mapped so far (share 0 when there were none)."""
+    share = self.oov / self.values if self.values else 0.0
+    return {"values": self.values, "oov": self.oov, "share": round(share, 6)}
 
 
 def dense_values(a: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -146,7 +161,7 @@ def make_block(
       missing_dense[c] += int(miss.sum())
   for k, (_, col) in enumerate(cfg.labels):
     b["labels"][:, k] = np.asarray(pc.equal(pc.utf8_trim_whitespace(cols[col]), "1"))
-  b["user"][:] = str_keys(cols[cfg.user]) if cfg.user else -1
+  b["user"][:] = str_keys(pc.utf8_trim_whitespace(cols[cfg.user])) if cfg.user else -1
   if cfg.sample_id:
     sid = pc.utf8_trim_whitespace(cols[cfg.sample_id])
     b["sample_id"][:] = np.asarray(pc.cast(sid, pa.int64()))

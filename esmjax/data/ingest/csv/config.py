@@ -38,6 +38,8 @@ _KNOWN_KEYS = {
   "read_rows",
   "name",
   "label_leakage",
+  "max_cell_bytes",
+  "oov_warn_share",
 }
 
 
@@ -69,6 +71,12 @@ def base_config():
   c.block_rows = 0  # rows per block; 0: about 1 MB per block (blocks.auto_block_rows)
   c.blocks_per_shard = 64
   c.read_rows = 1 << 16  # rows per parsed batch (bounds memory)
+  # The longest cell accepted (bytes); a longer one stops the ingestion naming its file and line
+  # (typically an unclosed quote that joined many lines into one cell).
+  c.max_cell_bytes = 1 << 20
+  # With stats_from: a column whose share of ids that the reused vocabulary maps to OOV is above
+  # this gets a warning (the share of every column is in the manifest either way).
+  c.oov_warn_share = 0.5
   return c
 
 
@@ -136,6 +144,10 @@ def validate(config) -> Cfg:
   for k in ("read_rows", "hash_buckets", "dense_buckets", "blocks_per_shard"):
     if int(raw[k]) < 1:
       raise IngestError(f"config.{k}={raw[k]}; must be >= 1")
+  if int(raw["max_cell_bytes"]) < 1:
+    raise IngestError(f"config.max_cell_bytes={raw['max_cell_bytes']}; must be >= 1")
+  if not 0.0 <= float(raw["oov_warn_share"]) <= 1.0:
+    raise IngestError(f"config.oov_warn_share={raw['oov_warn_share']}; must be in [0, 1]")
   if int(raw["block_rows"]) < 0:
     raise IngestError(f"config.block_rows={raw['block_rows']}; must be >= 1, or 0 for automatic")
 

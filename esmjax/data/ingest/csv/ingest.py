@@ -28,6 +28,17 @@ A feature column that gives a label away (declared as a label too, or predicting
 the ingested rows: `leakage`) is reported and recorded in the manifest (`label_leakage`); with
 `label_leakage='fail'` the ingestion stops instead, before a manifest is written.
 
+Safety: `out_dir` must not be, hold or lie inside `stats_from` (by real path), checked before
+anything is read or written; `out_dir` is held (`ingestion.out_dir_lock`, the lock the Ali-CCP
+converter takes too) for the whole ingestion, so a second one into it is refused naming the first;
+inputs without a single good row are an error and write nothing. A header, wherever a file has
+one, names the columns (read by name in any order; a name given twice is refused); `columns` is the
+order of a file without a header. A cell over `max_cell_bytes` stops the ingestion naming its
+file, line and column. Id cells are whitespace-trimmed like labels and dense values; the manifest
+records per id column how many values were mapped and how many became OOV (`ingest.oov`), with a
+warning above `oov_warn_share` when the vocabularies come from `stats_from`. Boolean Parquet
+columns read as 1 / 0.
+
 The test split must reuse the train split's vocabularies and dense statistics: `stats_from=`.
 Cells equal to one of `pad_values` (default: empty) are absent -> PAD. The user key is the user
 column's integer value, or a 64-bit hash of its text when it is not an integer (-1 without a user
@@ -73,23 +84,48 @@ def ingest(
   t0 = time.time()
   cfg = validate(config)
   paths = _input_paths(input_paths, out_dir)
-  fail_on_leakage = cfg.raw["label_leakage"] == "fail"
-  leaks = _declared_leaks(cfg, fail_on_leakage)
+  ingestion.check_out_dir(out_dir, stats_from)  # before anything is read or written
+  leaks = _declared_leaks(cfg, cfg.raw["label_leakage"] == "fail")
+  # out_dir is held from here on: a second ingestion into it is refused, naming this one.
+  with ingestion.out_dir_lock(out_dir):
+    manifest = _ingest(cfg, paths, out_dir, stats_from, leaks, progress)
+  if progress:
+    ingestion.print_report(BAD_KINDS, manifest["ingest"]["bad_lines"], "bad rows skipped")
+    ingestion.console(
+      f"{out_dir}: {manifest['num_rows']:,} rows, {manifest['num_blocks']} "
+      f"block(s) in {time.time() - t0:.1f} s"
+    )
+  return manifest
+
+
+def _ingest(cfg: Cfg, paths, out_dir: str, stats_from, leaks, progress) -> dict:
   mappers = [Mapper(c, cfg.raw["pad_values"]) for c in (*cfg.sparse, *(m.ids for m in cfg.multi))]
   dense_fields = _load_stats(stats_from, cfg, mappers) if stats_from else None
 
   # Pass 1: validation, vocabularies, dense statistics.
   bad, n_good, dense_stats = _validate_and_count(cfg, paths, mappers, dense_fields is None)
+  if n_good == 0:  # an empty dataset is never what was asked for: nothing is written
+    counts = ", ".join(f"{k}={v:,}" for k, v in sorted(bad.report.counts.items()))
+    raise IngestError(
+      f"no rows to write: the input(s) {paths} hold no good row"
+      + (f" (bad lines: {counts}; see config.bad_lines)" if counts else "")
+    )
   for mapper in mappers:
     mapper.finish()
   if dense_fields is None:
     dense_fields = dense_stats.fields(cfg.dense, int(cfg.raw["dense_buckets"]))
   schema = _schema(cfg, mappers, dense_fields)
 
-  # Pass 2: map and write.
+  return _write(cfg, paths, out_dir, stats_from, mappers, schema, bad, n_good, leaks, progress)
+
+
+def _write(cfg, paths, out_dir, stats_from, mappers, schema, bad, n_good, leaks, progress) -> dict:
+  """Pass 2: replaces `out_dir`'s dataset with the mapped good rows; returns the manifest."""
+  fail_on_leakage = cfg.raw["label_leakage"] == "fail"
   _clear_dataset(out_dir)
   trunc = {m.ids.column: {"values": 0, "rows": 0} for m in cfg.multi}  # filled while writing
   missing_dense: collections.Counter = collections.Counter()
+  oov: dict = {}
   vocabs = {
     mapper.col.column: mapper.vocab.to_json() for mapper in mappers if mapper.vocab is not None
   }
@@ -106,6 +142,7 @@ def ingest(
     "user_key": cfg.user or None,
     "sample_id": cfg.sample_id or "row number",
     "label_leakage": leaks,  # filled when the last block is written
+    "oov": oov,  # per id column, filled when the last block is written
   }
   if vocabs:
     write_json_atomic(os.path.join(out_dir, "vocabs.json"), vocabs)
@@ -114,22 +151,42 @@ def ingest(
     "name": cfg.raw.get("name", ""),
     "made_by": "esmjax.data.csv_ingest",
   }
+  blocks = _blocks(paths, cfg, schema, mappers, trunc, missing_dense, leaks, fail_on_leakage)
   manifest = ds_lib.write_dataset(
     out_dir,
     schema,
-    _blocks(paths, cfg, schema, mappers, trunc, missing_dense, leaks, fail_on_leakage, progress),
+    _then(blocks, lambda: oov.update(_oov_shares(cfg, mappers, stats_from, progress))),
     block_rows=int(cfg.raw["block_rows"]) or auto_block_rows(schema),
     blocks_per_shard=int(cfg.raw["blocks_per_shard"]),
     source=source,
     extra={"ingest": record},
   )
   if progress:
-    ingestion.print_report(BAD_KINDS, bad.report.to_json(), "bad rows skipped")
-    ingestion.console(
-      f"{out_dir}: {manifest['num_rows']:,} rows, {manifest['num_blocks']} "
-      f"block(s) in {time.time() - t0:.1f} s"
-    )
+    for f in leaks:
+      ingestion.console(f"warning: {leakage.describe(f)}")
   return manifest
+
+
+def _then(blocks, done):
+  """The blocks, then `done()` (before the manifest that records what it fills is written)."""
+  yield from blocks
+  done()
+
+
+def _oov_shares(cfg: Cfg, mappers, stats_from: str | None, progress: bool) -> dict:
+  """Per id column: the mapped values and how many of them are OOV. Through `stats_from` a share
+  above config.oov_warn_share is warned about: the split's ids mostly miss the reused
+  vocabulary (another spelling, other columns, another dataset)."""
+  out = {mapper.col.column: mapper.oov_report() for mapper in mappers}
+  limit = float(cfg.raw["oov_warn_share"])
+  if stats_from and progress:
+    for column, r in out.items():
+      if r["values"] and r["share"] > limit:
+        ingestion.console(
+          f"warning: column {column!r}: {r['share']:.1%} of its {r['values']:,} ids are not in "
+          f"the vocabulary of --stats_from={stats_from} (OOV; config.oov_warn_share={limit})"
+        )
+  return out
 
 
 def _input_paths(input_paths: Sequence[str] | str, out_dir: str) -> list[str]:
@@ -216,9 +273,7 @@ def _id_mappings(mappers: Sequence[Mapper]) -> dict[str, str]:
   }
 
 
-def _blocks(
-  paths, cfg: Cfg, schema, mappers, trunc, missing_dense, leaks, fail_on_leakage, progress
-):
+def _blocks(paths, cfg: Cfg, schema, mappers, trunc, missing_dense, leaks, fail_on_leakage):
   """Pass 2: the good rows as mapped blocks (counting into `trunc` and `missing_dense`); after the
   last one, the leaks found in the data join `leaks` (raised with `fail_on_leakage`)."""
   stats = leakage.LeakageStats(
@@ -240,9 +295,6 @@ def _blocks(
   leaks.extend(stats.findings())
   if leaks and fail_on_leakage:
     raise IngestError(f"{leakage.describe(leaks[0])} (config.label_leakage='fail')")
-  if progress:
-    for f in leaks:
-      ingestion.console(f"warning: {leakage.describe(f)}")
 
 
 def _count_values(cfg: Cfg, mappers: Sequence[Mapper], cols: dict) -> None:

@@ -100,21 +100,26 @@ def _first_line(path: str, codec: str | None) -> str:
   return head.split(b"\n", 1)[0].decode("utf-8-sig", "replace").rstrip("\r\n")
 
 
-# (string columns, line numbers, 'row ' for Parquet or '' for CSV)
-Batches = Iterator[tuple[pa.RecordBatch, np.ndarray, str]]
-
-
-def _csv_batches(path: str, cfg: Cfg, bad: OrderedBadLines | None, codec: str | None) -> Batches:
-  import pyarrow.csv as pcsv
-
+def _column_names(path: str, cfg: Cfg, first: str) -> tuple[list[str], int]:
+  """(the file's column names, header lines to skip). A header, wherever there is one, names the
+  columns: they are read by name, in whatever order the file has them (`config.columns` is the
+  order of a file without a header). With header='auto', line 1 is a header when it equals
+  `columns`, when `columns` is empty, or when it names every column the config reads."""
   raw = cfg.raw
-  first = _first_line(path, codec)
   cols = list(raw["columns"])
   header_cells = [c.strip() for c in first.split(raw["delimiter"])]
-  if raw["header"] == "yes" or (raw["header"] == "auto" and (not cols or header_cells == cols)):
-    names, skip = (cols or header_cells), 1
-    if cols and header_cells != cols and raw["header"] == "yes":
-      raise IngestError(f"{path}: header {header_cells} differs from config.columns {cols}")
+  has_header = raw["header"] == "yes" or (
+    raw["header"] == "auto"
+    and (not cols or header_cells == cols or all(c in header_cells for c in cfg.needed))
+  )
+  if has_header:
+    names, skip = header_cells, 1
+    dup = sorted({c for c in names if c and names.count(c) > 1})
+    if dup:
+      raise IngestError(
+        f"{path}: the header names column(s) {dup} more than once; columns are read by their "
+        "header name, so give each column its own name"
+      )
   else:
     if not cols:
       raise IngestError(
@@ -123,9 +128,23 @@ def _csv_batches(path: str, cfg: Cfg, bad: OrderedBadLines | None, codec: str | 
     names, skip = cols, 0
   missing = [c for c in cfg.needed if c not in names]
   if missing:
+    where = "header" if has_header else "config.columns"
     raise IngestError(
-      f"{path}: column(s) {missing} named in the config are not in the file's columns {names}"
+      f"{path}: column(s) {missing} named in the config are not in the file's columns {names} "
+      f"(from its {where})"
     )
+  return names, skip
+
+
+# (string columns, line numbers, 'row ' for Parquet or '' for CSV)
+Batches = Iterator[tuple[pa.RecordBatch, np.ndarray, str]]
+
+
+def _csv_batches(path: str, cfg: Cfg, bad: OrderedBadLines | None, codec: str | None) -> Batches:
+  import pyarrow.csv as pcsv
+
+  raw = cfg.raw
+  names, skip = _column_names(path, cfg, _first_line(path, codec))
   invalid: list[tuple[int, str]] = []
 
   def on_invalid(row):
@@ -182,9 +201,14 @@ def _parquet_batches(path: str, cfg: Cfg) -> Batches:
     raise IngestError(
       f"{path}: column(s) {missing} named in the config are not in the file's columns {names}"
     )
+  dup = sorted({c for c in cfg.needed if names.count(c) > 1})
+  if dup:
+    raise IngestError(
+      f"{path}: the file has more than one column named {dup}; give each column its own name"
+    )
   row = 1
   for batch in f.iter_batches(batch_size=int(cfg.raw["read_rows"]), columns=cfg.needed):
-    arrays = [pc.cast(a, pa.string()) if a.type != pa.string() else a for a in batch.columns]
+    arrays = [_as_text(a) for a in batch.columns]
     arrays = [pc.fill_null(a, "") for a in arrays]
     yield (
       pa.RecordBatch.from_arrays(arrays, names=batch.schema.names),
@@ -192,6 +216,14 @@ def _parquet_batches(path: str, cfg: Cfg) -> Batches:
       "row ",
     )
     row += batch.num_rows
+
+
+def _as_text(a: pa.Array) -> pa.Array:
+  """A Parquet column as the text a CSV cell would hold: booleans as 1 / 0 (labels stored as
+  booleans read as labels), other types by pyarrow's cast."""
+  if pa.types.is_boolean(a.type):
+    return pc.if_else(a, "1", "0")
+  return pc.cast(a, pa.string()) if a.type != pa.string() else a
 
 
 def batches(path: str, cfg: Cfg, bad: OrderedBadLines | None) -> Batches:
@@ -215,6 +247,23 @@ def _numbers(a: pa.Array) -> tuple[np.ndarray, np.ndarray]:
   return number, finite
 
 
+def check_cell_sizes(cols: dict, lines: np.ndarray, where: str, path: str, cap: int) -> None:
+  """IngestError naming the file, line and column of the first cell longer than `cap` bytes."""
+  over = None
+  for name, a in cols.items():
+    sizes = np.asarray(pc.binary_length(a).fill_null(0))
+    big = np.flatnonzero(sizes > cap)
+    if len(big) and (over is None or big[0] < over[0]):
+      over = (int(big[0]), name, int(sizes[big[0]]))
+  if over is not None:
+    i, name, size = over
+    raise IngestError(
+      f"{path}:{where}{int(lines[i])}: column {name!r} holds a cell of {size:,} bytes, over "
+      f"config.max_cell_bytes={cap:,} (an unclosed quote joins the lines after it into one "
+      "cell); fix the file, or raise config.max_cell_bytes"
+    )
+
+
 def good_rows(
   batch: pa.RecordBatch,
   lines: np.ndarray,
@@ -229,6 +278,7 @@ def good_rows(
   culprit = [""] * n  # the column a bad row is bad in, named first in its example
   kinds = list(BAD_KINDS)
   cols = {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
+  check_cell_sizes(cols, lines, where, path, int(cfg.raw["max_cell_bytes"]))
   blank = np.ones(n, bool)
   for c in cfg.needed:
     blank &= np.asarray(pc.equal(pc.utf8_length(cols[c]), 0))
