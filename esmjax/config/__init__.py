@@ -7,3 +7,14 @@ package, in `esmjax.common.config_keys`.
 May import: `esmjax.common` and the domain packages (`data`, `embedding`, `models`), whose
 declarations it assembles; nothing that runs (core, training, serving).
 """
+
+# The names a config file uses (`from esmjax import config as config_lib`, flax-examples style).
+from esmjax.config.defaults import (  # noqa: E402, F401
+  ConfigError,
+  check_devices,
+  default_config,
+  get_path,
+  set_path,
+  unknown_key,
+  validate,
+)
