@@ -102,3 +102,19 @@ def test_a_saved_config_without_a_compatibility_key_reads_as_before_the_key_exis
   config_lib.validate(c)  # a config saved before all three keys existed
   network = model_lib.Network.from_config(c.model, tiny.tiny_schema())
   assert network.fuse_towers is compat.ABSENT_MEANS["model.fuse_towers"]
+
+
+def test_config_files_written_against_the_earlier_layout_still_load():
+  # What a user's own config file imports: the kept command modules and `esmjax.config` offer the
+  # names they did when they were single modules.
+  import importlib
+
+  csv_ingest = importlib.import_module("esmjax.data.csv_ingest")
+  aliccp = importlib.import_module("esmjax.data.aliccp")
+  config = importlib.import_module("esmjax.config")
+  assert set(csv_ingest.base_config()) == set(tiny.repo_config("configs/data/aliexpress.py"))
+  assert (
+    aliccp.default_config().to_dict() == tiny.repo_config("configs/data/aliccp_raw.py").to_dict()
+  )
+  assert config.default_config().to_dict() == config_lib.default_config().to_dict()
+  assert config.validate is config_lib.validate and config.ConfigError is config_lib.ConfigError

@@ -35,7 +35,7 @@ def test_cli_restarts_once_with_huge_page_malloc(env, expected):
   from esmjax.core import host_memory
 
   code = (
-    "import os; from esmjax import host_memory; host_memory.use_huge_page_malloc(); "
+    "import os; from esmjax.core import host_memory; host_memory.use_huge_page_malloc(); "
     "print(repr(os.environ.get('GLIBC_TUNABLES')))"
   )
   base = {

@@ -346,7 +346,7 @@ def _cli(module: str, *args: str):
 
 def test_refusals_are_one_line_and_exit_2_on_the_command_line(tmp_path):
   (tmp_path / "cfg.py").write_text(
-    "from esmjax.data import csv_ingest\n\n\ndef get_config():\n"
+    "from esmjax.data.ingest.csv import ingest as csv_ingest\n\n\ndef get_config():\n"
     "  c = csv_ingest.base_config()\n  c.sparse = ('a', 'b')\n  c.dense = ('d',)\n  return c\n"
   )
   csv = write_csv(tmp_path / "t.csv", ROWS)
