@@ -91,7 +91,7 @@ if [[ -s "$OUT_DIR/missing.txt" && -n "${ESMJAX_WHEELS:-}" && -d "${ESMJAX_WHEEL
 fi
 log "environment: $(grep -E '^(python|jax backend|torch cuda)' "$OUT_DIR/env.txt" | tr '\n' ';')"
 [[ -s "$OUT_DIR/missing.txt" ]] && log "missing modules: $(tr '\n' ' ' < "$OUT_DIR/missing.txt")"
-if ! $PY -c "import esmjax.trainer" 2> "$OUT_DIR/import_error.txt"; then
+if ! $PY -c "import esmjax.training.trainer" 2> "$OUT_DIR/import_error.txt"; then
   log "esmjax cannot be imported here (see import_error.txt, missing.txt): stopping"
   printf 'import esmjax\tfailed\t–\timport_error.txt\n' >> "$OUT_DIR/stages.tsv"
   $PY benchmarks/accelerator_summary.py "$OUT_DIR" > /dev/null 2>&1

@@ -23,8 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
-
-from esmjax import reporting
+import reporting
 
 VARIANTS = {
   "float32": ("float32", "float32"),
@@ -38,9 +37,10 @@ def step_worker(spec: dict) -> dict:
   alternating windows (A B C A B C ...), so the machine's load falls on all of them alike."""
   import jax
 
-  from esmjax import config as config_lib
-  from esmjax import sharding as sh
-  from esmjax import steps, trainer
+  from esmjax.config import defaults as config_lib
+  from esmjax.core import sharding as sh
+  from esmjax.core import steps
+  from esmjax.training import trainer
 
   schema = common.paper_schema(spec["rows"])
   mesh = sh.make_mesh(1)

@@ -1,5 +1,6 @@
 """Compressed block records: disk per row, the converter's rows/s and the trainer's input pipeline's
-rows/s, plain against zstd and lz4, on the Ali-CCP-shaped world of `esmjax.data.aliccp_world`; and
+rows/s, plain against zstd and lz4, on the Ali-CCP-shaped world of
+`esmjax.data.synthetic.aliccp_world`; and
 the converter on gzip input against the same files decompressed.
 
     python benchmarks/block_codec.py [--scale=0.004] [--reps=5] [--seconds=2]
@@ -21,9 +22,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import reporting  # noqa: E402
 from common import ROOT  # noqa: E402
-
-from esmjax import reporting  # noqa: E402
 
 CODECS = ("none", "zstd", "lz4")
 
@@ -34,8 +34,8 @@ def _flags() -> str:
 
 
 def _rate(data_dir: str, seconds: float) -> float:
-  from esmjax.data import dataset as ds_lib
-  from esmjax.data import pipeline
+  from esmjax.data.format import dataset as ds_lib
+  from esmjax.data.pipeline import batches as pipeline
 
   d = ds_lib.open_dataset(data_dir)
   cfg = pipeline.PipelineConfig(batch_size=1024, seed=0, shuffle=True, prefetch=2)
@@ -57,8 +57,9 @@ def main() -> None:
   ap.add_argument("--reps", type=int, default=5)
   ap.add_argument("--seconds", type=float, default=2.0)
   args = ap.parse_args()
-  from esmjax import absl_flags
-  from esmjax.data import aliccp, aliccp_world
+  from esmjax.common import absl_flags
+  from esmjax.data.ingest.aliccp import convert as aliccp
+  from esmjax.data.synthetic import aliccp_world
 
   absl_flags.ensure_parsed("block_codec")
   prov = reporting.provenance()
@@ -123,7 +124,7 @@ def main() -> None:
       f"{reporting.load_average()} after (shared machine: rates are lower bounds, ratios are "
       "what to read). " + reporting.code_line(prov),
       "",
-      f"World: `esmjax.data.aliccp_world` at scale {args.scale} (training split, "
+      f"World: `esmjax.data.synthetic.aliccp_world` at scale {args.scale} (training split, "
       f"{conv['none']['rows']:,} rows, gzip input). Converter: one run per codec, 2 workers. "
       f"Pipeline: `train_iter_dataset` as the trainer builds it (batch 1,024, shuffle, checksums "
       f"on), {args.reps} round-robin runs of {args.seconds:g} s per codec; medians, and the "

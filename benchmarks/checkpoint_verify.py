@@ -1,4 +1,5 @@
-r"""What verifying a checkpoint costs: the state digests (esmjax.digest) against a restore.
+r"""What verifying a checkpoint costs: the state digests (esmjax.common.digest) against a
+restore.
 
   python benchmarks/checkpoint_verify.py [--rows=10000000] [--repeats=5] [--dir=/tmp/ckpt-verify]
 
@@ -6,7 +7,8 @@ Two states of configs/esmm.py: the default synthetic world's, and the same model
 single-valued field grown until the table has `--rows` rows. For each, interleaved in one process
 (so machine load hits both alike), the medians of:
 
-- `digest`: esmjax.digest.digests, what save records and restore verifies (on the devices);
+- `digest`: esmjax.common.digest.digests, what save records and restore verifies (on the
+devices);
 - `sha256`: state.state_fingerprint, a SHA-256 over host copies of every array (the alternative);
 - `restore`: Checkpointer.restore_latest of a saved checkpoint without verification, and
   `restore+verify` with it (what a resume pays).
@@ -44,10 +46,10 @@ def grown(schema, rows: int):
 def measure(name: str, config, schema, repeats: int, directory: str) -> dict:
   import jax
 
-  from esmjax import checkpoint as ckpt_lib
-  from esmjax import digest as digest_lib
-  from esmjax import state as state_lib
-  from esmjax import trainer
+  from esmjax.checkpoints import checkpoint as ckpt_lib
+  from esmjax.common import digest as digest_lib
+  from esmjax.core import state as state_lib
+  from esmjax.training import trainer
 
   run = trainer.Run(config, schema)
   state = jax.block_until_ready(run.init_fn())
@@ -104,8 +106,8 @@ def main(argv=None) -> None:
   sys.path.insert(0, str(ROOT / "benchmarks"))
   import common
 
-  from esmjax import absl_flags
-  from esmjax.data import synthetic
+  from esmjax.common import absl_flags
+  from esmjax.data.synthetic import cache as synthetic
 
   absl_flags.ensure_parsed()
   config = common.shipped_config(ROOT, "esmm")

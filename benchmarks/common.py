@@ -1,5 +1,5 @@
 """What the benchmarks share: the ESMM-paper throughput setup, the models' towers, timed windows,
-subprocess workers and memory readings. Provenance, tables and results files: esmjax.reporting.
+subprocess workers and memory readings. Provenance, tables and results files: benchmarks.reporting.
 
 Every measured configuration runs in a fresh subprocess (`run_worker`): its peak RSS is then its
 own, a crash or an out-of-memory kill costs one row instead of the run, and each JAX process can
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 try:
-  from esmjax import reporting
+  import reporting
 except ImportError:  # a worker running another checkout's esmjax (user_path.py's baseline ref)
   reporting = None
 
@@ -166,7 +166,7 @@ def state_bytes_per_row(dtype: str = "float32", dim: int = PAPER_DIM) -> int:
 
 def paper_schema(table_rows: int, fields: int = PAPER_FIELDS):
   """23 single-valued fields sharing `table_rows` rows (vocab = rows / fields each), no dense."""
-  from esmjax.data import dataset as ds_lib
+  from esmjax.data.format import dataset as ds_lib
 
   vocab = max(2, int(table_rows) // fields)
   return ds_lib.Schema(
@@ -184,7 +184,7 @@ def bench_config(
   devices: int = 1,
 ):
   """esmjax's default config with the paper sizes, for throughput runs."""
-  from esmjax import config as config_lib
+  from esmjax.config import defaults as config_lib
 
   c = config_lib.default_config()
   c.model.name = model
@@ -204,7 +204,7 @@ def zipf_batches(
   schema, batch_size: int, n: int, seed: int = 0, a: float = ZIPF_A
 ) -> list[dict[str, np.ndarray]]:
   """`n` batches of Zipf ids (per field over its vocabulary) and plausible labels."""
-  from esmjax.data import dataset as ds_lib
+  from esmjax.data.format import dataset as ds_lib
 
   rng = np.random.default_rng(seed)
   out = []
@@ -259,8 +259,9 @@ def jax_throughput(spec: dict[str, Any]) -> dict[str, Any]:
   rss0 = rss_mb()
   import jax
 
-  from esmjax import sharding as sh
-  from esmjax import steps, trainer
+  from esmjax.core import sharding as sh
+  from esmjax.core import steps
+  from esmjax.training import trainer
 
   devices = int(spec.get("devices", 1))
   mesh = sh.make_mesh(devices)
@@ -380,7 +381,7 @@ def shipped_config(tree: Path | str, model: str, batch_size: int = 0, num_steps:
 
 def datasets(config):
   """(train, eval) datasets as the trainer resolves them (the synthetic world unless configured)."""
-  from esmjax.loop import data as data_lib
+  from esmjax.core import feed as data_lib
 
   return data_lib.resolve_datasets(config)
 
@@ -388,7 +389,7 @@ def datasets(config):
 def train_batches(config, train_ds):
   """The trainer's iterator of training batches (grain, seeded by train.seed): both frameworks read
   the same rows in the same order through it."""
-  from esmjax.loop import data as data_lib
+  from esmjax.core import feed as data_lib
 
   return data_lib.make_train_iter(config, train_ds)
 
@@ -438,7 +439,7 @@ def worker_env(devices: int | None = None, extra: dict[str, str] | None = None) 
   """The parent's environment as `python -m esmjax.main` runs in it (malloc on huge pages where
   supported: `host_memory.cli_malloc_env`), with N fake CPU devices (replacing any given count) if
   asked, then `extra` (GLIBC_TUNABLES="" there: malloc as the OS gives it)."""
-  from esmjax import host_memory  # light: no JAX import in the parent
+  from esmjax.core import host_memory  # light: no JAX import in the parent
 
   env = host_memory.cli_malloc_env(os.environ)
   env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # accelerators: measured peaks, not 75 %

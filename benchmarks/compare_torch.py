@@ -23,7 +23,8 @@ rounds. Rounds and variants are interleaved (jax, torch, jax, torch, ...) so the
 machine falls on both alike. Peak memory is the worker's peak RSS (it includes the framework's own
 ~0.3–0.5 GB; the model's share is listed apart); on an accelerator, device peak bytes too.
 
-Quality (AUCs): ESMM and ESM2 on the default synthetic data (esmjax.config.default_config()),
+Quality (AUCs): ESMM and ESM2 on the default synthetic data
+(esmjax.config.defaults.default_config()),
 batch 4096, the same grain pipeline and batch order for both (seeded by --seeds), --epochs each.
 esmjax trains through its own loop (trainer.train_and_evaluate); PyTorch reads the same batches
 through the trainer's iterator; both are scored by esmjax.evaluation (predict_dataset,
@@ -48,8 +49,7 @@ import compare_torch_env as env
 import compare_torch_quality as quality
 import compare_torch_report as report
 import compare_torch_speed as speed
-
-from esmjax import reporting
+import reporting
 
 
 def _keep_previous(res: dict, path: Path, args) -> None:

@@ -26,7 +26,7 @@ QUALITY_KEYS = (
 
 
 def _quality_config(spec):
-  from esmjax import config as config_lib
+  from esmjax.config import defaults as config_lib
 
   c = config_lib.default_config()
   c.model.name = spec["model"]
@@ -45,9 +45,9 @@ def quality(spec) -> dict:
   esmjax.evaluation (predict_dataset, compute_metrics)."""
   import tempfile
 
-  from esmjax import evaluation
-  from esmjax import sharding as sh
-  from esmjax import trainer as trainer_lib
+  from esmjax.core import sharding as sh
+  from esmjax.evaluation import scoring as evaluation
+  from esmjax.training import trainer as trainer_lib
 
   cfg = _quality_config(spec)
   train_ds, eval_ds = common.datasets(cfg)

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import common
 import compare_torch_env as env
-
-from esmjax import reporting
+import reporting
 
 
 def markdown(res: dict) -> str:
@@ -110,7 +109,7 @@ def markdown(res: dict) -> str:
       f"## Quality: default synthetic data, batch {a['batch']}, "
       + (f"{a['quality_steps']} steps" if a["quality_steps"] else f"{a['epochs']} epoch(s)")
       + f", seeds {a['seeds']}, same batches for both, evaluated by "
-      "esmjax.evaluation.compute_metrics",
+      "esmjax.evaluation.scoring.compute_metrics",
       "",
     ]
     for model, s in q["summary"].items():

@@ -22,8 +22,8 @@ class WindowRows:
     self._blocks = None
 
   def __call__(self, w: int) -> dict:
-    from esmjax.data import dataset as ds_lib
-    from esmjax.data import pipeline
+    from esmjax.data.format import dataset as ds_lib
+    from esmjax.data.pipeline import batches as pipeline
 
     if self._blocks is None:
       self._blocks = pipeline.block_dataset(
@@ -39,7 +39,7 @@ class WindowRows:
 
 
 def _rebatch(windows, batch: int):
-  from esmjax.data import dataset as ds_lib
+  from esmjax.data.format import dataset as ds_lib
 
   carry = None
   for w in windows:
@@ -55,9 +55,9 @@ def _open_pipeline(data_dir: Path, variant: dict, batch: int, window_blocks: int
   """An iterator of batches for one measured variant (see `pipeline_rates`), and its closers."""
   import grain
 
-  from esmjax import absl_flags
-  from esmjax.data import dataset as ds_lib
-  from esmjax.data import pipeline
+  from esmjax.common import absl_flags
+  from esmjax.data.format import dataset as ds_lib
+  from esmjax.data.pipeline import batches as pipeline
 
   absl_flags.ensure_parsed("data_throughput")  # grain's mp_prefetch reads absl flags
   d = ds_lib.open_dataset(str(data_dir))
@@ -183,8 +183,8 @@ def checksum_rates(data_dir: Path, reps: int = 5) -> list[dict]:
   import hashlib
   import zlib
 
-  from esmjax.data import dataset as ds_lib
-  from esmjax.data import shards
+  from esmjax.data.format import dataset as ds_lib
+  from esmjax.data.format import shards
 
   d = ds_lib.open_dataset(str(data_dir))
   readers = [ds_lib.ShardReader(p) for p in d.shard_paths]

@@ -1,5 +1,6 @@
-r"""The evaluation's metrics over N rows: sorted on the device (esmjax.device_metrics) against the
-host path (predictions to NumPy, esmjax.metrics), interleaved in one process.
+r"""The evaluation's metrics over N rows: sorted on the device (esmjax.evaluation.device_metrics)
+against the
+host path (predictions to NumPy, esmjax.evaluation.metrics), interleaved in one process.
 
     python benchmarks/eval_metrics.py                  # 4 M rows (the CPU default), 3 rounds
     python benchmarks/eval_metrics.py --rows 43000000  # the Ali-CCP training half, on a GPU
@@ -25,8 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
 import numpy as np
-
-from esmjax import reporting
+import reporting
 
 
 def make_columns(n: int, seed: int = 0):
@@ -50,7 +50,7 @@ def make_columns(n: int, seed: int = 0):
 
 
 def on_device(cols) -> dict:
-  from esmjax import device_metrics
+  from esmjax.evaluation import device_metrics
 
   out, spreads = device_metrics.evaluate(*cols)
   return out
@@ -59,7 +59,7 @@ def on_device(cols) -> dict:
 def on_host(cols) -> tuple[dict, int]:
   import jax
 
-  from esmjax import metrics
+  from esmjax.evaluation import metrics
 
   preds, labels, users, truth = jax.device_get(cols)
   nbytes = sum(np.asarray(a).nbytes for d in (preds, labels, truth) for a in d.values())
@@ -120,14 +120,14 @@ def main(argv=None) -> int:
         ["path", "median s", "rows/s", "rounds", "note"],
         [
           [
-            "device (esmjax.device_metrics)",
+            "device (esmjax.evaluation.device_metrics)",
             dev,
             args.rows / dev,
             len(dev_s),
             f"first call (compilation) {res['device_first_s']:.1f} s; no host copy",
           ],
           [
-            "host (esmjax.metrics)",
+            "host (esmjax.evaluation.metrics)",
             host,
             args.rows / host if host_s else "–",
             len(host_s),

@@ -9,7 +9,8 @@ round so the machine's load falls on all alike:
 
   step     the dispatch program alone (train.steps_per_dispatch steps per call) on one stacked
            set of pre-made batches already on the device: what the device can do.
-  stream   the trainer (`esmjax.trainer.train_and_evaluate`) with data.input_mode='stream': the
+  stream   the trainer (`esmjax.training.trainer.train_and_evaluate`) with
+           data.input_mode='stream': the
            grain reader, stacking, host→device copies, logging; rate = its summary's
            examples_per_sec (compilation, evaluations and the final save left out).
   device   the same with data.input_mode='device': the rows resident, gathered in the loop.
@@ -44,11 +45,11 @@ def step_alone(config, steps: int) -> float:
   """examples/s of the dispatch program on pre-made device batches (steps rounded to dispatches)."""
   import jax
 
-  from esmjax import sharding as sh
-  from esmjax.loop import data as data_lib
-  from esmjax.loop import dispatch as dispatch_lib
-  from esmjax.loop import guard as guard_lib
-  from esmjax.loop.run import Run
+  from esmjax.core import feed as data_lib
+  from esmjax.core import guard as guard_lib
+  from esmjax.core import sharding as sh
+  from esmjax.core.run import Run
+  from esmjax.training import dispatch as dispatch_lib
 
   train_ds, _ = data_lib.resolve_datasets(config)
   run = Run(config, train_ds.schema)
@@ -79,7 +80,7 @@ def step_alone(config, steps: int) -> float:
 
 
 def end_to_end(config, mode: str, tmp: Path) -> float:
-  from esmjax import trainer
+  from esmjax.training import trainer
 
   config.data.input_mode = mode
   workdir = tempfile.mkdtemp(dir=tmp)
@@ -91,9 +92,9 @@ def end_to_end(config, mode: str, tmp: Path) -> float:
 
 def chosen_mode(config) -> str:
   """What data.input_mode='auto' resolves to for `config` on this machine."""
-  from esmjax.loop import data as data_lib
-  from esmjax.loop import input_mode
-  from esmjax.loop.run import Run
+  from esmjax.core import feed as data_lib
+  from esmjax.core.run import Run
+  from esmjax.training import input_mode
 
   train_ds, _ = data_lib.resolve_datasets(config)
   return input_mode.resolve(config, Run(config, train_ds.schema), train_ds)
@@ -107,10 +108,11 @@ def main(argv=None) -> int:
   p.add_argument("--batches", default="1024,4096")
   p.add_argument("--out_dir", default=str(ROOT / "benchmarks" / "results"))
   args = p.parse_args(argv)
+  import reporting
   from absl import logging
   from common import shipped_config
 
-  from esmjax import absl_flags, compile_cache, reporting
+  from esmjax.common import absl_flags, compile_cache
 
   absl_flags.ensure_parsed("input_modes")
   logging.set_verbosity(logging.WARNING)

@@ -1,4 +1,5 @@
-r"""What verifying every file read back costs (esmjax.digest): the data pipeline and checkpoints.
+r"""What verifying every file read back costs (esmjax.common.digest): the data pipeline and
+checkpoints.
 
   python benchmarks/read_verification.py [--rows=2000000] [--repeats=15] [--dir=/tmp/read-verify]
 
@@ -57,9 +58,9 @@ def cpu() -> dict:
 @contextlib.contextmanager
 def file_digests_off():
   """The manifest / shard checks of open_dataset and the checkpoint's file digests as no-ops."""
-  from esmjax import checkpoint as ckpt_lib
-  from esmjax import digest
-  from esmjax.data import dataset as D
+  from esmjax.checkpoints import checkpoint as ckpt_lib
+  from esmjax.common import digest
+  from esmjax.data.format import dataset as D
 
   saved = (
     D.digest.verify_json,
@@ -103,11 +104,11 @@ def main() -> None:
   import jax
   import tiny
 
-  from esmjax import checkpoint as ckpt_lib
-  from esmjax import trainer
-  from esmjax.data import dataset as D
-  from esmjax.data import pipeline
-  from esmjax.loop import data as data_lib
+  from esmjax.checkpoints import checkpoint as ckpt_lib
+  from esmjax.core import feed as data_lib
+  from esmjax.data.format import dataset as D
+  from esmjax.data.pipeline import batches as pipeline
+  from esmjax.training import trainer
 
   shutil.rmtree(args.dir, ignore_errors=True)
   os.makedirs(args.dir)
@@ -136,7 +137,7 @@ def main() -> None:
 
   def added() -> dict:
     """ms of the added work alone (50 repetitions each, medians)."""
-    from esmjax import digest
+    from esmjax.common import digest
 
     train_ds, _ = data_lib.resolve_datasets(config)
     it = data_lib.make_train_iter(config, train_ds)

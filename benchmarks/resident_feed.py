@@ -31,8 +31,8 @@ def feed_rate(config, train_ds, steps: int, repeats: int) -> dict[str, float]:
   import jax
   import jax.numpy as jnp
 
-  from esmjax import sharding as sh
-  from esmjax.loop import resident
+  from esmjax.core import sharding as sh
+  from esmjax.training import resident
 
   mesh = sh.make_mesh(config.mesh.num_devices, config.mesh.axis)
   data = resident.ResidentData(train_ds, config, mesh)
@@ -67,9 +67,10 @@ def main(argv=None) -> int:
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--out_dir", default=str(ROOT / "benchmarks" / "results"))
   args = p.parse_args(argv)
+  import reporting
   from common import datasets, shipped_config
 
-  from esmjax import absl_flags, reporting
+  from esmjax.common import absl_flags
 
   absl_flags.ensure_parsed("resident_feed")
   started, record = time.time(), reporting.provenance()

@@ -29,8 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
-
-from esmjax import reporting
+import reporting
 
 
 def _time_calls(fn, sync, min_s: float) -> float:

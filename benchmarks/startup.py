@@ -65,9 +65,8 @@ def main(argv=None) -> int:
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--out_dir", default=str(ROOT / "benchmarks" / "results"))
   args = p.parse_args(argv)
+  import reporting
   from common import worker_env
-
-  from esmjax import reporting
 
   started, record = time.time(), reporting.provenance()
   env = worker_env(extra={"ESMJAX_COMPILE_CACHE": ""})

@@ -41,8 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
-
-from esmjax import reporting
+import reporting
 
 ME = Path(__file__).resolve()
 ACCEL = ("gpu", "tpu", "cuda", "rocm")

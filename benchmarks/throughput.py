@@ -41,13 +41,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
+import reporting
 import throughput_report as report
 import throughput_workers as workers
 
-from esmjax import (
-  host_memory,  # light: no JAX import in the parent
-  reporting,
-)
+from esmjax.core import host_memory  # light: no JAX import in the parent
 
 ME = Path(__file__).resolve()
 
@@ -59,7 +57,8 @@ ME = Path(__file__).resolve()
 def points(args) -> list[dict]:
   """The points, each with the environment its worker starts with. By default that is what
   `python -m esmjax.main` gives itself (malloc on huge pages where supported:
-  `esmjax.host_memory.use_huge_page_malloc`); the `4 KB-page malloc` lines show what that buys."""
+  `esmjax.core.host_memory.use_huge_page_malloc`); the `4 KB-page malloc` lines show what that
+  buys."""
   w = {
     "warmup_s": args.warmup_s,
     "windows": args.windows,

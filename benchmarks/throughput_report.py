@@ -4,8 +4,7 @@ the Markdown report."""
 from __future__ import annotations
 
 import common
-
-from esmjax import reporting
+import reporting
 
 BATCH = 4096  # every point's
 TARGET_EX_S = 100e3  # at 1e5 rows

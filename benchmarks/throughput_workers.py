@@ -57,7 +57,7 @@ def _towers_step(run):
   import jax
   import optax
 
-  from esmjax import steps
+  from esmjax.core import steps
 
   c = run.components
 
@@ -85,8 +85,9 @@ def step_worker(spec) -> dict:
   import jax.numpy as jnp
   import numpy as np
 
-  from esmjax import host_memory, steps, trainer
-  from esmjax import sharding as sh
+  from esmjax.core import host_memory, steps
+  from esmjax.core import sharding as sh
+  from esmjax.training import trainer
 
   mesh = sh.make_mesh(spec["devices"])
   schema = common.paper_schema(spec["rows"])
@@ -158,10 +159,11 @@ def pipeline_worker(spec) -> dict:
   import jax
   import numpy as np
 
-  from esmjax import sharding as sh
-  from esmjax import steps, trainer
-  from esmjax.data import dataset as ds_lib
-  from esmjax.loop import data as loop_data
+  from esmjax.core import feed as loop_data
+  from esmjax.core import sharding as sh
+  from esmjax.core import steps
+  from esmjax.data.format import dataset as ds_lib
+  from esmjax.training import trainer
 
   mesh = sh.make_mesh(1)
   schema = common.paper_schema(spec["rows"])

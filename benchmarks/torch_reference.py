@@ -58,7 +58,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from esmjax import state as state_lib
+from esmjax.core import state as state_lib
 
 SUPPORTED_MODELS = ("esmm", "esmm_ns", "esm2")
 TABLE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "lazy_adam", "adam")
@@ -349,7 +349,7 @@ class TorchMultiTask(nn.Module):
 
   @torch.no_grad()
   def probabilities(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """{pctr, pcvr, pctcvr[, pctavr]} (esmjax.steps.predict_step's keys)."""
+    """{pctr, pcvr, pctcvr[, pctavr]} (esmjax.core.steps.predict_step's keys)."""
     return {k[4:]: torch.exp(v) for k, v in log_probs(self.name, self.forward(batch)).items()}
 
   @torch.no_grad()
@@ -488,7 +488,8 @@ def train_loop(
   writer=None,
 ) -> dict[str, Any]:
   """esmjax's training loop in PyTorch: next batch → step; at every `log_every`-th step and the last
-  the loss is read (a device sync) and written by `writer` (an esmjax.metrics_io.MetricWriter:
+  the loss is read (a device sync) and written by `writer` (an
+  esmjax.evaluation.metrics_io.MetricWriter:
   metrics.jsonl + TensorBoard, as esmjax logs). The first step (compilation) is timed apart, as
   esmjax's trainer keeps it out of its rate.
 
@@ -526,8 +527,8 @@ def train_loop(
 
 
 def predict_fn(model: TorchMultiTask, device: str | torch.device = "cpu"):
-  """`predict_fn(state, batch)` for esmjax.evaluation.predict_dataset (`state` unused): the model's
-  probabilities as NumPy, so PyTorch is scored by esmjax's own evaluation code."""
+  """`predict_fn(state, batch)` for esmjax.evaluation.scoring.predict_dataset (`state` unused): the
+  model's probabilities as NumPy, so PyTorch is scored by esmjax's own evaluation code."""
   keys = ("sparse", "mv_ids", "mv_w", "dense", "labels")
 
   def predict(state, batch):

@@ -120,9 +120,9 @@ def jax_step(spec) -> dict:
   trainer compiles it) on pre-made device batches of the shipped config."""
   import jax
 
-  from esmjax import sharding as sh
-  from esmjax import state as state_lib
-  from esmjax import steps
+  from esmjax.core import sharding as sh
+  from esmjax.core import state as state_lib
+  from esmjax.core import steps
 
   cfg = common.shipped_config(spec["tree"], spec["model"], spec["batch"])
   train_ds, _ = common.datasets(cfg)
@@ -163,7 +163,7 @@ def _torch_trainer(spec):
 def torch_e2e(spec) -> dict:
   """PyTorch end to end: the trainer's batch iterator → step → loss logged by esmjax's writer."""
   torch, tr, dev, cfg, train_ds, trainer = _torch_trainer(spec)
-  from esmjax import metrics_io
+  from esmjax.evaluation import metrics_io
 
   with tempfile.TemporaryDirectory(prefix="esmjax-torch-run-") as work:
     writer = metrics_io.MetricWriter(work, config=cfg)
@@ -261,7 +261,7 @@ def tree_env(tree: Path, torch: bool = False) -> dict[str, str]:
 def cli_e2e(tree: Path, model: str, batch: int, steps: int, timeout: float) -> dict:
   """`python -m esmjax.main --config=<tree>/configs/<model>.py` with only the batch size and the
   number of steps changed, esmjax from `tree`; its rate from the run's summary."""
-  from esmjax import reporting
+  import reporting
 
   overrides = {"train.batch_size": batch, "train.num_steps": steps}
   with tempfile.TemporaryDirectory(prefix="esmjax-user-path-") as work:
@@ -301,7 +301,7 @@ def cli_e2e(tree: Path, model: str, batch: int, steps: int, timeout: float) -> d
 @contextlib.contextmanager
 def baseline_tree(ref: str, repo: Path | str = ROOT):
   """Yields (path, commit) of a temporary detached worktree of `repo` at `ref`; removes it after."""
-  from esmjax import reporting
+  import reporting
 
   commit = reporting.git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
   if not ref or not commit:
@@ -332,7 +332,7 @@ def baseline_tree(ref: str, repo: Path | str = ROOT):
 
 
 def _has_commit(repo: Path | str, ref: str) -> bool:
-  from esmjax import reporting
+  import reporting
 
   return bool(reporting.git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"))
 
@@ -492,9 +492,8 @@ def run_rounds(args, res: dict, trees: dict, log) -> dict:
 
 
 def main(argv=None) -> int:
+  import reporting
   import user_path_report as report
-
-  from esmjax import reporting
 
   try:
     args = parse_args(argv)

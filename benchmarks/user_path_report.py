@@ -11,8 +11,7 @@ from __future__ import annotations
 import math
 
 import common
-
-from esmjax import reporting
+import reporting
 
 TARGET_BATCH = 1024  # the shipped configs' batch: the end-to-end targets are judged there
 VS_TORCH = 1.5  # e2e at TARGET_BATCH, new / best PyTorch, every model

@@ -18,15 +18,11 @@ third decimal):
   entire-space CVR AUC (pCVR vs would-buy, all impressions): 0.735
 """
 
-from esmjax import config as config_lib
+from esmjax.config import presets
 
 
-def get_config(world: str = "default"):
-  config = config_lib.default_config(
-    world
-  )  # every key, with its one-line comment: esmjax/config.py
-  config.model.name = "aitm"
+def get_config(arg: str = ""):
+  a = presets.parse_arg(arg, world="default")
+  config = presets.model_config("aitm", a.world)
   config.model.aitm_calibrator_weight = 0.6  # α of the calibrator (the paper's and PaddleRec's)
-  config.train.batch_size = 1024  # the schedule of configs/esmm.py: batch 1024, one epoch
-  config.train.num_epochs = 1.0
   return config

@@ -18,16 +18,12 @@ third decimal):
   entire-space CVR AUC (pCVR vs would-buy, all impressions): 0.735
 """
 
-from esmjax import config as config_lib
+from esmjax.config import presets
 
 
-def get_config(world: str = "default"):
-  config = config_lib.default_config(
-    world
-  )  # every key, with its one-line comment: esmjax/config.py
-  config.model.name = "escm2_ipw"
+def get_config(arg: str = ""):
+  a = presets.parse_arg(arg, world="default")
+  config = presets.model_config("escm2_ipw", a.world)
   config.model.escm2_loss_weights = (1.0, 0.5, 0.5)  # w_ctr, w_cvr (IPW risk), w_ctcvr: PaddleRec's
   config.model.escm2_min_pctr = 0.05  # propensity floor: 1/pCTR weights at most 20
-  config.train.batch_size = 1024  # the schedule of configs/esmm.py: batch 1024, one epoch
-  config.train.num_epochs = 1.0
   return config

@@ -25,17 +25,10 @@ On your own data (converted with esmjax.data.aliccp or esmjax.data.csv_ingest):
       --config.data.eval_dir=D/test
 """
 
-from esmjax import config as config_lib
+from esmjax.config import presets
 
 
-def get_config(world: str = "default"):
-  config = config_lib.default_config(
-    world
-  )  # every key, with its one-line comment: esmjax/config.py
-  config.model.name = "esmm"  # pCTCVR = pCTR · pCVR; loss on CTR and CTCVR over all impressions
-  # The ESMM paper's mini-batch (1,000), one epoch: 977 steps over the 1 M synthetic impressions.
-  # Batches of 4,096 for 2 epochs (489 steps) leave every model less trained (ESMM's CVR AUC 0.725
-  # against 0.751 at 1,024); the throughput benchmarks keep 4,096, where the step is most efficient.
-  config.train.batch_size = 1024
-  config.train.num_epochs = 1.0
-  return config
+def get_config(arg: str = ""):
+  a = presets.parse_arg(arg, world="default")
+  # pCTCVR = pCTR · pCVR; loss on CTR and CTCVR over all impressions
+  return presets.model_config("esmm", a.world)

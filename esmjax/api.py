@@ -5,9 +5,9 @@
     model = esmjax.load("workdirs/quick")                     # config and schema from the workdir
     preds = model.predict(summary["eval_dir"])                # {"pctr", "pcvr", "pctcvr", ...}
 
-Everything here is a thin layer over the trainer and `esmjax.predict`: the same restore path
+Everything here is a thin layer over the trainer and `esmjax.serving.predict`: the same restore path
 (orbax, with this process's shardings), the same schema check and the same predict step (stray
-ids scored as OOV, see `esmjax.inputs`) as the command line's predict and evaluate modes.
+ids scored as OOV, see `esmjax.common.inputs`) as the command line's predict and evaluate modes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from esmjax import inputs
+from esmjax.common import inputs
 
 INPUT_KEYS = inputs.INPUT_KEYS
 
@@ -39,8 +39,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict
   evaluation: `ctr/auc`, `cvr/auc`, …), `steps`, `examples_per_sec`, `train_dir`, `eval_dir`,
   `config`, and `workdir`.
   """
-  from esmjax import absl_flags, compile_cache, trainer
-  from esmjax import config as config_lib
+  from esmjax.common import absl_flags, compile_cache
+  from esmjax.config import defaults as config_lib
+  from esmjax.training import trainer
 
   absl_flags.ensure_parsed()
   config_lib.validate(config)
@@ -51,8 +52,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None) -> dict
 
 
 def saved_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with (see `esmjax.predict.saved_config`)."""
-  from esmjax import predict
+  """The config a workdir was trained with (see `esmjax.serving.predict.saved_config`)."""
+  from esmjax.serving import predict
 
   return predict.saved_config(workdir)
 
@@ -61,9 +62,10 @@ def load(
   workdir: str, config: ml_collections.ConfigDict | None = None, step: int | None = None
 ) -> Model:
   """Checkpoint `step` (default: the latest) of `workdir` as a `Model` (config from the workdir
-  unless given). A checkpoint that cannot be read raises `esmjax.checkpoint.CheckpointError`
+  unless given). A checkpoint that cannot be read raises
+  `esmjax.checkpoints.checkpoint.CheckpointError`
   naming it: no older checkpoint is loaded in its place."""
-  from esmjax import predict
+  from esmjax.serving import predict
 
   run, state = predict.load(workdir, config, step)
   return Model(run, state, workdir)
@@ -72,7 +74,8 @@ def load(
 class Model:
   """A trained model: `predict` rows, `evaluate` a dataset, `export` a serving artifact.
 
-  Attributes: `config` (ml_collections.ConfigDict), `schema` (esmjax.schema.Schema), `workdir`,
+  Attributes: `config` (ml_collections.ConfigDict), `schema` (esmjax.common.schema.Schema),
+  `workdir`,
   `step` (the checkpoint's step), `run` and `state` (the trainer's objects), and `oov_counts`:
   {field: ids scored as OOV} of the last `predict` / `evaluate` call.
   """
@@ -80,7 +83,7 @@ class Model:
   def __init__(self, run, state, workdir: str):
     import jax
 
-    from esmjax import predict
+    from esmjax.serving import predict
 
     self.run, self.state, self.workdir = run, state, workdir
     self.config, self.schema = run.config, run.schema
@@ -104,7 +107,7 @@ class Model:
     row (id 1): counted per field in `oov_counts` and logged. Ids that are not integers, and
     non-finite weights or dense values, raise ValueError.
     """
-    from esmjax.data import dataset as ds_lib
+    from esmjax.data.format import dataset as ds_lib
 
     bs = int(batch_size or self.config.train.eval_batch_size)
     if isinstance(data, (str, os.PathLike, ds_lib.Dataset)):
@@ -119,15 +122,15 @@ class Model:
   def evaluate(self, data) -> dict[str, float]:
     """The global metrics (`esmjax.evaluation`) on a dataset directory or `Dataset` of the
     trained schema (another schema raises DatasetError naming the difference)."""
-    from esmjax import evaluation
+    from esmjax.evaluation import scoring as evaluation
 
     dataset = self._open(data)
     cols = self._predict_dataset(dataset, self.config.train.eval_batch_size)
     return evaluation.compute_metrics(cols, dataset.schema)
 
   def export(self, path: str, batch_size: int | None = None, platforms=None) -> dict[str, Any]:
-    """Writes a jax.export serving artifact (see `esmjax.export`); returns its signature."""
-    from esmjax import export as export_lib
+    """Writes a jax.export serving artifact (see `esmjax.serving.export`); returns its signature."""
+    from esmjax.serving import export as export_lib
 
     return export_lib.export_state(
       self.run, self.state, path, batch_size=batch_size, platforms=platforms, workdir=self.workdir
@@ -136,12 +139,12 @@ class Model:
   # -- internals ----------------------------------------------------------------------------------
 
   def _open(self, data):
-    from esmjax.data import dataset as ds_lib
+    from esmjax.data.format import dataset as ds_lib
 
     return data if isinstance(data, ds_lib.Dataset) else ds_lib.open_dataset(os.fspath(data))
 
   def _predict_dataset(self, data, bs: int) -> dict[str, np.ndarray]:
-    from esmjax import predict
+    from esmjax.serving import predict
 
     dataset = self._open(data)
     cols, self.oov_counts = predict.score_dataset(self.run, self.state, dataset, bs, self._step_fn)
@@ -149,8 +152,8 @@ class Model:
     return cols
 
   def _predict_rows(self, batch: Mapping[str, Any], bs: int) -> dict[str, np.ndarray]:
-    from esmjax import predict
-    from esmjax import sharding as sh
+    from esmjax.core import sharding as sh
+    from esmjax.serving import predict
 
     rows, counts = check_inputs(self.schema, batch)
     n = len(rows["sparse"])
@@ -179,7 +182,7 @@ def check_inputs(schema, batch: Mapping[str, Any]) -> tuple[dict[str, np.ndarray
   """(the input columns of `batch` as arrays of the model's dtypes, {field: ids mapped to OOV}).
 
   Clear errors for a missing input, a wrong shape, or values no input can hold; ids outside their
-  field's vocabulary are mapped to OOV before the cast (see `esmjax.inputs`).
+  field's vocabulary are mapped to OOV before the cast (see `esmjax.common.inputs`).
   """
   cols = inputs.columns(schema)
   missing = [c.name for c in cols if c.name not in batch]

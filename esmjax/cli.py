@@ -21,17 +21,17 @@ from esmjax import exits
 
 
 def _user_errors() -> tuple[type, ...]:
-  from esmjax import config as config_lib
-  from esmjax import outputs
-  from esmjax.schema import DatasetError
+  from esmjax.common.schema import DatasetError
+  from esmjax.config import defaults as config_lib
+  from esmjax.core import outputs
 
   return config_lib.ConfigError, DatasetError, FileNotFoundError, outputs.OutputError
 
 
 def _run_errors() -> tuple[type, ...]:
-  from esmjax import checkpoint as ckpt_lib
-  from esmjax import outputs
-  from esmjax.loop.guard import NonFiniteError
+  from esmjax.checkpoints import checkpoint as ckpt_lib
+  from esmjax.core import outputs
+  from esmjax.core.guard import NonFiniteError
 
   return NonFiniteError, ckpt_lib.CheckpointError, outputs.WriteError
 
@@ -41,7 +41,7 @@ def exit_codes():
   """A user error -> exit 2, a run that cannot go on -> exit 3, each with its one line; so is an
   OS error of the machine (disk full, read-only file system, I/O error) wherever it is raised,
   naming the file. Anything else keeps its traceback (a bug to report). The error classes are
-  imported only once an error happened: `esmjax.checkpoint` imports orbax and JAX."""
+  imported only once an error happened: `esmjax.checkpoints.checkpoint` imports orbax and JAX."""
   try:
     yield
   except Exception as e:
@@ -68,7 +68,8 @@ def quiet_libraries() -> None:
 
 
 def train(config, workdir: str) -> None:
-  from esmjax import metrics_io, trainer
+  from esmjax.evaluation import metrics_io
+  from esmjax.training import trainer
 
   logging.info("workdir: %s", os.path.abspath(workdir))
   summary = trainer.train_and_evaluate(config, workdir)
@@ -97,15 +98,16 @@ def train(config, workdir: str) -> None:
 
 
 def evaluate(config, workdir: str, step: int | None = None) -> None:
-  from esmjax import metrics_io, predict
+  from esmjax.evaluation import metrics_io
+  from esmjax.serving import predict
 
   step, metrics = predict.evaluate_workdir(config, workdir, step)
   print(f"checkpoint step {step} of {workdir}\n" + metrics_io.metrics_table(metrics))
 
 
 def predict(config, workdir: str, input_dir: str, output_csv: str, step: int | None = None) -> None:
-  from esmjax import config as config_lib
-  from esmjax import predict as predict_lib
+  from esmjax.config import defaults as config_lib
+  from esmjax.serving import predict as predict_lib
 
   if not input_dir or not output_csv:
     raise config_lib.ConfigError(
@@ -120,7 +122,7 @@ def predict(config, workdir: str, input_dir: str, output_csv: str, step: int | N
 
 def export(config, workdir: str, path: str, batch_size: int, step: int | None = None) -> None:
   """`path` "" = DIR/export/<model>.jaxexport; `batch_size` 0 = any (a symbolic dimension)."""
-  from esmjax import export as export_lib
+  from esmjax.serving import export as export_lib
 
   path = path or os.path.join(workdir, "export", f"{config.model.name}.jaxexport")
   sig = export_lib.export(workdir, path, batch_size=batch_size or None, config=config, step=step)

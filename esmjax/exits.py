@@ -7,7 +7,8 @@ converters `python -m esmjax.data.aliccp` / `python -m esmjax.data.csv_ingest`.
   3  the run cannot go on: a NaN/Inf loss, no readable checkpoint, a failed save or write
      (disk full, read-only file system, I/O error)
   4  a file esmjax wrote and reads back changed since (it does not match its digest), has no
-     digest, or is named by a path outside its directory (`esmjax.digest.IntegrityError`): the
+     digest, or is named by a path outside its directory (`esmjax.common.digest.IntegrityError`):
+     the
      line names the file and how to regenerate it
   130 interrupted by Ctrl-C, outside the training loop (which saves a checkpoint and exits 0)
 
@@ -50,7 +51,7 @@ def describe_os_error(e: OSError) -> str:
 INTERRUPTED_LINE = (
   "esmjax: interrupted (Ctrl-C); rerun the command (training resumes from its last checkpoint)"
 )
-# Temporary files being written (`esmjax.outputs`): removed when Ctrl-C ends the process.
+# Temporary files being written (`esmjax.core.outputs`): removed when Ctrl-C ends the process.
 TEMPORARIES: set[str] = set()
 
 
@@ -101,7 +102,7 @@ def exit_codes(user_errors: tuple[type, ...], run_errors: tuple[type, ...] = ())
   try:
     yield
   except Exception as e:
-    from esmjax.digest import IntegrityError
+    from esmjax.common.digest import IntegrityError
 
     if isinstance(e, IntegrityError):
       fail(e, CHANGED_FILE)
@@ -129,7 +130,7 @@ def _override_error(argv: list[str], error: Exception, path: str | None, flag: s
   import ml_collections
   from ml_collections.config_flags import config_flags
 
-  from esmjax import config_keys
+  from esmjax.common import config_keys
 
   overrides = [a for a in argv[1:] if a.startswith(f"--{flag}.")]
   if not overrides:

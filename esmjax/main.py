@@ -9,7 +9,8 @@ r"""esmjax entry point: train (and evaluate), score a dataset, or export a train
 Modes: train (train, evaluate, checkpoint; resumes from DIR's latest readable checkpoint),
 evaluate (the latest checkpoint, or --checkpoint_step, on data.eval_dir), predict (one CSV row per
 input row, in input order, and FILE.json naming the checkpoint step), export (the checkpoint as
-serialized StableHLO + a JSON signature; see esmjax/export.py). evaluate / predict / export never
+serialized StableHLO + a JSON signature; see esmjax/serving/export.py). evaluate / predict / export
+never
 fall back to an older checkpoint: one that cannot be read stops them (exit 3).
 Any config key can be overridden: --config.model.name=esm2, --config.train.batch_size=8192, ...
 Curves: python -m esmjax.plot DIR; TensorBoard: tensorboard --logdir DIR/tensorboard.
@@ -17,7 +18,8 @@ Curves: python -m esmjax.plot DIR; TensorBoard: tensorboard --logdir DIR/tensorb
 Exit codes (esmjax/exits.py): 0 done, or stopped by SIGTERM / SIGINT after saving a checkpoint
 (rerun to resume); 2 a user error (flags, config, data, workdir), one line on stderr; 3 the run
 cannot go on (NaN/Inf loss, no readable checkpoint, a failed save or write), one line on stderr;
-4 a file esmjax wrote changed since (it does not match its digest: esmjax/digest.py), one line
+4 a file esmjax wrote changed since (it does not match its digest: esmjax/common/digest.py), one
+line
 naming it; 130 interrupted (Ctrl-C) outside the training loop, one line on stderr.
 """
 
@@ -66,8 +68,9 @@ def main(argv):
     exits.fail(f"unexpected arguments: {argv[1:]}", exits.USER_ERROR)
   cli.quiet_libraries()
   # Imports after flag parsing: grain workers import the package, never this module's side effects.
-  from esmjax import api, compile_cache, distributed
-  from esmjax import config as config_lib
+  from esmjax import api
+  from esmjax.common import compile_cache, distributed
+  from esmjax.config import defaults as config_lib
 
   config = _CONFIG.value
   workdir = _WORKDIR.value or api.default_workdir(config)
@@ -87,7 +90,9 @@ def main(argv):
 
 
 def run():
-  from esmjax import host_memory  # light: restarts with huge-page malloc before JAX is imported
+  from esmjax.core import (
+    host_memory,  # light: restarts with huge-page malloc before JAX is imported
+  )
 
   exits.exit_on_interrupt()  # (again, for callers of run() that imported this module)
   with exits.interrupts():  # Ctrl-C while importing, parsing, reading or compiling: one line

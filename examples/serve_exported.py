@@ -10,7 +10,8 @@ The exported function scores an id outside [0, vocab_size) of its column as the 
 range instead of wrapping to 5) and says on stderr how many ids it mapped; values that are not
 integer ids (NaN, 2.5) stop it with exit code 2.
 
-Both files are checked against the digests esmjax wrote (`esmjax.digest`, reimplemented here in
+Both files are checked against the digests esmjax wrote (`esmjax.common.digest`, reimplemented here
+in
 a few lines): the signature's own (`esmjax_digest`, the SHA-256 of its other keys as canonical
 JSON) and the artifact's (`artifact_sha256`). A changed byte stops it with exit code 4.
 """

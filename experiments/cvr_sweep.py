@@ -7,7 +7,7 @@ r"""Where ESMM's advantage comes from: BASE, ESMM-NS and ESMM as conversions get
 The paper-regime world (`synthetic.world_config('paper')`: CTR 4 %, 4 M training impressions) with
 CVR | click set to each of RATES — 9 % (the default world's rate), 3 %, 1 % and 0.53 % (the ESMM
 paper's Ali-CCP rate, the paper world itself). Worlds that differ in `cvr` alone share every draw
-but the conversions (esmjax.data.synthetic.world_config): the same users, items, impressions,
+but the conversions (esmjax.data.synthetic.cache.world_config): the same users, items, impressions,
 features and clicks, so the sweep holds the impressions AND the clicks fixed and varies only how
 many clicks convert. The eval split is the paper world's (its size: experiments/eval_size_probe.py).
 Writes experiments/results/cvr_sweep.{md,json,png}.
@@ -101,7 +101,7 @@ def main(argv=None) -> dict:
         if r is not None:
           res.setdefault((name, cvr), []).append(r)
 
-  from esmjax.data import synthetic
+  from esmjax.data.synthetic import cache as synthetic
 
   world = {}
   for cvr in rates:

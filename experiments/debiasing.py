@@ -131,7 +131,7 @@ def main(argv=None) -> dict:
     for r in by_model.values():
       r.sort(key=lambda x: x["seed"])
 
-  from esmjax.data import synthetic
+  from esmjax.data.synthetic import cache as synthetic
 
   sections = [
     "# Debiasing verdict: entire-space CVR AUC and pCVR calibration against the synthetic truth",

@@ -9,8 +9,9 @@ Columns are the ESM2 paper's: CVR AUC (clicked impressions), CTCVR AUC and CTCVR
 AUC weighted by impressions), plus the entire-space CVR AUC (synthetic truth). DNN is the click-only
 CVR network (= BASE, configs/baselines/base.py; configs/baselines/dnn.py is the same model under the
 ESM2 paper's name) and DNN-OS is it with click→buy positives copied ×5 (= configs/baselines/
-oversampling_5.py); both get pCTCVR = pCTR × pCVR from an independently trained CTR network. GBDT is
-LightGBM (the `gbdt` extra) on the same features; skipped with a note when lightgbm is missing.
+oversampling.py:k=5); both get pCTCVR = pCTR × pCVR from an independently trained CTR network.
+GBDT is LightGBM (the `gbdt` extra) on the same features; skipped with a note when lightgbm is
+missing.
 
 The default world has `daction_informativeness` κ = 2 (buy log-odds +2 after a DAction). The full
 mode also runs ESMM and ESM2 in the same world with κ = 0 as a control: buying then does not depend
@@ -29,7 +30,7 @@ from experiments import common, gbdt, runs
 MODELS = (
   ("GBDT", "gbdt"),
   ("DNN", "base"),
-  ("DNN-OS", "oversampling_5"),
+  ("DNN-OS", "oversampling:k=5"),
   ("ESMM", "esmm"),
   ("ESM2", "esm2"),
 )
@@ -141,7 +142,7 @@ def main(argv=None) -> dict:
     )
     control_checks = claims(control, f"control world, κ = {CONTROL_KAPPA:g}")
 
-  from esmjax.data import synthetic
+  from esmjax.data.synthetic import cache as synthetic
 
   cfg0 = common.experiment_config("esm2", args.mode, args.seed_list[0], args.cache_dir, args.world)
   stats = synthetic.world_stats(runs.datasets(cfg0)[1].directory)

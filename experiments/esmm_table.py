@@ -24,14 +24,14 @@ from experiments import common, runs
 
 MODELS = (  # (label, config name, family in the paper's Table 2)
   ("BASE", "base", "base"),
-  ("AMAN 10%", "aman_10", "aman"),
-  ("AMAN 20%", "aman_20", "aman"),
-  ("AMAN 50%", "aman_50", "aman"),
-  ("AMAN 100%", "aman_100", "aman"),
-  ("OVERSAMPLING ×2", "oversampling_2", "oversampling"),
-  ("OVERSAMPLING ×3", "oversampling_3", "oversampling"),
-  ("OVERSAMPLING ×5", "oversampling_5", "oversampling"),
-  ("OVERSAMPLING ×10", "oversampling_10", "oversampling"),
+  ("AMAN 10%", "aman:rate=0.1", "aman"),
+  ("AMAN 20%", "aman:rate=0.2", "aman"),
+  ("AMAN 50%", "aman:rate=0.5", "aman"),
+  ("AMAN 100%", "aman:rate=1.0", "aman"),
+  ("OVERSAMPLING ×2", "oversampling:k=2", "oversampling"),
+  ("OVERSAMPLING ×3", "oversampling:k=3", "oversampling"),
+  ("OVERSAMPLING ×5", "oversampling:k=5", "oversampling"),
+  ("OVERSAMPLING ×10", "oversampling:k=10", "oversampling"),
   ("UNBIAS", "unbias", "unbias"),
   ("DIVISION", "division", "division"),
   ("ESMM-NS", "esmm_ns", "esmm_ns"),
@@ -44,10 +44,11 @@ QUICK_MODELS = ("base", "esmm")  # a smoke test of the script, not a result
 EPOCH_SWEEP = {"full": (2.0,), "quick": ()}
 EPOCH_SWEEP_MODELS = (("BASE", "base"), ("ESMM", "esmm"))
 # Why (or when) ESMM wins, which only a world with known truth can show: the same models on worlds
-# that differ from the default in one knob (esmjax/data/synthetic.py). `click_bait` is the selection
-# bias (bait raises clicks and lowers conversion, so clicked rows misrepresent the whole space);
-# `shared_structure` is how much of the CVR affinity is the CTR affinity (what shared embeddings
-# can transfer). First WORLD_SWEEP_SEEDS seeds of the run (each world is generated once, ~15 s).
+# that differ from the default in one knob (esmjax/data/synthetic/worlds.py). `click_bait` is the
+# selection bias (bait raises clicks and lowers conversion, so clicked rows misrepresent the whole
+# space); `shared_structure` is how much of the CVR affinity is the CTR affinity (what shared
+# embeddings can transfer). First WORLD_SWEEP_SEEDS seeds of the run (each world is generated
+# once, ~15 s).
 WORLD_SWEEP = {
   "full": (("click_bait", (0.0, 1.0, 2.0)), ("shared_structure", (0.1, 0.9))),
   "quick": (("click_bait", (1.0,)),),
@@ -161,7 +162,7 @@ def main(argv=None) -> dict:
 
   worlds = world_sweep(args, res) if default_world else []
 
-  from esmjax.data import synthetic
+  from esmjax.data.synthetic import cache as synthetic
 
   cfg0 = common.experiment_config("esmm", args.mode, args.seed_list[0], args.cache_dir, args.world)
   train_ds, eval_ds = runs.datasets(cfg0)
@@ -269,7 +270,7 @@ def main(argv=None) -> dict:
 def world_sweep(args, res) -> list[dict]:
   """BASE, ESMM-NS and ESMM on worlds that differ from the default in one knob; the default world's
   runs (from the table) are the reference point of each knob."""
-  from esmjax.data import synthetic
+  from esmjax.data.synthetic import cache as synthetic
 
   seeds = args.seed_list[:WORLD_SWEEP_SEEDS]
   default = synthetic.default_config()

@@ -14,7 +14,7 @@ has two sources of noise:
   * training: the seed-to-seed standard deviation of the difference, from the same models trained
     with each seed on the paper world as shipped (the runs of esmm_table --world=paper).
 The eval split is large enough for a metric where the first is at most the second. Besides the
-papers' AUCs on drawn labels, the probe measures esmjax's population AUC (esmjax.metrics:
+papers' AUCs on drawn labels, the probe measures esmjax's population AUC (esmjax.evaluation.metrics:
 against the true pCVR, without the label noise of rare conversions). Writes
 experiments/results/eval_size_probe.{md,json}.
 """
@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from esmjax import reporting
+from benchmarks import reporting
 from experiments import common, runs, stats
 
 MODELS = (("BASE", "base"), ("ESMM-NS", "esmm_ns"), ("ESMM", "esmm"))
@@ -132,7 +132,7 @@ def main(argv=None) -> dict:
   over = {} if n_eval is None else {"data.synthetic.num_eval": n_eval}
   cfg0 = common.experiment_config("esmm", args.mode, PROBE_SEED, args.cache_dir, "paper", **over)
   shipped = common.experiment_config("esmm", args.mode, PROBE_SEED, args.cache_dir, "paper")
-  from esmjax.data import synthetic
+  from esmjax.data.synthetic import cache as synthetic
 
   t, rss0 = time.time(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   runs.datasets(cfg0)  # the world, generated once (streamed in chunks)

@@ -7,7 +7,8 @@ the whole test split scored, with time, memory and disk per stage.
 Stages, each in its own process (its peak RSS is its process tree's, sampled every 0.2 s), each
 with a progress bar and ETA, each skipped when `<workdir>/stages.json` says it finished:
 
-  generate       `esmjax.data.aliccp_world`: the raw world (gzip skeleton + common-features files,
+  generate       `esmjax.data.synthetic.aliccp_world`: the raw world (gzip skeleton +
+                 common-features files,
                  ground truth) at `--scale` of the public set's 42.3 M + 43.0 M impressions
   convert_train  `esmjax.data.aliccp` on the training files (reads .gz streaming)
   convert_test   the same on the test files, `--stats_from` the training split
@@ -43,9 +44,10 @@ import time
 
 import psutil
 
-from esmjax import exits, reporting
-from esmjax.data import aliccp_world
-from esmjax.data.files import read_json, write_json_atomic
+from benchmarks import reporting
+from esmjax import exits
+from esmjax.data.format.files import read_json, write_json_atomic
+from esmjax.data.synthetic import aliccp_world
 from experiments import full_scale_stages as st
 
 STAGES = tuple(st.STAGES)
@@ -209,7 +211,8 @@ def _seconds_at(stage: str, r: dict, n1: int) -> tuple[float, str]:
 def _common_table_bytes(state: dict, split: str, scale: float) -> float:
   """The converter's common-features table for a split at `scale` (one row of every block column
   per common row, memory-mapped by each of its processes)."""
-  from esmjax.data import aliccp, blocks
+  from esmjax.data.format import blocks
+  from esmjax.data.ingest.aliccp import convert as aliccp
 
   rows = state["stages"]["generate"]["world"]["splits"][split]["common_rows"]
   return (
@@ -278,7 +281,7 @@ def disk_at_scale_1(state: dict) -> dict[str, float]:
 
 
 def markdown(state: dict, ext: dict, disk1: dict, command: str, prov: dict) -> str:
-  from esmjax.reporting import markdown_table
+  from benchmarks.reporting import markdown_table
 
   stg = state["stages"]
   rows = []
@@ -326,7 +329,8 @@ def markdown(state: dict, ext: dict, disk1: dict, command: str, prov: dict) -> s
     f"{prov['machine']['cores']} cores; load average {prov['load_before']} before, "
     f"{reporting.load_average()} after (a shared machine: times are upper bounds).",
     "",
-    f"World (`esmjax.data.aliccp_world`, seed {w['seed']}): scale **{state['scale']}** of the "
+    f"World (`esmjax.data.synthetic.aliccp_world`, seed {w['seed']}): "
+    f"scale **{state['scale']}** of the "
     f"public set: {sp['train']['rows']:,} training impressions ({sp['train']['clicks']:,} clicks, "
     f"{sp['train']['buys']:,} buys), {sp['test']['rows']:,} test impressions "
     f"({sp['test']['clicks']:,} clicks, {sp['test']['buys']:,} buys); "
@@ -379,7 +383,7 @@ def markdown(state: dict, ext: dict, disk1: dict, command: str, prov: dict) -> s
     "Calibration: mean prediction / mean label (1 = calibrated). Population AUCs score against "
     "the true pCVR, entire-space ones over all impressions against would-buy; the oracle AUC is "
     "the true pCVR's own entire-space AUC, the ceiling of any model in this world "
-    "(`esmjax.metrics.evaluate`).",
+    "(`esmjax.evaluation.metrics.evaluate`).",
     "",
     "## Sizes that grow with the data",
     "",

@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from esmjax.data import aliccp_world
-from esmjax.data.files import write_json_atomic
+from esmjax.data.format.files import write_json_atomic
+from esmjax.data.synthetic import aliccp_world
 
 MODELS = ("esmm", "base")  # configs/esmm.py, configs/baselines/base.py
 BATCH = 1024  # the shipped configs' batch (the ESMM paper's 1,000)
@@ -62,7 +62,7 @@ def generate(workdir: str, scale: float, seed: int) -> dict:
 def converter_config(buckets: int):
   """The converter's field config, every field's hash buckets capped at `buckets` (0: as shipped,
   configs/data/aliccp_raw.py)."""
-  from esmjax.data import aliccp
+  from esmjax.data.ingest.aliccp import convert as aliccp
 
   cfg = aliccp.default_config()
   if buckets > 0:
@@ -72,7 +72,7 @@ def converter_config(buckets: int):
 
 
 def convert(workdir: str, split: str, buckets: int) -> dict:
-  from esmjax.data import aliccp
+  from esmjax.data.ingest.aliccp import convert as aliccp
 
   p = paths(workdir)
   stats_from = p["data_train"] if split == "test" else None
@@ -130,7 +130,7 @@ def train(workdir: str, name: str) -> dict:
 def _save_seconds(run, state, directory: str) -> float:
   """Seconds to write one more checkpoint of `state` (into `directory`, a scratch workdir) with the
   trainer's checkpointer, to the end of its background write."""
-  from esmjax import checkpoint as ckpt_lib
+  from esmjax.checkpoints import checkpoint as ckpt_lib
 
   ck = ckpt_lib.Checkpointer(directory, run.config, run)
   try:
@@ -151,11 +151,13 @@ def predict(workdir: str, name: str) -> dict:
   import pyarrow.parquet as pq
   from tqdm import tqdm
 
-  from esmjax import evaluation, inputs, metrics, predict
-  from esmjax import sharding as sh
-  from esmjax.data import dataset as ds_lib
-  from esmjax.data import pipeline
-  from esmjax.steps import BATCH_KEYS
+  from esmjax.common import inputs, predict
+  from esmjax.core import sharding as sh
+  from esmjax.core.steps import BATCH_KEYS
+  from esmjax.data.format import dataset as ds_lib
+  from esmjax.data.pipeline import batches as pipeline
+  from esmjax.evaluation import metrics
+  from esmjax.evaluation import scoring as evaluation
 
   p = paths(workdir)
   t0 = time.time()
@@ -238,7 +240,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  from esmjax import absl_flags
+  from esmjax.common import absl_flags
 
   absl_flags.ensure_parsed()
   main(sys.argv)

@@ -61,7 +61,7 @@ def run(
   """LightGBM CVR model on clicked training rows + one CTR model on all; pCTCVR = pCTR·pCVR."""
   import lightgbm as lgb
 
-  from esmjax import metrics
+  from esmjax.evaluation import metrics
 
   params = {**PARAMS, "seed": int(config.train.seed)}
   rounds = ROUNDS[mode]

@@ -25,7 +25,7 @@ def purchase_group_aucs(
   of the ESM2 paper's per-user purchase count) in the paper's groups [0,10], [11,20], [21,50], 51+;
   `train_buys`: the user's buys in the training rows used, in groups 0, 1, 2+.
   """
-  from esmjax import metrics
+  from esmjax.evaluation import metrics
 
   lab = {name: cols["labels"][:, i].astype(bool) for i, name in enumerate(schema.labels)}
   click, buy = lab["click"], lab["buy"]

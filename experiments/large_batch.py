@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
     args.seed_list = args.seed_list[:1]
   seeds = args.seed_list
   variants = VARIANTS[args.mode]
-  from esmjax import lr_scaling
+  from esmjax.core import lr_scaling
 
   res: dict[tuple, list[dict]] = {}
   rows, deltas = [], []

@@ -1,6 +1,7 @@
 """Training runs of the experiments, cached by their exact config, and the rows they read.
 
-`run(config)` is one full `esmjax.trainer.train_and_evaluate`; its record (final metrics, steps,
+`run(config)` is one full `esmjax.training.trainer.train_and_evaluate`; its record (final metrics,
+steps,
 rows, seconds) is cached under <cache_dir>/experiment-runs/<key>.json, the key being a hash of how
 the config differs from esmjax's default config. Scripts that need the same run share it, and
 `--cached_only` aggregates what has been run (listing what was left out).
@@ -36,7 +37,7 @@ def _config_diff(config) -> dict[str, Any]:
   later (with values that keep old behaviour); a changed default *value* is not seen — bump
   CACHE_VERSION or pass --no_cache when a default that changes results moves.
   """
-  from esmjax import config as config_lib
+  from esmjax.config import defaults as config_lib
 
   def flat(d, pre=""):
     out = {}
@@ -87,7 +88,7 @@ def run(
 
   None when `args.cached_only` and the run is not in the cache (it is listed in `args.missing`).
   """
-  from esmjax import trainer
+  from esmjax.training import trainer
 
   key = run_key(config)
   path = cache_path(config, key)
@@ -180,7 +181,7 @@ def print_run(label: str, rec: dict, cached: bool) -> None:
 
 def datasets(config):
   """(train, eval) datasets of `config` (the synthetic world generated once if needed)."""
-  from esmjax.loop import data as data_lib
+  from esmjax.core import feed as data_lib
 
   return data_lib.resolve_datasets(config)
 
@@ -199,7 +200,7 @@ def _train_rows(config) -> int:
 
 def read_train_rows(config) -> dict[str, np.ndarray]:
   """The training rows a run of `config` uses (the leading blocks), concatenated."""
-  from esmjax.data import dataset as ds_lib
+  from esmjax.data.format import dataset as ds_lib
 
   train_ds, _ = datasets(config)
   src = train_ds.block_source()
@@ -223,7 +224,8 @@ def read_eval_rows(config, columns: tuple[str, ...] | None = None) -> dict[str, 
 def score_eval(config, workdir: str) -> dict[str, np.ndarray]:
   """Predictions for every eval row from the checkpoint in `workdir`, with the eval rows' host
   columns (labels, user, sample_id, truth, dense), in file order."""
-  from esmjax import evaluation, predict
+  from esmjax.evaluation import scoring as evaluation
+  from esmjax.serving import predict
 
   _, eval_ds = datasets(config)
   r, state = predict.restore(config, workdir)

@@ -7,7 +7,8 @@ V01_j = P(score(X) > score(Y_j)) + ½P(=); AUC = mean V10 = mean V01 and
 Cov(AUC_a, AUC_b) = Cov(V10_a, V10_b) / m + Cov(V01_a, V01_b) / n. The standard error of a paired
 difference of two models scored on the same rows follows from the 2×2 covariance.
 
-`bootstrap_population` does the same for esmjax.metrics.population_auc (AUC against the true label
+`bootstrap_population` does the same for esmjax.evaluation.metrics.population_auc (AUC against the
+true label
 probabilities), which DeLong's placements do not cover: rows resampled with replacement, the same
 resample for every model.
 """
@@ -43,7 +44,7 @@ def bootstrap_population(
 ) -> tuple[np.ndarray, np.ndarray]:
   """(population AUCs [k], their bootstrap covariance [k, k]) of k score vectors on the same rows
   with true label probabilities `probs`."""
-  from esmjax import metrics
+  from esmjax.evaluation import metrics
 
   q = np.asarray(probs, np.float64)
   s = [np.asarray(v, np.float64) for v in scores]

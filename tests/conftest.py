@@ -11,7 +11,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # No test writes to the user's compilation cache (tests/test_host_sync.py turns one on itself).
 os.environ.setdefault("ESMJAX_COMPILE_CACHE", "")
 
-from esmjax import absl_flags
+from esmjax.common import absl_flags
 
 absl_flags.ensure_parsed("pytest")  # grain's mp_prefetch reads absl flags
 

@@ -9,8 +9,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from esmjax import main, trainer
-from esmjax.loop.hooks import Hooks
+from esmjax import main
+from esmjax.training import trainer
+from esmjax.training.hooks import Hooks
 
 DELAY_S = float(os.environ.get("ESMJAX_TEST_STEP_DELAY_S", "0"))
 

@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from esmjax.data import aliccp, aliccp_parse, aliccp_spec
-from esmjax.data import dataset as ds_lib
-from esmjax.data import ids as ids_lib
+from esmjax.data.format import dataset as ds_lib
+from esmjax.data.format import ids as ids_lib
+from esmjax.data.ingest.aliccp import convert as aliccp
+from esmjax.data.ingest.aliccp import parse as aliccp_parse
+from esmjax.data.ingest.aliccp import spec as aliccp_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "tests" / "data" / "public-samples"
@@ -341,7 +343,7 @@ def test_cli_and_pipeline_read_back(tmp_path):
   d = ds_lib.open_dataset(str(out))
   assert d.num_rows == 30 and d.manifest["block_rows"] == 8
   assert next(f for f in d.schema.multi if f.name == "110_14").max_len == 8
-  from esmjax.data import pipeline
+  from esmjax.data.pipeline import batches as pipeline
 
   it = iter(pipeline.train_iter_dataset(d, pipeline.PipelineConfig(batch_size=16, prefetch=0)))
   batch = next(it)

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from esmjax.data import aliccp
-from esmjax.data import dataset as ds_lib
+from esmjax.data.format import dataset as ds_lib
+from esmjax.data.ingest.aliccp import convert as aliccp
 from tests.test_aliccp import build_raw
 
 

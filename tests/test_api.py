@@ -19,7 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The README's "Python API" example, verbatim (test_readme_shows_this_example keeps them equal).
 README_EXAMPLE = """\
 import esmjax
-from esmjax import config as config_lib
+from esmjax.config import defaults as config_lib
 
 config = config_lib.default_config()  # ESMM on the synthetic world; or any configs/*.py get_config()
 config.data.synthetic.update(num_train=20_000, num_eval=4_000, calibration_rows=20_000)  # small world

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from esmjax.data import blocks, shards
-from esmjax.schema import DatasetError, MultiField, Schema, SparseField
+from esmjax.common.schema import DatasetError, MultiField, Schema, SparseField
+from esmjax.data.format import blocks, shards
 
 
 def _schema() -> Schema:

@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 import tiny
 
-from esmjax import checkpoint as ckpt_lib
-from esmjax import metrics_io, trainer
-from esmjax.data import dataset as D
-from esmjax.data import pipeline
-from esmjax.loop import data as loop_data
+from esmjax.checkpoints import checkpoint as ckpt_lib
+from esmjax.core import feed as loop_data
+from esmjax.data.format import dataset as D
+from esmjax.data.pipeline import batches as pipeline
+from esmjax.evaluation import metrics_io
+from esmjax.training import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 100  # checkpoint.every_steps; runs go to 2N (4+ epochs of the tiny data)

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import tiny
 
-from esmjax import checkpoint as ckpt_lib
-from esmjax import digest as digest_lib
-from esmjax import state as state_lib
-from esmjax import trainer
+from esmjax.checkpoints import checkpoint as ckpt_lib
+from esmjax.common import digest as digest_lib
+from esmjax.core import state as state_lib
+from esmjax.training import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -20,10 +20,11 @@ LIMIT = 48 * 1024
 SCRIPT = f"""
 import os, resource, signal, sys
 sys.path.insert(0, {TESTS!r})
-from esmjax import absl_flags
+from esmjax.common import absl_flags
 absl_flags.ensure_parsed()
 import tiny
-from esmjax import checkpoint as ckpt_lib, trainer
+from esmjax.checkpoints import checkpoint as ckpt_lib
+from esmjax.training import trainer
 
 config = tiny.tiny_config("esmm", **{{"model.embed_dim": 512}})
 run = trainer.Run(config, tiny.tiny_schema())

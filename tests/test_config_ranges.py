@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 import tiny
 
-from esmjax import config as config_lib
-from esmjax import hparams
+from esmjax.common import hparams
+from esmjax.config import defaults as config_lib
 from esmjax.embedding import optimizers as opt_lib
 from esmjax.models import registry
 
@@ -53,9 +53,15 @@ def test_out_of_range_value_names_key_value_and_range(key, value, message):
 
 
 def test_defaults_and_boundaries_are_valid():
+  # Each boundary on a model that declares the key (another model's key is refused).
+  for model, key, value in (
+    ("aman", "aman_rate", 1.0),  # (0, 1]: 1 is allowed
+    ("oversampling", "oversample_k", 1),  # an int where a float is declared
+  ):
+    cfg = tiny.tiny_config(model)
+    config_lib.set_path(cfg, f"model.{key}", value)
+    config_lib.validate(cfg)
   cfg = tiny.tiny_config("esm2")
-  cfg.model.aman_rate = 1.0  # (0, 1]: 1 is allowed
-  cfg.model.oversample_k = 1  # an int where a float is declared
   cfg.model.loss_weights = (0.0, 0.0, 2.0)  # not all 0
   cfg.embedding.init_std = 0.0
   cfg.embedding.beta1 = 0.0

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import tiny
 
-from esmjax.data import csv_ingest
-from esmjax.data import dataset as ds_lib
-from esmjax.data import ids as ids_lib
+from esmjax.data.format import dataset as ds_lib
+from esmjax.data.format import ids as ids_lib
+from esmjax.data.ingest.csv import ingest as csv_ingest
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "tests" / "data" / "public-samples"

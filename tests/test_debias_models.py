@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tiny
 
-from esmjax import state as state_lib
-from esmjax import steps
-from esmjax.data import dataset as D
+from esmjax.core import state as state_lib
+from esmjax.core import steps
+from esmjax.data.format import dataset as D
 from esmjax.models import registry
 
 

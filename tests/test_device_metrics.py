@@ -1,4 +1,5 @@
-"""esmjax.device_metrics, the metrics sorted on the device, against esmjax.metrics (NumPy): equal
+"""esmjax.evaluation.device_metrics, the metrics sorted on the device, against
+esmjax.evaluation.metrics (NumPy): equal
 on hand-built cases with ties, masks and one-class populations, and through the evaluator."""
 
 import math
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 import tiny
 
-from esmjax import device_metrics as D
-from esmjax import evaluation
-from esmjax import metrics as M
+from esmjax.evaluation import device_metrics as D
+from esmjax.evaluation import metrics as M
+from esmjax.evaluation import scoring as evaluation
 
 
 def same(a: float, b: float, rel: float = 0.0) -> bool:

@@ -13,10 +13,11 @@ import pytest
 import tiny
 from test_checkpoint import jit_cache  # noqa: F401  (autouse: one compilation per program)
 
-from esmjax import metrics_io, trainer
-from esmjax.loop.dispatch import Plan
-from esmjax.loop.hooks import Hooks
-from esmjax.loop.train_log import RateMeter
+from esmjax.evaluation import metrics_io
+from esmjax.training import trainer
+from esmjax.training.dispatch import Plan
+from esmjax.training.hooks import Hooks
+from esmjax.training.train_log import RateMeter
 
 
 def run_config(data, **overrides):

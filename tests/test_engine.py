@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tiny
 
-from esmjax import config as config_lib
-from esmjax import state as state_lib
-from esmjax import steps
+from esmjax.config import defaults as config_lib
+from esmjax.core import state as state_lib
+from esmjax.core import steps
 from esmjax.embedding import engine as engine_lib
 from esmjax.embedding import merge
 from esmjax.embedding import optimizers as opt_lib

@@ -9,9 +9,9 @@ import pytest
 import tiny
 
 import esmjax
-from esmjax import evaluation
-from esmjax import metrics as M
-from esmjax.data import dataset as ds_lib
+from esmjax.data.format import dataset as ds_lib
+from esmjax.evaluation import metrics as M
+from esmjax.evaluation import scoring as evaluation
 
 
 def _cols(n=400, seed=0, **preds):

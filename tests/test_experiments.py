@@ -11,8 +11,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from esmjax import config as config_lib  # noqa: E402
-from esmjax import metrics  # noqa: E402
+from esmjax.config import defaults as config_lib  # noqa: E402
+from esmjax.evaluation import metrics  # noqa: E402
 from experiments import common, groups, runs, stats  # noqa: E402
 
 SCRIPTS = ("esmm_table", "sparsity_curve", "esm2_table", "esm2_ablations")
@@ -75,7 +75,7 @@ def test_every_script_runs_in_quick_mode(tmp_path):
 
 
 def test_purchase_group_aucs_exact():
-  from esmjax.data import dataset as D
+  from esmjax.data.format import dataset as D
 
   schema = D.Schema(
     sparse=(D.SparseField("u", 10),),
@@ -193,7 +193,7 @@ def test_delong_matches_structural_components():
 
 
 def test_shipped_configs_take_the_world():
-  from esmjax.data import synthetic
+  from esmjax.data.synthetic import cache as synthetic
 
   paper = synthetic.world_config("paper")
   names = ["esmm", "esm2", "escm2_ipw", "escm2_dr", "aitm"] + [
@@ -230,7 +230,7 @@ def test_experiment_config_sizes_each_world():
   assert full_default.data.synthetic.block_rows == 1024 and full_default.data.window_blocks == 64
   assert full_default.train.seed == 3 and full_default.train.batch_size == 1024
   full_paper = common.experiment_config("base", "full", 0, world="paper")
-  from esmjax.data import synthetic
+  from esmjax.data.synthetic import cache as synthetic
 
   assert full_paper.data.synthetic.to_dict() == synthetic.world_config("paper").to_dict()
   assert full_paper.model.name == "base" and full_paper.train.batch_size == 1024
@@ -250,8 +250,8 @@ def test_paired_differences_match_seeds():
 def test_baseline_configs_override_only_their_model():
   default = config_lib.default_config()
   for name, model, key, value in (
-    ("aman_50", "aman", "aman_rate", 0.5),
-    ("oversampling_10", "oversampling", "oversample_k", 10.0),
+    ("aman:rate=0.5", "aman", "aman_rate", 0.5),
+    ("oversampling:k=10", "oversampling", "oversample_k", 10.0),
     ("esmm_ns", "esmm_ns", None, None),
     ("dnn_os", "dnn_os", "oversample_k", 5.0),
   ):

@@ -10,7 +10,7 @@ import pytest
 import tiny
 
 from esmjax import api
-from esmjax import export as export_lib
+from esmjax.serving import export as export_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What a serving process must not need: the training code and its configuration machinery.
@@ -202,8 +202,8 @@ def test_library_predict_scores_stray_ids_as_oov_and_counts_them(trained):
   for k in want:
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
   # The device step that scores datasets maps and counts the same.
-  from esmjax import inputs
-  from esmjax import sharding as sh
+  from esmjax.common import inputs
+  from esmjax.core import sharding as sh
 
   mesh = model.run.mesh
   out = sh.to_host_local(model._step_fn(model.state, sh.put_batch(_as_int32(bad), mesh)), mesh)

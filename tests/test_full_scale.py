@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from esmjax.data import aliccp_world
-from esmjax.data import dataset as ds_lib
+from esmjax.data.format import dataset as ds_lib
+from esmjax.data.synthetic import aliccp_world
 from experiments import full_scale
 from experiments import full_scale_stages as st
 

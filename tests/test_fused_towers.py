@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import tiny
 
-from esmjax import state as state_lib
-from esmjax import steps
+from esmjax.core import state as state_lib
+from esmjax.core import steps
 from esmjax.models import layers
 
 

@@ -15,12 +15,13 @@ import pytest
 import tiny
 from test_checkpoint import jit_cache  # noqa: F401  (autouse: one compilation per program)
 
-from esmjax import checkpoint as ckpt_lib
-from esmjax import config as config_lib
-from esmjax import metrics_io, trainer
-from esmjax.data import dataset as D
-from esmjax.loop import data as loop_data
-from esmjax.loop import guard as guard_lib
+from esmjax.checkpoints import checkpoint as ckpt_lib
+from esmjax.config import defaults as config_lib
+from esmjax.core import feed as loop_data
+from esmjax.core import guard as guard_lib
+from esmjax.data.format import dataset as D
+from esmjax.evaluation import metrics_io
+from esmjax.training import trainer
 
 
 @pytest.fixture(scope="module")
@@ -320,8 +321,8 @@ def test_serving_and_evaluation_never_fall_back_to_an_older_checkpoint(
   data, trained, tmp_path, monkeypatch, capsys
 ):
   import esmjax
-  from esmjax import export as export_lib
-  from esmjax import predict
+  from esmjax.serving import export as export_lib
+  from esmjax.serving import predict
 
   workdir = str(tmp_path / "run")
   shutil.copytree(trained[0], workdir)

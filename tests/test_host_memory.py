@@ -11,7 +11,7 @@ import pytest
 def test_host_memory_helpers_keep_values():
   import jax.numpy as jnp
 
-  from esmjax import host_memory
+  from esmjax.core import host_memory
 
   assert isinstance(host_memory.tune_host_allocator(), bool)
   big = jnp.arange(3 << 20, dtype=jnp.float32)  # 12 MB: eligible for huge pages
@@ -32,10 +32,10 @@ def test_host_memory_helpers_keep_values():
   ],
 )
 def test_cli_restarts_once_with_huge_page_malloc(env, expected):
-  from esmjax import host_memory
+  from esmjax.core import host_memory
 
   code = (
-    "import os; from esmjax import host_memory; host_memory.use_huge_page_malloc(); "
+    "import os; from esmjax.core import host_memory; host_memory.use_huge_page_malloc(); "
     "print(repr(os.environ.get('GLIBC_TUNABLES')))"
   )
   base = {

@@ -1,7 +1,8 @@
 """No host work in series with the devices, and the persistent compilation cache.
 
 The loop reads a log step's values (losses and the NaN guard, one read) only once the next
-dispatch is queued behind it, in both input modes; `esmjax.compile_cache` points JAX's persistent
+dispatch is queued behind it, in both input modes; `esmjax.common.compile_cache` points JAX's
+persistent
 cache at train.compile_cache_dir (or $ESMJAX_COMPILE_CACHE), keeps a directory JAX already has,
 and turns off with ''.
 """
@@ -12,9 +13,9 @@ import jax
 import pytest
 import tiny
 
-from esmjax import compile_cache, trainer
-from esmjax import config as config_lib
-from esmjax.loop import dispatch, resident, train_log
+from esmjax.common import compile_cache
+from esmjax.config import defaults as config_lib
+from esmjax.training import dispatch, resident, train_log, trainer
 
 
 @pytest.mark.parametrize("mode", ["stream", "device"])
@@ -54,7 +55,7 @@ def test_a_log_step_is_read_after_the_next_dispatch_is_queued(data, tmp_path, mo
 
 
 def _read(workdir):
-  from esmjax import metrics_io
+  from esmjax.evaluation import metrics_io
 
   return metrics_io.read_metrics(str(workdir))
 

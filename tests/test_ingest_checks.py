@@ -20,8 +20,10 @@ import pyarrow as pa
 import pytest
 import tiny
 
-from esmjax.data import aliccp, csv_ingest, leakage
-from esmjax.data import dataset as ds_lib
+from esmjax.data.format import dataset as ds_lib
+from esmjax.data.ingest import leakage
+from esmjax.data.ingest.aliccp import convert as aliccp
+from esmjax.data.ingest.csv import ingest as csv_ingest
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "tests" / "data" / "public-samples"

@@ -19,10 +19,12 @@ import pytest
 import tiny
 from test_aliccp import build_raw
 
-from esmjax.data import aliccp, csv_ingest, ingestion
-from esmjax.data import dataset as ds_lib
-from esmjax.data import ids as ids_lib
-from esmjax.data.csv_columns import str_keys
+from esmjax.data.format import dataset as ds_lib
+from esmjax.data.format import ids as ids_lib
+from esmjax.data.ingest import shared as ingestion
+from esmjax.data.ingest.aliccp import convert as aliccp
+from esmjax.data.ingest.csv import ingest as csv_ingest
+from esmjax.data.ingest.csv.columns import str_keys
 
 REPO = Path(__file__).resolve().parents[1]
 AITM = REPO / "tests/data/public-samples/PaddleRec/models/multitask/aitm/data/sample_data"
@@ -344,7 +346,7 @@ def _cli(module: str, *args: str):
 
 def test_refusals_are_one_line_and_exit_2_on_the_command_line(tmp_path):
   (tmp_path / "cfg.py").write_text(
-    "from esmjax.data import csv_ingest\n\n\ndef get_config():\n"
+    "from esmjax.data.ingest.csv import ingest as csv_ingest\n\n\ndef get_config():\n"
     "  c = csv_ingest.base_config()\n  c.sparse = ('a', 'b')\n  c.dense = ('d',)\n  return c\n"
   )
   csv = write_csv(tmp_path / "t.csv", ROWS)

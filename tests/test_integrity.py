@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import tiny
 
-from esmjax import digest
-from esmjax.data import blocks, pipeline, shards
-from esmjax.data import dataset as D
+from esmjax.common import digest
+from esmjax.data.format import blocks, shards
+from esmjax.data.format import dataset as D
+from esmjax.data.pipeline import batches as pipeline
 
 
 @pytest.fixture

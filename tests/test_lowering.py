@@ -8,10 +8,10 @@ import re
 import pytest
 import tiny
 
-from esmjax.data import dataset as ds_lib
-from esmjax.loop.dispatch import Dispatcher
-from esmjax.loop.resident import ResidentData, ResidentDispatcher
-from esmjax.loop.run import Run
+from esmjax.core.run import Run
+from esmjax.data.format import dataset as ds_lib
+from esmjax.training.dispatch import Dispatcher
+from esmjax.training.resident import ResidentData, ResidentDispatcher
 
 PLATFORMS = ("cuda", "tpu")
 
@@ -82,7 +82,7 @@ def test_evaluation_metrics_sorted_on_the_device_lower_for_cuda():
   import jax
   import jax.numpy as jnp
 
-  from esmjax import device_metrics
+  from esmjax.evaluation import device_metrics
 
   n = 1000
 

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import pytest
 import tiny
 
-from esmjax import config as config_lib
-from esmjax import lr_scaling
-from esmjax import state as state_lib
+from esmjax.config import defaults as config_lib
+from esmjax.core import lr_scaling
+from esmjax.core import state as state_lib
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def test_bad_scaling_keys_are_named(key, value, message):
 
 
 def test_resuming_a_checkpoint_written_before_the_keys_warns_of_nothing():
-  from esmjax import checkpoint
+  from esmjax.checkpoints import checkpoint
 
   new = checkpoint._flat_config(json.loads(tiny.tiny_config("esmm").to_json_best_effort()))
   old = {k: v for k, v in new.items() if not k.startswith("optimizer.lr_")}

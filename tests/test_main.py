@@ -4,8 +4,6 @@ in."""
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import tiny
@@ -13,51 +11,22 @@ import tiny
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _main(args, env_devices=1, timeout=300):
-  env = dict(
-    os.environ,
-    XLA_FLAGS=f"--xla_force_host_platform_device_count={env_devices}",
-    JAX_PLATFORMS="cpu",
-  )
-  return subprocess.run(
-    [sys.executable, "-m", "esmjax.main", *args],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-  )
-
-
-def _world_flags(cache):
-  return [f"--config.data.synthetic.{k}={v}" for k, v in tiny.TINY_WORLD.items()] + [
-    f"--config.data.cache_dir={cache}"
-  ]
+def _main(args, timeout=300):
+  return tiny.run_cli(args, timeout=timeout)
 
 
 @pytest.mark.parametrize("cfg", ["configs/esmm.py", "configs/esm2.py"])
-def test_two_step_run_of_each_config_on_synthetic_data(cfg, tmp_path):
+def test_two_step_run_of_each_config_on_synthetic_data(cfg, tmp_path, capsys):
   wd = tmp_path / "wd"
-  r = _main(
-    [
-      f"--config={cfg}",
-      f"--workdir={wd}",
-      "--config.train.num_steps=2",
-      "--config.train.batch_size=256",
-      "--config.train.eval_batch_size=1024",
-      "--config.model.hidden=(16,8)",
-      "--config.model.embed_dim=4",
-      *_world_flags(tmp_path / "cache"),
-    ]
-  )
-  assert r.returncode == 0, r.stderr[-3000:]
+  tiny.main_in_process([f"--config={cfg}", f"--workdir={wd}", *tiny.tiny_flags(tmp_path / "cache")])
   summary = json.loads((wd / "summary.json").read_text())
   assert summary["steps"] == 2
   m = summary["metrics"]
   for k in ("ctr/auc", "cvr/auc", "ctcvr/auc", "ctr/gauc", "cvr/entire_space_auc"):
     assert 0.0 <= m[k] <= 1.0, (k, m[k])
   assert ("ctavr/auc" in m) == (cfg.endswith("esm2.py"))
-  assert "ctr" in r.stdout and "entire-space CVR AUC" in r.stdout  # the final metrics table
+  out = capsys.readouterr().out
+  assert "ctr" in out and "entire-space CVR AUC" in out  # the final metrics table
   lines = (wd / "metrics.jsonl").read_text().splitlines()
   assert {json.loads(l)["split"] for l in lines} >= {"train", "eval"}
 
@@ -75,13 +44,11 @@ def test_predict_writes_one_row_per_input_row_in_order(tmp_path):
     "--config.model.hidden=(8,)",
     "--config.model.embed_dim=4",
   ]
-  r = _main(common + ["--config.train.num_steps=3"])
-  assert r.returncode == 0, r.stderr[-3000:]
+  tiny.main_in_process(common + ["--config.train.num_steps=3"])
   out = tmp_path / "preds.csv"
-  r = _main(
+  tiny.main_in_process(
     common + ["--mode=predict", f"--predict_input={ev.directory}", f"--predict_output={out}"]
   )
-  assert r.returncode == 0, r.stderr[-3000:]
   rows = list(csv.reader(out.open()))
   assert rows[0] == ["sample_id", "pctr", "pcvr", "pctcvr", "pctavr"]
   assert [int(r[0]) for r in rows[1:]] == list(range(10_000, 10_700))
@@ -123,6 +90,12 @@ def test_predict_writes_one_row_per_input_row_in_order(tmp_path):
       "train.eval_every=0 is out of range; allowed: an integer in [1, ∞), or -1 (at the end only)",
     ),
     ("--mode=serve", "flag --mode=serve: value should be one of"),
+    (
+      "--config.model.aman_rate=0.2",
+      "model.aman_rate=0.2 is set, but model 'esmm' does not declare it; 'esmm' keys: "
+      "['activation', 'dense_mode', 'dropout', 'dtype', 'embed_dim', 'fuse_towers', 'hidden', "
+      "'name']",
+    ),
   ],
 )
 def test_bad_config_names_the_key(flag, expect):
@@ -131,6 +104,25 @@ def test_bad_config_names_the_key(flag, expect):
   assert expect in r.stderr
   assert "Traceback" not in r.stderr
   assert r.stderr.count("\n") == 1 and r.stderr.startswith("esmjax: error: ")  # one line
+
+
+@pytest.mark.parametrize(
+  "config, expect",
+  [
+    (
+      "configs/baselines/aman.py:rat=0.2",
+      "ValueError: config argument 'rat' in 'rat=0.2': unknown; allowed: world, rate",
+    ),
+    (
+      "configs/baselines/oversampling.py:k=five",
+      "ValueError: config argument k='five': not a float",
+    ),
+  ],
+)
+def test_a_bad_config_argument_is_one_line(config, expect):
+  r = _main([f"--config={config}"], timeout=120)
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert r.stderr == f"esmjax: error: --config={config}: {expect}\n"
 
 
 @pytest.mark.parametrize(

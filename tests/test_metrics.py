@@ -1,5 +1,5 @@
-"""Tests of esmjax.metrics: hand-computed cases, brute-force cross-checks, and `evaluate`'s
-populations.
+"""Tests of esmjax.evaluation.metrics: hand-computed cases, brute-force cross-checks, and
+`evaluate`'s populations.
 
 `python tests/test_metrics.py` also prints the time of auc / gauc on 2 M rows and 100 k users.
 """
@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from esmjax import metrics as M
+from esmjax.evaluation import metrics as M
 
 
 def brute_auc(y, s, w=None):

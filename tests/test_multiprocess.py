@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tiny
 
-from esmjax import trainer
+from esmjax.training import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 10
@@ -120,8 +120,8 @@ def test_two_processes_match_one_process(tmp_path):
 
 
 def test_distributed_settings_from_flags_or_env(monkeypatch):
-  from esmjax import config as config_lib
-  from esmjax import distributed
+  from esmjax.config import defaults as config_lib
+  from esmjax.core import distributed
 
   cfg = config_lib.default_config()
   for k in distributed.ENV.values():
@@ -143,7 +143,7 @@ def test_two_processes_match_one_process_with_rows_resident_on_the_devices(tmp_p
   # order. One process on 4 devices keeps the blocks in file order, so its reference reads the
   # same blocks reordered (even ones first): then every mesh device holds the same rows in both
   # runs, gathers them in the same order, and the runs agree up to float summation order.
-  from esmjax.data import dataset as D
+  from esmjax.data.format import dataset as D
 
   tiny.tiny_dataset(str(tmp_path / "train"), n=2048, seed=0, block_rows=32)
   tiny.tiny_dataset(str(tmp_path / "eval"), n=512, seed=1, block_rows=64, start_id=10**6)

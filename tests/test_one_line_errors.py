@@ -18,11 +18,16 @@ import pytest
 import tiny
 from test_checkpoint import jit_cache  # noqa: F401  (autouse: one compilation per program)
 
-from esmjax import config as config_lib
-from esmjax import exits, metrics_io, orbax_errors, outputs, trainer
-from esmjax import export as export_lib
-from esmjax.data import csv_ingest, synthetic
-from esmjax.schema import DatasetError
+from esmjax import exits
+from esmjax.checkpoints import orbax_errors
+from esmjax.common.schema import DatasetError
+from esmjax.config import defaults as config_lib
+from esmjax.core import outputs
+from esmjax.data.ingest.csv import ingest as csv_ingest
+from esmjax.data.synthetic import cache as synthetic
+from esmjax.evaluation import metrics_io
+from esmjax.serving import export as export_lib
+from esmjax.training import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(
@@ -147,7 +152,7 @@ def test_synthetic_values_out_of_range_are_config_errors(key, value, message):
 
 def test_esm2_on_data_without_daction_is_a_dataset_error_before_any_write(tmp_path):
   schema = tiny.tiny_schema(labels=("click", "buy"), truth=())
-  from esmjax.data import dataset as D
+  from esmjax.data.format import dataset as D
 
   for split, seed in (("train", 0), ("eval", 1)):
     D.write_dataset(

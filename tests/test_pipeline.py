@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import tiny
 
-from esmjax.data import block_order, pipeline
-from esmjax.data import dataset as D
+from esmjax.data.format import dataset as D
+from esmjax.data.pipeline import batches as pipeline
+from esmjax.data.pipeline import order as block_order
 
 
 @pytest.fixture(scope="module")

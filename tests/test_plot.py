@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from esmjax import metrics_io, plot
+from esmjax.evaluation import metrics_io, plot
 
 
 def _fake_run(workdir, resumed=False):

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from esmjax import metrics as M
+from esmjax.evaluation import metrics as M
 
 
 def _pairs_reference(q, s, w):

@@ -7,17 +7,15 @@ vocabularies, and the test split with one dense column fewer.
 
 import dataclasses
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tiny
 
 import esmjax
-from esmjax import predict
-from esmjax.data import csv_ingest
-from esmjax.data import dataset as D
+from esmjax.data.format import dataset as D
+from esmjax.data.ingest.csv import ingest as csv_ingest
+from esmjax.serving import predict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECHUB = os.path.join(
@@ -96,7 +94,6 @@ def test_a_missing_dense_column_is_refused(world):
 def test_cli_predict_refuses_with_one_line_and_exit_2(world, tmp_path):
   root, config = world
   out = tmp_path / "preds.csv"
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
   flags = [
     f"--config.data.train_dir={config.data.train_dir}",
     f"--config.data.eval_dir={config.data.eval_dir}",
@@ -106,23 +103,15 @@ def test_cli_predict_refuses_with_one_line_and_exit_2(world, tmp_path):
     "--config.train.eval_batch_size=128",
     "--config.mesh.num_devices=1",
   ]
-  r = subprocess.run(
+  r = tiny.run_cli(
     [
-      sys.executable,
-      "-m",
-      "esmjax.main",
       "--config=configs/esmm.py",
       *flags,
       f"--workdir={root / 'wd'}",
       "--mode=predict",
       f"--predict_input={root / 'own_vocab'}",
       f"--predict_output={out}",
-    ],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
+    ]
   )
   assert r.returncode == 2, r.stderr[-3000:]
   err = [l for l in r.stderr.splitlines() if l.startswith("esmjax: error:")]

@@ -1,4 +1,5 @@
-"""Every file esmjax writes and later reads back is verified on read (`esmjax.digest`): a changed
+"""Every file esmjax writes and later reads back is verified on read (`esmjax.common.digest`): a
+changed
 workdir schema, checkpoint data position, dataset manifest, export, vocabulary or converter state
 stops the reader with one line naming the file (exit 4), never a result computed from it; paths
 inside a manifest stay inside its directory and name regular files."""
@@ -19,13 +20,16 @@ import pytest
 import tiny
 from test_aliccp import build_raw
 
-from esmjax import api, cli, digest, seal, trainer
-from esmjax import checkpoint as ckpt_lib
-from esmjax import export as export_lib
-from esmjax import predict as predict_lib
-from esmjax.data import aliccp, csv_ingest
-from esmjax.data import dataset as D
-from esmjax.loop import data as data_lib
+from esmjax import api, cli, seal
+from esmjax.checkpoints import checkpoint as ckpt_lib
+from esmjax.common import digest
+from esmjax.core import feed as data_lib
+from esmjax.data.format import dataset as D
+from esmjax.data.ingest.aliccp import convert as aliccp
+from esmjax.data.ingest.csv import ingest as csv_ingest
+from esmjax.serving import export as export_lib
+from esmjax.serving import predict as predict_lib
+from esmjax.training import trainer
 
 REPO = Path(__file__).resolve().parents[1]
 RECHUB_TRAIN = REPO / "tests/data/public-samples/torch-rechub/examples/ranking/data/ali-ccp"

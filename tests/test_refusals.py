@@ -10,9 +10,9 @@ import pytest
 import tiny
 
 import esmjax
-from esmjax import checkpoint as ckpt_lib
-from esmjax.data import dataset as D
-from esmjax.loop import workdir as workdir_lib
+from esmjax.checkpoints import checkpoint as ckpt_lib
+from esmjax.core import workdir as workdir_lib
+from esmjax.data.format import dataset as D
 
 
 def tree_digest(root) -> dict[str, str]:

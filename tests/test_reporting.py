@@ -1,4 +1,4 @@
-"""esmjax.reporting: the one helper benchmarks and experiments write their results with."""
+"""benchmarks.reporting: the one helper benchmarks and experiments write their results with."""
 
 import json
 import math
@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from esmjax import config as config_lib
-from esmjax import reporting
+from benchmarks import reporting
+from esmjax.config import defaults as config_lib
 
 
 def test_cells_and_tables_exact():

@@ -1,4 +1,4 @@
-"""The device-resident input mode (`data.input_mode`, esmjax/loop/resident.py, input_mode.py).
+"""The device-resident input mode (`data.input_mode`, esmjax/training/resident.py, input_mode.py).
 
 The order: each epoch a keyed permutation of every device's rows, a pure function of (seed, epoch,
 device); every resident row read exactly once per epoch; the rows are the stream's rows (the
@@ -16,15 +16,14 @@ import pytest
 import tiny
 from test_checkpoint import jit_cache  # noqa: F401  (autouse: one compilation per program)
 
-from esmjax import checkpoint as ckpt_lib
-from esmjax import config as config_lib
-from esmjax import sharding as sh
-from esmjax import trainer
-from esmjax.data import dataset as ds_lib
-from esmjax.data import pipeline
-from esmjax.loop import input_mode, resident
-from esmjax.loop.hooks import Hooks
-from esmjax.loop.run import Run
+from esmjax.checkpoints import checkpoint as ckpt_lib
+from esmjax.config import defaults as config_lib
+from esmjax.core import sharding as sh
+from esmjax.core.run import Run
+from esmjax.data.format import dataset as ds_lib
+from esmjax.data.pipeline import batches as pipeline
+from esmjax.training import input_mode, resident, trainer
+from esmjax.training.hooks import Hooks
 
 # -- the permutation ------------------------------------------------------------------------------
 

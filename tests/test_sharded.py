@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import tiny
 
-from esmjax import config as config_lib
-from esmjax import sharding as sh
-from esmjax import state as state_lib
-from esmjax import steps, trainer
-from esmjax.data import dataset as D
+from esmjax.config import defaults as config_lib
+from esmjax.core import sharding as sh
+from esmjax.core import state as state_lib
+from esmjax.core import steps
+from esmjax.data.format import dataset as D
 from esmjax.embedding import engine as engine_lib
 from esmjax.embedding import optimizers as opt_lib
 from esmjax.embedding import sharded
+from esmjax.training import trainer
 
 # Vocabularies whose padded total (264 rows, 33 per device on 8) matches no batch, field or tower
 # size, so a table-shaped collective in the compiled step cannot hide behind another array's shape.

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import tiny
 
-from esmjax.data import dataset as ds_lib
-from esmjax.data import pipeline
-from esmjax.data import synthetic as syn
+from esmjax.data.format import dataset as ds_lib
+from esmjax.data.pipeline import batches as pipeline
+from esmjax.data.synthetic import cache as syn
 
 TINY = tiny.TINY_WORLD  # the world of the tests below
 
@@ -186,7 +186,7 @@ def test_world_stats(cached):
 
 
 def test_named_worlds_and_the_config_that_selects_them():
-  from esmjax import config as config_lib
+  from esmjax.config import defaults as config_lib
 
   paper = syn.world_config("paper")
   assert (paper.ctr, paper.cvr, paper.daction_rate, paper.num_train, paper.num_eval) == (
@@ -237,17 +237,9 @@ def test_conversion_rate_sweeps_hold_impressions_and_clicks():
 
 
 def test_cli_prints_a_named_worlds_statistics(tmp_path):
-  import subprocess
-  import sys
-
   args = [f"--set={k}={v}" for k, v in TINY.items()]
   args += ["--set=num_train=8192", "--set=num_eval=4096"]
-  r = subprocess.run(
-    [sys.executable, "-m", "esmjax.data.synthetic", str(tmp_path), "--world=paper", *args],
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  r = tiny.run_cli([tmp_path, "--world=paper", *args], module="esmjax.data.synthetic")
   assert r.returncode == 0, r.stderr[-2000:]
   lines = dict(
     line.split(" ", 1) for line in r.stdout.splitlines() if line.startswith(("train ", "eval "))
@@ -255,12 +247,7 @@ def test_cli_prints_a_named_worlds_statistics(tmp_path):
   train = json.loads(lines["train"])
   assert train["rows"] == 8192 and json.loads(lines["eval"])["rows"] == 4096
   assert 0.02 < train["ctr"] < 0.06 and train["mean_pcvr_clicked"] < 0.01
-  r = subprocess.run(
-    [sys.executable, "-m", "esmjax.data.synthetic", str(tmp_path), "--world=nope"],
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  r = tiny.run_cli([tmp_path, "--world=nope"], module="esmjax.data.synthetic")
   assert r.returncode == 2, r.stderr
   assert (
     r.stderr

@@ -10,7 +10,8 @@ import pytest
 import tiny
 from tensorboardX.proto import event_pb2
 
-from esmjax import metrics_io, trainer
+from esmjax.evaluation import metrics_io
+from esmjax.training import trainer
 
 
 def read_events(logdir: str) -> dict[str, dict[int, float]]:

@@ -20,8 +20,8 @@ sys.path.insert(
 import tiny  # noqa: E402
 import torch_reference as tr  # noqa: E402
 
-from esmjax import state as state_lib  # noqa: E402
-from esmjax import steps  # noqa: E402
+from esmjax.core import state as state_lib  # noqa: E402
+from esmjax.core import steps  # noqa: E402
 
 torch.set_num_threads(1)
 

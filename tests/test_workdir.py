@@ -14,9 +14,9 @@ import tiny
 from test_checkpoint import jit_cache  # noqa: F401  (autouse: one compilation per program)
 
 import esmjax
-from esmjax import checkpoint as ckpt_lib
-from esmjax import trainer
-from esmjax.loop import workdir as workdir_lib
+from esmjax.checkpoints import checkpoint as ckpt_lib
+from esmjax.core import workdir as workdir_lib
+from esmjax.training import trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The error a failed save raises (a checkpoint.CheckpointError: exit 3).
@@ -340,7 +340,7 @@ def test_a_corrupt_summary_is_one_line_naming_it(data, finished, tmp_path):
   with open(path, "r+b") as f:
     f.seek(10)
     f.write(b"\xff\xfe")
-  from esmjax import digest
+  from esmjax.common import digest
 
   message = rf"{path} is not readable JSON \(UnicodeDecodeError: .*\): restore it from a copy"
   with pytest.raises(digest.IntegrityError, match=message):
@@ -350,7 +350,7 @@ def test_a_corrupt_summary_is_one_line_naming_it(data, finished, tmp_path):
 
 
 def test_a_batch_larger_than_the_training_rows_is_refused(data, tmp_path):
-  from esmjax import config as config_lib
+  from esmjax.config import defaults as config_lib
 
   cfg = tiny.run_config(data, **{"train.batch_size": 4096})  # the train split: 1 500 rows
   with pytest.raises(config_lib.ConfigError) as e:

@@ -3,12 +3,15 @@ line run in-process."""
 
 from __future__ import annotations
 
+import os
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 
-from esmjax import config as config_lib
-from esmjax.data import dataset as D
+from esmjax.config import defaults as config_lib
+from esmjax.data.format import dataset as D
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # A small synthetic world (config.data.synthetic keys): 20 k train and 4 k eval impressions.
@@ -150,6 +153,73 @@ def run_main(config, workdir: str, monkeypatch, capsys):
   return code, captured.out, captured.err
 
 
+def cli_env(devices: int = 1, **extra) -> dict[str, str]:
+  """The environment of a command-line subprocess: `devices` fake CPU devices, CPU only, the
+  repository on the path (for `tests/slow_cli.py` and `-c` scripts), plus `extra`."""
+  env = {
+    **os.environ,
+    "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    "JAX_PLATFORMS": "cpu",
+    "PYTHONPATH": str(REPO),
+  }
+  env.update({k: str(v) for k, v in extra.items()})
+  return env
+
+
+def run_cli(args, module: str = "esmjax.main", devices: int = 1, timeout: float = 300, env=None):
+  """`python -m <module> <args>` in the repository, as a user runs it -> CompletedProcess (text).
+  For tests of exit codes, signals and one-line errors; other runs go through `main_in_process`."""
+  return subprocess.run(
+    [sys.executable, "-m", module, *map(str, args)],
+    cwd=REPO,
+    env=env or cli_env(devices),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+
+
+def tiny_flags(cache_dir, **overrides) -> list[str]:
+  """Command-line flags of a compile-light run on the small synthetic world cached in
+  `cache_dir`: 2 steps, embeddings of 4, towers 16-8, then `overrides` ({"train.num_steps": 3})."""
+  keys = {
+    "train.num_steps": 2,
+    "train.batch_size": 256,
+    "train.eval_batch_size": 1024,
+    "model.hidden": "(16,8)",
+    "model.embed_dim": 4,
+    **{f"data.synthetic.{k}": v for k, v in TINY_WORLD.items()},
+    "data.cache_dir": cache_dir,
+    **overrides,
+  }
+  return [f"--config.{k}={v}" for k, v in keys.items()]
+
+
+def main_in_process(args) -> None:
+  """`python -m esmjax.main <args>` run in this process under absl's flagsaver (flag values are
+  restored afterwards): for tests of what a run writes, where no exit code or signal is tested."""
+  import grain  # noqa: F401  (defines absl flags; see below)
+  from absl import flags
+  from absl.testing import flagsaver
+
+  from esmjax import exits
+  from esmjax import main as main_lib
+
+  # Flags defined inside a flagsaver are dropped when it ends: every module that defines some
+  # (grain) is imported above, before it starts.
+  argv = ["esmjax", *map(str, args)]
+  saved_argv = sys.argv
+  # ml_collections reads the `--config.<key>=` overrides from sys.argv, as the command line has it.
+  sys.argv = argv
+  try:
+    with flagsaver.flagsaver():
+      flags.FLAGS.unparse_flags()
+      exits.parse_flags(argv)
+      main_lib.main(["esmjax"])
+  finally:
+    sys.argv = saved_argv
+
+
 def poisoned(batch):
   """A batch as corrupt input would make it: NaN dense values and multi-valued weights."""
   assert batch["dense"].size or batch["mv_w"].size, "needs dense or multi-valued fields"
@@ -162,7 +232,7 @@ def poisoned(batch):
 
 def nan_at_step(step: int):
   """Test hooks: the batch of step `step` (counted from 1) is `poisoned`."""
-  from esmjax.loop.hooks import Hooks
+  from esmjax.training.hooks import Hooks
 
   def batches(it, start):
     for i, b in enumerate(it, start + 1):

@@ -12,7 +12,7 @@ them and `header='auto'` recognises either. User key: field 101.
 Expected on the public samples: 48 rows (3 clicks, 3 purchases) and 49 rows.
 """
 
-from esmjax.data import csv_ingest
+from esmjax.data.ingest.csv import ingest as csv_ingest
 
 FIELDS = (
   "101",

@@ -19,7 +19,7 @@ clicks, 9 k buys (the ESMM paper's Table 1: 84 M impressions, 3.4 M clicks, 18 k
 both splits). Throughput: benchmarks/results/data_throughput.md.
 """
 
-from esmjax.data import aliccp
+from esmjax.data.ingest.aliccp import convert as aliccp
 
 
 def get_config():

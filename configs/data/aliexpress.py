@@ -11,7 +11,7 @@ id: `search_id` (one search's impressions) is the GAUC group key, and not a feat
 Expected on FuxiCTR tiny_mtl/train.csv: 100 rows, 3 clicks, 2 conversions.
 """
 
-from esmjax.data import csv_ingest
+from esmjax.data.ingest.csv import ingest as csv_ingest
 
 
 def get_config():

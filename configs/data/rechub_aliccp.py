@@ -12,7 +12,7 @@ behaviour-list / combination values. User key: field 101.
 Expected on the public sample: 100 rows, 7 clicks, 1 purchase, no bad lines.
 """
 
-from esmjax.data import csv_ingest
+from esmjax.data.ingest.csv import ingest as csv_ingest
 
 SPARSE = (
   "101",

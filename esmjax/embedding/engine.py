@@ -22,7 +22,7 @@ import jax.extend.random as random_ext
 import jax.numpy as jnp
 import numpy as np
 
-from esmjax import schema as schema_lib
+from esmjax.common import schema as schema_lib
 from esmjax.embedding import merge
 from esmjax.embedding import optimizers as opt_lib
 

@@ -6,8 +6,8 @@ gathers the unique rows and their slots, lets the optimizer update them, and sca
 on donated buffers — never an O(table) pass.
 
 An optimizer is a frozen dataclass (jax-tpu-embedding's `OptimizerSpec` idea): its fields are its
-hyperparameters (declared with `esmjax.hparams.field`, read from `config.embedding` by name and
-range-checked there), `init_slots` makes its slots and `update` is its per-row arithmetic. The
+hyperparameters (declared with `esmjax.common.hparams.field`, read from `config.embedding` by name
+and range-checked there), `init_slots` makes its slots and `update` is its per-row arithmetic. The
 engines, the row-sharded engine and checkpoints see only `init_slots` / `apply_rows`, nothing per
 optimizer. Adding one: a subclass with `name`, `init_slots` and `update`, decorated `@register`.
 
@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from esmjax import hparams
+from esmjax.common import hparams
 from esmjax.embedding import merge
 
 _OPTIMIZERS: dict[str, type[SparseOptimizer]] = {}

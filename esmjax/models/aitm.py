@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from esmjax import hparams
+from esmjax.common import hparams
 from esmjax.models import layers, model, registry
 from esmjax.models import losses as L
 

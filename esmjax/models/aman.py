@@ -6,7 +6,7 @@ import dataclasses
 
 import jax
 
-from esmjax import hparams
+from esmjax.common import hparams
 from esmjax.models import base, registry
 
 

@@ -26,7 +26,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from esmjax import hparams
+from esmjax.common import hparams
 from esmjax.models import losses as L
 from esmjax.models import model, registry
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from esmjax import hparams
+from esmjax.common import hparams
 from esmjax.models import losses as L
 from esmjax.models import model, registry
 

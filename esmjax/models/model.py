@@ -6,8 +6,8 @@ A model owns
   * its network (`module()`: `layers.TowerNet` unless the model brings its own Flax module),
   * how the network's outputs compose into log-probabilities (`log_probs`) and its loss (`loss`),
   * its hyperparameters: a frozen dataclass `Hparams` whose fields (declared with
-    `esmjax.hparams.field`) are read from `config.model` by name, checked against their declared
-    ranges, and listed in the default config.
+    `esmjax.common.hparams.field`) are read from `config.model` by name, checked against their
+    declared ranges, and listed in the default config.
 All probabilities are returned as logs; products are sums (models.losses). `predict_step` returns
 {pctr, pcvr, pctcvr[, pctavr]} = exp of `log_probs`.
 """
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from esmjax import hparams
+from esmjax.common import hparams
 from esmjax.models import layers
 
 # Keys of `config.model` every model reads (the network's shape); the rest are hyperparameters.

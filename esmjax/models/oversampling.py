@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from esmjax import hparams
+from esmjax.common import hparams
 from esmjax.models import base, registry
 
 

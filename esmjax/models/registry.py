@@ -13,7 +13,7 @@ import pkgutil
 from collections.abc import Mapping
 from typing import Any
 
-from esmjax import hparams
+from esmjax.common import hparams
 from esmjax.models import model as model_lib
 
 _MODELS: dict[str, type[model_lib.Model]] = {}
@@ -83,4 +83,19 @@ def check_section(section: Mapping[str, Any]) -> None:
         f"model.{key} is not a key of any model; keys: "
         f"{sorted([*model_lib.NETWORK_KEYS, *declared])}"
       )
-  get(section["name"])
+  cls = get(section["name"])
+  # Every model's keys share one flat section, so a key of another model is valid there; set to
+  # anything but its default it would be silently ignored by this model, and is refused instead.
+  own = {f.name for f in dataclasses.fields(cls.Hparams)}
+  for key in sorted(declared):
+    if key in section and key not in own and not _is_default(section[key], declared[key].default):
+      raise ValueError(
+        f"model.{key}={section[key]!r} is set, but model {cls.name!r} does not declare it; "
+        f"{cls.name!r} keys: {sorted([*model_lib.NETWORK_KEYS, *own])}"
+      )
+
+
+def _is_default(value, default) -> bool:
+  if isinstance(default, tuple) and isinstance(value, (list, tuple)):
+    return tuple(value) == default
+  return value == default

@@ -12,7 +12,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from esmjax import hparams
+from esmjax.common import hparams
 from esmjax.models import base, registry
 
 
