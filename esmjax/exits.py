@@ -166,7 +166,7 @@ def _config_file_error(error: Exception) -> str:
   marker = "Error whilst parsing config file:"
   if marker not in text or "Traceback" not in text:
     return text
-  flag = text.split(marker, 1)[0].strip().rstrip(":")
+  flag = text.split(marker, 1)[0].strip().rstrip(":").removeprefix("flag ")  # absl's "flag --x"
   last = text.strip().splitlines()[-1].strip()
   # The flattened traceback's last frame ends with "<Type>Error: <message>".
   found = re.findall(r"(\b[A-Z]\w*(?:Error|Exception)\b: .*)$", last)

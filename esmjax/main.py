@@ -69,8 +69,9 @@ def main(argv):
   cli.quiet_libraries()
   # Imports after flag parsing: grain workers import the package, never this module's side effects.
   from esmjax import api
-  from esmjax.common import compile_cache, distributed
+  from esmjax.common import compile_cache
   from esmjax.config import defaults as config_lib
+  from esmjax.core import distributed
 
   config = _CONFIG.value
   workdir = _WORKDIR.value or api.default_workdir(config)

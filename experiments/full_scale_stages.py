@@ -151,13 +151,14 @@ def predict(workdir: str, name: str) -> dict:
   import pyarrow.parquet as pq
   from tqdm import tqdm
 
-  from esmjax.common import inputs, predict
+  from esmjax.common import inputs
   from esmjax.core import sharding as sh
   from esmjax.core.steps import BATCH_KEYS
   from esmjax.data.format import dataset as ds_lib
   from esmjax.data.pipeline import batches as pipeline
   from esmjax.evaluation import metrics
   from esmjax.evaluation import scoring as evaluation
+  from esmjax.serving import predict
 
   p = paths(workdir)
   t0 = time.time()

@@ -289,7 +289,7 @@ def test_an_override_given_twice_quotes_the_value_that_failed(tmp_path):
 def test_a_config_argument_that_fails_is_its_error_line_not_a_flattened_traceback(tmp_path):
   r = _cli(["--config=configs/esmm.py:nosuchworld", f"--workdir={tmp_path}"])
   assert r.returncode == 2 and r.stderr == (
-    "esmjax: error: flag --config=configs/esmm.py:nosuchworld: ValueError: synthetic world "
+    "esmjax: error: --config=configs/esmm.py:nosuchworld: ValueError: synthetic world "
     "'nosuchworld' is not defined; allowed: ['default', 'paper']\n"
   )
 

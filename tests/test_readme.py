@@ -83,7 +83,13 @@ def test_history_lives_in_the_changelog():
 def test_every_test_the_reliability_table_names_exists():
   text = _read(RELIABILITY_PAGE)
   section = text.split("## Reliability", 1)[1].split("\n## ", 1)[0]
-  rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
+  # Its tables (one per concern) share one header row, which names no test.
+  header = "| case | what esmjax does | exit | test |"
+  rows = [
+    line
+    for line in section.splitlines()
+    if line.startswith("| ") and "---" not in line and line.strip() != header
+  ]
   assert len(rows) >= 15
   missing = []
   for row in rows:
