@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import reporting
 from common import ROOT
 
 # ---------------------------------------------------------------------------------------------
@@ -114,22 +115,6 @@ def head_lines(src: Path, dst: Path, nbytes: int) -> None:
 # The converter, measured.
 
 
-def _tree_rss(proc) -> int:
-  import psutil
-
-  total = 0
-  try:
-    procs = [proc] + proc.children(recursive=True)
-  except psutil.Error:
-    return 0
-  for p in procs:
-    try:
-      total += p.memory_info().rss
-    except psutil.Error:
-      pass
-  return total
-
-
 LEAN_OVERRIDES = [
   f'--config.fields["{f}"].max_len=1'
   for f in ("109_14", "110_14", "127_14", "150_14", "210", "853")
@@ -167,7 +152,7 @@ def run_converter(
   ps = psutil.Process(p.pid)
   peak_tree, peak_one = 0, 0
   while p.poll() is None:
-    peak_tree = max(peak_tree, _tree_rss(ps))
+    peak_tree = max(peak_tree, reporting.tree_rss(ps))
     try:
       for c in [ps] + ps.children(recursive=True):
         peak_one = max(peak_one, c.memory_info().rss)

@@ -88,6 +88,24 @@ def cpu_bf16_flags() -> list[str]:
   return []
 
 
+def tree_rss(proc) -> int:
+  """The resident memory of a psutil.Process and all its children (bytes; 0 once it is gone),
+  for peak-RSS sampling of a command that starts workers."""
+  import psutil
+
+  total = 0
+  try:
+    procs = [proc] + proc.children(recursive=True)
+  except psutil.Error:
+    return 0
+  for p in procs:
+    try:
+      total += p.memory_info().rss
+    except psutil.Error:
+      pass
+  return total
+
+
 def machine() -> dict[str, Any]:
   return {
     "cpu": cpu_model(),

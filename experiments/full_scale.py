@@ -63,20 +63,6 @@ _CKPT_KEEP = 3  # the shipped configs' checkpoint.keep
 _CKPT_BYTES_PER_TABLE_ROW = 4 * 19 * (_CKPT_KEEP + 1)
 
 
-def _tree_rss(proc: psutil.Process) -> int:
-  total = 0
-  try:
-    procs = [proc] + proc.children(recursive=True)
-  except psutil.Error:
-    return 0
-  for p in procs:
-    try:
-      total += p.memory_info().rss
-    except psutil.Error:
-      pass
-  return total
-
-
 def _train_bar(workdir: str, name: str, stop: threading.Event) -> None:
   """A progress bar over the trainer's steps, read from its metrics.jsonl (the trainer logs every
   `train.log_every` steps)."""
@@ -142,7 +128,7 @@ def run_stage(stage: str, workdir: str, scale: float, seed: int, buckets: int) -
     bar.start()
   try:
     while proc.poll() is None:
-      peak = max(peak, _tree_rss(ps))
+      peak = max(peak, reporting.tree_rss(ps))
       time.sleep(0.2)
   finally:
     stop.set()

@@ -59,27 +59,16 @@ def _metrics_table(stdout: str) -> str:
   return stdout[stdout.index("task ") :]
 
 
-def test_two_processes_match_one_process(tmp_path):
-  tiny.tiny_dataset(str(tmp_path / "train"), n=2048, seed=0, block_rows=32)
-  tiny.tiny_dataset(str(tmp_path / "eval"), n=512, seed=1, block_rows=64, start_id=10**6)
-  port = _free_port()
-  env = {
-    **os.environ,
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-    "JAX_PLATFORMS": "cpu",
-  }
-  # The two processes run 3 steps per dispatch (3 + 2 up to each log step), each stacking its
-  # half-batches; the one-process reference runs single steps.
-  two_processes = {**_overrides(tmp_path, 1), "train.steps_per_dispatch": 3}
-  flags = [_flag(k, v) for k, v in two_processes.items()]
-  procs = [
+def _start_two_processes(workdir, flags, port: int, env) -> list[subprocess.Popen]:
+  """Processes 0 and 1 of one `esmjax.main` run on `workdir`, coordinated on `port`."""
+  return [
     subprocess.Popen(
       [
         sys.executable,
         "-m",
         "esmjax.main",
         "--config=configs/esmm.py",
-        f"--workdir={tmp_path / 'two'}",
+        f"--workdir={workdir}",
         *flags,
         f"--config.distributed.coordinator=127.0.0.1:{port}",
         "--config.distributed.num_processes=2",
@@ -93,6 +82,22 @@ def test_two_processes_match_one_process(tmp_path):
     )
     for i in range(2)
   ]
+
+
+def test_two_processes_match_one_process(tmp_path):
+  tiny.tiny_dataset(str(tmp_path / "train"), n=2048, seed=0, block_rows=32)
+  tiny.tiny_dataset(str(tmp_path / "eval"), n=512, seed=1, block_rows=64, start_id=10**6)
+  port = _free_port()
+  env = {
+    **os.environ,
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    "JAX_PLATFORMS": "cpu",
+  }
+  # The two processes run 3 steps per dispatch (3 + 2 up to each log step), each stacking its
+  # half-batches; the one-process reference runs single steps.
+  two_processes = {**_overrides(tmp_path, 1), "train.steps_per_dispatch": 3}
+  flags = [_flag(k, v) for k, v in two_processes.items()]
+  procs = _start_two_processes(tmp_path / "two", flags, port, env)
 
   # Meanwhile, the reference in this process: 1 process, 4 of the 8 test devices.
   one_process = {**_overrides(tmp_path, 2), "mesh.num_devices": 4, "train.steps_per_dispatch": 1}
@@ -161,27 +166,7 @@ def test_two_processes_match_one_process_with_rows_resident_on_the_devices(tmp_p
   env["JAX_PLATFORMS"] = "cpu"
   two_processes = {**_overrides(tmp_path, 1), "data.input_mode": "device"}
   flags = [_flag(k, v) for k, v in two_processes.items()]
-  procs = [
-    subprocess.Popen(
-      [
-        sys.executable,
-        "-m",
-        "esmjax.main",
-        "--config=configs/esmm.py",
-        f"--workdir={tmp_path / 'two'}",
-        *flags,
-        f"--config.distributed.coordinator=127.0.0.1:{port}",
-        "--config.distributed.num_processes=2",
-        f"--config.distributed.process_id={i}",
-      ],
-      cwd=REPO,
-      env=env,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for i in range(2)
-  ]
+  procs = _start_two_processes(tmp_path / "two", flags, port, env)
   one_process = {
     **_overrides(tmp_path, 1),
     "data.input_mode": "device",
