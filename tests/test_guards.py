@@ -298,23 +298,7 @@ def _truncate(workdir, step):
       f.truncate(os.path.getsize(path) // 2)
 
 
-def run_mode(mode, config, workdir, monkeypatch, capsys, **flags):
-  """esmjax.main.main in `mode` with `flags` (name -> value), as the CLI runs it -> (code, out,
-  err)."""
-  import types
-
-  from esmjax import main as main_lib
-
-  values = {"_CONFIG": config, "_WORKDIR": workdir, "_MODE": mode, **flags}
-  for name, value in values.items():
-    monkeypatch.setattr(main_lib, name, types.SimpleNamespace(value=value))
-  code = 0
-  try:
-    main_lib.main(["esmjax"])
-  except SystemExit as e:
-    code = e.code
-  captured = capsys.readouterr()
-  return code, captured.out, captured.err
+run_mode = tiny.run_mode  # esmjax.main.main in a mode, in-process
 
 
 def test_serving_and_evaluation_never_fall_back_to_an_older_checkpoint(

@@ -44,28 +44,7 @@ def trained(data, tmp_path_factory):
   return workdir
 
 
-def run_mode(mode, config, workdir, monkeypatch, capsys, **flags):
-  """esmjax.main.main in `mode` with `flags` (module attribute -> value) -> (code, out, err)."""
-  from esmjax import main as main_lib
-
-  values = {
-    "_CONFIG": config,
-    "_WORKDIR": workdir,
-    "_MODE": mode,
-    "_CHECKPOINT_STEP": -1,
-    "_EXPORT_PATH": "",
-    "_EXPORT_BATCH": 0,
-    **flags,
-  }
-  for name, value in values.items():
-    monkeypatch.setattr(main_lib, name, types.SimpleNamespace(value=value))
-  code = 0
-  try:
-    main_lib.main(["esmjax"])
-  except SystemExit as e:
-    code = e.code
-  captured = capsys.readouterr()
-  return code, captured.out, captured.err
+run_mode = tiny.run_mode  # esmjax.main.main in a mode, in-process
 
 
 def _cli(args, timeout=120, **kwargs):

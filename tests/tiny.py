@@ -138,11 +138,26 @@ def repo_config(path: str, **overrides):
 def run_main(config, workdir: str, monkeypatch, capsys):
   """esmjax.main.main on `config` in `workdir` (mode train) as the CLI runs it -> (exit code,
   stdout, stderr)."""
+  return run_mode("train", config, workdir, monkeypatch, capsys)
+
+
+def run_mode(mode: str, config, workdir: str, monkeypatch, capsys, **flags):
+  """esmjax.main.main in `mode` with `flags` (its module attributes, e.g. _CHECKPOINT_STEP=5;
+  the others at their defaults) as the CLI runs it -> (exit code, stdout, stderr)."""
   import types
 
   from esmjax import main as main_lib
 
-  for name, value in (("_CONFIG", config), ("_WORKDIR", workdir), ("_MODE", "train")):
+  values = {
+    "_CONFIG": config,
+    "_WORKDIR": workdir,
+    "_MODE": mode,
+    "_CHECKPOINT_STEP": -1,
+    "_EXPORT_PATH": "",
+    "_EXPORT_BATCH": 0,
+    **flags,
+  }
+  for name, value in values.items():
     monkeypatch.setattr(main_lib, name, types.SimpleNamespace(value=value))
   code = 0
   try:
