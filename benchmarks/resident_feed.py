@@ -5,7 +5,8 @@ r"""The device-resident feed alone: rows/s of the per-step gather (permutation +
     python benchmarks/resident_feed.py --batches 4096
 
 The rows: the default synthetic world's 1 M training rows (the shipped configs' data) resident on
-the devices; per call, `steps` batches are gathered in one jitted loop (as a dispatch does) and
+the devices; per call, `steps` batches are gathered in one jitted loop as the dispatch program
+gathers them (the rows of `train.steps_per_dispatch` steps at once, then the next dispatch's) and
 reduced to one number that reads every gathered value (the sum is part of the time). Rates are
 medians of --repeats timed calls. Target on an H200 (issue 24): >= 100 M rows/s. On CPU the
 gather is memory-latency bound (one random ~400 B row per example), which is why
@@ -36,17 +37,19 @@ def feed_rate(config, train_ds, steps: int, repeats: int) -> dict[str, float]:
 
   mesh = sh.make_mesh(config.mesh.num_devices, config.mesh.axis)
   data = resident.ResidentData(train_ds, config, mesh)
-  gather = data.gather_fn(mesh, unpacked=True)
+  k = int(config.train.steps_per_dispatch)
+  gather = data.gather_fn(mesh, unpacked=True, steps=k)
+  steps = max(k, steps - steps % k)
 
   def loop(columns, pos):
     def body(_, carry):
       pos, acc = carry
-      batch = gather(columns, *pos)
+      rows = gather(columns, *pos)
       # Every value is used: XLA would otherwise gather only what the reduction reads.
-      acc = acc + sum(v.astype(jnp.float32).sum() for v in batch.values())
-      return resident.advance(pos, data.b, data.m), acc
+      acc = acc + sum(v.astype(jnp.float32).sum() for v in rows.values())
+      return resident.position_after(pos, k * data.b, data.m), acc
 
-    return jax.lax.fori_loop(0, steps, body, (pos, jnp.float32(0)))
+    return jax.lax.fori_loop(0, steps // k, body, (pos, jnp.float32(0)))
 
   run = jax.jit(loop)
   pos = jax.device_put(data.start_position(0), sh.replicated(mesh))

@@ -128,7 +128,9 @@ def test_evaluator_device_checks_name_the_input():
 
 
 def test_metrics_on_is_resolved_and_checked():
-  assert evaluation.resolve_metrics_on("auto") == "host"  # CPU: the host path
+  # auto: the host path on CPU, the device on an accelerator (one process here)
+  expected = "host" if jax.default_backend() == "cpu" else "device"
+  assert evaluation.resolve_metrics_on("auto") == expected
   assert evaluation.resolve_metrics_on("device") == "device"
   with pytest.raises(ValueError, match="train.eval_metrics_on='gpu' is not allowed"):
     evaluation.resolve_metrics_on("gpu")

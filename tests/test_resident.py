@@ -111,6 +111,22 @@ def test_resuming_at_a_step_continues_the_same_sequence(data):
     np.testing.assert_array_equal(got.reshape(2, res.b), seq[:, step * res.b : (step + 1) * res.b])
 
 
+@pytest.mark.parametrize("k", [3, 50])  # 50 steps of 8 rows span three epochs of 187
+def test_a_dispatch_gathers_the_rows_of_its_k_steps_at_once_as_k_single_steps(data, k):
+  run, _, res = _resident(data)
+  seq = _device_sequences(run, res, steps=k + 30)
+  index = sh.put_batch({"i": np.arange(res.rows, dtype=np.int32)}, run.mesh)
+  many = jax.jit(res.gather_fn(run.mesh, steps=k))
+  after = jax.jit(lambda p, n: resident.position_after(p, n * res.b, res.m))
+  for step in (0, 29):
+    pos = res.start_position(step)
+    got = np.asarray(many(index, *pos)["i"])  # [k, devices · b]
+    assert got.shape == (k, run.mesh.size * res.b)
+    want = seq[:, step * res.b : (step + k) * res.b].reshape(run.mesh.size, k, res.b)
+    np.testing.assert_array_equal(got.reshape(k, run.mesh.size, res.b), want.transpose(1, 0, 2))
+    np.testing.assert_array_equal(after(pos, k), res.start_position(step + k))
+
+
 def test_the_resident_rows_are_the_rows_the_stream_reads_in_an_epoch(data):
   # train_fraction 0.5 of 6 blocks: the stream reads the leading 3 blocks, in some order.
   _, ds, res = _resident(data, fraction=0.5, devices=1)

@@ -100,17 +100,30 @@ def advance(pos: tuple[jax.Array, jax.Array], b: int, m: int):
   return epoch + wrap.astype(epoch.dtype), jnp.where(wrap, offset - m, offset)
 
 
-def local_batch(data, epoch, offset, *, seed: int, b: int, m: int, axis: str):
-  """This device's b rows of the step at (epoch, offset): inside shard_map over `axis`."""
+def local_steps(data, epoch, offset, *, seed: int, b: int, m: int, k: int, axis: str):
+  """This device's rows of the k steps from (epoch, offset), [k, b, ...]: inside shard_map over
+  `axis`. Position j of the run is row permute(q mod m) of epoch `epoch + q // m` (q = offset + j),
+  so the k batches may span several epochs, exactly as k calls with `advance` between them read
+  them. One permutation pass and one gather per dispatch instead of per step: on a GPU the
+  per-step pass (its cycle-walking loop, the round keys, the small gather) cost more than the
+  gather of the rows themselves at batch 1,024 (benchmarks/results/gpu/resident_feed.md)."""
   device = jax.lax.axis_index(axis)
-  p = offset + jnp.arange(b, dtype=jnp.int32)
-  wrap = p >= m
-  idx = jnp.where(wrap, p - m, p)
-  keys = jnp.where(
-    wrap[:, None], round_keys(seed, epoch + 1, device), round_keys(seed, epoch, device)
-  )
-  rows = permute(idx, m, keys)
-  return {k: jnp.take(v, rows, axis=0, mode="clip") for k, v in data.items()}
+  q = offset + jnp.arange(k * b, dtype=jnp.int32)
+  ahead = q // m  # epochs past `epoch`, < spans
+  spans = (k * b - 1) // m + 2  # offset < m, so q < m + k·b
+  keys = jax.vmap(lambda e: round_keys(seed, epoch + e, device))(jnp.arange(spans))
+  rows = permute(q - ahead * m, m, keys[ahead])
+  return {
+    key: jnp.take(v, rows, axis=0, mode="clip").reshape((k, b) + v.shape[1:])
+    for key, v in data.items()
+  }
+
+
+def position_after(pos: tuple[jax.Array, jax.Array], rows: jax.Array, m: int):
+  """The position `rows` rows (per device) after `pos` (`advance` repeated, in one step)."""
+  epoch, offset = pos
+  q = offset + rows
+  return epoch + (q // m).astype(epoch.dtype), q % m
 
 
 # -- the resident columns -------------------------------------------------------------------------
@@ -138,10 +151,10 @@ def pack(cols: dict[str, np.ndarray]) -> tuple[np.ndarray, tuple]:
 
 
 def unpack(rows, layout) -> dict[str, jax.Array]:
-  """The columns of `pack`'s matrix (traceable)."""
+  """The columns of `pack`'s matrix (traceable; leading axes kept, e.g. [k, b, W] -> [k, b, w])."""
   out = {}
   for k, dtype, start, width in layout:
-    part = rows[:, start : start + width]
+    part = rows[..., start : start + width]
     dtype = np.dtype(dtype)
     if dtype.itemsize == 4:
       out[k] = jax.lax.bitcast_convert_type(part, dtype)
@@ -218,15 +231,22 @@ class ResidentData:
     self.columns = sh.put_batch({"rows": rows}, mesh)
     self.nbytes = sum(int(v.size) * v.dtype.itemsize for v in self.columns.values())
 
-  def gather_fn(self, mesh, unpacked: bool = False):
+  def gather_fn(self, mesh, unpacked: bool = False, steps: int | None = None):
     """(columns, epoch, offset) -> the step's rows of every column, row-sharded (traceable);
-    `unpacked`: of the packed `columns`, as the model's batch."""
-    fn = functools.partial(local_batch, seed=self.seed, b=self.b, m=self.m, axis=self.axis)
+    `steps`: the rows of that many steps from there, [steps, batch, ...] (sharded on the batch
+    axis); `unpacked`: of the packed `columns`, as the model's batch."""
+    k = 1 if steps is None else int(steps)
+    fn = functools.partial(local_steps, seed=self.seed, b=self.b, m=self.m, k=k, axis=self.axis)
     if unpacked:
       gather, layout = fn, self.layout
       fn = lambda data, epoch, offset: unpack(gather(data, epoch, offset)["rows"], layout)  # noqa: E731
-    spec = P(self.axis)
-    return jax.shard_map(fn, mesh=mesh, in_specs=(spec, P(), P()), out_specs=spec, check_vma=False)
+    if steps is None:
+      many = fn
+      fn = lambda data, epoch, offset: {key: v[0] for key, v in many(data, epoch, offset).items()}  # noqa: E731
+    spec = P(self.axis) if steps is None else P(None, self.axis)
+    return jax.shard_map(
+      fn, mesh=mesh, in_specs=(P(self.axis), P(), P()), out_specs=spec, check_vma=False
+    )
 
   def start_position(self, step: int) -> tuple[np.int32, np.int32]:
     epoch, offset = position(step, self.b, self.m)
@@ -240,23 +260,25 @@ class ResidentData:
 
 def program(c, names, capacity: int, gather, b: int, m: int):
   """(state, columns, (epoch, offset), guard, n) -> (state, metrics stacked [capacity], guard,
-  position): n <= capacity guarded steps, each on the batch gathered at the position."""
+  position): n <= capacity guarded steps on the rows of (at least) `capacity` steps that `gather`
+  (a `gather_fn(..., steps=...)`) takes from the position, all at once before the loop."""
   from esmjax.training import dispatch as dispatch_lib
 
   def run(state, columns, pos, guard, n):
-    first = jax.eval_shape(gather, columns, *pos)
+    rows = gather(columns, *pos)
+    first = {k: v[0] for k, v in rows.items()}
     shapes = jax.eval_shape(lambda s, bt: steps.train_step(c, s, bt)[1], state, first)
     stacked = {k: jnp.zeros((capacity,) + v.shape, v.dtype) for k, v in shapes.items()}
 
     def body(i, carry):
-      state, guard, pos, stacked = carry
-      batch = gather(columns, *pos)
+      state, guard, stacked = carry
+      batch = {k: v[i] for k, v in rows.items()}
       state, metrics, guard = dispatch_lib.guarded_step(c, names, state, batch, guard)
       stacked = {k: v.at[i].set(metrics[k]) for k, v in stacked.items()}
-      return state, guard, advance(pos, b, m), stacked
+      return state, guard, stacked
 
-    state, guard, pos, stacked = jax.lax.fori_loop(0, n, body, (state, guard, pos, stacked))
-    return state, stacked, guard, pos
+    state, guard, stacked = jax.lax.fori_loop(0, n, body, (state, guard, stacked))
+    return state, stacked, guard, position_after(pos, n * b, m)
 
   return run
 
@@ -278,7 +300,9 @@ class ResidentDispatcher:
       run.components,
       run.loss_names,
       self.capacity,
-      self.data.gather_fn(run.mesh, unpacked=True),
+      # Rows of at least 2 steps: a [1, b] stack is folded away and XLA:CPU then fuses the step
+      # differently (f32 roundoff changes), and steps_per_dispatch must change no result.
+      self.data.gather_fn(run.mesh, unpacked=True, steps=max(2, self.capacity)),
       self.data.b,
       self.data.m,
     )
