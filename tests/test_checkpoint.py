@@ -129,14 +129,12 @@ def _signal_while_training(workdir, overrides, sig, ready, name, jit_cache, step
   """Starts the CLI on 8 fake devices, slowed by a test hook (`tests/slow_cli.py`: a sleep of
   `step_delay_s` after each dispatch), and sends `sig` as soon as `ready()`.
   -> (exit code, output)."""
-  env = {
-    **os.environ,
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-    "JAX_PLATFORMS": "cpu",
-    "JAX_COMPILATION_CACHE_DIR": jit_cache or os.path.join(os.path.dirname(workdir), "jit-cache"),
-    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    "ESMJAX_TEST_STEP_DELAY_S": str(step_delay_s),
-  }
+  env = tiny.cli_env(
+    8,
+    JAX_COMPILATION_CACHE_DIR=jit_cache or os.path.join(os.path.dirname(workdir), "jit-cache"),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0,
+    ESMJAX_TEST_STEP_DELAY_S=step_delay_s,
+  )
   flag = lambda v: ",".join(map(str, v)) if isinstance(v, tuple) else str(v)
   cmd = [
     sys.executable,

@@ -149,11 +149,7 @@ def _two_processes(workdir, data, steps):
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  env = {
-    **os.environ,
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-    "JAX_PLATFORMS": "cpu",
-  }
+  env = tiny.cli_env(2)
   flags = [
     f"--config.data.train_dir={data / 'train'}",
     f"--config.data.eval_dir={data / 'eval'}",

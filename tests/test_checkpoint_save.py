@@ -69,19 +69,14 @@ def _limited(argv):
   ]
 
 
-def _env(devices=1):
-  return {
-    **os.environ,
-    "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-    "JAX_PLATFORMS": "cpu",
-    "PYTHONPATH": REPO,
-  }
-
-
 def test_a_failed_background_save_raises_at_the_next_wait_save_and_close(tmp_path):
   workdir = str(tmp_path / "wd")
   r = subprocess.run(
-    [sys.executable, "-c", SCRIPT, workdir], env=_env(), capture_output=True, text=True, timeout=300
+    [sys.executable, "-c", SCRIPT, workdir],
+    env=tiny.cli_env(),
+    capture_output=True,
+    text=True,
+    timeout=300,
   )
   assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
   ckpts = os.path.join(workdir, "checkpoints")
@@ -127,7 +122,7 @@ def test_cli_stops_with_one_line_and_exit_3(data, tmp_path):
     *flags,
   ]
   r = subprocess.run(
-    _limited(command), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300
+    _limited(command), cwd=REPO, env=tiny.cli_env(), capture_output=True, text=True, timeout=300
   )
   assert r.returncode == 3, r.stderr[-3000:]
   errors = [l for l in r.stderr.splitlines() if l.startswith("esmjax: error:")]

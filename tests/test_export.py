@@ -132,22 +132,14 @@ def test_cli_export_mode(trained, tmp_path):
     f"from esmjax import api\n\n\ndef get_config():\n  return api.saved_config({model.workdir!r})\n"
   )
   path = str(tmp_path / "cli" / "m.jaxexport")
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device: restore re-shards
-  out = subprocess.run(
+  out = tiny.run_cli(  # one device: restore re-shards
     [
-      sys.executable,
-      "-m",
-      "esmjax.main",
       f"--config={cfg_file}",
       "--config.mesh.num_devices=1",
       f"--workdir={model.workdir}",
       "--mode=export",
       f"--export_path={path}",
     ],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
     timeout=180,
   )
   assert out.returncode == 0, out.stderr[-3000:]

@@ -254,20 +254,13 @@ def test_write_manifest_refuses_non_finite_statistics(tmp_path):
 
 
 def test_the_cli_stops_with_one_line_and_exit_2_on_a_corrupt_block(tmp_path):
-  import subprocess
-  import sys
 
   train = tiny.tiny_dataset(str(tmp_path / "train"), 1000, block_rows=128)
   ev = tiny.tiny_dataset(str(tmp_path / "eval"), 300, seed=1)
   path = train.shard_paths[1]
   _flip(path, _column_offset(path, 0, "sparse") + 40)
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-  r = subprocess.run(
+  r = tiny.run_cli(
     [
-      sys.executable,
-      "-m",
-      "esmjax.main",
       "--config=configs/esmm.py",
       f"--workdir={tmp_path / 'wd'}",
       f"--config.data.train_dir={train.directory}",
@@ -277,12 +270,7 @@ def test_the_cli_stops_with_one_line_and_exit_2_on_a_corrupt_block(tmp_path):
       "--config.model.hidden=(8,)",
       "--config.model.embed_dim=4",
       "--config.train.num_epochs=1",
-    ],
-    cwd=root,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
+    ]
   )
   assert r.returncode == 2, r.stderr[-3000:]
   last = r.stderr.strip().splitlines()[-1]

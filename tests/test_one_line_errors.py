@@ -47,17 +47,8 @@ def trained(data, tmp_path_factory):
 run_mode = tiny.run_mode  # esmjax.main.main in a mode, in-process
 
 
-def _cli(args, timeout=120, **kwargs):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-  return subprocess.run(
-    [sys.executable, "-m", "esmjax.main", *args],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-    **kwargs,
-  )
+def _cli(args, timeout=120):
+  return tiny.run_cli(args, timeout=timeout)
 
 
 def _no_temporaries(directory) -> None:
@@ -283,7 +274,7 @@ def test_ctrl_c_while_starting_is_one_line_and_exit_130(tmp_path):
     f"  pathlib.Path({str(ready)!r}).touch()\n"
     "  time.sleep(60)\n"
   )
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env = tiny.cli_env()
   p = subprocess.Popen(
     [sys.executable, "-m", "esmjax.main", f"--config={cfg}", f"--workdir={tmp_path / 'wd'}"],
     cwd=REPO,

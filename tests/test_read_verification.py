@@ -11,8 +11,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -110,21 +108,13 @@ def test_the_cli_export_of_an_edited_schema_exits_4_with_one_line(workdir, tmp_p
   cfg_file.write_text(
     f"from esmjax import api\n\n\ndef get_config():\n  return api.saved_config({wd!r})\n"
   )
-  out = subprocess.run(
+  out = tiny.run_cli(
     [
-      sys.executable,
-      "-m",
-      "esmjax.main",
       f"--config={cfg_file}",
       f"--workdir={wd}",
       "--mode=export",
       f"--export_path={tmp_path / 'm.jaxexport'}",
-    ],
-    cwd=REPO,
-    env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
-    capture_output=True,
-    text=True,
-    timeout=300,
+    ]
   )
   assert out.returncode == 4, out.stderr[-2000:]
   errors = [ln for ln in out.stderr.splitlines() if ln.startswith("esmjax: error:")]

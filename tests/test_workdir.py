@@ -43,12 +43,7 @@ def start_cli(args, step_delay_s=0.0, prelude="", log=None):
   """The command line on one CPU device (`tests/slow_cli.py`: with a sleep after each dispatch),
   started through `python -c "<prelude>; exec"` (limits set there hold after the exec); its output
   goes to pipes, or to the file `log` (for a run that goes on while the test waits)."""
-  env = {
-    **os.environ,
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-    "JAX_PLATFORMS": "cpu",
-    "ESMJAX_TEST_STEP_DELAY_S": str(step_delay_s),
-  }
+  env = tiny.cli_env(ESMJAX_TEST_STEP_DELAY_S=step_delay_s)
   out = open(log, "w") if log else subprocess.PIPE
   launch = f"{prelude}\nimport os, sys\nos.execv(sys.executable, [sys.executable] + sys.argv[1:])"
   cmd = [sys.executable, "-c", launch, os.path.join(REPO, "tests", "slow_cli.py"), *args]
