@@ -39,8 +39,13 @@ class Record(dict):
     self.started = time.time()
     self.out_dir = Path(getattr(options, "out_dir", RESULTS))
     if options is not None:
-      self["args"] = dict(vars(options))
+      self["args"] = vars(options)  # the options as the benchmark left them
     self.update(fields)
+
+  def finish(self) -> Record:
+    """The load average after the run and the elapsed seconds (before rendering the report)."""
+    finish(self, self.started)
+    return self
 
   def write(
     self,
@@ -48,7 +53,10 @@ class Record(dict):
     figures: Mapping[str, Callable[[Path], None]] | None = None,
     out_dir: Path | str | None = None,
   ) -> list[Path]:
-    finish(self, self.started)
+    """<out_dir>/<name>.json and .md (+ figures: `write_results`); finishes the record first
+    unless `finish` was called."""
+    if "load_after" not in self:
+      self.finish()
     return write_results(out_dir or self.out_dir, self.name, self, markdown, figures=figures)
 
 
