@@ -88,6 +88,20 @@ def bench_config(
   return config_lib.validate(c)
 
 
+def quality_config(model: str, batch_size: int, seed: int, max_eval_rows: int = -1):
+  """esmjax's default config (the default synthetic data) for a quality run of `model`."""
+  from esmjax.config import defaults as config_lib
+
+  c = config_lib.default_config()
+  c.model.name = model
+  c.train.batch_size = batch_size
+  c.train.seed = seed
+  c.train.max_eval_rows = max_eval_rows
+  c.mesh.num_devices = 1
+  c.checkpoint.enabled = False
+  return config_lib.validate(c)
+
+
 def zipf_batches(
   schema, batch_size: int, n: int, seed: int = 0, a: float = ZIPF_A
 ) -> list[dict[str, np.ndarray]]:
@@ -317,3 +331,13 @@ def _run_rate(summary, steps: int, batch: int, train_s: float, compile_s: float)
   if "examples_per_sec_median_window" in summary:
     return steps * batch / train_s
   return (steps - 1) * batch / (train_s - compile_s) if steps > 1 else float("nan")
+
+
+def torch_setup(threads: int):
+  """(torch, device, sync) in a PyTorch worker: CUDA where available, `threads` CPU threads."""
+  import torch
+
+  dev = "cuda" if torch.cuda.is_available() else "cpu"
+  torch.set_num_threads(threads)
+  sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+  return torch, dev, sync

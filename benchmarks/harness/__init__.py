@@ -28,6 +28,7 @@ from .env import (
   cpu_bf16_flags,
   cpu_model,
   finish,
+  git,
   gpus,
   load_average,
   machine,
@@ -53,13 +54,19 @@ from .record import (
   write_json,
   write_results,
 )
-from .timing import alternate, interleave, ratios, rounds, spec_windows, spread, timed_windows
+from .timing import alternate, interleave, pool, ratios, rounds, spec_windows, spread, timed_windows
 from .workers import (
   BENCH,
+  MALLOC,
   RESULT_TAG,
+  TORCH_ENV,
+  Finished,
+  malloc_env,
   peak_rss_mb,
   rss_mb,
+  run_command,
   run_worker,
+  tree_cpu_s,
   tree_rss,
   worker_env,
   worker_main,
@@ -69,6 +76,12 @@ ROOT = REPO
 
 __all__ = [
   "BENCH",
+  "MALLOC",
+  "TORCH_ENV",
+  "Finished",
+  "malloc_env",
+  "run_command",
+  "git",
   "COMMON_HELP",
   "REPO",
   "RESULTS",
@@ -101,6 +114,7 @@ __all__ = [
   "parse",
   "parser",
   "peak_rss_mb",
+  "pool",
   "provenance",
   "ratios",
   "rounds",
@@ -109,6 +123,7 @@ __all__ = [
   "spec_windows",
   "spread",
   "timed_windows",
+  "tree_cpu_s",
   "tree_rss",
   "usable_cores",
   "utc_now",

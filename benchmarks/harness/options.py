@@ -35,6 +35,8 @@ COMMON_HELP = {
   "warmup_s": "seconds of steps after the first (compiling) one, before timing",
   "seed": "seed of the generated data",
   "worker_timeout": "seconds a worker process may run before it is killed and reported",
+  "malloc": "allocator for every worker, both frameworks alike: huge = as `python -m esmjax.main` "
+  "starts; os = the OS default",
 }
 
 T = TypeVar("T")

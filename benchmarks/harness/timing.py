@@ -35,6 +35,19 @@ def spread(values: Sequence[float]) -> dict[str, float]:
   }
 
 
+def pool(runs: Sequence[dict[str, Any]], keys: Sequence[str] = ("ex_per_s",)) -> dict[str, Any]:
+  """The runs of one variant pooled: for each of `keys`, the spread of all their windows; the peak
+  RSS (max), the first step (min, the compile), and the errors of the runs that failed (left out
+  of the numbers)."""
+  ok = [r for r in runs if "error" not in r]
+  nan = float("nan")
+  out: dict[str, Any] = {k: spread([x for r in ok for x in r.get(k, [])]) for k in keys}
+  out["peak_rss_mb"] = max([r["peak_rss_mb"] for r in ok if "peak_rss_mb" in r] or [nan])
+  out["first_step_s"] = min([r["first_step_s"] for r in ok if "first_step_s" in r] or [nan])
+  out["errors"] = [r["error"] for r in runs if "error" in r]
+  return out
+
+
 def ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
   """a[k] / b[k] for each window pair k (a variant against its reference, timed alternately)."""
   return [x / y for x, y in zip(a, b, strict=False) if y]  # runs may log unequal windows

@@ -11,6 +11,7 @@ reader's or the CLI's own children included) and adds it as `peak_tree_rss_mb`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -64,6 +65,20 @@ def tree_rss(proc) -> int:
   return total
 
 
+def tree_cpu_s(proc=None) -> float:
+  """CPU seconds (user + system) of a psutil.Process (default: this one) and all its children."""
+  import psutil
+
+  proc = proc or psutil.Process()
+  total = 0.0
+  for p in [proc] + proc.children(recursive=True):
+    try:
+      total += sum(p.cpu_times()[:2])
+    except psutil.Error:
+      pass
+  return total
+
+
 def worker_env(devices: int | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
   """The parent's environment as `python -m esmjax.main` runs in it (malloc on huge pages where
   supported: `host_memory.cli_malloc_env`), with N fake CPU devices (replacing any given count) if
@@ -86,25 +101,86 @@ def worker_env(devices: int | None = None, extra: dict[str, str] | None = None) 
   return env
 
 
-def _wait(p: subprocess.Popen, timeout: float, sample_s: float) -> tuple[bool, int]:
-  """Waits for `p`, sampling its process tree's RSS: (timed out, peak bytes). On a timeout the
-  whole process group is killed (a worker's own children too)."""
-  try:
-    import psutil
+# The allocator of every worker of a run (--malloc), both frameworks alike.
+MALLOC = {
+  "huge": "both frameworks start as `python -m esmjax.main` does (malloc on transparent huge "
+  "pages: GLIBC_TUNABLES=glibc.malloc.hugetlb=1 where glibc and the kernel support it)",
+  "os": "both frameworks run with malloc as the OS gives it (4 KB pages)",
+}
+# PyTorch workers wait passively in OpenMP: on a shared, oversubscribed machine spin-waiting made
+# 2 threads up to 5× slower than 1 thread (measured); passive waiting was PyTorch's best.
+TORCH_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
-    proc = psutil.Process(p.pid)
-  except (ImportError, OSError):
-    proc = None
-  peak, deadline = 0, time.monotonic() + timeout
-  while p.poll() is None:
-    if proc is not None:
-      peak = max(peak, tree_rss(proc))
-    if time.monotonic() > deadline:
-      os.killpg(p.pid, signal.SIGKILL)
-      p.wait()
-      return True, peak
-    time.sleep(min(sample_s, max(deadline - time.monotonic(), 0.01)))
-  return False, peak
+
+def malloc_env(kind: str) -> dict[str, str]:
+  """The environment of `MALLOC[kind]`: esmjax's CLI turns huge-page malloc on by itself
+  (`worker_env` starts workers that way); 'os' turns it off (glibc reads an empty value as no
+  tunables)."""
+  return {} if kind == "huge" else {"GLIBC_TUNABLES": ""}
+
+
+@dataclasses.dataclass
+class Finished:
+  """A finished (or killed) command: its exit code, output, wall and CPU seconds, and the peak
+  resident memory of its process tree and of its largest process."""
+
+  returncode: int
+  stdout: str
+  stderr: str
+  wall_s: float
+  cpu_s: float
+  timed_out: bool
+  peak_tree_bytes: int
+  peak_one_bytes: int
+
+
+def _peaks(proc, peaks: list[int]) -> None:
+  import psutil
+
+  peaks[0] = max(peaks[0], tree_rss(proc))
+  try:
+    for c in [proc] + proc.children(recursive=True):
+      peaks[1] = max(peaks[1], c.memory_info().rss)
+  except psutil.Error:
+    pass
+
+
+def run_command(
+  cmd: list[str],
+  *,
+  env: dict[str, str] | None = None,
+  cwd: Path | str | None = None,
+  timeout: float | None = None,
+  sample_s: float = 0.2,
+) -> Finished:
+  """Runs `cmd`, sampling the resident memory of its process tree every `sample_s` seconds. After
+  `timeout` seconds the whole process group is killed (the command's own children too) and the
+  result says `timed_out`. CPU seconds are of the command and the children it waited for."""
+  import psutil
+
+  ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+  t = time.perf_counter()
+  with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    p = subprocess.Popen(
+      cmd, env=env, cwd=cwd, stdout=out, stderr=err, text=True, start_new_session=True
+    )
+    proc, peaks, timed_out = psutil.Process(p.pid), [0, 0], False
+    deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
+    while p.poll() is None:
+      _peaks(proc, peaks)
+      if time.monotonic() > deadline:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        timed_out = True
+        break
+      time.sleep(max(min(sample_s, deadline - time.monotonic()), 0.005))
+    out.seek(0)
+    err.seek(0)
+    stdout, stderr = out.read(), err.read()
+  ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+  cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+  wall = time.perf_counter() - t
+  return Finished(p.returncode, stdout, stderr, wall, cpu, timed_out, *peaks)
 
 
 def run_worker(
@@ -118,30 +194,16 @@ def run_worker(
   """Runs `python script --worker JSON`; returns its result dict (with `wall_s` and
   `peak_tree_rss_mb`), or {'error': ..., 'spec': spec} (a timeout, a crash, no result line)."""
   cmd = [sys.executable, str(script), "--worker", json.dumps(spec)]
-  t = time.perf_counter()
-  with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-    p = subprocess.Popen(
-      cmd, env=env or worker_env(), stdout=out, stderr=err, text=True, start_new_session=True
-    )
-    timed_out, peak = _wait(p, timeout, sample_s)
-    out.seek(0)
-    err.seek(0)
-    stdout, stderr = out.read(), err.read()
-  wall = time.perf_counter() - t
-  extra = {"wall_s": wall, "peak_tree_rss_mb": peak / 2**20}
-  if timed_out:
+  f = run_command(cmd, env=env or worker_env(), timeout=timeout, sample_s=sample_s)
+  extra = {"wall_s": f.wall_s, "peak_tree_rss_mb": f.peak_tree_bytes / 2**20}
+  if f.timed_out:
     return {"error": f"timed out after {timeout:.0f}s", "spec": spec, **extra}
-  for line in reversed(stdout.splitlines()):
+  for line in reversed(f.stdout.splitlines()):
     if line.startswith(RESULT_TAG):
       return {**json.loads(line[len(RESULT_TAG) :]), **extra}
-  tail = (stderr or stdout)[-1500:]
-  return {
-    "error": f"exit {p.returncode}"
-    + (" (killed: out of memory?)" if p.returncode in (-9, 137) else "")
-    + f": {tail}",
-    "spec": spec,
-    **extra,
-  }
+  killed = " (killed: out of memory?)" if f.returncode in (-9, 137) else ""
+  tail = (f.stderr or f.stdout)[-1500:]
+  return {"error": f"exit {f.returncode}{killed}: {tail}", "spec": spec, **extra}
 
 
 def worker_main(handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]]) -> bool:
