@@ -22,113 +22,14 @@ The parent process never imports JAX (it would hold an accelerator or fix the CP
 workers do.
 """
 
-from .env import (
-  REPO,
-  command_line,
-  cpu_bf16_flags,
-  cpu_model,
-  finish,
-  git,
-  gpus,
-  load_average,
-  machine,
-  mem_available_gb,
-  now,
-  provenance,
-  usable_cores,
-  utc_now,
-)
+# ruff: noqa: F401, I001 (the harness's names, re-exported a few to a line)
+from .env import REPO, command_line, cpu_bf16_flags, cpu_model, finish, git, gpus, load_average
+from .env import machine, mem_available_gb, now, provenance, usable_cores, utc_now
 from .options import COMMON_HELP, Options, Timed, opt, parse, parser
-from .record import (
-  RESULTS,
-  Record,
-  apply_overrides,
-  check,
-  checks_markdown,
-  code_line,
-  env_line,
-  fmt_rate,
-  format_cell,
-  markdown_table,
-  override_flags,
-  write_json,
-  write_results,
-)
+from .record import RESULTS, Record, apply_overrides, check, checks_markdown, code_line, env_line
+from .record import fmt_rate, format_cell, markdown_table, override_flags, write_json, write_results
 from .timing import alternate, interleave, pool, ratios, rounds, spec_windows, spread, timed_windows
-from .workers import (
-  BENCH,
-  MALLOC,
-  RESULT_TAG,
-  TORCH_ENV,
-  Finished,
-  malloc_env,
-  peak_rss_mb,
-  rss_mb,
-  run_command,
-  run_worker,
-  tree_cpu_s,
-  tree_rss,
-  worker_env,
-  worker_main,
-)
+from .workers import BENCH, MALLOC, RESULT_TAG, TORCH_ENV, Finished, malloc_env, peak_rss_mb
+from .workers import rss_mb, run_command, run_worker, tree_cpu_s, tree_rss, worker_env, worker_main
 
 ROOT = REPO
-
-__all__ = [
-  "BENCH",
-  "MALLOC",
-  "TORCH_ENV",
-  "Finished",
-  "malloc_env",
-  "run_command",
-  "git",
-  "COMMON_HELP",
-  "REPO",
-  "RESULTS",
-  "RESULT_TAG",
-  "ROOT",
-  "Options",
-  "Record",
-  "Timed",
-  "alternate",
-  "apply_overrides",
-  "check",
-  "checks_markdown",
-  "code_line",
-  "command_line",
-  "cpu_bf16_flags",
-  "cpu_model",
-  "env_line",
-  "finish",
-  "fmt_rate",
-  "format_cell",
-  "gpus",
-  "interleave",
-  "load_average",
-  "machine",
-  "markdown_table",
-  "mem_available_gb",
-  "now",
-  "override_flags",
-  "opt",
-  "parse",
-  "parser",
-  "peak_rss_mb",
-  "pool",
-  "provenance",
-  "ratios",
-  "rounds",
-  "rss_mb",
-  "run_worker",
-  "spec_windows",
-  "spread",
-  "timed_windows",
-  "tree_cpu_s",
-  "tree_rss",
-  "usable_cores",
-  "utc_now",
-  "worker_env",
-  "worker_main",
-  "write_json",
-  "write_results",
-]
