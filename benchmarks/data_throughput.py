@@ -358,7 +358,7 @@ def checksum_rates(data_dir: Path, reps: int = 5) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The Markdown
+# The Markdown report.
 
 
 CONVERTER_HEADER = (

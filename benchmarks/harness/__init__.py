@@ -24,12 +24,15 @@ workers do.
 
 # ruff: noqa: F401, I001 (the harness's names, re-exported a few to a line)
 from .env import REPO, command_line, cpu_bf16_flags, cpu_model, finish, git, gpus, load_average
-from .env import machine, mem_available_gb, now, provenance, usable_cores, utc_now
-from .options import COMMON_HELP, Options, Timed, opt, parse, parser
+from .env import machine, mem_available_gb, now, provenance, usable_cores, utc_now, worktree
+from .options import COMMON_HELP, Options, Timed, opt, parse, parser, timing
 from .record import RESULTS, Record, apply_overrides, check, checks_markdown, code_line, env_line
-from .record import fmt_rate, format_cell, markdown_table, override_flags, write_json, write_results
-from .timing import alternate, interleave, pool, ratios, rounds, spec_windows, spread, timed_windows
+from .record import error_line, fmt_rate, format_cell, markdown_table, override_flags
+from .record import write_json, write_results
+from .timing import alternate, interleave, pool, rate, ratios, rounds, spec_windows, spread
+from .timing import timed_windows
 from .workers import BENCH, MALLOC, RESULT_TAG, TORCH_ENV, Finished, malloc_env, peak_rss_mb
 from .workers import rss_mb, run_command, run_worker, tree_cpu_s, tree_rss, worker_env, worker_main
+from .workers import tree_env, tree_pythonpath
 
 ROOT = REPO

@@ -9,11 +9,13 @@ accelerator or fixes the CPU device count).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -113,6 +115,25 @@ def git(root: Path | str, *args: str) -> str:
     ).stdout.rstrip()
   except (OSError, subprocess.SubprocessError):
     return ""
+
+
+@contextlib.contextmanager
+def worktree(repo: Path | str, commit: str):
+  """Yields the path of a temporary detached `git worktree` of `repo` at `commit` (another
+  checkout to measure against); removes it after."""
+  tmp = Path(tempfile.mkdtemp(prefix="esmjax-baseline-"))
+  path = tmp / "tree"
+  add = ["git", "-C", str(repo), "worktree", "add", "--detach", str(path), commit]
+  p = subprocess.run(add, capture_output=True, text=True, check=False)
+  if p.returncode:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise RuntimeError(f"git worktree add --detach {path} {commit} failed: {p.stderr.strip()}")
+  try:
+    yield path
+  finally:
+    remove = ["git", "-C", str(repo), "worktree", "remove", "--force", str(path)]
+    subprocess.run(remove, capture_output=True, check=False)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def code_version(root: Path | str = REPO) -> dict[str, Any]:

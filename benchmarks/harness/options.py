@@ -65,6 +65,11 @@ class Timed(Options):
   warmup_s: float = 2.0
 
 
+def timing(opts: Any) -> dict[str, float]:
+  """The timing options as a worker spec reads them (`timing.spec_windows`)."""
+  return {"warmup_s": opts.warmup_s, "windows": opts.windows, "window_s": opts.window_s}
+
+
 _TYPES = {int: "an integer", float: "a number", str: "a string"}
 
 

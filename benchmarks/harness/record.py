@@ -114,6 +114,14 @@ def markdown_table(header: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
   return "\n".join(lines)
 
 
+def error_line(error: str) -> str:
+  """A failed measurement in one line: its exit status and the last line of its traceback."""
+  lines = [line.strip() for line in error.splitlines() if line.strip()]
+  if len(lines) < 2:
+    return error[:300]
+  return f"{error.split(':', 1)[0]}: {lines[-1]}"[:300]
+
+
 def fmt_rate(x: float) -> str:
   """examples/s as '12.3 k' ('–' for NaN)."""
   return "–" if math.isnan(x) else f"{x / 1e3:,.1f} k"

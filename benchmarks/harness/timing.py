@@ -35,6 +35,14 @@ def spread(values: Sequence[float]) -> dict[str, float]:
   }
 
 
+def rate(r: dict[str, Any]) -> float:
+  """One measurement's rate: a number as it is, windows by their median, NaN for an error."""
+  if "error" in r:
+    return float("nan")
+  x = r["ex_per_s"]
+  return spread(x)["median"] if isinstance(x, list) else float(x)
+
+
 def pool(runs: Sequence[dict[str, Any]], keys: Sequence[str] = ("ex_per_s",)) -> dict[str, Any]:
   """The runs of one variant pooled: for each of `keys`, the spread of all their windows; the peak
   RSS (max), the first step (min, the compile), and the errors of the runs that failed (left out

@@ -134,6 +134,23 @@ class Finished:
   peak_one_bytes: int
 
 
+def tree_pythonpath(tree: Path | str, inherited: str = "") -> str:
+  """PYTHONPATH of a measurement of `tree`'s esmjax (this checkout or another's): the tree and
+  benchmarks/ first, then every inherited entry (where the dependencies may come from, e.g. a
+  `pip --target` folder) except this checkout and its benchmarks/, so that the tree's esmjax is
+  the one imported."""
+  own = {os.path.realpath(p) for p in (REPO, BENCH, tree)}
+  rest = [p for p in inherited.split(os.pathsep) if p and os.path.realpath(p) not in own]
+  return os.pathsep.join((str(tree), str(BENCH), *rest))
+
+
+def tree_env(tree: Path | str, torch: bool = False) -> dict[str, str]:
+  """The environment of a measurement of `tree`'s esmjax: the CLI's (`worker_env`, which inherits
+  this process's), PYTHONPATH by `tree_pythonpath`; PyTorch's `TORCH_ENV` if asked."""
+  extra = {"PYTHONPATH": tree_pythonpath(tree, os.environ.get("PYTHONPATH", ""))}
+  return worker_env(extra=extra | (TORCH_ENV if torch else {}))
+
+
 def _peaks(proc, peaks: list[int]) -> None:
   import psutil
 
