@@ -209,7 +209,7 @@ def throughput_section(args, log) -> dict:
   if args.jax_variants:
     jv = tuple(args.jax_variants.split(","))
   runs = harness.interleave([("jax", v) for v in jv], [("torch", v) for v in tv])
-  timing = dict(batch=args.batch, n_batches=8, zipf_a=common.ZIPF_A, **harness.timing(args))
+  timing = dict(batch=args.batch, n_batches=8, zipf_a=common.ZIPF_A, **harness.timing_spec(args))
   out: dict[str, dict] = {}
   for rnd in range(args.rounds):
     for rows in args.rows:

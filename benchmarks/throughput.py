@@ -472,7 +472,7 @@ def points(args) -> list[dict]:
   `python -m esmjax.main` gives itself (malloc on huge pages where supported:
   `esmjax.core.host_memory.use_huge_page_malloc`); the `4 KB-page malloc` lines show what that
   buys."""
-  w = {**harness.timing(args), "batch": BATCH}
+  w = {**harness.timing_spec(args), "batch": BATCH}
   step = lambda name, rows, devices=1, env=None, **kw: {
     "name": name,
     "kind": "step",

@@ -267,7 +267,7 @@ def schedule(models, batches, systems, rnd: int) -> list[tuple]:
 
 def measure(item, args, trees: dict) -> dict:
   kind, model, batch, system = item
-  spec = dict(batch=batch, n_batches=args.n_batches, model=model, **harness.timing(args))
+  spec = dict(batch=batch, n_batches=args.n_batches, model=model, **harness.timing_spec(args))
   steps = max(2, args.examples // batch)
   run = functools.partial(harness.run_worker, ME, timeout=args.worker_timeout)
   if kind == "pipeline":

@@ -65,7 +65,7 @@ class Timed(Options):
   warmup_s: float = 2.0
 
 
-def timing(opts: Any) -> dict[str, float]:
+def timing_spec(opts: Any) -> dict[str, float]:
   """The timing options as a worker spec reads them (`timing.spec_windows`)."""
   return {"warmup_s": opts.warmup_s, "windows": opts.windows, "window_s": opts.window_s}
 
