@@ -49,7 +49,7 @@ class Record(dict):
 
   def write(
     self,
-    markdown: str,
+    markdown: str | None,
     figures: Mapping[str, Callable[[Path], None]] | None = None,
     out_dir: Path | str | None = None,
   ) -> list[Path]:
@@ -166,7 +166,7 @@ def write_results(
   out_dir: Path | str,
   name: str,
   record: Mapping[str, Any],
-  markdown: str,
+  markdown: str | None,
   *,
   figures: Mapping[str, Callable[[Path], None]] | None = None,
   header: str = "",
@@ -180,11 +180,12 @@ def write_results(
     p = out / (f"{name}_{fig}.png" if fig else f"{name}.png")
     draw(p)
     paths.append(p)
-  md = out / f"{name}.md"
-  md.write_text(header + markdown)
+  if markdown is not None:  # None: the JSON alone
+    paths.append(out / f"{name}.md")
+    paths[-1].write_text(header + markdown)
   js = out / f"{name}.json"
   write_json(js, record)
-  return paths + [md, js]
+  return paths + [js]
 
 
 # ---------------------------------------------------------------------------------------------
