@@ -329,129 +329,84 @@ def verdicts(rows: list[dict]) -> list[dict]:
   return out
 
 
+HEADER = "point|ex/s (median)|spread|best window|ex / CPU-s|vs reference|peak RSS MB|init s|engine"
+READING = """
+## Reading these numbers
+
+- Every step touches 94 k ids (4096 × 23), ~30 k of them distinct; the engine gathers, merges and \
+updates only those, so the table size enters through cache misses on the touched rows and the \
+initialisation time, not through the step's work.
+- ex / CPU-s counts examples per CPU-second of the process (all threads): the work a step costs, \
+whatever share of the cores the scheduler gave it.
+- The 8-device line runs 8 fake CPU devices on the same cores; each device merges all ids of the \
+global batch (the row-wise scheme), so it measures what the sharded engine costs, not a speed-up.
+- Malloc: every line runs as `python -m esmjax.main` starts (`GLIBC_TUNABLES={tunables}`) except \
+the `4 KB-page malloc` lines (the environment as the OS gives it); `back_with_huge_pages(state)` \
+moved only the state's buffers onto huge pages after init."""
+
+
+def _row(r: dict) -> list:
+  if "rate" not in r:
+    why = ("skipped: " + r["skipped"]) if r.get("skipped") else "error: " + r.get("error", "")[:80]
+    return [r["name"], why] + [""] * 7
+  fr = harness.fmt_rate
+  vs = f"{100 * r['vs_reference']['median']:.0f} % of {r['reference']['name']} "
+  vs += f"({fr(r['ref_rate']['median'])})"
+  spread = f"±{100 * r['rate']['rel_half_range']:.0f} %"
+  init = f"{r['init_s']:.1f}" if "init_s" in r else "–"
+  return [r["name"], fr(r["rate"]["median"]), spread, fr(r["rate"]["max"])] + [
+    fr(r["cpu_rate"]["median"]), vs, f"{r['peak_rss_mb']:,.0f}", init, r.get("engine", "–")
+  ]  # fmt: skip
+
+
+def _verdict(v: dict) -> str:
+  mark, fr = "met" if v["met"] else "NOT met", harness.fmt_rate
+  if "fraction_of_towers_alone" in v:
+    return (
+      f"- {v['target']}: median {fr(v['measured'])} ex/s under this run's load — **{mark}**; "
+      f"best window {fr(v['best_window'])} ex/s (a lower bound of the rate with the machine to "
+      f"itself). The step runs at {100 * v['fraction_of_towers_alone']:.0f} % of the towers alone "
+      f"measured alongside (median {fr(v['towers_alone'])}, best {fr(v['towers_alone_best'])} "
+      f"ex/s); against the {TOWERS_IDLE_EX_S / 1e3:.0f} k ex/s of the towers alone on an idle "
+      f"machine of this kind that fraction projects {fr(v['projected_idle'])} ex/s."
+    )
+  if "measured_wall" in v:
+    return (
+      f"- {v['target']}: {v['measured']:.2f}× load-cancelled (each size against the towers alone "
+      f"in its own process); best windows {v['measured_best']:.2f}×, raw medians "
+      f"{v['measured_wall']:.2f}× wall and {v['measured_cpu']:.2f}× CPU time — **{mark}**."
+    )
+  if not v["met"]:
+    return f"- {v['target']}: **NOT met** ({v['why_not']})."
+  return (
+    f"- {v['target']}: {fr(v['measured'])} ex/s ({100 * v['vs_towers']:.0f} % of the towers "
+    f"alone), peak RSS {v['peak_rss_mb'] / 1024:.1f} GB — **met**."
+  )
+
+
 def markdown(res: dict) -> str:
-  m = res["machine"]
-  a = res["args"]
+  m, a = res["machine"], res["args"]
   lines = [
     "# Throughput: the ESMM-paper step vs table size",
     "",
     f"`{res['command']}` — {res['when']}; {m['cpu']}, {m['cores']} cores, "
-    f"{m['mem_available_gb']:.1f} GB "
-    f"available; load average before {res['load_before']}, after {res['load_after']} (a shared "
-    "machine).",
+    f"{m['mem_available_gb']:.1f} GB available; load average before {res['load_before']}, after "
+    f"{res['load_after']} (a shared machine).",
     "",
     "ESMM, 23 single-valued fields × dim 18, towers 200-80-1 ×2, batch 4096, row-wise Adagrad "
-    "(tables) + Adam "
-    "(towers), Zipf(1.2) ids on 8 pre-generated device batches; each point in its own process "
-    f"({a['repeats']} run(s) per point, round robin, windows pooled), alternating "
+    "(tables) + Adam (towers), Zipf(1.2) ids on 8 pre-generated device batches; each point in its "
+    f"own process ({a['repeats']} run(s) per point, round robin, windows pooled), alternating "
     f"{a['windows']} timed windows of ≥ {a['window_s']} s with a reference measured in the same "
-    "process "
-    f"(after {a['warmup_s']} s of warm-up each). *vs reference* is the median over window pairs of "
-    "point rate / reference rate: it cancels the neighbours' load, which the raw rates do not.",
+    f"process (after {a['warmup_s']} s of warm-up each). *vs reference* is the median over window "
+    "pairs of point rate / reference rate: it cancels the neighbours' load, which the raw rates "
+    "do not.",
     "",
-  ]
-  rows = []
-  for r in res["points"]:
-    if "rate" in r:
-      rows.append(
-        [
-          r["name"],
-          harness.fmt_rate(r["rate"]["median"]),
-          f"±{100 * r['rate']['rel_half_range']:.0f} %",
-          harness.fmt_rate(r["rate"]["max"]),
-          harness.fmt_rate(r["cpu_rate"]["median"]),
-          f"{100 * r['vs_reference']['median']:.0f} % of {r['reference']['name']} "
-          f"({harness.fmt_rate(r['ref_rate']['median'])})",
-          f"{r['peak_rss_mb']:,.0f}",
-          f"{r['init_s']:.1f}" if "init_s" in r else "–",
-          r.get("engine", "–"),
-        ]
-      )
-    else:
-      rows.append(
-        [
-          r["name"],
-          ("skipped: " + r["skipped"]) if r.get("skipped") else "error: " + r.get("error", "")[:80],
-          "",
-          "",
-          "",
-          "",
-          "",
-          "",
-          "",
-        ]
-      )
-  lines.append(
-    harness.markdown_table(
-      [
-        "point",
-        "ex/s (median)",
-        "spread",
-        "best window",
-        "ex / CPU-s",
-        "vs reference",
-        "peak RSS MB",
-        "init s",
-        "engine",
-      ],
-      rows,
-    )
-  )
-  lines += ["", "## Targets", ""]
-  for v in res["verdicts"]:
-    mark = "met" if v["met"] else "NOT met"
-    if "fraction_of_towers_alone" in v:
-      lines.append(
-        f"- {v['target']}: median {harness.fmt_rate(v['measured'])} ex/s under this run's load — "
-        f"**{mark}**; "
-        f"best window {harness.fmt_rate(v['best_window'])} ex/s (a lower bound of the rate with "
-        "the machine to "
-        f"itself). The step runs at "
-        f"{100 * v['fraction_of_towers_alone']:.0f} % of the towers alone measured alongside "
-        "(median "
-        f"{harness.fmt_rate(v['towers_alone'])}, best "
-        f"{harness.fmt_rate(v['towers_alone_best'])} ex/s); against "
-        f"the {TOWERS_IDLE_EX_S / 1e3:.0f} k ex/s of the towers alone on an idle machine of this "
-        "kind that "
-        f"fraction projects {harness.fmt_rate(v['projected_idle'])} ex/s."
-      )
-    elif "measured_wall" in v:
-      lines.append(
-        f"- {v['target']}: {v['measured']:.2f}× load-cancelled (each size against the towers alone "
-        "in "
-        f"its own process); best windows {v['measured_best']:.2f}×, raw medians "
-        f"{v['measured_wall']:.2f}× "
-        f"wall and {v['measured_cpu']:.2f}× CPU time — **{mark}**."
-      )
-    else:
-      lines.append(
-        f"- {v['target']}: "
-        + (
-          f"{harness.fmt_rate(v['measured'])} ex/s ({100 * v['vs_towers']:.0f} % of the towers "
-          "alone), peak RSS "
-          f"{v['peak_rss_mb'] / 1024:.1f} GB — **met**."
-          if v["met"]
-          else f"**NOT met** ({v['why_not']})."
-        )
-      )
-  lines += [
+    harness.markdown_table(HEADER.split("|"), [_row(r) for r in res["points"]]),
     "",
-    "## Reading these numbers",
+    "## Targets",
     "",
-    "- Every step touches 94 k ids (4096 × 23), ~30 k of them distinct; the engine gathers, merges "
-    "and "
-    "updates only those, so the table size enters through cache misses on the touched rows and the "
-    "initialisation time, not through the step's work.",
-    "- ex / CPU-s counts examples per CPU-second of the process (all threads): the work a step "
-    "costs, "
-    "whatever share of the cores the scheduler gave it.",
-    "- The 8-device line runs 8 fake CPU devices on the same cores; each device merges all ids of "
-    "the global "
-    "batch (the row-wise scheme), so it measures what the sharded engine costs, not a speed-up.",
-    "- Malloc: every line runs as `python -m esmjax.main` starts "
-    f"(`GLIBC_TUNABLES={res['cli_tunables']}`) "
-    "except the `4 KB-page malloc` lines (the environment as the OS gives it); "
-    "`back_with_huge_pages(state)` moved only the state's buffers onto huge pages after init.",
+    *[_verdict(v) for v in res["verdicts"]],
+    READING.format(tunables=res["cli_tunables"]),
   ]
   return "\n".join(lines) + "\n"
 
