@@ -268,10 +268,8 @@ def markdown(res: dict) -> str:
     "",
     f"Backend **{pr.get('backend')}** ({pr.get('device_count')} × {pr.get('device_kind')}), "
     f"{res['machine']['cpu']}, {res['machine']['cores']} usable cores; jax {pr.get('jax')}, Python "
-    f"{pr.get('python')}. "
-    f"Load average before/after: {res['load_before']} / {res['load_after']} (shared machine: "
-    "medians of "
-    "timed windows, ± = half the window range).",
+    f"{pr.get('python')}. Load average before/after: {res['load_before']} / {res['load_after']} "
+    "(shared machine: medians of timed windows, ± = half the window range).",
     "",
     harness.code_line(res) + f"Command: `{res['command']}`",
     "",
@@ -288,59 +286,27 @@ def markdown(res: dict) -> str:
     + ".",
     "",
   ]
-  hdr = [
-    "axis",
-    "model",
-    "dtype",
-    "batch",
-    "rows",
-    "devices",
-    "ex/s (median)",
-    "noise",
-    "ex per CPU-s",
-    "first step s",
-    "peak RSS MB",
-    "device peak MB",
-    "% of roofline",
-    "note",
-  ]
+  hdr = "axis|model|dtype|batch|rows|devices|ex/s (median)|noise|ex per CPU-s|first step s|"
+  hdr += "peak RSS MB|device peak MB|% of roofline|note"
   tab = []
   for r in rows:
     frac = r.get("roofline_fraction", float("nan"))
-    tab.append(
-      [
-        r["axis"],
-        r["model"],
-        r["dtype"],
-        r["batch"],
-        f"{r['rows']:.0e}",
-        r["devices"],
-        _rate(r),
-        f"±{100 * r['rate']['rel_half_range']:.0f} %" if "rate" in r else "–",
-        harness.spread(r.get("ex_per_cpu_s", []))["median"],
-        r.get("first_step_s", float("nan")),
-        r.get("peak_rss_mb", float("nan")),
-        r.get("device_peak_mb") or "–",
-        f"{100 * frac:.0f}" if frac == frac else "–",
-        r.get("skipped") or (r.get("error", "")[:80]),
-      ]
-    )
-  L += ["## All points", "", harness.markdown_table(hdr, tab), ""]
+    noise = f"±{100 * r['rate']['rel_half_range']:.0f} %" if "rate" in r else "–"
+    tab.append([
+      r["axis"], r["model"], r["dtype"], r["batch"], f"{r['rows']:.0e}", r["devices"], _rate(r),
+      noise, harness.spread(r.get("ex_per_cpu_s", []))["median"],
+      r.get("first_step_s", float("nan")), r.get("peak_rss_mb", float("nan")),
+      r.get("device_peak_mb") or "–", f"{100 * frac:.0f}" if frac == frac else "–",
+      r.get("skipped") or (r.get("error", "")[:80]),
+    ])  # fmt: skip
+  L += ["## All points", "", harness.markdown_table(hdr.split("|"), tab), ""]
   sc = res.get("scaling") or []
   if sc:
     L += [
       "## Device scaling (weak: batch per device fixed)",
       "",
       harness.markdown_table(
-        [
-          "devices",
-          "global batch",
-          "ex/s",
-          "ex/s per device",
-          "speedup vs 1",
-          "efficiency",
-          "noise",
-        ],
+        "devices|global batch|ex/s|ex/s per device|speedup vs 1|efficiency|noise".split("|"),
         [
           [
             s["devices"],
@@ -352,15 +318,15 @@ def markdown(res: dict) -> str:
             f"±{100 * s['noise']:.0f} %",
           ]
           for s in sc
-        ],
+        ],  # fmt: skip
       ),
       "",
     ]
     if pr.get("backend") == "cpu":
       L += [
         "On CPU the devices are fake: all of them share the same cores, so a speedup ≈ 1 "
-        "(efficiency ≈ 1/N) "
-        "means sharding costs nothing; more than that cannot come from one machine's cores.",
+        "(efficiency ≈ 1/N) means sharding costs nothing; more than that cannot come from one "
+        "machine's cores.",
         "",
       ]
   if peak:
@@ -372,8 +338,7 @@ def markdown(res: dict) -> str:
         else ""
       )
       + f" (backend {peak.get('backend')}); '% of roofline' = ex/s × model FLOP per example (ESMM "
-      "1.19 M, "
-      "ESM2 2.37 M, fwd+bwd) / the peak of the point's dtype × its device count.",
+      "1.19 M, ESM2 2.37 M, fwd+bwd) / the peak of the point's dtype × its device count.",
       "",
     ]
   if res.get("skipped"):
