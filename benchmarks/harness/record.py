@@ -60,17 +60,6 @@ class Record(dict):
     return write_results(out_dir or self.out_dir, self.name, self, markdown, figures=figures)
 
 
-def env_line(rec: Mapping[str, Any]) -> str:
-  """The Markdown line every report opens with: command, time, machine and load."""
-  m = rec["machine"]
-  gpu = f"; GPU {', '.join(m['gpus'])}" if m.get("gpus") else ""
-  return (
-    f"`{rec['command']}` — {rec['when']}; {m['cpu']}, {m['cores']} cores, "
-    f"{m.get('mem_available_gb', float('nan')):.1f} GB available{gpu}; load average before "
-    f"{rec['load_before']}, after {rec.get('load_after')} (a shared machine). {code_line(rec)}"
-  ).rstrip()
-
-
 def code_line(record: Mapping[str, Any]) -> str:
   """'esmjax at commit abc1234[ with uncommitted changes to ...]. ' ('' if not recorded)."""
   c = record.get("code")

@@ -1,5 +1,5 @@
 """Timing: warm-up, N windows of S seconds, the median; variants alternated window by window in
-one process (`alternate`) or run after run across processes (`interleave`, `rounds`).
+one process (`alternate`) or run after run across processes (`interleave`).
 
 A rate is examples per second of one window; a result quotes the median of its windows and the
 noise around it (`spread`). On a shared machine neighbours can only slow a window down, so the
@@ -172,11 +172,3 @@ def interleave(*groups: Sequence[Any]) -> list[Any]:
   for i in range(max((len(g) for g in groups), default=0)):
     out += [g[i] for g in groups if i < len(g)]
   return out
-
-
-def rounds(items: Sequence[Any], n: int):
-  """(round, item) for `n` rounds over `items`, every other round reversed (who goes first
-  alternates)."""
-  for r in range(n):
-    for item in items if r % 2 == 0 else list(items)[::-1]:
-      yield r, item
