@@ -53,8 +53,8 @@ class Record(dict):
     figures: Mapping[str, Callable[[Path], None]] | None = None,
     out_dir: Path | str | None = None,
   ) -> list[Path]:
-    """<out_dir>/<name>.json and .md (+ figures: `write_results`); finishes the record first
-    unless `finish` was called."""
+    """<out_dir>/<name>.json and .md (markdown None: the JSON alone; + figures: `write_results`);
+    finishes the record first unless `finish` was called."""
     if "load_after" not in self:
       self.finish()
     return write_results(out_dir or self.out_dir, self.name, self, markdown, figures=figures)

@@ -172,7 +172,8 @@ def run_command(
 ) -> Finished:
   """Runs `cmd`, sampling the resident memory of its process tree every `sample_s` seconds. After
   `timeout` seconds the whole process group is killed (the command's own children too) and the
-  result says `timed_out`. CPU seconds are of the command and the children it waited for."""
+  result says `timed_out`; so is it when this process is interrupted (Ctrl-C), the command running
+  in a session of its own. CPU seconds are of the command and the children it waited for."""
   import psutil
 
   ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -181,16 +182,22 @@ def run_command(
     p = subprocess.Popen(
       cmd, env=env, cwd=cwd, stdout=out, stderr=err, text=True, start_new_session=True
     )
-    proc, peaks, timed_out = psutil.Process(p.pid), [0, 0], False
+    peaks, timed_out = [0, 0], False
     deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
-    while p.poll() is None:
-      _peaks(proc, peaks)
-      if time.monotonic() > deadline:
+    try:
+      proc = psutil.Process(p.pid)
+      while p.poll() is None:
+        _peaks(proc, peaks)
+        if time.monotonic() > deadline:
+          timed_out = True
+          break
+        time.sleep(max(min(sample_s, deadline - time.monotonic()), 0.005))
+    except psutil.NoSuchProcess:  # it ended before the first sample
+      pass
+    finally:
+      if p.poll() is None:
         os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
-        timed_out = True
-        break
-      time.sleep(max(min(sample_s, deadline - time.monotonic()), 0.005))
+      p.wait()
     out.seek(0)
     err.seek(0)
     stdout, stderr = out.read(), err.read()
