@@ -55,6 +55,7 @@ TOWERS_IDLE_EX_S = 124e3  # the two-tower MLP alone in JAX, measured on an idle 
 
 @dataclasses.dataclass
 class Opts(harness.Options):
+  quick: bool = harness.opt(False, "1e5..1e7 rows only, shorter windows")
   rows: str = harness.opt("", "comma-separated table sizes (default 1e5,1e6,1e7,1e8)")
   windows: int = 11
   window_s: float = 1.5

@@ -20,6 +20,7 @@ import harness  # noqa: E402
 
 @dataclasses.dataclass
 class Opts(harness.Timed):
+  quick: bool = False
   rows: str = harness.opt("1e5,1e7", "table sizes")
   batch: int = harness.opt(4096, "examples per step")
   malloc: str = harness.opt("huge", "allocator", choices=("huge", "os"))

@@ -2,7 +2,8 @@
 dataclass IS its command line.
 
     @dataclasses.dataclass
-    class Opts(harness.Timed):                 # out_dir, quick, rounds, windows, window_s, warmup_s
+    class Opts(harness.Timed):                 # out_dir, rounds, windows, window_s, warmup_s
+      quick: bool = False                       # help: COMMON_HELP["quick"]
       rows: str = harness.opt("1e5,1e7", "table sizes")
       malloc: str = harness.opt("huge", "allocator", choices=("huge", "os"))
       windows: int = 11                         # a shared option with this benchmark's default
@@ -49,10 +50,10 @@ def opt(default: Any, help: str = "", choices: Sequence[Any] | None = None) -> A
 
 @dataclasses.dataclass
 class Options:
-  """The options of every benchmark."""
+  """The options of every benchmark that writes results (one with a quick mode declares
+  `quick: bool = False`, its help from COMMON_HELP unless it says more)."""
 
   out_dir: str = str(RESULTS)
-  quick: bool = False
 
 
 @dataclasses.dataclass
