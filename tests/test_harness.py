@@ -161,6 +161,25 @@ def test_worker_timeout_is_reported_and_its_tree_killed(tmp_path, monkeypatch):
     pytest.fail(f"the worker's child {child} outlived the timeout")
 
 
+def test_an_interrupted_parent_takes_the_command_group_down(tmp_path, monkeypatch):
+  # Ctrl-C (or any error) while the parent waits: the command runs in a session of its own, so
+  # the parent kills its process group on the way out instead of leaving it running.
+  pid_file = tmp_path / "pid"
+  script = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+  real = harness.workers._peaks
+
+  def interrupt(proc, peaks):
+    real(proc, peaks)
+    if pid_file.exists():
+      raise KeyboardInterrupt
+
+  monkeypatch.setattr(harness.workers, "_peaks", interrupt)
+  with pytest.raises(KeyboardInterrupt):
+    harness.run_command([sys.executable, "-c", script], sample_s=0.05, timeout=30)
+  child = int(pid_file.read_text())
+  assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+
+
 def test_record_holds_machine_load_options_and_writes_both_files(tmp_path):
   o = harness.parse(Opts, ["--out_dir", str(tmp_path), "--quick"])
   rec = harness.Record("bench", o, command="python benchmarks/bench.py --quick", rows=[1])
