@@ -61,7 +61,7 @@ def ratios(a: Sequence[float], b: Sequence[float]) -> list[float]:
   return [x / y for x, y in zip(a, b, strict=False) if y]  # runs may log unequal windows
 
 
-def _warm(step: Step, sync: Callable[[], Any], warmup_s: float, window_s: float, clock):
+def _warm(step: Step, sync, warmup_s: float, window_s: float, clock, min_steps: int = 1):
   """First step (compile) timed apart, then `warmup_s` of steps: (first-step seconds, steps run,
   chunk = steps per sync, sized to ~1/4 of a window so that dispatch still overlaps host and
   device as in training)."""
@@ -70,7 +70,7 @@ def _warm(step: Step, sync: Callable[[], Any], warmup_s: float, window_s: float,
   sync()
   first = clock() - t0
   t0, n = clock(), 0
-  while n < 1 or clock() - t0 < warmup_s:
+  while n < min_steps or clock() - t0 < warmup_s:
     step(n + 1)
     sync()
     n += 1
@@ -151,8 +151,9 @@ def alternate(
   """
   out = {}
   for name, (step, sync) in fns.items():  # compile + warm up each
-    first, steps, chunk = _warm(step, sync, warmup_s, window_s, clock)
-    out[name] = {"first_step_s": first, "ex_per_s": [], "ex_per_cpu_s": [], "steps": steps}
+    first, _, chunk = _warm(step, sync, warmup_s, window_s, clock, min_steps=2)
+    # "steps": the first step and the timed ones (the warm-up's are not counted).
+    out[name] = {"first_step_s": first, "ex_per_s": [], "ex_per_cpu_s": [], "steps": 1}
     out[name]["chunk"] = chunk
   for _ in range(windows):
     for name, (step, sync) in fns.items():
