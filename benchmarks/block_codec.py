@@ -1,20 +1,20 @@
 """Compressed block records: disk per row, the converter's rows/s and the trainer's input pipeline's
 rows/s, plain against zstd and lz4, on the Ali-CCP-shaped world of
-`esmjax.data.synthetic.aliccp_world`; and
-the converter on gzip input against the same files decompressed.
+`esmjax.data.synthetic.aliccp_world`; and the converter on gzip input against the same files
+decompressed.
 
     python benchmarks/block_codec.py [--scale=0.004] [--reps=5] [--seconds=2]
 
 One raw world (gzip, generated once into a temporary directory), converted once per codec (the
 converter's wall time and rows/s, in turn); then `pipeline.train_iter_dataset` as the trainer builds
 it (batch 1,024, shuffled windows, checksums on) read round-robin, `--reps` runs of `--seconds`
-per codec, medians and ratios to plain. Writes benchmarks/results/block_codec.{md,json}.
+per codec, medians and ratios to plain. Writes benchmarks/results/block_codec.{md,json} (or
+--out_dir).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
 import os
 import statistics
 import sys
@@ -22,15 +22,20 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import reporting  # noqa: E402
-from common import ROOT  # noqa: E402
+import harness  # noqa: E402
 
 CODECS = ("none", "zstd", "lz4")
 
 
-def _flags() -> str:
-  text = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
-  return ", ".join(f"{f} {'yes' if f in text else 'no'}" for f in ("avx512_bf16", "amx_bf16"))
+@dataclasses.dataclass
+class Opts(harness.Options):
+  scale: float = harness.opt(0.004, "scale of the generated Ali-CCP-shaped world")
+  reps: int = harness.opt(5, "round-robin pipeline runs per codec")
+  seconds: float = harness.opt(2.0, "seconds per pipeline run")
+
+
+def _flags(have: list[str]) -> str:
+  return ", ".join(f"{f} {'yes' if f in have else 'no'}" for f in ("avx512_bf16", "amx_bf16"))
 
 
 def _rate(data_dir: str, seconds: float) -> float:
@@ -51,18 +56,14 @@ def _rate(data_dir: str, seconds: float) -> float:
   return rate
 
 
-def main() -> None:
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--scale", type=float, default=0.004)
-  ap.add_argument("--reps", type=int, default=5)
-  ap.add_argument("--seconds", type=float, default=2.0)
-  args = ap.parse_args()
+def main(argv=None) -> None:
+  args = harness.parse(Opts, argv, __doc__)
   from esmjax.common import absl_flags
   from esmjax.data.ingest.aliccp import convert as aliccp
   from esmjax.data.synthetic import aliccp_world
 
   absl_flags.ensure_parsed("block_codec")
-  prov = reporting.provenance()
+  prov = harness.Record("block_codec", args)
   tmp = tempfile.mkdtemp(prefix="block_codec_")
   world = aliccp_world.generate(os.path.join(tmp, "raw"), args.scale, 0, progress=False)
   sk = os.path.join(tmp, "raw", world["splits"]["train"]["files"]["skeleton"])
@@ -102,7 +103,7 @@ def main() -> None:
   for _ in range(args.reps):
     for c in CODECS:
       runs[c].append(_rate(os.path.join(tmp, c), args.seconds))
-      loads.append(reporting.load_average()[:1])
+      loads.append(harness.load_average()[:1])
   med = {c: statistics.median(v) for c, v in runs.items()}
   rows = [
     [
@@ -115,14 +116,15 @@ def main() -> None:
     for c in CODECS
   ]
   ratio = statistics.median(inp["gzip"]) / statistics.median(inp["plain text"])
+  m = prov["machine"]
   md = "\n".join(
     [
       "# Compressed block records (benchmarks/block_codec.py)",
       "",
-      f"`{prov['command']}` — {prov['when']}; {prov['machine']['cpu']} ({_flags()}), "
+      f"`{prov['command']}` — {prov['when']}; {m['cpu']} ({_flags(m['cpu_bf16_flags'])}), "
       f"{prov['machine']['cores']} cores; load average {prov['load_before']} before, "
-      f"{reporting.load_average()} after (shared machine: rates are lower bounds, ratios are "
-      "what to read). " + reporting.code_line(prov),
+      f"{prov.finish()['load_after']} after (shared machine: rates are lower bounds, ratios are "
+      "what to read). " + harness.code_line(prov),
       "",
       f"World: `esmjax.data.synthetic.aliccp_world` at scale {args.scale} (training split, "
       f"{conv['none']['rows']:,} rows, gzip input). Converter: one run per codec, 2 workers. "
@@ -130,7 +132,7 @@ def main() -> None:
       f"on), {args.reps} round-robin runs of {args.seconds:g} s per codec; medians, and the "
       "median of the per-round ratios to plain.",
       "",
-      reporting.markdown_table(
+      harness.markdown_table(
         ["codec", "B/row on disk", "converter rows/s", "pipeline rows/s", "pipeline vs plain"],
         rows,
       ),
@@ -142,21 +144,8 @@ def main() -> None:
       "",
     ]
   )
-  out = os.path.join(ROOT, "benchmarks", "results")
-  with open(os.path.join(out, "block_codec.md"), "w") as f:
-    f.write(md)
-  with open(os.path.join(out, "block_codec.json"), "w") as f:
-    json.dump(
-      {
-        **prov,
-        "converter": conv,
-        "pipeline_rows_per_s": runs,
-        "input_rows_per_s": inp,
-        "loads": loads,
-      },
-      f,
-      indent=1,
-    )
+  prov.update(converter=conv, pipeline_rows_per_s=runs, input_rows_per_s=inp, loads=loads)
+  prov.write(md)
   print(md)
   shutil.rmtree(tmp, ignore_errors=True)
 

@@ -1,5 +1,4 @@
-r"""What verifying a checkpoint costs: the state digests (esmjax.common.digest) against a
-restore.
+r"""What verifying a checkpoint costs: the state digests (esmjax.common.digest) against a restore.
 
   python benchmarks/checkpoint_verify.py [--rows=10000000] [--repeats=5] [--dir=/tmp/ckpt-verify]
 
@@ -7,8 +6,7 @@ Two states of configs/esmm.py: the default synthetic world's, and the same model
 single-valued field grown until the table has `--rows` rows. For each, interleaved in one process
 (so machine load hits both alike), the medians of:
 
-- `digest`: esmjax.common.digest.digests, what save records and restore verifies (on the
-devices);
+- `digest`: esmjax.common.digest.digests, what save records and restore verifies (on the devices);
 - `sha256`: state.state_fingerprint, a SHA-256 over host copies of every array (the alternative);
 - `restore`: Checkpointer.restore_latest of a saved checkpoint without verification, and
   `restore+verify` with it (what a resume pays).
@@ -19,7 +17,6 @@ with `uptime`'s load average.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -30,6 +27,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import harness  # noqa: E402
+
+
+@dataclasses.dataclass
+class Opts:  # prints its lines; writes no results file
+  rows: int = harness.opt(10_000_000, "table rows of the grown state")
+  repeats: int = harness.opt(5, "interleaved timings of each (the median is quoted)")
+  dir: str = harness.opt("/tmp/esmjax-ckpt-verify", "where the checkpoints are saved")
 
 
 def grown(schema, rows: int):
@@ -97,13 +105,7 @@ def measure(name: str, config, schema, repeats: int, directory: str) -> dict:
 
 
 def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--rows", type=int, default=10_000_000)
-  p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--dir", default="/tmp/esmjax-ckpt-verify")
-  args = p.parse_args(argv)
-  sys.path.insert(0, str(ROOT))
-  sys.path.insert(0, str(ROOT / "benchmarks"))
+  args = harness.parse(Opts, argv, __doc__)
   import common
 
   from esmjax.common import absl_flags

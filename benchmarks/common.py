@@ -1,9 +1,7 @@
-"""What the benchmarks share: the ESMM-paper throughput setup, the models' towers, timed windows,
-subprocess workers and memory readings. Provenance, tables and results files: benchmarks.reporting.
-
-Every measured configuration runs in a fresh subprocess (`run_worker`): its peak RSS is then its
-own, a crash or an out-of-memory kill costs one row instead of the run, and each JAX process can
-get its own fake device count. Workers print one `@@RESULT@@ {json}` line.
+"""What the benchmarks measure on: the ESMM-paper throughput setup (both frameworks), the models'
+towers and FLOPs, esmjax's step timed in a worker, and runs as users run them (the shipped configs,
+the trainer's datasets and batches, its summary). The mechanics (options, timing windows, worker
+processes, the result record) are the harness's: benchmarks/harness/.
 
 Throughput data (`zipf_batches`): the ESMM paper's shape, 23 single-valued fields × dim 18, ids
 drawn per field from a Zipf law (exponent `zipf_a`) over that field's vocabulary (table rows / 23),
@@ -15,142 +13,32 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import platform
-import re
-import resource
-import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-try:
-  import reporting
-except ImportError:  # a worker running another checkout's esmjax (user_path.py's baseline ref)
-  reporting = None
+# The harness's names that the scripts read through `common` (roofline.py, bf16_step.py, sweep.py).
+from harness import (  # noqa: F401
+  BENCH,
+  RESULT_TAG,
+  RESULTS,
+  ROOT,
+  peak_rss_mb,
+  rss_mb,
+  run_worker,
+  spec_windows,
+  spread,
+  timed_windows,
+  worker_env,
+  worker_main,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCH = ROOT / "benchmarks"
-RESULTS = BENCH / "results"
-RESULT_TAG = "@@RESULT@@"
 PAPER_FIELDS = 23  # the ESMM paper's single-valued fields
 PAPER_DIM = 18  # the ESMM paper's embedding dim
 ZIPF_A = 1.2  # id skew of the throughput batches (heavier head than uniform, long tail)
-
-
-# ---------------------------------------------------------------------------------------------
-# Memory readings.
-
-
-def rss_mb() -> float:
-  """Current resident set of this process (MB)."""
-  try:
-    for line in open("/proc/self/status"):
-      if line.startswith("VmRSS:"):
-        return int(line.split()[1]) / 1024
-  except OSError:
-    pass
-  return float("nan")
-
-
-def peak_rss_mb() -> float:
-  """Peak resident set of this process so far (MB; ru_maxrss is KiB on Linux)."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-# ---------------------------------------------------------------------------------------------
-# Statistics.
-
-
-def spread(values: list[float]) -> dict[str, float]:
-  """Median and the noise around it: min, max and the relative half-range (max−min)/2/median."""
-  v = [float(x) for x in values if x == x]
-  if not v:
-    return {
-      "median": float("nan"),
-      "min": float("nan"),
-      "max": float("nan"),
-      "rel_half_range": float("nan"),
-      "n": 0,
-    }
-  med = statistics.median(v)
-  return {
-    "median": med,
-    "min": min(v),
-    "max": max(v),
-    "rel_half_range": (max(v) - min(v)) / 2 / med if med else float("nan"),
-    "n": len(v),
-  }
-
-
-def timed_windows(
-  step: Callable[[int], Any],
-  sync: Callable[[], Any],
-  batch_size: int,
-  *,
-  warmup_s: float,
-  windows: int,
-  window_s: float,
-  min_steps: int = 2,
-  cpu_rates: list[float] | None = None,
-) -> tuple[float, list[float], int]:
-  """Runs `step(i)`; returns (first-step seconds incl. compile, examples/s per window, steps).
-
-  `cpu_rates`, if given, receives examples per CPU-second of this process (all its threads) per
-  window: on a shared, oversubscribed machine that measures the work a step costs, whatever share
-  of the cores the scheduler gave it (spin-waiting still counts as work).
-
-  After the first step (compile) the step runs for `warmup_s`, then `windows` windows of at least
-  `window_s` seconds and `min_steps` steps each. Steps go in chunks with one `sync` per chunk (so
-  asynchronous dispatch still overlaps host and device, as in training), sized from the warm-up
-  to ~1/4 of a window.
-  """
-  i = 0
-  t0 = time.perf_counter()
-  step(i)
-  sync()
-  i += 1
-  first = time.perf_counter() - t0
-  t0, n = time.perf_counter(), 0
-  while n < 1 or time.perf_counter() - t0 < warmup_s:
-    step(i)
-    sync()
-    i += 1
-    n += 1
-  step_s = (time.perf_counter() - t0) / n
-  chunk = int(max(1, min(16, window_s / 4 / max(step_s, 1e-6))))
-  rates = []
-  for _ in range(windows):
-    n, t0, c0 = 0, time.perf_counter(), time.process_time()
-    while n < min_steps or time.perf_counter() - t0 < window_s:
-      for _ in range(chunk):
-        step(i)
-        i += 1
-        n += 1
-      sync()
-    rates.append(n * batch_size / (time.perf_counter() - t0))
-    if cpu_rates is not None:
-      cpu_rates.append(n * batch_size / max(time.process_time() - c0, 1e-9))
-  return first, rates, i
-
-
-def spec_windows(spec: dict, step, sync, cpu_rates: list[float] | None = None):
-  """`timed_windows` at a worker spec's batch, warmup_s (default 2), windows (3) and window_s (3):
-  one reading of these keys, so every framework's worker is timed alike."""
-  return timed_windows(
-    step,
-    sync,
-    spec["batch"],
-    warmup_s=spec.get("warmup_s", 2.0),
-    windows=spec.get("windows", 3),
-    window_s=spec.get("window_s", 3.0),
-    cpu_rates=cpu_rates,
-  )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,6 +84,20 @@ def bench_config(
   c.train.batch_size = batch_size
   c.train.eval_batch_size = batch_size
   c.mesh.num_devices = devices
+  c.checkpoint.enabled = False
+  return config_lib.validate(c)
+
+
+def quality_config(model: str, batch_size: int, seed: int, max_eval_rows: int = -1):
+  """esmjax's default config (the default synthetic data) for a quality run of `model`."""
+  from esmjax.config import defaults as config_lib
+
+  c = config_lib.default_config()
+  c.model.name = model
+  c.train.batch_size = batch_size
+  c.train.seed = seed
+  c.train.max_eval_rows = max_eval_rows
+  c.mesh.num_devices = 1
   c.checkpoint.enabled = False
   return config_lib.validate(c)
 
@@ -431,68 +333,11 @@ def _run_rate(summary, steps: int, batch: int, train_s: float, compile_s: float)
   return (steps - 1) * batch / (train_s - compile_s) if steps > 1 else float("nan")
 
 
-# ---------------------------------------------------------------------------------------------
-# Subprocess workers.
+def torch_setup(threads: int):
+  """(torch, device, sync) in a PyTorch worker: CUDA where available, `threads` CPU threads."""
+  import torch
 
-
-def worker_env(devices: int | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
-  """The parent's environment as `python -m esmjax.main` runs in it (malloc on huge pages where
-  supported: `host_memory.cli_malloc_env`), with N fake CPU devices (replacing any given count) if
-  asked, then `extra` (GLIBC_TUNABLES="" there: malloc as the OS gives it)."""
-  from esmjax.core import host_memory  # light: no JAX import in the parent
-
-  env = host_memory.cli_malloc_env(os.environ)
-  env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # accelerators: measured peaks, not 75 %
-  env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  if devices is not None:
-    flags = re.sub(
-      r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")
-    ).strip()
-    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={int(devices)}".strip()
-  env["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(ROOT), str(BENCH), env.get("PYTHONPATH", "")) if p
-  )
-  env.update(extra or {})
-  return env
-
-
-def run_worker(
-  script: Path | str,
-  spec: dict[str, Any],
-  *,
-  env: dict[str, str] | None = None,
-  timeout: float = 600.0,
-) -> dict[str, Any]:
-  """Runs `python script --worker JSON`; returns its result dict, or {'error': ...}."""
-  cmd = [sys.executable, str(script), "--worker", json.dumps(spec)]
-  t = time.perf_counter()
-  try:
-    p = subprocess.run(
-      cmd, env=env or worker_env(), capture_output=True, text=True, timeout=timeout
-    )
-  except subprocess.TimeoutExpired:
-    return {"error": f"timed out after {timeout:.0f}s", "spec": spec}
-  wall = time.perf_counter() - t
-  for line in reversed(p.stdout.splitlines()):
-    if line.startswith(RESULT_TAG):
-      out = json.loads(line[len(RESULT_TAG) :])
-      out["wall_s"] = wall
-      return out
-  tail = (p.stderr or p.stdout)[-1500:]
-  return {
-    "error": f"exit {p.returncode}"
-    + (" (killed: out of memory?)" if p.returncode in (-9, 137) else "")
-    + f": {tail}",
-    "spec": spec,
-    "wall_s": wall,
-  }
-
-
-def worker_main(handlers: dict[str, Callable[[dict[str, Any]], dict[str, Any]]]) -> bool:
-  """If argv is `--worker JSON`, runs handlers[spec['kind']] and prints the result line."""
-  if len(sys.argv) < 3 or sys.argv[1] != "--worker":
-    return False
-  spec = json.loads(sys.argv[2])
-  out = handlers[spec["kind"]](spec)
-  print(RESULT_TAG + json.dumps(out, default=float), flush=True)
-  return True
+  dev = "cuda" if torch.cuda.is_available() else "cpu"
+  torch.set_num_threads(threads)
+  sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+  return torch, dev, sync

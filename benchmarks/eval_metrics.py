@@ -1,6 +1,5 @@
 r"""The evaluation's metrics over N rows: sorted on the device (esmjax.evaluation.device_metrics)
-against the
-host path (predictions to NumPy, esmjax.evaluation.metrics), interleaved in one process.
+against the host path (predictions to NumPy, esmjax.evaluation.metrics), interleaved in one process.
 
     python benchmarks/eval_metrics.py                  # 4 M rows (the CPU default), 3 rounds
     python benchmarks/eval_metrics.py --rows 43000000  # the Ali-CCP training half, on a GPU
@@ -17,16 +16,22 @@ into --out_dir.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common
+import harness
 import numpy as np
-import reporting
+
+
+@dataclasses.dataclass
+class Opts(harness.Options):
+  rows: int = harness.opt(4_000_000, "rows of the evaluation set")
+  rounds: int = 3
+  skip_host: bool = harness.opt(False, "the device path only")
 
 
 def make_columns(n: int, seed: int = 0):
@@ -71,16 +76,10 @@ def on_host(cols) -> tuple[dict, int]:
 
 
 def main(argv=None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--rows", type=int, default=4_000_000)
-  ap.add_argument("--rounds", type=int, default=3)
-  ap.add_argument("--skip_host", action="store_true", help="the device path only")
-  ap.add_argument("--out_dir", default=str(common.RESULTS))
-  args = ap.parse_args(argv)
-  t0 = time.time()
+  args = harness.parse(Opts, argv, __doc__)
   import jax
 
-  res = {**reporting.provenance(), "args": vars(args), "backend": jax.default_backend()}
+  res = harness.Record("eval_metrics", args, backend=jax.default_backend())
   res["device"] = str(jax.devices()[0].device_kind)
   cols = make_columns(args.rows)
   t = time.perf_counter()
@@ -103,8 +102,8 @@ def main(argv=None) -> int:
       if host_out[k] == host_out[k]
     ]
     res["max_rel_diff"] = max(diffs)
-  res["peak_rss_mb"] = common.peak_rss_mb()
-  reporting.finish(res, t0)
+  res["peak_rss_mb"] = harness.peak_rss_mb()
+  res.finish()
   dev, host = float(np.median(dev_s)), float(np.median(host_s)) if host_s else float("nan")
   md = "\n".join(
     [
@@ -114,9 +113,9 @@ def main(argv=None) -> int:
       f"{res['machine']['cores']} usable cores; load average before/after {res['load_before']} / "
       f"{res['load_after']}.",
       "",
-      reporting.code_line(res) + f"Command: `{res['command']}`",
+      harness.code_line(res) + f"Command: `{res['command']}`",
       "",
-      reporting.markdown_table(
+      harness.markdown_table(
         ["path", "median s", "rows/s", "rounds", "note"],
         [
           [
@@ -142,7 +141,7 @@ def main(argv=None) -> int:
       f"{res.get('max_rel_diff', float('nan')):.1e}; peak RSS {res['peak_rss_mb']:,.0f} MB.",
     ]
   )
-  reporting.write_results(Path(args.out_dir), "eval_metrics", res, md + "\n")
+  res.write(md + "\n")
   print(md, flush=True)
   return 0
 

@@ -26,7 +26,7 @@ Writes benchmarks/results/input_modes.{json,md} (or --out_dir).
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import shutil
 import statistics
@@ -38,6 +38,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import harness  # noqa: E402
+
+
+@dataclasses.dataclass
+class Opts(harness.Options):
+  quick: bool = harness.opt(False, "1 round, a third of an epoch per run")
+  rounds: int = harness.opt(0, "default 3 (--quick: 1)")
+  models: str = harness.opt("esmm,esm2", "comma-separated shipped configs")
+  batches: str = harness.opt("1024,4096", "comma-separated batch sizes")
+
 
 EPOCH_ROWS = 1_000_000  # the default world's training rows
 
@@ -102,14 +113,7 @@ def chosen_mode(config) -> str:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--quick", action="store_true")
-  p.add_argument("--rounds", type=int, default=0, help="default 3 (--quick: 1)")
-  p.add_argument("--models", default="esmm,esm2")
-  p.add_argument("--batches", default="1024,4096")
-  p.add_argument("--out_dir", default=str(ROOT / "benchmarks" / "results"))
-  args = p.parse_args(argv)
-  import reporting
+  args = harness.parse(Opts, argv, __doc__)
   from absl import logging
   from common import shipped_config
 
@@ -117,7 +121,7 @@ def main(argv=None) -> int:
 
   absl_flags.ensure_parsed("input_modes")
   logging.set_verbosity(logging.WARNING)
-  started, record = time.time(), reporting.provenance()
+  record = harness.Record("input_modes", args)
   rounds = args.rounds or (1 if args.quick else 3)
   tmp = Path(tempfile.mkdtemp(prefix="esmjax-input-modes-"))
   points = [(m, int(b)) for m in args.models.split(",") for b in args.batches.split(",")]
@@ -164,7 +168,7 @@ def main(argv=None) -> int:
     )
     chosen = device if pick == "device" else stream
     checks.append(
-      reporting.check(
+      harness.check(
         f"{model} batch {batch}: the default mode ('auto' → {pick}) end to end ≥ 95 % of the step",
         chosen >= 0.95 * step,
         f"{chosen / step:.1%}",
@@ -172,55 +176,36 @@ def main(argv=None) -> int:
     )
     if pick == "device":
       checks.append(
-        reporting.check(
+        harness.check(
           f"{model} batch {batch}: device mode not slower than the stream where 'auto' picks it",
           device >= stream,
           f"device / stream {device / stream:.2f}",
         )
       )
-  record = reporting.finish(record, started)
-  record.update(
+  record.finish().update(
     rounds=rounds,
     quick=args.quick,
     rates={f"{m}/{b}/{k}": v for (m, b, k), v in rates.items()},
     auto={f"{m}/{b}": v for (m, b), v in auto.items()},
     checks=checks,
   )
-  cpu_flags = _cpu_flags()
+  have = record["machine"]["cpu_bf16_flags"]
+  cpu_flags = ", ".join(f"{f} {'yes' if f in have else 'no'}" for f in ("avx512_bf16", "amx_bf16"))
   header = (
     "# Input modes: stream vs resident, end to end against the step alone\n\n"
-    f"{reporting.code_line(record)}Measured {record['when']} on {record['machine']['cpu']} "
+    f"{harness.code_line(record)}Measured {record['when']} on {record['machine']['cpu']} "
     f"({record['machine']['cores']} usable cores; {cpu_flags}), load average "
     f"{record['load_before']} before and {record['load_after']} after; {rounds} round(s), "
     f"medians; {record['elapsed_s'] / 60:.1f} min. Command: `{record['command']}`.\n\n"
   )
-  table = reporting.markdown_table(
-    [
-      "model",
-      "batch",
-      "step alone ex/s",
-      "stream e2e ex/s",
-      "device e2e ex/s",
-      "stream / step",
-      "device / step",
-      "device / stream",
-      "'auto' picks",
-    ],
-    rows,
-  )
-  md = table + "\n\n" + reporting.checks_markdown(checks, ("met", "NOT met")) + "\n"
-  for path in reporting.write_results(args.out_dir, "input_modes", record, md, header=header):
+  header_row = "model|batch|step alone ex/s|stream e2e ex/s|device e2e ex/s|stream / step|"
+  header_row += "device / step|device / stream|'auto' picks"
+  table = harness.markdown_table(header_row.split("|"), rows)
+  md = table + "\n\n" + harness.checks_markdown(checks, ("met", "NOT met")) + "\n"
+  for path in record.write(header + md):
     print("wrote", path)
   print(header + md)
   return 0
-
-
-def _cpu_flags() -> str:
-  try:
-    flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-  except (OSError, StopIteration):
-    return "flags unknown"
-  return ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("avx512_bf16", "amx_bf16"))
 
 
 if __name__ == "__main__":

@@ -23,35 +23,42 @@ medians of each variant and of the per-repeat ratios (on / off) of:
   manifest + shard checks of one open_dataset — as fractions of the medians above. On a loaded
   machine the end-to-end ratios swing by more than the effect; these fractions do not.
 
-Writes benchmarks/results/read_verification.json and prints it, with the CPU model and load.
+Writes benchmarks/results/read_verification.json (or --out_dir) and prints it, with the CPU model
+and load.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import dataclasses
 import json
 import os
-import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import harness  # noqa: E402
 
 
-def cpu() -> dict:
-  info = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-  model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if "Model name" in ln), "")
-  flags = next((ln for ln in info.splitlines() if ln.startswith("Flags")), "")
+@dataclasses.dataclass
+class Opts(harness.Options):
+  rows: int = harness.opt(2_000_000, "rows of the dataset")
+  repeats: int = harness.opt(15, "interleaved repeats of each variant (medians quoted)")
+  dir: str = harness.opt("/tmp/read-verify", "where the dataset and checkpoints are written")
+
+
+def cpu(machine: dict) -> dict:
+  have = machine["cpu_bf16_flags"]
   return {
-    "model": model or platform.processor(),
-    "avx512_bf16": "avx512_bf16" in flags,
-    "amx_bf16": "amx_bf16" in flags,
+    "model": machine["cpu"],
+    "avx512_bf16": "avx512_bf16" in have,
+    "amx_bf16": "amx_bf16" in have,
   }
 
 
@@ -94,12 +101,9 @@ def file_digests_off():
     ) = saved
 
 
-def main() -> None:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--rows", type=int, default=2_000_000)
-  ap.add_argument("--repeats", type=int, default=15)
-  ap.add_argument("--dir", default="/tmp/read-verify")
-  args = ap.parse_args()
+def main(argv=None) -> None:
+  args = harness.parse(Opts, argv, __doc__)
+  rec = harness.Record("read_verification", args)
 
   import jax
   import tiny
@@ -218,7 +222,7 @@ def main() -> None:
   }
   out = {
     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    "cpu": cpu(),
+    "cpu": cpu(rec["machine"]),
     "load_avg": os.getloadavg(),
     "rows": args.rows,
     "repeats": args.repeats,
@@ -239,8 +243,8 @@ def main() -> None:
     },
     "all": times,
   }
-  path = ROOT / "benchmarks" / "results" / "read_verification.json"
-  path.write_text(json.dumps(out, indent=1) + "\n")
+  rec.update(out)
+  rec.write(None)  # the JSON alone
   print(json.dumps({k: v for k, v in out.items() if k != "all"}, indent=1))
   shutil.rmtree(args.dir, ignore_errors=True)
 

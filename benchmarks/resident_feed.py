@@ -17,7 +17,7 @@ Writes benchmarks/results/resident_feed.{json,md} (or --out_dir).
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -26,6 +26,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import harness  # noqa: E402
+
+
+@dataclasses.dataclass
+class Opts(harness.Options):
+  batches: str = harness.opt("1024,4096,16384,65536", "comma-separated batch sizes")
+  steps: int = harness.opt(64, "batches gathered per timed call")
+  repeats: int = harness.opt(5, "timed calls per batch size (the median is quoted)")
 
 
 def feed_rate(config, train_ds, steps: int, repeats: int) -> dict[str, float]:
@@ -64,19 +73,13 @@ def feed_rate(config, train_ds, steps: int, repeats: int) -> dict[str, float]:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--batches", default="1024,4096,16384,65536")
-  p.add_argument("--steps", type=int, default=64, help="batches gathered per timed call")
-  p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--out_dir", default=str(ROOT / "benchmarks" / "results"))
-  args = p.parse_args(argv)
-  import reporting
+  args = harness.parse(Opts, argv, __doc__)
   from common import datasets, shipped_config
 
   from esmjax.common import absl_flags
 
   absl_flags.ensure_parsed("resident_feed")
-  started, record = time.time(), reporting.provenance()
+  record = harness.Record("resident_feed", args)
   import jax
 
   rows, results = [], {}
@@ -87,18 +90,19 @@ def main(argv=None) -> int:
     results[batch] = out
     rows.append([batch, out["rows_per_s"], out["rows_per_s"] * out["row_bytes"] / 2**30])
     print(f"batch {batch}: {out['rows_per_s']:,.0f} rows/s", flush=True)
-  record = reporting.finish(record, started)
-  record.update(results=results, device=str(jax.devices()[0]), device_count=jax.device_count())
+  record.finish().update(
+    results=results, device=str(jax.devices()[0]), device_count=jax.device_count()
+  )
   header = (
     "# The device-resident feed alone (permutation + gather, no train step)\n\n"
-    f"{reporting.code_line(record)}Measured {record['when']} on {record['machine']['cpu']} "
+    f"{harness.code_line(record)}Measured {record['when']} on {record['machine']['cpu']} "
     f"({record['machine']['cores']} usable cores), devices: {jax.device_count()} x "
     f"{record['device']}; load average {record['load_before']} before and "
     f"{record['load_after']} after; medians of {args.repeats} calls of {args.steps} batches. "
     f"Command: `{record['command']}`.\n\n"
   )
-  md = reporting.markdown_table(["batch", "rows/s", "GiB/s gathered"], rows) + "\n"
-  for path in reporting.write_results(args.out_dir, "resident_feed", record, md, header=header):
+  md = harness.markdown_table(["batch", "rows/s", "GiB/s gathered"], rows) + "\n"
+  for path in record.write(header + md):
     print("wrote", path)
   print(header + md)
   return 0

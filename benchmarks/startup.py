@@ -16,7 +16,7 @@ Writes benchmarks/results/startup.{json,md} (or --out_dir).
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import shutil
 import statistics
@@ -29,6 +29,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import harness  # noqa: E402
+
+
+@dataclasses.dataclass
+class Opts(harness.Options):
+  rounds: int = 3
 
 
 def one_run(cache: str, tmp: Path, env) -> dict[str, float]:
@@ -61,15 +68,9 @@ def one_run(cache: str, tmp: Path, env) -> dict[str, float]:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--rounds", type=int, default=3)
-  p.add_argument("--out_dir", default=str(ROOT / "benchmarks" / "results"))
-  args = p.parse_args(argv)
-  import reporting
-  from common import worker_env
-
-  started, record = time.time(), reporting.provenance()
-  env = worker_env(extra={"ESMJAX_COMPILE_CACHE": ""})
+  args = harness.parse(Opts, argv, __doc__)
+  record = harness.Record("startup", args)
+  env = harness.worker_env(extra={"ESMJAX_COMPILE_CACHE": ""})
   tmp = Path(tempfile.mkdtemp(prefix="esmjax-startup-"))
   runs: dict[str, list[dict[str, float]]] = {"off": [], "first": [], "second": []}
   try:
@@ -83,8 +84,7 @@ def main(argv=None) -> int:
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in runs.items()}
-  record = reporting.finish(record, started)
-  record.update(rounds=args.rounds, runs=runs, medians=med)
+  record.finish().update(rounds=args.rounds, runs=runs, medians=med)
   rows = [
     [k, med[k]["wall_s"], med[k]["to_first_step_s"], med[k]["compile_s"], med[k]["eval_s"]]
     for k in ("off", "first", "second")
@@ -92,20 +92,20 @@ def main(argv=None) -> int:
   saved = med["first"]["to_first_step_s"] - med["second"]["to_first_step_s"]
   header = (
     "# Start-up with the persistent compilation cache (configs/esmm.py, one step)\n\n"
-    f"{reporting.code_line(record)}Measured {record['when']} on {record['machine']['cpu']} "
+    f"{harness.code_line(record)}Measured {record['when']} on {record['machine']['cpu']} "
     f"({record['machine']['cores']} usable cores), load average {record['load_before']} before "
     f"and {record['load_after']} after; {args.rounds} round(s), medians. Command: "
     f"`{record['command']}`.\n\n"
   )
   md = (
-    reporting.markdown_table(
+    harness.markdown_table(
       ["cache", "process wall s", "to the first step s", "compile s (logged)", "evaluation s"],
       rows,
     )
     + f"\n\nThe second run reaches its first step {saved:.1f} s sooner than the first "
     f"({med['second']['to_first_step_s'] / med['first']['to_first_step_s']:.0%} of its time).\n"
   )
-  for path in reporting.write_results(args.out_dir, "startup", record, md, header=header):
+  for path in record.write(header + md):
     print("wrote", path)
   print(header + md)
   return 0

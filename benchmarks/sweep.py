@@ -32,7 +32,7 @@ not what more chips buy (ideal there is a flat total rate; efficiency ≈ 1/N).
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import gc
 import sys
 import time
@@ -41,10 +41,33 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
-import reporting
+import harness
 
 ME = Path(__file__).resolve()
 ACCEL = ("gpu", "tpu", "cuda", "rocm")
+
+
+@dataclasses.dataclass
+class Opts(harness.Options):
+  quick: bool = harness.opt(False, "~2 minutes on CPU: 9 points, short windows")
+  isolate: bool = harness.opt(
+    False,
+    "a fresh process per point (its own peak RSS and device peak) instead of one per "
+    "(devices, dtype) group; each point then pays start-up and the JAX import",
+  )
+  budget_s: float = harness.opt(
+    0.0, "stop starting points after this many seconds (0: 100 for --quick, unlimited otherwise)"
+  )
+  base_rows: float = harness.opt(0.0, "table rows of the base point (0: 1e5 quick, 1e6 full)")
+  base_batch: int = 4096
+  windows: int = 3
+  window_s: float = 2.0
+  warmup_s: float = 1.5
+  mem_fraction: float = harness.opt(
+    0.6, "skip points needing more than this share of the available host memory (CPU backend)"
+  )
+  worker_timeout: float = 600
+  skip_roofline: bool = False
 
 
 F32_BATCHES = (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
@@ -140,7 +163,7 @@ def run_points(points, args, probe, log) -> list[dict]:
   """Runs every point: one process per (device count, dtype) group (each point compiled once,
   start-up and the JAX import paid once per group), or a fresh process per point (--isolate)."""
   accel = probe.get("backend") in ACCEL
-  mem_gb = reporting.mem_available_gb() if not accel else float("inf")
+  mem_gb = harness.mem_available_gb() if not accel else float("inf")
   t0 = time.time()
   rows: list[dict | None] = [None] * len(points)
   todo = []
@@ -166,12 +189,12 @@ def run_points(points, args, probe, log) -> list[dict]:
     "window_s": args.window_s,
     "n_batches": 4 if p["batch"] >= 32768 else 8,
   }
-  env_of = lambda d: common.worker_env(devices=None if accel else d)
+  env_of = lambda d: harness.worker_env(devices=None if accel else d)
 
   def record(i, r):
     row = {**points[i], **{k: v for k, v in r.items() if k != "spec"}}
     if "error" not in r and "skipped" not in r:
-      row["rate"] = common.spread(r["ex_per_s"])
+      row["rate"] = harness.spread(r["ex_per_s"])
     rows[i] = row
     _log_row(row, log)
 
@@ -183,7 +206,7 @@ def run_points(points, args, probe, log) -> list[dict]:
     for (d, _), idx in groups.items():
       share = (args.budget_s - (time.time() - t0)) * len(idx) / max(n_left, 1)
       n_left -= len(idx)
-      r = common.run_worker(
+      r = harness.run_worker(
         ME,
         {
           "kind": "many",
@@ -203,7 +226,7 @@ def run_points(points, args, probe, log) -> list[dict]:
         continue
       record(
         i,
-        common.run_worker(
+        harness.run_worker(
           ME, spec_of(points[i]), env=env_of(points[i]["devices"]), timeout=args.worker_timeout
         ),
       )
@@ -245,12 +268,10 @@ def markdown(res: dict) -> str:
     "",
     f"Backend **{pr.get('backend')}** ({pr.get('device_count')} × {pr.get('device_kind')}), "
     f"{res['machine']['cpu']}, {res['machine']['cores']} usable cores; jax {pr.get('jax')}, Python "
-    f"{pr.get('python')}. "
-    f"Load average before/after: {res['load_before']} / {res['load_after']} (shared machine: "
-    "medians of "
-    "timed windows, ± = half the window range).",
+    f"{pr.get('python')}. Load average before/after: {res['load_before']} / {res['load_after']} "
+    "(shared machine: medians of timed windows, ± = half the window range).",
     "",
-    reporting.code_line(res) + f"Command: `{res['command']}`",
+    harness.code_line(res) + f"Command: `{res['command']}`",
     "",
     "ESMM-paper shapes (23 single-valued fields × dim 18, towers 200-80-1), Zipf ids, "
     "pre-generated batches; "
@@ -265,59 +286,27 @@ def markdown(res: dict) -> str:
     + ".",
     "",
   ]
-  hdr = [
-    "axis",
-    "model",
-    "dtype",
-    "batch",
-    "rows",
-    "devices",
-    "ex/s (median)",
-    "noise",
-    "ex per CPU-s",
-    "first step s",
-    "peak RSS MB",
-    "device peak MB",
-    "% of roofline",
-    "note",
-  ]
+  hdr = "axis|model|dtype|batch|rows|devices|ex/s (median)|noise|ex per CPU-s|first step s|"
+  hdr += "peak RSS MB|device peak MB|% of roofline|note"
   tab = []
   for r in rows:
     frac = r.get("roofline_fraction", float("nan"))
-    tab.append(
-      [
-        r["axis"],
-        r["model"],
-        r["dtype"],
-        r["batch"],
-        f"{r['rows']:.0e}",
-        r["devices"],
-        _rate(r),
-        f"±{100 * r['rate']['rel_half_range']:.0f} %" if "rate" in r else "–",
-        common.spread(r.get("ex_per_cpu_s", []))["median"],
-        r.get("first_step_s", float("nan")),
-        r.get("peak_rss_mb", float("nan")),
-        r.get("device_peak_mb") or "–",
-        f"{100 * frac:.0f}" if frac == frac else "–",
-        r.get("skipped") or (r.get("error", "")[:80]),
-      ]
-    )
-  L += ["## All points", "", reporting.markdown_table(hdr, tab), ""]
+    noise = f"±{100 * r['rate']['rel_half_range']:.0f} %" if "rate" in r else "–"
+    tab.append([
+      r["axis"], r["model"], r["dtype"], r["batch"], f"{r['rows']:.0e}", r["devices"], _rate(r),
+      noise, harness.spread(r.get("ex_per_cpu_s", []))["median"],
+      r.get("first_step_s", float("nan")), r.get("peak_rss_mb", float("nan")),
+      r.get("device_peak_mb") or "–", f"{100 * frac:.0f}" if frac == frac else "–",
+      r.get("skipped") or (r.get("error", "")[:80]),
+    ])  # fmt: skip
+  L += ["## All points", "", harness.markdown_table(hdr.split("|"), tab), ""]
   sc = res.get("scaling") or []
   if sc:
     L += [
       "## Device scaling (weak: batch per device fixed)",
       "",
-      reporting.markdown_table(
-        [
-          "devices",
-          "global batch",
-          "ex/s",
-          "ex/s per device",
-          "speedup vs 1",
-          "efficiency",
-          "noise",
-        ],
+      harness.markdown_table(
+        "devices|global batch|ex/s|ex/s per device|speedup vs 1|efficiency|noise".split("|"),
         [
           [
             s["devices"],
@@ -329,15 +318,15 @@ def markdown(res: dict) -> str:
             f"±{100 * s['noise']:.0f} %",
           ]
           for s in sc
-        ],
+        ],  # fmt: skip
       ),
       "",
     ]
     if pr.get("backend") == "cpu":
       L += [
         "On CPU the devices are fake: all of them share the same cores, so a speedup ≈ 1 "
-        "(efficiency ≈ 1/N) "
-        "means sharding costs nothing; more than that cannot come from one machine's cores.",
+        "(efficiency ≈ 1/N) means sharding costs nothing; more than that cannot come from one "
+        "machine's cores.",
         "",
       ]
   if peak:
@@ -349,8 +338,7 @@ def markdown(res: dict) -> str:
         else ""
       )
       + f" (backend {peak.get('backend')}); '% of roofline' = ex/s × model FLOP per example (ESMM "
-      "1.19 M, "
-      "ESM2 2.37 M, fwd+bwd) / the peak of the point's dtype × its device count.",
+      "1.19 M, ESM2 2.37 M, fwd+bwd) / the peak of the point's dtype × its device count.",
       "",
     ]
   if res.get("skipped"):
@@ -422,57 +410,20 @@ def plot(res: dict, path: Path) -> None:
 
 
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--quick", action="store_true", help="~2 minutes on CPU: 9 points, short windows")
-  ap.add_argument(
-    "--isolate",
-    action="store_true",
-    help="a fresh process per point (its own peak RSS and device peak) instead of one per "
-    "(devices, dtype) group; each point then pays start-up and the JAX import",
-  )
-  ap.add_argument("--out_dir", default=str(common.RESULTS))
-  ap.add_argument(
-    "--budget_s",
-    type=float,
-    default=0,
-    help="stop starting points after this many seconds (0: 100 for --quick, unlimited otherwise)",
-  )
-  ap.add_argument(
-    "--base_rows",
-    type=float,
-    default=0,
-    help="table rows of the base point (0: 1e5 quick, 1e6 full)",
-  )
-  ap.add_argument("--base_batch", type=int, default=4096)
-  ap.add_argument("--windows", type=int, default=3)
-  ap.add_argument("--window_s", type=float, default=2.0)
-  ap.add_argument("--warmup_s", type=float, default=1.5)
-  ap.add_argument(
-    "--mem_fraction",
-    type=float,
-    default=0.6,
-    help="skip points needing more than this share of the available host memory (CPU backend)",
-  )
-  ap.add_argument("--worker_timeout", type=float, default=600)
-  ap.add_argument("--skip_roofline", action="store_true")
-  args = ap.parse_args(argv)
+  args = harness.parse(Opts, argv, __doc__)
   if args.quick:
     args.windows, args.window_s, args.warmup_s = 2, 0.8, 0.5
   args.budget_s = args.budget_s or (45 if args.quick else float("inf"))
   base_rows = int(args.base_rows or (1e5 if args.quick else 1e6))
   log = lambda s: print(s, flush=True)
-  t0 = time.time()
-  probe = common.run_worker(ME, {"kind": "probe"}, env=common.worker_env(devices=1))
+  probe = harness.run_worker(ME, {"kind": "probe"}, env=harness.worker_env(devices=1))
   if "error" in probe:
     sys.exit(f"could not start JAX: {probe['error']}")
   accel = probe.get("backend") in ACCEL
   log(f"backend {probe['backend']}: {probe['device_count']} × {probe['device_kind']}")
   points = grid(args.quick, accel, probe["device_count"], base_rows, args.base_batch)
-  res = {
-    **reporting.provenance(),
-    "probe": probe,
-    "args": {k: (v if v != float("inf") else None) for k, v in vars(args).items()},
-  }
+  res = harness.Record("sweep", args, probe=probe)
+  res["args"] = {k: (v if v != float("inf") else None) for k, v in vars(args).items()}
   res["points"] = run_points(points, args, probe, log)
   if not args.skip_roofline:
     import roofline
@@ -488,16 +439,14 @@ def main(argv=None):
   res["skipped"] = [
     {"key": _key(r), "why": r["skipped"]} for r in res["points"] if r.get("skipped")
   ]
-  reporting.finish(res, t0)
-  out = Path(args.out_dir)
-  md = markdown(res)
-  reporting.write_results(out, "sweep", res, md, figures={"": lambda p: plot(res, p)})
+  md = markdown(res.finish())
+  res.write(md, figures={"": lambda p: plot(res, p)})
   log(md)
-  log(f"wrote {out}/sweep.{{json,md,png}} in {res['elapsed_s']:.0f}s")
+  log(f"wrote {args.out_dir}/sweep.{{json,md,png}} in {res['elapsed_s']:.0f}s")
 
 
 if __name__ == "__main__":
-  if not common.worker_main(
+  if not harness.worker_main(
     {"probe": lambda s: common.jax_probe(), "jax": common.jax_throughput, "many": many}
   ):
     main()

@@ -70,7 +70,7 @@ def test_provenance_and_finish():
   rec = reporting.provenance("python benchmarks/x.py --quick")
   assert rec["command"] == "python benchmarks/x.py --quick"
   assert set(rec) == {"when", "written_utc", "command", "machine", "code", "load_before"}
-  assert set(rec["machine"]) == {"cpu", "cpu_bf16_flags", "cores", "mem_available_gb"}
+  assert set(rec["machine"]) == {"cpu", "cpu_bf16_flags", "cores", "mem_available_gb", "gpus"}
   assert rec["machine"]["cores"] >= 1
   assert set(rec["code"]) == {"commit", "esmjax_uncommitted"}
   reporting.finish(rec, started=0.0)

@@ -9,7 +9,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-import common  # noqa: E402
+import harness  # noqa: E402
 import sweep  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def test_points_run_grouped_with_the_budget_shared(monkeypatch):
     calls.append((spec, env["XLA_FLAGS"]))
     return {"results": [{"skipped": "stub"} for _ in spec["points"]]}
 
-  monkeypatch.setattr(common, "run_worker", fake_worker)
+  monkeypatch.setattr(harness, "run_worker", fake_worker)
   args = argparse.Namespace(
     isolate=False, budget_s=40.0, mem_fraction=1.0, warmup_s=0.1, windows=1, window_s=0.1,
     worker_timeout=5,

@@ -13,8 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import common  # noqa: E402
+import harness  # noqa: E402
 import user_path as up  # noqa: E402
-import user_path_report as report  # noqa: E402
 
 
 def test_read_run_rate_leaves_out_the_first_step(tmp_path):
@@ -105,13 +105,13 @@ def test_targets_on_hand_numbers():
   }
   runs = _runs(e2e, step, {"pipeline@1024": [450e3, 600e3, 520e3]})
   runs["e2e"]["esm2@1024"]["torch-x"].append({"error": "exit 1: boom"})
-  summary = report.summarise(runs)
+  summary = up.summarise(runs)
   assert summary["e2e"]["esm2@1024"]["torch-x"]["errors"] == ["exit 1: boom"]
-  rat = report.ratios(summary)
+  rat = up.ratios(summary)
   assert rat["e2e"]["esmm@1024"]["best_torch"] == "torch-y"
   assert rat["e2e"]["esmm@1024"]["vs_torch"] == pytest.approx(60e3 / 45e3)
   assert rat["e2e"]["esmm@1024"]["e2e_over_step"] == pytest.approx(0.6)
-  t = {c["claim"]: c for c in report.targets(summary, rat, ["esmm", "esm2"], [1024])}
+  t = {c["claim"]: c for c in up.targets(summary, rat, ["esmm", "esm2"], [1024])}
   at = "end to end at batch 1,024 ≥"
   assert not t[f"ESMM {at} 1.5× the best PyTorch"]["holds"]  # 60 / 45
   assert t[f"ESMM {at} 1.5× the baseline"]["holds"]  # 60 / 40
@@ -131,7 +131,7 @@ def test_targets_on_hand_numbers():
     "ratios": rat,
     "targets": list(t.values()),
   }
-  md = report.markdown(res)
+  md = up.markdown(res)
   assert f"**not met** — ESM2 {at} 2× the baseline: 1.92×" in md
   assert "e2e esm2@1024 torch-x: exit 1: boom" in md
   assert (
@@ -142,8 +142,8 @@ def test_targets_on_hand_numbers():
 
 def test_a_missing_number_fails_its_target():
   runs = _runs({"esmm@1024": {"new": [60e3], "torch-x": [float("nan")]}}, {}, {})
-  summary = report.summarise(runs)
-  t = report.targets(summary, report.ratios(summary), ["esmm"], [1024])
+  summary = up.summarise(runs)
+  t = up.targets(summary, up.ratios(summary), ["esmm"], [1024])
   assert [c["holds"] for c in t] == [False, False]  # no PyTorch number; no pipeline number
 
 
@@ -181,7 +181,7 @@ def test_bad_arguments_exit_2_naming_them(capsys):
 
 def test_workers_inherit_pythonpath_with_the_measured_tree_first(tmp_path, monkeypatch):
   deps = str(tmp_path / "deps")  # e.g. a `pip install --target` folder the dependencies live in
-  bench = str(common.BENCH)
+  bench = str(harness.BENCH)
   inherited = os.pathsep.join([str(up.ROOT), bench, deps])
   assert up.worker_pythonpath(up.ROOT, inherited).split(os.pathsep) == [str(up.ROOT), bench, deps]
   # A baseline tree: its esmjax first, this checkout's left out, the dependencies kept.
@@ -196,7 +196,7 @@ def test_a_missing_default_baseline_is_skipped_with_one_line(monkeypatch, tmp_pa
   # A checkout without history: the default baseline is left out, the run goes on (here it stops
   # at the data step, stubbed to fail, so nothing is measured).
   monkeypatch.setattr(up, "_has_commit", lambda repo, ref: False)
-  monkeypatch.setattr(common, "run_worker", lambda *a, **k: {"error": "stub: no data"})
+  monkeypatch.setattr(harness, "run_worker", lambda *a, **k: {"error": "stub: no data"})
   assert up.main(["--quick", "--out_dir", str(tmp_path)]) == 3
   out, err = capsys.readouterr()
   assert (
