@@ -90,6 +90,8 @@ def grid(
       if not accel
       else sorted({d for d in (1, 2, 4, 8, 16, 32, 64) if d <= device_count} | {device_count})
     )
+  if accel:  # an accelerator's question is the large batch: those first, so a time box covers them
+    batches, bf16_batches = sorted(batches, reverse=True), sorted(bf16_batches, reverse=True)
   base = dict(model="esmm", dtype="float32", batch=base_batch, rows=base_rows, devices=1)
   bf16 = dict(base, dtype="bfloat16")
   pts = [dict(base, axis="base")]

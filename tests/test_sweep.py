@@ -25,6 +25,9 @@ def test_accelerator_grid_has_both_dtypes_to_65536_in_two_processes():
   groups = sweep.groups_of(pts, list(range(len(pts))))
   assert list(groups) == [(1, "float32"), (1, "bfloat16")]  # one GPU: two processes
   assert groups[(1, "float32")][0] == 0  # the base point first
+  # then the largest batches first in each dtype, so a time box covers them
+  order = lambda d: [pts[i]["batch"] for i in groups[(1, d)] if pts[i]["axis"] == "batch"]  # noqa: E731
+  assert order("float32")[:2] == [65536, 32768] and order("bfloat16")[:2] == [65536, 32768]
 
 
 def test_points_run_grouped_with_the_budget_shared(monkeypatch):
