@@ -17,6 +17,7 @@ experiments/results/bf16_quality[_<world>].{md,json}.
 
 from __future__ import annotations
 
+from benchmarks import reporting
 from experiments import common, runs
 
 MODELS = (("ESMM", "esmm"), ("ESM2", "esm2"))
@@ -83,6 +84,7 @@ def main(argv=None) -> dict:
     f"{[n for _, n in models]} × {list(DTYPES)} × seeds {list(args.seed_list)}",
     flush=True,
   )
+  load_start = reporting.load_average()
   res: dict[tuple[str, str], list[dict]] = {}
   for seed in args.seed_list:  # seed-major, the two dtypes back to back: a partial run is paired
     for label, name in models:
@@ -120,6 +122,8 @@ def main(argv=None) -> dict:
     rows,
   )
   checks = verdicts(res)
+  mach = reporting.machine()
+  trained = sum(1 for _, cached in args.run_times.values() if not cached)
   cfg0 = common.experiment_config("esmm", args.mode, args.seed_list[0], args.cache_dir, args.world)
   rows_line = (
     f"Training rows: the leading {frac:.0%} of the world's {cfg0.data.synthetic.num_train:,} "
@@ -133,6 +137,10 @@ def main(argv=None) -> dict:
         f"trained on the leading {frac:.0%} of its training impressions",
       ),
       rows_line,
+      f"Machine: {mach['cpu']} (bf16 flags: {', '.join(mach['cpu_bf16_flags']) or 'none'}), "
+      f"{mach['cores']} cores; load average {load_start} when this invocation started, "
+      f"{reporting.load_average()} when it ended ({trained} of the runs trained by it, the rest "
+      "reused from the run cache).",
       table,
       "Mean ± sample std over the seeds. Train ex/s are each run's own rate on a shared machine "
       "(runs one after another, not interleaved): not a speed comparison "
