@@ -40,6 +40,8 @@ VARIANTS = {
   "spd16": ({"train.steps_per_dispatch": 16}, {}),
   "no_huge_page_malloc": ({}, {"ESMJAX_HUGE_PAGE_MALLOC": "0"}),
   "unfused_towers": ({"model.fuse_towers": False}, {}),
+  # Two knobs: whether the huge-page malloc cost depends on the towers' dtype.
+  "float32_no_huge_page_malloc": ({"model.dtype": "float32"}, {"ESMJAX_HUGE_PAGE_MALLOC": "0"}),
 }
 MODELS = ("esmm", "esm2")
 
