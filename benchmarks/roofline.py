@@ -272,8 +272,10 @@ def markdown(res: dict) -> str:
   md = [
     f"# Roofline ({res['when']})",
     "",
-    f"Machine: {res['cpu']}, {res['cores']} usable cores, backend {res['backend']}. Shared and "
-    "noisy: medians of timed calls.",
+    f"Machine: {res['cpu']} (bf16 flags: "
+    f"{', '.join(res.get('machine', {}).get('cpu_bf16_flags', [])) or 'none'}), {res['cores']} "
+    f"usable cores, backend {res['backend']}; load {res.get('load_before')} before, "
+    f"{res.get('load_after')} after. Shared and noisy: medians of timed calls.",
     "",
     reporting.markdown_table(["matmul", "GFLOP/s"], sorted(res["by"].items())),
     "",
@@ -336,7 +338,8 @@ def main(argv=None):
         "model": "esmm",
         "rows": 100_000,
         "batch": 4096,
-        "dtype": dtype,
+        "dtype": "float32",  # tables f32; the towers in `dtype` (what model.dtype=auto trains)
+        "model_dtype": dtype,
         "warmup_s": 1.0,
         **w,
       },

@@ -50,6 +50,14 @@ def _config_diff(config) -> dict[str, Any]:
 
   ref = flat(json.loads(config_lib.default_config().to_json_best_effort()))
   cur = flat(json.loads(config.to_json_best_effort()))
+  # model.dtype=auto is keyed by what it resolves to on this machine, against float32 (the dtype
+  # every run trained with before auto became the default): an f32 run keeps its key, and an
+  # auto run that trains in bf16 shares the key of an explicit bfloat16 run.
+  ref["model.dtype"] = "float32"
+  if cur.get("model.dtype") == "auto":
+    from esmjax.models import model as model_lib
+
+    cur["model.dtype"] = model_lib.auto_dtype()[0]
   skip = ("checkpoint.", "data.cache_dir", "train.log_every")
   return {k: v for k, v in cur.items() if ref.get(k, object()) != v and not k.startswith(skip)}
 

@@ -280,3 +280,27 @@ def test_workdir_written_with_the_removed_test_hook_keys_resumes_exactly(data, t
   import esmjax
 
   assert esmjax.load(workdir).step == 10
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_resume_is_bit_identical_in_either_model_dtype(data, tmp_path, dtype):
+  """Stopped at a checkpoint and resumed, a run ends bit for bit where the straight run does, in
+  f32 and in bf16 towers alike (the SIGKILL/SIGTERM tests above run the shipped `auto`, which is
+  either, depending on the CPU)."""
+  ov = tiny_overrides(
+    data,
+    **{
+      "train.num_steps": 10,
+      "checkpoint.every_steps": 5,
+      "train.log_every": 5,
+      "model.dtype": dtype,
+    },
+  )
+  workdir = str(tmp_path / "stopped")
+  trainer.train_and_evaluate(esmm_config(**{**ov, "train.num_steps": 5}), workdir)
+  resumed = trainer.train_and_evaluate(esmm_config(**ov), workdir)
+  straight = trainer.train_and_evaluate(esmm_config(**ov), str(tmp_path / "straight"))
+  assert resumed["resumed_from_step"] == 5
+  assert resumed["state_fingerprint"] == straight["state_fingerprint"]
+  assert resumed["metrics"] == straight["metrics"]
+  assert _train_losses(workdir)[-1] == _train_losses(str(tmp_path / "straight"))[-1]

@@ -294,3 +294,47 @@ def test_large_batch_quick_scales_the_learning_rates(tmp_path):
   none, scaled = payload["runs"]["esmm/b2048/none/all"], payload["runs"]["esmm/b2048/sqrt/all"]
   assert none[0]["key"] != scaled[0]["key"]
   assert none[0]["metrics"]["ctr/logloss"] != scaled[0]["metrics"]["ctr/logloss"]
+
+
+def test_run_key_of_auto_is_the_dtype_it_resolves_to(monkeypatch):
+  """model.dtype=auto is cached under the dtype it trains with on this machine: an f32 run keeps
+  the key it had when float32 was the default, a bf16 one shares an explicit bfloat16 run's."""
+  from esmjax.models import model as model_lib
+
+  cfg = lambda **o: common.experiment_config("esmm", "full", 0, world="paper", **o)
+  k32, k16 = (
+    runs.run_key(cfg(**{"model.dtype": "float32"})),
+    runs.run_key(cfg(**{"model.dtype": "bfloat16"})),
+  )
+  assert "model.dtype" not in runs._config_diff(cfg(**{"model.dtype": "float32"}))
+  assert k32 != k16
+  for resolved, want in (("bfloat16", k16), ("float32", k32)):
+    monkeypatch.setattr(model_lib, "auto_dtype", lambda *a, r=resolved, **k: (r, "test"))
+    assert cfg().model.dtype == "auto" and runs.run_key(cfg()) == want
+
+
+def test_bf16_quality_pairs_the_dtypes_by_seed_against_f32_seed_noise(tmp_path):
+  from experiments import bf16_quality
+
+  out, cache = str(tmp_path / "results"), str(tmp_path / "cache")
+  p = bf16_quality.main(["--quick", "--models=esmm", "--out", out, "--cache_dir", cache])
+  f32, bf = p["runs"]["esmm/float32"][0], p["runs"]["esmm/bfloat16"][0]
+  assert f32["seed"] == bf["seed"] == 0 and f32["key"] != bf["key"]
+  assert f32["train_rows"] == bf["train_rows"] and f32["metrics"] != bf["metrics"]
+  by_metric = {c["metric"]: c for c in p["checks"]}
+  assert set(by_metric) == {k for k, _, _ in bf16_quality.KEYS}
+  d = by_metric["cvr/auc"]
+  assert d["mean_diff"] == pytest.approx(bf["metrics"]["cvr/auc"] - f32["metrics"]["cvr/auc"])
+  md = open(os.path.join(out, "bf16_quality_paper.md")).read()
+  assert "| ESMM | bfloat16 | 0 |" in md and "the leading 50% of" in md
+  # The verdict: a paired difference within the f32 seeds' spread holds, one beyond it does not.
+  rec = lambda seed, v: {"seed": seed, "metrics": {k: v for k, _, _ in bf16_quality.KEYS}}
+  res = {
+    ("esmm", "float32"): [rec(0, 0.70), rec(1, 0.72), rec(2, 0.74)],  # seed std 0.02
+    ("esmm", "bfloat16"): [rec(0, 0.71), rec(1, 0.73), rec(2, 0.75)],
+    ("esm2", "float32"): [rec(0, 0.70), rec(1, 0.72), rec(2, 0.74)],
+    ("esm2", "bfloat16"): [rec(0, 0.75), rec(1, 0.77), rec(2, 0.79)],
+  }
+  checks = bf16_quality.verdicts(res)
+  assert all(c["within_noise"] for c in checks if c["model"] == "esmm")
+  assert not any(c["within_noise"] for c in checks if c["model"] == "esm2")

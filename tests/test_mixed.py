@@ -147,3 +147,39 @@ def test_model_dtype_is_validated_with_one_line():
     model_lib.resolve_dtype("half")
   expected = jnp.bfloat16 if model_lib.auto_dtype()[0] == "bfloat16" else jnp.float32
   assert model_lib.resolve_dtype("auto") == expected
+
+
+@pytest.fixture
+def cpu_probe(monkeypatch):
+  """Sets what the CPU-flag probe reports; `auto` is decided again (and once) after each set."""
+
+  def set_flags(flags):
+    monkeypatch.setattr(model_lib, "cpu_flags", lambda: frozenset(flags))
+    model_lib._auto_dtype_logged.cache_clear()
+
+  yield set_flags
+  model_lib._auto_dtype_logged.cache_clear()  # the next test decides from the real CPU again
+
+
+@pytest.mark.parametrize(
+  "flags,expected", [({"avx2", "amx_bf16"}, "bfloat16"), ({"avx2", "avx512f"}, "float32")]
+)
+def test_the_default_auto_follows_the_cpu_probe_logs_it_and_trains(
+  cpu_probe, caplog, flags, expected
+):
+  """The shipped default is `auto`; on a CPU with bf16 units it trains the bf16 step (loss and
+  gradients within bf16 rounding of f32), elsewhere exactly the f32 step; the choice is logged."""
+  assert config_lib.default_config().model.dtype == "auto"
+  cpu_probe(flags)
+  with caplog.at_level("INFO"):
+    _, l_auto, (gp_auto, _) = _model_grads("auto")
+  assert f"model.dtype=auto -> {expected}" in caplog.text
+  assert "override with --config.model.dtype" in caplog.text
+  _, l_ref, (gp_ref, _) = _model_grads(expected)
+  np.testing.assert_array_equal(l_auto, l_ref)  # auto is exactly the dtype it resolved to
+  jax.tree_util.tree_map(np.testing.assert_array_equal, gp_auto, gp_ref)
+  _, l32, _ = _model_grads("float32")
+  if expected == "float32":
+    np.testing.assert_array_equal(l_auto, l32)
+  else:
+    assert l_auto != l32 and abs(float(l_auto) - float(l32)) < 1e-2 * abs(float(l32))

@@ -254,6 +254,25 @@ def test_bf16_tables_and_towers_train_sharded(runs):
   np.testing.assert_allclose(losses, l32, rtol=0.05)  # bf16 tracks f32 (no drift, no divergence)
 
 
+def test_eight_devices_train_like_one_in_bf16():
+  """The bf16 towers (what model.dtype=auto picks on a CPU with bf16 units) on 8 devices train
+  like on 1: the same program per row, so the same tolerances as f32 (the tables' f32 row
+  updates are merged in another order; the towers round the same pooled inputs to bf16)."""
+  cfg = _config("esmm", **{"model.dtype": "bfloat16"})
+  one, eight = _run(cfg, 1), _run(cfg, 8)
+  batches = _batches(4)
+  s1, l1 = _train(one, batches)
+  s8, l8 = _train(eight, batches)
+  np.testing.assert_allclose(l8, l1, rtol=1e-5)
+  assert l1[-1] < l1[0]
+  np.testing.assert_allclose(
+    _host(s8.tables["shared"]), _host(s1.tables["shared"]), rtol=1e-4, atol=1e-6
+  )
+  jax.tree_util.tree_map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), s8.params, s1.params
+  )
+
+
 def test_embedding_sharding_config_picks_the_engine():
   mesh1, mesh8 = sh.make_mesh(1), sh.make_mesh(8)
   cfg = _config("esmm")

@@ -118,6 +118,10 @@ def tiny_config(model: str = "esmm", **overrides):
   c.train.log_every = 1
   c.mesh.num_devices = 1
   c.checkpoint.every_steps = 1
+  # float32, not the default auto: tests built on this config compare against f32 references
+  # (dense autodiff, PyTorch, exact metrics) to f32 rounding, on any CPU. The bf16 path (what auto
+  # picks on CPUs with bf16 units) has its own tests that ask for it by name.
+  c.model.dtype = "float32"
   for key, value in overrides.items():
     config_lib.set_path(c, key, value)
   return c
