@@ -22,6 +22,7 @@ import os
 import statistics
 import sys
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -79,7 +80,109 @@ def probe_csv(args) -> tuple[dict, str]:
   return {"rows": args.rows, "reps": args.reps, "seconds": secs, "rows_per_s": rate}, md
 
 
-PROBES = {"csv": probe_csv}
+def _eval_rows(n: int, seed: int = 0):
+  """evaluate's inputs as the full-scale predict stage holds them: float32 predictions, uint8
+  labels, int64 users (~8 k-row groups of the hashed user ids), float32 ground truth."""
+  rng = np.random.default_rng(seed)
+  _, (pctr, pcvr, pctcvr) = _pred_rows(n, seed)
+  click = (rng.random(n) < pctr).astype(np.uint8)
+  buy = click & (rng.random(n) < 20 * pcvr).astype(np.uint8)
+  truth_pcvr = np.clip(pcvr * 20, 0, 1).astype(np.float32)
+  would_buy = np.maximum(buy, (rng.random(n) < 0.005).astype(np.uint8))
+  preds = {"pctr": pctr, "pcvr": pcvr, "pctcvr": pctcvr}
+  labels = {"click": click, "buy": buy}
+  users = rng.integers(0, max(n // 100, 1), n).astype(np.int64)
+  return preds, labels, users, {"would_buy": would_buy, "pcvr": truth_pcvr}
+
+
+def _peak(fn) -> tuple[float, int]:
+  """(seconds, peak bytes allocated above what was held before) of fn()."""
+  tracemalloc.start()
+  tracemalloc.reset_peak()
+  held = tracemalloc.get_traced_memory()[0]
+  t = time.perf_counter()
+  fn()
+  secs = time.perf_counter() - t
+  peak = tracemalloc.get_traced_memory()[1] - held
+  tracemalloc.stop()
+  return secs, peak
+
+
+def _measure_evaluate(n: int, reps: int, names, secs, peaks, loads) -> tuple[int, float]:
+  """Times and peaks of both evaluate paths on n rows, into secs / peaks / loads; returns (input
+  bytes, largest difference of a metric between the paths)."""
+  from esmjax.evaluation import metrics
+
+  preds, labels, users, truth = _eval_rows(n)
+  ones = np.ones(n)
+  inputs = sum(a.nbytes for d in (preds, labels, truth) for a in d.values()) + users.nbytes
+  variants = {
+    # Weights of one take the general float64 path: evaluate as it was before ranking.py.
+    names[0]: lambda: metrics.evaluate(preds, labels, users, weights=ones, truth=truth),
+    names[1]: lambda: metrics.evaluate(preds, labels, users, truth=truth),
+  }
+  a, b = (variants[k]() for k in names)
+  diff = max(abs(b[k] - v) for k, v in a.items() if v == v)
+  for _ in range(reps):
+    for k, fn in variants.items():
+      t, p = _peak(fn)
+      secs[k][n].append(t)
+      peaks[k][n].append(p)
+      loads.append(os.getloadavg()[0])
+  return inputs, diff
+
+
+def probe_metrics(args) -> tuple[dict, str]:
+  sizes = (args.rows // 2, args.rows)
+  full = 43_000_000
+  names = ("float64 path (weights of one)", "ranked (no weights)")
+  secs: dict[str, dict[int, list[float]]] = {k: {n: [] for n in sizes} for k in names}
+  peaks: dict[str, dict[int, list[int]]] = {k: {n: [] for n in sizes} for k in names}
+  loads, diff, inputs = [], 0.0, {}
+  for n in sizes:
+    inputs[n], d = _measure_evaluate(n, args.reps, names, secs, peaks, loads)
+    diff = max(diff, d)
+  rows, fits = [], {}
+  per_input = inputs[sizes[1]] / sizes[1]
+  for k in names:
+    p0, p1 = (max(peaks[k][n]) for n in sizes)
+    slope = (p1 - p0) / (sizes[1] - sizes[0])  # a + b·rows through the two sizes
+    fits[k] = {"bytes_per_row": slope, "fixed_bytes": p1 - slope * sizes[1]}
+    at_full = p1 + slope * (full - sizes[1]) + per_input * full
+    rows.append(
+      [k]
+      + [f"{max(peaks[k][n]) / n:.1f}" for n in sizes]
+      + [f"{slope:.1f}", f"{at_full / 1e9:.2f}"]
+      + [f"{statistics.median(secs[k][n]):.2f}" for n in sizes]
+    )
+  md = (
+    "`metrics.evaluate` on synthetic rows (3 float32 predictions, uint8 click/buy, int64 users, "
+    f"float32 truth: {per_input:.0f} B/row of inputs) at two sizes, {args.reps} interleaved "
+    "reps; peak memory allocated during the call above the inputs (tracemalloc, which sees "
+    "NumPy's buffers; the largest of the reps), fitted as a + b·rows through the two sizes; "
+    "times are medians. Largest difference between the two paths' metrics: "
+    f"{diff:.2e}.\n\n"
+    + reporting.markdown_table(
+      ["path"]
+      + [f"peak B/row at {n:,} rows" for n in sizes]
+      + ["b: B/row", "43 M rows, with the inputs: GB"]
+      + [f"seconds at {n:,} rows" for n in sizes],
+      rows,
+    )
+    + f"\n\nLoad average (1 min) during the reps: {min(loads):.1f}–{max(loads):.1f}.\n"
+  )
+  record = {
+    "sizes": sizes,
+    "input_bytes_per_row": per_input,
+    "peak_bytes": peaks,
+    "seconds": secs,
+    "fits": fits,
+    "max_metric_difference": diff,
+  }
+  return record, md
+
+
+PROBES = {"csv": probe_csv, "metrics": probe_metrics}
 
 
 def main(argv) -> dict:

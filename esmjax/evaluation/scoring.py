@@ -91,16 +91,19 @@ def predict_dataset(
 
 
 def compute_metrics(cols: dict[str, np.ndarray], schema: ds_lib.Schema) -> dict[str, float]:
-  """Global metrics from host columns (all processes' rows gathered by the caller)."""
-  labels = {name: cols["labels"][:, i].astype(np.float64) for i, name in enumerate(schema.labels)}
+  """Global metrics from host columns (all processes' rows gathered by the caller). The columns
+  go in as they are (float32 predictions, uint8 labels): metrics.evaluate ranks float32 scores in
+  8 B per row (esmjax.evaluation.ranking), where float64 copies would cost ~8 B per column and
+  row before any sort."""
+  labels = {name: cols["labels"][:, i] for i, name in enumerate(schema.labels)}
   if "daction" not in labels and ("cart" in labels or "wish" in labels):
     # DAction is cart ∨ wish (the ESM2 paper's definition), as ESM2 trains on such logs.
-    labels["daction"] = np.maximum(labels.get("cart", 0.0), labels.get("wish", 0.0))
-  preds = {k: cols[k].astype(np.float64) for k in ("pctr", "pcvr", "pctcvr", "pctavr") if k in cols}
+    labels["daction"] = np.maximum(labels.get("cart", 0), labels.get("wish", 0))
+  preds = {k: cols[k] for k in ("pctr", "pcvr", "pctcvr", "pctavr") if k in cols}
   truth = None
   if "truth" in cols and "would_buy" in schema.truth:
     truth = {
-      name: cols["truth"][:, i].astype(np.float64)
+      name: cols["truth"][:, i]
       for i, name in enumerate(schema.truth)
       if name in metrics_lib.TRUTH_KEYS
     }
