@@ -178,11 +178,9 @@ def predict(workdir: str, name: str) -> dict:
   at, t1 = 0, time.time()
   with pq.ParquetWriter(tmp, schema, compression="zstd") as w:
     bar = tqdm(total=n, desc=f"predict {name}", unit="rows", unit_scale=True, mininterval=1)
-    for batch, k in pipeline.eval_batches(ds, EVAL_BATCH):
-      out = sh.to_host_local(
-        step(state, sh.put_batch({c: batch[c] for c in BATCH_KEYS}, run.mesh)), run.mesh
-      )
-      strays += int(np.asarray(out[inputs.STRAYS_KEY])[:k].sum())
+
+    def collect(out, batch, k, at):
+      out = sh.to_host_local(out, run.mesh)
       s = slice(at, at + k)
       for c in PRED_COLUMNS:
         cols[c][s] = np.asarray(out[c])[:k]
@@ -190,8 +188,19 @@ def predict(workdir: str, name: str) -> dict:
       w.write_table(
         pa.table({"sample_id": sids[s], **{c: cols[c][s] for c in PRED_COLUMNS}}, schema=schema)
       )
-      at += k
       bar.update(k)
+      return int(np.asarray(out[inputs.STRAYS_KEY])[:k].sum())
+
+    # One batch in flight, as esmjax.evaluation.scoring.predict_dataset: the next batch is read
+    # while the devices score this one.
+    pending = None
+    for batch, k in pipeline.eval_batches(ds, EVAL_BATCH):
+      out = step(state, sh.put_batch({c: batch[c] for c in BATCH_KEYS}, run.mesh))
+      if pending is not None:
+        strays += collect(*pending)
+      pending, at = (out, batch, k, at), at + k
+    if pending is not None:
+      strays += collect(*pending)
     bar.close()
   os.replace(tmp, p[f"pred_{name}"])
   score_s = time.time() - t1

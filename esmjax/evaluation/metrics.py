@@ -13,6 +13,11 @@ which is exactly the average-rank formula and costs one sort plus segment sums. 
 
 Weights are per-row and non-negative; a weight of 0 removes the row entirely (it is the mask of
 padded rows), so such rows may carry any label or score, NaN included.
+
+Without weights, float32 scores (every model's predictions) are ranked by
+esmjax.evaluation.ranking (one uint64 key per row, sorted in place: 8 B per row instead of ~150)
+and log-loss and calibration are summed a chunk at a time; the results equal this module's
+float64 path (AUC bit for bit, the others to ~1e-15; tests/test_ranking.py).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+
+from esmjax.evaluation import ranking
 
 _PROB_CLIP = 1e-7  # for the log of log-loss only; evaluation, so bending gradients is not a concern
 PRED_KEYS = ("pctr", "pcvr", "pctcvr", "pctavr")
@@ -82,6 +89,30 @@ def _prepare(fn: str, labels, values, weights, values_name: str, groups=None, pr
   return (y, v, w) if groups is None else (y, v, w, g)
 
 
+def _unweighted(fn: str, labels, values, values_name: str, probs: bool = False, groups=None):
+  """`_prepare`'s checks without its float64 copies, for unweighted inputs: (y, v[, g]) as given."""
+  y = _vector(labels, "labels", None, fn)
+  n = y.shape[0]
+  v = _vector(values, values_name, n, fn)
+  g = None if groups is None else _vector(groups, "groups", n, fn)
+  if y.dtype != np.bool_ and not np.all((y == 0) | (y == 1)):
+    bad = np.unique(y[~((y == 0) | (y == 1))])[:5]
+    raise ValueError(f"{fn}: `labels` must be 0/1, found {bad.tolist()}")
+  if v.dtype.kind not in "biuf" and not ranking.supported(v):
+    raise ValueError(f"{fn}: `{values_name}` must be numeric, got dtype {v.dtype}")
+  if v.dtype.kind == "f" or ranking.supported(v):
+    if not np.all(np.isfinite(v)):
+      raise ValueError(f"{fn}: `{values_name}` has non-finite values")
+  if probs and (np.any(v < 0) or np.any(v > 1)):
+    raise ValueError(f"{fn}: `{values_name}` must lie in [0, 1]")
+  return (y, v) if groups is None else (y, v, g)
+
+
+def _ranked(weights, scores) -> bool:
+  """Whether the metric goes through esmjax.evaluation.ranking (module doc)."""
+  return weights is None and ranking.supported(scores)
+
+
 def _run_starts(*sorted_keys: np.ndarray) -> np.ndarray:
   """Bool mask of the rows that start a run of equal keys (all keys equal to the previous row's)."""
   n = sorted_keys[0].shape[0]
@@ -112,6 +143,8 @@ def _tie_runs(scores, pos, weights):
 
 def auc(labels, scores, weights=None) -> float:
   """Exact ROC AUC over all rows, ties counted half; nan when only one class is present."""
+  if _ranked(weights, scores):
+    return ranking.auc(*_unweighted("auc", labels, scores, "scores"))
   y, s, w = _prepare("auc", labels, scores, weights, "scores")
   runs = _tie_runs(s, w * y, w)
   if runs is None:
@@ -137,6 +170,11 @@ def population_auc(probs, scores, weights=None) -> float:
   """
   fn = "population_auc"
   q = _vector(probs, "probs", None, fn)
+  if _ranked(weights, scores):
+    _, s, q = _unweighted(fn, np.zeros(q.shape[0], bool), scores, "scores", groups=q)
+    if q.dtype.kind not in "biuf" or not np.all((q >= 0) & (q <= 1)):
+      raise ValueError(f"{fn}: `probs` must be probabilities in [0, 1] (NaN found or out of range)")
+    return ranking.population_auc(q, s)
   # `groups` carries q through the same zero-weight filter as the scores.
   _, s, w, q = _prepare(fn, np.zeros(q.shape[0]), scores, weights, "scores", groups=q)
   if q.dtype.kind not in "biuf" or not np.all((q >= 0) & (q <= 1)):
@@ -158,6 +196,8 @@ def gauc(labels, scores, groups, weights=None) -> float:
 
   Groups whose (kept) rows are all one class are skipped; nan when no group has both classes.
   """
+  if _ranked(weights, scores):
+    return ranking.gauc(*_unweighted("gauc", labels, scores, "scores", groups=groups))
   y, s, w, g = _prepare("gauc", labels, scores, weights, "scores", groups=groups)
   if y.size == 0:
     return float("nan")
@@ -191,6 +231,14 @@ def gauc(labels, scores, groups, weights=None) -> float:
 
 def logloss(labels, probs, weights=None) -> float:
   """Weighted mean binary cross-entropy; probs clipped to [1e-7, 1 - 1e-7] for the log only."""
+  if weights is None:
+    y, p = _unweighted("logloss", labels, probs, "probs", probs=True)
+    total = 0.0
+    for s in range(0, len(y), ranking.CHUNK):
+      yc = y[s : s + ranking.CHUNK].astype(np.float64)
+      pc = np.clip(p[s : s + ranking.CHUNK].astype(np.float64), _PROB_CLIP, 1.0 - _PROB_CLIP)
+      total += float(-(yc * np.log(pc) + (1.0 - yc) * np.log1p(-pc)).sum())
+    return total / len(y) if len(y) else float("nan")
   y, p, w = _prepare("logloss", labels, probs, weights, "probs", probs=True)
   total = w.sum()
   if total <= 0:
@@ -202,6 +250,13 @@ def logloss(labels, probs, weights=None) -> float:
 
 def calibration(labels, probs, weights=None) -> float:
   """Mean prediction / mean label (1 = calibrated on average); nan if the mean label is 0."""
+  if weights is None:
+    y, p = _unweighted("calibration", labels, probs, "probs", probs=True)
+    pos = float(np.count_nonzero(y))
+    if pos <= 0:
+      return float("nan")
+    c = ranking.CHUNK
+    return sum(float(p[s : s + c].sum(dtype=np.float64)) for s in range(0, len(p), c)) / pos
   y, p, w = _prepare("calibration", labels, probs, weights, "probs", probs=True)
   pos = np.dot(w, y)
   if pos <= 0:
@@ -216,16 +271,23 @@ def logit_std(probs) -> float:
   A spread that means the same in both tails: near p = 0 it is the spread of log p (the relative
   spread), so a CTCVR at 0.5 % and a CTR at 5 % are measured alike.
   """
-  p = _vector(probs, "probs", None, "logit_std").astype(np.float64)
+  p = _vector(probs, "probs", None, "logit_std")
   if p.size < 2:
     return float("nan")
   if not np.all((p >= 0) & (p <= 1)):
     raise ValueError(
       "logit_std: `probs` must be probabilities in [0, 1] (NaN found or out of range)"
     )
-  p = np.clip(p, _PROB_CLIP, 1.0 - _PROB_CLIP)
-  z = np.log(p) - np.log1p(-p)
-  return float(np.std(z - z[0]))  # shifted: equal logits give exactly 0
+
+  def logits(s: int):  # float64 logits of one chunk, shifted by the first row's
+    c = np.clip(p[s : s + ranking.CHUNK].astype(np.float64), _PROB_CLIP, 1.0 - _PROB_CLIP)
+    return np.log(c) - np.log1p(-c) - z0
+
+  z0 = 0.0
+  z0 = float(logits(0)[0])  # shifted: equal logits give exactly 0
+  chunks = range(0, p.size, ranking.CHUNK)
+  mean = sum(float(logits(s).sum()) for s in chunks) / p.size
+  return float(np.sqrt(sum(float(((logits(s) - mean) ** 2).sum()) for s in chunks) / p.size))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,25 +327,31 @@ def evaluate(
   _check_keys(preds, labels, truth)
   u = _vector(users, "users", None, fn)
   n = u.shape[0]
-  w = np.ones(n) if weights is None else _vector(weights, "weights", n, fn).astype(np.float64)
-  if not np.all(np.isfinite(w)) or np.any(w < 0):
-    raise ValueError(f"{fn}: `weights` must be finite and >= 0")
-  live = w > 0
-  click, buy, daction = _event_labels(labels, live)
-  p = {k: _prob(preds, k, "preds", live) for k in preds}
+  # Without weights every row is live: no per-row weights or live mask are made (memory).
+  w = live = None
+  if weights is not None:
+    w = _vector(weights, "weights", n, fn).astype(np.float64)
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+      raise ValueError(f"{fn}: `weights` must be finite and >= 0")
+    live = w > 0
+  click, buy, daction = _event_labels(labels, live, n)
+  p = {k: _prob(preds, k, "preds", live, n) for k in preds}
+
+  def count(mask) -> float:
+    return float(np.count_nonzero(mask)) if w is None else float(w[mask].sum())
 
   out: dict[str, float] = {
-    "n/impressions": float(w.sum()),
-    "n/clicks": float(w[click].sum()),
-    "n/buys": float(w[click & buy].sum()),
+    "n/impressions": float(n) if w is None else float(w.sum()),
+    "n/clicks": count(click),
+    "n/buys": count(click & buy),
   }
   if daction is not None:
-    out["n/dactions"] = float(w[click & daction].sum())
+    out["n/dactions"] = count(click & daction)
   if "pctr" in p:
     _task(out, "ctr", click, p["pctr"], u, w)
   if "pcvr" in p:
     # Selection: CVR is only observed where the user clicked, so that is its population.
-    _task(out, "cvr", buy[click], p["pcvr"][click], u[click], w[click])
+    _task(out, "cvr", buy[click], p["pcvr"][click], u[click], _rows(w, click))
   if "pctcvr" in p:
     _task(out, "ctcvr", click & buy, p["pctcvr"], u, w)
   if "pctavr" in p and daction is not None:
@@ -308,38 +376,46 @@ def _check_keys(preds: Mapping, labels: Mapping, truth: Mapping | None) -> None:
       raise ValueError(f"evaluate: `labels` needs key {k!r}; got {sorted(labels)}")
 
 
-def _label(src: Mapping, k: str, what: str, live: np.ndarray) -> np.ndarray:
-  """`src[k]` as bool, checked to be 0/1 on the live rows."""
-  a = _vector(src[k], f"{what}[{k!r}]", live.shape[0], "evaluate")
-  if not np.all((a[live] == 0) | (a[live] == 1)):
+def _rows(w, mask):
+  """`w[mask]`, or None (no weights)."""
+  return None if w is None else w[mask]
+
+
+def _label(src: Mapping, k: str, what: str, live, n: int) -> np.ndarray:
+  """`src[k]` as bool, checked to be 0/1 on the live rows (all rows when `live` is None)."""
+  a = _vector(src[k], f"{what}[{k!r}]", n, "evaluate")
+  v = a if live is None else a[live]
+  if not np.all((v == 0) | (v == 1)):
     raise ValueError(f"evaluate: `{what}[{k!r}]` must be 0/1")
   return a.astype(bool)
 
 
-def _prob(src: Mapping, k: str, what: str, live: np.ndarray) -> np.ndarray:
-  """`src[k]`, checked to be probabilities on the live rows (here, so that an error names the
-  prediction, not the inner metric's argument)."""
-  a = _vector(src[k], f"{what}[{k!r}]", live.shape[0], "evaluate")
-  v = a[live]
-  if v.dtype.kind not in "biuf" or not np.all((v >= 0) & (v <= 1)):
+def _prob(src: Mapping, k: str, what: str, live, n: int) -> np.ndarray:
+  """`src[k]`, checked to be probabilities on the live rows (all when `live` is None; here, so
+  that an error names the prediction, not the inner metric's argument)."""
+  a = _vector(src[k], f"{what}[{k!r}]", n, "evaluate")
+  v = a if live is None else a[live]
+  numeric = v.dtype.kind in "biuf" or ranking.supported(v)
+  if not numeric or not np.all((v >= 0) & (v <= 1)):
     raise ValueError(
       f"evaluate: `{what}[{k!r}]` must be probabilities in [0, 1] (NaN found or out of range)"
     )
   return a
 
 
-def _event_labels(labels: Mapping, live: np.ndarray):
+def _event_labels(labels: Mapping, live, n: int):
   """(click, buy, daction or None) as bool, checked: 0/1, and nothing after an unclicked
-  impression."""
-  click = _label(labels, "click", "labels", live)
-  buy = _label(labels, "buy", "labels", live)
+  impression (on the live rows; all when `live` is None)."""
+  click = _label(labels, "click", "labels", live, n)
+  buy = _label(labels, "buy", "labels", live, n)
+  on = True if live is None else live
   # The causal chain is impression -> click -> action -> buy; an unclicked buy is corrupt data.
-  if np.any(buy & ~click & live):
+  if np.any(buy & ~click & on):
     raise ValueError("evaluate: `labels['buy']` is 1 on an unclicked impression (click=0, buy=1)")
   daction = None
   if "daction" in labels:
-    daction = _label(labels, "daction", "labels", live)
-    if np.any(daction & ~click & live):
+    daction = _label(labels, "daction", "labels", live, n)
+    if np.any(daction & ~click & on):
       raise ValueError("evaluate: `labels['daction']` is 1 on an unclicked impression")
   return click, buy, daction
 
@@ -347,7 +423,8 @@ def _event_labels(labels: Mapping, live: np.ndarray):
 def _truth_metrics(out: dict, truth: Mapping, p: dict, click, w, live) -> None:
   """The CVR metrics against the synthetic ground truth, into `out`."""
   if "would_buy" in truth:
-    would_buy = _label(truth, "would_buy", "truth", live)
+    n = len(click)
+    would_buy = _label(truth, "would_buy", "truth", live, n)
     if "pcvr" in p:
       # Entire-space CVR: the whole impression space against the counterfactual buy label,
       # the direct measure of sample selection bias.
@@ -356,10 +433,11 @@ def _truth_metrics(out: dict, truth: Mapping, p: dict, click, w, live) -> None:
       out["cvr/entire_space_calibration"] = calibration(would_buy, p["pcvr"], w)
     if "pcvr" in truth:
       # The ceiling: the best entire-space AUC any model could reach in this world.
-      out["cvr/entire_space_oracle_auc"] = auc(would_buy, _prob(truth, "pcvr", "truth", live), w)
+      q = _prob(truth, "pcvr", "truth", live, n)
+      out["cvr/entire_space_oracle_auc"] = auc(would_buy, q, w)
   if "pcvr" in truth and "pcvr" in p:
     # The same CVR AUCs against the true pCVR instead of drawn buys: without the label noise of
     # rare conversions, which dominates an AUC on a few hundred buyers.
-    q = _prob(truth, "pcvr", "truth", live)
-    out["cvr/population_auc"] = population_auc(q[click], p["pcvr"][click], w[click])
+    q = _prob(truth, "pcvr", "truth", live, len(click))
+    out["cvr/population_auc"] = population_auc(q[click], p["pcvr"][click], _rows(w, click))
     out["cvr/entire_space_population_auc"] = population_auc(q, p["pcvr"], w)

@@ -70,9 +70,9 @@ def predict_dataset(
   out: dict[str, list[np.ndarray]] = {}
   rows = pipeline.eval_row_index(dataset, process_index=pi, process_count=pc)
   batches = seen = 0
-  for batch, n in pipeline.eval_batches(dataset, local_bs, process_index=pi, process_count=pc):
-    dev = sh.put_batch({k: batch[k] for k in BATCH_KEYS}, mesh)
-    preds = sh.to_host_local(predict_fn(state, dev), mesh)
+
+  def collect(preds, batch, n, seen):
+    preds = sh.to_host_local(preds, mesh)
     cols = {**{k: v for k, v in preds.items()}, **{k: batch[k] for k in HOST_KEYS if k in batch}}
     cols["row"] = rows[seen : seen + n]
     for k, v in cols.items():
@@ -82,25 +82,40 @@ def predict_dataset(
         # ~4 GB on the 43 M rows of the Ali-CCP test split.
         v = v.sum(0, keepdims=True, dtype=np.int64)
       out.setdefault(k, []).append(v)
+
+  # One batch in flight: batch i + 1 is read and decoded on the host while the devices score
+  # batch i (dispatch is asynchronous), instead of host and devices taking turns.
+  pending = None
+  for batch, n in pipeline.eval_batches(dataset, local_bs, process_index=pi, process_count=pc):
+    dev = sh.put_batch({k: batch[k] for k in BATCH_KEYS}, mesh)
+    preds = predict_fn(state, dev)
+    if pending is not None:
+      collect(*pending)
+    pending = (preds, batch, n, seen)
     batches, seen = batches + 1, seen + n
     # Counted in global batches, the same on every process: the predict step is collective, so
     # all processes must stop after the same batch (their valid rows may differ near the end).
     if 0 < max_rows <= batches * batch_size:
       break
+  if pending is not None:
+    collect(*pending)
   return {k: np.concatenate(v) for k, v in out.items()}
 
 
 def compute_metrics(cols: dict[str, np.ndarray], schema: ds_lib.Schema) -> dict[str, float]:
-  """Global metrics from host columns (all processes' rows gathered by the caller)."""
-  labels = {name: cols["labels"][:, i].astype(np.float64) for i, name in enumerate(schema.labels)}
+  """Global metrics from host columns (all processes' rows gathered by the caller). The columns
+  go in as they are (float32 predictions, uint8 labels): metrics.evaluate ranks float32 scores in
+  8 B per row (esmjax.evaluation.ranking), where float64 copies would cost ~8 B per column and
+  row before any sort."""
+  labels = {name: cols["labels"][:, i] for i, name in enumerate(schema.labels)}
   if "daction" not in labels and ("cart" in labels or "wish" in labels):
     # DAction is cart ∨ wish (the ESM2 paper's definition), as ESM2 trains on such logs.
-    labels["daction"] = np.maximum(labels.get("cart", 0.0), labels.get("wish", 0.0))
-  preds = {k: cols[k].astype(np.float64) for k in ("pctr", "pcvr", "pctcvr", "pctavr") if k in cols}
+    labels["daction"] = np.maximum(labels.get("cart", 0), labels.get("wish", 0))
+  preds = {k: cols[k] for k in ("pctr", "pcvr", "pctcvr", "pctavr") if k in cols}
   truth = None
   if "truth" in cols and "would_buy" in schema.truth:
     truth = {
-      name: cols["truth"][:, i].astype(np.float64)
+      name: cols["truth"][:, i]
       for i, name in enumerate(schema.truth)
       if name in metrics_lib.TRUTH_KEYS
     }

@@ -9,7 +9,6 @@ use it.
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 import os
@@ -30,6 +29,7 @@ from esmjax.core import workdir as workdir_lib
 from esmjax.core.workdir import SUMMARY_FILE
 from esmjax.data.format import dataset as ds_lib
 from esmjax.evaluation import scoring as evaluation
+from esmjax.serving import prediction_files
 
 PRED_COLUMNS = ("pctr", "pcvr", "pctcvr", "pctavr")
 META_SUFFIX = ".json"  # predictions.csv.json: the model, workdir and checkpoint step behind them
@@ -161,7 +161,10 @@ def predict_to_csv(
 ) -> dict:
   """Writes `sample_id,pctr,pcvr,pctcvr[,pctavr]`, one row per input row, in input order, and
   `<output_csv>.json`, what produced them (model, workdir, checkpoint step, input, rows); returns
-  that description. Checkpoint `step` (default: the latest) or a one-line error, never another."""
+  that description. Checkpoint `step` (default: the latest) or a one-line error, never another.
+
+  CSV (`esmjax.serving.prediction_files.write_csv`: predictions as `%.7g`), or Parquet (int64
+  `sample_id`, float32 predictions, zstd) when `output_csv` ends in `.parquet`."""
   outputs.check_target(output_csv, "--predict_output")  # before any work
   dataset = ds_lib.open_dataset(input_dir)
   evaluation.check_schema(load_schema(workdir), dataset)  # before a checkpoint is read
@@ -179,13 +182,12 @@ def predict_to_csv(
   if jax.process_index() != 0:
     return meta
   names = [c for c in PRED_COLUMNS if c in cols]
-  with outputs.atomic_open(output_csv, "predictions", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["sample_id", *names])
-    ids = cols["sample_id"]
-    vals = np.stack([cols[c] for c in names], 1)
-    for i in range(len(ids)):
-      w.writerow([int(ids[i]), *(f"{v:.7g}" for v in vals[i])])
+  ids, vals = cols["sample_id"], [cols[c] for c in names]
+  with outputs.atomic_open(output_csv, "predictions", "wb") as f:
+    if output_csv.endswith(".parquet"):
+      prediction_files.write_parquet(f, names, ids, vals)
+    else:
+      prediction_files.write_csv(f, names, ids, vals)
   outputs.atomic_write(
     output_csv + META_SUFFIX, (json.dumps(meta, indent=1) + "\n").encode(), "predictions metadata"
   )
