@@ -103,6 +103,25 @@ def test_load_without_summary_uses_checkpoint_config_and_explicit_config(run_dir
   assert model.step == 3 and model.schema == tiny.tiny_schema()
 
 
+def test_a_workdir_saved_without_model_dtype_is_scored_in_float32(run_dir, tmp_path):
+  # A run saved before the key existed trained in f32: the default 'auto' must not score it in bf16.
+  import shutil
+
+  from esmjax.common import digest
+
+  wd = str(tmp_path / "old")
+  shutil.copytree(run_dir[2]["workdir"], wd)
+  path = os.path.join(wd, "summary.json")
+  summary = digest.read_json(path, "test")
+  assert summary["config"]["model"]["dtype"] == "float32"  # tiny configs pin f32
+  del summary["config"]["model"]["dtype"]
+  digest.write_json(path, summary)
+  assert api.saved_config(wd).model.dtype == "float32"
+  summary["config"]["model"]["dtype"] = "bfloat16"  # a key the run saved is taken as saved
+  digest.write_json(path, summary)
+  assert api.saved_config(wd).model.dtype == "bfloat16"
+
+
 def test_clear_errors(run_dir, tmp_path):
   _, _, summary = run_dir
   model = esmjax.load(summary["workdir"])

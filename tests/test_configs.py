@@ -102,6 +102,7 @@ def test_a_saved_config_without_a_compatibility_key_reads_as_before_the_key_exis
   config_lib.validate(c)  # a config saved before all three keys existed
   network = model_lib.Network.from_config(c.model, tiny.tiny_schema())
   assert network.fuse_towers is compat.ABSENT_MEANS["model.fuse_towers"]
+  assert network.dtype == model_lib.DTYPES[compat.ABSENT_MEANS["model.dtype"]]
 
 
 def test_config_files_written_against_the_earlier_layout_still_load():

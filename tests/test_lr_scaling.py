@@ -73,3 +73,15 @@ def test_resuming_a_checkpoint_written_before_the_keys_warns_of_nothing():
   assert checkpoint.changed_settings(old, new) == []
   scaled = {**new, "optimizer.lr_batch_scaling": "sqrt"}  # set away from the default: a change
   assert checkpoint.changed_settings(old, scaled) == ["optimizer.lr_batch_scaling None -> 'sqrt'"]
+
+
+def test_a_checkpoint_written_before_model_dtype_trained_in_float32():
+  # Absent, model.dtype means float32 (compat.ABSENT_MEANS), not today's default 'auto': resuming
+  # such a run under 'auto' is a change, under float32 none.
+  from esmjax.checkpoints import checkpoint
+
+  new = checkpoint._flat_config(json.loads(config_lib.default_config().to_json_best_effort()))
+  old = {k: v for k, v in new.items() if k != "model.dtype"}
+  assert new["model.dtype"] == "auto"
+  assert checkpoint.changed_settings(old, new) == ["model.dtype 'float32' -> 'auto'"]
+  assert checkpoint.changed_settings(old, {**new, "model.dtype": "float32"}) == []

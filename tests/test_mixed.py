@@ -171,7 +171,8 @@ def test_the_default_auto_follows_the_cpu_probe_logs_it_and_trains(
   gradients within bf16 rounding of f32), elsewhere exactly the f32 step; the choice is logged."""
   assert config_lib.default_config().model.dtype == "auto"
   cpu_probe(flags)
-  with caplog.at_level("INFO"):
+  # The absl logger's own level: a run earlier in this process may have set absl's verbosity.
+  with caplog.at_level("INFO", logger="absl"):
     _, l_auto, (gp_auto, _) = _model_grads("auto")
   assert f"model.dtype=auto -> {expected}" in caplog.text
   assert "override with --config.model.dtype" in caplog.text

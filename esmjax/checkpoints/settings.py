@@ -85,8 +85,12 @@ def flat_config(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
   """'key old -> new' for every flat config key that differs, except the resume-free ones and
   keys the saved config lacks that hold their default here (keys added to esmjax after the
-  checkpoint was written; their defaults keep the behaviour it was written with)."""
+  checkpoint was written, whose defaults keep the behaviour it was written with; the compatibility
+  keys, whose defaults may not, are compared as `compat.ABSENT_MEANS` reads them)."""
   defaults = flat_config(json.loads(config_lib.default_config().to_json_best_effort()))
+  # A compatibility key the saved config lacks means what compat says (its value before the key
+  # existed), which may differ from today's default (model.dtype: float32, default auto).
+  old = {**{k: v for k, v in compat.ABSENT_MEANS.items() if k not in old}, **old}
   return [
     f"{k} {old.get(k)!r} -> {new.get(k)!r}"
     for k in sorted(set(old) | set(new))

@@ -18,6 +18,9 @@ ABSENT_MEANS = {
   "embedding.sharding": "auto",
   "model.fuse_towers": True,
   "checkpoint.best_metric": "",
+  # Runs saved before the key existed trained in f32; the default `auto` would score or resume
+  # them in bf16 on a CPU with bf16 units.
+  "model.dtype": "float32",
 }
 # Test hooks that configs saved in older workdirs carry; they never changed a result, so a resume
 # ignores them (checkpoints.checkpoint.RESUME_FREE_KEYS).

@@ -147,7 +147,8 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ConfigError(str(e)) from None
   _choice(config, "model.activation", layers.ACTIVATIONS)
   _choice(config, "model.dense_mode", layers.DENSE_MODES)
-  _choice(config, "model.dtype", ("auto", "float32", "bfloat16"))
+  if compat.get(config, "model.dtype") not in ("auto", "float32", "bfloat16"):
+    _choice(config, "model.dtype", ("auto", "float32", "bfloat16"))
   _choice(config, "embedding.dtype", ("float32", "bfloat16"))
   sharding = compat.get(config, "embedding.sharding")
   if sharding not in ("auto", "replicated", "row"):

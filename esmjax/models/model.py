@@ -104,7 +104,7 @@ class Network:
       hidden=tuple(int(h) for h in section["hidden"]),
       activation=section["activation"],
       dropout=float(section["dropout"]),
-      dtype=resolve_dtype(section["dtype"]),
+      dtype=resolve_dtype(section.get("dtype", "float32")),  # absent: compat.ABSENT_MEANS
       fuse_towers=bool(section.get("fuse_towers", True)),
     )
 

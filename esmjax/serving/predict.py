@@ -20,6 +20,7 @@ from absl import logging
 
 from esmjax.checkpoints import checkpoint as ckpt_lib
 from esmjax.common import absl_flags, inputs
+from esmjax.config import compat
 from esmjax.config import defaults as config_lib
 from esmjax.core import feed as data_lib
 from esmjax.core import outputs, steps
@@ -62,6 +63,13 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
     config.update(saved)
   except (TypeError, ValueError):  # a key whose type differs from the default's: take it as saved
     config = ml_collections.ConfigDict(saved)
+  # A key the saved config lacks means what it meant when the run was made, not today's default.
+  saved_cfg = ml_collections.ConfigDict(saved)
+  for key, value in compat.ABSENT_MEANS.items():
+    try:
+      config_lib.get_path(saved_cfg, key)
+    except config_lib.ConfigError:
+      config_lib.set_path(config, key, value)
   if not (
     os.path.isdir(config.data.train_dir or "/nonexistent")
     and os.path.isdir(config.data.eval_dir or "/nonexistent")
