@@ -81,7 +81,7 @@ def _device_sequences(run, res, steps: int) -> np.ndarray:
   gather and position updates the dispatch program runs."""
   index = sh.put_batch({"i": np.arange(res.rows, dtype=np.int32)}, run.mesh)
   gather = jax.jit(res.gather_fn(run.mesh))
-  advance = jax.jit(lambda p: resident.advance(p, res.b, res.m))
+  advance = jax.jit(lambda p: resident.position_after(p, res.b, res.m))
   pos, out = res.start_position(0), []
   for _ in range(steps):
     out.append(np.asarray(gather(index, *pos)["i"]).reshape(run.mesh.size, res.b))

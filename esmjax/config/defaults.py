@@ -54,8 +54,9 @@ def default_config(world: str = "default") -> ml_collections.ConfigDict:
   )
   # Tower matmuls: float32, bfloat16 (bf16 operands, f32 accumulation, f32 master weights), or
   # auto (bfloat16 on GPU/TPU and on CPUs with avx512_bf16/amx_bf16, else float32; decided at
-  # start-up and logged). auto is the default: on a CPU with bf16 units the main job runs
-  # 1.7-1.8x faster with AUCs within seed noise of f32 (experiments/results/bf16_quality*.md).
+  # start-up and logged). auto is the default: on a Xeon with AMX the main job at batch 1,024 runs
+  # 1.84x (ESMM) / 2.07x (ESM2) the f32 rate (benchmarks/results/cpu_defaults_huge_pages.md), with
+  # AUCs within seed noise of f32 (experiments/results/bf16_quality_paper.md).
   c.model.dtype = "auto"
   c.model.fuse_towers = True  # towers on one input computed together (f32 roundoff from separate)
   # Each model's own hyperparameters (loss_weights, daction_label, aman_rate, oversample_k, ...):
@@ -147,8 +148,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise ConfigError(str(e)) from None
   _choice(config, "model.activation", layers.ACTIVATIONS)
   _choice(config, "model.dense_mode", layers.DENSE_MODES)
-  if compat.get(config, "model.dtype") not in ("auto", "float32", "bfloat16"):
-    _choice(config, "model.dtype", ("auto", "float32", "bfloat16"))
+  dtype = compat.get(config, "model.dtype")
+  if dtype not in ("auto", "float32", "bfloat16"):
+    raise ConfigError(
+      f"model.dtype={dtype!r} is not allowed; allowed: ['auto', 'float32', 'bfloat16']"
+    )
   _choice(config, "embedding.dtype", ("float32", "bfloat16"))
   sharding = compat.get(config, "embedding.sharding")
   if sharding not in ("auto", "replicated", "row"):

@@ -92,19 +92,11 @@ def position(step: int, rows_per_step: int, m: int) -> tuple[int, int]:
   return divmod(int(step) * int(rows_per_step), int(m))
 
 
-def advance(pos: tuple[jax.Array, jax.Array], b: int, m: int):
-  """The position one step (b rows per device) later; b <= m, so at most one epoch ends."""
-  epoch, offset = pos
-  offset = offset + b
-  wrap = offset >= m
-  return epoch + wrap.astype(epoch.dtype), jnp.where(wrap, offset - m, offset)
-
-
 def local_steps(data, epoch, offset, *, seed: int, b: int, m: int, k: int, axis: str):
   """This device's rows of the k steps from (epoch, offset), [k, b, ...]: inside shard_map over
   `axis`. Position j of the run is row permute(q mod m) of epoch `epoch + q // m` (q = offset + j),
-  so the k batches may span several epochs, exactly as k calls with `advance` between them read
-  them. One permutation pass and one gather per dispatch instead of per step: on a GPU the
+  so the k batches may span several epochs, exactly as k single steps with `position_after` between
+  them read them. One permutation pass and one gather per dispatch instead of per step: on a GPU the
   per-step pass (its cycle-walking loop, the round keys, the small gather) cost more than the
   gather of the rows themselves at batch 1,024 (benchmarks/results/gpu/resident_feed.md)."""
   device = jax.lax.axis_index(axis)
@@ -120,7 +112,7 @@ def local_steps(data, epoch, offset, *, seed: int, b: int, m: int, k: int, axis:
 
 
 def position_after(pos: tuple[jax.Array, jax.Array], rows: jax.Array, m: int):
-  """The position `rows` rows (per device) after `pos` (`advance` repeated, in one step)."""
+  """The position `rows` rows (per device) after `pos`: one step later with rows = b."""
   epoch, offset = pos
   q = offset + rows
   return epoch + (q // m).astype(epoch.dtype), q % m
