@@ -14,7 +14,7 @@ Writes bf16_step.{json,md}.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
+import harness
 import reporting
 
 VARIANTS = {
@@ -108,12 +109,14 @@ def markdown(res: dict) -> str:
   )
 
 
+@dataclasses.dataclass
+class Opts(harness.Options):
+  quick: bool = harness.opt(False, "one model, shorter windows")
+  windows: int = harness.opt(9, "timed windows per variant")
+
+
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--quick", action="store_true", help="one model, shorter windows")
-  ap.add_argument("--windows", type=int, default=9, help="timed windows per variant")
-  ap.add_argument("--out_dir", default=str(common.RESULTS))
-  args = ap.parse_args(argv)
+  args = harness.parse(Opts, argv, __doc__)
   t0 = time.time()
   prov = reporting.provenance()
   configs = [("esmm", 1024), ("esmm", 4096)] + ([] if args.quick else [("esm2", 1024)])

@@ -14,7 +14,7 @@ Writes cpu_defaults.{json,md}.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
+import harness
 import reporting
 
 # name -> (config overrides, environment): one knob away from the shipped defaults.
@@ -139,21 +140,20 @@ def markdown(res: dict) -> str:
   )
 
 
+@dataclasses.dataclass
+class Opts(harness.Options):
+  quick: bool = harness.opt(False, "ESMM, 2 variants, 30 steps")
+  rounds: int = 2
+  steps: int = harness.opt(400, "train steps of each main job")
+  eval_rows: int = harness.opt(16384, "evaluation rows of each main job")
+  variants: str = harness.opt(",".join(VARIANTS), "comma-separated variants")
+  models: str = harness.opt(",".join(MODELS), "comma-separated shipped configs")
+  name: str = harness.opt("cpu_defaults", "results file name")
+
+
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--quick", action="store_true", help="ESMM, 2 variants, 30 steps")
-  ap.add_argument("--rounds", type=int, default=2)
-  ap.add_argument("--steps", type=int, default=400)
-  ap.add_argument("--eval_rows", type=int, default=16384)
-  ap.add_argument("--variants", default=",".join(VARIANTS))
-  ap.add_argument("--models", default=",".join(MODELS))
-  ap.add_argument("--name", default="cpu_defaults", help="results file name")
-  ap.add_argument("--out_dir", default=str(common.RESULTS))
-  args = ap.parse_args(argv)
-  variants = [v for v in args.variants.split(",") if v]
-  unknown = sorted(set(variants) - set(VARIANTS))
-  if unknown:
-    ap.error(f"--variants: unknown {unknown}; allowed: {','.join(VARIANTS)}")
+  args = harness.parse(Opts, argv, __doc__)
+  variants = harness.subset("variants", args.variants, list(VARIANTS))
   variants = ["shipped", *[v for v in variants if v != "shipped"]]
   models = [m for m in args.models.split(",") if m]
   if args.quick:

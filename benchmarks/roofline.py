@@ -16,7 +16,7 @@ roofline line.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import functools
 import itertools
 import json
@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
+import harness
 import reporting
 
 
@@ -299,14 +300,14 @@ def markdown(res: dict) -> str:
   return "\n".join(md) + "\n"
 
 
+@dataclasses.dataclass
+class Opts(harness.Options):
+  quick: bool = harness.opt(False, "shorter timings (~30 s)")
+  render_only: bool = harness.opt(False, "rewrite the .md from the .json in --out_dir")
+
+
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--quick", action="store_true", help="shorter timings (~30 s)")
-  ap.add_argument("--out_dir", default=str(common.RESULTS), help="where roofline.{json,md} go")
-  ap.add_argument(
-    "--render_only", action="store_true", help="rewrite the .md from the .json in --out_dir"
-  )
-  args = ap.parse_args(argv)
+  args = harness.parse(Opts, argv, __doc__)
   out_dir = Path(args.out_dir)
   if args.render_only:
     res = json.loads((out_dir / "roofline.json").read_text())

@@ -17,7 +17,7 @@ Writes xla_flags.{json,md}.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import statistics
 import subprocess
 import sys
@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
+import harness
 import reporting
 
 # name -> XLA_FLAGS (each probed first: the installed jaxlib may not know a flag or value).
@@ -188,26 +189,25 @@ def verdict(steps: dict[str, dict], sets: list[str], threshold: float) -> list[s
   return lines
 
 
+@dataclasses.dataclass
+class Opts(harness.Options):
+  quick: bool = harness.opt(False, "ESMM f32+bf16 at 1024, short windows")
+  rounds: int = 2
+  windows: int = harness.opt(3, "timed windows per step per round")
+  window_s: float = 1.5
+  sets: str = harness.opt("", f"comma-separated subset of {','.join(FLAG_SETS)} (default all)")
+  models: str = harness.opt(",".join(MODELS), "comma-separated models")
+  batches: str = harness.opt(",".join(map(str, BATCHES)), "comma-separated batch sizes")
+  threshold: float = harness.opt(1.05, "the speed-up over no flags that counts as paying")
+
+
 def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("--quick", action="store_true", help="ESMM f32+bf16 at 1024, short windows")
-  ap.add_argument("--rounds", type=int, default=2)
-  ap.add_argument("--windows", type=int, default=3, help="timed windows per step per round")
-  ap.add_argument("--window_s", type=float, default=1.5)
-  ap.add_argument("--sets", default="", help=f"comma-separated subset of {','.join(FLAG_SETS)}")
-  ap.add_argument("--models", default=",".join(MODELS))
-  ap.add_argument("--batches", default=",".join(map(str, BATCHES)))
-  ap.add_argument("--threshold", type=float, default=1.05)
-  ap.add_argument("--out_dir", default=str(common.RESULTS))
-  args = ap.parse_args(argv)
+  args = harness.parse(Opts, argv, __doc__)
   t0 = time.time()
   prov = reporting.provenance()
   import jaxlib
 
-  wanted = [s for s in (args.sets.split(",") if args.sets else FLAG_SETS) if s]
-  unknown = sorted(set(wanted) - set(FLAG_SETS))
-  if unknown:
-    ap.error(f"--sets: unknown {unknown}; allowed: {','.join(FLAG_SETS)}")
+  wanted = harness.subset("sets", args.sets or ",".join(FLAG_SETS), list(FLAG_SETS))
   wanted = ["none", *[s for s in wanted if s != "none"]]
   models = [m for m in args.models.split(",") if m]
   batches = [int(b) for b in args.batches.split(",") if b]

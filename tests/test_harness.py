@@ -56,6 +56,15 @@ def test_a_bad_flag_is_one_line_naming_it(argv, line, capsys):
   assert e.value.code == 2 and line in err and err.count("\n") == 1
 
 
+def test_a_subset_flag_names_the_unknown_and_the_allowed(capsys):
+  assert harness.subset("sets", "b,,a", ["a", "b", "c"]) == ["b", "a"]
+  with pytest.raises(SystemExit) as e:
+    harness.subset("sets", "a,x", ["a", "b"])
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and "argument --sets: unknown ['x']; allowed: a,b" in err
+  assert err.count("\n") == 1
+
+
 class FakeClock:
   """Time moves only when a step runs: step i takes durations(i) seconds."""
 

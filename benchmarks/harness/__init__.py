@@ -25,7 +25,7 @@ workers do.
 # ruff: noqa: F401, I001 (the harness's names, re-exported a few to a line)
 from .env import REPO, command_line, cpu_bf16_flags, cpu_model, finish, git, gpus, load_average
 from .env import machine, mem_available_gb, now, provenance, usable_cores, utc_now, worktree
-from .options import COMMON_HELP, Options, Timed, opt, parse, parser, timing_spec
+from .options import COMMON_HELP, Options, Timed, opt, parse, parser, subset, timing_spec
 from .record import RESULTS, Record, apply_overrides, check, checks_markdown, code_line
 from .record import error_line, fmt_rate, format_cell, markdown_table, override_flags
 from .record import write_json, write_results

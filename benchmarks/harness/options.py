@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 from collections.abc import Sequence
@@ -119,3 +120,18 @@ def parse(cls: type[T], argv: Sequence[str] | None = None, description: str = ""
   """Parses `argv` (default sys.argv[1:]) into an instance of the options dataclass `cls`."""
   args = parser(cls, description).parse_args(sys.argv[1:] if argv is None else list(argv))
   return cls(**vars(args))
+
+
+def subset(flag: str, text: str, allowed: Sequence[str]) -> list[str]:
+  """The comma-separated names of `text` (option `--flag`), each one of `allowed`; an unknown
+  name is one line naming the flag and the allowed names (exit 2)."""
+  names = [n for n in text.split(",") if n]
+  unknown = sorted(set(names) - set(allowed))
+  if unknown:
+    prog = os.path.basename(sys.argv[0])
+    print(
+      f"{prog}: error: argument --{flag}: unknown {unknown}; allowed: {','.join(allowed)}",
+      file=sys.stderr,
+    )
+    sys.exit(2)
+  return names
