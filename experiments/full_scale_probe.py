@@ -189,6 +189,9 @@ def probe_metrics(args) -> tuple[dict, str]:
   return record, md
 
 
+TRAINER_TARGET = 0.9  # the trainer's rate over its step's on pre-made batches: the full-scale target
+
+
 def _timed_windows():
   """benchmarks' step timer (timed windows after a warm-up, one sync per chunk of steps)."""
   try:
@@ -312,6 +315,14 @@ def probe_train(args) -> tuple[dict, str]:
     )
     + f"\n\nLoad average (1 min) after each model: {', '.join(f'{x:.1f}' for x in loads)}.\n"
   )
+  met = {
+    m: r["medians"]["trainer"] >= TRAINER_TARGET * r["medians"]["step"] for m, r in res.items()
+  }
+  md += (
+    f"\nTarget, the trainer at ≥ {TRAINER_TARGET:.0%} of its step's rate on pre-made batches: "
+    + "; ".join(f"{m} {'met' if ok else 'not met'}" for m, ok in met.items())
+    + ".\n"
+  )
   return {"workdir": args.workdir, "rows": train_ds.num_rows, "results": res}, md
 
 
@@ -418,6 +429,18 @@ def main(argv) -> dict:
   ap.add_argument("--n_batches", type=int, default=16, help="train: pre-made batches")
   ap.add_argument("--seconds", type=float, default=12.0, help="train: seconds per step timing")
   args = ap.parse_args(argv)
+  if args.probe in ("train", "predict"):
+    from experiments import full_scale_stages as st
+
+    need = os.path.join(st.paths(args.workdir)["data_train"], "manifest.json")
+    if not args.workdir or not os.path.exists(need):
+      from esmjax import exits
+
+      exits.fail(
+        f"full_scale_probe {args.probe}: needs --workdir, an experiments.full_scale workdir whose "
+        f"convert stages finished ({need} is missing)",
+        exits.USER_ERROR,
+      )
   t0 = time.time()
   prov = reporting.provenance(reporting.command_line(argv, __file__))
   record, md = PROBES[args.probe](args)
