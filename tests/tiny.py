@@ -118,6 +118,8 @@ def tiny_config(model: str = "esmm", **overrides):
   c.train.log_every = 1
   c.mesh.num_devices = 1
   c.checkpoint.every_steps = 1
+  # A save at every checkpoint.every_steps, however fast the steps: tests name the steps saved.
+  c.checkpoint.max_time_share = 0.0
   # float32, not the default auto: tests built on this config compare against f32 references
   # (dense autodiff, PyTorch, exact metrics) to f32 rounding, on any CPU. The bf16 path (what auto
   # picks on CPUs with bf16 units) has its own tests that ask for it by name.

@@ -536,6 +536,10 @@ class Checkpointer:
     )
     return f"step {step} ({type(error).__name__}: {reason})"
 
+  def writing(self) -> bool:
+    """Whether a save's background write is still running (a failed one reports at `wait`)."""
+    return self._in_flight is not None and self.manager.is_saving_in_progress()
+
   def wait(self) -> None:
     """Blocks until the save in flight is written; raises CheckpointSaveError if it failed."""
     try:

@@ -21,6 +21,7 @@ ABSENT_MEANS = {
   # Runs saved before the key existed trained in f32; the default `auto` would score or resume
   # them in bf16 on a CPU with bf16 units.
   "model.dtype": "float32",
+  "checkpoint.max_time_share": 0.0,  # a save at every checkpoint.every_steps
 }
 # Test hooks that configs saved in older workdirs carry; they never changed a result, so a resume
 # ignores them (checkpoints.checkpoint.RESUME_FREE_KEYS).

@@ -122,6 +122,9 @@ def default_config(world: str = "default") -> ml_collections.ConfigDict:
   c.checkpoint = C()
   c.checkpoint.enabled = True  # write orbax checkpoints in the workdir
   c.checkpoint.every_steps = 1000  # steps between checkpoints (and one at the end)
+  # The most of the wall time periodic saves may take: a periodic save comes no sooner than the
+  # last save's time (blocked + written) / this after it; 0 = save at every every_steps exactly.
+  c.checkpoint.max_time_share = 0.05
   c.checkpoint.keep = 3  # last K checkpoints kept
   c.checkpoint.best_metric = ""  # also keep the best checkpoint by this eval metric; "" = off
   c.checkpoint.best_mode = "max"  # max or min: which end of best_metric is best
@@ -281,6 +284,8 @@ def _validate_run_sections(config: ml_collections.ConfigDict) -> None:
   # num_epochs decides the number of steps when num_steps is -1; otherwise it is not read.
   _number(config, "train.num_epochs", low=0, low_open=config.train.num_steps == -1)
   _number(config, "optimizer.learning_rate", low=0, low_open=True)
+  if "max_time_share" in config.checkpoint:  # absent from configs saved before it existed
+    _number(config, "checkpoint.max_time_share", low=0, high=0.99)
   _number(config, "optimizer.weight_decay", low=0)
   _number(config, "optimizer.grad_clip", low=0)
   if "eval_metrics_on" in config.train:  # absent from configs saved before it existed
