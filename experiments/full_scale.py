@@ -46,6 +46,7 @@ import psutil
 
 from benchmarks import reporting
 from esmjax import exits
+from esmjax.core import host_memory
 from esmjax.data.format.files import read_json, write_json_atomic
 from esmjax.data.synthetic import aliccp_world
 from experiments import full_scale_stages as st
@@ -119,7 +120,10 @@ def run_stage(stage: str, workdir: str, scale: float, seed: int, buckets: int) -
   """Runs one stage in a child process; its record with wall time, peak RSS and disk."""
   cmd = [sys.executable, "-m", "experiments.full_scale_stages", stage, workdir, str(scale)]
   t0, load0 = time.time(), reporting.load_average()
-  proc = subprocess.Popen(cmd + [str(seed), str(buckets)], cwd=REPO)
+  # The environment `python -m esmjax.main` restarts itself in (malloc on huge pages): each stage
+  # runs as a user's command would.
+  env = host_memory.cli_malloc_env(os.environ)
+  proc = subprocess.Popen(cmd + [str(seed), str(buckets)], cwd=REPO, env=env)
   ps, peak = psutil.Process(proc.pid), 0
   stop = threading.Event()
   bar = None

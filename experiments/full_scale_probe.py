@@ -189,7 +189,8 @@ def probe_metrics(args) -> tuple[dict, str]:
   return record, md
 
 
-TRAINER_TARGET = 0.9  # the trainer's rate over its step's on pre-made batches: the full-scale target
+# The full-scale target: the trainer's rate over its step's on pre-made batches.
+TRAINER_TARGET = 0.9
 
 
 def _timed_windows():
