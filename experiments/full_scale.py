@@ -124,7 +124,7 @@ def run_stage(stage: str, workdir: str, scale: float, seed: int, buckets: int) -
   # runs as a user's command would.
   env = host_memory.cli_malloc_env(os.environ)
   proc = subprocess.Popen(cmd + [str(seed), str(buckets)], cwd=REPO, env=env)
-  ps, peak = psutil.Process(proc.pid), 0
+  ps, peak, peak_anon = psutil.Process(proc.pid), 0, 0
   stop = threading.Event()
   bar = None
   if stage.startswith("train_"):
@@ -133,6 +133,7 @@ def run_stage(stage: str, workdir: str, scale: float, seed: int, buckets: int) -
   try:
     while proc.poll() is None:
       peak = max(peak, reporting.tree_rss(ps))
+      peak_anon = max(peak_anon, reporting.tree_rss(ps, anonymous=True))
       time.sleep(0.2)
   finally:
     stop.set()
@@ -148,6 +149,7 @@ def run_stage(stage: str, workdir: str, scale: float, seed: int, buckets: int) -
     seconds=round(wall, 2),
     rows_per_s=rec["rows"] / max(wall, 1e-9),
     peak_rss_bytes=peak,
+    peak_anonymous_rss_bytes=peak_anon,
     workdir_bytes=st.dir_bytes(workdir),
     free_bytes_after=shutil.disk_usage(workdir).free,
     load_before=load0,
@@ -283,7 +285,8 @@ def markdown(state: dict, ext: dict, disk1: dict, command: str, prov: dict) -> s
         f"{r['rows']:,}",
         f"{r['seconds']:.1f}",
         f"{r['rows_per_s']:,.0f}",
-        _gb(r["peak_rss_bytes"]),
+        _gb(r["peak_rss_bytes"])
+        + (f" ({_gb(r['peak_anonymous_rss_bytes'])})" if "peak_anonymous_rss_bytes" in r else ""),
         _gb(r["workdir_bytes"]),
         f"{e['seconds'] / 60:.1f}",
         _gb(e["peak_rss_bytes"]),
@@ -335,7 +338,7 @@ def markdown(state: dict, ext: dict, disk1: dict, command: str, prov: dict) -> s
         "rows",
         "wall s",
         "rows/s",
-        "peak RSS",
+        "peak RSS (without mapped files)",
         "workdir after",
         "scale 1: min",
         "scale 1: peak RSS",

@@ -47,9 +47,11 @@ def peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def tree_rss(proc) -> int:
+def tree_rss(proc, anonymous: bool = False) -> int:
   """The resident memory of a psutil.Process and all its children (bytes; 0 once it is gone),
-  for peak-RSS sampling of a command that starts workers."""
+  for peak-RSS sampling of a command that starts workers. `anonymous`: without the pages of
+  mapped files (RSS less psutil's `shared`: an mmap'd dataset's pages are reclaimable page cache,
+  not memory the process needs)."""
   import psutil
 
   total = 0
@@ -59,7 +61,8 @@ def tree_rss(proc) -> int:
     return 0
   for p in procs:
     try:
-      total += p.memory_info().rss
+      m = p.memory_info()
+      total += m.rss - (getattr(m, "shared", 0) if anonymous else 0)
     except psutil.Error:
       pass
   return total
