@@ -42,7 +42,8 @@ MIN_DIM = 16  # the heads' matrix-vector products stay f32 XLA dots, as in esmja
 _LIVE: dict[str, object] = {}  # the ctypes callbacks XLA holds pointers to
 # MKL's OpenMP threads sleep at once after a call instead of spinning 200 ms: spinning, they take
 # the cores from XLA's own threads between the calls (measured: towers 13.2 → 11.3 ms; a lock
-# that keeps two MKL calls from running at once, or MKL on 1 thread, was no faster).
+# that keeps two MKL calls from running at once, or MKL on 1 thread, was no faster). The dots
+# alone have no XLA threads between their calls and keep OpenMP's defaults.
 MKL_ENV = {"KMP_BLOCKTIME": "0"}
 
 
@@ -335,8 +336,9 @@ def markdown(res: dict) -> str:
       ),
       "",
       f"**MKL / XLA: {res['towers_mkl_over_xla']:.2f}×** the rate; the gradients agree to "
-      f"{res['grad_max_rel_diff']:.1e} (max |Δ| / max |g|, bf16 operands both). MKL ran with "
-      f"{MKL_ENV} (its fastest setting measured here) and as many threads as cores.",
+      f"{res['grad_max_rel_diff']:.1e} (max |Δ| / max |g|, bf16 operands both). In the towers MKL "
+      f"ran with {MKL_ENV} (its fastest setting measured here; the dots alone with OpenMP's "
+      "defaults) and as many threads as cores.",
       "",
       f"Regenerate: `{res['command']}`.",
       "",
