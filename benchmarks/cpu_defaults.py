@@ -136,7 +136,7 @@ def markdown(res: dict) -> str:
     f"round's shipped run. Shipped here: {res['auto_line'] or 'model.dtype as configured'}.\n\n"
     + reporting.markdown_table(["model", "variant", "ex/s", "× shipped", "runs"], rows)
     + f"\n\nVariants (one knob away from the shipped config):\n{desc}\n\n"
-    "Regenerate: `python benchmarks/cpu_defaults.py`.\n"
+    f"Regenerate: `{res.get('command', 'python benchmarks/cpu_defaults.py')}`.\n"
   )
 
 

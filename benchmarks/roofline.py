@@ -295,7 +295,7 @@ def markdown(res: dict) -> str:
     fraction_line(st_rate, flops, res["peak_gflops"]),
     "",
     *tower_limit_md(res),
-    "Regenerate: `python benchmarks/roofline.py`.",
+    f"Regenerate: `{res.get('command', 'python benchmarks/roofline.py')}`.",
   ]
   return "\n".join(md) + "\n"
 
@@ -304,14 +304,15 @@ def markdown(res: dict) -> str:
 class Opts(harness.Options):
   quick: bool = harness.opt(False, "shorter timings (~30 s)")
   render_only: bool = harness.opt(False, "rewrite the .md from the .json in --out_dir")
+  name: str = harness.opt("roofline", "results file name (one per CPU: roofline_<cpu>)")
 
 
 def main(argv=None):
   args = harness.parse(Opts, argv, __doc__)
   out_dir = Path(args.out_dir)
   if args.render_only:
-    res = json.loads((out_dir / "roofline.json").read_text())
-    reporting.write_results(out_dir, "roofline", res, markdown(res))
+    res = json.loads((out_dir / f"{args.name}.json").read_text())
+    reporting.write_results(out_dir, args.name, res, markdown(res))
     return
   t0 = time.time()
   prov = reporting.provenance()
@@ -377,7 +378,7 @@ def main(argv=None):
     **{k: prov[k] for k in ("command", "machine", "code", "load_before")},
   }
   md = markdown(reporting.finish(res, t0))
-  reporting.write_results(out_dir, "roofline", res, md)
+  reporting.write_results(out_dir, args.name, res, md)
   print(md)
 
 
