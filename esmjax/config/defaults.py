@@ -54,9 +54,10 @@ def default_config(world: str = "default") -> ml_collections.ConfigDict:
   )
   # Tower matmuls: float32, bfloat16 (bf16 operands, f32 accumulation, f32 master weights), or
   # auto (bfloat16 on GPU/TPU and on CPUs with avx512_bf16/amx_bf16, else float32; decided at
-  # start-up and logged). auto is the default: on a Xeon with AMX the main job at batch 1,024 runs
-  # 1.84x (ESMM) / 2.07x (ESM2) the f32 rate (benchmarks/results/cpu_defaults_huge_pages.md), with
-  # AUCs within seed noise of f32 (experiments/results/bf16_quality_paper.md).
+  # start-up and logged). auto is the default: the main job at batch 1,024 runs 1.84x (ESMM) /
+  # 2.07x (ESM2) the f32 rate on a Xeon with AMX, 1.37x / 1.48x on an AMD EPYC with AVX-512-BF16
+  # alone (benchmarks/results/cpu_defaults_huge_pages.md, cpu_defaults_epyc.md), with AUCs within
+  # seed noise of f32 (experiments/results/bf16_quality_paper.md).
   c.model.dtype = "auto"
   c.model.fuse_towers = True  # towers on one input computed together (f32 roundoff from separate)
   # Each model's own hyperparameters (loss_weights, daction_label, aman_rate, oversample_k, ...):
