@@ -10,8 +10,8 @@ best matmul rate bounds the examples/s of any ESMM step: roofline = peak FLOP/s 
 Measured, each in its own process: square matmuls (JAX f32 and bf16; PyTorch f32 where installed)
 at a few sizes, the best counting as the peak; the towers alone (forward, backward, Adam; no
 embeddings) in JAX; and the full esmjax step at 1e5 table rows (the same worker as the sweep).
-Writes roofline.{json,md}. `compare_torch.py` and `sweep.py` call `measure_peak` for their own
-roofline line.
+Writes roofline.{json,md} (`--name` for another CPU's record). `compare_torch.py` and `sweep.py`
+call `measure_peak` for their own roofline line.
 """
 
 from __future__ import annotations

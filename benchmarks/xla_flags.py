@@ -13,7 +13,7 @@ is at least --threshold in every round.
 Steps: paper sizes (23 fields × 18, towers 200-80-1; ESMM and ESM2 as configs/esmm.py and
 configs/esm2.py train them), 1e5 table rows, Zipf ids, row-wise Adagrad; f32 and bf16 towers
 (model.dtype=bfloat16, tables f32: what model.dtype=auto trains on a CPU with bf16 units).
-Writes xla_flags.{json,md}.
+Writes xla_flags.{json,md} (`--name` for another CPU's record).
 """
 
 from __future__ import annotations
