@@ -224,3 +224,27 @@ def test_flag_set_pays_only_when_every_round_says_so():
   lines = xla_flags.verdict(steps, ["none", "w512", "xnn"], 1.05)
   assert lines[0].startswith("`w512`: pays on no step") and "0.95–0.95×" in lines[0]
   assert lines[1].startswith("`xnn`: pays on s;")
+
+
+def test_step_profile_sums_ops_by_kind_and_leaves_runtime_spans_out():
+  import step_profile
+
+  ev = lambda name, dur: {"ph": "X", "name": name, "dur": dur}  # noqa: E731
+  trace = {
+    "traceEvents": [
+      ev("ynn_fusion.3", 4000.0), ev("ynn_fusion.3", 2000.0), ev("dot.4", 1000.0),
+      ev("transpose_copy_fusion.1", 500.0), ev("bitcast_gather_fusion.7", 300.0),
+      ev("wrapped_scatter.1", 200.0), ev("wrapped_broadcast", 100.0), ev("wrapped_iota", 60.0),
+      ev("maximum_convert_fusion", 40.0),
+      ev("ThunkExecutor::Execute", 9e9), ev("PjitFunction(train_step)", 9e9),
+      ev("$api.py:2479 block_until_ready", 9e9),
+      {"ph": "M", "name": "thread_name", "dur": 9e9},
+    ]
+  }  # fmt: skip
+  ops = step_profile.op_times(trace, steps=2)
+  assert ops["ynn_fusion.3"] == 3.0 and "ThunkExecutor::Execute" not in ops  # ms per step
+  kinds = step_profile.by_kind(ops)
+  assert kinds == pytest.approx(
+    {"dots": 3.5, "transposes": 0.25, "gathers": 0.15, "scatters": 0.1, "fills": 0.08,
+     "other": 0.02}
+  )  # fmt: skip
