@@ -8,8 +8,8 @@ row-wise Adagrad, tables f32) is compiled, warmed up, timed untraced, then `--st
 traced with `jax.profiler`. The trace's op events (`<name>.trace.json.gz`, which the profiler
 writes beside its xplane) are summed per step and grouped by the op's kind:
 
-  dots         the towers' matmuls (XLA:CPU's ynn_/onednn_/xnn_ fusions, with whatever
-               elementwise ops XLA fused into them, and plain dots)
+  dots         the towers' matmuls: every op whose computation in the compiled HLO holds a dot
+               (XLA:CPU's ynn_/onednn_/xnn_ fusions with what XLA fused into them, plain dots)
   transposes   layout copies (`transpose_copy_*`; the bf16 towers' feature-major operands)
   gathers      table and row reads (`*gather*`)
   scatters     row writes and the duplicate merge (`*scatter*`)
@@ -27,6 +27,7 @@ import collections
 import dataclasses
 import gzip
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -44,9 +45,23 @@ KINDS = ("dots", "transposes", "gathers", "scatters", "fills", "other")
 NOT_OPS = ("ThunkExecutor", "PjitFunction", "SlinkyThreadPool", "$")
 
 
-def kind_of(op: str) -> str:
-  """The kind (KINDS) of one XLA:CPU op event name."""
-  if op.startswith(("ynn_", "onednn_", "xnn_", "dot", "wrapped_dot")) or "_dot" in op:
+def dot_ops(hlo_text: str) -> set[str]:
+  """The names of the instructions of a compiled HLO module that compute a dot: plain dots and
+  fusions whose called computation holds one (a library fusion may hold a reduction instead)."""
+  bodies = dict(re.findall(r"^%([\w.\-]+) \(.*?\{\n(.*?)\n\}", hlo_text, re.S | re.M))
+  out = set()
+  for name, opcode, rest in re.findall(
+    r"^\s+(?:ROOT )?%([\w.\-]+) = \S+ (\w+)\((.*)$", hlo_text, re.M
+  ):
+    called = re.search(r"calls=%([\w.\-]+)", rest)
+    if opcode == "dot" or (called and " dot(" in bodies.get(called.group(1), "")):
+      out.add(name)
+  return out
+
+
+def kind_of(op: str, dots: set[str] = frozenset()) -> str:
+  """The kind (KINDS) of one XLA:CPU op event name (`dots`: the module's `dot_ops`)."""
+  if op in dots or op.startswith(("dot.", "wrapped_dot")) or op == "dot":
     return "dots"
   for kind, marks in (
     ("transposes", ("transpose",)),
@@ -68,10 +83,10 @@ def op_times(trace: dict, steps: int) -> dict[str, float]:
   return {k: v / steps / 1e3 for k, v in tot.items()}
 
 
-def by_kind(ops: dict[str, float]) -> dict[str, float]:
+def by_kind(ops: dict[str, float], dots: set[str] = frozenset()) -> dict[str, float]:
   out = dict.fromkeys(KINDS, 0.0)
   for op, ms in ops.items():
-    out[kind_of(op)] += ms
+    out[kind_of(op, dots)] += ms
   return out
 
 
@@ -101,6 +116,7 @@ def profile_worker(spec: dict) -> dict:
     jax.block_until_ready(m)
 
   go(5)  # compile and warm up
+  hlo = run.train_step.lower(state, batches[0]).compile().as_text()
   ms = []
   for _ in range(spec["windows"]):
     t = time.perf_counter()
@@ -115,7 +131,7 @@ def profile_worker(spec: dict) -> dict:
       return {"error": f"jax.profiler wrote no *.trace.json.gz under {d} (this jaxlib's profiler)"}
     with gzip.open(found[-1]) as f:
       trace = json.load(f)
-  return {"step_ms": ms, "ops": op_times(trace, spec["steps"])}
+  return {"step_ms": ms, "ops": op_times(trace, spec["steps"]), "dot_ops": sorted(dot_ops(hlo))}
 
 
 def markdown(res: dict) -> str:
@@ -132,7 +148,7 @@ def markdown(res: dict) -> str:
     ops = sorted(r["ops"].items(), key=lambda kv: -kv[1])[:6]
     top.append(
       f"- batch {r['batch']}, {r['dtype']}: "
-      + ", ".join(f"`{op}` {ms:.2f} ({kind_of(op)})" for op, ms in ops)
+      + ", ".join(f"`{op}` {ms:.2f} ({kind_of(op, set(r['dot_ops']))})" for op, ms in ops)
     )
   return (
     f"# Where the ESMM step's time goes ({res['when']})\n\n"
@@ -184,8 +200,9 @@ def main(argv=None):
         "dtype": dtype,
         "step_ms": statistics.median(r["step_ms"]),
         "step_ms_windows": r["step_ms"],
-        "kinds": by_kind(r["ops"]),
+        "kinds": by_kind(r["ops"], set(r["dot_ops"])),
         "ops": r["ops"],
+        "dot_ops": r["dot_ops"],
       }
       runs.append(run)
       print(

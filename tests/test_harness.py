@@ -233,6 +233,7 @@ def test_step_profile_sums_ops_by_kind_and_leaves_runtime_spans_out():
   trace = {
     "traceEvents": [
       ev("ynn_fusion.3", 4000.0), ev("ynn_fusion.3", 2000.0), ev("dot.4", 1000.0),
+      ev("ynn_fusion.1", 20.0),
       ev("transpose_copy_fusion.1", 500.0), ev("bitcast_gather_fusion.7", 300.0),
       ev("wrapped_scatter.1", 200.0), ev("wrapped_broadcast", 100.0), ev("wrapped_iota", 60.0),
       ev("maximum_convert_fusion", 40.0),
@@ -241,10 +242,32 @@ def test_step_profile_sums_ops_by_kind_and_leaves_runtime_spans_out():
       {"ph": "M", "name": "thread_name", "dur": 9e9},
     ]
   }  # fmt: skip
+  hlo = """HloModule m
+
+%fused_computation.3 (p0: bf16[8,4], p1: bf16[4,2]) -> f32[8,2] {
+  %p0 = bf16[8,4]{1,0} parameter(0)
+  %p1 = bf16[4,2]{1,0} parameter(1)
+  ROOT %dot_general.0 = f32[8,2]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}
+}
+
+%fused_computation.1 (p0: f32[8], p1: f32[]) -> f32[] {
+  %p0 = f32[8]{0} parameter(0)
+  %p1 = f32[] parameter(1)
+  ROOT %r = f32[] reduce(%p0, %p1), dimensions={0}, to_apply=%add
+}
+
+ENTRY %main (a: bf16[8,4], b: bf16[4,2]) -> f32[8,2] {
+  %ynn_fusion.3 = f32[8,2]{1,0} fusion(%a, %b), kind=kCustom, calls=%fused_computation.3
+  %ynn_fusion.1 = f32[] fusion(%c, %z), kind=kCustom, calls=%fused_computation.1
+  ROOT %dot.4 = f32[8,2]{1,0} dot(%a, %b), lhs_contracting_dims={1}
+}
+"""
+  dots = step_profile.dot_ops(hlo)
+  assert {"ynn_fusion.3", "dot.4"} <= dots and "ynn_fusion.1" not in dots  # a library reduction
   ops = step_profile.op_times(trace, steps=2)
   assert ops["ynn_fusion.3"] == 3.0 and "ThunkExecutor::Execute" not in ops  # ms per step
-  kinds = step_profile.by_kind(ops)
+  kinds = step_profile.by_kind(ops, dots)
   assert kinds == pytest.approx(
     {"dots": 3.5, "transposes": 0.25, "gathers": 0.15, "scatters": 0.1, "fills": 0.08,
-     "other": 0.02}
+     "other": 0.03}
   )  # fmt: skip
