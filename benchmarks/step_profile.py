@@ -44,8 +44,6 @@ import harness
 import reporting
 
 KINDS = ("dots", "transposes", "gathers", "scatters", "fills", "other")
-# Events of the runtime itself (the executor's spans, the Python calls around a step), not ops.
-NOT_OPS = ("ThunkExecutor", "PjitFunction", "SlinkyThreadPool", "$")
 
 
 def dot_ops(hlo_text: str) -> set[str]:
@@ -78,11 +76,13 @@ def kind_of(op: str, dots: set[str] = frozenset()) -> str:
 
 
 def op_times(trace: dict, steps: int) -> dict[str, float]:
-  """ms per step of every op in a Chrome-format trace (complete events, runtime spans left out)."""
+  """ms per step of every op in a Chrome-format trace: the complete events XLA tags with the
+  `hlo_op` they ran (the runtime's own spans and the Python calls around a step carry no tag)."""
   tot: collections.Counter = collections.Counter()
   for e in trace.get("traceEvents", []):
-    if e.get("ph") == "X" and not e["name"].startswith(NOT_OPS):
-      tot[e["name"]] += e.get("dur", 0.0)
+    op = (e.get("args") or {}).get("hlo_op")
+    if e.get("ph") == "X" and op:
+      tot[op] += e.get("dur", 0.0)
   return {k: v / steps / 1e3 for k, v in tot.items()}
 
 
@@ -180,8 +180,7 @@ class Opts(harness.Options):
 
 def main(argv=None):
   args = harness.parse(Opts, argv, __doc__)
-  t0 = time.time()
-  prov = reporting.provenance()
+  rec = harness.Record(args.name, args)
   batches = [int(b) for b in args.batches.split(",") if b]
   dtypes = harness.subset("dtypes", args.dtypes, ["float32", "bfloat16"])
   if args.quick:
@@ -215,9 +214,9 @@ def main(argv=None):
       )
   if not runs:
     sys.exit("step_profile: no run finished (see the errors above)")
-  res = reporting.finish({**prov, "steps": args.steps, "windows": args.windows, "runs": runs}, t0)
-  md = markdown(res)
-  reporting.write_results(Path(args.out_dir), args.name, res, md)
+  rec.update(steps=args.steps, windows=args.windows, runs=runs)
+  md = markdown(rec.finish())
+  rec.write(md)
   print(md)
 
 

@@ -229,7 +229,8 @@ def test_flag_set_pays_only_when_every_round_says_so():
 def test_step_profile_sums_ops_by_kind_and_leaves_runtime_spans_out():
   import step_profile
 
-  ev = lambda name, dur: {"ph": "X", "name": name, "dur": dur}  # noqa: E731
+  ev = lambda name, dur: {"ph": "X", "name": name, "dur": dur, "args": {"hlo_op": name}}  # noqa: E731
+  span = lambda name: {"ph": "X", "name": name, "dur": 9e9, "args": {"_src": "x.cc"}}  # noqa: E731
   trace = {
     "traceEvents": [
       ev("ynn_fusion.3", 4000.0), ev("ynn_fusion.3", 2000.0), ev("dot.4", 1000.0),
@@ -237,8 +238,9 @@ def test_step_profile_sums_ops_by_kind_and_leaves_runtime_spans_out():
       ev("transpose_copy_fusion.1", 500.0), ev("bitcast_gather_fusion.7", 300.0),
       ev("wrapped_scatter.1", 200.0), ev("wrapped_broadcast", 100.0), ev("wrapped_iota", 60.0),
       ev("maximum_convert_fusion", 40.0),
-      ev("ThunkExecutor::Execute", 9e9), ev("PjitFunction(train_step)", 9e9),
-      ev("$api.py:2479 block_until_ready", 9e9),
+      span("ThunkExecutor::Execute"), span("PjitFunction(train_step)"),
+      span("CommonPjRtLoadedExecutable::ExecuteHelperOnSingleDevice"),
+      {"ph": "X", "name": "$api.py:2479 block_until_ready", "dur": 9e9},
       {"ph": "M", "name": "thread_name", "dur": 9e9},
     ]
   }  # fmt: skip
